@@ -1,0 +1,882 @@
+"""The paper's numbers (Figures 1–4, Table 1) and reward-hacking diagnostics, from the reward tensor.
+
+Input is only the reward tensor (DESIGN step 5): ``rewards.parquet`` (long: ``prompt_id, sample_id,
+model_id, reward, is_reference``) and ``models.parquet`` (``model_id, role, pretrain_id,
+finetune_seed``). :func:`load_reward_tensor` validates them and turns them into a dense
+:class:`RewardTensor`; the figure functions are pure functions of that tensor built on :mod:`perm.bon`;
+:func:`run_analysis` runs them all and :func:`save_analysis` writes the tables (Parquet) and a JSON
+summary.
+
+Conventions shared by every table:
+
+* Best-of-n expectations are exact (see :mod:`perm.bon`), except Figure 3, which draws random subsets.
+* "Reward" of a pick means the scorer's reward **centred per prompt over the pool**, i.e. relative to
+  the expected reward of a random pool sample (n = 1 is exactly 0): Bradley–Terry rewards are only
+  defined up to a shift, so absolute values would mostly measure each model's offset.
+* Statistics are over prompts: for each prompt a value is formed first (averaging over model pairs,
+  rankers, …), then ``mean`` and ``se`` = sample std (ddof=1) / sqrt(P) across prompts.
+* The pool of a prompt is ordered by ascending ``sample_id``; best-of-n ties go to the lower one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from perm import bon
+
+ROLES = ("rm", "evaluator", "gold")
+REWARD_COLUMNS = ("prompt_id", "sample_id", "model_id", "reward", "is_reference")
+MODEL_COLUMNS = ("model_id", "role", "pretrain_id", "finetune_seed")
+FIGURE1_GROUPS = ("self", "same_pretrain", "different_pretrain")
+FIGURE2_GROUPS = ("same_pretrain", "different_pretrain")
+ENSEMBLE_KINDS = ("finetune", "pretrain")
+
+
+class RewardTensorError(ValueError):
+    """The reward tensor files are malformed; the message names the file and the field or rows."""
+
+
+@dataclass(frozen=True)
+class RewardTensor:
+    """Dense reward tensor: every model's reward for every pool (and reference) sample of every prompt.
+
+    Attributes:
+        pool: ``(M, P, N)`` float64, model × prompt × pool candidate (candidates by ascending sample_id).
+        reference: ``(M, P, K)`` float64 rewards of the K separate reference (SFT) samples per prompt,
+            used only for win rates; ``None`` when there are none.
+        model_ids, roles, pretrain_ids, finetune_seeds: per-model metadata, length M, in the order of
+            ``models.parquet``; ``pretrain_ids``/``finetune_seeds`` hold ``None`` where unknown.
+        prompt_ids: ``(P,)`` int64, ascending.
+        sample_ids: ``(P, N)`` int64, the pool's sample ids, ascending per prompt.
+        reference_ids: ``(P, K)`` int64 or ``None``.
+    """
+
+    pool: np.ndarray
+    reference: np.ndarray | None
+    model_ids: tuple[str, ...]
+    roles: tuple[str, ...]
+    pretrain_ids: tuple[str | None, ...]
+    finetune_seeds: tuple[int | None, ...]
+    prompt_ids: np.ndarray
+    sample_ids: np.ndarray
+    reference_ids: np.ndarray | None = None
+
+    def __post_init__(self):
+        m = len(self.model_ids)
+        if self.pool.ndim != 3 or self.pool.shape[0] != m:
+            raise ValueError(f"pool must be (M={m}, P, N), got {self.pool.shape}")
+        for name in ("roles", "pretrain_ids", "finetune_seeds"):
+            if len(getattr(self, name)) != m:
+                raise ValueError(f"{name} must have one entry per model ({m})")
+        if len(set(self.model_ids)) != m:
+            raise ValueError("model_ids must be unique")
+        bad_roles = sorted(set(self.roles) - set(ROLES))
+        if bad_roles:
+            raise ValueError(f"unknown roles {bad_roles}; allowed: {', '.join(ROLES)}")
+        _, p, n = self.pool.shape
+        if self.prompt_ids.shape != (p,) or self.sample_ids.shape != (p, n):
+            raise ValueError("prompt_ids must be (P,) and sample_ids (P, N)")
+        if self.reference is not None and self.reference.shape[:2] != (m, p):
+            raise ValueError(f"reference must be (M={m}, P={p}, K), got {self.reference.shape}")
+
+    @property
+    def n_prompts(self) -> int:
+        return self.pool.shape[1]
+
+    @property
+    def pool_size(self) -> int:
+        return self.pool.shape[2]
+
+    @property
+    def rm_indices(self) -> list[int]:
+        """Indices of the reward models (role ``rm``), in model order."""
+        return [i for i, r in enumerate(self.roles) if r == "rm"]
+
+    def role_index(self, role: str) -> int | None:
+        """Index of the (single) model with this role, e.g. ``evaluator`` or ``gold``; None if absent."""
+        idx = [i for i, r in enumerate(self.roles) if r == role]
+        return idx[0] if idx else None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+def _is_str_column(col: pd.Series, allow_null: bool) -> bool:
+    if not (pd.api.types.is_string_dtype(col) or pd.api.types.is_object_dtype(col)):
+        return False
+    if not allow_null and col.isna().any():
+        return False
+    return col.notna().sum() == 0 or pd.api.types.infer_dtype(col, skipna=True) == "string"
+
+
+def _check_dtypes(df: pd.DataFrame, spec: Mapping[str, str], source: str) -> None:
+    missing = [c for c in spec if c not in df.columns]
+    if missing:
+        raise RewardTensorError(
+            f"{source}: missing column(s) {missing}; expected {list(spec)}, found {list(df.columns)}"
+        )
+    for col, kind in spec.items():
+        series = df[col]
+        if kind == "int":
+            ok = pd.api.types.is_integer_dtype(series) and not pd.api.types.is_bool_dtype(series)
+            ok = ok and not series.isna().any()
+            want = "integer (no nulls)"
+        elif kind == "nullable_int":
+            values = series.dropna()
+            ok = (
+                pd.api.types.is_integer_dtype(series) and not pd.api.types.is_bool_dtype(series)
+            ) or (
+                len(values) == 0
+                or (pd.api.types.is_float_dtype(series) and bool(np.all(np.mod(values, 1) == 0)))
+            )
+            want = "integer (nulls allowed)"
+        elif kind == "float":
+            ok = pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
+            want = "float"
+        elif kind == "bool":
+            ok = pd.api.types.is_bool_dtype(series) and not series.isna().any()
+            want = "bool (no nulls)"
+        elif kind == "str":
+            ok = _is_str_column(series, allow_null=False)
+            want = "string (no nulls)"
+        elif kind == "nullable_str":
+            ok = _is_str_column(series, allow_null=True)
+            want = "string (nulls allowed)"
+        else:  # pragma: no cover - programming error
+            raise AssertionError(kind)
+        if not ok:
+            raise RewardTensorError(f"{source}: column '{col}' has dtype {series.dtype}, expected {want}")
+
+
+def _example(df: pd.DataFrame, cols: Sequence[str], limit: int = 3) -> str:
+    rows = df[list(cols)].head(limit).to_dict("records")
+    return "; ".join(", ".join(f"{k}={v!r}" for k, v in r.items()) for r in rows)
+
+
+def _validate_models(models: pd.DataFrame, source: str) -> pd.DataFrame:
+    _check_dtypes(
+        models,
+        {"model_id": "str", "role": "str", "pretrain_id": "nullable_str", "finetune_seed": "nullable_int"},
+        source,
+    )
+    dup = models[models.model_id.duplicated(keep=False)]
+    if len(dup):
+        raise RewardTensorError(f"{source}: duplicate model_id {sorted(set(dup.model_id))}")
+    bad = models[~models.role.isin(ROLES)]
+    if len(bad):
+        raise RewardTensorError(
+            f"{source}: field 'role' must be one of {list(ROLES)}; bad rows: {_example(bad, ['model_id', 'role'])}"
+        )
+    if not (models.role == "rm").any():
+        raise RewardTensorError(f"{source}: no reward models (no row with role 'rm')")
+    no_pretrain = models[(models.role == "rm") & models.pretrain_id.isna()]
+    if len(no_pretrain):
+        raise RewardTensorError(
+            f"{source}: field 'pretrain_id' is null for reward model(s) {list(no_pretrain.model_id)}"
+        )
+    for role in ("evaluator", "gold"):
+        if (models.role == role).sum() > 1:
+            raise RewardTensorError(
+                f"{source}: more than one model with role '{role}': {list(models.model_id[models.role == role])}"
+            )
+    return models.reset_index(drop=True)
+
+
+def reward_tensor_from_frames(
+    rewards: pd.DataFrame,
+    models: pd.DataFrame,
+    rewards_source: str = "rewards",
+    models_source: str = "models",
+) -> RewardTensor:
+    """Validate the long tables and build the dense :class:`RewardTensor`.
+
+    ``is_reference`` may be absent from ``rewards`` (then every sample is a pool sample). Raises
+    :class:`RewardTensorError` naming the source and the field or example rows for: missing columns,
+    wrong dtypes, unknown model ids, models without rewards, duplicate (prompt_id, sample_id, model_id),
+    a sample marked both reference and pool, a model missing for some sample, prompts with unequal pool
+    (or reference) sizes, NaN/inf rewards, and no reward models.
+    """
+    models = _validate_models(models, models_source)
+    if "is_reference" not in rewards.columns:
+        rewards = rewards.assign(is_reference=False)
+    _check_dtypes(
+        rewards,
+        {"prompt_id": "int", "sample_id": "int", "model_id": "str", "reward": "float", "is_reference": "bool"},
+        rewards_source,
+    )
+    if len(rewards) == 0:
+        raise RewardTensorError(f"{rewards_source}: no rows")
+    model_ids = list(models.model_id)
+    present = set(rewards.model_id.unique())
+    unknown = sorted(present - set(model_ids))
+    if unknown:
+        raise RewardTensorError(
+            f"{rewards_source}: field 'model_id' has ids not in {models_source}: {unknown[:10]}"
+        )
+    absent = [m for m in model_ids if m not in present]
+    if absent:
+        raise RewardTensorError(f"{rewards_source}: no rewards at all for model(s) {absent} listed in {models_source}")
+    reward = rewards.reward.to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(reward)
+    if bad.any():
+        raise RewardTensorError(
+            f"{rewards_source}: field 'reward' has {int(bad.sum())} NaN/inf value(s), e.g. "
+            f"{_example(rewards[bad], ['prompt_id', 'sample_id', 'model_id'])}"
+        )
+    key = ["prompt_id", "sample_id", "model_id"]
+    dup = rewards.duplicated(key, keep=False)
+    if dup.any():
+        raise RewardTensorError(
+            f"{rewards_source}: {int(dup.sum())} rows share a (prompt_id, sample_id, model_id), e.g. "
+            f"{_example(rewards[dup], key)}"
+        )
+    per_sample = rewards.groupby(["prompt_id", "sample_id"], sort=True).agg(
+        n_models=("model_id", "size"), n_kinds=("is_reference", "nunique"), is_reference=("is_reference", "first")
+    )
+    mixed = per_sample[per_sample.n_kinds > 1].reset_index()
+    if len(mixed):
+        raise RewardTensorError(
+            f"{rewards_source}: field 'is_reference' differs between models for the same sample, e.g. "
+            f"{_example(mixed, ['prompt_id', 'sample_id'])}"
+        )
+    n_models = len(model_ids)
+    short = per_sample[per_sample.n_models != n_models].reset_index()
+    if len(short):
+        first = short.iloc[0]
+        have = set(rewards.model_id[(rewards.prompt_id == first.prompt_id) & (rewards.sample_id == first.sample_id)])
+        raise RewardTensorError(
+            f"{rewards_source}: {len(short)} sample(s) lack a reward from some model, e.g. "
+            f"prompt_id={first.prompt_id}, sample_id={first.sample_id} misses {sorted(set(model_ids) - have)}"
+        )
+    sizes = per_sample.groupby(level="prompt_id").is_reference.agg(["size", "sum"])
+    sizes = pd.DataFrame({"n_pool": sizes["size"] - sizes["sum"], "n_ref": sizes["sum"]})
+    for col, what in (("n_pool", "pool"), ("n_ref", "reference")):
+        counts = sizes[col].value_counts()
+        if len(counts) > 1:
+            raise RewardTensorError(
+                f"{rewards_source}: prompts have unequal {what} sizes (sample count per prompt -> "
+                f"number of prompts: {counts.sort_index().to_dict()}); every prompt needs the same number"
+            )
+    pool_size, n_ref = int(sizes.n_pool.iloc[0]), int(sizes.n_ref.iloc[0])
+    if pool_size == 0:
+        raise RewardTensorError(f"{rewards_source}: no pool samples (every row has is_reference=True)")
+
+    # Dense arrays: sort by (is_reference, prompt, sample, model) and reshape; validation above makes
+    # every (prompt, sample) block exactly M rows and every prompt exactly N (+K) samples.
+    code = pd.Categorical(rewards.model_id, categories=model_ids).codes
+    pid = rewards.prompt_id.to_numpy(dtype=np.int64)
+    sid = rewards.sample_id.to_numpy(dtype=np.int64)
+    is_ref = rewards.is_reference.to_numpy(dtype=bool)
+    order = np.lexsort((code, sid, pid, is_ref))
+    prompt_ids = np.unique(pid)
+    n_prompts = len(prompt_ids)
+
+    def dense(mask_value: bool, k: int):
+        sel = order[is_ref[order] == mask_value]
+        values = reward[sel].reshape(n_prompts, k, n_models).transpose(2, 0, 1).copy()
+        ids = sid[sel][::n_models].reshape(n_prompts, k)
+        return values, ids
+
+    pool, sample_ids = dense(False, pool_size)
+    reference, reference_ids = dense(True, n_ref) if n_ref else (None, None)
+
+    def seed(v):
+        return None if pd.isna(v) else int(v)
+
+    return RewardTensor(
+        pool=pool,
+        reference=reference,
+        model_ids=tuple(model_ids),
+        roles=tuple(models.role),
+        pretrain_ids=tuple(None if pd.isna(v) else str(v) for v in models.pretrain_id),
+        finetune_seeds=tuple(seed(v) for v in models.finetune_seed),
+        prompt_ids=prompt_ids,
+        sample_ids=sample_ids,
+        reference_ids=reference_ids,
+    )
+
+
+def load_reward_tensor(rewards_path, models_path) -> RewardTensor:
+    """Read ``rewards.parquet`` and ``models.parquet``, validate, and return the :class:`RewardTensor`.
+
+    Errors are :class:`RewardTensorError` with the file path and the offending field in the message.
+    """
+    frames = []
+    for path in (rewards_path, models_path):
+        try:
+            frames.append(pd.read_parquet(path))
+        except (OSError, ValueError) as exc:
+            raise RewardTensorError(f"{path}: cannot read as Parquet ({exc})") from exc
+    return reward_tensor_from_frames(frames[0], frames[1], str(rewards_path), str(models_path))
+
+
+def reward_tensor_to_frames(tensor: RewardTensor) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Inverse of :func:`reward_tensor_from_frames`: the long ``(rewards, models)`` tables."""
+    m, p, n = tensor.pool.shape
+    parts = [(tensor.pool, tensor.sample_ids, False)]
+    if tensor.reference is not None:
+        parts.append((tensor.reference, tensor.reference_ids, True))
+    frames = []
+    for values, ids, is_ref in parts:
+        k = values.shape[2]
+        frames.append(
+            pd.DataFrame(
+                {
+                    "prompt_id": np.tile(np.repeat(tensor.prompt_ids, k), m).astype(np.int64),
+                    "sample_id": np.tile(ids.reshape(-1), m).astype(np.int64),
+                    "model_id": np.repeat(np.array(tensor.model_ids, dtype=object), p * k),
+                    "reward": values.reshape(-1).astype(np.float64),
+                    "is_reference": np.full(m * p * k, is_ref),
+                }
+            )
+        )
+    models = pd.DataFrame(
+        {
+            "model_id": list(tensor.model_ids),
+            "role": list(tensor.roles),
+            "pretrain_id": pd.Series(list(tensor.pretrain_ids), dtype=object),
+            "finetune_seed": pd.array(list(tensor.finetune_seeds), dtype="Int64"),
+        }
+    )
+    return pd.concat(frames, ignore_index=True), models
+
+
+def synthetic_reward_tensor(
+    n_pretrains: int = 5,
+    n_finetune: int = 2,
+    n_prompts: int = 200,
+    pool_size: int = 16,
+    n_reference: int = 4,
+    pretrain_effect: float = 1.0,
+    finetune_noise: float = 0.5,
+    seed: int = 0,
+) -> RewardTensor:
+    """A known-answer reward tensor for checks and benchmarks.
+
+    Each candidate has a true quality ``q ~ N(0, 1)``. Reward model (pretrain p, finetune seed f) scores
+    ``q + pretrain_effect · u_p + finetune_noise · e_pf + offset_pf``, where ``u_p`` is noise shared by
+    all RMs of pretrain p and ``e_pf`` is the model's own (all standard normal per candidate; the offset
+    is a per-model, per-prompt constant that centring must remove). The evaluator scores
+    ``q + 0.3·noise``, the gold reward is ``q``. Reference samples are drawn the same way.
+    With ``pretrain_effect = 0`` models sharing a pretrain are no more alike than any others.
+    """
+    rng = np.random.default_rng(seed)
+    total = pool_size + n_reference
+    quality = rng.standard_normal((n_prompts, total))
+    shared = rng.standard_normal((n_pretrains, n_prompts, total))
+    rows, ids, roles, pretrains, seeds = [], [], [], [], []
+    for p in range(n_pretrains):
+        for f in range(n_finetune):
+            own = rng.standard_normal((n_prompts, total))
+            offset = rng.normal(0.0, 2.0, size=(n_prompts, 1))
+            rows.append(quality + pretrain_effect * shared[p] + finetune_noise * own + offset)
+            ids.append(f"rm-p{p}-f{f}")
+            roles.append("rm")
+            pretrains.append(f"p{p}")
+            seeds.append(f)
+    rows.append(quality + 0.3 * rng.standard_normal((n_prompts, total)))
+    rows.append(quality)
+    ids += ["evaluator", "gold"]
+    roles += ["evaluator", "gold"]
+    pretrains += [None, None]
+    seeds += [None, None]
+    scores = np.stack(rows)  # (M, P, N + K)
+    sample_ids = np.broadcast_to(np.arange(total, dtype=np.int64), (n_prompts, total))
+    return RewardTensor(
+        pool=scores[:, :, :pool_size].copy(),
+        reference=scores[:, :, pool_size:].copy() if n_reference else None,
+        model_ids=tuple(ids),
+        roles=tuple(roles),
+        pretrain_ids=tuple(pretrains),
+        finetune_seeds=tuple(seeds),
+        prompt_ids=np.arange(n_prompts, dtype=np.int64),
+        sample_ids=sample_ids[:, :pool_size].copy(),
+        reference_ids=sample_ids[:, pool_size:].copy() if n_reference else None,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Statistics
+
+
+def mean_se(values, axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard error ``std(ddof=1) / sqrt(count)`` along ``axis`` (NaN se for one value)."""
+    v = np.asarray(values, dtype=np.float64)
+    count = v.shape[axis]
+    mean = v.mean(axis=axis)
+    if count < 2:
+        return mean, np.full_like(mean, np.nan)
+    return mean, v.std(axis=axis, ddof=1) / math.sqrt(count)
+
+
+def anova_model_fraction(x) -> np.ndarray:
+    """Fraction of variance explained by the scorer in a two-way additive ANOVA (one obs per cell).
+
+    ``x``: ``(..., P, S)`` — prompts × scorers. ``SS_total = Σ (x − x̄)²``, ``SS_scorer =
+    P · Σ_s (x̄_·s − x̄)²``; returns ``SS_scorer / SS_total`` of shape ``(...)`` (NaN where SS_total = 0).
+    In a balanced design this equals statsmodels' ``anova_lm(ols('y ~ C(prompt) + C(scorer)'))`` sum of
+    squares for ``C(scorer)`` over the sum of all rows.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    grand = x.mean(axis=(-2, -1), keepdims=True)
+    ss_total = np.sum((x - grand) ** 2, axis=(-2, -1))
+    col = x.mean(axis=-2, keepdims=True)
+    ss_model = x.shape[-2] * np.sum((col - grand) ** 2, axis=(-2, -1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ss_total > 0, ss_model / np.where(ss_total > 0, ss_total, 1.0), np.nan)
+
+
+def _check_ns(ns, pool_size: int) -> list[int]:
+    ns = bon.default_ns(pool_size) if ns is None else sorted({int(n) for n in ns})
+    if not ns or ns[0] < 1 or ns[-1] > pool_size:
+        raise ValueError(f"ns must lie in 1..{pool_size} (the pool size), got {ns}")
+    return ns
+
+
+def _summary_row(per_prompt: np.ndarray, **keys) -> dict:
+    mean, se = mean_se(per_prompt)
+    return {**keys, "mean": float(mean), "se": float(se)}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Figures 1–3: underspecification among the reward models
+
+
+def figure1(tensor: RewardTensor, ns=None) -> pd.DataFrame:
+    """Reward of ranker m's best-of-n pick under scorer m′, grouped by how m′ relates to m.
+
+    ``Σ_i p_i^(m) r̃_m′(i)`` with r̃ centred per prompt; groups ``self`` (m′ = m), ``same_pretrain``
+    (m′ ≠ m, same pretrain_id) and ``different_pretrain``. Per prompt, the mean over the group's
+    (ranker, scorer) pairs; then mean ± se over prompts. Columns: ``n, group, mean, se, n_pairs``
+    (a group with no pairs is left out).
+    """
+    ns = _check_ns(ns, tensor.pool_size)
+    rm = tensor.rm_indices
+    scores = tensor.pool[rm]  # (M, P, N)
+    centred = bon.standardize(scores)
+    beats = bon.beat_counts(scores)
+    pre = np.array([tensor.pretrain_ids[i] for i in rm], dtype=object)
+    same = pre[:, None] == pre[None, :]
+    eye = np.eye(len(rm), dtype=bool)
+    masks = {"self": eye, "same_pretrain": same & ~eye, "different_pretrain": ~same}
+    rows = []
+    for n in ns:
+        p = bon.selection_weights(tensor.pool_size, n)[beats]  # (M, P, N)
+        cross = np.einsum("mpn,kpn->mkp", p, centred)  # (ranker, scorer, prompt)
+        for group, mask in masks.items():
+            if mask.any():
+                rows.append(_summary_row(cross[mask].mean(axis=0), n=n, group=group, n_pairs=int(mask.sum())))
+    return pd.DataFrame(rows, columns=["n", "group", "mean", "se", "n_pairs"])
+
+
+def figure2(tensor: RewardTensor, ns=None) -> pd.DataFrame:
+    """Expected top-1 agreement of pairs of distinct RMs that do / do not share a pretrain, vs n.
+
+    Per prompt, the mean of :func:`perm.bon.expected_agreement` over the group's unordered pairs; then
+    mean ± se over prompts. Columns: ``n, group, mean, se, chance (= 1/n), n_pairs``.
+    """
+    ns = _check_ns(ns, tensor.pool_size)
+    rm = tensor.rm_indices
+    beats = bon.beat_counts(tensor.pool[rm])
+    pairs = list(combinations(range(len(rm)), 2))
+    if not pairs:
+        return pd.DataFrame(columns=["n", "group", "mean", "se", "chance", "n_pairs"])
+    a, b = zip(*pairs, strict=True)
+    joint = bon._joint_counts_from_beats(beats[list(a)], beats[list(b)])  # (pairs, P, N); n-independent
+    same = np.array([tensor.pretrain_ids[rm[i]] == tensor.pretrain_ids[rm[j]] for i, j in pairs])
+    rows = []
+    for n in ns:
+        agree = bon.selection_weights(tensor.pool_size, n)[joint].sum(axis=-1)  # (pairs, P)
+        for group, mask in (("same_pretrain", same), ("different_pretrain", ~same)):
+            if mask.any():
+                row = _summary_row(agree[mask].mean(axis=0), n=n, group=group)
+                rows.append({**row, "chance": 1.0 / n, "n_pairs": int(mask.sum())})
+    return pd.DataFrame(rows, columns=["n", "group", "mean", "se", "chance", "n_pairs"])
+
+
+def figure3(
+    tensor: RewardTensor, ns=None, draws: int = 20, seed: int = 0, include_ranker: bool = False
+) -> pd.DataFrame:
+    """Fraction of the variance in the scores of best-of-n picks explained by which RM scores them.
+
+    For each draw, each prompt gets one uniformly random permutation of its pool; the n-subset is its
+    first n entries (nested across n, which makes the curve smoother without biasing any point). For
+    ranker m, ``pick`` is its argmax on the subset (ties to the lower index) and
+    ``X[prompt, m′] = r̃_m′(pick)``, with r̃ centred per prompt over the pool (so a scorer's arbitrary
+    Bradley–Terry offset is not counted as disagreement). Scorers are the *other* RMs (as in the paper:
+    one RM reranks, the others score), or all RMs with ``include_ranker``. The fraction is
+    :func:`anova_model_fraction` of X. Columns: ``n, mean, se, n_rankers, draws``, with mean and se over
+    the rankers × draws values.
+    """
+    ns = _check_ns(ns, tensor.pool_size)
+    rm = tensor.rm_indices
+    n_rm, n_prompts, pool_size = len(rm), tensor.n_prompts, tensor.pool_size
+    columns = ["n", "mean", "se", "n_rankers", "draws"]
+    if draws < 1 or n_rm < (1 if include_ranker else 3):
+        return pd.DataFrame(columns=columns)
+    scores = tensor.pool[rm]
+    centred = bon.standardize(scores)  # (M, P, N)
+    beats = bon.beat_counts(scores)
+    if include_ranker:
+        scorer_idx = np.broadcast_to(np.arange(n_rm), (n_rm, n_rm))
+    else:
+        scorer_idx = np.array([[k for k in range(n_rm) if k != m] for m in range(n_rm)])
+    rng = np.random.default_rng(seed)
+    prompt_idx = np.arange(n_prompts)[None, :]
+    fractions = np.empty((len(ns), draws, n_rm))
+    for d in range(draws):
+        perm = rng.permuted(np.broadcast_to(np.arange(pool_size), (n_prompts, pool_size)), axis=1)
+        for i, n in enumerate(ns):
+            subset = perm[:, :n]  # (P, n)
+            sub_beats = np.take_along_axis(beats, np.broadcast_to(subset, (n_rm, n_prompts, n)), axis=-1)
+            pick = np.take_along_axis(subset[None], sub_beats.argmax(axis=-1)[..., None], axis=-1)[..., 0]
+            x = centred[:, prompt_idx, pick].transpose(1, 2, 0)  # (ranker, P, scorer)
+            x = np.take_along_axis(x, scorer_idx[:, None, :], axis=-1)
+            fractions[i, d] = anova_model_fraction(x)
+    rows = []
+    for i, n in enumerate(ns):
+        mean, se = mean_se(fractions[i].reshape(-1))
+        rows.append({"n": n, "mean": float(mean), "se": float(se), "n_rankers": n_rm, "draws": draws})
+    return pd.DataFrame(rows, columns=columns)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Figure 4 / Table 1: ensembles judged by the evaluator (and the gold reward)
+
+
+def ensemble_members(tensor: RewardTensor) -> dict[str, list[int]]:
+    """Model indices of the two ensembles of the paper.
+
+    * ``finetune``: every RM of the pretrain with the most RMs (finetune seeds); ties go to the
+      pretrain_id that sorts first. Empty if no pretrain has two RMs.
+    * ``pretrain``: one RM per pretrain, the one with the lowest finetune seed (null seeds last, then
+      model order). Empty if there is only one pretrain.
+    """
+    rm = tensor.rm_indices
+    by_pretrain: dict[str, list[int]] = {}
+    for i in rm:
+        by_pretrain.setdefault(tensor.pretrain_ids[i], []).append(i)
+    largest = max(len(v) for v in by_pretrain.values())
+    finetune = by_pretrain[min(k for k, v in by_pretrain.items() if len(v) == largest)] if largest > 1 else []
+
+    def seed_key(i):
+        s = tensor.finetune_seeds[i]
+        return (s is None, s if s is not None else 0, i)
+
+    pretrain = sorted(min(v, key=seed_key) for v in by_pretrain.values()) if len(by_pretrain) > 1 else []
+    return {"finetune": list(finetune), "pretrain": pretrain}
+
+
+def ranker_scores(tensor: RewardTensor, scale: bool = False) -> list[tuple[str, str, np.ndarray]]:
+    """The proxies whose best-of-n picks Figure 4 compares, as ``(ranker, aggregator, scores)``.
+
+    ``scores`` is ``(R, P, N)``: R = number of RMs for ``single`` (results are averaged over them per
+    prompt), 1 otherwise. Ensembles: members standardised per prompt (:func:`perm.bon.standardize`,
+    ``scale`` for unit variance too), then each aggregator. ``evaluator`` and ``gold`` rank by
+    themselves, giving the ceilings for their own targets (aggregator ``none``).
+    """
+    out = [("single", "none", tensor.pool[tensor.rm_indices])]
+    for kind, members in ensemble_members(tensor).items():
+        if members:
+            std = bon.standardize(tensor.pool[members], scale=scale)
+            out += [(kind, agg, bon.aggregate(std, agg)[None]) for agg in bon.AGGREGATORS]
+    for role in ("evaluator", "gold"):
+        idx = tensor.role_index(role)
+        if idx is not None:
+            out.append((role, "none", tensor.pool[idx][None]))
+    return out
+
+
+def _expected_table(rankers, targets: Mapping[tuple[str, str], np.ndarray], ns, pool_size: int, key_names):
+    """Rows of mean ± se over prompts of ``Σ_i p_i T_i`` for every ranker × target × n."""
+    rows = []
+    for ranker, agg, scores in rankers:
+        beats = bon.beat_counts(scores)  # (R, P, N)
+        for n in ns:
+            p = bon.selection_weights(pool_size, n)[beats]
+            for key, values in targets.items():
+                per_prompt = np.sum(p * values, axis=-1).mean(axis=0)  # averaged over R rankers
+                row = _summary_row(per_prompt, n=n, ranker=ranker, aggregator=agg)
+                rows.append({**row, **dict(zip(key_names, key, strict=True)), "n_members": scores.shape[0]})
+    return rows
+
+
+def figure4(tensor: RewardTensor, ns=None, scale: bool = False) -> pd.DataFrame:
+    """Quality of best-of-n picks of single RMs and of the two ensembles × aggregators, vs n.
+
+    Targets: ``evaluator`` and ``gold`` (whichever exist). Metrics: ``reward`` (the target's reward
+    centred per prompt) and ``win_rate`` vs the reference samples (when the tensor has them). Rankers:
+    see :func:`ranker_scores`. Columns: ``n, ranker, aggregator, target, metric, mean, se, n_members,
+    kl_bound`` (for ``single``, n_members is the number of RMs averaged over).
+    """
+    ns = _check_ns(ns, tensor.pool_size)
+    targets = {}
+    for role in ("evaluator", "gold"):
+        idx = tensor.role_index(role)
+        if idx is None:
+            continue
+        targets[(role, "reward")] = bon.standardize(tensor.pool[idx])
+        if tensor.reference is not None:
+            targets[(role, "win_rate")] = bon.win_probabilities(tensor.pool[idx], tensor.reference[idx])
+    columns = ["n", "ranker", "aggregator", "target", "metric", "mean", "se", "n_members", "kl_bound"]
+    if not targets:
+        return pd.DataFrame(columns=columns)
+    rows = _expected_table(ranker_scores(tensor, scale), targets, ns, tensor.pool_size, ("target", "metric"))
+    df = pd.DataFrame(rows)
+    df["kl_bound"] = bon.kl_bound(df.n.to_numpy())
+    return df[columns]
+
+
+def _fmt(mean: float, se: float) -> str:
+    if not np.isfinite(mean):
+        return "—"
+    return f"{mean:.3f} ± {se:.3f}" if np.isfinite(se) else f"{mean:.3f}"
+
+
+def table1(fig4: pd.DataFrame, n: int | None = None, target: str | None = None) -> pd.DataFrame:
+    """Table 1 of the paper from :func:`figure4`'s table, at the largest n (or ``n``).
+
+    Paper layout: one row per (ensemble, aggregator) for ``finetune`` and ``pretrain``, then the
+    ``single RM`` baseline; columns ``reward`` and ``win rate`` as "mean ± se" strings, plus the numbers
+    (``reward_mean, reward_se, win_rate_mean, win_rate_se``) and ``n``, ``target``. The target is the
+    evaluator, or the gold reward when there is no evaluator.
+    """
+    columns = ["ensemble", "aggregator", "reward", "win rate", "n", "target", "reward_mean", "reward_se",
+               "win_rate_mean", "win_rate_se"]  # fmt: skip
+    if fig4.empty:
+        return pd.DataFrame(columns=columns)
+    if target is None:
+        target = "evaluator" if (fig4.target == "evaluator").any() else "gold"
+    n = int(fig4.n.max()) if n is None else int(n)
+    sel = fig4[(fig4.n == n) & (fig4.target == target)]
+    rows = []
+    for ranker in (*ENSEMBLE_KINDS, "single"):
+        part = sel[sel.ranker == ranker]
+        for agg in bon.AGGREGATORS if ranker != "single" else ("none",):
+            cell = part[part.aggregator == agg].set_index("metric")
+            if cell.empty:
+                continue
+            row = {"ensemble": "single RM" if ranker == "single" else ranker,
+                   "aggregator": "single RM" if ranker == "single" else agg, "n": n, "target": target}  # fmt: skip
+            for metric, label in (("reward", "reward"), ("win_rate", "win rate")):
+                mean = float(cell.loc[metric, "mean"]) if metric in cell.index else float("nan")
+                se = float(cell.loc[metric, "se"]) if metric in cell.index else float("nan")
+                row.update({label: _fmt(mean, se), f"{metric}_mean": mean, f"{metric}_se": se})
+            rows.append(row)
+    return pd.DataFrame(rows, columns=columns)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reward-hacking diagnostics
+
+
+_WORD = re.compile(r"\w+")
+
+
+def copied_ngram_fraction(summary: str, post: str, k: int = 4) -> float:
+    """Fraction of the summary's word k-grams (lower-cased ``\\w+`` words) that also occur in the post.
+
+    Counts k-gram occurrences in the summary (a repeated copied k-gram counts each time). A summary with
+    fewer than k words has no k-grams and gets 0.
+    """
+    sw = _WORD.findall(summary.lower())
+    if len(sw) < k:
+        return 0.0
+    pw = _WORD.findall(post.lower())
+    post_grams = {tuple(pw[i : i + k]) for i in range(len(pw) - k + 1)}
+    grams = [tuple(sw[i : i + k]) for i in range(len(sw) - k + 1)]
+    return sum(g in post_grams for g in grams) / len(grams)
+
+
+def hacking_features(
+    tensor: RewardTensor, samples: pd.DataFrame, posts: Mapping[int, str] | None = None
+) -> dict[str, np.ndarray]:
+    """Per-candidate features of the pool, each ``(P, N)``: ``n_tokens`` and (with ``posts``)
+    ``copy_4gram`` (:func:`copied_ngram_fraction` of the sample text against its prompt's post)."""
+    need = ["prompt_id", "sample_id", "n_tokens"] + (["text"] if posts is not None else [])
+    missing = [c for c in need if c not in samples.columns]
+    if missing:
+        raise ValueError(f"samples: missing column(s) {missing}")
+    pool = pd.DataFrame(
+        {
+            "prompt_id": np.repeat(tensor.prompt_ids, tensor.pool_size),
+            "sample_id": tensor.sample_ids.reshape(-1),
+        }
+    )
+    merged = pool.merge(samples[need].drop_duplicates(["prompt_id", "sample_id"]), how="left", validate="1:1")
+    lacking = merged[merged.n_tokens.isna()]
+    if len(lacking):
+        raise ValueError(f"samples: {len(lacking)} pool sample(s) not found, e.g. {_example(lacking, ['prompt_id', 'sample_id'])}")
+    shape = (tensor.n_prompts, tensor.pool_size)
+    out = {"n_tokens": merged.n_tokens.to_numpy(dtype=np.float64).reshape(shape)}
+    if posts is not None:
+        no_post = sorted(set(tensor.prompt_ids.tolist()) - set(posts))
+        if no_post:
+            raise ValueError(f"posts: no post text for prompt_id(s) {no_post[:10]}")
+        copy = [copied_ngram_fraction(str(t), posts[p]) for p, t in zip(merged.prompt_id, merged.text, strict=True)]
+        out["copy_4gram"] = np.asarray(copy, dtype=np.float64).reshape(shape)
+    return out
+
+
+def reward_hacking(
+    tensor: RewardTensor,
+    samples: pd.DataFrame,
+    posts: Mapping[int, str] | None = None,
+    ns=None,
+    scale: bool = False,
+) -> pd.DataFrame:
+    """Expected length and copying of the best-of-n pick vs n, per ranker (as in :func:`figure4`).
+
+    Columns: ``n, ranker, aggregator, feature, mean, se, n_members``; n = 1 is the SFT policy's value.
+    """
+    ns = _check_ns(ns, tensor.pool_size)
+    feats = {(name,): v for name, v in hacking_features(tensor, samples, posts).items()}
+    rows = _expected_table(ranker_scores(tensor, scale), feats, ns, tensor.pool_size, ("feature",))
+    return pd.DataFrame(rows, columns=["n", "ranker", "aggregator", "feature", "mean", "se", "n_members"])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Everything at once, and saving
+
+
+def models_table(tensor: RewardTensor) -> pd.DataFrame:
+    """The models with their roles and ensemble membership (``in_finetune``, ``in_pretrain``)."""
+    members = ensemble_members(tensor)
+    return pd.DataFrame(
+        {
+            "model_id": list(tensor.model_ids),
+            "role": list(tensor.roles),
+            "pretrain_id": pd.Series(list(tensor.pretrain_ids), dtype=object),
+            "finetune_seed": pd.array(list(tensor.finetune_seeds), dtype="Int64"),
+            "in_finetune": [i in members["finetune"] for i in range(len(tensor.model_ids))],
+            "in_pretrain": [i in members["pretrain"] for i in range(len(tensor.model_ids))],
+        }
+    )
+
+
+def run_analysis(
+    tensor: RewardTensor,
+    ns=None,
+    anova_draws: int = 20,
+    seed: int = 0,
+    samples: pd.DataFrame | None = None,
+    posts: Mapping[int, str] | None = None,
+    scale: bool = False,
+    include_ranker: bool = False,
+) -> dict[str, pd.DataFrame]:
+    """All analyses of the reward tensor.
+
+    Returns tables ``meta`` (one row: sizes and settings), ``models`` (:func:`models_table`),
+    ``figure1``, ``figure2``, ``figure3``, ``figure4``, ``table1`` and, with ``samples``, ``hacking``.
+    ``ns`` defaults to :func:`perm.bon.default_ns`; ``anova_draws`` and ``seed`` drive Figure 3's random
+    subsets; ``scale`` also scales ensemble members to unit variance; ``include_ranker`` keeps the
+    ranker among Figure 3's scorers.
+    """
+    ns = _check_ns(ns, tensor.pool_size)
+    ev, gold = tensor.role_index("evaluator"), tensor.role_index("gold")
+    meta = {
+        "n_prompts": tensor.n_prompts,
+        "pool_size": tensor.pool_size,
+        "n_reference": 0 if tensor.reference is None else tensor.reference.shape[2],
+        "n_rms": len(tensor.rm_indices),
+        "n_pretrains": len({tensor.pretrain_ids[i] for i in tensor.rm_indices}),
+        "evaluator": None if ev is None else tensor.model_ids[ev],
+        "gold": None if gold is None else tensor.model_ids[gold],
+        "ns": ",".join(map(str, ns)),
+        "anova_draws": anova_draws,
+        "seed": seed,
+        "scale": scale,
+        "include_ranker": include_ranker,
+    }
+    fig4 = figure4(tensor, ns, scale=scale)
+    results = {
+        "meta": pd.DataFrame([meta]),
+        "models": models_table(tensor),
+        "figure1": figure1(tensor, ns),
+        "figure2": figure2(tensor, ns),
+        "figure3": figure3(tensor, ns, draws=anova_draws, seed=seed, include_ranker=include_ranker),
+        "figure4": fig4,
+        "table1": table1(fig4),
+    }
+    if samples is not None:
+        results["hacking"] = reward_hacking(tensor, samples, posts, ns, scale=scale)
+    return results
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is pd.NA:
+        return None
+    return value
+
+
+def summarize(results: Mapping[str, pd.DataFrame]) -> dict:
+    """The JSON summary: settings, table shapes, Table 1 and the headline numbers at the largest n."""
+    summary = {
+        "meta": results["meta"].iloc[0].to_dict() if "meta" in results else {},
+        "tables": {k: {"rows": len(v), "columns": list(map(str, v.columns))} for k, v in results.items()},
+    }
+    headline = {}
+    for name in ("figure1", "figure2"):
+        df = results.get(name)
+        if df is not None and not df.empty:
+            last = df[df.n == df.n.max()]
+            headline[name] = {"n": int(last.n.iloc[0]), **{g: {"mean": m, "se": s}
+                              for g, m, s in zip(last.group, last["mean"], last.se, strict=True)}}  # fmt: skip
+    df = results.get("figure3")
+    if df is not None and not df.empty:
+        headline["figure3"] = df.iloc[[0, -1]][["n", "mean", "se"]].to_dict("records")
+    summary["headline"] = headline
+    if "table1" in results:
+        summary["table1"] = results["table1"].to_dict("records")
+    return _jsonable(summary)
+
+
+def save_analysis(results: Mapping[str, pd.DataFrame], out_dir) -> dict[str, Path]:
+    """Write each table as ``<name>.parquet`` and ``summary.json`` into ``out_dir``, atomically.
+
+    Returns the written paths by name (``summary`` for the JSON).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name, df in results.items():
+        path = out / f"{name}.parquet"
+        _atomic_write(path, lambda tmp, df=df: df.to_parquet(tmp, index=False))
+        written[name] = path
+    path = out / "summary.json"
+    text = json.dumps(summarize(results), indent=2, ensure_ascii=False)
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
+    written["summary"] = path
+    return written

@@ -1,0 +1,102 @@
+"""`perm` command line: one command per stage, and `perm run` for all of them.
+
+Every command takes an optional config file (default: the embedded configs/tiny.yaml) and dotted
+overrides, e.g. `perm testbed out=runs/x testbed.seed=3`. Bad input exits with code 2 and a message
+naming the file, line and field; nothing half-written is left behind.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from perm.config import ConfigError, RunConfig, load_config
+from perm.progress import Progress
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Reward-model underspecification and pretrain-ensemble reward models.")
+
+Args = Annotated[list[str] | None, typer.Argument(help="[CONFIG.yaml] then key=value overrides")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print errors only.")]
+JsonLog = Annotated[bool, typer.Option("--json-log", help="One JSON object per progress event (stderr).")]
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from perm.data import DataError
+    from perm.models import ModelLoadError
+
+    errors: list[type[Exception]] = [ConfigError, DataError, ModelLoadError]
+    try:
+        from perm.analysis import RewardTensorError
+
+        errors.append(RewardTensorError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
+
+
+def _resolve(args: list[str] | None) -> RunConfig:
+    args = list(args or [])
+    path = None
+    if args and "=" not in args[0]:
+        path = args.pop(0)
+    for a in args:
+        if "=" not in a:
+            raise ConfigError(f"{a}: expected key=value (only the first argument may be a config file)")
+    return load_config(path, args)
+
+
+def _progress(quiet: bool, json_log: bool) -> Progress:
+    return Progress("quiet" if quiet else "json" if json_log else "normal")
+
+
+def _run(stage: str, args, quiet: bool, json_log: bool) -> None:
+    from perm.pipeline import Pipeline
+
+    try:
+        cfg = _resolve(args)
+        pipe = Pipeline(cfg, _progress(quiet, json_log))
+        result = pipe.run(stage)
+    except _user_errors() as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    if result is not None and not quiet:
+        typer.echo(str(result))
+
+
+@app.command()
+def run(args: Args = None, quiet: Quiet = False, json_log: JsonLog = False) -> None:
+    """Run every stage (skipping those already complete) and print where the report is."""
+    _run("run", args, quiet, json_log)
+
+
+@app.command()
+def testbed(args: Args = None, quiet: Quiet = False, json_log: JsonLog = False) -> None:
+    """Write the embedded testbed (corpus, SFT data, preference pairs, eval prompts, tokenizer)."""
+    _run("testbed", args, quiet, json_log)
+
+
+@app.command()
+def pretrain(args: Args = None, quiet: Quiet = False, json_log: JsonLog = False) -> None:
+    """Pretrain the seed-varied backbones (or register existing checkpoints)."""
+    _run("pretrain", args, quiet, json_log)
+
+
+@app.command("train-rm")
+def train_rm(args: Args = None, quiet: Quiet = False, json_log: JsonLog = False) -> None:
+    """Finetune the reward-model grid and the evaluator."""
+    _run("train-rm", args, quiet, json_log)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,427 @@
+"""Frozen, typed run configuration: YAML in, dotted CLI overrides, resolved YAML saved into the run.
+
+Every stage has its own dataclass; `RunConfig` nests them. Only entry points (cli, pipeline) unpack a
+config; components take flat arguments. Unknown keys and wrong types are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the key and what was expected."""
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+@dataclass(frozen=True)
+class TestbedConfig:
+    """The embedded synthetic summarisation world (perm.testbed)."""
+
+    __test__ = False  # not a pytest test class
+
+    seed: int = 0
+    """Seed of the world: posts, candidates, preference labels, corpus order."""
+    n_corpus_docs: int = 20000
+    """Documents in the pretraining corpus (posts followed by their TL;DR, plain posts, sentences)."""
+    n_sft: int = 4000
+    """(post, reference summary) examples for SFT."""
+    n_prefs_train: int = 12000
+    """Preference pairs for reward-model training."""
+    n_prefs_eval: int = 1000
+    """Held-out in-distribution preference pairs (accuracy of each RM)."""
+    n_eval_prompts: int = 200
+    """Prompts the policy samples pools for; every analysis averages over them."""
+    label_temperature: float | None = None
+    """Bradley-Terry temperature of the synthetic raters; null = the calibrated default (~70-75% agreement)."""
+    vocab_size: int = 2048
+    """BPE vocabulary size of the tokenizer trained on the corpus."""
+
+    def __post_init__(self) -> None:
+        for name in ("n_corpus_docs", "n_sft", "n_prefs_train", "n_prefs_eval", "n_eval_prompts"):
+            _check(getattr(self, name) > 0, f"testbed.{name}", "must be > 0")
+        _check(self.vocab_size >= 300, "testbed.vocab_size", "must be >= 300 (byte-level BPE base alphabet)")
+        if self.label_temperature is not None:
+            _check(self.label_temperature > 0, "testbed.label_temperature", "must be > 0")
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Architecture of a GPT-NeoX (Pythia) backbone pretrained from scratch."""
+
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 512
+    max_position_embeddings: int = 256
+
+    def __post_init__(self) -> None:
+        _check(self.hidden_size > 0 and self.num_layers > 0, "backbone", "sizes must be > 0")
+        _check(self.hidden_size % self.num_heads == 0, "backbone.num_heads", "must divide hidden_size")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Seed-varied causal-LM pretraining (or existing checkpoints to load instead)."""
+
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    """One backbone per seed; pretrain_id is `seed<k>`."""
+    init_seeds: tuple[int, ...] | None = None
+    """Initialisation seed per pretrain (PolyPythias' weight-seed); null = follow `seeds`."""
+    data_seeds: tuple[int, ...] | None = None
+    """Data-order seed per pretrain (PolyPythias' data-seed); null = follow `seeds`."""
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    steps: int = 600
+    batch_size: int = 32
+    seq_len: int = 128
+    lr: float = 3e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    checkpoints: tuple[str, ...] = ()
+    """Instead of pretraining: local directories or hub ids (e.g. EleutherAI/pythia-160m-seed1), one per
+    pretrain. Non-empty overrides `seeds`."""
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        _check(len(self.seeds) > 0 or len(self.checkpoints) > 0, "pretrain.seeds", "need at least one")
+        _check(len(set(self.seeds)) == len(self.seeds), "pretrain.seeds", "must be distinct")
+        for name in ("init_seeds", "data_seeds"):
+            v = getattr(self, name)
+            if v is not None:
+                _check(len(v) == len(self.seeds), f"pretrain.{name}", "must have one entry per seed")
+        for name in ("steps", "batch_size", "seq_len"):
+            _check(getattr(self, name) > 0, f"pretrain.{name}", "must be > 0")
+        _check(self.lr > 0, "pretrain.lr", "must be > 0")
+
+    def pretrain_ids(self) -> list[str]:
+        if self.checkpoints:
+            return [f"ckpt{i}" for i in range(len(self.checkpoints))]
+        return [f"seed{s}" for s in self.seeds]
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Reward-model finetuning and the pretrain x finetune-seed grid."""
+
+    finetune_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    layout: Literal["paper", "full"] = "paper"
+    """paper: one RM per pretrain (first finetune seed) plus all finetune seeds of the first pretrain;
+    full: every pretrain x every finetune seed."""
+    center_coef: float = 0.01
+    """alpha of the centering term alpha * mean((r+ + r-)^2)."""
+    epochs: float = 2.0
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup_frac: float = 0.06
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    dropout: float = 0.0
+    eval_every: int = 200
+    max_length: int = 192
+    max_train_pairs: int | None = None
+    """Use only the first k training pairs (null = all)."""
+
+    def __post_init__(self) -> None:
+        _check(len(self.finetune_seeds) > 0, "reward.finetune_seeds", "need at least one")
+        _check(len(set(self.finetune_seeds)) == len(self.finetune_seeds), "reward.finetune_seeds", "must be distinct")
+        _check(self.layout in ("paper", "full"), "reward.layout", "must be 'paper' or 'full'")
+        _check(self.center_coef >= 0, "reward.center_coef", "must be >= 0")
+        _check(self.epochs > 0 and self.batch_size > 0 and self.lr > 0, "reward", "epochs, batch_size, lr > 0")
+        _check(0 <= self.warmup_frac < 1, "reward.warmup_frac", "must be in [0, 1)")
+        _check(0 <= self.dropout < 1, "reward.dropout", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class EvaluatorConfig:
+    """The stronger evaluator RM: bigger backbone, a pretrain seed no grid member uses, more data."""
+
+    enabled: bool = True
+    pretrain_seed: int = 1000
+    backbone: BackboneConfig = field(
+        default_factory=lambda: BackboneConfig(hidden_size=192, num_layers=3, num_heads=6, intermediate_size=768)
+    )
+    pretrain_steps: int = 900
+    train_pairs: int | None = None
+    """Preference pairs it is finetuned on: the first k of prefs_train (null = all, more than the grid's
+    `reward.max_train_pairs`)."""
+    epochs: float = 2.0
+    lr: float = 8e-4
+    checkpoint: str | None = None
+    """Load this backbone (local dir or hub id) instead of pretraining one."""
+
+    def __post_init__(self) -> None:
+        _check(self.pretrain_steps > 0, "evaluator.pretrain_steps", "must be > 0")
+        if self.train_pairs is not None:
+            _check(self.train_pairs > 0, "evaluator.train_pairs", "must be > 0")
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """SFT policy and candidate pools."""
+
+    checkpoint: str | None = None
+    """Load an existing causal LM (local dir or hub id) as the policy instead of training one."""
+    init_from: Literal["scratch", "pretrain"] = "pretrain"
+    """SFT starts from the first pretrained backbone, or from scratch."""
+    sft_epochs: float = 2.0
+    sft_lr: float = 1e-3
+    sft_batch_size: int = 32
+    pool_size: int = 64
+    n_reference: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 32
+    seed: int = 0
+    batch_prompts: int = 8
+
+    def __post_init__(self) -> None:
+        _check(self.pool_size >= 1, "policy.pool_size", "must be >= 1")
+        _check(self.n_reference >= 0, "policy.n_reference", "must be >= 0")
+        _check(self.temperature > 0, "policy.temperature", "must be > 0")
+        _check(0 < self.top_p <= 1, "policy.top_p", "must be in (0, 1]")
+        _check(self.max_new_tokens > 0, "policy.max_new_tokens", "must be > 0")
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """Best-of-n analyses over the reward tensor."""
+
+    ns: tuple[int, ...] | None = None
+    """n values; null = 1, 2, 4, ... up to the pool size."""
+    anova_draws: int = 20
+    """R random n-subsets per prompt for Figure 3."""
+    scale: bool = False
+    """Standardise ensemble members to unit variance per prompt (not only centre) before aggregating."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.anova_draws > 0, "analysis.anova_draws", "must be > 0")
+        if self.ns is not None:
+            _check(all(n >= 1 for n in self.ns), "analysis.ns", "every n must be >= 1")
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    address: str | None = None
+    """Existing cluster address (e.g. ray://head:10001 or auto); null = start a local instance."""
+    num_cpus_per_task: float = 1.0
+    num_gpus_per_task: float = 0.0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One experiment, end to end."""
+
+    out: str = "runs/tiny"
+    """Run directory."""
+    device: str = "auto"
+    """auto (cuda if available), cpu, cuda."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    executor: Literal["local", "ray"] = "local"
+    threads: int | None = None
+    """torch intra-op threads; null = torch's default."""
+    testbed: TestbedConfig = field(default_factory=TestbedConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", "auto|cpu|cuda")
+        _check(self.precision in ("fp32", "bf16"), "precision", "fp32|bf16")
+        _check(self.executor in ("local", "ray"), "executor", "local|ray")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# dict <-> dataclass with type checking
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against annotation `tp` (after YAML parsing) and convert lists to tuples."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: expected one of {list(args)}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list of {_type_name(args[0])}, got {value!r}")
+        return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping ({tp.__name__}), got {value!r}")
+        return _from_dict(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected bool, got {value!r} ({type(value).__name__})")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected int, got {value!r} ({type(value).__name__})")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected float, got {value!r} ({type(value).__name__})")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected str, got {value!r} ({type(value).__name__})")
+        return value
+    raise ConfigError(f"{key}: unsupported annotation {tp}")
+
+
+def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in names:
+            raise ConfigError(f"{key}: unknown key (known: {', '.join(sorted(names))})")
+        kwargs[k] = _coerce(v, hints[k], key)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        if prefix and not str(e).startswith(prefix):
+            raise ConfigError(f"{prefix}.{e}") from None
+        raise
+
+
+def to_dict(cfg: Any) -> Any:
+    """Plain nested dict/list form (tuples become lists) for YAML and hashing."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, tuple | list):
+        return [to_dict(v) for v in cfg]
+    return cfg
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    cur = data
+    for p in parts[:-1]:
+        nxt = cur.get(p)
+        if nxt is None:
+            nxt = cur[p] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{dotted}: {p} is not a mapping")
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """`a.b=3` strings into a nested dict; values are parsed as YAML scalars (3 → int, [1,2] → list)."""
+    data: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"{item}: override must look like key=value (e.g. reward.lr=3e-4)")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"{item}: empty key")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{key}: cannot parse value {raw!r}: {e}") from None
+        if isinstance(value, str) and _looks_float(value):
+            value = float(value)
+        _set_dotted(data, key, value)
+    return data
+
+
+def _looks_float(s: str) -> bool:
+    # YAML 1.1 reads "3e-4" as a string; researchers mean a float.
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return any(c in s for c in "eE.")
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _fix_floats(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _fix_floats(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_fix_floats(v) for v in obj]
+    if isinstance(obj, str) and _looks_float(obj):
+        return float(obj)
+    return obj
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML file (None: the embedded default, configs/tiny.yaml) and apply dotted overrides."""
+    if path is None:
+        path = default_config_path()
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    data = _merge(_fix_floats(data), parse_overrides(overrides or []))
+    try:
+        return _from_dict(RunConfig, data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def config_from_overrides(overrides: list[str]) -> RunConfig:
+    """Defaults + overrides, no file."""
+    return _from_dict(RunConfig, parse_overrides(overrides))
+
+
+def dump_config(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def configs_dir() -> Path:
+    return Path(__file__).parent / "configs"
+
+
+def default_config_path() -> Path:
+    return configs_dir() / "tiny.yaml"

@@ -1,0 +1,549 @@
+"""Load and validate external preference data: (prompt, chosen, rejected) pairs.
+
+Sources (``load_preferences(source, ...)``)
+-------------------------------------------
+- a **JSONL** file (``.jsonl``, ``.ndjson``, ``.json``; one JSON object per line, streamed line by line;
+  blank lines are skipped);
+- a **Parquet** file (``.parquet``, ``.pq``; read in record batches, only the columns a schema can use);
+- a local **Hugging Face dataset directory**: either one written by ``save_to_disk`` (read with
+  ``datasets.load_from_disk``), or a folder of Parquet / JSONL data files in the layouts ``datasets``
+  understands (``data/train-00000-of-00001.parquet``, ``train/0000.parquet``, a README ``configs:``
+  section, ...). The folder's files and splits are resolved by ``datasets`` and then each file is read
+  by the readers above, so an error names the exact file and its line or row. ``name`` picks a config:
+  a sub-folder of that name (the layout of the Hub's Parquet conversion, ``<config>/<split>/0000.parquet``)
+  or a config declared in the README;
+- a **Hub id** (when online): ``datasets.load_dataset(id, name, split=split, revision=revision)``. For
+  ``openai/summarize_from_feedback``, a script dataset that current ``datasets`` refuses to run, the
+  loader uses its Parquet conversion (``revision="refs/convert/parquet"``, config ``comparisons`` unless
+  ``name`` says otherwise). That branch stores configs as folders, so there the config is passed as
+  ``data_dir``. Hub downloads go to the usual Hugging Face cache; nothing else is ever written.
+
+A source with several splits needs ``split=``, unless it has exactly one.
+
+Schemas (``schema="auto"`` detects from the fields of the first record; or force ``"generic"``/``"tldr"``)
+----------------------------------------------------------------------------------------------------
+- ``generic``: ``{prompt, chosen, rejected}`` strings and an optional ``id`` (string or integer).
+- ``tldr``: a comparison of OpenAI's *summarize_from_feedback* (``comparisons`` config)::
+
+      {info: {id, post, title, subreddit, ...}, summaries: [{text, policy, note}, {...}],
+       choice, worker, batch, split, extra: {confidence}}
+
+  becomes the TL;DR prompt (``TLDR_PROMPT``; post, title and subreddit stripped of outer whitespace)::
+
+      SUBREDDIT: r/{subreddit}
+      TITLE: {title}
+      POST: {post}
+      TL;DR:
+
+  with ``chosen = " " + summaries[choice].text.strip()`` and
+  ``rejected = " " + summaries[1 - choice].text.strip()``: exactly one space after ``TL;DR:``, whether or
+  not the stored text starts with one (OpenAI's policy samples do, so a plain ``" " + text`` would give
+  two). Rows without a Reddit post (the CNN/DM comparisons in OpenAI's ``validation`` split have
+  ``info.post = null``) are errors; filter them out or use a mirror that splits them off.
+
+Pair ids: an explicit top-level ``id`` when present; otherwise the record's position in its source,
+counted from 0 over the non-blank records (all files of a split in order, as ``datasets`` orders them),
+so the same data gives the same ids as JSONL, Parquet or a ``datasets`` dataset. ``generic`` uses the
+bare position (``"17"``); ``tldr`` prefixes the post id (``"t3_abc123/17"``), so that a post compared
+several times (by several workers, or different summary pairs) yields distinct pairs that can still be
+grouped by post. Only repeated *ids* are duplicates; repeated content is not.
+
+Errors
+------
+Bad input raises exactly one ``DataError`` (a ``ValueError``), the first in source order, with a message
+``<source>: <line N | row N>: field '<field>': <problem>``. JSONL positions are 1-based line numbers;
+Parquet and ``datasets`` positions are 0-based row indices (``df.iloc[N]``, ``ds[N]``), counted within
+the named file (for a folder of files) or split. Nested fields are written as paths
+(``info.post``, ``summaries[1].text``). ``limit`` stops reading after that many pairs, so errors further
+on are not seen.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMAS = ("generic", "tldr")
+TLDR_PROMPT = "SUBREDDIT: r/{subreddit}\nTITLE: {title}\nPOST: {post}\nTL;DR:"
+"""The TL;DR prompt built from a summarize_from_feedback post; the summary follows after one space."""
+
+OPENAI_TLDR_ID = "openai/summarize_from_feedback"
+PARQUET_CONVERSION = "refs/convert/parquet"
+
+_JSONL_SUFFIXES = {".jsonl", ".ndjson", ".json"}
+_PARQUET_SUFFIXES = {".parquet", ".pq"}
+_GENERIC_FIELDS = ("prompt", "chosen", "rejected")
+_TLDR_FIELDS = ("info", "summaries", "choice")
+# Columns read from Arrow sources: everything either schema uses, and nothing else (a mirror may carry
+# large token columns).
+_USED_COLUMNS = ("id", *_GENERIC_FIELDS, *_TLDR_FIELDS)
+_BATCH_ROWS = 1024
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+class DataError(ValueError):
+    """Unusable input data. The message names the source, the line (JSONL, 1-based) or row (Parquet and
+    datasets, 0-based) and the field: ``prefs.jsonl: line 3: field 'chosen': expected a string, got int``.
+    The parts are also kept as attributes (``None`` where they do not apply)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str | None = None,
+        location: str | None = None,
+        field: str | None = None,
+    ):
+        super().__init__(message)
+        self.source = source
+        self.location = location
+        self.field = field
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One human (or synthetic) preference: ``chosen`` was preferred to ``rejected`` as a reply to
+    ``prompt``. ``chosen`` and ``rejected`` are completions appended to the prompt verbatim."""
+
+    pair_id: str
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a record sits in its source, for error messages: ``str(loc) == "prefs.jsonl: line 3"``.
+
+    unit: ``"line"`` (JSONL, index 1-based), ``"row"`` (Parquet / datasets, 0-based) or ``"item"``
+    (pairs in memory, 0-based). fields: ``(pair attribute, source field)`` for attributes read from a
+    differently named field, e.g. ``("chosen", "summaries[1].text")``.
+    """
+
+    source: str
+    unit: str = "item"
+    index: int = 0
+    fields: tuple[tuple[str, str], ...] = ()
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.unit} {self.index}"
+
+    def field_name(self, attribute: str) -> str:
+        return dict(self.fields).get(attribute, attribute)
+
+    def error(self, field: str | None, problem: str) -> DataError:
+        where = f"{self.unit} {self.index}"
+        head = f"{self.source}: {where}: " + (f"field '{field}': " if field else "")
+        return DataError(head + problem, source=self.source, location=where, field=field)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Field checks, shared by both schemas and by validate_pairs
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    text = repr(value)
+    return f"{type(value).__name__} ({text if len(text) <= 40 else text[:37] + '...'})"
+
+
+def _get(record: Mapping[str, Any], key: str, field: str, loc: Location) -> Any:
+    if key not in record:
+        raise loc.error(field, "missing")
+    return record[key]
+
+
+def _text(value: Any, field: str, loc: Location) -> str:
+    """A non-blank string, or the DataError that says why not."""
+    if not isinstance(value, str):
+        raise loc.error(field, f"expected a string, got {_describe(value)}")
+    if not value.strip():
+        raise loc.error(field, "empty or whitespace-only text")
+    return value
+
+
+def _index(value: Any, field: str, loc: Location) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):  # bool is an int subclass, never an index
+        raise loc.error(field, f"expected an integer, got {_describe(value)}")
+    return value
+
+
+# ----------------------------------------------------------------------------------------------------
+# Schemas: one record (a dict) -> a pair and the fields it was read from
+
+
+def detect_schema(fields: Iterable[str]) -> str | None:
+    """``"generic"`` or ``"tldr"`` from a record's top-level field names; ``None`` if neither fits."""
+    names = set(fields)
+    generic = len(names & set(_GENERIC_FIELDS))
+    tldr = len(names & set(_TLDR_FIELDS))
+    if generic == tldr:
+        return None
+    return "generic" if generic > tldr else "tldr"
+
+
+def _explicit_id(record: Mapping[str, Any], loc: Location) -> str | None:
+    value = record.get("id")
+    if value is None:  # absent, or a null in a column that other rows fill
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise loc.error("id", f"expected a string or an integer, got {_describe(value)}")
+    if isinstance(value, str) and not value.strip():
+        raise loc.error("id", "empty or whitespace-only text")
+    return str(value)
+
+
+def _generic_pair(record: Mapping[str, Any], loc: Location, position: int) -> tuple[Location, PreferencePair]:
+    prompt, chosen, rejected = (_text(_get(record, f, f, loc), f, loc) for f in _GENERIC_FIELDS)
+    pair_id = _explicit_id(record, loc)
+    return loc, PreferencePair(pair_id if pair_id is not None else str(position), prompt, chosen, rejected)
+
+
+def tldr_prompt(subreddit: str, title: str, post: str) -> str:
+    """The TL;DR prompt (``TLDR_PROMPT``) for a Reddit post; fields stripped of outer whitespace."""
+    return TLDR_PROMPT.format(subreddit=subreddit.strip(), title=title.strip(), post=post.strip())
+
+
+def _tldr_pair(record: Mapping[str, Any], loc: Location, position: int) -> tuple[Location, PreferencePair]:
+    info = _get(record, "info", "info", loc)
+    if not isinstance(info, Mapping):
+        raise loc.error("info", f"expected an object, got {_describe(info)}")
+    post = _get(info, "post", "info.post", loc)
+    if post is None and info.get("article") is not None:
+        raise loc.error(
+            "info.post",
+            "null, with an article: a CNN/DM comparison, not a Reddit TL;DR one (filter these rows out)",
+        )
+    post = _text(post, "info.post", loc)
+    title = _text(_get(info, "title", "info.title", loc), "info.title", loc)
+    subreddit = _text(_get(info, "subreddit", "info.subreddit", loc), "info.subreddit", loc)
+
+    summaries = _get(record, "summaries", "summaries", loc)
+    if not isinstance(summaries, list | tuple):
+        raise loc.error("summaries", f"expected a list, got {_describe(summaries)}")
+    if len(summaries) != 2:
+        raise loc.error("summaries", f"expected 2 summaries, got {len(summaries)}")
+    texts = []
+    for i, summary in enumerate(summaries):
+        if not isinstance(summary, Mapping):
+            raise loc.error(f"summaries[{i}]", f"expected an object, got {_describe(summary)}")
+        texts.append(_text(_get(summary, "text", f"summaries[{i}].text", loc), f"summaries[{i}].text", loc))
+
+    choice = _index(_get(record, "choice", "choice", loc), "choice", loc)
+    if choice not in (0, 1):
+        raise loc.error("choice", f"must be 0 or 1 (an index into summaries), got {choice}")
+
+    pair_id = _explicit_id(record, loc)
+    if pair_id is None:
+        info_id = _get(info, "id", "info.id", loc)
+        if isinstance(info_id, bool) or not isinstance(info_id, str | int):
+            raise loc.error("info.id", f"expected a string, got {_describe(info_id)}")
+        pair_id = f"{info_id}/{position}"
+    pair = PreferencePair(
+        pair_id=pair_id,
+        prompt=tldr_prompt(subreddit, title, post),
+        chosen=" " + texts[choice].strip(),
+        rejected=" " + texts[1 - choice].strip(),
+    )
+    fields = (
+        ("pair_id", "id" if "id" in record and record["id"] is not None else "info.id"),
+        ("prompt", "info"),
+        ("chosen", f"summaries[{choice}].text"),
+        ("rejected", f"summaries[{1 - choice}].text"),
+    )
+    return replace(loc, fields=fields), pair
+
+
+_CONVERTERS = {"generic": _generic_pair, "tldr": _tldr_pair}
+
+
+def _to_pairs(
+    records: Iterable[tuple[Location, Any]], schema: str
+) -> Iterator[tuple[Location, PreferencePair]]:
+    """Records (JSON objects or Arrow rows as dicts) -> located pairs, detecting the schema on the first."""
+    for position, (loc, record) in enumerate(records):
+        if not isinstance(record, Mapping):
+            raise loc.error(
+                None, f"expected a JSON object, got {type(record).__name__} (JSON Lines: one object per line)"
+            )
+        if schema == "auto":
+            schema = detect_schema(record) or ""
+            if not schema:
+                raise loc.error(
+                    None,
+                    f"cannot detect the schema from fields {sorted(record)}: expected {{prompt, chosen, rejected}} "
+                    "or summarize_from_feedback {info, summaries, choice}; pass schema='generic' or 'tldr'",
+                )
+        yield _CONVERTERS[schema](record, loc, position)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Validation: the checks every source shares, written once
+
+
+def validate_pairs(
+    pairs: Iterable[PreferencePair | tuple[Location, PreferencePair]], *, source: str = "pairs"
+) -> list[PreferencePair]:
+    """Check pairs and return them as a list; raise one DataError at the first problem.
+
+    Items are pairs (located as ``<source>: item <i>``) or ``(Location, pair)`` as the loaders make them.
+    Checks: every text is a non-blank string, ``chosen`` differs from ``rejected`` (ignoring outer
+    whitespace), pair ids are non-blank strings and unique, and there is at least one pair.
+    """
+    out: list[PreferencePair] = []
+    first_seen: dict[str, Location] = {}
+    for i, item in enumerate(pairs):
+        loc, pair = (Location(source, "item", i), item) if isinstance(item, PreferencePair) else item
+        for attribute in ("pair_id", "prompt", "chosen", "rejected"):
+            _text(getattr(pair, attribute), loc.field_name(attribute), loc)
+        if pair.chosen.strip() == pair.rejected.strip():
+            raise loc.error(loc.field_name("rejected"), f"identical to '{loc.field_name('chosen')}'")
+        if pair.pair_id in first_seen:
+            first = first_seen[pair.pair_id]
+            at = f"{first.unit} {first.index}" + (f" of {first.source}" if first.source != loc.source else "")
+            raise loc.error(loc.field_name("pair_id"), f"duplicate pair id '{pair.pair_id}' (first at {at})")
+        first_seen[pair.pair_id] = loc
+        out.append(pair)
+    if not out:
+        raise DataError(f"{source}: no preference pairs (empty)", source=source)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Readers: a source -> (Location, record) in source order
+
+
+def _read_jsonl(path: Path, label: str) -> Iterator[tuple[Location, Any]]:
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            loc = Location(label, "line", number)
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise loc.error(
+                    None, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
+                ) from exc
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise loc.error(None, f"invalid JSON: {exc.msg} (column {exc.colno})") from exc
+            yield loc, record
+
+
+def _arrow_rows(label: str, batches: Iterable[pa.RecordBatch | pa.Table]) -> Iterator[tuple[Location, Any]]:
+    row = 0
+    try:
+        for batch in batches:
+            for record in batch.to_pylist():
+                yield Location(label, "row", row), record
+                row += 1
+    except pa.ArrowException as exc:
+        raise DataError(
+            f"{label}: row {row}: cannot read ({exc})", source=label, location=f"row {row}"
+        ) from exc
+
+
+def _read_parquet(path: Path, label: str) -> Iterator[tuple[Location, Any]]:
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{label}: not a readable Parquet file ({exc})", source=label) from exc
+    with parquet:
+        columns = [c for c in parquet.schema_arrow.names if c in _USED_COLUMNS]
+        yield from _arrow_rows(label, parquet.iter_batches(batch_size=_BATCH_ROWS, columns=columns))
+
+
+def _read_file(path: Path, label: str) -> Iterator[tuple[Location, Any]]:
+    suffix = path.suffix.lower()
+    if suffix in _JSONL_SUFFIXES:
+        return _read_jsonl(path, label)
+    if suffix in _PARQUET_SUFFIXES:
+        return _read_parquet(path, label)
+    raise DataError(
+        f"{label}: unsupported file type '{suffix}' (expected .jsonl, .json, .ndjson, .parquet or .pq)",
+        source=label,
+    )
+
+
+def _one_split(splits: Mapping[str, Any], split: str | None, label: str) -> tuple[str, Any]:
+    names = [str(s) for s in splits]
+    if split is None:
+        if len(names) != 1:
+            raise DataError(f"{label}: has splits {names}; choose one with split=", source=label)
+        split = names[0]
+    if split not in names:
+        raise DataError(f"{label}: no split '{split}' (has {names})", source=label)
+    return split, splits[next(s for s in splits if str(s) == split)]
+
+
+def _dataset_rows(dataset: Any, label: str) -> Iterator[tuple[Location, Any]]:
+    """Rows of a ``datasets.Dataset``, only the columns a schema can use, as Arrow batches."""
+    dataset = dataset.select_columns([c for c in dataset.column_names if c in _USED_COLUMNS])
+    return _arrow_rows(label, dataset.with_format("arrow").iter(batch_size=_BATCH_ROWS))
+
+
+def _read_saved_dataset(path: Path, split: str | None) -> Iterator[tuple[Location, Any]]:
+    import datasets
+
+    try:
+        saved = datasets.load_from_disk(str(path))
+    except Exception as exc:  # a damaged save: any error from datasets is the data's fault here
+        raise DataError(
+            f"{path}: cannot load the saved dataset ({type(exc).__name__}: {exc})", source=str(path)
+        ) from exc
+    if isinstance(saved, datasets.DatasetDict):
+        split, saved = _one_split(saved, split, str(path))
+    elif split is not None and saved.split is not None and str(saved.split) != split:
+        raise DataError(f"{path}: holds split '{saved.split}', not '{split}'", source=str(path))
+    return _dataset_rows(saved, f"{path} [{split}]" if split else str(path))
+
+
+def _read_data_dir(path: Path, name: str | None, split: str | None) -> Iterator[tuple[Location, Any]]:
+    """A folder of data files: ``datasets`` resolves configs, splits and files (writing nothing), then
+    each file is read here so that errors name it."""
+    from datasets.load import dataset_module_factory
+
+    data_dir = name if name is not None and (path / name).is_dir() else None
+    try:
+        module = dataset_module_factory(str(path), data_dir=data_dir)
+    except Exception as exc:  # no data files, an unreadable README, ...: all about this folder
+        raise DataError(
+            f"{path}: not a dataset folder ({type(exc).__name__}: {exc})", source=str(path)
+        ) from exc
+    configs = module.builder_configs_parameters.builder_configs or []
+    if name is not None and data_dir is None:
+        config = next((c for c in configs if c.name == name), None)
+        if config is None:
+            raise DataError(f"{path}: no config '{name}' (has {[c.name for c in configs]})", source=str(path))
+        data_files = config.data_files
+    elif len(configs) > 1:
+        default = module.builder_configs_parameters.default_config_name
+        config = next((c for c in configs if c.name == default), None)
+        if config is None:
+            raise DataError(
+                f"{path}: has configs {[c.name for c in configs]}; choose one with name=", source=str(path)
+            )
+        data_files = config.data_files
+    else:
+        data_files = configs[0].data_files if configs else module.builder_kwargs["data_files"]
+    split, files = _one_split(data_files, split, str(path))
+    if not module.module_path.endswith((".parquet", ".json")):
+        kind = module.module_path.rsplit(".", 1)[-1]
+        raise DataError(
+            f"{path}: split '{split}' holds {kind} files; expected Parquet or JSON Lines", source=str(path)
+        )
+    for file in files:
+        yield from _read_file(Path(file), str(file))
+
+
+def _read_hub(
+    dataset_id: str, name: str | None, split: str | None, revision: str | None
+) -> Iterator[tuple[Location, Any]]:
+    import datasets
+
+    if dataset_id == OPENAI_TLDR_ID and revision is None:
+        revision, name = PARQUET_CONVERSION, name or "comparisons"
+    # The Parquet conversion branch keeps each config in a folder and declares none.
+    kwargs = {"data_dir": name} if revision == PARQUET_CONVERSION and name else {"name": name}
+    label = (
+        f"{dataset_id} ({', '.join(str(x) for x in (name, revision) if x)})"
+        if name or revision
+        else dataset_id
+    )
+    try:
+        loaded = datasets.load_dataset(dataset_id, split=split, revision=revision, **kwargs)
+    except Exception as exc:  # offline, unknown id / config / split, gated: say so, as a DataError
+        raise DataError(
+            f"{dataset_id}: no such local file or folder, and loading it from the Hugging Face Hub failed "
+            f"({type(exc).__name__}: {exc})",
+            source=dataset_id,
+        ) from exc
+    if isinstance(loaded, datasets.DatasetDict):
+        split, loaded = _one_split(loaded, split, label)
+    return _dataset_rows(loaded, f"{label} [{split}]")
+
+
+def _records(
+    source: str | Path, name: str | None, split: str | None, revision: str | None
+) -> Iterator[tuple[Location, Any]]:
+    path = Path(source).expanduser()
+    label = str(source)
+    if path.is_file():
+        if name is not None or split is not None or revision is not None:
+            raise DataError(
+                f"{label}: a single file has no configs, splits or revisions (name, split, revision)",
+                source=label,
+            )
+        return _read_file(path, label)
+    if path.is_dir():
+        if revision is not None:
+            raise DataError(f"{label}: a local folder has no revisions", source=label)
+        if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+            return _read_saved_dataset(path, split)
+        return _read_data_dir(path, name, split)
+    if (
+        isinstance(source, Path)
+        or path.suffix.lower() in _JSONL_SUFFIXES | _PARQUET_SUFFIXES
+        or not _HUB_ID.match(label)
+    ):
+        raise DataError(f"{label}: no such file or folder", source=label)
+    return _read_hub(label, name, split, revision)
+
+
+def load_preferences(
+    source: str | Path,
+    *,
+    schema: str = "auto",
+    split: str | None = None,
+    name: str | None = None,
+    revision: str | None = None,
+    limit: int | None = None,
+) -> list[PreferencePair]:
+    """Read preference pairs from a JSONL / Parquet file, a local dataset folder or a Hub id.
+
+    schema: ``"auto"``, ``"generic"`` ({prompt, chosen, rejected}) or ``"tldr"`` (summarize_from_feedback).
+    split / name / revision: for dataset folders and Hub ids (a split, a config, a Hub revision).
+    limit: read only the first ``limit`` pairs (and check only those).
+    Returns the pairs in source order; raises one DataError (naming source, line or row, and field) on
+    the first bad record. See the module docstring for the formats, the TL;DR prompt and pair ids.
+    """
+    if schema not in ("auto", *SCHEMAS):
+        raise ValueError(f"schema must be 'auto', 'generic' or 'tldr', got {schema!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+    located = _to_pairs(_records(source, name, split, revision), schema)
+    return validate_pairs(islice(located, limit), source=str(source))
+
+
+def preferences_to_table(pairs: Iterable[PreferencePair]) -> pa.Table:
+    """Pairs as an Arrow table with string columns ``pair_id, prompt, chosen, rejected``."""
+    pairs = list(pairs)
+    columns = ("pair_id", "prompt", "chosen", "rejected")
+    return pa.table(
+        {c: pa.array([getattr(p, c) for p in pairs], type=pa.string()) for c in columns},
+    )
+
+
+__all__ = [
+    "DataError",
+    "Location",
+    "OPENAI_TLDR_ID",
+    "PreferencePair",
+    "TLDR_PROMPT",
+    "detect_schema",
+    "load_preferences",
+    "preferences_to_table",
+    "tldr_prompt",
+    "validate_pairs",
+]

@@ -1,0 +1,214 @@
+"""Backbones, tokenizer, reward heads; loading and saving in Hugging Face format (safetensors only).
+
+Two families are supported as reward-model backbones:
+- decoder-only causal LMs (GPT-NeoX/Pythia, GPT-2, Llama, ...): the reward is read at the last
+  non-padding token (transformers' *ForSequenceClassification do exactly this given `pad_token_id`);
+- encoder-only models (BERT/MultiBERTs, RoBERTa, ...): the reward is read at the first ([CLS]) token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+HEAD_NAMES = ("score", "classifier")
+
+
+class ModelLoadError(ValueError):
+    """A checkpoint that cannot be loaded safely or at all; the message names the path and the problem."""
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run a block under a fixed torch seed without disturbing the global generator outside it."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def gpt_neox_config(
+    *,
+    vocab_size: int,
+    hidden_size: int,
+    num_layers: int,
+    num_heads: int,
+    intermediate_size: int,
+    max_position_embeddings: int,
+    pad_token_id: int,
+    eos_token_id: int,
+    dropout: float = 0.0,
+) -> GPTNeoXConfig:
+    """A tiny Pythia-architecture config (rotary on a quarter of head dims, parallel residual, as Pythia)."""
+    return GPTNeoXConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings,
+        rotary_pct=0.25,
+        use_parallel_residual=True,
+        hidden_dropout=dropout,
+        attention_dropout=dropout,
+        tie_word_embeddings=False,
+        pad_token_id=pad_token_id,
+        bos_token_id=eos_token_id,
+        eos_token_id=eos_token_id,
+    )
+
+
+def new_causal_lm(config: GPTNeoXConfig, init_seed: int) -> GPTNeoXForCausalLM:
+    """A freshly initialised causal LM whose weights depend only on `config` and `init_seed`."""
+    with seeded(init_seed):
+        model = GPTNeoXForCausalLM(config)
+    return model
+
+
+def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """Load a tokenizer and make sure it has a pad token distinct from real text (needed for reward read-out)."""
+    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        # Pythia has no pad token; reusing EOS would make the read-out skip a real trailing EOS.
+        tok.add_special_tokens({"pad_token": "<|pad|>"})
+    return tok
+
+
+def _check_safetensors(path: str | Path) -> None:
+    p = Path(path)
+    if p.is_dir():
+        if not any(p.glob("*.safetensors")):
+            bins = [q.name for q in p.glob("*.bin")] + [q.name for q in p.glob("*.pt")]
+            extra = f" (found {', '.join(bins)}: pickled weights are refused)" if bins else ""
+            raise ModelLoadError(f"{p}: no *.safetensors weights{extra}")
+        if not (p / "config.json").exists():
+            raise ModelLoadError(f"{p}: no config.json")
+
+
+def is_encoder_only(config) -> bool:
+    """True for encoder-only families (reward read at the first token)."""
+    return not getattr(config, "is_decoder", False) and config.model_type in {
+        "bert",
+        "roberta",
+        "deberta",
+        "deberta-v2",
+        "distilbert",
+        "electra",
+        "xlm-roberta",
+        "albert",
+        "modernbert",
+    }
+
+
+def load_reward_backbone(
+    path: str | Path,
+    *,
+    pad_token_id: int | None,
+    head_seed: int,
+    dropout: float | None = None,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+) -> PreTrainedModel:
+    """A backbone (local dir or hub id) with a fresh scalar head initialised from `head_seed`.
+
+    Only safetensors weights are accepted (`use_safetensors=True`); remote code only on request.
+    """
+    _check_safetensors(path)
+    config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code, revision=revision)
+    config.num_labels = 1
+    config.problem_type = "regression"
+    if pad_token_id is not None:
+        config.pad_token_id = pad_token_id
+    if dropout is not None:
+        for name in ("hidden_dropout", "attention_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if hasattr(config, name):
+                setattr(config, name, dropout)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(path),
+            config=config,
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+            revision=revision,
+        )
+    except OSError as e:
+        raise ModelLoadError(f"{path}: cannot load as a reward backbone: {e}") from None
+    init_reward_head(model, head_seed)
+    return model
+
+
+def reward_head(model: PreTrainedModel) -> torch.nn.Module:
+    for name in HEAD_NAMES:
+        if hasattr(model, name):
+            return getattr(model, name)
+    raise ModelLoadError(f"{type(model).__name__}: no scalar head ({' or '.join(HEAD_NAMES)})")
+
+
+def init_reward_head(model: PreTrainedModel, head_seed: int) -> None:
+    """Re-initialise the head's final linear layer(s) from `head_seed` (std 1/sqrt(hidden), bias 0)."""
+    head = reward_head(model)
+    hidden = model.config.hidden_size
+    with seeded(head_seed), torch.no_grad():
+        for m in head.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.weight.normal_(0.0, 1.0 / (hidden**0.5 + 1.0))
+                if m.bias is not None:
+                    m.bias.zero_()
+
+
+def load_reward_model(path: str | Path, *, trust_remote_code: bool = False) -> PreTrainedModel:
+    """A saved RM (from perm or any *ForSequenceClassification with one label), in eval mode."""
+    _check_safetensors(path)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(path), use_safetensors=True, trust_remote_code=trust_remote_code
+        )
+    except OSError as e:
+        raise ModelLoadError(f"{path}: cannot load reward model: {e}") from None
+    if model.config.num_labels != 1:
+        raise ModelLoadError(f"{path}: num_labels is {model.config.num_labels}, a reward model has 1")
+    return model.eval()
+
+
+def load_causal_lm(path: str | Path, *, trust_remote_code: bool = False, revision: str | None = None):
+    _check_safetensors(path)
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            str(path), use_safetensors=True, trust_remote_code=trust_remote_code, revision=revision
+        )
+    except OSError as e:
+        raise ModelLoadError(f"{path}: cannot load causal LM: {e}") from None
+
+
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, out: Path, meta: dict | None,
+               meta_name: str) -> None:
+    """save_pretrained (safetensors) + tokenizer + a JSON of provenance into `out` (caller makes it atomic)."""
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out), safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out))
+    if meta is not None:
+        (out / meta_name).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,108 @@
+"""Seed-varied causal-LM pretraining: same config and data, differing only in init seed and data order."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from perm.models import new_causal_lm
+
+
+def pack_corpus(texts: list[str], tokenizer, seq_len: int, heldout_frac: float = 0.02) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate documents (each followed by EOS) and cut into (n_chunks, seq_len) token blocks.
+
+    The held-out blocks are the last `heldout_frac` of the stream: fixed, independent of any seed, so every
+    pretrain's perplexity is measured on the same text.
+    """
+    eos = tokenizer.eos_token_id
+    ids: list[int] = []
+    for enc in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        ids.extend(enc)
+        ids.append(eos)
+    n = len(ids) // seq_len
+    blocks = torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)
+    n_held = max(1, int(round(n * heldout_frac)))
+    return blocks[: n - n_held], blocks[n - n_held :]
+
+
+def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
+    """Linear warmup then cosine decay to 10% of peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def perplexity(model, blocks: torch.Tensor, batch_size: int, device: torch.device) -> float:
+    """exp(mean next-token cross-entropy) over the blocks."""
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(blocks), batch_size):
+        x = blocks[i : i + batch_size].to(device)
+        out = model(input_ids=x, labels=x)
+        k = x.numel() - x.shape[0]  # predicted positions
+        total += out.loss.item() * k
+        count += k
+    return math.exp(total / max(count, 1))
+
+
+def pretrain(
+    *,
+    config,
+    train_blocks: torch.Tensor,
+    heldout_blocks: torch.Tensor,
+    init_seed: int,
+    data_seed: int,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    warmup_steps: int,
+    weight_decay: float,
+    device: torch.device,
+    progress=None,
+):
+    """Train a causal LM from scratch; returns (model, info) with held-out perplexity and timing.
+
+    Initialisation depends only on `init_seed`; the order of training blocks only on `data_seed`.
+    """
+    model = new_causal_lm(config, init_seed).to(device)
+    order_rng = np.random.default_rng(data_seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
+    n = len(train_blocks)
+    perm = order_rng.permutation(n)
+    pos = 0
+    t0 = time.perf_counter()
+    model.train()
+    losses = []
+    for step in range(steps):
+        if pos + batch_size > n:  # new epoch, new order from the same data-order stream
+            perm, pos = order_rng.permutation(n), 0
+        x = train_blocks[torch.from_numpy(perm[pos : pos + batch_size])].to(device)  # (B, T)
+        pos += batch_size
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, warmup_steps, lr)
+        loss = model(input_ids=x, labels=x).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if progress is not None:
+            progress(step + 1, steps, loss.item())
+    wall = time.perf_counter() - t0
+    ppl = perplexity(model, heldout_blocks, batch_size, device)
+    info = {
+        "init_seed": init_seed,
+        "data_seed": data_seed,
+        "steps": steps,
+        "tokens": steps * batch_size * train_blocks.shape[1],
+        "final_train_loss": float(np.mean(losses[-20:])),
+        "heldout_perplexity": ppl,
+        "tokens_per_s": steps * batch_size * train_blocks.shape[1] / wall,
+        "wall_s": wall,
+    }
+    return model.eval(), info

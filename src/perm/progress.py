@@ -1,0 +1,65 @@
+"""Console progress: one line per stage with its timing, a bar with ETA inside long stages; quiet / JSON modes."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+from tqdm.auto import tqdm
+
+
+class Progress:
+    """mode: "normal" (lines + bars on stderr), "quiet" (errors only), "json" (one JSON object per event)."""
+
+    def __init__(self, mode: str = "normal", stream=None):
+        if mode not in ("normal", "quiet", "json"):
+            raise ValueError(f"progress mode must be normal|quiet|json, got {mode!r}")
+        self.mode = mode
+        self.stream = stream or sys.stderr
+
+    def event(self, stage: str, status: str, **fields: Any) -> None:
+        if self.mode == "quiet":
+            return
+        if self.mode == "json":
+            print(json.dumps({"time": time.strftime("%H:%M:%S"), "stage": stage, "status": status, **fields}),
+                  file=self.stream, flush=True)
+            return
+        extra = "  ".join(f"{k}={_fmt(v)}" for k, v in fields.items())
+        print(f"[perm] {stage:<22} {status:<8} {extra}".rstrip(), file=self.stream, flush=True)
+
+    def bar(self, desc: str, total: int):
+        """A callable `update(done, total, loss=None)` drawing a tqdm bar (no-op unless normal mode)."""
+        if self.mode != "normal":
+            return _NullBar()
+        return _Bar(tqdm(total=total, desc=f"  {desc}", leave=False, file=self.stream, dynamic_ncols=True))
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+class _NullBar:
+    def __call__(self, done: int, total: int, loss: float | None = None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _Bar:
+    def __init__(self, bar):
+        self._bar = bar
+
+    def __call__(self, done: int, total: int, loss: float | None = None) -> None:
+        self._bar.total = total
+        self._bar.n = done
+        if loss is not None:
+            self._bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        self._bar.refresh()
+
+    def close(self) -> None:
+        self._bar.close()

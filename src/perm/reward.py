@@ -1,0 +1,183 @@
+"""Reward models: the Bradley-Terry + centering loss, finetuning, pairwise accuracy, batched scoring."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from perm.models import seeded
+
+
+def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, center_coef: float = 0.0) -> torch.Tensor:
+    """mean(-log sigmoid(r+ - r-)) + center_coef * mean((r+ + r-)^2).
+
+    r_chosen, r_rejected: (B,) rewards of the preferred and the other completion of each pair. The
+    centering term (Eisenstein et al. 2023, eq. 1) pins the reward's free offset near zero; BT alone is
+    invariant to adding a constant.
+    """
+    bt = -F.logsigmoid(r_chosen - r_rejected).mean()
+    if center_coef == 0.0:
+        return bt
+    return bt + center_coef * ((r_chosen + r_rejected) ** 2).mean()
+
+
+# ------------------------------------------------------------------------------------------- tokenising
+
+
+def encode(tokenizer, prompts: Sequence[str], completions: Sequence[str], max_length: int) -> list[list[int]]:
+    """Token ids of prompt + completion + EOS; a too-long prompt is cut from its left (keeps the summary)."""
+    p_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    c_ids = tokenizer(list(completions), add_special_tokens=False)["input_ids"]
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    bos = [tokenizer.cls_token_id] if _is_encoder(tokenizer) else []
+    out = []
+    for p, c in zip(p_ids, c_ids, strict=True):
+        c = c + eos
+        room = max_length - len(c) - len(bos)
+        if room < 1:
+            c, room = c[: max_length - len(bos) - 1], 1
+        out.append(bos + p[-room:] + c)
+    return out
+
+
+def _is_encoder(tokenizer) -> bool:
+    return tokenizer.cls_token_id is not None and tokenizer.eos_token_id is None
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to the longest sequence: (B, T) input ids and attention mask."""
+    t = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), t), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Index batches of similar length (sorted, stable), so padding stays small."""
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+# ---------------------------------------------------------------------------------------------- scoring
+
+
+@torch.no_grad()
+def score_ids(model, seqs: Sequence[Sequence[int]], pad_id: int, device, batch_size: int = 64) -> np.ndarray:
+    """Reward of each token sequence, (len(seqs),) float64, batched by length with dynamic padding."""
+    model.eval()
+    out = np.empty(len(seqs), dtype=np.float64)
+    for idx in length_batches([len(s) for s in seqs], batch_size):
+        ids, mask = pad_batch([seqs[i] for i in idx], pad_id)
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits  # (B, 1)
+        out[idx] = logits[:, 0].float().cpu().numpy()
+    return out
+
+
+def pair_accuracy(r_chosen: np.ndarray, r_rejected: np.ndarray) -> tuple[float, float]:
+    """Fraction of pairs with r+ > r- (ties count 1/2) and its binomial standard error."""
+    correct = (r_chosen > r_rejected) + 0.5 * (r_chosen == r_rejected)
+    acc = float(np.mean(correct))
+    return acc, float(np.std(correct, ddof=1) / math.sqrt(len(correct))) if len(correct) > 1 else 0.0
+
+
+# --------------------------------------------------------------------------------------------- training
+
+
+def lr_schedule(step: int, total: int, warmup: int) -> float:
+    """Multiplier: linear warmup, then linear decay to 0."""
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def train_reward_model(
+    model,
+    *,
+    chosen: Sequence[Sequence[int]],
+    rejected: Sequence[Sequence[int]],
+    eval_chosen: Sequence[Sequence[int]],
+    eval_rejected: Sequence[Sequence[int]],
+    pad_id: int,
+    center_coef: float,
+    epochs: float,
+    batch_size: int,
+    lr: float,
+    warmup_frac: float,
+    weight_decay: float,
+    max_grad_norm: float,
+    eval_every: int,
+    data_seed: int,
+    dropout_seed: int,
+    accelerator=None,
+    progress=None,
+) -> dict:
+    """Finetune `model` (backbone + scalar head) on token-id pairs; returns a plain state dict of metrics.
+
+    Data order depends only on `data_seed`, dropout masks only on `dropout_seed` (the head was initialised
+    by its own seed when the model was built). Each step scores chosen and rejected in one forward pass.
+    """
+    from accelerate import Accelerator
+
+    acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    n = len(chosen)
+    steps_per_epoch = math.ceil(n / batch_size)
+    total = max(1, int(round(epochs * steps_per_epoch)))
+    warmup = int(warmup_frac * total)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_schedule(s, total, warmup))
+    model, opt, sched = acc.prepare(model, opt, sched)
+    device = acc.device
+    rng = np.random.default_rng(data_seed)
+    state = {"step": 0, "total_steps": total, "train_loss": [], "evals": []}
+    t0 = time.perf_counter()
+    with seeded(dropout_seed):
+        model.train()
+        order = rng.permutation(n)
+        pos = 0
+        while state["step"] < total:
+            if pos >= n:
+                order, pos = rng.permutation(n), 0
+            idx = order[pos : pos + batch_size]
+            pos += batch_size
+            ids, mask = pad_batch([chosen[i] for i in idx] + [rejected[i] for i in idx], pad_id)
+            r = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0]  # (2B,)
+            loss = bradley_terry_loss(r[: len(idx)], r[len(idx) :], center_coef)
+            opt.zero_grad(set_to_none=True)
+            acc.backward(loss)
+            if max_grad_norm > 0:
+                acc.clip_grad_norm_(model.parameters(), max_grad_norm)
+            opt.step()
+            sched.step()
+            state["step"] += 1
+            state["train_loss"].append(loss.item())
+            if state["step"] % eval_every == 0 or state["step"] == total:
+                state["evals"].append(evaluate_pairs(model, eval_chosen, eval_rejected, pad_id, device, state["step"]))
+                model.train()
+            if progress is not None:
+                progress(state["step"], total, loss.item())
+    state["wall_s"] = time.perf_counter() - t0
+    state["pairs_per_s"] = total * batch_size / state["wall_s"]
+    state["model"] = acc.unwrap_model(model).eval()
+    return state
+
+
+def evaluate_pairs(model, chosen, rejected, pad_id: int, device, step: int = 0) -> dict:
+    """Accuracy (± se) and mean reward on held-out pairs."""
+    rc = score_ids(model, chosen, pad_id, device)
+    rr = score_ids(model, rejected, pad_id, device)
+    accuracy, se = pair_accuracy(rc, rr)
+    return {
+        "step": step,
+        "accuracy": accuracy,
+        "accuracy_se": se,
+        "mean_reward": float(np.mean(np.concatenate([rc, rr]))),
+        "loss": float(-np.mean(np.log(1.0 / (1.0 + np.exp(-(rc - rr)))))),
+    }

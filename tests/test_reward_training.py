@@ -1,0 +1,66 @@
+"""Reward-model finetuning: it learns, seeds decide the weights, the centering term has its effect."""
+
+import numpy as np
+import pytest
+import torch
+
+from perm.models import load_reward_backbone
+from perm.reward import encode, score_ids, train_reward_model
+
+from conftest import toy_pairs
+
+
+def _train(backbone_dir, tokenizer, *, head_seed=0, data_seed=0, dropout_seed=0, center_coef=0.0, offset=0.0,
+           epochs=2.0, dropout=0.0, n=192):
+    torch.set_num_threads(1)
+    p, c, r = toy_pairs(n, seed=0)
+    ep, ec, er = toy_pairs(64, seed=1)
+    model = load_reward_backbone(backbone_dir, pad_token_id=tokenizer.pad_token_id, head_seed=head_seed,
+                                 dropout=dropout)
+    if offset:
+        # shift every reward by `offset`: the final layer norm's bias along the head direction
+        w = model.score.weight[0]
+        with torch.no_grad():
+            model.gpt_neox.final_layer_norm.bias += offset * w / (w @ w)
+    enc = lambda a, b: encode(tokenizer, a, b, 32)  # noqa: E731
+    return train_reward_model(
+        model, chosen=enc(p, c), rejected=enc(p, r), eval_chosen=enc(ep, ec), eval_rejected=enc(ep, er),
+        pad_id=tokenizer.pad_token_id, center_coef=center_coef, epochs=epochs, batch_size=16, lr=3e-3,
+        warmup_frac=0.1, weight_decay=0.0, max_grad_norm=1.0, eval_every=1000, data_seed=data_seed,
+        dropout_seed=dropout_seed,
+    )
+
+
+def test_rm_learns_the_toy_preference(tiny_backbone_dir, tokenizer):
+    state = _train(tiny_backbone_dir, tokenizer)
+    assert state["evals"][-1]["accuracy"] > 0.95
+    assert state["train_loss"][-1] < state["train_loss"][0]
+
+
+def test_identical_seeds_identical_weights_and_each_seed_matters(tiny_backbone_dir, tokenizer):
+    def weights(**kw):
+        m = _train(tiny_backbone_dir, tokenizer, epochs=0.5, dropout=0.1, **kw)["model"]
+        return torch.cat([p.detach().flatten() for p in m.parameters()])
+
+    base = weights()
+    assert torch.equal(base, weights())
+    for kw in ({"head_seed": 1}, {"data_seed": 1}, {"dropout_seed": 1}):
+        assert not torch.equal(base, weights(**kw)), kw
+
+
+def test_centering_term_pulls_mean_reward_to_zero(tiny_backbone_dir, tokenizer):
+    """BT alone is shift-invariant, so a reward offset of +4 survives training with alpha = 0; with
+    alpha = 0.1 the centering gradient 2*alpha*(r+ + r-) pulls the mean reward toward 0."""
+    plain = _train(tiny_backbone_dir, tokenizer, offset=4.0, center_coef=0.0)["evals"][-1]["mean_reward"]
+    centred = _train(tiny_backbone_dir, tokenizer, offset=4.0, center_coef=0.1)["evals"][-1]["mean_reward"]
+    assert abs(plain) > 2.0
+    assert abs(centred) < 0.5 * abs(plain)
+
+
+def test_score_ids_matches_direct_call(tiny_backbone_dir, tokenizer):
+    m = _train(tiny_backbone_dir, tokenizer, epochs=0.25)["model"]
+    seqs = encode(tokenizer, ["w1 TL;DR:", "w2 w3 w4 TL;DR:"], [" good", " bad w5"], 32)
+    got = score_ids(m, seqs, tokenizer.pad_token_id, "cpu", batch_size=2)
+    with torch.no_grad():
+        direct = [m(input_ids=torch.tensor([s])).logits[0, 0].item() for s in seqs]
+    assert got == pytest.approx(np.array(direct), abs=1e-5)
