@@ -62,7 +62,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
+from contextlib import closing
 from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
@@ -80,12 +81,18 @@ PARQUET_CONVERSION = "refs/convert/parquet"
 
 _JSONL_SUFFIXES = {".jsonl", ".ndjson", ".json"}
 _PARQUET_SUFFIXES = {".parquet", ".pq"}
+# A missing path with one of these endings is a mistyped file name, not a Hub id.
+_FILE_SUFFIXES = (
+    _JSONL_SUFFIXES | _PARQUET_SUFFIXES | {".csv", ".tsv", ".txt", ".arrow", ".gz", ".zip", ".zst"}
+)
 _GENERIC_FIELDS = ("prompt", "chosen", "rejected")
 _TLDR_FIELDS = ("info", "summaries", "choice")
 # Columns read from Arrow sources: everything either schema uses, and nothing else (a mirror may carry
 # large token columns).
 _USED_COLUMNS = ("id", *_GENERIC_FIELDS, *_TLDR_FIELDS)
 _BATCH_ROWS = 1024
+# A reader yields (where, record) in source order; a generator, so that an early stop can close its file.
+_Records = Generator[tuple["Location", Any], None, None]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -205,7 +212,8 @@ def _explicit_id(record: Mapping[str, Any], loc: Location) -> str | None:
 def _generic_pair(record: Mapping[str, Any], loc: Location, position: int) -> tuple[Location, PreferencePair]:
     prompt, chosen, rejected = (_text(_get(record, f, f, loc), f, loc) for f in _GENERIC_FIELDS)
     pair_id = _explicit_id(record, loc)
-    return loc, PreferencePair(pair_id if pair_id is not None else str(position), prompt, chosen, rejected)
+    pair = PreferencePair(pair_id if pair_id is not None else str(position), prompt, chosen, rejected)
+    return replace(loc, fields=(("pair_id", "id"),)), pair
 
 
 def tldr_prompt(subreddit: str, title: str, post: str) -> str:
@@ -246,7 +254,7 @@ def _tldr_pair(record: Mapping[str, Any], loc: Location, position: int) -> tuple
     if pair_id is None:
         info_id = _get(info, "id", "info.id", loc)
         if isinstance(info_id, bool) or not isinstance(info_id, str | int):
-            raise loc.error("info.id", f"expected a string, got {_describe(info_id)}")
+            raise loc.error("info.id", f"expected a string or an integer, got {_describe(info_id)}")
         pair_id = f"{info_id}/{position}"
     pair = PreferencePair(
         pair_id=pair_id,
@@ -264,6 +272,14 @@ def _tldr_pair(record: Mapping[str, Any], loc: Location, position: int) -> tuple
 
 
 _CONVERTERS = {"generic": _generic_pair, "tldr": _tldr_pair}
+_JSON_TYPES = {
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
 
 
 def _to_pairs(
@@ -272,9 +288,8 @@ def _to_pairs(
     """Records (JSON objects or Arrow rows as dicts) -> located pairs, detecting the schema on the first."""
     for position, (loc, record) in enumerate(records):
         if not isinstance(record, Mapping):
-            raise loc.error(
-                None, f"expected a JSON object, got {type(record).__name__} (JSON Lines: one object per line)"
-            )
+            kind = _JSON_TYPES.get(type(record), type(record).__name__)
+            raise loc.error(None, f"expected a JSON object, got {kind} (JSON Lines: one object per line)")
         if schema == "auto":
             schema = detect_schema(record) or ""
             if not schema:
@@ -322,7 +337,7 @@ def validate_pairs(
 # Readers: a source -> (Location, record) in source order
 
 
-def _read_jsonl(path: Path, label: str) -> Iterator[tuple[Location, Any]]:
+def _read_jsonl(path: Path, label: str) -> _Records:
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
             loc = Location(label, "line", number)
@@ -341,7 +356,7 @@ def _read_jsonl(path: Path, label: str) -> Iterator[tuple[Location, Any]]:
             yield loc, record
 
 
-def _arrow_rows(label: str, batches: Iterable[pa.RecordBatch | pa.Table]) -> Iterator[tuple[Location, Any]]:
+def _arrow_rows(label: str, batches: Iterable[pa.RecordBatch | pa.Table]) -> _Records:
     row = 0
     try:
         for batch in batches:
@@ -354,17 +369,22 @@ def _arrow_rows(label: str, batches: Iterable[pa.RecordBatch | pa.Table]) -> Ite
         ) from exc
 
 
-def _read_parquet(path: Path, label: str) -> Iterator[tuple[Location, Any]]:
+def _used(columns: list[str]) -> list[str]:
+    """The columns worth reading; all of them when none is known, so the schema error can list them."""
+    return [c for c in columns if c in _USED_COLUMNS] or list(columns)
+
+
+def _read_parquet(path: Path, label: str) -> _Records:
     try:
         parquet = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"{label}: not a readable Parquet file ({exc})", source=label) from exc
     with parquet:
-        columns = [c for c in parquet.schema_arrow.names if c in _USED_COLUMNS]
+        columns = _used(parquet.schema_arrow.names)
         yield from _arrow_rows(label, parquet.iter_batches(batch_size=_BATCH_ROWS, columns=columns))
 
 
-def _read_file(path: Path, label: str) -> Iterator[tuple[Location, Any]]:
+def _read_file(path: Path, label: str) -> _Records:
     suffix = path.suffix.lower()
     if suffix in _JSONL_SUFFIXES:
         return _read_jsonl(path, label)
@@ -387,13 +407,13 @@ def _one_split(splits: Mapping[str, Any], split: str | None, label: str) -> tupl
     return split, splits[next(s for s in splits if str(s) == split)]
 
 
-def _dataset_rows(dataset: Any, label: str) -> Iterator[tuple[Location, Any]]:
+def _dataset_rows(dataset: Any, label: str) -> _Records:
     """Rows of a ``datasets.Dataset``, only the columns a schema can use, as Arrow batches."""
-    dataset = dataset.select_columns([c for c in dataset.column_names if c in _USED_COLUMNS])
+    dataset = dataset.select_columns(_used(dataset.column_names))
     return _arrow_rows(label, dataset.with_format("arrow").iter(batch_size=_BATCH_ROWS))
 
 
-def _read_saved_dataset(path: Path, split: str | None) -> Iterator[tuple[Location, Any]]:
+def _read_saved_dataset(path: Path, split: str | None) -> _Records:
     import datasets
 
     try:
@@ -409,7 +429,7 @@ def _read_saved_dataset(path: Path, split: str | None) -> Iterator[tuple[Locatio
     return _dataset_rows(saved, f"{path} [{split}]" if split else str(path))
 
 
-def _read_data_dir(path: Path, name: str | None, split: str | None) -> Iterator[tuple[Location, Any]]:
+def _read_data_dir(path: Path, name: str | None, split: str | None) -> _Records:
     """A folder of data files: ``datasets`` resolves configs, splits and files (writing nothing), then
     each file is read here so that errors name it."""
     from datasets.load import dataset_module_factory
@@ -447,9 +467,7 @@ def _read_data_dir(path: Path, name: str | None, split: str | None) -> Iterator[
         yield from _read_file(Path(file), str(file))
 
 
-def _read_hub(
-    dataset_id: str, name: str | None, split: str | None, revision: str | None
-) -> Iterator[tuple[Location, Any]]:
+def _read_hub(dataset_id: str, name: str | None, split: str | None, revision: str | None) -> _Records:
     import datasets
 
     if dataset_id == OPENAI_TLDR_ID and revision is None:
@@ -474,9 +492,7 @@ def _read_hub(
     return _dataset_rows(loaded, f"{label} [{split}]")
 
 
-def _records(
-    source: str | Path, name: str | None, split: str | None, revision: str | None
-) -> Iterator[tuple[Location, Any]]:
+def _records(source: str | Path, name: str | None, split: str | None, revision: str | None) -> _Records:
     path = Path(source).expanduser()
     label = str(source)
     if path.is_file():
@@ -492,11 +508,7 @@ def _records(
         if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
             return _read_saved_dataset(path, split)
         return _read_data_dir(path, name, split)
-    if (
-        isinstance(source, Path)
-        or path.suffix.lower() in _JSONL_SUFFIXES | _PARQUET_SUFFIXES
-        or not _HUB_ID.match(label)
-    ):
+    if isinstance(source, Path) or path.suffix.lower() in _FILE_SUFFIXES or not _HUB_ID.match(label):
         raise DataError(f"{label}: no such file or folder", source=label)
     return _read_hub(label, name, split, revision)
 
@@ -522,8 +534,9 @@ def load_preferences(
         raise ValueError(f"schema must be 'auto', 'generic' or 'tldr', got {schema!r}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
-    located = _to_pairs(_records(source, name, split, revision), schema)
-    return validate_pairs(islice(located, limit), source=str(source))
+    # closing(): with a limit, the reader stops mid-file; close its file now, not at garbage collection.
+    with closing(_records(source, name, split, revision)) as records:
+        return validate_pairs(islice(_to_pairs(records, schema), limit), source=str(source))
 
 
 def preferences_to_table(pairs: Iterable[PreferencePair]) -> pa.Table:
