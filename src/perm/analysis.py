@@ -121,12 +121,18 @@ def _is_str_column(col: pd.Series, allow_null: bool) -> bool:
     return col.notna().sum() == 0 or pd.api.types.infer_dtype(col, skipna=True) == "string"
 
 
-def _check_dtypes(df: pd.DataFrame, spec: Mapping[str, str], source: str) -> None:
+def _check_dtypes(df: pd.DataFrame, spec: Mapping[str, str], source: str) -> pd.DataFrame:
+    """Check columns and dtypes; returns ``df`` with categorical string columns made plain."""
     missing = [c for c in spec if c not in df.columns]
     if missing:
         raise RewardTensorError(
             f"{source}: missing column(s) {missing}; expected {list(spec)}, found {list(df.columns)}"
         )
+    categorical = [
+        c for c, k in spec.items() if k.endswith("str") and isinstance(df[c].dtype, pd.CategoricalDtype)
+    ]
+    if categorical:
+        df = df.assign(**{c: df[c].astype(object) for c in categorical})
     for col, kind in spec.items():
         series = df[col]
         if kind == "int":
@@ -135,16 +141,14 @@ def _check_dtypes(df: pd.DataFrame, spec: Mapping[str, str], source: str) -> Non
             want = "integer (no nulls)"
         elif kind == "nullable_int":
             values = series.dropna()
-            ok = (
-                pd.api.types.is_integer_dtype(series) and not pd.api.types.is_bool_dtype(series)
-            ) or (
+            ok = (pd.api.types.is_integer_dtype(series) and not pd.api.types.is_bool_dtype(series)) or (
                 len(values) == 0
                 or (pd.api.types.is_float_dtype(series) and bool(np.all(np.mod(values, 1) == 0)))
             )
             want = "integer (nulls allowed)"
         elif kind == "float":
             ok = pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
-            want = "float"
+            want = "numeric (float or int)"
         elif kind == "bool":
             ok = pd.api.types.is_bool_dtype(series) and not series.isna().any()
             want = "bool (no nulls)"
@@ -158,6 +162,7 @@ def _check_dtypes(df: pd.DataFrame, spec: Mapping[str, str], source: str) -> Non
             raise AssertionError(kind)
         if not ok:
             raise RewardTensorError(f"{source}: column '{col}' has dtype {series.dtype}, expected {want}")
+    return df
 
 
 def _example(df: pd.DataFrame, cols: Sequence[str], limit: int = 3) -> str:
@@ -166,7 +171,7 @@ def _example(df: pd.DataFrame, cols: Sequence[str], limit: int = 3) -> str:
 
 
 def _validate_models(models: pd.DataFrame, source: str) -> pd.DataFrame:
-    _check_dtypes(
+    models = _check_dtypes(
         models,
         {"model_id": "str", "role": "str", "pretrain_id": "nullable_str", "finetune_seed": "nullable_int"},
         source,
@@ -211,9 +216,15 @@ def reward_tensor_from_frames(
     models = _validate_models(models, models_source)
     if "is_reference" not in rewards.columns:
         rewards = rewards.assign(is_reference=False)
-    _check_dtypes(
+    rewards = _check_dtypes(
         rewards,
-        {"prompt_id": "int", "sample_id": "int", "model_id": "str", "reward": "float", "is_reference": "bool"},
+        {
+            "prompt_id": "int",
+            "sample_id": "int",
+            "model_id": "str",
+            "reward": "float",
+            "is_reference": "bool",
+        },
         rewards_source,
     )
     if len(rewards) == 0:
@@ -227,8 +238,10 @@ def reward_tensor_from_frames(
         )
     absent = [m for m in model_ids if m not in present]
     if absent:
-        raise RewardTensorError(f"{rewards_source}: no rewards at all for model(s) {absent} listed in {models_source}")
-    reward = rewards.reward.to_numpy(dtype=np.float64)
+        raise RewardTensorError(
+            f"{rewards_source}: no rewards at all for model(s) {absent} listed in {models_source}"
+        )
+    reward = rewards.reward.to_numpy(dtype=np.float64, na_value=np.nan)
     bad = ~np.isfinite(reward)
     if bad.any():
         raise RewardTensorError(
@@ -243,7 +256,9 @@ def reward_tensor_from_frames(
             f"{_example(rewards[dup], key)}"
         )
     per_sample = rewards.groupby(["prompt_id", "sample_id"], sort=True).agg(
-        n_models=("model_id", "size"), n_kinds=("is_reference", "nunique"), is_reference=("is_reference", "first")
+        n_models=("model_id", "size"),
+        n_kinds=("is_reference", "nunique"),
+        is_reference=("is_reference", "first"),
     )
     mixed = per_sample[per_sample.n_kinds > 1].reset_index()
     if len(mixed):
@@ -255,7 +270,9 @@ def reward_tensor_from_frames(
     short = per_sample[per_sample.n_models != n_models].reset_index()
     if len(short):
         first = short.iloc[0]
-        have = set(rewards.model_id[(rewards.prompt_id == first.prompt_id) & (rewards.sample_id == first.sample_id)])
+        have = set(
+            rewards.model_id[(rewards.prompt_id == first.prompt_id) & (rewards.sample_id == first.sample_id)]
+        )
         raise RewardTensorError(
             f"{rewards_source}: {len(short)} sample(s) lack a reward from some model, e.g. "
             f"prompt_id={first.prompt_id}, sample_id={first.sample_id} misses {sorted(set(model_ids) - have)}"
@@ -653,8 +670,8 @@ def table1(fig4: pd.DataFrame, n: int | None = None, target: str | None = None) 
     (``reward_mean, reward_se, win_rate_mean, win_rate_se``) and ``n``, ``target``. The target is the
     evaluator, or the gold reward when there is no evaluator.
     """
-    columns = ["ensemble", "aggregator", "reward", "win rate", "n", "target", "reward_mean", "reward_se",
-               "win_rate_mean", "win_rate_se"]  # fmt: skip
+    numbers = ["reward_mean", "reward_se", "win_rate_mean", "win_rate_se"]
+    columns = ["ensemble", "aggregator", "reward", "win rate", "n", "target", *numbers]
     if fig4.empty:
         return pd.DataFrame(columns=columns)
     if target is None:
@@ -668,8 +685,8 @@ def table1(fig4: pd.DataFrame, n: int | None = None, target: str | None = None) 
             cell = part[part.aggregator == agg].set_index("metric")
             if cell.empty:
                 continue
-            row = {"ensemble": "single RM" if ranker == "single" else ranker,
-                   "aggregator": "single RM" if ranker == "single" else agg, "n": n, "target": target}  # fmt: skip
+            single = "single RM" if ranker == "single" else None
+            row = {"ensemble": single or ranker, "aggregator": single or agg, "n": n, "target": target}
             for metric, label in (("reward", "reward"), ("win_rate", "win rate")):
                 mean = float(cell.loc[metric, "mean"]) if metric in cell.index else float("nan")
                 se = float(cell.loc[metric, "se"]) if metric in cell.index else float("nan")
@@ -718,14 +735,19 @@ def hacking_features(
     merged = pool.merge(samples[need].drop_duplicates(["prompt_id", "sample_id"]), how="left", validate="1:1")
     lacking = merged[merged.n_tokens.isna()]
     if len(lacking):
-        raise ValueError(f"samples: {len(lacking)} pool sample(s) not found, e.g. {_example(lacking, ['prompt_id', 'sample_id'])}")
+        raise ValueError(
+            f"samples: {len(lacking)} pool sample(s) not found, e.g. {_example(lacking, ['prompt_id', 'sample_id'])}"
+        )
     shape = (tensor.n_prompts, tensor.pool_size)
     out = {"n_tokens": merged.n_tokens.to_numpy(dtype=np.float64).reshape(shape)}
     if posts is not None:
         no_post = sorted(set(tensor.prompt_ids.tolist()) - set(posts))
         if no_post:
             raise ValueError(f"posts: no post text for prompt_id(s) {no_post[:10]}")
-        copy = [copied_ngram_fraction(str(t), posts[p]) for p, t in zip(merged.prompt_id, merged.text, strict=True)]
+        copy = [
+            copied_ngram_fraction(str(t), posts[p])
+            for p, t in zip(merged.prompt_id, merged.text, strict=True)
+        ]
         out["copy_4gram"] = np.asarray(copy, dtype=np.float64).reshape(shape)
     return out
 
@@ -852,8 +874,8 @@ def summarize(results: Mapping[str, pd.DataFrame]) -> dict:
         df = results.get(name)
         if df is not None and not df.empty:
             last = df[df.n == df.n.max()]
-            headline[name] = {"n": int(last.n.iloc[0]), **{g: {"mean": m, "se": s}
-                              for g, m, s in zip(last.group, last["mean"], last.se, strict=True)}}  # fmt: skip
+            groups = zip(last.group, last["mean"], last.se, strict=True)
+            headline[name] = {"n": int(last.n.iloc[0]), **{g: {"mean": m, "se": s} for g, m, s in groups}}
     df = results.get("figure3")
     if df is not None and not df.empty:
         headline["figure3"] = df.iloc[[0, -1]][["n", "mean", "se"]].to_dict("records")
