@@ -8,7 +8,6 @@ naming the file, line and field; nothing half-written is left behind.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -53,13 +52,24 @@ def _progress(quiet: bool, json_log: bool) -> Progress:
     return Progress("quiet" if quiet else "json" if json_log else "normal")
 
 
-def _run(stage: str, args, quiet: bool, json_log: bool) -> None:
+def _run(stage: str, args, quiet: bool, json_log: bool, rewards: str | None = None, models: str | None = None) -> None:
+    from pathlib import Path
+
     from perm.pipeline import Pipeline
 
     try:
         cfg = _resolve(args)
+        if (rewards is None) != (models is None):
+            raise ConfigError("--rewards and --models go together (a reward tensor is both files)")
         pipe = Pipeline(cfg, _progress(quiet, json_log))
-        result = pipe.run(stage)
+        if rewards is not None:
+            for p in (rewards, models):
+                if not Path(p).exists():
+                    raise ConfigError(f"{p}: file not found")
+            fn = pipe.analyze if stage == "analyze" else pipe.report
+            result = fn(Path(rewards), Path(models))
+        else:
+            result = pipe.run(stage)
     except _user_errors() as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
@@ -89,6 +99,42 @@ def pretrain(args: Args = None, quiet: Quiet = False, json_log: JsonLog = False)
 def train_rm(args: Args = None, quiet: Quiet = False, json_log: JsonLog = False) -> None:
     """Finetune the reward-model grid and the evaluator."""
     _run("train-rm", args, quiet, json_log)
+
+
+@app.command()
+def sft(args: Args = None, quiet: Quiet = False, json_log: JsonLog = False) -> None:
+    """Train the SFT policy (summary tokens only), or register policy.checkpoint."""
+    _run("sft", args, quiet, json_log)
+
+
+@app.command()
+def sample(args: Args = None, quiet: Quiet = False, json_log: JsonLog = False) -> None:
+    """Sample a pool of candidates (+ reference samples) per eval prompt into samples.parquet."""
+    _run("sample", args, quiet, json_log)
+
+
+@app.command()
+def score(args: Args = None, quiet: Quiet = False, json_log: JsonLog = False) -> None:
+    """Score every sample with every RM, the evaluator and the gold reward: rewards.parquet, models.parquet."""
+    _run("score", args, quiet, json_log)
+
+
+Rewards = Annotated[str | None, typer.Option("--rewards", help="A reward tensor of your own: rewards.parquet")]
+Models = Annotated[str | None, typer.Option("--models", help="... and its models.parquet")]
+
+
+@app.command()
+def analyze(args: Args = None, rewards: Rewards = None, models: Models = None, quiet: Quiet = False,
+            json_log: JsonLog = False) -> None:
+    """Compute the figures' and Table 1's numbers (this run's reward tensor, or --rewards/--models)."""
+    _run("analyze", args, quiet, json_log, rewards, models)
+
+
+@app.command()
+def report(args: Args = None, rewards: Rewards = None, models: Models = None, quiet: Quiet = False,
+           json_log: JsonLog = False) -> None:
+    """Write report/index.html, the figures and table1.md."""
+    _run("report", args, quiet, json_log, rewards, models)
 
 
 def main() -> None:

@@ -57,6 +57,30 @@ class TestbedConfig:
 
 
 @dataclass(frozen=True)
+class DataConfig:
+    """Where the preference data comes from: the embedded testbed, or your own pairs."""
+
+    prefs: str | None = None
+    """null = the embedded testbed. Otherwise a JSONL/Parquet file, a local `datasets` directory, or a hub id
+    (e.g. openai/summarize_from_feedback), in the generic {prompt, chosen, rejected} or TL;DR schema."""
+    schema: Literal["auto", "generic", "tldr"] = "auto"
+    name: str | None = None
+    """Dataset config name for hub ids (summarize_from_feedback: comparisons)."""
+    revision: str | None = None
+    train_split: str | None = "train"
+    eval_split: str | None = "validation"
+    prefs_eval: str | None = None
+    """A separate file for held-out pairs (instead of `eval_split` of `prefs`)."""
+    max_train_pairs: int | None = None
+    max_eval_pairs: int | None = 2000
+    n_eval_prompts: int = 200
+    """Eval prompts for best-of-n: the first k distinct prompts of the held-out pairs."""
+
+    def __post_init__(self) -> None:
+        _check(self.n_eval_prompts > 0, "data.n_eval_prompts", "must be > 0")
+
+
+@dataclass(frozen=True)
 class BackboneConfig:
     """Architecture of a GPT-NeoX (Pythia) backbone pretrained from scratch."""
 
@@ -232,6 +256,7 @@ class RunConfig:
     threads: int | None = None
     """torch intra-op threads; null = torch's default."""
     testbed: TestbedConfig = field(default_factory=TestbedConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)

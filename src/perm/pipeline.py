@@ -111,16 +111,24 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
     if n_pairs is not None:
         prompts, chosen, rejected = prompts[:n_pairs], chosen[:n_pairs], rejected[:n_pairs]
     ep, ec, er = _read_column(run / "data" / "prefs_eval.parquet", "prompt", "chosen", "rejected")
+    from accelerate import Accelerator
+
     bar = Progress("normal" if show_progress else "quiet").bar(out_rel, 1)
     state = train_reward_model(
         model, chosen=encode(tok, prompts, chosen, ml), rejected=encode(tok, prompts, rejected, ml),
         eval_chosen=encode(tok, ep, ec, ml), eval_rejected=encode(tok, ep, er, ml), pad_id=tok.pad_token_id,
         data_seed=seeds["data_seed"], dropout_seed=seeds["dropout_seed"], progress=bar,
+        accelerator=Accelerator(cpu=dev.type == "cpu"),
         **{k: reward[k] for k in ("center_coef", "epochs", "batch_size", "lr", "warmup_frac", "weight_decay",
                                   "max_grad_norm", "eval_every")})
     bar.close()
     model = state.pop("model")
-    final = evaluate_pairs(model, encode(tok, ep, ec, ml), encode(tok, ep, er, ml), tok.pad_token_id, model.device)
+    gold_diff = None
+    if "gold_chosen" in pq.read_schema(run / "data" / "prefs_eval.parquet").names:
+        gc, gr = _read_column(run / "data" / "prefs_eval.parquet", "gold_chosen", "gold_rejected")
+        gold_diff = [a - b for a, b in zip(gc, gr, strict=True)]
+    final = evaluate_pairs(model, encode(tok, ep, ec, ml), encode(tok, ep, er, ml), tok.pad_token_id, model.device,
+                           gold_diff=gold_diff)
     info = {
         "model_id": Path(out_rel).name,
         "role": role,
@@ -132,6 +140,7 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
         "n_train_pairs": len(chosen),
         "accuracy": final["accuracy"],
         "accuracy_se": final["accuracy_se"],
+        "gold_accuracy": final.get("gold_accuracy"),
         "eval_mean_reward": final["mean_reward"],
         "eval_curve": state["evals"],
         "final_train_loss": float(sum(state["train_loss"][-20:]) / len(state["train_loss"][-20:])),
@@ -142,6 +151,159 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
     with atomic_path(run / out_rel) as tmp:
         save_model(model, tok, tmp, info, "rm.json")
     return info
+
+
+_ENCODED: dict = {}  # (tokenizer hash, max_length, samples hash) -> token ids; one tokenisation per tokenizer
+
+
+def encoded_samples(run: Path, tok_dir: Path, max_length: int) -> tuple[list[list[int]], list, list, object]:
+    """Token ids of every (prompt + sample) of samples.parquet, cached per tokenizer within a process."""
+    from perm.models import load_tokenizer
+    from perm.reward import encode
+    from perm.store import hash_path
+
+    key = (hash_path(tok_dir / "tokenizer.json") if (tok_dir / "tokenizer.json").exists() else str(tok_dir),
+           max_length, hash_path(run / "samples.parquet"))
+    if key not in _ENCODED:
+        tok = load_tokenizer(tok_dir)
+        samples = pq.read_table(run / "samples.parquet", columns=["prompt_id", "sample_id", "text"]).to_pandas()
+        prompts = pq.read_table(run / "data" / "eval_prompts.parquet", columns=["prompt_id", "prompt"]).to_pandas()
+        prompt_of = dict(zip(prompts.prompt_id, prompts.prompt, strict=True))
+        seqs = encode(tok, [prompt_of[p] for p in samples.prompt_id], list(samples.text), max_length)
+        _ENCODED.clear()
+        _ENCODED[key] = (seqs, samples.prompt_id.to_numpy(), samples.sample_id.to_numpy(), tok)
+    return _ENCODED[key]
+
+
+def job_score(run_dir: str, out_rel: str, *, model_dir: str, model_id: str, max_length: int, batch_size: int,
+              device: str, threads: int | None, show_progress: bool = True) -> dict:
+    """Score every sample with one RM into run_dir/out_rel (prompt_id, sample_id, reward)."""
+    import pyarrow as pa
+
+    from perm.models import load_reward_model
+    from perm.reward import check_finite, score_ids
+    from perm.store import atomic_write_parquet
+
+    dev = _torch_setup(device, threads)
+    run = Path(run_dir)
+    tok_dir = Path(model_dir) if (Path(model_dir) / "tokenizer.json").exists() else run / "tokenizer"
+    seqs, prompt_ids, sample_ids, tok = encoded_samples(run, tok_dir, max_length)
+    model = load_reward_model(model_dir).to(dev)
+    t0 = time.perf_counter()
+    bar = Progress("normal" if show_progress else "quiet").bar(f"score {model_id}", len(seqs))
+    rewards = score_ids(model, seqs, tok.pad_token_id, dev, batch_size=batch_size, progress=bar)
+    bar.close()
+    check_finite(rewards, model_id)
+    atomic_write_parquet(run / out_rel, pa.table({"prompt_id": pa.array(prompt_ids, pa.int64()),
+                                                  "sample_id": pa.array(sample_ids, pa.int64()),
+                                                  "reward": pa.array(rewards, pa.float64())}))
+    wall = time.perf_counter() - t0
+    return {"rows": len(seqs), "wall_s": wall, "sequences_per_s": len(seqs) / wall}
+
+
+def job_sft(run_dir: str, out_rel: str, *, init: str | None, backbone: dict, sft: dict, max_length: int,
+            device: str, threads: int | None, show_progress: bool = True) -> dict:
+    """Train the SFT policy on sft_train (summary tokens only) from `init` (a backbone dir) or from scratch."""
+    from perm.models import gpt_neox_config, load_causal_lm, load_tokenizer, new_causal_lm, save_model
+    from perm.policy import train_sft
+
+    dev = _torch_setup(device, threads)
+    run = Path(run_dir)
+    tok = load_tokenizer(run / "tokenizer")
+    data_seed = derive_seed("sft-data-order", 0)
+    if init is not None:
+        model = load_causal_lm(init)
+    else:
+        cfg = gpt_neox_config(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                              **backbone)
+        model = new_causal_lm(cfg, derive_seed("sft-init", 0))
+    prompts, completions = _read_column(run / "data" / "sft_train.parquet", "prompt", "completion")
+    n_eval = max(1, len(prompts) // 20)
+    bar = Progress("normal" if show_progress else "quiet").bar(out_rel, 1)
+    state = train_sft(model.to(dev), tok, prompts[n_eval:], completions[n_eval:], epochs=sft["sft_epochs"],
+                      lr=sft["sft_lr"], batch_size=sft["sft_batch_size"], max_length=max_length, data_seed=data_seed,
+                      eval_prompts=prompts[:n_eval], eval_completions=completions[:n_eval], progress=bar)
+    bar.close()
+    model = state.pop("model")
+    info = {k: v for k, v in state.items() if isinstance(v, int | float | str)}
+    info.update(data_seed=data_seed, init=init or "scratch")
+    with atomic_path(run / out_rel) as tmp:
+        save_model(model, tok, tmp, {"config": sft, **info}, "policy.json")
+    return info
+
+
+def job_sample(run_dir: str, out_rel: str, *, policy: str, sampling: dict, device: str, threads: int | None,
+               show_progress: bool = True, trust_remote_code: bool = False) -> dict:
+    """Pool of N + K reference samples per eval prompt -> samples.parquet (with gold reward on the testbed)."""
+    from perm.models import load_causal_lm, load_tokenizer
+    from perm.policy import build_samples_table, sample_pool
+    from perm.store import atomic_write_parquet
+
+    dev = _torch_setup(device, threads)
+    run = Path(run_dir)
+    tok = load_tokenizer(policy if (Path(policy) / "tokenizer.json").exists() else run / "tokenizer",
+                         trust_remote_code=trust_remote_code)
+    model = load_causal_lm(policy, trust_remote_code=trust_remote_code).to(dev).eval()
+    t = pq.read_table(run / "data" / "eval_prompts.parquet").to_pandas()
+    n, k = sampling["pool_size"], sampling["n_reference"]
+    t0 = time.perf_counter()
+    pools = []
+    bar = Progress("normal" if show_progress else "quiet").bar("sample", len(t))
+    step = sampling["batch_prompts"]
+    for i in range(0, len(t), step):
+        # the sampling seed is split per prompt inside sample_pool; chunking here only drives the bar
+        pools += sample_pool(model, tok, list(t.prompt[i : i + step]), n_samples=n + k,
+                             temperature=sampling["temperature"], top_p=sampling["top_p"],
+                             max_new_tokens=sampling["max_new_tokens"], seed=derive_seed("sample", sampling["seed"], i),
+                             batch_prompts=step, device=dev)
+        bar(min(i + step, len(t)), len(t))
+    bar.close()
+    gold_fn = None
+    if "post" in t.columns:
+        from perm.testbed.gold import gold_reward as gold_fn
+    table = build_samples_table(list(t.prompt_id), [p[:n] for p in pools], [p[n:] for p in pools], tok,
+                                gold_fn=gold_fn, posts=list(t.post) if gold_fn else None,
+                                max_new_tokens=sampling["max_new_tokens"])
+    atomic_write_parquet(run / out_rel, table)
+    wall = time.perf_counter() - t0
+    info = {"rows": table.num_rows, "wall_s": wall, "samples_per_s": table.num_rows / wall}
+    if gold_fn:
+        df = table.to_pandas()
+        info["mean_gold"] = float(df[~df.is_reference].gold_reward.mean())
+        info["mean_tokens"] = float(df.n_tokens.mean())
+        info["frac_eos"] = float(df.ended_with_eos.mean())
+    return info
+
+
+def assemble_reward_tensor(root: Path, records: list[dict]) -> dict:
+    """Concatenate scores/*.parquet (+ the gold reward) into rewards.parquet and models.parquet."""
+    import pandas as pd
+
+    from perm.store import atomic_write_parquet
+
+    samples = pq.read_table(root / "samples.parquet").to_pandas()
+    base = samples[["prompt_id", "sample_id", "is_reference"]]
+    parts, models = [], []
+    for rec in records:
+        mid = "evaluator" if rec["role"] == "evaluator" else rec["model_id"]
+        scores = pq.read_table(root / "scores" / f"{mid}.parquet").to_pandas()
+        df = base.merge(scores, on=["prompt_id", "sample_id"], how="left", validate="one_to_one")
+        df["model_id"] = mid
+        parts.append(df)
+        models.append({"model_id": mid, "role": rec["role"], "pretrain_id": rec["pretrain_id"],
+                       "finetune_seed": rec["finetune_seed"], "accuracy": rec["accuracy"],
+                       "accuracy_se": rec["accuracy_se"], "gold_accuracy": rec.get("gold_accuracy")})
+    if "gold_reward" in samples.columns:
+        df = base.assign(model_id="gold", reward=samples.gold_reward.astype("float64"))
+        parts.append(df)
+        models.append({"model_id": "gold", "role": "gold", "pretrain_id": None, "finetune_seed": None,
+                       "accuracy": None, "accuracy_se": None, "gold_accuracy": None})
+    rewards = pd.concat(parts, ignore_index=True)[["prompt_id", "sample_id", "model_id", "reward", "is_reference"]]
+    models_df = pd.DataFrame(models).astype({"finetune_seed": "Int64", "accuracy": "float64",
+                                             "accuracy_se": "float64", "gold_accuracy": "float64"})
+    atomic_write_parquet(root / "rewards.parquet", rewards)
+    atomic_write_parquet(root / "models.parquet", models_df)
+    return {"rows": len(rewards), "models": len(models)}
 
 
 # ------------------------------------------------------------------------------------------- executors
@@ -214,7 +376,11 @@ class Pipeline:
     # ------------------------------------------------------------------------------------------ stages
 
     def testbed(self) -> str:
-        """Writes data/*.parquet and tokenizer/; returns the stage's output hash."""
+        """Writes data/*.parquet and tokenizer/; returns the stage's output hash.
+
+        With `data.prefs` set, imports the user's preference pairs instead (stage `data`)."""
+        if self.cfg.data.prefs is not None:
+            return self.import_data()
         from perm.testbed.build import build_testbed
 
         key = hash_obj({"testbed": to_dict(self.cfg.testbed)})
@@ -235,6 +401,41 @@ class Pipeline:
                 shutil.move(scratch, tmp)
             self._done("testbed", key, ["data", "tokenizer"], t0, seeds={"testbed": c.seed})
         return self.store.output_hash("testbed")
+
+    def import_data(self) -> str:
+        """Load and validate external pairs into data/prefs_{train,eval}.parquet and data/eval_prompts.parquet;
+        the tokenizer comes from the first pretrain checkpoint. Nothing is written if the data are invalid."""
+        import pyarrow as pa
+
+        from perm.data import load_preferences, preferences_to_table
+        from perm.models import load_tokenizer
+        from perm.store import atomic_write_parquet
+
+        d, c = self.cfg.data, self.cfg.pretrain
+        if not c.checkpoints:
+            raise ValueError("data.prefs needs pretrain.checkpoints (the testbed tokenizer only fits testbed data)")
+        key = hash_obj({"data": to_dict(d), "tokenizer": c.checkpoints[0]})
+        if not self._skip("data", key):
+            self.log.event("data", "start", source=d.prefs)
+            t0 = time.perf_counter()
+            common = dict(schema=d.schema, name=d.name, revision=d.revision)
+            train = load_preferences(d.prefs, split=d.train_split, limit=d.max_train_pairs, **common)
+            if d.prefs_eval is not None:
+                held = load_preferences(d.prefs_eval, limit=d.max_eval_pairs, schema=d.schema)
+            else:
+                held = load_preferences(d.prefs, split=d.eval_split, limit=d.max_eval_pairs, **common)
+            prompts = list(dict.fromkeys(p.prompt for p in held))[: d.n_eval_prompts]
+            tok = load_tokenizer(c.checkpoints[0], trust_remote_code=c.trust_remote_code)
+            self.store.mark_running("data", key)
+            atomic_write_parquet(self.root / "data" / "prefs_train.parquet", _with_int_ids(preferences_to_table(train)))
+            atomic_write_parquet(self.root / "data" / "prefs_eval.parquet", _with_int_ids(preferences_to_table(held)))
+            atomic_write_parquet(self.root / "data" / "eval_prompts.parquet", pa.table({
+                "prompt_id": pa.array(range(len(prompts)), pa.int64()), "prompt": prompts}))
+            with atomic_path(self.root / "tokenizer") as tmp:
+                tok.save_pretrained(str(tmp))
+            self._done("data", key, ["data", "tokenizer"], t0, info={"train_pairs": len(train),
+                                                                    "eval_pairs": len(held)})
+        return self.store.output_hash("data")
 
     def pretrain(self) -> dict[str, str]:
         """Pretrain (or register) every backbone; returns pretrain_id -> backbone path or hub id."""
@@ -262,7 +463,7 @@ class Pipeline:
         """Finetune every RM of the grid; returns their rm.json records."""
         c = self.cfg.reward
         backbones = self.pretrain()
-        data_hash = self.store.output_hash("testbed") if not self.cfg.pretrain.checkpoints else self.testbed()
+        data_hash = self.testbed()
         common = {k: v for k, v in to_dict(c).items() if k not in ("finetune_seeds", "layout")}
         todo, keys, names = [], {}, []
         for pid, seed in grid(list(backbones), c.finetune_seeds, c.layout):
@@ -313,6 +514,152 @@ class Pipeline:
                 seeds_of=lambda kw: rm_seeds(kw["finetune_seed"]))
         return json.loads((self.root / name / "rm.json").read_text())
 
+    def sft(self) -> str:
+        """Train the SFT policy (or register a checkpoint); returns its directory or hub id."""
+        c = self.cfg.policy
+        if c.checkpoint:
+            return c.checkpoint
+        data_hash = self.testbed()
+        init = None
+        if c.init_from == "pretrain":
+            backbones = self.pretrain()
+            pid = next(iter(backbones))
+            init = backbones[pid]
+            upstream = self.store.output_hash(f"pretrain/{pid}") if not self.cfg.pretrain.checkpoints else init
+        else:
+            upstream = to_dict(self.cfg.pretrain.backbone)
+        name = "policy"
+        sft = {k: v for k, v in to_dict(c).items() if k.startswith("sft_")}
+        key = hash_obj({"sft": sft, "init": upstream, "testbed": data_hash})
+        if not self._skip(name, key):
+            self.store.mark_running(name, key)
+            self.log.event(name, "start", init=c.init_from)
+            t0 = time.perf_counter()
+            info = job_sft(str(self.root), name, init=init, backbone=to_dict(self.cfg.pretrain.backbone), sft=sft,
+                           max_length=self.cfg.reward.max_length, device=self.cfg.device, threads=self.cfg.threads,
+                           show_progress=self.show_bars)
+            self._done(name, key, [name], t0, seeds={"data_seed": info["data_seed"]}, info=info)
+        return str(self.root / name)
+
+    def sample(self) -> Path:
+        """Sample a pool of N candidates + K reference samples per eval prompt into samples.parquet."""
+        c = self.cfg.policy
+        policy = self.sft()
+        data_hash = self.testbed()
+        upstream = self.store.output_hash("policy") if not c.checkpoint else c.checkpoint
+        name = "sample"
+        sampling = {k: v for k, v in to_dict(c).items() if not k.startswith("sft_") and k != "checkpoint"}
+        key = hash_obj({"sampling": sampling, "policy": upstream, "testbed": data_hash})
+        if not self._skip(name, key):
+            self.store.mark_running(name, key)
+            self.log.event(name, "start", pool=c.pool_size, references=c.n_reference)
+            t0 = time.perf_counter()
+            info = job_sample(str(self.root), "samples.parquet", policy=policy, sampling=sampling,
+                              device=self.cfg.device, threads=self.cfg.threads, show_progress=self.show_bars,
+                              trust_remote_code=self.cfg.pretrain.trust_remote_code)
+            self._done(name, key, ["samples.parquet"], t0, seeds={"sampling_seed": c.seed}, info=info)
+        return self.root / "samples.parquet"
+
+    def score(self) -> Path:
+        """Score every sample with every RM + evaluator (+ gold) into rewards.parquet and models.parquet."""
+        rms = self.reward_grid()
+        ev = self.evaluator()
+        self.sample()
+        samples_hash = self.store.output_hash("sample")
+        records = rms + ([ev] if ev else [])
+        names = [f"rm/{r['model_id']}" for r in rms] + (["evaluator/rm"] if ev else [])
+        todo, keys = [], {}
+        for rec, model_name in zip(records, names, strict=True):
+            mid = "evaluator" if rec["role"] == "evaluator" else rec["model_id"]
+            name = f"score/{mid}"
+            keys[name] = hash_obj({"model": self.store.output_hash(model_name), "samples": samples_hash,
+                                   "max_length": self.cfg.reward.max_length})
+            if not self._skip(name, keys[name]):
+                todo.append((name, dict(run_dir=str(self.root), out_rel=f"scores/{mid}.parquet",
+                                        model_dir=str(self.root / model_name), model_id=mid,
+                                        max_length=self.cfg.reward.max_length, batch_size=64,
+                                        device=self.cfg.device, threads=self.cfg.threads,
+                                        show_progress=self.show_bars)))
+        self._run_jobs(job_score, todo, keys, seeds_of=lambda kw: {})
+        name = "score"
+        key = hash_obj({k: self.store.output_hash(k) for k in sorted(keys)} | {"samples": samples_hash})
+        if not self._skip(name, key):
+            t0 = time.perf_counter()
+            info = assemble_reward_tensor(self.root, records)
+            self._done(name, key, ["rewards.parquet", "models.parquet"], t0, info=info)
+        return self.root / "rewards.parquet"
+
+    def analyze(self, rewards: Path | None = None, models: Path | None = None) -> Path:
+        """Figures' and table's numbers into analysis/ (from this run's tensor, or a user's)."""
+        from perm.analysis import load_reward_tensor, run_analysis, save_analysis
+
+        if rewards is None:
+            rewards, models = self.score(), self.root / "models.parquet"
+            upstream = self.store.output_hash("score")
+        else:
+            from perm.store import hash_path
+
+            upstream = {"rewards": hash_path(rewards), "models": hash_path(models)}
+        name = "analyze"
+        key = hash_obj({"analysis": to_dict(self.cfg.analysis), "tensor": upstream})
+        if not self._skip(name, key):
+            self.store.mark_running(name, key)
+            t0 = time.perf_counter()
+            tensor = load_reward_tensor(rewards, models)
+            samples, posts = _samples_and_posts(self.root)
+            a = self.cfg.analysis
+            results = run_analysis(tensor, ns=list(a.ns) if a.ns else None, anova_draws=a.anova_draws, seed=a.seed,
+                                   samples=samples, posts=posts, scale=a.scale)
+            with atomic_path(self.root / "analysis") as tmp:
+                save_analysis(results, tmp)
+            self._done(name, key, ["analysis"], t0, info={"prompts": tensor.n_prompts, "pool": tensor.pool_size})
+        return self.root / "analysis"
+
+    def report(self, rewards: Path | None = None, models: Path | None = None) -> Path:
+        """report/index.html, figures and table1.md."""
+        from perm.report import load_analysis, write_report
+
+        analysis_dir = self.analyze(rewards, models)
+        name = "report"
+        key = hash_obj({"analysis": self.store.output_hash("analyze"), "config": to_dict(self.cfg)})
+        if not self._skip(name, key):
+            self.store.mark_running(name, key)
+            t0 = time.perf_counter()
+            results = load_analysis(analysis_dir)
+            records = _rm_records(self.root)
+            with atomic_path(self.root / "report") as tmp:
+                write_report(results, tmp, config_yaml=dump_config(self.cfg), rm_records=records,
+                             examples=_examples(self.root), learnability=learnability(self.root, records))
+            self._done(name, key, ["report"], t0)
+        return self.root / "report" / "index.html"
+
+    def run(self, stage: str = "run"):
+        """Run `stage` and everything it needs; returns a short human-readable result."""
+        if stage == "testbed":
+            self.testbed()
+            return self.root / "data"
+        if stage == "pretrain":
+            return "\n".join(f"{k}: {v}" for k, v in self.pretrain().items())
+        if stage == "train-rm":
+            rms, ev = self.reward_grid(), self.evaluator()
+            lines = [f"{r['model_id']}: accuracy {r['accuracy']:.3f} ± {r['accuracy_se']:.3f}" for r in rms]
+            if ev:
+                lines.append(f"evaluator: accuracy {ev['accuracy']:.3f} ± {ev['accuracy_se']:.3f}")
+            return "\n".join(lines)
+        if stage == "sft":
+            return self.sft()
+        if stage == "sample":
+            return self.sample()
+        if stage == "score":
+            return self.score()
+        if stage == "analyze":
+            return self.analyze()
+        if stage in ("report", "run"):
+            out = self.report()
+            self.log.event("run", "done", report=str(out))
+            return f"report: {out}"
+        raise ValueError(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
+
     def _run_jobs(self, fn, todo: list[tuple[str, dict]], keys: dict, seeds_of) -> None:
         if not todo:
             return
@@ -332,6 +679,14 @@ class Pipeline:
                 self._done(name, keys[name], [kw["out_rel"]], t0, seeds=seeds_of(kw), info=info)
 
 
+def _with_int_ids(table):
+    """Keep the source's pair id as `source_id`, number pairs 0..n-1 as `pair_id` (as the testbed does)."""
+    import pyarrow as pa
+
+    table = table.rename_columns(["source_id" if n == "pair_id" else n for n in table.column_names])
+    return table.add_column(0, "pair_id", pa.array(range(table.num_rows), pa.int64()))
+
+
 def _train_args(c) -> dict:
     return {k: getattr(c, k) for k in ("steps", "batch_size", "seq_len", "lr", "warmup_steps", "weight_decay")}
 
@@ -341,21 +696,104 @@ def _headline(info: dict) -> dict:
     return {k: round(info[k], 4) if isinstance(info[k], float) else info[k] for k in keys if k in info}
 
 
-def _run_stage(self: Pipeline, stage: str):
-    """Run `stage` (and whatever it needs); returns a short human-readable result."""
-    if stage == "testbed":
-        self.testbed()
-        return self.root / "data"
-    if stage == "pretrain":
-        return "\n".join(f"{k}: {v}" for k, v in self.pretrain().items())
-    if stage == "train-rm":
-        rms = self.reward_grid()
-        ev = self.evaluator()
-        lines = [f"{r['model_id']}: accuracy {r['accuracy']:.3f} ± {r['accuracy_se']:.3f}" for r in rms]
-        if ev:
-            lines.append(f"evaluator: accuracy {ev['accuracy']:.3f} ± {ev['accuracy_se']:.3f}")
-        return "\n".join(lines)
-    raise ValueError(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
+
+# ----------------------------------------------------------------------------------- report inputs
 
 
-Pipeline.run = _run_stage
+def _samples_and_posts(root: Path):
+    """samples.parquet texts and the eval prompts' posts, for the reward-hacking diagnostics (if present)."""
+    sp, ep = root / "samples.parquet", root / "data" / "eval_prompts.parquet"
+    if not sp.exists() or not ep.exists():
+        return None, None
+    samples = pq.read_table(sp, columns=["prompt_id", "sample_id", "text", "n_tokens"]).to_pandas()
+    prompts = pq.read_table(ep).to_pandas()
+    if "post" not in prompts.columns:
+        return samples, None
+    return samples, dict(zip(prompts.prompt_id, prompts.post, strict=True))
+
+
+def _rm_records(root: Path) -> list[dict]:
+    recs = []
+    for p in sorted(root.glob("rm/*/rm.json")) + sorted(root.glob("evaluator/rm/rm.json")):
+        r = json.loads(p.read_text())
+        recs.append({k: r.get(k) for k in ("model_id", "role", "pretrain_id", "finetune_seed", "accuracy",
+                                           "accuracy_se", "gold_accuracy", "n_train_pairs", "wall_s")})
+        if r.get("role") == "evaluator":
+            recs[-1]["model_id"] = "evaluator"
+    return recs
+
+
+def _examples(root: Path, k: int = 3) -> list[dict]:
+    """A few prompts with the SFT sample, and the best-of-N picks of one RM and of the pretrain ensemble."""
+    import numpy as np
+
+    from perm.analysis import ensemble_members, load_reward_tensor
+    from perm.bon import aggregate, standardize
+
+    if not (root / "rewards.parquet").exists():
+        return []
+    t = load_reward_tensor(root / "rewards.parquet", root / "models.parquet")
+    samples = pq.read_table(root / "samples.parquet").to_pandas().set_index(["prompt_id", "sample_id"])
+    prompts = pq.read_table(root / "data" / "eval_prompts.parquet").to_pandas().set_index("prompt_id")
+    members = ensemble_members(t)
+    single = t.rm_indices[0]
+    picks = {"SFT sample (n = 1)": np.zeros(t.n_prompts, dtype=int),
+             f"best-of-{t.pool_size}, single RM ({t.model_ids[single]})": np.argmax(t.pool[single], axis=-1)}
+    if "pretrain" in members:
+        agg = aggregate(standardize(t.pool[members["pretrain"]]), "mean")
+        picks[f"best-of-{t.pool_size}, pretrain ensemble (mean)"] = np.argmax(agg, axis=-1)
+    ev = t.role_index("evaluator")
+    out = []
+    for pi in range(min(k, t.n_prompts)):
+        pid = int(t.prompt_ids[pi])
+        rows = []
+        for label, pick in picks.items():
+            sid = int(t.sample_ids[pi, pick[pi]])
+            row = samples.loc[(pid, sid)]
+            rows.append({"label": label, "text": row.text,
+                         "evaluator": float(t.pool[ev, pi, pick[pi]]) if ev is not None else None,
+                         "gold": float(row.gold_reward) if "gold_reward" in samples.columns else None})
+        out.append({"prompt": prompts.loc[pid].prompt, "rows": rows})
+    return out
+
+
+def learnability(root: Path, records: list[dict]) -> dict:
+    """Did the RMs learn? Label-noise ceiling, accuracies, rank correlation with gold on the policy pool."""
+    import numpy as np
+    import pandas as pd
+    from scipy.stats import spearmanr
+
+    out: dict = {}
+    ev_path = root / "data" / "prefs_eval.parquet"
+    if ev_path.exists() and "label_agrees_gold" in pq.read_schema(ev_path).names:
+        (agree,) = _read_column(ev_path, "label_agrees_gold")
+        out["label_ceiling"] = float(np.mean(agree))
+    rms = [r for r in records if r["role"] == "rm"]
+    if rms:
+        out["rm_accuracy_mean"] = float(np.mean([r["accuracy"] for r in rms]))
+        out["rm_accuracy_min"] = float(np.min([r["accuracy"] for r in rms]))
+        out["rm_accuracy_max"] = float(np.max([r["accuracy"] for r in rms]))
+        if all(r.get("gold_accuracy") is not None for r in rms):
+            out["rm_gold_accuracy_mean"] = float(np.mean([r["gold_accuracy"] for r in rms]))
+    if (root / "rewards.parquet").exists():
+        rw = pq.read_table(root / "rewards.parquet").to_pandas()
+        pool = rw[~rw.is_reference].pivot_table(index=["prompt_id", "sample_id"], columns="model_id", values="reward")
+        if "gold" in pool.columns:
+            rhos = {}
+            for mid in pool.columns:
+                if mid == "gold":
+                    continue
+                per_prompt = [spearmanr(g[mid], g["gold"]).statistic for _, g in pool.groupby(level=0)]
+                rhos[mid] = float(np.nanmean(per_prompt))
+            out["spearman_with_gold_on_pool"] = rhos
+            samples = pq.read_table(root / "samples.parquet").to_pandas()
+            gold = samples.groupby("is_reference").gold_reward.mean()
+            out["sft_mean_gold"] = float(gold.get(False, np.nan))
+            ref = pq.read_table(root / "data" / "eval_prompts.parquet").to_pandas()
+            if "post" in ref.columns:
+                from perm.testbed.gold import gold_reward_batch
+
+                out["reference_mean_gold"] = float(np.mean(gold_reward_batch(list(ref.post), list(ref.reference))))
+            best = samples[~samples.is_reference].groupby("prompt_id").gold_reward.max()
+            out["gold_best_of_pool_mean_gold"] = float(best.mean())
+    return {k: v for k, v in out.items() if not (isinstance(v, float) and pd.isna(v))}

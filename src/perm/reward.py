@@ -70,14 +70,19 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
 
 
 @torch.no_grad()
-def score_ids(model, seqs: Sequence[Sequence[int]], pad_id: int, device, batch_size: int = 64) -> np.ndarray:
+def score_ids(model, seqs: Sequence[Sequence[int]], pad_id: int, device, batch_size: int = 64,
+              progress=None) -> np.ndarray:
     """Reward of each token sequence, (len(seqs),) float64, batched by length with dynamic padding."""
     model.eval()
     out = np.empty(len(seqs), dtype=np.float64)
+    done = 0
     for idx in length_batches([len(s) for s in seqs], batch_size):
         ids, mask = pad_batch([seqs[i] for i in idx], pad_id)
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits  # (B, 1)
         out[idx] = logits[:, 0].float().cpu().numpy()
+        done += len(idx)
+        if progress is not None:
+            progress(done, len(seqs))
     return out
 
 
@@ -169,15 +174,34 @@ def train_reward_model(
     return state
 
 
-def evaluate_pairs(model, chosen, rejected, pad_id: int, device, step: int = 0) -> dict:
-    """Accuracy (± se) and mean reward on held-out pairs."""
+def evaluate_pairs(model, chosen, rejected, pad_id: int, device, step: int = 0, gold_diff=None) -> dict:
+    """Accuracy against the labels (± se) and mean reward on held-out pairs.
+
+    gold_diff: optional (n_pairs,) gold(chosen) - gold(rejected); adds `gold_accuracy`, the fraction of pairs
+    with a gold preference that the RM orders as gold does (no label noise, so no ceiling below 1).
+    """
     rc = score_ids(model, chosen, pad_id, device)
     rr = score_ids(model, rejected, pad_id, device)
     accuracy, se = pair_accuracy(rc, rr)
-    return {
+    extra = {}
+    if gold_diff is not None:
+        gd = np.asarray(gold_diff, dtype=np.float64)
+        keep = gd != 0
+        extra["gold_accuracy"] = float(np.mean(np.sign(rc - rr)[keep] == np.sign(gd[keep])))
+    return extra | {
         "step": step,
         "accuracy": accuracy,
         "accuracy_se": se,
         "mean_reward": float(np.mean(np.concatenate([rc, rr]))),
         "loss": float(-np.mean(np.log(1.0 / (1.0 + np.exp(-(rc - rr)))))),
     }
+
+
+def check_finite(rewards: np.ndarray, model_id: str) -> None:
+    """Refuse NaN/inf rewards: they would silently poison every best-of-n statistic downstream."""
+    bad = ~np.isfinite(rewards)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise FloatingPointError(
+            f"model {model_id}: {int(bad.sum())} non-finite rewards (first at row {i}: {rewards[i]})"
+        )
