@@ -118,7 +118,7 @@ ASK: dict[str, tuple[str, ...]] = {
     "complain": ("complain", "complain to someone"),
     "quit": ("quit", "quit over this"),
     "sue": ("sue {O}", "sue {O} in small claims"),
-    "reconcile": ("reconcile with {O}", "try to reconcile"),
+    "reconcile": ("reconcile with {O}", "try to reconcile", "reconcile"),
     "escalate": ("escalate this", "escalate it"),
     "compromise": ("compromise", "offer a compromise"),
     "retaliate": ("retaliate", "retaliate somehow"),
@@ -183,11 +183,11 @@ TOPICS: tuple[Topic, ...] = (
         ("{Wc} keeps feeding my dog table scraps even though it makes him sick.",
          ("keeps feeding my dog scraps", "makes my dog sick")),
         ("{Wc} says my dog has to go or {S} will not visit anymore.",
-         ("wants me to get rid of my dog", "gave me an ultimatum about my dog")),
+         ("wants my dog gone", "wants me to get rid of my dog", "gave me an ultimatum about my dog")),
     )),
     Topic("promotion", ("work",), (
         ("{Wc} gave the promotion I was promised to someone who started after me.",
-         ("gave my promotion to someone else", "passed me over for a promotion")),
+         ("gave away my promotion", "gave my promotion to someone else", "passed me over for a promotion")),
         ("{Wc} told me I would get a promotion this year and then went back on it.",
          ("went back on my promotion", "broke a promise about my promotion")),
     )),
@@ -247,7 +247,7 @@ TOPICS: tuple[Topic, ...] = (
         ("{Wc} started smoking inside even though we agreed it would stay outside.",
          ("keeps smoking inside", "started smoking indoors")),
         ("{Wc} promised to stop smoking but I keep finding packs hidden around.",
-         ("lied about quitting smoking", "is still smoking in secret")),
+         ("lied about quitting smoking", "is still smoking behind my back")),
     )),
     Topic("noise", ("home",), (
         ("{Wc} makes so much noise every night that I cannot sleep at all.",
@@ -289,7 +289,7 @@ TOPICS: tuple[Topic, ...] = (
         ("{Wc} freaked out when I got a small tattoo and has not spoken to me since.",
          ("freaked out over my tattoo", "won't talk to me about my tattoo")),
         ("{Wc} got a tattoo of my name without asking me first.",
-         ("got a tattoo of my name", "tattooed my name without asking")),
+         ("got a tattoo of my name", "put my name in a tattoo")),
     )),
     Topic("inheritance", ("family",), (
         ("{Wc} is trying to keep the whole inheritance for {R} and cut me out.",
@@ -353,7 +353,7 @@ TOPICS: tuple[Topic, ...] = (
     )),
     Topic("debt", ("partner",), (
         ("{Wc} secretly ran up a huge debt on our joint card.",
-         ("ran up secret debt", "hid a huge debt from me")),
+         ("hid debt from me", "ran up debt behind my back", "hid a huge debt from me")),
         ("{Wc} wants me to help pay off {P} debt from before we met.",
          ("wants me to pay {P} debt", "expects me to cover {P} debt")),
     )),
@@ -361,7 +361,7 @@ TOPICS: tuple[Topic, ...] = (
         ("{Wc} yelled at me during a meeting for a mistake that was not mine.",
          ("yelled at me in a meeting", "blamed me in a meeting")),
         ("{Wc} keeps leaving me out of every important meeting.",
-         ("leaves me out of meetings", "excludes me from the meeting")),
+         ("leaves me out of every meeting", "excludes me from the meeting")),
     )),
     Topic("pregnancy", ("partner", "family", "social"), (
         ("{Wc} announced my pregnancy to everyone before I was ready to tell anyone.",
@@ -493,7 +493,8 @@ QUESTIONS = (
 
 # ---------------------------------------------------------------------------------- summary phrasings
 
-SUMMARY_SUBJECTS = ("My {w}", "my {w}", "{w_cap}")
+# who words stay lowercase in summaries, as in posts: the same token in both (copy detection)
+SUMMARY_SUBJECTS = ("My {w}", "my {w}")
 SUMMARY_FEELINGS = ("I'm {f}", "feeling {f}", "I feel {f}", "now I'm {f}")
 SUMMARY_ASKS = ("Should I {a}?", "Do I {a}?", "Wondering if I should {a}.", "should I {a}?")
 # clauses used when a fact is absent (candidates that drop facts)
@@ -505,15 +506,16 @@ GENERIC_ASKS = ("What do I do?", "What now?", "Advice?", "what should I do?")
 class Facts:
     """The latent facts of one post (``where``/``when`` may be absent) and how they are phrased.
 
-    ``gender`` picks pronouns ("m"/"f"); ``variant`` indexes the topic's phrasings.
+    ``gender`` picks pronouns ("m"/"f"); ``variant`` indexes the topic's phrasings. Posts always have
+    ``who``, ``event``, ``feeling`` and ``ask``; candidate summaries may drop any of them (``None``).
     """
 
-    who: str
-    event: str
+    who: str | None
+    event: str | None
     where: str | None
     when: str | None
-    feeling: str
-    ask: str
+    feeling: str | None
+    ask: str | None
     gender: str
     variant: int
 
@@ -628,7 +630,7 @@ def summary_clauses(facts: Facts, rng: random.Random) -> dict[str, str]:
     key words (or an empty ``setting``/``feeling``)."""
     pr = pronouns(facts.gender)
     if facts.who:
-        subject = rng.choice(SUMMARY_SUBJECTS).format(w=facts.who, w_cap=facts.who.capitalize())
+        subject = rng.choice(SUMMARY_SUBJECTS).format(w=facts.who)
         inner = f"my {facts.who}"
     else:
         subject, inner = pr["Sc"], pr["S"]
@@ -671,7 +673,9 @@ def join_summary(c: dict[str, str], style: int) -> str:
     feel = c["feeling"]
     ask = c["ask"]
     if not feel:
-        return f"{_cap(event)}. {_cap(ask)}" if style % 2 == 0 else f"{_cap(event)}, {ask[:1].lower()}{ask[1:]}"
+        return (
+            f"{_cap(event)}. {_cap(ask)}" if style % 2 == 0 else f"{_cap(event)}, {ask[:1].lower()}{ask[1:]}"
+        )
     if style == 0:
         return f"{_cap(event)}. {_cap(feel)}, {ask[:1].lower()}{ask[1:]}"
     if style == 1:
@@ -682,16 +686,37 @@ def join_summary(c: dict[str, str], style: int) -> str:
 
 
 def render_summary(facts: Facts, rng: random.Random, max_words: int | None = REFERENCE_MAX_WORDS) -> str:
-    """A TL;DR stating ``facts``; with ``max_words``, redraws phrasings until it fits (else the shortest)."""
-    best = ""
+    """A TL;DR stating ``facts``; with ``max_words``, redraws phrasings until it fits, else falls back
+    to the most compact phrasing (which fits for every post's facts)."""
     for _ in range(12):
         s = join_summary(summary_clauses(facts, rng), rng.randrange(4))
-        n = len(s.split())
-        if max_words is None or n <= max_words:
+        if max_words is None or len(s.split()) <= max_words:
             return s
-        if not best or n < len(best.split()):
-            best = s
-    return best
+    return compact_summary(facts)
+
+
+def compact_summary(facts: Facts) -> str:
+    """The shortest phrasing of ``facts`` (deterministic): first-listed shortest clause of each kind."""
+
+    def shortest(options: Sequence[str]) -> str:
+        return min(options, key=lambda o: len(o.split()))
+
+    pr = pronouns(facts.gender)
+    subject = f"My {facts.who}" if facts.who else pr["Sc"]
+    if facts.event:
+        topic = TOPIC_BY_KEY[facts.event]
+        predicate = shortest(topic.variants[facts.variant % len(topic.variants)][1]).format(**pr)
+    else:
+        predicate = shortest(GENERIC_PREDICATES)
+    setting = "".join(
+        [
+            f" at the {facts.where}" if facts.where else "",
+            f" {shortest(WHEN[facts.when])}" if facts.when else "",
+        ]
+    )
+    feeling = f", I'm {facts.feeling}" if facts.feeling else ""
+    ask = f"Should I {shortest(ASK[facts.ask]).format(**pr)}?" if facts.ask else shortest(GENERIC_ASKS)
+    return f"{subject} {predicate}{setting}{feeling}. {ask}"
 
 
 def reference_summary(post: Post, rng: random.Random) -> str:
