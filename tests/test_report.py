@@ -1,0 +1,263 @@
+"""The report: files written, a self-contained and escaped page, Table 1 in the paper's layout, figures
+skipped (and said so) when their data is absent, byte-identical PNGs, and clear loading errors."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from perm import analysis, bon, report
+
+FIGS = ("fig1", "fig2", "fig3", "fig4", "fig_gold", "fig_hacking")
+PROMPT = "POST: my <script>alert('x')</script> landlord & I argued.\nTL;DR:"
+
+
+def _samples(t: analysis.RewardTensor) -> tuple[pd.DataFrame, dict[int, str]]:
+    """Pool samples whose length grows with RM 0's reward, so the hacking figure has something to show."""
+    p, n = t.n_prompts, t.pool_size
+    words = "the landlord kept my deposit after I moved out".split()
+    rng = np.random.default_rng(0)
+    samples = pd.DataFrame(
+        {
+            "prompt_id": np.repeat(t.prompt_ids, n),
+            "sample_id": t.sample_ids.reshape(-1),
+            "n_tokens": np.clip(np.round(12 + 2 * t.pool[0]).reshape(-1), 3, None).astype(int),
+            "text": [" ".join(rng.choice(words, 7)) for _ in range(p * n)],
+        }
+    )
+    return samples, {int(q): " ".join(words) for q in t.prompt_ids}
+
+
+def _save_and_load(tmp_path, results) -> dict[str, pd.DataFrame]:
+    analysis.save_analysis(results, tmp_path / "analysis")
+    return report.load_analysis(tmp_path / "analysis")
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    """A run with every table: 3 pretrains × 2 finetune seeds, evaluator, gold, references, hacking."""
+    tmp = tmp_path_factory.mktemp("full")
+    t = analysis.synthetic_reward_tensor(
+        n_pretrains=3, n_finetune=2, n_prompts=30, pool_size=8, n_reference=3
+    )
+    samples, posts = _samples(t)
+    results = _save_and_load(tmp, analysis.run_analysis(t, anova_draws=2, samples=samples, posts=posts))
+    records = [
+        {
+            "model_id": m,
+            "role": r,
+            "pretrain_id": pre,
+            "finetune_seed": seed,
+            "accuracy": 0.70 + 0.002 * i,
+            "accuracy_se": 0.006,
+            "gold_accuracy": 0.80,
+        }
+        for i, (m, r, pre, seed) in enumerate(
+            zip(t.model_ids, t.roles, t.pretrain_ids, t.finetune_seeds, strict=True)
+        )
+        if r != "gold"
+    ]
+    examples = [
+        {
+            "prompt_id": 7,
+            "prompt": PROMPT,
+            "rows": [
+                {"label": "SFT sample", "text": "we argued.", "evaluator": -0.2, "gold": -0.1},
+                {
+                    "label": "best-of-64 · single RM",
+                    "text": "we argued <a lot>",
+                    "evaluator": 0.8,
+                    "gold": 0.5,
+                },
+                {
+                    "label": "best-of-64 · pretrain ensemble",
+                    "text": "he kept my deposit",
+                    "evaluator": 1.4,
+                    "gold": 1.2,
+                },
+            ],
+        }
+    ]
+    learnability = {
+        "label-noise ceiling": {"value": 0.735, "description": "labels' agreement with the gold reward"},
+        "Spearman ρ with gold on the pool": (0.42, "mean over RMs"),
+    }
+    index = report.write_report(
+        results,
+        tmp / "report",
+        config_yaml="name: demo\nnote: <b>not bold</b>\n",
+        rm_records=records,
+        examples=examples,
+        learnability=learnability,
+        title="perm <tiny> report",
+    )
+    return {
+        "results": results,
+        "index": index,
+        "dir": tmp / "report",
+        "html": index.read_text(encoding="utf-8"),
+    }
+
+
+def test_files_written(full):
+    out = full["dir"]
+    assert full["index"] == out / "index.html"
+    assert (out / "table1.md").is_file()
+    assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(f"{f}.png" for f in FIGS)
+    leftovers = [p.name for p in out.rglob("*") if p.name.startswith(".")]
+    assert leftovers == []  # atomic writes leave no temp files
+
+
+def test_html_self_contained_with_every_figure(full):
+    page = full["html"]
+    assert page.startswith("<!DOCTYPE html>")
+    assert 'src="http' not in page and 'href="http' not in page
+    assert "<script" not in page.lower() and "<link" not in page.lower()
+    embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(embedded) == len(FIGS)
+    on_disk = {(full["dir"] / "figures" / f"{f}.png").read_bytes() for f in FIGS}
+    assert {base64.b64decode(e) for e in embedded} == on_disk
+
+
+def test_html_escapes_text(full):
+    page = full["html"]
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; landlord &amp; I" in page
+    assert "we argued &lt;a lot&gt;" in page
+    assert "<title>perm &lt;tiny&gt; report</title>" in page
+    assert "note: &lt;b&gt;not bold&lt;/b&gt;" in page and "<details>" in page
+
+
+def test_html_shows_the_science(full):
+    page, results = full["html"], full["results"]
+    for reward, win_rate in zip(results["table1"]["reward"], results["table1"]["win rate"], strict=True):
+        assert reward in page and win_rate in page
+    agree = results["figure2"]
+    last = agree[(agree.n == agree.n.max()) & (agree.group == "same_pretrain")].iloc[0]
+    assert f"{100 * last['mean']:.1f}%" in page  # headline: agreement at the largest n
+    assert "Table 1 best: pretrain ensemble" in page or "Table 1 best: finetune ensemble" in page
+    assert "label-noise ceiling" in page and "73.5%" in page  # ceiling marked next to accuracies
+    assert "rm-p2-f1" in page and "70.8% ± 0.6" in page  # rm_records row 5: 0.70 + 0.010
+    assert "Spearman ρ with gold on the pool" in page and "0.420" in page
+    assert "Not drawn" not in page
+
+
+def test_table1_markdown_layout(full):
+    text = (full["dir"] / "table1.md").read_text(encoding="utf-8")
+    lines = text.splitlines()
+    assert lines[0].startswith("Table 1: Auto-evaluator rewards") and "best-of-8" in lines[0]
+    assert lines[2] == "| ensemble | method | reward | win rate |"
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[4:]]
+    # The paper's layout: ensemble named once per group, methods alphabetical, single RM last.
+    assert [r[:2] for r in rows] == [
+        ["finetune", "mean"],
+        ["", "mean minus stdev"],
+        ["", "median"],
+        ["", "min"],
+        ["pretrain", "mean"],
+        ["", "mean minus stdev"],
+        ["", "median"],
+        ["", "min"],
+        ["single RM", "single RM"],
+    ]
+    tab = full["results"]["table1"].set_index(["ensemble", "aggregator"])
+    assert rows[1][2:] == list(tab.loc[("finetune", "mean_minus_std"), ["reward", "win rate"]])
+    assert rows[8][2:] == list(tab.loc[("single RM", "single RM"), ["reward", "win rate"]])
+
+
+def test_figure4_axes_log2_with_kl_on_top(full):
+    res = report._figure4(full["results"])
+    ax = res.figure.axes[0]
+    assert ax.get_xscale() == "log" and ax.xaxis.get_transform().base == 2
+    ns = bon.default_ns(8)
+    assert [t.get_text() for t in ax.get_xticklabels()] == [str(n) for n in ns]
+    top = ax.child_axes[0]
+    assert [t.get_text() for t in top.get_xticklabels()] == [f"{bon.kl_bound(n):.2f}" for n in ns]
+    assert len(ax.get_legend_handles_labels()[1]) == 3  # single RM, finetune, pretrain ensemble
+
+
+def test_make_figures_deterministic(tmp_path, full):
+    """Drawn again from the same tables (the fixture's write_report drew them once), byte for byte."""
+    again = report.make_figures(full["results"], tmp_path / "again")
+    assert sorted(again) == sorted(FIGS)
+    for name in FIGS:
+        data = again[name].read_bytes()
+        assert data == (full["dir"] / "figures" / f"{name}.png").read_bytes(), name
+        assert b"Software" not in data and b"tEXt" not in data  # no version or timestamp chunk
+
+
+def _subset(t: analysis.RewardTensor, keep, reference: bool = True) -> analysis.RewardTensor:
+    keep = list(keep)
+    return analysis.RewardTensor(
+        pool=t.pool[keep],
+        reference=t.reference[keep] if reference and t.reference is not None else None,
+        model_ids=tuple(t.model_ids[i] for i in keep),
+        roles=tuple(t.roles[i] for i in keep),
+        pretrain_ids=tuple(t.pretrain_ids[i] for i in keep),
+        finetune_seeds=tuple(t.finetune_seeds[i] for i in keep),
+        prompt_ids=t.prompt_ids,
+        sample_ids=t.sample_ids,
+        reference_ids=t.reference_ids if reference else None,
+    )
+
+
+def test_one_pretrain_no_hacking(tmp_path):
+    """One pretrain, three finetune seeds: no 'different pretrain' line, no pretrain ensemble, and no
+    hacking table; the page says each, and still draws what it can."""
+    t = analysis.synthetic_reward_tensor(
+        n_pretrains=1, n_finetune=3, n_prompts=12, pool_size=4, n_reference=2
+    )
+    results = _save_and_load(tmp_path, analysis.run_analysis(t, anova_draws=2))
+    index = report.write_report(results, tmp_path / "report")
+    page = index.read_text(encoding="utf-8")
+    drawn = sorted(p.stem for p in (tmp_path / "report" / "figures").iterdir())
+    assert drawn == ["fig1", "fig2", "fig3", "fig4", "fig_gold"]
+    assert page.count("data:image/png;base64,") == 5
+    assert "Not drawn: there is no hacking table" in page
+    assert "All RMs share one pretrain: the &#x27;different pretrain&#x27; line is absent." in page
+    assert "there is no pretrain ensemble" in page
+    assert "No accuracies were passed to the report" in page
+    assert "No learnability checks were passed" in page
+    md = (tmp_path / "report" / "table1.md").read_text(encoding="utf-8")
+    groups = [line.split("|")[1].strip() for line in md.splitlines()[4:]]
+    assert [g for g in groups if g] == ["finetune", "single RM"]
+
+
+def test_no_judge_no_ensemble(tmp_path):
+    """Two RMs from two pretrains, no evaluator, gold or references: only Figures 1–2 can be drawn."""
+    t = analysis.synthetic_reward_tensor(
+        n_pretrains=2, n_finetune=1, n_prompts=10, pool_size=4, n_reference=0
+    )
+    t = _subset(t, t.rm_indices, reference=False)
+    results = _save_and_load(tmp_path, analysis.run_analysis(t, anova_draws=2))
+    assert results["figure4"].empty and results["table1"].empty
+    index = report.write_report(results, tmp_path / "report", examples=[], learnability={})
+    page = index.read_text(encoding="utf-8")
+    assert sorted(p.stem for p in (tmp_path / "report" / "figures").iterdir()) == ["fig1", "fig2"]
+    assert page.count("Not drawn:") == 4
+    assert "it needs at least three reward models" in page
+    assert "No Table 1" in page
+    assert (tmp_path / "report" / "table1.md").read_text(encoding="utf-8").startswith("Table 1: no evaluator")
+
+
+def test_load_analysis_errors(tmp_path, full):
+    with pytest.raises(FileNotFoundError, match=r"no analysis directory.*perm analyze") as info:
+        report.load_analysis(tmp_path / "nowhere")
+    assert str(tmp_path / "nowhere") in str(info.value)
+    partial = tmp_path / "partial"
+    analysis.save_analysis({k: v for k, v in full["results"].items() if k != "figure2"}, partial)
+    with pytest.raises(report.AnalysisNotFoundError, match=r"missing figure2\.parquet"):
+        report.load_analysis(partial)
+    (partial / "figure2.parquet").write_text("not parquet")
+    with pytest.raises(ValueError, match="figure2.parquet: cannot read as Parquet"):
+        report.load_analysis(partial)
+
+
+def test_load_analysis_round_trip(tmp_path, full):
+    back = _save_and_load(tmp_path, full["results"])
+    assert set(back) == set(full["results"]) and "hacking" in back
+    for name, df in full["results"].items():
+        pd.testing.assert_frame_equal(back[name], df, check_dtype=False)
