@@ -28,9 +28,12 @@ STAGES = ("testbed", "pretrain", "train-rm", "evaluator", "sft", "sample", "scor
 
 def _torch_setup(device: str, threads: int | None):
     import torch
+    from transformers.utils import logging as hf_logging
 
     from perm.models import resolve_device
 
+    hf_logging.disable_progress_bar()  # perm draws its own bars; "Loading weights" x 20 is noise
+    hf_logging.set_verbosity_error()  # a fresh reward head is *meant* to be missing from a backbone
     if threads:
         torch.set_num_threads(threads)
     return resolve_device(device)
@@ -341,6 +344,19 @@ def _call(fn, kw):
 # ------------------------------------------------------------------------------------------- the pipeline
 
 
+def _once(method):
+    """A stage method runs (or checks its skip) once per Pipeline; later calls return the first result."""
+
+    def wrapper(self, *args):
+        key = (method.__name__, args)
+        if key not in self._memo:
+            self._memo[key] = method(self, *args)
+        return self._memo[key]
+
+    wrapper.__name__, wrapper.__doc__ = method.__name__, method.__doc__
+    return wrapper
+
+
 class Pipeline:
     """One run directory driven by one resolved config."""
 
@@ -349,6 +365,7 @@ class Pipeline:
         self.log = progress or Progress()
         self.store = RunStore(cfg.out)
         self.root = self.store.root
+        self._memo: dict = {}
         if cfg.executor == "ray":
             self.executor = RayExecutor(cfg.ray.address, cfg.ray.num_cpus_per_task, cfg.ray.num_gpus_per_task)
         else:
@@ -375,6 +392,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------------------ stages
 
+    @_once
     def testbed(self) -> str:
         """Writes data/*.parquet and tokenizer/; returns the stage's output hash.
 
@@ -402,6 +420,7 @@ class Pipeline:
             self._done("testbed", key, ["data", "tokenizer"], t0, seeds={"testbed": c.seed})
         return self.store.output_hash("testbed")
 
+    @_once
     def import_data(self) -> str:
         """Load and validate external pairs into data/prefs_{train,eval}.parquet and data/eval_prompts.parquet;
         the tokenizer comes from the first pretrain checkpoint. Nothing is written if the data are invalid."""
@@ -437,6 +456,7 @@ class Pipeline:
                                                                     "eval_pairs": len(held)})
         return self.store.output_hash("data")
 
+    @_once
     def pretrain(self) -> dict[str, str]:
         """Pretrain (or register) every backbone; returns pretrain_id -> backbone path or hub id."""
         c = self.cfg.pretrain
@@ -459,6 +479,7 @@ class Pipeline:
                                                                        "data_seed": kw["data_seed"]})
         return out
 
+    @_once
     def reward_grid(self) -> list[dict]:
         """Finetune every RM of the grid; returns their rm.json records."""
         c = self.cfg.reward
@@ -480,6 +501,7 @@ class Pipeline:
         self._run_jobs(job_reward_model, todo, keys, seeds_of=lambda kw: rm_seeds(kw["finetune_seed"]))
         return [json.loads((self.root / n / "rm.json").read_text()) for n in names]
 
+    @_once
     def evaluator(self) -> dict | None:
         """The stronger evaluator RM: its own bigger backbone (seed no grid member uses), more pairs."""
         e = self.cfg.evaluator
@@ -514,6 +536,7 @@ class Pipeline:
                 seeds_of=lambda kw: rm_seeds(kw["finetune_seed"]))
         return json.loads((self.root / name / "rm.json").read_text())
 
+    @_once
     def sft(self) -> str:
         """Train the SFT policy (or register a checkpoint); returns its directory or hub id."""
         c = self.cfg.policy
@@ -541,6 +564,7 @@ class Pipeline:
             self._done(name, key, [name], t0, seeds={"data_seed": info["data_seed"]}, info=info)
         return str(self.root / name)
 
+    @_once
     def sample(self) -> Path:
         """Sample a pool of N candidates + K reference samples per eval prompt into samples.parquet."""
         c = self.cfg.policy
@@ -560,6 +584,7 @@ class Pipeline:
             self._done(name, key, ["samples.parquet"], t0, seeds={"sampling_seed": c.seed}, info=info)
         return self.root / "samples.parquet"
 
+    @_once
     def score(self) -> Path:
         """Score every sample with every RM + evaluator (+ gold) into rewards.parquet and models.parquet."""
         rms = self.reward_grid()
@@ -589,6 +614,7 @@ class Pipeline:
             self._done(name, key, ["rewards.parquet", "models.parquet"], t0, info=info)
         return self.root / "rewards.parquet"
 
+    @_once
     def analyze(self, rewards: Path | None = None, models: Path | None = None) -> Path:
         """Figures' and table's numbers into analysis/ (from this run's tensor, or a user's)."""
         from perm.analysis import load_reward_tensor, run_analysis, save_analysis
@@ -615,6 +641,7 @@ class Pipeline:
             self._done(name, key, ["analysis"], t0, info={"prompts": tensor.n_prompts, "pool": tensor.pool_size})
         return self.root / "analysis"
 
+    @_once
     def report(self, rewards: Path | None = None, models: Path | None = None) -> Path:
         """report/index.html, figures and table1.md."""
         from perm.report import load_analysis, write_report
@@ -663,20 +690,21 @@ class Pipeline:
     def _run_jobs(self, fn, todo: list[tuple[str, dict]], keys: dict, seeds_of) -> None:
         if not todo:
             return
-        for name, _ in todo:
-            self.store.mark_running(name, keys[name])
-            self.log.event(name, "start")
-        t0 = time.perf_counter()
         if isinstance(self.executor, LocalExecutor):
             # one at a time, so that each finished job is recorded before the next starts (resume granularity)
             for name, kw in todo:
-                t1 = time.perf_counter()
+                self.store.mark_running(name, keys[name])
+                self.log.event(name, "start")
+                t0 = time.perf_counter()
                 info = fn(**kw)
-                self._done(name, keys[name], [kw["out_rel"]], t1, seeds=seeds_of(kw), info=info)
-        else:
-            infos = self.executor.map(fn, [kw for _, kw in todo])
-            for (name, kw), info in zip(todo, infos, strict=True):
                 self._done(name, keys[name], [kw["out_rel"]], t0, seeds=seeds_of(kw), info=info)
+            return
+        for name, _ in todo:
+            self.store.mark_running(name, keys[name])
+            self.log.event(name, "start", executor="ray")
+        t0 = time.perf_counter()
+        for (name, kw), info in zip(todo, self.executor.map(fn, [kw for _, kw in todo]), strict=True):
+            self._done(name, keys[name], [kw["out_rel"]], t0, seeds=seeds_of(kw), info=info)
 
 
 def _with_int_ids(table):
@@ -758,42 +786,53 @@ def _examples(root: Path, k: int = 3) -> list[dict]:
 
 
 def learnability(root: Path, records: list[dict]) -> dict:
-    """Did the RMs learn? Label-noise ceiling, accuracies, rank correlation with gold on the policy pool."""
+    """Did the RMs learn? name -> {value, description}: the label-noise ceiling, accuracies, agreement with
+    the gold order, rank correlation with gold on the policy's pool, and where the SFT policy stands."""
     import numpy as np
-    import pandas as pd
     from scipy.stats import spearmanr
 
     out: dict = {}
+
+    def put(name, value, description, se=None):
+        if value is not None and np.isfinite(value):
+            out[name] = {"value": float(value), "description": description} | ({"se": float(se)} if se else {})
+
     ev_path = root / "data" / "prefs_eval.parquet"
     if ev_path.exists() and "label_agrees_gold" in pq.read_schema(ev_path).names:
         (agree,) = _read_column(ev_path, "label_agrees_gold")
-        out["label_ceiling"] = float(np.mean(agree))
+        put("label-noise ceiling", np.mean(agree), "fraction of held-out labels that agree with the gold reward: "
+            "the accuracy a perfect RM would get against these noisy labels")
     rms = [r for r in records if r["role"] == "rm"]
     if rms:
-        out["rm_accuracy_mean"] = float(np.mean([r["accuracy"] for r in rms]))
-        out["rm_accuracy_min"] = float(np.min([r["accuracy"] for r in rms]))
-        out["rm_accuracy_max"] = float(np.max([r["accuracy"] for r in rms]))
-        if all(r.get("gold_accuracy") is not None for r in rms):
-            out["rm_gold_accuracy_mean"] = float(np.mean([r["gold_accuracy"] for r in rms]))
-    if (root / "rewards.parquet").exists():
+        acc = np.array([r["accuracy"] for r in rms])
+        put("RM accuracy, mean", acc.mean(), f"in-distribution pairwise accuracy on prefs_eval over {len(rms)} RMs "
+            f"(range {acc.min():.3f}-{acc.max():.3f}); chance is 0.5")
+        gold = [r.get("gold_accuracy") for r in rms]
+        if all(g is not None for g in gold):
+            put("RM agreement with gold order, mean", np.mean(gold), "fraction of held-out pairs the RM orders "
+                "as the gold reward does (no label noise: a perfect RM gets 1)")
+    if (root / "rewards.parquet").exists() and (root / "samples.parquet").exists():
         rw = pq.read_table(root / "rewards.parquet").to_pandas()
         pool = rw[~rw.is_reference].pivot_table(index=["prompt_id", "sample_id"], columns="model_id", values="reward")
         if "gold" in pool.columns:
-            rhos = {}
-            for mid in pool.columns:
-                if mid == "gold":
+            for mid in [m for m in pool.columns if m != "gold"]:
+                # prompts whose pool is constant under either score have no rank correlation: skipped
+                rho = [spearmanr(g[mid], g["gold"]).statistic for _, g in pool.groupby(level=0)
+                       if g[mid].nunique() > 1 and g["gold"].nunique() > 1]
+                rho = np.asarray(rho, dtype=float)
+                if len(rho) < 2:
                     continue
-                per_prompt = [spearmanr(g[mid], g["gold"]).statistic for _, g in pool.groupby(level=0)]
-                rhos[mid] = float(np.nanmean(per_prompt))
-            out["spearman_with_gold_on_pool"] = rhos
+                put(f"Spearman with gold on the pool: {mid}", rho.mean(), "rank correlation with the gold reward "
+                    "over each prompt's pool of policy samples, averaged over prompts", rho.std(ddof=1) / np.sqrt(len(rho)))
             samples = pq.read_table(root / "samples.parquet").to_pandas()
-            gold = samples.groupby("is_reference").gold_reward.mean()
-            out["sft_mean_gold"] = float(gold.get(False, np.nan))
-            ref = pq.read_table(root / "data" / "eval_prompts.parquet").to_pandas()
-            if "post" in ref.columns:
+            pool_gold = samples[~samples.is_reference]
+            put("SFT sample, mean gold", pool_gold.gold_reward.mean(), "gold reward of a random policy sample (n = 1)")
+            put("gold best-of-pool, mean gold", pool_gold.groupby("prompt_id").gold_reward.max().mean(),
+                "gold reward of the gold-ranked best of the whole pool: the headroom best-of-n can reach")
+            prompts = pq.read_table(root / "data" / "eval_prompts.parquet").to_pandas()
+            if "post" in prompts.columns:
                 from perm.testbed.gold import gold_reward_batch
 
-                out["reference_mean_gold"] = float(np.mean(gold_reward_batch(list(ref.post), list(ref.reference))))
-            best = samples[~samples.is_reference].groupby("prompt_id").gold_reward.max()
-            out["gold_best_of_pool_mean_gold"] = float(best.mean())
-    return {k: v for k, v in out.items() if not (isinstance(v, float) and pd.isna(v))}
+                put("reference summary, mean gold", gold_reward_batch(list(prompts.post), list(prompts.reference)).mean(),
+                    "gold reward of the testbed's reference summaries of the eval posts")
+    return out

@@ -1,0 +1,112 @@
+"""End to end on configs/quick.yaml: the files written, skip on rerun, resume after SIGKILL, partial reruns."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from perm.config import configs_dir, load_config
+from perm.pipeline import Pipeline
+from perm.progress import Progress
+from perm.store import hash_path
+
+pytestmark = pytest.mark.slow
+QUICK = configs_dir() / "quick.yaml"
+
+
+def _run(out: Path, *overrides: str) -> Pipeline:
+    cfg = load_config(QUICK, [f"out={out}", "threads=1", *overrides])
+    pipe = Pipeline(cfg, Progress("quiet"))
+    pipe.run("run")
+    return pipe
+
+
+def _finished(out: Path) -> dict[str, str]:
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    return {k: v.get("finished") for k, v in stages.items()}
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("baseline") / "run"
+    _run(out)
+    return out
+
+
+def test_run_writes_every_artefact(baseline):
+    for rel in ["config.yaml", "manifest.json", "data/corpus.parquet", "data/prefs_train.parquet",
+                "data/prefs_eval.parquet", "data/sft_train.parquet", "data/eval_prompts.parquet",
+                "tokenizer/tokenizer.json", "pretrain/seed0/model.safetensors", "pretrain/seed1/model.safetensors",
+                "rm/seed0-ft0/rm.json", "rm/seed0-ft1/rm.json", "rm/seed1-ft0/rm.json",
+                "rm/seed0-ft0/model.safetensors", "evaluator/rm/rm.json", "policy/model.safetensors",
+                "samples.parquet", "rewards.parquet", "models.parquet", "analysis/figure1.parquet",
+                "analysis/summary.json", "report/index.html", "report/table1.md"]:
+        assert (baseline / rel).exists(), rel
+    assert not (baseline / "rm" / "seed1-ft1").exists()  # paper layout: extra seeds only for the first pretrain
+    stages = json.loads((baseline / "manifest.json").read_text())["stages"]
+    assert all(v["status"] == "done" for v in stages.values())
+    rm = json.loads((baseline / "rm/seed0-ft1/rm.json").read_text())
+    assert rm["pretrain_id"] == "seed0" and rm["finetune_seed"] == 1
+    assert set(rm["seeds"]) == {"head_seed", "data_seed", "dropout_seed"}
+    # the reward tensor: prompts x (pool + references) x models rows
+    import pyarrow.parquet as pq
+
+    cfg = load_config(QUICK)
+    n_models = 3 + 1 + 1  # grid RMs, evaluator, gold
+    rows = cfg.testbed.n_eval_prompts * (cfg.policy.pool_size + cfg.policy.n_reference) * n_models
+    assert pq.read_table(baseline / "rewards.parquet").num_rows == rows
+
+
+def test_rerun_skips_everything(baseline):
+    before, digest = _finished(baseline), hash_path(baseline / "rewards.parquet")
+    _run(baseline)
+    assert _finished(baseline) == before
+    assert hash_path(baseline / "rewards.parquet") == digest
+
+
+def test_changing_one_rm_hyperparameter_reruns_only_its_dependents(tmp_path, baseline):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(baseline, out)
+    before = _finished(out)
+    _run(out, "reward.center_coef=0.05")
+    after = _finished(out)
+    unchanged = [k for k in after if after[k] == before.get(k)]
+    redone = [k for k in after if after[k] != before.get(k)]
+    assert {"testbed", "pretrain/seed0", "pretrain/seed1", "evaluator/pretrain", "policy", "sample"} <= set(unchanged)
+    assert {"rm/seed0-ft0", "rm/seed1-ft0", "score", "analyze", "report"} <= set(redone)
+
+
+def test_sigkill_mid_grid_resumes_to_identical_results(tmp_path, baseline):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "perm.cli", "run", str(QUICK), f"out={out}", "threads=1", "--quiet"]
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    deadline = time.time() + 300
+    manifest = out / "manifest.json"
+    while time.time() < deadline:  # wait until the first RM is done, then kill while the grid goes on
+        if manifest.exists():
+            try:
+                stages = json.loads(manifest.read_text())["stages"]
+            except json.JSONDecodeError:
+                stages = {}
+            if stages.get("rm/seed0-ft0", {}).get("status") == "done":
+                break
+        assert proc.poll() is None, "run ended before the grid started"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first_rm = _finished(out)["rm/seed0-ft0"]
+    assert not (out / "rewards.parquet").exists()
+    subprocess.run(cmd, check=True)
+    assert _finished(out)["rm/seed0-ft0"] == first_rm  # a completed RM is not trained again
+    assert hash_path(out / "rewards.parquet") == hash_path(baseline / "rewards.parquet")
+    for name in ("figure1", "figure2", "figure4"):
+        assert hash_path(out / "analysis" / f"{name}.parquet") == hash_path(baseline / "analysis" / f"{name}.parquet")
