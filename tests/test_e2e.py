@@ -33,10 +33,15 @@ def _finished(out: Path) -> dict[str, str]:
     return {k: v.get("finished") for k, v in stages.items()}
 
 
+def _cli(out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "perm.cli", "run", str(QUICK), f"out={out}", "threads=1", "--quiet", *extra]
+
+
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory) -> Path:
+    """An uninterrupted `perm run` in a fresh process, as a user would start it."""
     out = tmp_path_factory.mktemp("baseline") / "run"
-    _run(out)
+    subprocess.run(_cli(out), check=True)
     return out
 
 
@@ -87,7 +92,7 @@ def test_changing_one_rm_hyperparameter_reruns_only_its_dependents(tmp_path, bas
 
 def test_sigkill_mid_grid_resumes_to_identical_results(tmp_path, baseline):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "perm.cli", "run", str(QUICK), f"out={out}", "threads=1", "--quiet"]
+    cmd = _cli(out)
     proc = subprocess.Popen(cmd, start_new_session=True)
     deadline = time.time() + 300
     manifest = out / "manifest.json"
