@@ -115,3 +115,12 @@ def test_sigkill_mid_grid_resumes_to_identical_results(tmp_path, baseline):
     assert hash_path(out / "rewards.parquet") == hash_path(baseline / "rewards.parquet")
     for name in ("figure1", "figure2", "figure4"):
         assert hash_path(out / "analysis" / f"{name}.parquet") == hash_path(baseline / "analysis" / f"{name}.parquet")
+
+
+def test_ray_executor_gives_the_local_results(tmp_path, baseline):
+    pytest.importorskip("ray")
+    out = tmp_path / "run"
+    subprocess.run(_cli(out, "executor=ray", "ray.local_num_cpus=2"), check=True)
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    assert {"pretrain/seed0", "rm/seed0-ft1", "score/seed1-ft0"} <= set(stages)
+    assert hash_path(out / "rewards.parquet") == hash_path(baseline / "rewards.parquet")

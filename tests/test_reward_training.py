@@ -4,10 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import toy_pairs
 from perm.models import load_reward_backbone
 from perm.reward import encode, score_ids, train_reward_model
-
-from conftest import toy_pairs
 
 
 def _train(backbone_dir, tokenizer, *, head_seed=0, data_seed=0, dropout_seed=0, center_coef=0.0, offset=0.0,

@@ -241,6 +241,8 @@ class RayConfig:
     """Existing cluster address (e.g. ray://head:10001 or auto); null = start a local instance."""
     num_cpus_per_task: float = 1.0
     num_gpus_per_task: float = 0.0
+    local_num_cpus: int | None = None
+    """CPUs of the local instance started when `address` is null (null = all)."""
 
 
 @dataclass(frozen=True)

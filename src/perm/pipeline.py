@@ -159,10 +159,18 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
 _ENCODED: dict = {}  # (tokenizer hash, max_length, samples hash) -> token ids; one tokenisation per tokenizer
 
 
-def encoded_samples(run: Path, tok_dir: Path, max_length: int) -> tuple[list[list[int]], list, list, object]:
-    """Token ids of every (prompt + sample) of samples.parquet, cached per tokenizer within a process."""
+def encoded_samples(run: Path, tok_dir: Path, max_length: int) -> tuple[tuple[list, list, list], object, object,
+                                                                          object]:
+    """samples.parquet as token ids grouped by prompt, cached per tokenizer within a process.
+
+    Returns ``((prompt_ids, completion_ids, rows), prompt_id, sample_id, tokenizer)``: group g is one prompt
+    tokenised once, ``prompt_ids[g]``, with its candidates ``completion_ids[g]`` (each + EOS), which are the
+    sample rows ``rows[g]`` of ``prompt_id`` / ``sample_id`` (the file's row order); see ``encode_groups``.
+    """
+    import numpy as np
+
     from perm.models import load_tokenizer
-    from perm.reward import encode
+    from perm.reward import encode_groups
     from perm.store import hash_path
 
     key = (hash_path(tok_dir / "tokenizer.json") if (tok_dir / "tokenizer.json").exists() else str(tok_dir),
@@ -172,36 +180,50 @@ def encoded_samples(run: Path, tok_dir: Path, max_length: int) -> tuple[list[lis
         samples = pq.read_table(run / "samples.parquet", columns=["prompt_id", "sample_id", "text"]).to_pandas()
         prompts = pq.read_table(run / "data" / "eval_prompts.parquet", columns=["prompt_id", "prompt"]).to_pandas()
         prompt_of = dict(zip(prompts.prompt_id, prompts.prompt, strict=True))
-        seqs = encode(tok, [prompt_of[p] for p in samples.prompt_id], list(samples.text), max_length)
+        by_prompt = samples.groupby("prompt_id", sort=False).indices  # prompt_id -> row indices, in file order
+        texts = samples.text.to_numpy()
+        p_ids, c_ids, source = encode_groups(tok, [prompt_of[p] for p in by_prompt],
+                                             [list(texts[r]) for r in by_prompt.values()], max_length)
+        flat_rows = np.concatenate(list(by_prompt.values())) if by_prompt else np.empty(0, dtype=np.int64)
         _ENCODED.clear()
-        _ENCODED[key] = (seqs, samples.prompt_id.to_numpy(), samples.sample_id.to_numpy(), tok)
+        _ENCODED[key] = ((p_ids, c_ids, [flat_rows[s] for s in source]), samples.prompt_id.to_numpy(),
+                         samples.sample_id.to_numpy(), tok)
     return _ENCODED[key]
 
 
 def job_score(run_dir: str, out_rel: str, *, model_dir: str, model_id: str, max_length: int, batch_size: int,
               device: str, threads: int | None, show_progress: bool = True) -> dict:
-    """Score every sample with one RM into run_dir/out_rel (prompt_id, sample_id, reward)."""
+    """Score every sample with one RM into run_dir/out_rel (prompt_id, sample_id, reward).
+
+    Decoder RMs run each prompt once and its candidates as continuations of its KV cache
+    (``perm.prefix.score_prompt_groups``: the same rewards as full-sequence scoring); encoders score whole.
+    """
+    import numpy as np
     import pyarrow as pa
 
     from perm.models import load_reward_model
-    from perm.reward import check_finite, score_ids
+    from perm.prefix import score_prompt_groups
+    from perm.reward import check_finite
     from perm.store import atomic_write_parquet
 
     dev = _torch_setup(device, threads)
     run = Path(run_dir)
     tok_dir = Path(model_dir) if (Path(model_dir) / "tokenizer.json").exists() else run / "tokenizer"
-    seqs, prompt_ids, sample_ids, tok = encoded_samples(run, tok_dir, max_length)
+    (p_ids, c_ids, rows), prompt_ids, sample_ids, tok = encoded_samples(run, tok_dir, max_length)
     model = load_reward_model(model_dir).to(dev)
     t0 = time.perf_counter()
-    bar = Progress("normal" if show_progress else "quiet").bar(f"score {model_id}", len(seqs))
-    rewards = score_ids(model, seqs, tok.pad_token_id, dev, batch_size=batch_size, progress=bar)
+    bar = Progress("normal" if show_progress else "quiet").bar(f"score {model_id}", len(prompt_ids))
+    rewards = np.full(len(prompt_ids), np.nan)
+    for r, group in zip(rows, score_prompt_groups(model, p_ids, c_ids, tok.pad_token_id, dev, batch_size=batch_size,
+                                                  progress=bar), strict=True):
+        rewards[r] = group
     bar.close()
     check_finite(rewards, model_id)
     atomic_write_parquet(run / out_rel, pa.table({"prompt_id": pa.array(prompt_ids, pa.int64()),
                                                   "sample_id": pa.array(sample_ids, pa.int64()),
                                                   "reward": pa.array(rewards, pa.float64())}))
     wall = time.perf_counter() - t0
-    return {"rows": len(seqs), "wall_s": wall, "sequences_per_s": len(seqs) / wall}
+    return {"rows": len(prompt_ids), "wall_s": wall, "sequences_per_s": len(prompt_ids) / wall}
 
 
 def job_sft(run_dir: str, out_rel: str, *, init: str | None, backbone: dict, sft: dict, max_length: int,
@@ -322,14 +344,18 @@ class LocalExecutor:
 class RayExecutor:
     """Runs jobs as Ray tasks with declared CPU/GPU needs, on an existing cluster or a local instance."""
 
-    def __init__(self, address: str | None, num_cpus: float, num_gpus: float):
+    def __init__(self, address: str | None, num_cpus: float, num_gpus: float, local_num_cpus: int | None = None):
         try:
             import ray
         except ImportError as e:  # pragma: no cover - depends on the optional extra
             raise RuntimeError("executor: ray needs the optional extra: pip install 'perm-rm[ray]'") from e
         self.ray = ray
         if not ray.is_initialized():
-            ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+            if address is None:
+                ray.init(num_cpus=local_num_cpus, ignore_reinit_error=True, log_to_driver=False,
+                         include_dashboard=False)
+            else:
+                ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
         self.opts = {"num_cpus": num_cpus, "num_gpus": num_gpus}
 
     def map(self, fn, kwargs_list: list[dict]) -> list:
@@ -367,7 +393,8 @@ class Pipeline:
         self.root = self.store.root
         self._memo: dict = {}
         if cfg.executor == "ray":
-            self.executor = RayExecutor(cfg.ray.address, cfg.ray.num_cpus_per_task, cfg.ray.num_gpus_per_task)
+            self.executor = RayExecutor(cfg.ray.address, cfg.ray.num_cpus_per_task, cfg.ray.num_gpus_per_task,
+                                        cfg.ray.local_num_cpus)
         else:
             self.executor = LocalExecutor()
         self._save_config()

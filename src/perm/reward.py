@@ -13,7 +13,9 @@ import torch.nn.functional as F
 from perm.models import seeded
 
 
-def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, center_coef: float = 0.0) -> torch.Tensor:
+def bradley_terry_loss(
+    r_chosen: torch.Tensor, r_rejected: torch.Tensor, center_coef: float = 0.0
+) -> torch.Tensor:
     """mean(-log sigmoid(r+ - r-)) + center_coef * mean((r+ + r-)^2).
 
     r_chosen, r_rejected: (B,) rewards of the preferred and the other completion of each pair. The
@@ -33,16 +35,54 @@ def encode(tokenizer, prompts: Sequence[str], completions: Sequence[str], max_le
     """Token ids of prompt + completion + EOS; a too-long prompt is cut from its left (keeps the summary)."""
     p_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     c_ids = tokenizer(list(completions), add_special_tokens=False)["input_ids"]
+    fit = _fitter(tokenizer, max_length)
+    return [pp + cc for pp, cc in (fit(p, c) for p, c in zip(p_ids, c_ids, strict=True))]
+
+
+def encode_groups(
+    tokenizer, prompts: Sequence[str], completions: Sequence[Sequence[str]], max_length: int
+) -> tuple[list[list[int]], list[list[list[int]]], list[np.ndarray]]:
+    """Candidates grouped by prompt, each prompt tokenised once: ``(prompt_ids, completion_ids, source)``.
+
+    ``completions[i]`` are prompt i's candidates; flat candidate k is the k-th of them all, prompt-major.
+    Group g holds ``prompt_ids[g]`` and its candidates ``completion_ids[g]`` (each with EOS), the flat indices of
+    which are ``source[g]``, such that ``prompt_ids[g] + completion_ids[g][j] == encode(...)`` of flat candidate
+    ``source[g][j]`` exactly. A prompt yields one group, or one per prompt cut when long candidates cut it.
+    """
+    if len(prompts) != len(completions):
+        raise ValueError(f"encode_groups: {len(prompts)} prompts but {len(completions)} candidate lists")
+    p_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    c_ids = tokenizer([c for cs in completions for c in cs], add_special_tokens=False)["input_ids"]
+    fit = _fitter(tokenizer, max_length)
+    out_p, out_c, out_src, k = [], [], [], 0
+    for p, cs in zip(p_ids, completions, strict=True):
+        by_prompt: dict[int, tuple[list[int], list, list[int]]] = {}  # kept prompt length -> group
+        for _ in cs:
+            pp, cc = fit(p, c_ids[k])
+            by_prompt.setdefault(len(pp), (pp, [], []))
+            by_prompt[len(pp)][1].append(cc)
+            by_prompt[len(pp)][2].append(k)
+            k += 1
+        for pp, cc, src in by_prompt.values():
+            out_p.append(pp)
+            out_c.append(cc)
+            out_src.append(np.asarray(src, dtype=np.int64))
+    return out_p, out_c, out_src
+
+
+def _fitter(tokenizer, max_length: int):
+    """(prompt ids, completion ids) -> (prompt part, completion part + EOS) of one sequence of encode()."""
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     bos = [tokenizer.cls_token_id] if _is_encoder(tokenizer) else []
-    out = []
-    for p, c in zip(p_ids, c_ids, strict=True):
+
+    def fit(p: list[int], c: list[int]) -> tuple[list[int], list[int]]:
         c = c + eos
         room = max_length - len(c) - len(bos)
         if room < 1:
             c, room = c[: max_length - len(bos) - 1], 1
-        out.append(bos + p[-room:] + c)
-    return out
+        return bos + p[-room:], c
+
+    return fit
 
 
 def _is_encoder(tokenizer) -> bool:
@@ -70,8 +110,9 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
 
 
 @torch.no_grad()
-def score_ids(model, seqs: Sequence[Sequence[int]], pad_id: int, device, batch_size: int = 64,
-              progress=None) -> np.ndarray:
+def score_ids(
+    model, seqs: Sequence[Sequence[int]], pad_id: int, device, batch_size: int = 64, progress=None
+) -> np.ndarray:
     """Reward of each token sequence, (len(seqs),) float64, batched by length with dynamic padding."""
     model.eval()
     out = np.empty(len(seqs), dtype=np.float64)
@@ -103,6 +144,13 @@ def lr_schedule(step: int, total: int, warmup: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
+def pair_rewards(model, chosen, rejected, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,) rewards of full chosen and rejected sequences, both in one right-padded forward pass."""
+    ids, mask = pad_batch([*chosen, *rejected], pad_id)
+    r = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0]  # (2B,)
+    return r[: len(chosen)], r[len(chosen) :]
+
+
 def train_reward_model(
     model,
     *,
@@ -121,16 +169,37 @@ def train_reward_model(
     eval_every: int,
     data_seed: int,
     dropout_seed: int,
+    prompts: Sequence[Sequence[int]] | None = None,
+    eval_prompts: Sequence[Sequence[int]] | None = None,
+    share_prompt: bool | None = None,
     accelerator=None,
     progress=None,
 ) -> dict:
     """Finetune `model` (backbone + scalar head) on token-id pairs; returns a plain state dict of metrics.
 
+    Pairs are full sequences (``chosen[i]``, ``rejected[i]``), or, with ``prompts``, completions: the pair
+    is then ``prompts[i] + chosen[i]`` vs ``prompts[i] + rejected[i]`` (likewise ``eval_prompts``).
+    share_prompt: run each pair's common prefix (its prompt) once, forward and backward, under both
+    completions (:func:`perm.prefix.pair_rewards_shared`; same loss and gradients up to rounding, fewer
+    FLOPs). None = on for decoder models, off for encoders, which cannot share.
     Data order depends only on `data_seed`, dropout masks only on `dropout_seed` (the head was initialised
-    by its own seed when the model was built). Each step scores chosen and rejected in one forward pass.
+    by its own seed when the model was built).
     """
     from accelerate import Accelerator
 
+    from perm.prefix import UnsharableCache, shares_prompt, split_pairs
+
+    chosen, rejected = _joined(prompts, chosen), _joined(prompts, rejected)
+    eval_chosen, eval_rejected = _joined(eval_prompts, eval_chosen), _joined(eval_prompts, eval_rejected)
+    can_share = shares_prompt(model)
+    if share_prompt and not can_share:
+        raise ValueError(
+            f"share_prompt=True, but {type(model).__name__} is not a decoder-only model with a KV cache"
+        )
+    share = can_share if share_prompt is None else share_prompt
+    split = (
+        split_pairs(chosen, rejected, pad_id) if share else None
+    )  # (prefixes, chosen tails, rejected tails)
     acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     n = len(chosen)
@@ -141,7 +210,7 @@ def train_reward_model(
     model, opt, sched = acc.prepare(model, opt, sched)
     device = acc.device
     rng = np.random.default_rng(data_seed)
-    state = {"step": 0, "total_steps": total, "train_loss": [], "evals": []}
+    state = {"step": 0, "total_steps": total, "share_prompt": share, "train_loss": [], "evals": []}
     t0 = time.perf_counter()
     with seeded(dropout_seed):
         model.train()
@@ -152,9 +221,16 @@ def train_reward_model(
                 order, pos = rng.permutation(n), 0
             idx = order[pos : pos + batch_size]
             pos += batch_size
-            ids, mask = pad_batch([chosen[i] for i in idx] + [rejected[i] for i in idx], pad_id)
-            r = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0]  # (2B,)
-            loss = bradley_terry_loss(r[: len(idx)], r[len(idx) :], center_coef)
+            try:
+                rc, rr = _batch_rewards(
+                    model, idx, split if share else None, chosen, rejected, pad_id, device
+                )
+            except UnsharableCache:  # a cache whose rows cannot be gathered (sliding window, ...)
+                if share_prompt:
+                    raise
+                share = state["share_prompt"] = False
+                rc, rr = _batch_rewards(model, idx, None, chosen, rejected, pad_id, device)
+            loss = bradley_terry_loss(rc, rr, center_coef)
             opt.zero_grad(set_to_none=True)
             acc.backward(loss)
             if max_grad_norm > 0:
@@ -164,7 +240,9 @@ def train_reward_model(
             state["step"] += 1
             state["train_loss"].append(loss.item())
             if state["step"] % eval_every == 0 or state["step"] == total:
-                state["evals"].append(evaluate_pairs(model, eval_chosen, eval_rejected, pad_id, device, state["step"]))
+                state["evals"].append(
+                    evaluate_pairs(model, eval_chosen, eval_rejected, pad_id, device, state["step"])
+                )
                 model.train()
             if progress is not None:
                 progress(state["step"], total, loss.item())
@@ -174,14 +252,40 @@ def train_reward_model(
     return state
 
 
+def _batch_rewards(model, idx, split, chosen, rejected, pad_id: int, device):
+    """(B,) chosen and rejected rewards of pairs ``idx``; through their shared prefixes when ``split`` is given."""
+    from perm.prefix import pair_rewards_shared
+
+    if split is None:
+        return pair_rewards(model, [chosen[i] for i in idx], [rejected[i] for i in idx], pad_id, device)
+    prefixes, chosen_tails, rejected_tails = split
+    return pair_rewards_shared(
+        model,
+        [prefixes[i] for i in idx],
+        [chosen_tails[i] for i in idx],
+        [rejected_tails[i] for i in idx],
+        pad_id,
+        device,
+    )
+
+
+def _joined(prompts, completions) -> Sequence[Sequence[int]]:
+    if prompts is None:
+        return completions
+    if len(prompts) != len(completions):
+        raise ValueError(f"train_reward_model: {len(prompts)} prompts but {len(completions)} completions")
+    return [list(p) + list(c) for p, c in zip(prompts, completions, strict=True)]
+
+
 def evaluate_pairs(model, chosen, rejected, pad_id: int, device, step: int = 0, gold_diff=None) -> dict:
     """Accuracy against the labels (± se) and mean reward on held-out pairs.
 
     gold_diff: optional (n_pairs,) gold(chosen) - gold(rejected); adds `gold_accuracy`, the fraction of pairs
     with a gold preference that the RM orders as gold does (no label noise, so no ceiling below 1).
     """
-    rc = score_ids(model, chosen, pad_id, device)
-    rr = score_ids(model, rejected, pad_id, device)
+    from perm.prefix import score_pairs
+
+    rc, rr = score_pairs(model, chosen, rejected, pad_id, device)
     accuracy, se = pair_accuracy(rc, rr)
     extra = {}
     if gold_diff is not None:

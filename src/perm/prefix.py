@@ -1,0 +1,324 @@
+"""Share the prompt: score many continuations of one prompt against a single forward pass of that prompt.
+
+In a causal (decoder-only) model a token's hidden states depend only on the tokens before it, so a prompt's
+keys and values at every layer are the same whatever follows. Best-of-n scoring therefore runs each prompt
+once and only the candidates' own tokens against its KV cache (:func:`score_prompt_groups`), and RM training
+runs a pair's prompt once, with gradient, under both the chosen and the rejected continuation
+(:func:`pair_rewards_shared`). Both equal full-sequence computation up to float rounding
+(``tests/test_prefix.py``: within 1e-5 in fp32, rewards and every parameter's gradient).
+
+One shared forward, for ``b`` prompts and ``n`` continuation rows where row ``i`` continues prompt ``owner[i]``:
+
+- prompts are left-padded to ``(b, P)`` with positions ``cumsum(mask) - 1``: each prompt ends at column P - 1;
+- each layer's prompt keys/values ``(b, H, P, D)`` are gathered to ``(n, H, P, D)`` (rows ``owner``);
+- continuations are right-padded to ``(n, R)`` with positions ``len(prompt) + 0..R-1`` and attention mask
+  ``[prompt mask | own mask]`` of shape ``(n, P + R)``;
+- the reward is the model's own read-out on the continuation's ids, at their last non-pad token: the
+  candidate's last real token, where full-sequence scoring of ``prompt + candidate`` reads it too.
+
+Encoder models (BERT: bidirectional, reward at the first token) cannot share a prompt; they, and caches other
+than plain ``DynamicLayer`` s (sliding windows, linear attention), fall back to full-sequence scoring.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer
+
+from perm.models import is_encoder_only
+from perm.reward import length_batches, pad_batch, score_ids
+
+
+def shares_prompt(model) -> bool:
+    """True if ``model`` is a decoder-only reward model whose forward takes a KV cache and position ids."""
+    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    cfg = model.config
+    if (
+        is_encoder_only(cfg)
+        or getattr(cfg, "is_encoder_decoder", False)
+        or not getattr(cfg, "is_causal", True)
+    ):
+        return False
+    params = set(inspect.signature(model.forward).parameters)
+    return "position_ids" in params and bool({"cache", "past_key_values"} & params)
+
+
+# ------------------------------------------------------------------------------------------ one forward
+
+
+class UnsharableCache(ValueError):
+    """The model's KV cache is not made of plain ``DynamicLayer`` s (sliding windows, linear attention, ...)."""
+
+
+@dataclass
+class PromptCache:
+    """Keys and values of a batch of left-padded prompts.
+
+    keys, values: per layer (b, H, P + spare, D), positions P.. free for continuations; mask: (b, P) long, 1 on
+    real prompt tokens; lengths: (b,) long. Empty lists when P == 0 (every prompt empty): the continuations
+    then run on their own.
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    mask: torch.Tensor
+    lengths: torch.Tensor
+
+
+class _RowsLayer(DynamicLayer):
+    """A ``DynamicLayer`` that starts from gathered prompt rows ``(n, H, P + spare, D)``, of which the first
+    ``length`` positions are filled: the continuation is written into the spare room in place (one copy of
+    the cache per chunk, not two), or appended by concatenation when it does not fit."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int):
+        super().__init__()
+        self._k, self._v, self.length = keys, values, length
+        self.device, self.is_initialized = keys.device, True
+        self.keys, self.values = keys[:, :, :length], values[:, :, :length]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        end = self.length + key_states.shape[-2]
+        if end <= self._k.shape[-2]:
+            self._k[:, :, self.length : end] = key_states
+            self._v[:, :, self.length : end] = value_states
+            self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
+        else:
+            self.keys = torch.cat([self.keys, key_states], dim=-2)
+            self.values = torch.cat([self.values, value_states], dim=-2)
+        self.length = end
+        return self.keys, self.values
+
+
+def _cache_kwarg(model) -> str:
+    # transformers >= 5.2x renamed past_key_values to cache (the old name is deprecated)
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def prefill(
+    model, prompts: Sequence[Sequence[int]], pad_id: int, device, spare: int = 0
+) -> PromptCache | None:
+    """Run the prompts once (left-padded); None if the model's cache is not made of plain ``DynamicLayer`` s.
+
+    spare: room left after the prompt in the key/value tensors, so continuations up to that length are
+    written in place. Keeps the autograd graph (training shares the prompt's backward too); wrap in
+    ``torch.no_grad`` to score.
+    """
+    t = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), t), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), t), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        if p:
+            ids[i, t - len(p) :] = torch.as_tensor(p, dtype=torch.long)
+            mask[i, t - len(p) :] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    if t == 0:
+        return PromptCache([], [], mask, mask.sum(1))
+    positions = (mask.cumsum(-1) - 1).clamp_(min=0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    layers = getattr(cache, "layers", None)
+    if not layers or not all(type(layer) is DynamicLayer and layer.is_initialized for layer in layers):
+        return None
+    keys, values = [la.keys for la in layers], [la.values for la in layers]
+    if spare > 0:
+        keys, values = [_with_room(k, spare) for k in keys], [_with_room(v, spare) for v in values]
+    return PromptCache(keys, values, mask, mask.sum(1))
+
+
+def _with_room(x: torch.Tensor, spare: int) -> torch.Tensor:
+    out = x.new_empty((*x.shape[:2], x.shape[2] + spare, x.shape[3]))
+    out[:, :, : x.shape[2]] = x
+    return out
+
+
+def continuation_rewards(
+    model, prompts: PromptCache, owner: torch.Tensor, continuations: Sequence[Sequence[int]], pad_id: int
+) -> torch.Tensor:
+    """(n,) rewards of ``prompt[owner[i]] + continuations[i]``, running only the continuations' tokens.
+
+    owner: (n,) long, on the prompts' device. Every continuation needs a token other than ``pad_id`` (the
+    read-out is the last such token); keeps the autograd graph.
+    """
+    ids, cmask = pad_batch(continuations, pad_id)  # right-padded (n, R)
+    device = prompts.mask.device
+    ids, cmask = ids.to(device), cmask.to(device)
+    positions = prompts.lengths[owner, None] + torch.arange(ids.shape[1], device=device)  # (n, R)
+    if not prompts.keys:
+        out = model(input_ids=ids, attention_mask=cmask, position_ids=positions, use_cache=False)
+        return out.logits[:, 0]
+    cache = DynamicCache()
+    p = prompts.mask.shape[1]
+    cache.layers = [
+        _RowsLayer(k.index_select(0, owner), v.index_select(0, owner), p)  # (n, H, P + spare, D) each
+        for k, v in zip(prompts.keys, prompts.values, strict=True)
+    ]
+    mask = torch.cat([prompts.mask.index_select(0, owner), cmask], dim=1)  # (n, P + R)
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=positions,
+        use_cache=True,
+        **{_cache_kwarg(model): cache},
+    )
+    return out.logits[:, 0]
+
+
+# ---------------------------------------------------------------------------------------------- scoring
+
+
+@torch.no_grad()
+def score_prompt_groups(
+    model,
+    prompt_ids: Sequence[Sequence[int]],
+    completion_ids: Sequence[Sequence[Sequence[int]]],
+    pad_id: int,
+    device,
+    batch_size: int = 64,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[np.ndarray]:
+    """Reward of ``prompt_ids[g] + completion_ids[g][j]`` for every group g and candidate j.
+
+    Returns one (len(completion_ids[g]),) float64 array per group, equal to :func:`perm.reward.score_ids` of
+    the concatenated sequences (within float rounding). Decoder models run each prompt once and its
+    candidates as continuations of its cache; encoder models are scored whole. Prompts are batched by length
+    (at most ``batch_size`` prompts and about ``batch_size`` candidates per prefill) and candidates in
+    length-sorted chunks of ``batch_size`` rows, so the gathered cache never exceeds ``batch_size`` rows.
+    """
+    if len(prompt_ids) != len(completion_ids):
+        raise ValueError(f"score_prompt_groups: {len(prompt_ids)} prompts but {len(completion_ids)} groups")
+    sizes = np.array([len(c) for c in completion_ids], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    flat_out = np.empty(int(starts[-1]), dtype=np.float64)
+    split = lambda: [flat_out[starts[g] : starts[g + 1]] for g in range(len(sizes))]  # noqa: E731
+    if not shares_prompt(model):
+        whole = [list(p) + list(c) for p, cs in zip(prompt_ids, completion_ids, strict=True) for c in cs]
+        flat_out[:] = score_ids(model, whole, pad_id, device, batch_size=batch_size, progress=progress)
+        return split()
+    model.eval()
+    flat = [c for cs in completion_ids for c in cs]
+    flat_group = np.repeat(np.arange(len(sizes)), sizes)  # group of each flat candidate
+    # a candidate made only of padding has no read-out of its own (full-sequence scoring reads in the prompt)
+    readable = np.array([any(t != pad_id for t in c) for c in flat], dtype=bool)
+    whole = list(np.flatnonzero(~readable))  # flat indices scored as full sequences
+    local = np.zeros(len(sizes), dtype=np.int64)
+    done, total, can_share = 0, len(flat), True
+    for group in _prompt_batches(np.argsort([len(p) for p in prompt_ids], kind="stable"), sizes, batch_size):
+        idx = np.concatenate([np.arange(starts[g], starts[g + 1]) for g in group])
+        idx = idx[readable[idx]]
+        if len(idx) == 0:
+            continue
+        spare = max((len(flat[k]) for k in idx), default=0)
+        prompts = prefill(model, [prompt_ids[g] for g in group], pad_id, device, spare) if can_share else None
+        if prompts is None:  # a cache whose rows we cannot gather: score the rest whole
+            can_share = False
+            whole += list(idx)
+            continue
+        local[group] = np.arange(len(group))
+        owner = torch.as_tensor(local[flat_group[idx]], device=prompts.mask.device)  # (len(idx),)
+        for chunk in length_batches([len(flat[k]) for k in idx], batch_size):
+            rows = owner[torch.as_tensor(chunk, device=owner.device)]
+            r = continuation_rewards(model, prompts, rows, [flat[k] for k in idx[chunk]], pad_id)
+            flat_out[idx[chunk]] = r.float().cpu().numpy()
+            done += len(chunk)
+            if progress is not None:
+                progress(done, total)
+    if whole:
+        seqs = [list(prompt_ids[flat_group[k]]) + list(flat[k]) for k in whole]
+        flat_out[whole] = score_ids(model, seqs, pad_id, device, batch_size=batch_size)
+        if progress is not None:
+            progress(total, total)
+    return split()
+
+
+def _prompt_batches(order: np.ndarray, sizes: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Consecutive prompts of ``order`` (length-sorted), each batch with at most ``batch_size`` prompts and
+    closed as soon as it holds ``batch_size`` candidates or more; prompts without candidates are dropped."""
+    out, cur, n = [], [], 0
+    for g in order:
+        if sizes[g] == 0:
+            continue
+        cur.append(g)
+        n += int(sizes[g])
+        if n >= batch_size or len(cur) >= batch_size:
+            out.append(np.asarray(cur))
+            cur, n = [], 0
+    if cur:
+        out.append(np.asarray(cur))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ pairs
+
+
+def split_pairs(
+    chosen: Sequence[Sequence[int]], rejected: Sequence[Sequence[int]], pad_id: int
+) -> tuple[list[list[int]], list[list[int]], list[list[int]]]:
+    """Split each pair of full sequences at their longest common prefix: (prefixes, chosen tails, rejected tails).
+
+    The prefix (the prompt, and any leading tokens the two completions share) is computed once; each tail
+    keeps at least its last non-pad token, where the reward is read.
+    """
+    prefixes, ct, rt = [], [], []
+    for a, b in zip(chosen, rejected, strict=True):
+        n = min(len(a), len(b))
+        k = next((i for i in range(n) if a[i] != b[i]), n)
+        k = min(k, _last_real(a, pad_id), _last_real(b, pad_id))
+        prefixes.append(list(a[:k]))
+        ct.append(list(a[k:]))
+        rt.append(list(b[k:]))
+    return prefixes, ct, rt
+
+
+def _last_real(seq: Sequence[int], pad_id: int) -> int:
+    return next((i for i in range(len(seq) - 1, -1, -1) if seq[i] != pad_id), 0)
+
+
+def pair_rewards_shared(
+    model,
+    prefixes: Sequence[Sequence[int]],
+    chosen_tails: Sequence[Sequence[int]],
+    rejected_tails: Sequence[Sequence[int]],
+    pad_id: int,
+    device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,) rewards of ``prefix + chosen_tail`` and of ``prefix + rejected_tail``, the prefix run once.
+
+    The prefix's cache is repeated for both continuations, so its backward pass is shared as well. With
+    dropout on, both continuations see the prefix under one dropout mask (the unshared forward draws two).
+    """
+    prompts = prefill(model, prefixes, pad_id, device)
+    if prompts is None:
+        raise UnsharableCache(
+            f"{type(model).__name__}: its KV cache is not plain DynamicLayers; use share_prompt=False"
+        )
+    b = len(prefixes)
+    owner = torch.arange(b, device=prompts.mask.device).repeat(2)  # rows 0..b-1 chosen, b..2b-1 rejected
+    r = continuation_rewards(model, prompts, owner, [*chosen_tails, *rejected_tails], pad_id)
+    return r[:b], r[b:]
+
+
+def score_pairs(
+    model,
+    chosen: Sequence[Sequence[int]],
+    rejected: Sequence[Sequence[int]],
+    pad_id: int,
+    device,
+    batch_size: int = 64,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rewards (float64) of full chosen and rejected sequences; decoders run each pair's common prefix once."""
+    if not shares_prompt(model):
+        return (
+            score_ids(model, chosen, pad_id, device, batch_size=batch_size),
+            score_ids(model, rejected, pad_id, device, batch_size=batch_size),
+        )
+    prefixes, ct, rt = split_pairs(chosen, rejected, pad_id)
+    groups = score_prompt_groups(
+        model, prefixes, [[a, b] for a, b in zip(ct, rt, strict=True)], pad_id, device, batch_size=batch_size
+    )
+    both = np.stack(groups) if groups else np.empty((0, 2))
+    return both[:, 0].copy(), both[:, 1].copy()

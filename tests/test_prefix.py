@@ -1,0 +1,361 @@
+"""Shared-prompt scoring and training equal the full-sequence computation, and really share the prompt."""
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from transformers import BertConfig, BertForMaskedLM
+
+from conftest import toy_pairs
+from perm.models import load_reward_backbone, save_model
+from perm.prefix import pair_rewards_shared, score_pairs, score_prompt_groups, shares_prompt, split_pairs
+from perm.reward import bradley_terry_loss, encode, encode_groups, pair_rewards, score_ids, train_reward_model
+
+PAD, EOS = 0, 1
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def rm(tiny_backbone_dir, tokenizer):
+    return load_reward_backbone(tiny_backbone_dir, pad_token_id=tokenizer.pad_token_id, head_seed=0).eval()
+
+
+def _groups(seed=0):
+    """Prompts of 0-13 tokens and 0-5 candidates each of 1-8 tokens (+ EOS): padding on both sides."""
+    rng = np.random.default_rng(seed)
+    prompts = [list(map(int, rng.integers(3, 40, rng.integers(0, 14)))) for _ in range(9)]
+    cands = [
+        [list(map(int, rng.integers(3, 40, rng.integers(0, 8)))) + [EOS] for _ in range(rng.integers(0, 6))]
+        for _ in prompts
+    ]
+    return prompts, cands
+
+
+def _count_tokens(model):
+    """Number of input token positions the model's embedding sees, via a forward hook."""
+    seen = []
+    model.get_input_embeddings().register_forward_hook(lambda m, inp, out: seen.append(inp[0].numel()))
+    return seen
+
+
+def test_shared_scoring_equals_full_sequence_scoring(rm):
+    prompts, cands = _groups()
+    assert len({len(p) for p in prompts}) > 3 and len({len(c) for cs in cands for c in cs}) > 3
+    full = score_ids(rm, [p + c for p, cs in zip(prompts, cands, strict=True) for c in cs], PAD, "cpu")
+    for batch_size in (3, 7, 64):  # several prompts per prefill / several chunks per prompt batch
+        got = score_prompt_groups(rm, prompts, cands, PAD, "cpu", batch_size=batch_size)
+        assert [len(g) for g in got] == [len(c) for c in cands]
+        assert np.concatenate(got) == pytest.approx(full, abs=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_shared_scoring_other_decoders(arch):
+    """Learned absolute positions (GPT-2) and rotary + grouped-query attention (Llama) share exactly too."""
+    from transformers import (
+        GPT2Config,
+        GPT2ForSequenceClassification,
+        LlamaConfig,
+        LlamaForSequenceClassification,
+    )
+
+    torch.manual_seed(0)
+    if arch == "gpt2":
+        cfg = GPT2Config(
+            vocab_size=50,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            n_positions=64,
+            bos_token_id=EOS,
+            eos_token_id=EOS,
+            pad_token_id=PAD,
+            num_labels=1,
+        )
+        model = GPT2ForSequenceClassification(cfg).eval()
+    else:
+        cfg = LlamaConfig(
+            vocab_size=50,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            intermediate_size=64,
+            pad_token_id=PAD,
+            num_labels=1,
+        )
+        model = LlamaForSequenceClassification(cfg).eval()
+    assert shares_prompt(model)
+    prompts, cands = _groups(3)
+    got = score_prompt_groups(model, prompts, cands, PAD, "cpu", batch_size=5)
+    full = score_ids(model, [p + c for p, cs in zip(prompts, cands, strict=True) for c in cs], PAD, "cpu")
+    assert np.concatenate(got) == pytest.approx(full, abs=1e-5)
+
+
+def test_sliding_window_cache_falls_back_to_full_sequences():
+    """Mistral with a sliding window keeps a cache whose rows perm does not gather: scoring falls back to
+    full sequences, and training (share_prompt=None) to the unshared loop."""
+    from transformers import MistralConfig, MistralForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = MistralConfig(
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=64,
+        sliding_window=4,
+        pad_token_id=PAD,
+        num_labels=1,
+    )
+    model = MistralForSequenceClassification(cfg).eval()
+    prompts, cands = _groups(4)
+    got = score_prompt_groups(model, prompts, cands, PAD, "cpu", batch_size=5)
+    full = score_ids(model, [p + c for p, cs in zip(prompts, cands, strict=True) for c in cs], PAD, "cpu")
+    assert np.concatenate(got) == pytest.approx(full, abs=1e-6)
+    p, c, r = _pairs(4)
+    state = train_reward_model(
+        model,
+        prompts=p,
+        chosen=c,
+        rejected=r,
+        eval_prompts=p,
+        eval_chosen=c,
+        eval_rejected=r,
+        pad_id=PAD,
+        center_coef=0.0,
+        epochs=1.0,
+        batch_size=4,
+        lr=1e-3,
+        warmup_frac=0.0,
+        weight_decay=0.0,
+        max_grad_norm=0.0,
+        eval_every=100,
+        data_seed=0,
+        dropout_seed=0,
+    )
+    assert state["share_prompt"] is False and len(state["train_loss"]) == 3
+
+
+def test_each_prompt_runs_once(rm):
+    """64 candidates of 3 tokens after a 40-token prompt: 40 + 64*3 token positions, not 64*43."""
+    prompt = list(range(3, 43))
+    cands = [[3 + i % 30, 4, EOS] for i in range(64)]
+    seen = _count_tokens(rm)
+    got = score_prompt_groups(rm, [prompt], [cands], PAD, "cpu", batch_size=64)
+    assert sum(seen) == 40 + 64 * 3
+    assert got[0] == pytest.approx(score_ids(rm, [prompt + c for c in cands], PAD, "cpu"), abs=1e-5)
+
+
+def test_padding_only_candidate_is_read_in_the_prompt(rm):
+    """A candidate of pad tokens has no read-out of its own; it is scored as a full sequence (at the prompt's
+    last token), like score_ids does."""
+    prompts, cands = [[5, 6, 7], [8, 9]], [[[PAD], [10, EOS]], [[PAD, PAD]]]
+    got = np.concatenate(score_prompt_groups(rm, prompts, cands, PAD, "cpu"))
+    full = score_ids(rm, [[5, 6, 7, PAD], [5, 6, 7, 10, EOS], [8, 9, PAD, PAD]], PAD, "cpu")
+    assert got == pytest.approx(full, abs=1e-5)
+    assert got[0] == pytest.approx(score_ids(rm, [[5, 6, 7]], PAD, "cpu")[0], abs=1e-5)
+
+
+@pytest.fixture
+def bert_rm(tmp_path, tokenizer):
+    cfg = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=PAD,
+    )
+    torch.manual_seed(0)
+    BertForMaskedLM(cfg).save_pretrained(tmp_path)
+    return load_reward_backbone(tmp_path, pad_token_id=PAD, head_seed=0).eval()
+
+
+def test_encoder_is_scored_whole(bert_rm, rm):
+    assert shares_prompt(rm) and not shares_prompt(bert_rm)
+    prompts, cands = _groups(1)
+    got = score_prompt_groups(bert_rm, prompts, cands, PAD, "cpu", batch_size=4)
+    full = score_ids(bert_rm, [p + c for p, cs in zip(prompts, cands, strict=True) for c in cs], PAD, "cpu")
+    assert np.concatenate(got) == pytest.approx(full, abs=1e-6)
+
+
+def test_split_pairs_at_common_prefix():
+    # common prefix [5, 6, 7]; a pair equal to the end keeps its last token in each tail; trailing pads stay
+    pre, ct, rt = split_pairs(
+        [[5, 6, 7, 8, 1], [5, 6, 1], [4, 1, 0]], [[5, 6, 7, 9], [5, 6, 1], [4, 1, 0, 0]], PAD
+    )
+    assert pre == [[5, 6, 7], [5, 6], [4]]
+    assert ct == [[8, 1], [1], [1, 0]]
+    assert rt == [[9], [1], [1, 0, 0]]
+
+
+def _pairs(seed=0):
+    """Pairs with prompts of 1-13 tokens and chosen/rejected completions of different lengths."""
+    prompts, _ = _groups(seed)
+    rng = np.random.default_rng(seed + 1)
+    prompts = [p or [3] for p in prompts]
+    tail = lambda: list(map(int, rng.integers(3, 40, rng.integers(1, 7)))) + [EOS]  # noqa: E731
+    return prompts, [tail() for _ in prompts], [tail() for _ in prompts]
+
+
+def _join(prompts, completions):
+    return [p + c for p, c in zip(prompts, completions, strict=True)]
+
+
+def _loss_and_grads(model, rewards):
+    model.zero_grad(set_to_none=True)
+    rc, rr = rewards()
+    loss = bradley_terry_loss(rc, rr, center_coef=0.01)
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_shared_prompt_loss_and_gradients_equal_unshared(rm):
+    """Same parameters, same batch: the shared forward/backward gives the unshared loss and every gradient."""
+    rm.train()  # dropout is 0 in the tiny config; train mode as in the training loop
+    prompts, chosen, rejected = _pairs()
+    full_c, full_r = _join(prompts, chosen), _join(prompts, rejected)
+    loss_full, grads_full = _loss_and_grads(rm, lambda: pair_rewards(rm, full_c, full_r, PAD, "cpu"))
+    seen = _count_tokens(rm)
+    loss_shared, grads_shared = _loss_and_grads(
+        rm, lambda: pair_rewards_shared(rm, *split_pairs(full_c, full_r, PAD), PAD, "cpu")
+    )
+    assert loss_shared == pytest.approx(loss_full, abs=1e-5)
+    assert grads_shared.keys() == grads_full.keys() == {n for n, _ in rm.named_parameters()}
+    for name, g in grads_full.items():
+        torch.testing.assert_close(grads_shared[name], g, atol=1e-5, rtol=0, msg=name)
+    # and the prompt really ran once: prefill (9 x longest prompt) + continuations (18 x longest tail)
+    longest_prefix = max(len(p) for p in split_pairs(full_c, full_r, PAD)[0])
+    longest_tail = max(len(t) for t in chosen + rejected)
+    assert sum(seen) == 9 * longest_prefix + 18 * longest_tail
+
+
+def _train(backbone_dir, tokenizer, **kw):
+    p, c, r = toy_pairs(64, seed=0)
+    model = load_reward_backbone(backbone_dir, pad_token_id=tokenizer.pad_token_id, head_seed=0)
+    enc = lambda a: tokenizer(a, add_special_tokens=False)["input_ids"]  # noqa: E731
+    eos = [tokenizer.eos_token_id]
+    data = dict(prompts=enc(p), chosen=[x + eos for x in enc(c)], rejected=[x + eos for x in enc(r)])
+    if kw.pop("full", False):
+        data = dict(
+            chosen=_join(data["prompts"], data["chosen"]), rejected=_join(data["prompts"], data["rejected"])
+        )
+    return train_reward_model(
+        model,
+        **data,
+        eval_chosen=encode(tokenizer, p[:8], c[:8], 32),
+        eval_rejected=encode(tokenizer, p[:8], r[:8], 32),
+        pad_id=tokenizer.pad_token_id,
+        center_coef=0.01,
+        epochs=1.0,
+        batch_size=16,
+        lr=1e-3,
+        warmup_frac=0.0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        eval_every=1000,
+        data_seed=0,
+        dropout_seed=0,
+        **kw,
+    )
+
+
+def test_training_with_shared_prompt_follows_the_unshared_trajectory(tiny_backbone_dir, tokenizer):
+    shared = _train(tiny_backbone_dir, tokenizer)
+    plain = _train(tiny_backbone_dir, tokenizer, share_prompt=False)
+    full_input = _train(tiny_backbone_dir, tokenizer, full=True)
+    assert shared["share_prompt"] and not plain["share_prompt"] and full_input["share_prompt"]
+    assert shared["train_loss"] == pytest.approx(plain["train_loss"], abs=1e-4)
+    assert full_input["train_loss"] == pytest.approx(plain["train_loss"], abs=1e-4)
+    assert shared["evals"][-1]["accuracy"] == plain["evals"][-1]["accuracy"]
+
+
+def test_share_prompt_on_an_encoder_is_refused(bert_rm):
+    with pytest.raises(ValueError, match="share_prompt=True"):
+        train_reward_model(
+            bert_rm,
+            chosen=[[5, 1]],
+            rejected=[[6, 1]],
+            eval_chosen=[[5, 1]],
+            eval_rejected=[[6, 1]],
+            pad_id=PAD,
+            center_coef=0.0,
+            epochs=1.0,
+            batch_size=1,
+            lr=1e-3,
+            warmup_frac=0.0,
+            weight_decay=0.0,
+            max_grad_norm=0.0,
+            eval_every=10,
+            data_seed=0,
+            dropout_seed=0,
+            share_prompt=True,
+        )
+
+
+def test_score_pairs_equals_score_ids(rm):
+    prompts, chosen, rejected = _pairs(2)
+    full_c, full_r = _join(prompts, chosen), _join(prompts, rejected)
+    rc, rr = score_pairs(rm, full_c, full_r, PAD, "cpu", batch_size=4)
+    assert rc == pytest.approx(score_ids(rm, full_c, PAD, "cpu"), abs=1e-5)
+    assert rr == pytest.approx(score_ids(rm, full_r, PAD, "cpu"), abs=1e-5)
+
+
+def test_encode_groups_reproduces_encode(tokenizer):
+    """One prompt tokenisation per prompt; candidates long enough to cut the prompt form their own group."""
+    prompts = ["w1 w2 w3 w4 w5 TL;DR:", "w6 TL;DR:"]
+    cands = [[" good", " bad w1 w2 w3", " w7"], [" good w8"]]
+    for max_length in (32, 7):
+        p_ids, c_ids, src = encode_groups(tokenizer, prompts, cands, max_length)
+        flat_prompts = [p for p, cs in zip(prompts, cands, strict=True) for _ in cs]
+        expected = encode(tokenizer, flat_prompts, [c for cs in cands for c in cs], max_length)
+        got = {
+            int(k): p + c
+            for p, cs, ks in zip(p_ids, c_ids, src, strict=True)
+            for c, k in zip(cs, ks, strict=True)
+        }
+        assert got == dict(enumerate(expected))
+    # max_length 7: " bad w1 w2 w3" + EOS leaves room for 2 prompt tokens, the other candidates 3 or more
+    assert len(p_ids) == 3
+
+
+def test_job_score_writes_the_full_sequence_rewards(tmp_path, rm, tokenizer):
+    from perm.pipeline import job_score
+
+    run = tmp_path / "run"
+    (run / "data").mkdir(parents=True)
+    prompts = ["w1 w2 TL;DR:", "w3 w4 w5 w6 TL;DR:"]
+    pq.write_table(
+        pa.table({"prompt_id": [10, 11], "prompt": prompts}), run / "data" / "eval_prompts.parquet"
+    )
+    texts = [" good", " bad w1", " w2 w3 w4", " good w9", " w5"]
+    pids, sids = [11, 10, 11, 10, 11], [0, 0, 1, 1, 2]
+    pq.write_table(pa.table({"prompt_id": pids, "sample_id": sids, "text": texts}), run / "samples.parquet")
+    save_model(rm, tokenizer, run / "rm", None, "rm.json")
+    job_score(
+        str(run),
+        "scores/rm.parquet",
+        model_dir=str(run / "rm"),
+        model_id="rm",
+        max_length=32,
+        batch_size=2,
+        device="cpu",
+        threads=1,
+        show_progress=False,
+    )
+    out = pq.read_table(run / "scores" / "rm.parquet").to_pandas()
+    assert list(out.columns) == ["prompt_id", "sample_id", "reward"]
+    assert list(out.prompt_id) == pids and list(out.sample_id) == sids
+    prompt_of = {10: prompts[0], 11: prompts[1]}
+    full = score_ids(rm, encode(tokenizer, [prompt_of[p] for p in pids], texts, 32), PAD, "cpu")
+    assert out.reward.to_numpy() == pytest.approx(full, abs=1e-5)
