@@ -39,6 +39,13 @@ def _torch_setup(device: str, threads: int | None):
     return resolve_device(device)
 
 
+def _autocast(dev, precision: str):
+    """bf16 autocast for inference when asked (GPU presets); a no-op context in fp32."""
+    import torch
+
+    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def _read_column(path: Path, *cols: str) -> list:
     t = pq.read_table(path, columns=list(cols))
     return [t.column(c).to_pylist() for c in cols]
@@ -70,7 +77,7 @@ def grid(pretrain_ids: list[str], finetune_seeds: tuple[int, ...], layout: str) 
 
 
 def job_pretrain(run_dir: str, out_rel: str, *, init_seed: int, data_seed: int, backbone: dict, train: dict,
-                 device: str, threads: int | None, show_progress: bool = True) -> dict:
+                 device: str, threads: int | None, precision: str = "fp32", show_progress: bool = True) -> dict:
     """Pretrain one backbone into run_dir/out_rel (atomically); returns its info."""
     from perm.models import gpt_neox_config, load_tokenizer, save_model
     from perm.pretrain import pack_corpus, pretrain
@@ -83,9 +90,10 @@ def job_pretrain(run_dir: str, out_rel: str, *, init_seed: int, data_seed: int, 
     cfg = gpt_neox_config(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                           **backbone)
     bar = Progress("normal" if show_progress else "quiet").bar(out_rel, train["steps"])
-    model, info = pretrain(config=cfg, train_blocks=train_blocks, heldout_blocks=held, init_seed=init_seed,
-                           data_seed=data_seed, device=dev, progress=bar, **{k: train[k] for k in (
-                               "steps", "batch_size", "lr", "warmup_steps", "weight_decay")})
+    with _autocast(dev, precision):
+        model, info = pretrain(config=cfg, train_blocks=train_blocks, heldout_blocks=held, init_seed=init_seed,
+                               data_seed=data_seed, device=dev, progress=bar, **{k: train[k] for k in (
+                                   "steps", "batch_size", "lr", "warmup_steps", "weight_decay")})
     bar.close()
     info["n_params"] = sum(p.numel() for p in model.parameters())
     with atomic_path(run / out_rel) as tmp:
@@ -94,7 +102,7 @@ def job_pretrain(run_dir: str, out_rel: str, *, init_seed: int, data_seed: int, 
 
 
 def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: str, finetune_seed: int,
-                     reward: dict, n_pairs: int | None, device: str, threads: int | None,
+                     reward: dict, n_pairs: int | None, device: str, threads: int | None, precision: str = "fp32",
                      trust_remote_code: bool = False, role: str = "rm", show_progress: bool = True) -> dict:
     """Finetune one RM from `backbone` (dir or hub id) on prefs_train; save it + rm.json atomically."""
     from perm.models import load_reward_backbone, load_tokenizer, save_model
@@ -121,7 +129,7 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
         model, chosen=encode(tok, prompts, chosen, ml), rejected=encode(tok, prompts, rejected, ml),
         eval_chosen=encode(tok, ep, ec, ml), eval_rejected=encode(tok, ep, er, ml), pad_id=tok.pad_token_id,
         data_seed=seeds["data_seed"], dropout_seed=seeds["dropout_seed"], progress=bar,
-        accelerator=Accelerator(cpu=dev.type == "cpu"),
+        accelerator=Accelerator(cpu=dev.type == "cpu", mixed_precision="bf16" if precision == "bf16" else "no"),
         **{k: reward[k] for k in ("center_coef", "epochs", "batch_size", "lr", "warmup_frac", "weight_decay",
                                   "max_grad_norm", "eval_every")})
     bar.close()
@@ -192,7 +200,7 @@ def encoded_samples(run: Path, tok_dir: Path, max_length: int) -> tuple[tuple[li
 
 
 def job_score(run_dir: str, out_rel: str, *, model_dir: str, model_id: str, max_length: int, batch_size: int,
-              device: str, threads: int | None, show_progress: bool = True) -> dict:
+              device: str, threads: int | None, precision: str = "fp32", show_progress: bool = True) -> dict:
     """Score every sample with one RM into run_dir/out_rel (prompt_id, sample_id, reward).
 
     Decoder RMs run each prompt once and its candidates as continuations of its KV cache
@@ -214,8 +222,9 @@ def job_score(run_dir: str, out_rel: str, *, model_dir: str, model_id: str, max_
     t0 = time.perf_counter()
     bar = Progress("normal" if show_progress else "quiet").bar(f"score {model_id}", len(prompt_ids))
     rewards = np.full(len(prompt_ids), np.nan)
-    for r, group in zip(rows, score_prompt_groups(model, p_ids, c_ids, tok.pad_token_id, dev, batch_size=batch_size,
-                                                  progress=bar), strict=True):
+    with _autocast(dev, precision):
+        groups = score_prompt_groups(model, p_ids, c_ids, tok.pad_token_id, dev, batch_size=batch_size, progress=bar)
+    for r, group in zip(rows, groups, strict=True):
         rewards[r] = group
     bar.close()
     check_finite(rewards, model_id)
@@ -227,7 +236,7 @@ def job_score(run_dir: str, out_rel: str, *, model_dir: str, model_id: str, max_
 
 
 def job_sft(run_dir: str, out_rel: str, *, init: str | None, backbone: dict, sft: dict, max_length: int,
-            device: str, threads: int | None, show_progress: bool = True) -> dict:
+            device: str, threads: int | None, precision: str = "fp32", show_progress: bool = True) -> dict:
     """Train the SFT policy on sft_train (summary tokens only) from `init` (a backbone dir) or from scratch."""
     from perm.models import gpt_neox_config, load_causal_lm, load_tokenizer, new_causal_lm, save_model
     from perm.policy import train_sft
@@ -257,7 +266,7 @@ def job_sft(run_dir: str, out_rel: str, *, init: str | None, backbone: dict, sft
     return info
 
 
-def job_sample(run_dir: str, out_rel: str, *, policy: str, sampling: dict, device: str, threads: int | None,
+def job_sample(run_dir: str, out_rel: str, *, policy: str, sampling: dict, device: str, threads: int | None, precision: str = "fp32",
                show_progress: bool = True, trust_remote_code: bool = False) -> dict:
     """Pool of N + K reference samples per eval prompt -> samples.parquet (with gold reward on the testbed)."""
     from perm.models import load_causal_lm, load_tokenizer
@@ -269,12 +278,17 @@ def job_sample(run_dir: str, out_rel: str, *, policy: str, sampling: dict, devic
     tok = load_tokenizer(policy if (Path(policy) / "tokenizer.json").exists() else run / "tokenizer",
                          trust_remote_code=trust_remote_code)
     model = load_causal_lm(policy, trust_remote_code=trust_remote_code).to(dev).eval()
+    if tok.pad_token_id >= model.get_input_embeddings().num_embeddings:
+        # perm added a pad token the policy has no embedding for; padding is masked, so EOS can stand in
+        tok.pad_token = tok.eos_token
     t = pq.read_table(run / "data" / "eval_prompts.parquet").to_pandas()
     n, k = sampling["pool_size"], sampling["n_reference"]
     t0 = time.perf_counter()
     pools = []
     bar = Progress("normal" if show_progress else "quiet").bar("sample", len(t))
     step = sampling["batch_prompts"]
+    ctx = _autocast(dev, precision)
+    ctx.__enter__()
     for i in range(0, len(t), step):
         # the sampling seed is split per prompt inside sample_pool; chunking here only drives the bar
         pools += sample_pool(model, tok, list(t.prompt[i : i + step]), n_samples=n + k,
@@ -282,6 +296,7 @@ def job_sample(run_dir: str, out_rel: str, *, policy: str, sampling: dict, devic
                              max_new_tokens=sampling["max_new_tokens"], seed=derive_seed("sample", sampling["seed"], i),
                              batch_prompts=step, device=dev)
         bar(min(i + step, len(t)), len(t))
+    ctx.__exit__(None, None, None)
     bar.close()
     gold_fn = None
     if "post" in t.columns:
@@ -406,6 +421,11 @@ class Pipeline:
     def show_bars(self) -> bool:
         return self.log.mode == "normal" and self.cfg.executor == "local"
 
+    def _key(self, obj: dict) -> str:
+        """Input key of a stage; bf16 runs get their own keys (fp32 keys stay as they were)."""
+        p = self.cfg.precision
+        return hash_obj(obj | ({"precision": p} if p != "fp32" else {}))
+
     def _skip(self, name: str, key: str) -> bool:
         if self.store.is_complete(name, key):
             self.log.event(name, "skip", reason="complete for these inputs")
@@ -497,11 +517,11 @@ class Pipeline:
         for pid, init_s, data_s in zip(c.pretrain_ids(), init_seeds, data_seeds, strict=True):
             name = f"pretrain/{pid}"
             out[pid] = str(self.root / name)
-            keys[name] = hash_obj({"common": common, "init": init_s, "data": data_s, "testbed": data_hash})
+            keys[name] = self._key({"common": common, "init": init_s, "data": data_s, "testbed": data_hash})
             if not self._skip(name, keys[name]):
                 todo.append((name, dict(run_dir=str(self.root), out_rel=name, init_seed=init_s, data_seed=data_s,
                                         backbone=to_dict(c.backbone), train=_train_args(c), device=self.cfg.device,
-                                        threads=self.cfg.threads, show_progress=self.show_bars)))
+                                        threads=self.cfg.threads, precision=self.cfg.precision, show_progress=self.show_bars)))
         self._run_jobs(job_pretrain, todo, keys, seeds_of=lambda kw: {"init_seed": kw["init_seed"],
                                                                        "data_seed": kw["data_seed"]})
         return out
@@ -518,11 +538,11 @@ class Pipeline:
             name = f"rm/{rm_id(pid, seed)}"
             names.append(name)
             upstream = self.store.output_hash(f"pretrain/{pid}") if not self.cfg.pretrain.checkpoints else backbones[pid]
-            keys[name] = hash_obj({"common": common, "seed": seed, "backbone": upstream, "testbed": data_hash})
+            keys[name] = self._key({"common": common, "seed": seed, "backbone": upstream, "testbed": data_hash})
             if not self._skip(name, keys[name]):
                 todo.append((name, dict(run_dir=str(self.root), out_rel=name, backbone=backbones[pid], pretrain_id=pid,
                                         finetune_seed=seed, reward=to_dict(c), n_pairs=c.max_train_pairs,
-                                        device=self.cfg.device, threads=self.cfg.threads,
+                                        device=self.cfg.device, threads=self.cfg.threads, precision=self.cfg.precision,
                                         trust_remote_code=self.cfg.pretrain.trust_remote_code,
                                         show_progress=self.show_bars)))
         self._run_jobs(job_reward_model, todo, keys, seeds_of=lambda kw: rm_seeds(kw["finetune_seed"]))
@@ -543,23 +563,23 @@ class Pipeline:
                 raise ValueError(f"evaluator.pretrain_seed {e.pretrain_seed} is used by a grid pretrain")
             name = "evaluator/pretrain"
             train = dict(_train_args(self.cfg.pretrain), steps=e.pretrain_steps)
-            key = hash_obj({"backbone": to_dict(e.backbone), "train": train, "seed": e.pretrain_seed,
+            key = self._key({"backbone": to_dict(e.backbone), "train": train, "seed": e.pretrain_seed,
                             "testbed": data_hash})
             if not self._skip(name, key):
                 self._run_jobs(job_pretrain, [(name, dict(
                     run_dir=str(self.root), out_rel=name, init_seed=e.pretrain_seed, data_seed=e.pretrain_seed,
-                    backbone=to_dict(e.backbone), train=train, device=self.cfg.device, threads=self.cfg.threads,
+                    backbone=to_dict(e.backbone), train=train, device=self.cfg.device, threads=self.cfg.threads, precision=self.cfg.precision,
                     show_progress=self.show_bars))], {name: key},
                     seeds_of=lambda kw: {"init_seed": kw["init_seed"], "data_seed": kw["data_seed"]})
             backbone, upstream = str(self.root / name), self.store.output_hash(name)
         reward = dict(to_dict(self.cfg.reward), epochs=e.epochs, lr=e.lr)
         name = "evaluator/rm"
-        key = hash_obj({"reward": reward, "pairs": e.train_pairs, "backbone": upstream, "testbed": data_hash})
+        key = self._key({"reward": reward, "pairs": e.train_pairs, "backbone": upstream, "testbed": data_hash})
         if not self._skip(name, key):
             self._run_jobs(job_reward_model, [(name, dict(
                 run_dir=str(self.root), out_rel=name, backbone=backbone, pretrain_id=f"evaluator-seed{e.pretrain_seed}",
                 finetune_seed=0, reward=reward, n_pairs=e.train_pairs, device=self.cfg.device,
-                threads=self.cfg.threads, role="evaluator", show_progress=self.show_bars))], {name: key},
+                threads=self.cfg.threads, precision=self.cfg.precision, role="evaluator", show_progress=self.show_bars))], {name: key},
                 seeds_of=lambda kw: rm_seeds(kw["finetune_seed"]))
         return json.loads((self.root / name / "rm.json").read_text())
 
@@ -580,13 +600,13 @@ class Pipeline:
             upstream = to_dict(self.cfg.pretrain.backbone)
         name = "policy"
         sft = {k: v for k, v in to_dict(c).items() if k.startswith("sft_")}
-        key = hash_obj({"sft": sft, "init": upstream, "testbed": data_hash})
+        key = self._key({"sft": sft, "init": upstream, "testbed": data_hash})
         if not self._skip(name, key):
             self.store.mark_running(name, key)
             self.log.event(name, "start", init=c.init_from)
             t0 = time.perf_counter()
             info = job_sft(str(self.root), name, init=init, backbone=to_dict(self.cfg.pretrain.backbone), sft=sft,
-                           max_length=self.cfg.reward.max_length, device=self.cfg.device, threads=self.cfg.threads,
+                           max_length=self.cfg.reward.max_length, device=self.cfg.device, threads=self.cfg.threads, precision=self.cfg.precision,
                            show_progress=self.show_bars)
             self._done(name, key, [name], t0, seeds={"data_seed": info["data_seed"]}, info=info)
         return str(self.root / name)
@@ -600,13 +620,13 @@ class Pipeline:
         upstream = self.store.output_hash("policy") if not c.checkpoint else c.checkpoint
         name = "sample"
         sampling = {k: v for k, v in to_dict(c).items() if not k.startswith("sft_") and k != "checkpoint"}
-        key = hash_obj({"sampling": sampling, "policy": upstream, "testbed": data_hash})
+        key = self._key({"sampling": sampling, "policy": upstream, "testbed": data_hash})
         if not self._skip(name, key):
             self.store.mark_running(name, key)
             self.log.event(name, "start", pool=c.pool_size, references=c.n_reference)
             t0 = time.perf_counter()
             info = job_sample(str(self.root), "samples.parquet", policy=policy, sampling=sampling,
-                              device=self.cfg.device, threads=self.cfg.threads, show_progress=self.show_bars,
+                              device=self.cfg.device, threads=self.cfg.threads, precision=self.cfg.precision, show_progress=self.show_bars,
                               trust_remote_code=self.cfg.pretrain.trust_remote_code)
             self._done(name, key, ["samples.parquet"], t0, seeds={"sampling_seed": c.seed}, info=info)
         return self.root / "samples.parquet"
@@ -624,17 +644,17 @@ class Pipeline:
         for rec, model_name in zip(records, names, strict=True):
             mid = "evaluator" if rec["role"] == "evaluator" else rec["model_id"]
             name = f"score/{mid}"
-            keys[name] = hash_obj({"model": self.store.output_hash(model_name), "samples": samples_hash,
+            keys[name] = self._key({"model": self.store.output_hash(model_name), "samples": samples_hash,
                                    "max_length": self.cfg.reward.max_length})
             if not self._skip(name, keys[name]):
                 todo.append((name, dict(run_dir=str(self.root), out_rel=f"scores/{mid}.parquet",
                                         model_dir=str(self.root / model_name), model_id=mid,
                                         max_length=self.cfg.reward.max_length, batch_size=64,
-                                        device=self.cfg.device, threads=self.cfg.threads,
+                                        device=self.cfg.device, threads=self.cfg.threads, precision=self.cfg.precision,
                                         show_progress=self.show_bars)))
         self._run_jobs(job_score, todo, keys, seeds_of=lambda kw: {})
         name = "score"
-        key = hash_obj({k: self.store.output_hash(k) for k in sorted(keys)} | {"samples": samples_hash})
+        key = self._key({k: self.store.output_hash(k) for k in sorted(keys)} | {"samples": samples_hash})
         if not self._skip(name, key):
             t0 = time.perf_counter()
             info = assemble_reward_tensor(self.root, records)
