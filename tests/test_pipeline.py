@@ -34,7 +34,8 @@ def test_import_external_pairs(tmp_path, tiny_backbone_dir):
     _write_jsonl(tmp_path / "eval.jsonl", rows[20:] + rows[20:22])  # repeated prompts: eval prompts dedupe
     cfg = config_from_overrides([f"out={tmp_path / 'run'}", f"data.prefs={tmp_path / 'train.jsonl'}",
                                  f"data.prefs_eval={tmp_path / 'eval.jsonl'}", "data.train_split=null",
-                                 f"pretrain.checkpoints=[{tiny_backbone_dir}]"])
+                                 f"pretrain.checkpoints=[{tiny_backbone_dir}]",
+                                 f"policy.checkpoint={tiny_backbone_dir}", "evaluator.enabled=false"])
     pipe = Pipeline(cfg)
     pipe.testbed()
     run = tmp_path / "run"
@@ -50,7 +51,22 @@ def test_import_bad_pairs_writes_nothing(tmp_path, tiny_backbone_dir):
 
     (tmp_path / "train.jsonl").write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": 3}\n')
     cfg = config_from_overrides([f"out={tmp_path / 'run'}", f"data.prefs={tmp_path / 'train.jsonl'}",
-                                 "data.train_split=null", f"pretrain.checkpoints=[{tiny_backbone_dir}]"])
+                                 "data.train_split=null", f"pretrain.checkpoints=[{tiny_backbone_dir}]",
+                                 f"policy.checkpoint={tiny_backbone_dir}", "evaluator.enabled=false"])
     with pytest.raises(DataError, match=r"train\.jsonl: line 2"):
         Pipeline(cfg).testbed()
     assert not (tmp_path / "run" / "data").exists()
+
+
+def test_external_data_needs_checkpoints():
+    from perm.config import ConfigError
+
+    with pytest.raises(ConfigError, match="policy.checkpoint: required with data.prefs"):
+        config_from_overrides(["data.prefs=x.jsonl", "pretrain.checkpoints=[a]"])
+
+
+def test_evaluator_seed_must_not_be_a_grid_seed():
+    from perm.config import ConfigError
+
+    with pytest.raises(ConfigError, match="evaluator.pretrain_seed: must differ"):
+        config_from_overrides(["pretrain.seeds=[0, 1]", "pretrain.data_seeds=[5, 1000]"])

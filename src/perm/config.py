@@ -270,6 +270,16 @@ class RunConfig:
         _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", "auto|cpu|cuda")
         _check(self.precision in ("fp32", "bf16"), "precision", "fp32|bf16")
         _check(self.executor in ("local", "ray"), "executor", "local|ray")
+        if self.data.prefs is not None:
+            # outside the testbed there is no corpus to pretrain on and no SFT data: checkpoints are needed
+            _check(bool(self.pretrain.checkpoints), "pretrain.checkpoints", "required with data.prefs")
+            _check(self.policy.checkpoint is not None, "policy.checkpoint", "required with data.prefs")
+            _check(not self.evaluator.enabled or self.evaluator.checkpoint is not None, "evaluator.checkpoint",
+                   "required with data.prefs (or evaluator.enabled: false)")
+        seeds = set(self.pretrain.init_seeds or self.pretrain.seeds) | set(self.pretrain.data_seeds or self.pretrain.seeds)
+        _check(not self.evaluator.enabled or self.evaluator.checkpoint is not None or self.pretrain.checkpoints
+               or self.evaluator.pretrain_seed not in seeds, "evaluator.pretrain_seed",
+               "must differ from every grid pretrain's init and data seed (the evaluator shares no pretrain)")
 
 
 # ---------------------------------------------------------------------------------------------------------

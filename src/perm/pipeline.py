@@ -31,11 +31,15 @@ def _torch_setup(device: str, threads: int | None):
     from transformers.utils import logging as hf_logging
 
     from perm.models import resolve_device
+    from perm.store import seed_everything
 
     hf_logging.disable_progress_bar()  # perm draws its own bars; "Loading weights" x 20 is noise
     hf_logging.set_verbosity_error()  # a fresh reward head is *meant* to be missing from a backbone
     if threads:
         torch.set_num_threads(threads)
+    # every draw perm makes uses an explicit, recorded seed; fixing the globals too makes any stray
+    # library draw deterministic, independent of what ran before in this process
+    seed_everything(0)
     return resolve_device(device)
 
 
@@ -200,7 +204,7 @@ def encoded_samples(run: Path, tok_dir: Path, max_length: int) -> tuple[tuple[li
 
 
 def job_score(run_dir: str, out_rel: str, *, model_dir: str, model_id: str, max_length: int, batch_size: int,
-              device: str, threads: int | None, precision: str = "fp32", show_progress: bool = True) -> dict:
+              device: str, threads: int | None, show_progress: bool = True) -> dict:
     """Score every sample with one RM into run_dir/out_rel (prompt_id, sample_id, reward).
 
     Decoder RMs run each prompt once and its candidates as continuations of its KV cache
@@ -222,8 +226,9 @@ def job_score(run_dir: str, out_rel: str, *, model_dir: str, model_id: str, max_
     t0 = time.perf_counter()
     bar = Progress("normal" if show_progress else "quiet").bar(f"score {model_id}", len(prompt_ids))
     rewards = np.full(len(prompt_ids), np.nan)
-    with _autocast(dev, precision):
-        groups = score_prompt_groups(model, p_ids, c_ids, tok.pad_token_id, dev, batch_size=batch_size, progress=bar)
+    # scoring stays in fp32 even in bf16 runs: a bf16 head rounds rewards into spurious ties (7-bit mantissa),
+    # and ties go to the lower sample id for every RM alike, inflating agreement
+    groups = score_prompt_groups(model, p_ids, c_ids, tok.pad_token_id, dev, batch_size=batch_size, progress=bar)
     for r, group in zip(rows, groups, strict=True):
         rewards[r] = group
     bar.close()
@@ -287,16 +292,14 @@ def job_sample(run_dir: str, out_rel: str, *, policy: str, sampling: dict, devic
     pools = []
     bar = Progress("normal" if show_progress else "quiet").bar("sample", len(t))
     step = sampling["batch_prompts"]
-    ctx = _autocast(dev, precision)
-    ctx.__enter__()
     for i in range(0, len(t), step):
-        # the sampling seed is split per prompt inside sample_pool; chunking here only drives the bar
-        pools += sample_pool(model, tok, list(t.prompt[i : i + step]), n_samples=n + k,
-                             temperature=sampling["temperature"], top_p=sampling["top_p"],
-                             max_new_tokens=sampling["max_new_tokens"], seed=derive_seed("sample", sampling["seed"], i),
-                             batch_prompts=step, device=dev)
+        # one seed per chunk of `batch_prompts` prompts (batch_prompts is part of the stage key)
+        with _autocast(dev, precision):
+            pools += sample_pool(model, tok, list(t.prompt[i : i + step]), n_samples=n + k,
+                                 temperature=sampling["temperature"], top_p=sampling["top_p"],
+                                 max_new_tokens=sampling["max_new_tokens"],
+                                 seed=derive_seed("sample", sampling["seed"], i), batch_prompts=step, device=dev)
         bar(min(i + step, len(t)), len(t))
-    ctx.__exit__(None, None, None)
     bar.close()
     gold_fn = None
     if "post" in t.columns:
@@ -350,10 +353,7 @@ def assemble_reward_tensor(root: Path, records: list[dict]) -> dict:
 
 
 class LocalExecutor:
-    """Runs jobs one after another in this process."""
-
-    def map(self, fn, kwargs_list: list[dict]) -> list:
-        return [fn(**kw) for kw in kwargs_list]
+    """Runs jobs one after another in this process (the pipeline records each as it finishes)."""
 
 
 class RayExecutor:
@@ -373,9 +373,14 @@ class RayExecutor:
                 ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
         self.opts = {"num_cpus": num_cpus, "num_gpus": num_gpus}
 
-    def map(self, fn, kwargs_list: list[dict]) -> list:
+    def map_as_completed(self, fn, kwargs_list: list[dict]):
+        """Yield (index, result) as tasks finish, so each finished job is recorded before a failure elsewhere."""
         remote = self.ray.remote(**self.opts)(_call)
-        return self.ray.get([remote.remote(fn, kw) for kw in kwargs_list])
+        refs = {remote.remote(fn, kw): i for i, kw in enumerate(kwargs_list)}
+        pending = list(refs)
+        while pending:
+            done, pending = self.ray.wait(pending, num_returns=1)
+            yield refs[done[0]], self.ray.get(done[0])
 
 
 def _call(fn, kw):
@@ -446,9 +451,9 @@ class Pipeline:
         With `data.prefs` set, imports the user's preference pairs instead (stage `data`)."""
         if self.cfg.data.prefs is not None:
             return self.import_data()
-        from perm.testbed.build import build_testbed
+        from perm.testbed.build import TESTBED_VERSION, build_testbed
 
-        key = hash_obj({"testbed": to_dict(self.cfg.testbed)})
+        key = hash_obj({"testbed": to_dict(self.cfg.testbed), "version": TESTBED_VERSION})
         if not self._skip("testbed", key):
             self.store.mark_running("testbed", key)
             self.log.event("testbed", "start")
@@ -480,7 +485,7 @@ class Pipeline:
         d, c = self.cfg.data, self.cfg.pretrain
         if not c.checkpoints:
             raise ValueError("data.prefs needs pretrain.checkpoints (the testbed tokenizer only fits testbed data)")
-        key = hash_obj({"data": to_dict(d), "tokenizer": c.checkpoints[0]})
+        key = hash_obj({"data": to_dict(d), "tokenizer": _checkpoint_key(c.checkpoints[0])})
         if not self._skip("data", key):
             self.log.event("data", "start", source=d.prefs)
             t0 = time.perf_counter()
@@ -493,10 +498,12 @@ class Pipeline:
             prompts = list(dict.fromkeys(p.prompt for p in held))[: d.n_eval_prompts]
             tok = load_tokenizer(c.checkpoints[0], trust_remote_code=c.trust_remote_code)
             self.store.mark_running("data", key)
-            atomic_write_parquet(self.root / "data" / "prefs_train.parquet", _with_int_ids(preferences_to_table(train)))
-            atomic_write_parquet(self.root / "data" / "prefs_eval.parquet", _with_int_ids(preferences_to_table(held)))
-            atomic_write_parquet(self.root / "data" / "eval_prompts.parquet", pa.table({
-                "prompt_id": pa.array(range(len(prompts)), pa.int64()), "prompt": prompts}))
+            with atomic_path(self.root / "data") as tmp:  # the whole folder: no leftovers of another source
+                tmp.mkdir()
+                atomic_write_parquet(tmp / "prefs_train.parquet", _with_int_ids(preferences_to_table(train)))
+                atomic_write_parquet(tmp / "prefs_eval.parquet", _with_int_ids(preferences_to_table(held)))
+                atomic_write_parquet(tmp / "eval_prompts.parquet", pa.table({
+                    "prompt_id": pa.array(range(len(prompts)), pa.int64()), "prompt": prompts}))
             with atomic_path(self.root / "tokenizer") as tmp:
                 tok.save_pretrained(str(tmp))
             self._done("data", key, ["data", "tokenizer"], t0, info={"train_pairs": len(train),
@@ -537,7 +544,8 @@ class Pipeline:
         for pid, seed in grid(list(backbones), c.finetune_seeds, c.layout):
             name = f"rm/{rm_id(pid, seed)}"
             names.append(name)
-            upstream = self.store.output_hash(f"pretrain/{pid}") if not self.cfg.pretrain.checkpoints else backbones[pid]
+            upstream = (self.store.output_hash(f"pretrain/{pid}") if not self.cfg.pretrain.checkpoints
+                        else _checkpoint_key(backbones[pid]))
             keys[name] = self._key({"common": common, "seed": seed, "backbone": upstream, "testbed": data_hash})
             if not self._skip(name, keys[name]):
                 todo.append((name, dict(run_dir=str(self.root), out_rel=name, backbone=backbones[pid], pretrain_id=pid,
@@ -556,11 +564,8 @@ class Pipeline:
             return None
         data_hash = self.testbed()
         if e.checkpoint:
-            backbone, upstream = e.checkpoint, e.checkpoint
+            backbone, upstream = e.checkpoint, _checkpoint_key(e.checkpoint)
         else:
-            used = set(self.cfg.pretrain.init_seeds or self.cfg.pretrain.seeds)
-            if e.pretrain_seed in used:
-                raise ValueError(f"evaluator.pretrain_seed {e.pretrain_seed} is used by a grid pretrain")
             name = "evaluator/pretrain"
             train = dict(_train_args(self.cfg.pretrain), steps=e.pretrain_steps)
             key = self._key({"backbone": to_dict(e.backbone), "train": train, "seed": e.pretrain_seed,
@@ -574,7 +579,8 @@ class Pipeline:
             backbone, upstream = str(self.root / name), self.store.output_hash(name)
         reward = dict(to_dict(self.cfg.reward), epochs=e.epochs, lr=e.lr)
         name = "evaluator/rm"
-        key = self._key({"reward": reward, "pairs": e.train_pairs, "backbone": upstream, "testbed": data_hash})
+        grid_only = ("finetune_seeds", "layout", "max_train_pairs")
+        key = self._key({"reward": {k: v for k, v in reward.items() if k not in grid_only}, "pairs": e.train_pairs, "backbone": upstream, "testbed": data_hash})
         if not self._skip(name, key):
             self._run_jobs(job_reward_model, [(name, dict(
                 run_dir=str(self.root), out_rel=name, backbone=backbone, pretrain_id=f"evaluator-seed{e.pretrain_seed}",
@@ -595,12 +601,13 @@ class Pipeline:
             backbones = self.pretrain()
             pid = next(iter(backbones))
             init = backbones[pid]
-            upstream = self.store.output_hash(f"pretrain/{pid}") if not self.cfg.pretrain.checkpoints else init
+            upstream = (self.store.output_hash(f"pretrain/{pid}") if not self.cfg.pretrain.checkpoints
+                        else _checkpoint_key(init))
         else:
             upstream = to_dict(self.cfg.pretrain.backbone)
         name = "policy"
         sft = {k: v for k, v in to_dict(c).items() if k.startswith("sft_")}
-        key = self._key({"sft": sft, "init": upstream, "testbed": data_hash})
+        key = self._key({"sft": sft, "init": upstream, "testbed": data_hash, "max_length": self.cfg.reward.max_length})
         if not self._skip(name, key):
             self.store.mark_running(name, key)
             self.log.event(name, "start", init=c.init_from)
@@ -617,7 +624,7 @@ class Pipeline:
         c = self.cfg.policy
         policy = self.sft()
         data_hash = self.testbed()
-        upstream = self.store.output_hash("policy") if not c.checkpoint else c.checkpoint
+        upstream = self.store.output_hash("policy") if not c.checkpoint else _checkpoint_key(c.checkpoint)
         name = "sample"
         sampling = {k: v for k, v in to_dict(c).items() if not k.startswith("sft_") and k != "checkpoint"}
         key = self._key({"sampling": sampling, "policy": upstream, "testbed": data_hash})
@@ -650,7 +657,7 @@ class Pipeline:
                 todo.append((name, dict(run_dir=str(self.root), out_rel=f"scores/{mid}.parquet",
                                         model_dir=str(self.root / model_name), model_id=mid,
                                         max_length=self.cfg.reward.max_length, batch_size=64,
-                                        device=self.cfg.device, threads=self.cfg.threads, precision=self.cfg.precision,
+                                        device=self.cfg.device, threads=self.cfg.threads,
                                         show_progress=self.show_bars)))
         self._run_jobs(job_score, todo, keys, seeds_of=lambda kw: {})
         name = "score"
@@ -665,13 +672,13 @@ class Pipeline:
     def analyze(self, rewards: Path | None = None, models: Path | None = None) -> Path:
         """Figures' and table's numbers into analysis/ (from this run's tensor, or a user's)."""
         from perm.analysis import load_reward_tensor, run_analysis, save_analysis
+        from perm.store import hash_path
 
-        if rewards is None:
+        external = rewards is not None
+        if not external:
             rewards, models = self.score(), self.root / "models.parquet"
-            upstream = self.store.output_hash("score")
-        else:
-            from perm.store import hash_path
-
+            upstream = {"score": self.store.output_hash("score"), "samples": self.store.output_hash("sample")}
+        else:  # a user's tensor: nothing of this run's samples or data may leak into its analysis
             upstream = {"rewards": hash_path(rewards), "models": hash_path(models)}
         name = "analyze"
         key = hash_obj({"analysis": to_dict(self.cfg.analysis), "tensor": upstream})
@@ -679,7 +686,7 @@ class Pipeline:
             self.store.mark_running(name, key)
             t0 = time.perf_counter()
             tensor = load_reward_tensor(rewards, models)
-            samples, posts = _samples_and_posts(self.root)
+            samples, posts = (None, None) if external else _samples_and_posts(self.root)
             a = self.cfg.analysis
             results = run_analysis(tensor, ns=list(a.ns) if a.ns else None, anova_draws=a.anova_draws, seed=a.seed,
                                    samples=samples, posts=posts, scale=a.scale)
@@ -700,10 +707,15 @@ class Pipeline:
             self.store.mark_running(name, key)
             t0 = time.perf_counter()
             results = load_analysis(analysis_dir)
-            records = _rm_records(self.root)
+            if rewards is None:
+                records = _rm_records(self.root)
+                extras = {"examples": _examples(self.root), "learnability": learnability(self.root, records),
+                          "config_yaml": dump_config(self.cfg)}
+            else:  # a user's tensor: its own models table, no examples or checks from this run's files
+                records = _records_from_models_table(models)
+                extras = {}
             with atomic_path(self.root / "report") as tmp:
-                write_report(results, tmp, config_yaml=dump_config(self.cfg), rm_records=records,
-                             examples=_examples(self.root), learnability=learnability(self.root, records))
+                write_report(results, tmp, rm_records=records, **extras)
             self._done(name, key, ["report"], t0)
         return self.root / "report" / "index.html"
 
@@ -750,7 +762,8 @@ class Pipeline:
             self.store.mark_running(name, keys[name])
             self.log.event(name, "start", executor="ray")
         t0 = time.perf_counter()
-        for (name, kw), info in zip(todo, self.executor.map(fn, [kw for _, kw in todo]), strict=True):
+        for i, info in self.executor.map_as_completed(fn, [kw for _, kw in todo]):
+            name, kw = todo[i]
             self._done(name, keys[name], [kw["out_rel"]], t0, seeds=seeds_of(kw), info=info)
 
 
@@ -760,6 +773,14 @@ def _with_int_ids(table):
 
     table = table.rename_columns(["source_id" if n == "pair_id" else n for n in table.column_names])
     return table.add_column(0, "pair_id", pa.array(range(table.num_rows), pa.int64()))
+
+
+def _checkpoint_key(path: str) -> str:
+    """A local checkpoint directory is keyed by its content (changed weights rerun); a hub id by its name."""
+    from perm.store import hash_path
+
+    p = Path(path)
+    return hash_path(p) if p.is_dir() else f"hub:{path}"
 
 
 def _train_args(c) -> dict:
@@ -798,6 +819,14 @@ def _rm_records(root: Path) -> list[dict]:
     return recs
 
 
+def _records_from_models_table(models: Path) -> list[dict]:
+    """rm_records for the report from a user's models.parquet (accuracy columns used when present)."""
+    df = pq.read_table(models).to_pandas()
+    df = df[df.role != "gold"]
+    cols = ["model_id", "role", "pretrain_id", "finetune_seed", "accuracy", "accuracy_se", "gold_accuracy"]
+    return [{c: (r[c] if c in df.columns and r[c] == r[c] else None) for c in cols} for _, r in df.iterrows()]
+
+
 def _examples(root: Path, k: int = 3) -> list[dict]:
     """A few prompts with the SFT sample, and the best-of-N picks of one RM and of the pretrain ensemble."""
     import numpy as np
@@ -814,7 +843,7 @@ def _examples(root: Path, k: int = 3) -> list[dict]:
     single = t.rm_indices[0]
     picks = {"SFT sample (n = 1)": np.zeros(t.n_prompts, dtype=int),
              f"best-of-{t.pool_size}, single RM ({t.model_ids[single]})": np.argmax(t.pool[single], axis=-1)}
-    if "pretrain" in members:
+    if len(members.get("pretrain", [])) > 1:
         agg = aggregate(standardize(t.pool[members["pretrain"]]), "mean")
         picks[f"best-of-{t.pool_size}, pretrain ensemble (mean)"] = np.argmax(agg, axis=-1)
     ev = t.role_index("evaluator")

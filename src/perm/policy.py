@@ -374,7 +374,7 @@ def _decode_batch(
             nxt = sample_tokens(logits, u[rows], temperature, top_p)
         nxt = nxt.masked_fill(finished, pad_id)
         tokens[rows, step] = nxt
-        ended = nxt == eos_id
+        ended = (nxt == eos_id) & ~finished  # finished rows emit pad, which may equal EOS
         lengths[rows[ended]] = step
         finished |= ended
         if step == max_new_tokens - 1:

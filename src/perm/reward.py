@@ -297,7 +297,7 @@ def evaluate_pairs(model, chosen, rejected, pad_id: int, device, step: int = 0, 
         "accuracy": accuracy,
         "accuracy_se": se,
         "mean_reward": float(np.mean(np.concatenate([rc, rr]))),
-        "loss": float(-np.mean(np.log(1.0 / (1.0 + np.exp(-(rc - rr)))))),
+        "loss": float(np.mean(np.logaddexp(0.0, -(rc - rr)))),  # -log sigmoid, overflow-free
     }
 
 

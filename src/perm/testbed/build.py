@@ -28,6 +28,10 @@ from perm.testbed.corpus import corpus_documents
 from perm.testbed.tokenizer import train_tokenizer
 from perm.testbed.world import Post, format_completion, format_prompt, reference_summary, sample_posts
 
+TESTBED_VERSION = 1
+"""Bump when the world, the gold reward, the candidates or the labels change: it is part of the testbed
+stage's input key, so runs rebuild their data instead of silently reusing an older world."""
+
 FILES = {
     "corpus": "corpus.parquet",
     "sft_train": "sft_train.parquet",
