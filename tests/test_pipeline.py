@@ -70,3 +70,62 @@ def test_evaluator_seed_must_not_be_a_grid_seed():
 
     with pytest.raises(ConfigError, match="evaluator.pretrain_seed: must differ"):
         config_from_overrides(["pretrain.seeds=[0, 1]", "pretrain.data_seeds=[5, 1000]"])
+
+
+def _scoring_run(tmp_path, tokenizer, samples: dict):
+    import pyarrow as pa
+
+    run = tmp_path / "run"
+    (run / "data").mkdir(parents=True)
+    tokenizer.save_pretrained(run / "tokenizer")
+    pq.write_table(pa.table({"prompt_id": pa.array([0, 1], pa.int64()), "prompt": ["w1 TL;DR:", "w2 w3 TL;DR:"]}),
+                   run / "data" / "eval_prompts.parquet")
+    pq.write_table(pa.table(samples), run / "samples.parquet")
+    return run
+
+
+GOOD = {"prompt_id": [0, 0, 1, 1], "sample_id": [0, 1, 0, 1], "text": [" good", " bad", " w4", " good w5"],
+        "is_reference": [False, False, False, True]}
+
+
+@pytest.mark.parametrize("change, pattern", [
+    ({"sample_id": [0, 0, 0, 1]}, r"samples\.parquet: row 1: duplicate \(prompt_id, sample_id\) = \(0, 0\)"),
+    ({"text": None}, r"samples\.parquet: missing column 'text'"),
+    ({"is_reference": [0, 0, 0, 1]}, r"column 'is_reference' must be bool"),
+])
+def test_bad_samples_file_is_refused(tmp_path, tokenizer, change, pattern):
+    from perm.pipeline import SamplesError, validate_samples
+
+    samples = {k: v for k, v in (GOOD | change).items() if v is not None}
+    run = _scoring_run(tmp_path, tokenizer, samples)
+    with pytest.raises(SamplesError, match=pattern):
+        validate_samples(run / "samples.parquet")
+
+
+def test_scoring_equals_the_model_on_one_row_and_refuses_nan(tmp_path, tokenizer, tiny_backbone_dir):
+    import torch
+
+    from perm.models import load_reward_backbone
+    from perm.pipeline import _ENCODED, job_score
+    from perm.reward import NonFiniteRewardError
+
+    run = _scoring_run(tmp_path, tokenizer, GOOD)
+    rm = load_reward_backbone(tiny_backbone_dir, pad_token_id=tokenizer.pad_token_id, head_seed=0).eval()
+    rm.save_pretrained(tmp_path / "rm")
+    job_score(str(run), "scores/rm.parquet", model_dir=str(tmp_path / "rm"), model_id="rm", max_length=32,
+              batch_size=2, device="cpu", threads=1, show_progress=False)
+    got = pq.read_table(run / "scores" / "rm.parquet").to_pandas()
+    assert list(got.sample_id) == [0, 1, 0, 1]
+    ids = tokenizer("w2 w3 TL;DR:", add_special_tokens=False)["input_ids"] + \
+        tokenizer(" good w5", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    with torch.no_grad():
+        direct = rm(input_ids=torch.tensor([ids])).logits[0, 0].item()
+    assert got.reward.iloc[3] == pytest.approx(direct, abs=1e-5)
+    with torch.no_grad():
+        rm.score.weight.fill_(float("nan"))
+    rm.save_pretrained(tmp_path / "nan")
+    _ENCODED.clear()
+    with pytest.raises(NonFiniteRewardError, match="model nan: 4 non-finite rewards"):
+        job_score(str(run), "scores/nan.parquet", model_dir=str(tmp_path / "nan"), model_id="nan", max_length=32,
+                  batch_size=2, device="cpu", threads=1, show_progress=False)
+    assert not (run / "scores" / "nan.parquet").exists()

@@ -189,7 +189,7 @@ def encoded_samples(run: Path, tok_dir: Path, max_length: int) -> tuple[tuple[li
            max_length, hash_path(run / "samples.parquet"))
     if key not in _ENCODED:
         tok = load_tokenizer(tok_dir)
-        samples = pq.read_table(run / "samples.parquet", columns=["prompt_id", "sample_id", "text"]).to_pandas()
+        samples = validate_samples(run / "samples.parquet")
         prompts = pq.read_table(run / "data" / "eval_prompts.parquet", columns=["prompt_id", "prompt"]).to_pandas()
         prompt_of = dict(zip(prompts.prompt_id, prompts.prompt, strict=True))
         by_prompt = samples.groupby("prompt_id", sort=False).indices  # prompt_id -> row indices, in file order
@@ -201,6 +201,39 @@ def encoded_samples(run: Path, tok_dir: Path, max_length: int) -> tuple[tuple[li
         _ENCODED[key] = ((p_ids, c_ids, [flat_rows[s] for s in source]), samples.prompt_id.to_numpy(),
                          samples.sample_id.to_numpy(), tok)
     return _ENCODED[key]
+
+
+class SamplesError(ValueError):
+    """A samples.parquet that cannot be scored; the message names the file and the column or rows."""
+
+
+SAMPLES_COLUMNS = {"prompt_id": "integer", "sample_id": "integer", "text": "string", "is_reference": "bool"}
+
+
+def validate_samples(path: Path):
+    """Read samples.parquet, refusing missing or mistyped columns and duplicate (prompt_id, sample_id)."""
+    import pandas as pd
+
+    try:
+        df = pq.read_table(path).to_pandas()
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+        raise SamplesError(f"{path}: cannot read as Parquet: {e}") from None
+    for col, kind in SAMPLES_COLUMNS.items():
+        if col not in df.columns:
+            raise SamplesError(f"{path}: missing column '{col}' (expected columns: {', '.join(SAMPLES_COLUMNS)})")
+        ok = {"integer": pd.api.types.is_integer_dtype, "bool": pd.api.types.is_bool_dtype,
+              "string": lambda s: pd.api.types.is_string_dtype(s) or pd.api.types.is_object_dtype(s)}[kind]
+        if not ok(df[col]):
+            raise SamplesError(f"{path}: column '{col}' must be {kind}, found {df[col].dtype}")
+    dup = df.duplicated(["prompt_id", "sample_id"], keep="first")
+    if dup.any():
+        i = int(dup.to_numpy().nonzero()[0][0])
+        raise SamplesError(f"{path}: row {i}: duplicate (prompt_id, sample_id) = "
+                           f"({df.prompt_id.iloc[i]}, {df.sample_id.iloc[i]})")
+    if df.text.isna().any():
+        i = int(df.text.isna().to_numpy().nonzero()[0][0])
+        raise SamplesError(f"{path}: row {i}: column 'text' is null")
+    return df[["prompt_id", "sample_id", "text"]]
 
 
 def job_score(run_dir: str, out_rel: str, *, model_dir: str, model_id: str, max_length: int, batch_size: int,

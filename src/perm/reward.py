@@ -221,6 +221,8 @@ def train_reward_model(
                 order, pos = rng.permutation(n), 0
             idx = order[pos : pos + batch_size]
             pos += batch_size
+            if acc.num_processes > 1:  # `accelerate launch`: each DDP rank takes its slice of the global batch
+                idx = idx[acc.process_index :: acc.num_processes]
             try:
                 rc, rr = _batch_rewards(
                     model, idx, split if share else None, chosen, rejected, pad_id, device
@@ -301,11 +303,15 @@ def evaluate_pairs(model, chosen, rejected, pad_id: int, device, step: int = 0, 
     }
 
 
+class NonFiniteRewardError(ValueError):
+    """A model produced NaN or infinite rewards."""
+
+
 def check_finite(rewards: np.ndarray, model_id: str) -> None:
     """Refuse NaN/inf rewards: they would silently poison every best-of-n statistic downstream."""
     bad = ~np.isfinite(rewards)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise FloatingPointError(
+        raise NonFiniteRewardError(
             f"model {model_id}: {int(bad.sum())} non-finite rewards (first at row {i}: {rewards[i]})"
         )
