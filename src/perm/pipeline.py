@@ -207,7 +207,8 @@ class SamplesError(ValueError):
     """A samples.parquet that cannot be scored; the message names the file and the column or rows."""
 
 
-SAMPLES_COLUMNS = {"prompt_id": "integer", "sample_id": "integer", "text": "string", "is_reference": "bool"}
+SAMPLES_COLUMNS = {"prompt_id": "integer", "sample_id": "integer", "text": "string"}
+OPTIONAL_SAMPLES_COLUMNS = {"is_reference": "bool"}  # checked when present; the reward tensor needs it
 
 
 def validate_samples(path: Path):
@@ -218,8 +219,10 @@ def validate_samples(path: Path):
         df = pq.read_table(path).to_pandas()
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
         raise SamplesError(f"{path}: cannot read as Parquet: {e}") from None
-    for col, kind in SAMPLES_COLUMNS.items():
+    for col, kind in (SAMPLES_COLUMNS | OPTIONAL_SAMPLES_COLUMNS).items():
         if col not in df.columns:
+            if col in OPTIONAL_SAMPLES_COLUMNS:
+                continue
             raise SamplesError(f"{path}: missing column '{col}' (expected columns: {', '.join(SAMPLES_COLUMNS)})")
         ok = {"integer": pd.api.types.is_integer_dtype, "bool": pd.api.types.is_bool_dtype,
               "string": lambda s: pd.api.types.is_string_dtype(s) or pd.api.types.is_object_dtype(s)}[kind]
