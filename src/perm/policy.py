@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from transformers.cache_utils import DynamicLayer
 
 from perm.models import seeded
-from perm.reward import length_batches, lr_schedule
+from perm.reward import length_batches, lr_schedule, optimizer_step
 
 IGNORE = -100
 
@@ -213,12 +213,7 @@ def train_sft(
             examples, batch_size=batch_size, pad_id=pad_id, steps=total, data_seed=data_seed
         ):
             loss = sft_forward_loss(model, batch, device)
-            opt.zero_grad(set_to_none=True)
-            acc.backward(loss)
-            if max_grad_norm > 0:
-                acc.clip_grad_norm_(model.parameters(), max_grad_norm)
-            opt.step()
-            sched.step()
+            optimizer_step(acc, model, opt, sched, loss, max_grad_norm)
             tokens += batch["input_ids"].numel()
             state["step"] += 1
             state["train_loss"].append(loss.item())

@@ -137,6 +137,16 @@ def pair_accuracy(r_chosen: np.ndarray, r_rejected: np.ndarray) -> tuple[float, 
 # --------------------------------------------------------------------------------------------- training
 
 
+def optimizer_step(acc, model, opt, sched, loss: torch.Tensor, max_grad_norm: float) -> None:
+    """One update under accelerate: backward, optional gradient-norm clipping, optimizer and schedule step."""
+    opt.zero_grad(set_to_none=True)
+    acc.backward(loss)
+    if max_grad_norm > 0:
+        acc.clip_grad_norm_(model.parameters(), max_grad_norm)
+    opt.step()
+    sched.step()
+
+
 def lr_schedule(step: int, total: int, warmup: int) -> float:
     """Multiplier: linear warmup, then linear decay to 0."""
     if step < warmup:
@@ -233,12 +243,7 @@ def train_reward_model(
                 share = state["share_prompt"] = False
                 rc, rr = _batch_rewards(model, idx, None, chosen, rejected, pad_id, device)
             loss = bradley_terry_loss(rc, rr, center_coef)
-            opt.zero_grad(set_to_none=True)
-            acc.backward(loss)
-            if max_grad_norm > 0:
-                acc.clip_grad_norm_(model.parameters(), max_grad_norm)
-            opt.step()
-            sched.step()
+            optimizer_step(acc, model, opt, sched, loss, max_grad_norm)
             state["step"] += 1
             state["train_loss"].append(loss.item())
             if state["step"] % eval_every == 0 or state["step"] == total:
