@@ -124,3 +124,26 @@ def test_ray_executor_gives_the_local_results(tmp_path, baseline):
     stages = json.loads((out / "manifest.json").read_text())["stages"]
     assert {"pretrain/seed0", "rm/seed0-ft1", "score/seed1-ft0"} <= set(stages)
     assert hash_path(out / "rewards.parquet") == hash_path(baseline / "rewards.parquet")
+
+
+def test_policy_pairs_train_the_grid_on_the_policys_own_samples(tmp_path, baseline):
+    """reward.pairs=mix: a policy-prefs stage labels pairs of SFT samples by the gold BT raters; the RMs
+    train on them first, then on the testbed's pairs; pretrains and the policy are reused."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "run"
+    shutil.copytree(baseline, out)
+    before = _finished(out)
+    _run(out, "reward.pairs=mix", "reward.policy_pairs_per_post=1")
+    after = _finished(out)
+    pairs = pq.read_table(out / "policy_prefs.parquet").to_pandas()
+    cfg = load_config(QUICK)
+    assert 0 < len(pairs) <= cfg.testbed.n_sft
+    assert (pairs.chosen != pairs.rejected).all() and (pairs.gold_chosen != pairs.gold_rejected).all()
+    assert set(pairs.prompt) <= set(pq.read_table(out / "data" / "sft_train.parquet").to_pandas().prompt)
+    rm = json.loads((out / "rm" / "seed0-ft0" / "rm.json").read_text())
+    assert rm["n_train_pairs"] == len(pairs) + cfg.testbed.n_prefs_train
+    assert after["policy"] == before["policy"] and after["pretrain/seed0"] == before["pretrain/seed0"]
+    assert after["rm/seed0-ft0"] != before["rm/seed0-ft0"] and after["evaluator/rm"] != before["evaluator/rm"]

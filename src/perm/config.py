@@ -155,6 +155,12 @@ class RewardConfig:
     max_length: int = 192
     max_train_pairs: int | None = None
     """Use only the first k training pairs (null = all)."""
+    pairs: Literal["testbed", "policy", "mix"] = "testbed"
+    """Training pairs (grid and evaluator): the testbed's perturbation pairs; pairs of the SFT policy's own
+    samples on sft_train posts, labelled by the testbed's Bradley-Terry raters on the gold reward (stage
+    policy-prefs); or both (policy pairs first). Accuracy is still measured on prefs_eval."""
+    policy_pairs_per_post: int = 3
+    """Pairs sampled per sft_train post for `pairs: policy|mix`."""
 
     def __post_init__(self) -> None:
         _check(len(self.finetune_seeds) > 0, "reward.finetune_seeds", "need at least one")
@@ -164,6 +170,8 @@ class RewardConfig:
         _check(self.epochs > 0 and self.batch_size > 0 and self.lr > 0, "reward", "epochs, batch_size, lr > 0")
         _check(0 <= self.warmup_frac < 1, "reward.warmup_frac", "must be in [0, 1)")
         _check(0 <= self.dropout < 1, "reward.dropout", "must be in [0, 1)")
+        _check(self.pairs in ("testbed", "policy", "mix"), "reward.pairs", "must be testbed|policy|mix")
+        _check(self.policy_pairs_per_post >= 1, "reward.policy_pairs_per_post", "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -273,6 +281,7 @@ class RunConfig:
         if self.data.prefs is not None:
             # outside the testbed there is no corpus to pretrain on and no SFT data: checkpoints are needed
             _check(bool(self.pretrain.checkpoints), "pretrain.checkpoints", "required with data.prefs")
+            _check(self.reward.pairs == "testbed", "reward.pairs", "policy pairs need the testbed's gold reward")
             _check(self.policy.checkpoint is not None, "policy.checkpoint", "required with data.prefs")
             _check(not self.evaluator.enabled or self.evaluator.checkpoint is not None, "evaluator.checkpoint",
                    "required with data.prefs (or evaluator.enabled: false)")

@@ -106,9 +106,12 @@ def job_pretrain(run_dir: str, out_rel: str, *, init_seed: int, data_seed: int, 
 
 
 def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: str, finetune_seed: int,
-                     reward: dict, n_pairs: int | None, device: str, threads: int | None, precision: str = "fp32",
+                     reward: dict, n_pairs: int | None,
+                     pair_files: tuple[str, ...] = ("data/prefs_train.parquet",), device: str, threads: int | None,
+                     precision: str = "fp32",
                      trust_remote_code: bool = False, role: str = "rm", show_progress: bool = True) -> dict:
-    """Finetune one RM from `backbone` (dir or hub id) on prefs_train; save it + rm.json atomically."""
+    """Finetune one RM from `backbone` (dir or hub id) on the pairs of `pair_files` (concatenated, first
+    `n_pairs` kept); save it + rm.json atomically."""
     from perm.models import load_reward_backbone, load_tokenizer, save_model
     from perm.reward import encode, evaluate_pairs, train_reward_model
 
@@ -122,7 +125,10 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
     if model.get_input_embeddings().num_embeddings < len(tok):
         model.resize_token_embeddings(len(tok))
     ml = reward["max_length"]
-    prompts, chosen, rejected = _read_column(run / "data" / "prefs_train.parquet", "prompt", "chosen", "rejected")
+    prompts, chosen, rejected = [], [], []
+    for rel in pair_files:  # e.g. policy_prefs.parquet then data/prefs_train.parquet
+        p, c, r = _read_column(run / rel, "prompt", "chosen", "rejected")
+        prompts, chosen, rejected = prompts + p, chosen + c, rejected + r
     if n_pairs is not None:
         prompts, chosen, rejected = prompts[:n_pairs], chosen[:n_pairs], rejected[:n_pairs]
     ep, ec, er = _read_column(run / "data" / "prefs_eval.parquet", "prompt", "chosen", "rejected")
@@ -354,6 +360,57 @@ def job_sample(run_dir: str, out_rel: str, *, policy: str, sampling: dict, devic
     return info
 
 
+def job_policy_prefs(run_dir: str, out_rel: str, *, policy: str, pairs_per_post: int, max_new_tokens: int,
+                     seed: int, batch_prompts: int, device: str, threads: int | None, precision: str = "fp32",
+                     show_progress: bool = True) -> dict:
+    """Preference pairs of the SFT policy's own samples on sft_train posts, labelled by the testbed's
+    Bradley-Terry raters on the gold reward (ties dropped), as TL;DR comparisons were collected."""
+    import numpy as np
+    import pyarrow as pa
+
+    from perm.models import load_causal_lm, load_tokenizer
+    from perm.policy import decode_samples, sample_pool
+    from perm.store import atomic_write_parquet
+    from perm.testbed.candidates import bradley_terry_labels
+    from perm.testbed.gold import gold_reward_batch
+
+    dev = _torch_setup(device, threads)
+    run = Path(run_dir)
+    tok = load_tokenizer(run / "tokenizer")
+    model = load_causal_lm(policy).to(dev).eval()
+    prompts, posts = _read_column(run / "data" / "sft_train.parquet", "prompt", "post")
+    k = pairs_per_post
+    t0 = time.perf_counter()
+    bar = Progress("normal" if show_progress else "quiet").bar(out_rel, len(prompts))
+    first, second = [], []
+    for i in range(0, len(prompts), batch_prompts):
+        with _autocast(dev, precision):
+            pools = sample_pool(model, tok, prompts[i : i + batch_prompts], n_samples=2 * k, temperature=1.0,
+                                top_p=1.0, max_new_tokens=max_new_tokens, seed=derive_seed("policy-prefs", seed, i),
+                                batch_prompts=batch_prompts, device=dev)
+        for pool in pools:  # pairs (0, 1), (2, 3), ... of each post
+            texts = decode_samples(tok, pool)
+            first += texts[0::2]
+            second += texts[1::2]
+        bar(min(i + batch_prompts, len(prompts)), len(prompts))
+    bar.close()
+    p_rep = [p for p in prompts for _ in range(k)]
+    post_rep = [p for p in posts for _ in range(k)]
+    ga, gb = gold_reward_batch(post_rep, first), gold_reward_batch(post_rep, second)
+    keep = ga != gb
+    a_wins = bradley_terry_labels(ga, gb, np.random.default_rng(derive_seed("policy-prefs-labels", seed)))
+    sel = np.flatnonzero(keep)
+    chosen = [first[i] if a_wins[i] else second[i] for i in sel]
+    rejected = [second[i] if a_wins[i] else first[i] for i in sel]
+    g_c = np.where(a_wins, ga, gb)[sel]
+    g_r = np.where(a_wins, gb, ga)[sel]
+    table = pa.table({"pair_id": pa.array(range(len(sel)), pa.int64()), "prompt": [p_rep[i] for i in sel],
+                      "chosen": chosen, "rejected": rejected, "gold_chosen": pa.array(g_c, pa.float64()),
+                      "gold_rejected": pa.array(g_r, pa.float64()), "label_agrees_gold": pa.array(g_c > g_r)})
+    atomic_write_parquet(run / out_rel, table)
+    return {"rows": len(sel), "label_agreement": float(np.mean(g_c > g_r)), "wall_s": time.perf_counter() - t0}
+
+
 def assemble_reward_tensor(root: Path, records: list[dict]) -> dict:
     """Concatenate scores/*.parquet (+ the gold reward) into rewards.parquet and models.parquet."""
     import pandas as pd
@@ -575,17 +632,22 @@ class Pipeline:
         c = self.cfg.reward
         backbones = self.pretrain()
         data_hash = self.testbed()
-        common = {k: v for k, v in to_dict(c).items() if k not in ("finetune_seeds", "layout")}
+        # pair-source fields enter through _pairs_key (so testbed-pair runs keep their keys)
+        common = {k: v for k, v in to_dict(c).items()
+                  if k not in ("finetune_seeds", "layout", "pairs", "policy_pairs_per_post")}
+        pairs_key, pair_files = self._pairs_key(), self.policy_prefs()
         todo, keys, names = [], {}, []
         for pid, seed in grid(list(backbones), c.finetune_seeds, c.layout):
             name = f"rm/{rm_id(pid, seed)}"
             names.append(name)
             upstream = (self.store.output_hash(f"pretrain/{pid}") if not self.cfg.pretrain.checkpoints
                         else _checkpoint_key(backbones[pid]))
-            keys[name] = self._key({"common": common, "seed": seed, "backbone": upstream, "testbed": data_hash})
+            keys[name] = self._key({"common": common, "seed": seed, "backbone": upstream, "testbed": data_hash,
+                                    **pairs_key})
             if not self._skip(name, keys[name]):
                 todo.append((name, dict(run_dir=str(self.root), out_rel=name, backbone=backbones[pid], pretrain_id=pid,
                                         finetune_seed=seed, reward=to_dict(c), n_pairs=c.max_train_pairs,
+                                        pair_files=pair_files,
                                         device=self.cfg.device, threads=self.cfg.threads, precision=self.cfg.precision,
                                         trust_remote_code=self.cfg.pretrain.trust_remote_code,
                                         show_progress=self.show_bars)))
@@ -615,12 +677,14 @@ class Pipeline:
             backbone, upstream = str(self.root / name), self.store.output_hash(name)
         reward = dict(to_dict(self.cfg.reward), epochs=e.epochs, lr=e.lr)
         name = "evaluator/rm"
-        grid_only = ("finetune_seeds", "layout", "max_train_pairs")
-        key = self._key({"reward": {k: v for k, v in reward.items() if k not in grid_only}, "pairs": e.train_pairs, "backbone": upstream, "testbed": data_hash})
+        grid_only = ("finetune_seeds", "layout", "max_train_pairs", "pairs", "policy_pairs_per_post")
+        key = self._key({"reward": {k: v for k, v in reward.items() if k not in grid_only}, "pairs": e.train_pairs,
+                         "backbone": upstream, "testbed": data_hash, **self._pairs_key()})
         if not self._skip(name, key):
             self._run_jobs(job_reward_model, [(name, dict(
                 run_dir=str(self.root), out_rel=name, backbone=backbone, pretrain_id=f"evaluator-seed{e.pretrain_seed}",
-                finetune_seed=0, reward=reward, n_pairs=e.train_pairs, device=self.cfg.device,
+                finetune_seed=0, reward=reward, n_pairs=e.train_pairs, pair_files=self.policy_prefs(),
+                device=self.cfg.device,
                 threads=self.cfg.threads, precision=self.cfg.precision, role="evaluator", show_progress=self.show_bars))], {name: key},
                 seeds_of=lambda kw: rm_seeds(kw["finetune_seed"]))
         return json.loads((self.root / name / "rm.json").read_text())
@@ -653,6 +717,39 @@ class Pipeline:
                            show_progress=self.show_bars)
             self._done(name, key, [name], t0, seeds={"data_seed": info["data_seed"]}, info=info)
         return str(self.root / name)
+
+    @_once
+    def policy_prefs(self) -> tuple[str, ...]:
+        """Training pair files for `reward.pairs`: the testbed's, the policy's own (stage policy-prefs), or both."""
+        c = self.cfg.reward
+        files = ("data/prefs_train.parquet",)
+        if c.pairs == "testbed":
+            return files
+        data_hash = self.testbed()
+        policy = self.sft()
+        name = "policy-prefs"
+        p = self.cfg.policy
+        key = self._key({"policy": self.store.output_hash("policy") if not p.checkpoint else _checkpoint_key(policy),
+                         "testbed": data_hash, "per_post": c.policy_pairs_per_post, "seed": p.seed,
+                         "max_new_tokens": p.max_new_tokens, "batch_prompts": p.batch_prompts})
+        if not self._skip(name, key):
+            self.store.mark_running(name, key)
+            self.log.event(name, "start", pairs_per_post=c.policy_pairs_per_post)
+            t0 = time.perf_counter()
+            info = job_policy_prefs(str(self.root), "policy_prefs.parquet", policy=policy,
+                                    pairs_per_post=c.policy_pairs_per_post, max_new_tokens=p.max_new_tokens,
+                                    seed=p.seed, batch_prompts=p.batch_prompts, device=self.cfg.device,
+                                    threads=self.cfg.threads, precision=self.cfg.precision,
+                                    show_progress=self.show_bars)
+            self._done(name, key, ["policy_prefs.parquet"], t0, info=info)
+        return ("policy_prefs.parquet",) + (files if c.pairs == "mix" else ())
+
+    def _pairs_key(self) -> dict:
+        """What the RMs' training pairs depend on beyond the testbed (empty for the testbed's own pairs)."""
+        if self.cfg.reward.pairs == "testbed":
+            return {}
+        self.policy_prefs()
+        return {"pairs": self.cfg.reward.pairs, "policy_prefs": self.store.output_hash("policy-prefs")}
 
     @_once
     def sample(self) -> Path:
