@@ -70,7 +70,13 @@ def test_bad_preference_file_exits_2_naming_line_and_field(tmp_path, tiny_backbo
     out = tmp_path / "run"
     r = runner.invoke(app, ["testbed", f"out={out}", f"data.prefs={tmp_path / 'p.jsonl'}", "data.train_split=null",
                             f"pretrain.checkpoints=[{tiny_backbone_dir}]", f"policy.checkpoint={tiny_backbone_dir}",
-                            "evaluator.enabled=false"])
+                            "evaluator.enabled=false", "reward.pairs=testbed"])
     assert r.exit_code == 2
     assert "p.jsonl: line 2: field 'chosen'" in r.output
     assert not (out / "data").exists()
+
+
+def test_own_pairs_with_the_default_policy_pairs_say_how_to_fix(tmp_path, tiny_backbone_dir):
+    r = runner.invoke(app, ["testbed", f"data.prefs={tmp_path / 'p.jsonl'}", f"pretrain.checkpoints=[{tiny_backbone_dir}]",
+                            f"policy.checkpoint={tiny_backbone_dir}", "evaluator.enabled=false"])
+    assert r.exit_code == 2 and "set reward.pairs=testbed" in r.output

@@ -281,7 +281,7 @@ class RunConfig:
         if self.data.prefs is not None:
             # outside the testbed there is no corpus to pretrain on and no SFT data: checkpoints are needed
             _check(bool(self.pretrain.checkpoints), "pretrain.checkpoints", "required with data.prefs")
-            _check(self.reward.pairs == "testbed", "reward.pairs", "policy pairs need the testbed's gold reward")
+            _check(self.reward.pairs == "testbed", "reward.pairs", "policy pairs need the testbed's gold reward: set reward.pairs=testbed to train on your data.prefs pairs")
             _check(self.policy.checkpoint is not None, "policy.checkpoint", "required with data.prefs")
             _check(not self.evaluator.enabled or self.evaluator.checkpoint is not None, "evaluator.checkpoint",
                    "required with data.prefs (or evaluator.enabled: false)")
