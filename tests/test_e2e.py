@@ -147,3 +147,17 @@ def test_policy_pairs_train_the_grid_on_the_policys_own_samples(tmp_path, baseli
     assert rm["n_train_pairs"] == len(pairs) + cfg.testbed.n_prefs_train
     assert after["policy"] == before["policy"] and after["pretrain/seed0"] == before["pretrain/seed0"]
     assert after["rm/seed0-ft0"] != before["rm/seed0-ft0"] and after["evaluator/rm"] != before["evaluator/rm"]
+
+
+def test_bf16_run_completes_and_pretrains_like_fp32(tmp_path, baseline):
+    """precision=bf16 on CPU: SFT and the RMs share one process-wide accelerate state with the same mixed
+    precision, and bf16 pretraining learns (autocast per forward, not one cached context for the loop)."""
+    out = tmp_path / "run"
+    _run(out, "precision=bf16")
+    assert (out / "report" / "index.html").exists()
+    for pid in ("seed0", "seed1"):
+        fp32 = json.loads((baseline / "pretrain" / pid / "pretrain.json").read_text())["heldout_perplexity"]
+        bf16 = json.loads((out / "pretrain" / pid / "pretrain.json").read_text())["heldout_perplexity"]
+        assert bf16 == pytest.approx(fp32, rel=0.1)
+    rm = json.loads((out / "rm" / "seed0-ft0" / "rm.json").read_text())
+    assert rm["accuracy"] > 0.5

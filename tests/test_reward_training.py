@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from conftest import toy_pairs
-from perm.models import load_reward_backbone
+from perm.models import load_reward_backbone, make_accelerator
 from perm.reward import encode, score_ids, train_reward_model
 
 
 def _train(backbone_dir, tokenizer, *, head_seed=0, data_seed=0, dropout_seed=0, center_coef=0.0, offset=0.0,
-           epochs=2.0, dropout=0.0, n=192):
+           epochs=2.0, dropout=0.0, n=192, accelerator=None):
     torch.set_num_threads(1)
     p, c, r = toy_pairs(n, seed=0)
     ep, ec, er = toy_pairs(64, seed=1)
@@ -26,7 +26,7 @@ def _train(backbone_dir, tokenizer, *, head_seed=0, data_seed=0, dropout_seed=0,
         model, chosen=enc(p, c), rejected=enc(p, r), eval_chosen=enc(ep, ec), eval_rejected=enc(ep, er),
         pad_id=tokenizer.pad_token_id, center_coef=center_coef, epochs=epochs, batch_size=16, lr=3e-3,
         warmup_frac=0.1, weight_decay=0.0, max_grad_norm=1.0, eval_every=1000, data_seed=data_seed,
-        dropout_seed=dropout_seed,
+        dropout_seed=dropout_seed, accelerator=accelerator,
     )
 
 
@@ -34,6 +34,15 @@ def test_rm_learns_the_toy_preference(tiny_backbone_dir, tokenizer):
     state = _train(tiny_backbone_dir, tokenizer)
     assert state["evals"][-1]["accuracy"] > 0.95
     assert state["train_loss"][-1] < state["train_loss"][0]
+
+
+def test_rm_learns_under_bf16_mixed_precision(tiny_backbone_dir, tokenizer):
+    state = _train(tiny_backbone_dir, tokenizer, accelerator=make_accelerator("cpu", "bf16"))
+    assert state["evals"][-1]["accuracy"] > 0.95
+    # and the process can go back to fp32 (accelerate's state is process-wide; the local executor runs SFT
+    # and every RM in one process)
+    assert make_accelerator("cpu", "fp32").mixed_precision == "no"
+    assert make_accelerator("cpu", "bf16").mixed_precision == "bf16"
 
 
 def test_identical_seeds_identical_weights_and_each_seed_matters(tiny_backbone_dir, tokenizer):

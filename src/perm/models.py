@@ -38,6 +38,30 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def make_accelerator(device: torch.device | str | None = None, precision: str = "fp32"):
+    """An `accelerate.Accelerator` on `device` (None: CUDA if available) with bf16 mixed precision or none.
+
+    accelerate keeps one process-wide AcceleratorState and refuses an Accelerator whose `cpu` or
+    `mixed_precision` differs from the first one made, so a run whose SFT and RM jobs share a process (the
+    local executor), or a test suite, could not mix settings. A different setting resets that state (the
+    distributed PartialState of `accelerate launch` is kept); the same setting reuses it.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+    cpu = (torch.device(device).type == "cpu") if device is not None else not torch.cuda.is_available()
+    mixed = "bf16" if precision == "bf16" else "no"
+    partial = PartialState._shared_state
+    if partial and partial.get("num_processes", 1) == 1 and (partial["device"].type == "cpu") != cpu:
+        AcceleratorState._reset_state(reset_partial_state=True)  # one process: nothing distributed to keep
+    state = AcceleratorState._shared_state
+    if state.get("_mixed_precision", mixed) != mixed:
+        AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(cpu=cpu, mixed_precision=mixed)
+
+
 @contextlib.contextmanager
 def seeded(seed: int) -> Iterator[None]:
     """Run a block under a fixed torch seed without disturbing the global generator outside it."""

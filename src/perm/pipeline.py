@@ -94,10 +94,9 @@ def job_pretrain(run_dir: str, out_rel: str, *, init_seed: int, data_seed: int, 
     cfg = gpt_neox_config(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                           **backbone)
     bar = Progress("normal" if show_progress else "quiet").bar(out_rel, train["steps"])
-    with _autocast(dev, precision):
-        model, info = pretrain(config=cfg, train_blocks=train_blocks, heldout_blocks=held, init_seed=init_seed,
-                               data_seed=data_seed, device=dev, progress=bar, **{k: train[k] for k in (
-                                   "steps", "batch_size", "lr", "warmup_steps", "weight_decay")})
+    model, info = pretrain(config=cfg, train_blocks=train_blocks, heldout_blocks=held, init_seed=init_seed,
+                           data_seed=data_seed, device=dev, progress=bar, bf16=precision == "bf16",
+                           **{k: train[k] for k in ("steps", "batch_size", "lr", "warmup_steps", "weight_decay")})
     bar.close()
     info["n_params"] = sum(p.numel() for p in model.parameters())
     with atomic_path(run / out_rel) as tmp:
@@ -132,14 +131,14 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
     if n_pairs is not None:
         prompts, chosen, rejected = prompts[:n_pairs], chosen[:n_pairs], rejected[:n_pairs]
     ep, ec, er = _read_column(run / "data" / "prefs_eval.parquet", "prompt", "chosen", "rejected")
-    from accelerate import Accelerator
+    from perm.models import make_accelerator
 
     bar = Progress("normal" if show_progress else "quiet").bar(out_rel, 1)
     state = train_reward_model(
         model, chosen=encode(tok, prompts, chosen, ml), rejected=encode(tok, prompts, rejected, ml),
         eval_chosen=encode(tok, ep, ec, ml), eval_rejected=encode(tok, ep, er, ml), pad_id=tok.pad_token_id,
         data_seed=seeds["data_seed"], dropout_seed=seeds["dropout_seed"], progress=bar,
-        accelerator=Accelerator(cpu=dev.type == "cpu", mixed_precision="bf16" if precision == "bf16" else "no"),
+        accelerator=make_accelerator(dev, precision),
         **{k: reward[k] for k in ("center_coef", "epochs", "batch_size", "lr", "warmup_frac", "weight_decay",
                                   "max_grad_norm", "eval_every")})
     bar.close()
@@ -285,7 +284,14 @@ def job_score(run_dir: str, out_rel: str, *, model_dir: str, model_id: str, max_
 def job_sft(run_dir: str, out_rel: str, *, init: str | None, backbone: dict, sft: dict, max_length: int,
             device: str, threads: int | None, precision: str = "fp32", show_progress: bool = True) -> dict:
     """Train the SFT policy on sft_train (summary tokens only) from `init` (a backbone dir) or from scratch."""
-    from perm.models import gpt_neox_config, load_causal_lm, load_tokenizer, new_causal_lm, save_model
+    from perm.models import (
+        gpt_neox_config,
+        load_causal_lm,
+        load_tokenizer,
+        make_accelerator,
+        new_causal_lm,
+        save_model,
+    )
     from perm.policy import train_sft
 
     dev = _torch_setup(device, threads)
@@ -303,7 +309,8 @@ def job_sft(run_dir: str, out_rel: str, *, init: str | None, backbone: dict, sft
     bar = Progress("normal" if show_progress else "quiet").bar(out_rel, 1)
     state = train_sft(model.to(dev), tok, prompts[n_eval:], completions[n_eval:], epochs=sft["sft_epochs"],
                       lr=sft["sft_lr"], batch_size=sft["sft_batch_size"], max_length=max_length, data_seed=data_seed,
-                      eval_prompts=prompts[:n_eval], eval_completions=completions[:n_eval], progress=bar)
+                      eval_prompts=prompts[:n_eval], eval_completions=completions[:n_eval], progress=bar,
+                      accelerator=make_accelerator(dev, precision))
     bar.close()
     model = state.pop("model")
     info = {k: v for k, v in state.items() if isinstance(v, int | float | str)}

@@ -177,7 +177,7 @@ def train_sft(
     when eval pairs are given, else None), ``wall_s``, ``tokens_per_s`` (all tokens through the model),
     the seeds, and ``model`` (unwrapped, in eval mode).
     """
-    from accelerate import Accelerator
+    from perm.models import make_accelerator
 
     if tokenizer.pad_token_id is None:
         raise ValueError("train_sft: the tokenizer has no pad_token (see perm.models.load_tokenizer)")
@@ -187,7 +187,7 @@ def train_sft(
     if eval_prompts is not None:
         eval_examples = encode_sft(tokenizer, eval_prompts, eval_completions or [], max_length)
 
-    acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    acc = accelerator or make_accelerator()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     total = max(1, int(round(epochs * math.ceil(len(examples) / batch_size))))
     warmup = int(warmup_frac * total)

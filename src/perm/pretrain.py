@@ -64,10 +64,14 @@ def pretrain(
     weight_decay: float,
     device: torch.device,
     progress=None,
+    bf16: bool = False,
 ):
     """Train a causal LM from scratch; returns (model, info) with held-out perplexity and timing.
 
     Initialisation depends only on `init_seed`; the order of training blocks only on `data_seed`.
+    bf16: mixed precision (fp32 weights, bf16 autocast around each forward). Autocast is entered per step on
+    purpose: it caches the bf16 copy of every weight until its context exits, so one context around the
+    whole loop would train on the weights' first-step copies and learn almost nothing.
     """
     model = new_causal_lm(config, init_seed).to(device)
     order_rng = np.random.default_rng(data_seed)
@@ -85,7 +89,8 @@ def pretrain(
         pos += batch_size
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, warmup_steps, lr)
-        loss = model(input_ids=x, labels=x).loss
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = model(input_ids=x, labels=x).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -94,7 +99,8 @@ def pretrain(
         if progress is not None:
             progress(step + 1, steps, loss.item())
     wall = time.perf_counter() - t0
-    ppl = perplexity(model, heldout_blocks, batch_size, device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        ppl = perplexity(model, heldout_blocks, batch_size, device)
     info = {
         "init_seed": init_seed,
         "data_seed": data_seed,

@@ -195,8 +195,7 @@ def train_reward_model(
     Data order depends only on `data_seed`, dropout masks only on `dropout_seed` (the head was initialised
     by its own seed when the model was built).
     """
-    from accelerate import Accelerator
-
+    from perm.models import make_accelerator
     from perm.prefix import UnsharableCache, shares_prompt, split_pairs
 
     chosen, rejected = _joined(prompts, chosen), _joined(prompts, rejected)
@@ -210,7 +209,7 @@ def train_reward_model(
     split = (
         split_pairs(chosen, rejected, pad_id) if share else None
     )  # (prefixes, chosen tails, rejected tails)
-    acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    acc = accelerator or make_accelerator()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     n = len(chosen)
     steps_per_epoch = math.ceil(n / batch_size)
