@@ -145,6 +145,15 @@ def test_policy_pairs_train_the_grid_on_the_policys_own_samples(tmp_path, baseli
     assert set(pairs.prompt) <= set(pq.read_table(out / "data" / "sft_train.parquet").to_pandas().prompt)
     rm = json.loads((out / "rm" / "seed0-ft0" / "rm.json").read_text())
     assert rm["n_train_pairs"] == len(pairs) + cfg.testbed.n_prefs_train
+    # pairs on the posts the SFT policy held out are the RMs' in-distribution eval set; nobody trains on them
+    held = pq.read_table(out / "policy_prefs_eval.parquet").to_pandas()
+    sft_posts = pq.read_table(out / "data" / "sft_train.parquet").to_pandas().prompt
+    n_held = max(1, cfg.testbed.n_sft // 20)
+    assert len(held) > 0 and set(held.prompt) <= set(sft_posts[:n_held])
+    assert not set(held.prompt) & set(pairs.prompt)
+    assert rm["eval_pairs"] == "policy_prefs_eval.parquet" and rm["n_eval_pairs"] == len(held)
+    assert set(rm["other_evals"]) == {"data/prefs_eval.parquet"}
+    assert 0 <= rm["gold_accuracy"] <= 1 and rm["eval_curve"][-1]["accuracy"] == rm["accuracy"]
     assert after["policy"] == before["policy"] and after["pretrain/seed0"] == before["pretrain/seed0"]
     assert after["rm/seed0-ft0"] != before["rm/seed0-ft0"] and after["evaluator/rm"] != before["evaluator/rm"]
 

@@ -9,7 +9,14 @@ from transformers import BertConfig, BertForMaskedLM
 
 from conftest import toy_pairs
 from perm.models import load_reward_backbone, save_model
-from perm.prefix import pair_rewards_shared, score_pairs, score_prompt_groups, shares_prompt, split_pairs
+from perm.prefix import (
+    merge_prefixes,
+    pair_rewards_shared,
+    score_pairs,
+    score_prompt_groups,
+    shares_prompt,
+    split_pairs,
+)
 from perm.reward import bradley_terry_loss, encode, encode_groups, pair_rewards, score_ids, train_reward_model
 
 PAD, EOS = 0, 1
@@ -199,6 +206,52 @@ def test_split_pairs_at_common_prefix():
     assert rt == [[9], [1], [1, 0, 0]]
 
 
+def test_merge_prefixes_groups_pairs_of_one_prompt():
+    prefixes = [[5, 6, 7, 8], [9, 9], [5, 6, 7, 8, 2], [5, 6, 3, 3, 3, 3, 3], [5, 6, 7], [], [9, 9]]
+    common, owner, rest = merge_prefixes(prefixes)
+    # [5,6,7,8], [5,6,7,8,2], [5,6,7] share [5,6,7] (>= half of the longest); [5,6,3,...] shares only 2 of 7
+    assert common == [[5, 6, 7], [9, 9], [5, 6, 3, 3, 3, 3, 3], []]
+    assert owner.tolist() == [0, 1, 0, 2, 0, 3, 1]
+    assert rest == [[8], [], [8, 2], [], [], [], []]
+    for p, g, r in zip(prefixes, owner, rest, strict=True):
+        assert common[g] + r == p
+    assert len(merge_prefixes([])[0]) == 0
+
+
+def _repeated_prompt_pairs(seed=0, per_prompt=3):
+    """Several pairs per prompt (as policy pairs are), prompts of 6-13 tokens, tails that may share tokens."""
+    rng = np.random.default_rng(seed)
+    prompts, chosen, rejected = [], [], []
+    for _ in range(5):
+        prompt = list(map(int, rng.integers(3, 40, rng.integers(6, 14))))
+        for _ in range(per_prompt):
+            lead = list(map(int, rng.integers(3, 40, rng.integers(0, 3))))  # a start both completions share
+            tail = lambda: list(map(int, rng.integers(3, 40, rng.integers(1, 6)))) + [EOS]  # noqa: E731
+            prompts.append(prompt)
+            chosen.append(lead + tail())
+            rejected.append(lead + tail())
+    return prompts, chosen, rejected
+
+
+def test_pairs_of_one_prompt_share_its_forward_exactly(rm):
+    rm.train()
+    prompts, chosen, rejected = _repeated_prompt_pairs()
+    full_c, full_r = _join(prompts, chosen), _join(prompts, rejected)
+    loss_full, grads_full = _loss_and_grads(rm, lambda: pair_rewards(rm, full_c, full_r, PAD, "cpu"))
+    seen = _count_tokens(rm)
+    loss_shared, grads_shared = _loss_and_grads(
+        rm, lambda: pair_rewards_shared(rm, *split_pairs(full_c, full_r, PAD), PAD, "cpu")
+    )
+    assert loss_shared == pytest.approx(loss_full, abs=1e-5)
+    for name, g in grads_full.items():
+        torch.testing.assert_close(grads_shared[name], g, atol=1e-5, rtol=0, msg=name)
+    assert seen[0] == 5 * max(len(p) for p in prompts)  # one prefill row per prompt, not per pair
+    rm.eval()
+    rc, rr = score_pairs(rm, full_c, full_r, PAD, "cpu", batch_size=4)
+    assert rc == pytest.approx(score_ids(rm, full_c, PAD, "cpu"), abs=1e-5)
+    assert rr == pytest.approx(score_ids(rm, full_r, PAD, "cpu"), abs=1e-5)
+
+
 def _pairs(seed=0):
     """Pairs with prompts of 1-13 tokens and chosen/rejected completions of different lengths."""
     prompts, _ = _groups(seed)
@@ -234,14 +287,21 @@ def test_shared_prompt_loss_and_gradients_equal_unshared(rm):
     assert grads_shared.keys() == grads_full.keys() == {n for n, _ in rm.named_parameters()}
     for name, g in grads_full.items():
         torch.testing.assert_close(grads_shared[name], g, atol=1e-5, rtol=0, msg=name)
-    # and the prompt really ran once: prefill (9 x longest prompt) + continuations (18 x longest tail)
-    longest_prefix = max(len(p) for p in split_pairs(full_c, full_r, PAD)[0])
-    longest_tail = max(len(t) for t in chosen + rejected)
-    assert sum(seen) == 9 * longest_prefix + 18 * longest_tail
+    # and the prompt really ran once: prefill (one row per distinct prompt, padded to the longest) and
+    # continuations (18 rows, padded to the longest rest of prefix + tail)
+    prefixes, ct, rt = split_pairs(full_c, full_r, PAD)
+    common, owner, rest = merge_prefixes(prefixes)
+    longest_tail = max(len(rest[i]) + len(t) for i, t in [*enumerate(ct), *enumerate(rt)])
+    assert sum(seen) == len(common) * max(map(len, common)) + 18 * longest_tail
 
 
-def _train(backbone_dir, tokenizer, **kw):
+def _train(backbone_dir, tokenizer, repeat=1, **kw):
     p, c, r = toy_pairs(64, seed=0)
+    if repeat > 1:  # `repeat` pairs per prompt (different tails), prompts in blocks as policy-prefs writes them
+        more = [toy_pairs(64, seed=s) for s in range(1, repeat)]
+        p = [x for i in range(64) for x in [p[i]] * repeat]
+        c = [x for i in range(64) for x in [c[i]] + [m[1][i] for m in more]]
+        r = [x for i in range(64) for x in [r[i]] + [m[2][i] for m in more]]
     model = load_reward_backbone(backbone_dir, pad_token_id=tokenizer.pad_token_id, head_seed=0)
     enc = lambda a: tokenizer(a, add_special_tokens=False)["input_ids"]  # noqa: E731
     eos = [tokenizer.eos_token_id]
@@ -278,6 +338,33 @@ def test_training_with_shared_prompt_follows_the_unshared_trajectory(tiny_backbo
     assert shared["train_loss"] == pytest.approx(plain["train_loss"], abs=1e-4)
     assert full_input["train_loss"] == pytest.approx(plain["train_loss"], abs=1e-4)
     assert shared["evals"][-1]["accuracy"] == plain["evals"][-1]["accuracy"]
+
+
+def test_group_by_prompt_keeps_a_prompts_pairs_together_and_stays_exact(tiny_backbone_dir, tokenizer, monkeypatch):
+    import perm.reward as reward
+
+    batches = []
+    real = reward._batch_rewards
+    monkeypatch.setattr(reward, "_batch_rewards", lambda m, idx, *a: batches.append(list(idx)) or real(m, idx, *a))
+    grouped = _train(tiny_backbone_dir, tokenizer, repeat=3, group_by_prompt=True)
+    assert grouped["n_prompts"] == 64 and grouped["total_steps"] == 12  # 192 pairs, batches of 16
+    order = [i for b in batches for i in b]
+    assert sorted(order) == list(range(192))
+    # a prompt's three pairs (3g, 3g+1, 3g+2) are consecutive in the data order
+    assert all(order[k] // 3 == order[k + 1] // 3 == order[k + 2] // 3 for k in range(0, 192, 3))
+    batches.clear()
+    plain = _train(tiny_backbone_dir, tokenizer, repeat=3, group_by_prompt=True, share_prompt=False)
+    assert [i for b in batches for i in b] == order  # the order does not depend on sharing
+    assert grouped["train_loss"] == pytest.approx(plain["train_loss"], abs=1e-4)
+    ungrouped = _train(tiny_backbone_dir, tokenizer, repeat=3)
+    assert ungrouped["train_loss"] != pytest.approx(grouped["train_loss"], abs=1e-4)
+
+
+def test_group_by_prompt_with_one_pair_per_prompt_is_the_ungrouped_order(tiny_backbone_dir, tokenizer):
+    grouped = _train(tiny_backbone_dir, tokenizer, group_by_prompt=True)
+    plain = _train(tiny_backbone_dir, tokenizer)
+    assert grouped["n_prompts"] == 64
+    assert grouped["train_loss"] == plain["train_loss"]
 
 
 def test_share_prompt_on_an_encoder_is_refused(bert_rm):

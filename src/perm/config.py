@@ -158,9 +158,15 @@ class RewardConfig:
     pairs: Literal["testbed", "policy", "mix"] = "testbed"
     """Training pairs (grid and evaluator): the testbed's perturbation pairs; pairs of the SFT policy's own
     samples on sft_train posts, labelled by the testbed's Bradley-Terry raters on the gold reward (stage
-    policy-prefs); or both (policy pairs first). Accuracy is still measured on prefs_eval."""
+    policy-prefs); or both (policy pairs first). In-distribution accuracy is measured on held-out pairs of
+    the same kind: prefs_eval for testbed pairs, policy_prefs_eval (policy pairs on the sft_train posts the
+    SFT policy held out, which no RM trains on) for policy and mix, where prefs_eval is reported as well."""
     policy_pairs_per_post: int = 3
     """Pairs sampled per sft_train post for `pairs: policy|mix`."""
+    group_by_prompt: bool = True
+    """Shuffle whole prompts rather than pairs, so a prompt's pairs are neighbours in the data order and
+    decoder RMs run that prompt once for all of them (policy pairs have `policy_pairs_per_post` per post).
+    Batches still hold `batch_size` pairs; with one pair per prompt the order is the ungrouped one."""
 
     def __post_init__(self) -> None:
         _check(len(self.finetune_seeds) > 0, "reward.finetune_seeds", "need at least one")

@@ -106,12 +106,16 @@ def job_pretrain(run_dir: str, out_rel: str, *, init_seed: int, data_seed: int, 
 
 def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: str, finetune_seed: int,
                      reward: dict, n_pairs: int | None,
-                     pair_files: tuple[str, ...] = ("data/prefs_train.parquet",), device: str, threads: int | None,
+                     pair_files: tuple[str, ...] = ("data/prefs_train.parquet",),
+                     eval_files: tuple[str, ...] = ("data/prefs_eval.parquet",), device: str, threads: int | None,
                      precision: str = "fp32",
                      trust_remote_code: bool = False, role: str = "rm", show_progress: bool = True) -> dict:
     """Finetune one RM from `backbone` (dir or hub id) on the pairs of `pair_files` (concatenated, first
-    `n_pairs` kept); save it + rm.json atomically."""
-    from perm.models import load_reward_backbone, load_tokenizer, save_model
+    `n_pairs` kept); save it + rm.json atomically.
+
+    eval_files: held-out pairs; the first is in distribution (the learning curve and `accuracy`), the others
+    are evaluated once at the end (`other_evals`). Gold accuracy wherever the file has gold columns."""
+    from perm.models import load_reward_backbone, load_tokenizer, make_accelerator, save_model
     from perm.reward import encode, evaluate_pairs, train_reward_model
 
     dev = _torch_setup(device, threads)
@@ -130,25 +134,33 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
         prompts, chosen, rejected = prompts + p, chosen + c, rejected + r
     if n_pairs is not None:
         prompts, chosen, rejected = prompts[:n_pairs], chosen[:n_pairs], rejected[:n_pairs]
-    ep, ec, er = _read_column(run / "data" / "prefs_eval.parquet", "prompt", "chosen", "rejected")
-    from perm.models import make_accelerator
 
+    def eval_set(rel: str):
+        ep, ec, er = _read_column(run / rel, "prompt", "chosen", "rejected")
+        gold_diff = None
+        if "gold_chosen" in pq.read_schema(run / rel).names:
+            gc, gr = _read_column(run / rel, "gold_chosen", "gold_rejected")
+            gold_diff = [a - b for a, b in zip(gc, gr, strict=True)]
+        return encode(tok, ep, ec, ml), encode(tok, ep, er, ml), gold_diff
+
+    ec, er, gold_diff = eval_set(eval_files[0])
     bar = Progress("normal" if show_progress else "quiet").bar(out_rel, 1)
     state = train_reward_model(
         model, chosen=encode(tok, prompts, chosen, ml), rejected=encode(tok, prompts, rejected, ml),
-        eval_chosen=encode(tok, ep, ec, ml), eval_rejected=encode(tok, ep, er, ml), pad_id=tok.pad_token_id,
+        eval_chosen=ec, eval_rejected=er, eval_gold_diff=gold_diff, pad_id=tok.pad_token_id,
         data_seed=seeds["data_seed"], dropout_seed=seeds["dropout_seed"], progress=bar,
         accelerator=make_accelerator(dev, precision),
         **{k: reward[k] for k in ("center_coef", "epochs", "batch_size", "lr", "warmup_frac", "weight_decay",
-                                  "max_grad_norm", "eval_every")})
+                                  "max_grad_norm", "eval_every", "group_by_prompt")})
     bar.close()
     model = state.pop("model")
-    gold_diff = None
-    if "gold_chosen" in pq.read_schema(run / "data" / "prefs_eval.parquet").names:
-        gc, gr = _read_column(run / "data" / "prefs_eval.parquet", "gold_chosen", "gold_rejected")
-        gold_diff = [a - b for a, b in zip(gc, gr, strict=True)]
-    final = evaluate_pairs(model, encode(tok, ep, ec, ml), encode(tok, ep, er, ml), tok.pad_token_id, model.device,
-                           gold_diff=gold_diff)
+    final = state["evals"][-1]  # the loop's last eval is of the final weights
+    keep = ("accuracy", "accuracy_se", "gold_accuracy", "mean_reward")
+    others = {}
+    for rel in eval_files[1:]:
+        oc, orj, ogd = eval_set(rel)
+        res = evaluate_pairs(model, oc, orj, tok.pad_token_id, model.device, gold_diff=ogd)
+        others[rel] = {k: res[k] for k in keep if k in res}
     info = {
         "model_id": Path(out_rel).name,
         "role": role,
@@ -158,10 +170,14 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
         "seeds": seeds,
         "config": reward,
         "n_train_pairs": len(chosen),
+        "n_train_prompts": state["n_prompts"],
+        "eval_pairs": eval_files[0],
+        "n_eval_pairs": len(ec),
         "accuracy": final["accuracy"],
         "accuracy_se": final["accuracy_se"],
         "gold_accuracy": final.get("gold_accuracy"),
         "eval_mean_reward": final["mean_reward"],
+        "other_evals": others,
         "eval_curve": state["evals"],
         "final_train_loss": float(sum(state["train_loss"][-20:]) / len(state["train_loss"][-20:])),
         "steps": state["step"],
@@ -281,6 +297,12 @@ def job_score(run_dir: str, out_rel: str, *, model_dir: str, model_id: str, max_
     return {"rows": len(prompt_ids), "wall_s": wall, "sequences_per_s": len(prompt_ids) / wall}
 
 
+def sft_heldout(n_posts: int) -> int:
+    """How many of sft_train's first posts the SFT policy holds out (its eval loss); policy-prefs puts its
+    pairs on those posts into policy_prefs_eval.parquet, so no RM trains on them either."""
+    return max(1, n_posts // 20)
+
+
 def job_sft(run_dir: str, out_rel: str, *, init: str | None, backbone: dict, sft: dict, max_length: int,
             device: str, threads: int | None, precision: str = "fp32", show_progress: bool = True) -> dict:
     """Train the SFT policy on sft_train (summary tokens only) from `init` (a backbone dir) or from scratch."""
@@ -305,7 +327,7 @@ def job_sft(run_dir: str, out_rel: str, *, init: str | None, backbone: dict, sft
                               **backbone)
         model = new_causal_lm(cfg, derive_seed("sft-init", 0))
     prompts, completions = _read_column(run / "data" / "sft_train.parquet", "prompt", "completion")
-    n_eval = max(1, len(prompts) // 20)
+    n_eval = sft_heldout(len(prompts))
     bar = Progress("normal" if show_progress else "quiet").bar(out_rel, 1)
     state = train_sft(model.to(dev), tok, prompts[n_eval:], completions[n_eval:], epochs=sft["sft_epochs"],
                       lr=sft["sft_lr"], batch_size=sft["sft_batch_size"], max_length=max_length, data_seed=data_seed,
@@ -369,9 +391,12 @@ def job_sample(run_dir: str, out_rel: str, *, policy: str, sampling: dict, devic
 
 def job_policy_prefs(run_dir: str, out_rel: str, *, policy: str, pairs_per_post: int, max_new_tokens: int,
                      seed: int, batch_prompts: int, device: str, threads: int | None, precision: str = "fp32",
-                     show_progress: bool = True) -> dict:
+                     show_progress: bool = True, eval_rel: str = "policy_prefs_eval.parquet") -> dict:
     """Preference pairs of the SFT policy's own samples on sft_train posts, labelled by the testbed's
-    Bradley-Terry raters on the gold reward (ties dropped), as TL;DR comparisons were collected."""
+    Bradley-Terry raters on the gold reward (ties dropped), as TL;DR comparisons were collected.
+
+    Pairs on the posts the SFT policy held out go to `eval_rel` (in-distribution accuracy), the rest to
+    `out_rel` (training)."""
     import numpy as np
     import pyarrow as pa
 
@@ -411,11 +436,20 @@ def job_policy_prefs(run_dir: str, out_rel: str, *, policy: str, pairs_per_post:
     rejected = [second[i] if a_wins[i] else first[i] for i in sel]
     g_c = np.where(a_wins, ga, gb)[sel]
     g_r = np.where(a_wins, gb, ga)[sel]
-    table = pa.table({"pair_id": pa.array(range(len(sel)), pa.int64()), "prompt": [p_rep[i] for i in sel],
-                      "chosen": chosen, "rejected": rejected, "gold_chosen": pa.array(g_c, pa.float64()),
-                      "gold_rejected": pa.array(g_r, pa.float64()), "label_agrees_gold": pa.array(g_c > g_r)})
-    atomic_write_parquet(run / out_rel, table)
-    return {"rows": len(sel), "label_agreement": float(np.mean(g_c > g_r)), "wall_s": time.perf_counter() - t0}
+    columns = {"prompt": [p_rep[i] for i in sel], "chosen": chosen, "rejected": rejected,
+               "gold_chosen": pa.array(g_c, pa.float64()), "gold_rejected": pa.array(g_r, pa.float64()),
+               "label_agrees_gold": pa.array(g_c > g_r)}
+    table = pa.table(columns)
+    held = sel // k < sft_heldout(len(prompts))  # pairs on the posts the SFT policy held out
+    info = {"wall_s": time.perf_counter() - t0}
+    for rel, rows in ((out_rel, ~held), (eval_rel, held)):
+        part = table.filter(pa.array(rows))
+        part = part.add_column(0, "pair_id", pa.array(range(part.num_rows), pa.int64()))
+        atomic_write_parquet(run / rel, part)
+        name = "eval" if rel == eval_rel else "train"
+        info[f"{name}_pairs"] = part.num_rows
+        info[f"{name}_label_agreement"] = float(np.mean(part.column("label_agrees_gold").to_numpy()))
+    return info
 
 
 def assemble_reward_tensor(root: Path, records: list[dict]) -> dict:
@@ -654,7 +688,7 @@ class Pipeline:
             if not self._skip(name, keys[name]):
                 todo.append((name, dict(run_dir=str(self.root), out_rel=name, backbone=backbones[pid], pretrain_id=pid,
                                         finetune_seed=seed, reward=to_dict(c), n_pairs=c.max_train_pairs,
-                                        pair_files=pair_files,
+                                        pair_files=pair_files, eval_files=self.eval_pair_files(),
                                         device=self.cfg.device, threads=self.cfg.threads, precision=self.cfg.precision,
                                         trust_remote_code=self.cfg.pretrain.trust_remote_code,
                                         show_progress=self.show_bars)))
@@ -691,6 +725,7 @@ class Pipeline:
             self._run_jobs(job_reward_model, [(name, dict(
                 run_dir=str(self.root), out_rel=name, backbone=backbone, pretrain_id=f"evaluator-seed{e.pretrain_seed}",
                 finetune_seed=0, reward=reward, n_pairs=e.train_pairs, pair_files=self.policy_prefs(),
+                eval_files=self.eval_pair_files(),
                 device=self.cfg.device,
                 threads=self.cfg.threads, precision=self.cfg.precision, role="evaluator", show_progress=self.show_bars))], {name: key},
                 seeds_of=lambda kw: rm_seeds(kw["finetune_seed"]))
@@ -738,7 +773,8 @@ class Pipeline:
         p = self.cfg.policy
         key = self._key({"policy": self.store.output_hash("policy") if not p.checkpoint else _checkpoint_key(policy),
                          "testbed": data_hash, "per_post": c.policy_pairs_per_post, "seed": p.seed,
-                         "max_new_tokens": p.max_new_tokens, "batch_prompts": p.batch_prompts})
+                         "max_new_tokens": p.max_new_tokens, "batch_prompts": p.batch_prompts,
+                         "heldout": "sft"})
         if not self._skip(name, key):
             self.store.mark_running(name, key)
             self.log.event(name, "start", pairs_per_post=c.policy_pairs_per_post)
@@ -748,8 +784,16 @@ class Pipeline:
                                     seed=p.seed, batch_prompts=p.batch_prompts, device=self.cfg.device,
                                     threads=self.cfg.threads, precision=self.cfg.precision,
                                     show_progress=self.show_bars)
-            self._done(name, key, ["policy_prefs.parquet"], t0, info=info)
+            self._done(name, key, ["policy_prefs.parquet", "policy_prefs_eval.parquet"], t0, info=info)
         return ("policy_prefs.parquet",) + (files if c.pairs == "mix" else ())
+
+    def eval_pair_files(self) -> tuple[str, ...]:
+        """Held-out pairs for the RMs: in distribution first (policy pairs on the SFT's held-out posts when the
+        RMs train on policy pairs), then the testbed's prefs_eval."""
+        if self.cfg.reward.pairs == "testbed":
+            return ("data/prefs_eval.parquet",)
+        self.policy_prefs()
+        return ("policy_prefs_eval.parquet", "data/prefs_eval.parquet")
 
     def _pairs_key(self) -> dict:
         """What the RMs' training pairs depend on beyond the testbed (empty for the testbed's own pairs)."""
@@ -1013,20 +1057,29 @@ def learnability(root: Path, records: list[dict]) -> dict:
         if value is not None and np.isfinite(value):
             out[name] = {"value": float(value), "description": description} | ({"se": float(se)} if se else {})
 
-    ev_path = root / "data" / "prefs_eval.parquet"
+    rms = [r for r in records if r["role"] == "rm"]
+    ev_rel = rms[0].get("eval_pairs", "data/prefs_eval.parquet") if rms else "data/prefs_eval.parquet"
+    ev_path = root / ev_rel
     if ev_path.exists() and "label_agrees_gold" in pq.read_schema(ev_path).names:
         (agree,) = _read_column(ev_path, "label_agrees_gold")
-        put("label-noise ceiling", np.mean(agree), "fraction of held-out labels that agree with the gold reward: "
-            "the accuracy a perfect RM would get against these noisy labels")
-    rms = [r for r in records if r["role"] == "rm"]
+        put("label-noise ceiling", np.mean(agree), f"fraction of held-out labels ({ev_rel}) that agree with the "
+            "gold reward: the accuracy a perfect RM would get against these noisy labels")
     if rms:
         acc = np.array([r["accuracy"] for r in rms])
-        put("RM accuracy, mean", acc.mean(), f"in-distribution pairwise accuracy on prefs_eval over {len(rms)} RMs "
-            f"(range {acc.min():.3f}-{acc.max():.3f}); chance is 0.5")
+        put("RM accuracy, mean", acc.mean(), f"in-distribution pairwise accuracy on {ev_rel} "
+            f"({rms[0].get('n_eval_pairs', 'all')} pairs) over {len(rms)} RMs (range {acc.min():.3f}-{acc.max():.3f}); "
+            "chance is 0.5")
         gold = [r.get("gold_accuracy") for r in rms]
         if all(g is not None for g in gold):
             put("RM agreement with gold order, mean", np.mean(gold), "fraction of held-out pairs the RM orders "
                 "as the gold reward does (no label noise: a perfect RM gets 1)")
+        for rel in rms[0].get("other_evals", {}):
+            other = [r["other_evals"][rel] for r in rms if rel in r.get("other_evals", {})]
+            put(f"RM accuracy on {rel}, mean", np.mean([o["accuracy"] for o in other]),
+                "out-of-distribution pairwise accuracy against these pairs' labels")
+            if all("gold_accuracy" in o for o in other):
+                put(f"RM agreement with gold order on {rel}, mean", np.mean([o["gold_accuracy"] for o in other]),
+                    "fraction of these pairs the RM orders as the gold reward does")
     if (root / "rewards.parquet").exists() and (root / "samples.parquet").exists():
         rw = pq.read_table(root / "rewards.parquet").to_pandas()
         pool = rw[~rw.is_reference].pivot_table(index=["prompt_id", "sample_id"], columns="model_id", values="reward")

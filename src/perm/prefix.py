@@ -278,6 +278,45 @@ def _last_real(seq: Sequence[int], pad_id: int) -> int:
     return next((i for i in range(len(seq) - 1, -1, -1) if seq[i] != pad_id), 0)
 
 
+def merge_prefixes(
+    prefixes: Sequence[Sequence[int]], min_share: float = 0.5
+) -> tuple[list[list[int]], np.ndarray, list[list[int]]]:
+    """Group sequences that start alike (the same prompt) under one common prefix.
+
+    Returns ``(common, owner, rest)``: ``prefixes[i] == common[owner[i]] + rest[i]``. Sequences are sorted and
+    a run of neighbours joins one group while the group's common prefix stays non-empty and at least
+    ``min_share`` of its longest member, so pairs of one prompt share its forward pass and unrelated prompts
+    that happen to start with the same few tokens do not. Groups are numbered by their first member.
+    """
+    order = sorted(range(len(prefixes)), key=lambda i: tuple(prefixes[i]))
+    members: list[list[int]] = []
+    common_len: list[int] = []
+    longest: list[int] = []
+    for i in order:
+        p = prefixes[i]
+        if members:
+            head = prefixes[members[-1][0]]
+            n = min(common_len[-1], len(p))
+            k = next((j for j in range(n) if head[j] != p[j]), n)
+            if k >= 1 and k >= min_share * max(longest[-1], len(p)):
+                members[-1].append(i)
+                common_len[-1], longest[-1] = k, max(longest[-1], len(p))
+                continue
+        members.append([i])
+        common_len.append(len(p))
+        longest.append(len(p))
+    groups = sorted(range(len(members)), key=lambda g: min(members[g]))
+    owner = np.empty(len(prefixes), dtype=np.int64)
+    common, rest = [], [[] for _ in prefixes]
+    for new, g in enumerate(groups):
+        k = common_len[g]
+        common.append(list(prefixes[members[g][0]][:k]))
+        for i in members[g]:
+            owner[i] = new
+            rest[i] = list(prefixes[i][k:])
+    return common, owner, rest
+
+
 def pair_rewards_shared(
     model,
     prefixes: Sequence[Sequence[int]],
@@ -288,17 +327,22 @@ def pair_rewards_shared(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(B,) rewards of ``prefix + chosen_tail`` and of ``prefix + rejected_tail``, the prefix run once.
 
-    The prefix's cache is repeated for both continuations, so its backward pass is shared as well. With
-    dropout on, both continuations see the prefix under one dropout mask (the unshared forward draws two).
+    The prefix's cache is repeated for both continuations, so its backward pass is shared as well; pairs of
+    the batch whose prefixes start with the same prompt (:func:`merge_prefixes`) share one prompt forward
+    too. With dropout on, the continuations of one prompt see it under one dropout mask (the unshared forward
+    draws one per sequence).
     """
-    prompts = prefill(model, prefixes, pad_id, device)
+    common, owner, rest = merge_prefixes(prefixes)
+    prompts = prefill(model, common, pad_id, device)
     if prompts is None:
         raise UnsharableCache(
             f"{type(model).__name__}: its KV cache is not plain DynamicLayers; use share_prompt=False"
         )
     b = len(prefixes)
-    owner = torch.arange(b, device=prompts.mask.device).repeat(2)  # rows 0..b-1 chosen, b..2b-1 rejected
-    r = continuation_rewards(model, prompts, owner, [*chosen_tails, *rejected_tails], pad_id)
+    rows = torch.as_tensor(owner, device=prompts.mask.device).repeat(2)  # rows 0..b-1 chosen, b..2b-1 rejected
+    tails = [r + list(t) for r, t in zip(rest, chosen_tails, strict=True)]
+    tails += [r + list(t) for r, t in zip(rest, rejected_tails, strict=True)]
+    r = continuation_rewards(model, prompts, rows, tails, pad_id)
     return r[:b], r[b:]
 
 
@@ -317,8 +361,15 @@ def score_pairs(
             score_ids(model, rejected, pad_id, device, batch_size=batch_size),
         )
     prefixes, ct, rt = split_pairs(chosen, rejected, pad_id)
-    groups = score_prompt_groups(
-        model, prefixes, [[a, b] for a, b in zip(ct, rt, strict=True)], pad_id, device, batch_size=batch_size
-    )
-    both = np.stack(groups) if groups else np.empty((0, 2))
-    return both[:, 0].copy(), both[:, 1].copy()
+    common, owner, rest = merge_prefixes(prefixes)  # pairs of one prompt: one prompt forward
+    slot = np.zeros(len(prefixes), dtype=np.int64)
+    candidates: list[list[list[int]]] = [[] for _ in common]
+    for i, (g, r) in enumerate(zip(owner, rest, strict=True)):
+        slot[i] = len(candidates[g])
+        candidates[g] += [r + list(ct[i]), r + list(rt[i])]
+    groups = score_prompt_groups(model, common, candidates, pad_id, device, batch_size=batch_size)
+    if not groups:
+        return np.empty(0), np.empty(0)
+    rc = np.array([groups[g][s] for g, s in zip(owner, slot, strict=True)], dtype=np.float64)
+    rr = np.array([groups[g][s + 1] for g, s in zip(owner, slot, strict=True)], dtype=np.float64)
+    return rc, rr

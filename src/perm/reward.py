@@ -182,6 +182,8 @@ def train_reward_model(
     prompts: Sequence[Sequence[int]] | None = None,
     eval_prompts: Sequence[Sequence[int]] | None = None,
     share_prompt: bool | None = None,
+    group_by_prompt: bool = False,
+    eval_gold_diff: Sequence[float] | None = None,
     accelerator=None,
     progress=None,
 ) -> dict:
@@ -192,11 +194,17 @@ def train_reward_model(
     share_prompt: run each pair's common prefix (its prompt) once, forward and backward, under both
     completions (:func:`perm.prefix.pair_rewards_shared`; same loss and gradients up to rounding, fewer
     FLOPs). None = on for decoder models, off for encoders, which cannot share.
+    eval_gold_diff: gold(chosen) - gold(rejected) of the eval pairs, where known: every eval then reports
+    ``gold_accuracy`` too (:func:`evaluate_pairs`); the last eval is of the final weights.
+    group_by_prompt: shuffle whole prompts rather than pairs, so the pairs of one prompt (pairs sharing at
+    least half of their common prefix, :func:`perm.prefix.merge_prefixes`) sit next to each other in the
+    data order and, with ``share_prompt``, share one prompt forward; batches keep ``batch_size`` pairs (a
+    prompt's pairs may straddle two batches). With one pair per prompt the order equals the ungrouped one.
     Data order depends only on `data_seed`, dropout masks only on `dropout_seed` (the head was initialised
     by its own seed when the model was built).
     """
     from perm.models import make_accelerator
-    from perm.prefix import UnsharableCache, shares_prompt, split_pairs
+    from perm.prefix import UnsharableCache, merge_prefixes, shares_prompt, split_pairs
 
     chosen, rejected = _joined(prompts, chosen), _joined(prompts, rejected)
     eval_chosen, eval_rejected = _joined(eval_prompts, eval_chosen), _joined(eval_prompts, eval_rejected)
@@ -207,8 +215,13 @@ def train_reward_model(
         )
     share = can_share if share_prompt is None else share_prompt
     split = (
-        split_pairs(chosen, rejected, pad_id) if share else None
+        split_pairs(chosen, rejected, pad_id) if share or group_by_prompt else None
     )  # (prefixes, chosen tails, rejected tails)
+    groups = None
+    if group_by_prompt:
+        _, owner, _ = merge_prefixes(split[0])
+        by_group = np.argsort(owner, kind="stable")  # members in index order, groups by first member
+        groups = np.split(by_group, np.cumsum(np.bincount(owner))[:-1]) if len(owner) else []
     acc = accelerator or make_accelerator()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     n = len(chosen)
@@ -219,15 +232,22 @@ def train_reward_model(
     model, opt, sched = acc.prepare(model, opt, sched)
     device = acc.device
     rng = np.random.default_rng(data_seed)
-    state = {"step": 0, "total_steps": total, "share_prompt": share, "train_loss": [], "evals": []}
+    state = {"step": 0, "total_steps": total, "share_prompt": share, "group_by_prompt": group_by_prompt,
+             "n_prompts": len(groups) if groups is not None else None, "train_loss": [], "evals": []}
+
+    def shuffled():
+        if groups is None:
+            return rng.permutation(n)
+        return np.concatenate([groups[g] for g in rng.permutation(len(groups))])
+
     t0 = time.perf_counter()
     with seeded(dropout_seed):
         model.train()
-        order = rng.permutation(n)
-        pos = 0
+        order = shuffled()
+        pos = seen = 0
         while state["step"] < total:
             if pos >= n:
-                order, pos = rng.permutation(n), 0
+                order, pos = shuffled(), 0
             idx = order[pos : pos + batch_size]
             pos += batch_size
             if acc.num_processes > 1:  # `accelerate launch`: each DDP rank takes its slice of the global batch
@@ -244,16 +264,18 @@ def train_reward_model(
             loss = bradley_terry_loss(rc, rr, center_coef)
             optimizer_step(acc, model, opt, sched, loss, max_grad_norm)
             state["step"] += 1
+            seen += len(idx)
             state["train_loss"].append(loss.item())
             if state["step"] % eval_every == 0 or state["step"] == total:
                 state["evals"].append(
-                    evaluate_pairs(model, eval_chosen, eval_rejected, pad_id, device, state["step"])
+                    evaluate_pairs(model, eval_chosen, eval_rejected, pad_id, device, state["step"],
+                                   gold_diff=eval_gold_diff)
                 )
                 model.train()
             if progress is not None:
                 progress(state["step"], total, loss.item())
     state["wall_s"] = time.perf_counter() - t0
-    state["pairs_per_s"] = total * batch_size / state["wall_s"]
+    state["pairs_per_s"] = seen * acc.num_processes / state["wall_s"]  # pairs trained on, all ranks
     state["model"] = acc.unwrap_model(model).eval()
     return state
 
