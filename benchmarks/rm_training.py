@@ -1,6 +1,7 @@
 """Reward-model training throughput: perm's loop (shared prompt) vs TRL's RewardTrainer, pairs per second.
 
-    python benchmarks/rm_training.py [--pairs 512] [--prompt-len 200] [--resp-len 30] [--threads 1] [--no-trl]
+    python benchmarks/rm_training.py [--pairs 512] [--prompt-len 200] [--resp-len 30] [--pairs-per-prompt 1]
+                                     [--threads 1] [--no-trl]
 
 Tiny GPT-NeoX reward model (see _bench.py), random tokens, CPU, fp32; one epoch over the same pairs, batch
 size 16, the same learning rate, linear schedule without warmup, grad-norm clip 1, AdamW without weight
@@ -9,7 +10,9 @@ it on by default; off here, as perm does not use it). Three runs, each in its ow
 initial weights: perm with the shared prompt (the default for decoders), perm with ``share_prompt=False``
 (its own unshared loop: one forward of the 2B full sequences), and TRL (needs ``pip install trl``: the
 ``bench`` extra). The token-count limit of the speed-up over an unshared step is
-2 (P + R) / (P + 2 R).
+2 (P + R) / (P + 2 R). With ``--pairs-per-prompt K`` each prompt has K pairs (as the testbed's policy pairs
+have 3, and TL;DR comparisons several per post); perm then trains with ``group_by_prompt`` (a prompt's pairs
+in one batch, its forward run once for all of them) and the limit is 2K (P + R) / (P + 2K R).
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ import _bench as B
 LR, BATCH, CENTER = 1e-4, 16, 0.01
 
 
-def _data(pairs: int, prompt_len: int, resp_len: int):
+def _data(pairs: int, prompt_len: int, resp_len: int, per_prompt: int = 1):
     import numpy as np
 
     rng = np.random.default_rng(0)
-    prompts = [B.random_ids(rng, prompt_len) for _ in range(pairs)]
+    distinct = [B.random_ids(rng, prompt_len) for _ in range(-(-pairs // per_prompt))]
+    prompts = [p for p in distinct for _ in range(per_prompt)][:pairs]
     chosen = [B.random_ids(rng, resp_len - 1) + [B.EOS] for _ in range(pairs)]
     rejected = [B.random_ids(rng, resp_len - 1) + [B.EOS] for _ in range(pairs)]
     return prompts, chosen, rejected
@@ -43,10 +47,10 @@ def _model():
         return GPTNeoXForSequenceClassification(cfg)
 
 
-def _flops(method: str, pairs: int, prompt_len: int, resp_len: int) -> float:
+def _flops(method: str, pairs: int, prompt_len: int, resp_len: int, per_prompt: int = 1) -> float:
     t = prompt_len + resp_len
-    if method == "perm":  # prompt once, two continuations after it; training = 3x forward
-        fwd = B.forward_flops(prompt_len, B.causal_pairs(prompt_len)) + B.forward_flops(
+    if method == "perm":  # prompt once per prompt, two continuations per pair after it; training = 3x forward
+        fwd = B.forward_flops(prompt_len, B.causal_pairs(prompt_len)) / per_prompt + B.forward_flops(
             2 * resp_len, 2 * B.causal_pairs(resp_len, prompt_len), 2 * resp_len
         )
     else:
@@ -54,10 +58,10 @@ def _flops(method: str, pairs: int, prompt_len: int, resp_len: int) -> float:
     return 3 * pairs * fwd
 
 
-def run_perm(pairs: int, prompt_len: int, resp_len: int, share: bool) -> dict:
+def run_perm(pairs: int, prompt_len: int, resp_len: int, share: bool, per_prompt: int = 1) -> dict:
     from perm.reward import train_reward_model
 
-    prompts, chosen, rejected = _data(pairs, prompt_len, resp_len)
+    prompts, chosen, rejected = _data(pairs, prompt_len, resp_len, per_prompt)
     start_rss = B.rss_mb()
     common = dict(
         pad_id=B.PAD,
@@ -71,6 +75,7 @@ def run_perm(pairs: int, prompt_len: int, resp_len: int, share: bool) -> dict:
         data_seed=0,
         dropout_seed=0,
         share_prompt=share,
+        group_by_prompt=per_prompt > 1,
     )
     few = slice(0, 2 * BATCH)
     train_reward_model(
@@ -103,16 +108,16 @@ def run_perm(pairs: int, prompt_len: int, resp_len: int, share: bool) -> dict:
         "seconds": seconds,
         "start_rss_mb": start_rss,
         "mean_loss": sum(state["train_loss"]) / len(state["train_loss"]),
-        "flops": _flops("perm" if share else "full", pairs, prompt_len, resp_len),
+        "flops": _flops("perm" if share else "full", pairs, prompt_len, resp_len, per_prompt),
     }
 
 
-def run_trl(pairs: int, prompt_len: int, resp_len: int, out_dir: str) -> dict:
+def run_trl(pairs: int, prompt_len: int, resp_len: int, out_dir: str, per_prompt: int = 1) -> dict:
     from datasets import Dataset
     from transformers import PrinterCallback
     from trl import RewardConfig, RewardTrainer
 
-    prompts, chosen, rejected = _data(pairs, prompt_len, resp_len)
+    prompts, chosen, rejected = _data(pairs, prompt_len, resp_len, per_prompt)
     ds = Dataset.from_dict(
         {
             "chosen_ids": [p + c for p, c in zip(prompts, chosen, strict=True)],
@@ -172,15 +177,16 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=512)
     ap.add_argument("--prompt-len", type=int, default=200)
     ap.add_argument("--resp-len", type=int, default=30)
+    ap.add_argument("--pairs-per-prompt", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-trl", action="store_true", help="skip TRL (compare with perm's unshared loop only)")
     a = ap.parse_args()
     print(B.machine(a.threads))
     peak = B.isolated(B.matmul_peak, a.threads)["flops_per_s"]
     print(f"fp32 matmul peak (2048^3, best of 5): {peak / 1e9:.1f} GFLOP/s")
-    p, r = a.prompt_len, a.resp_len
-    print(f"{a.pairs} pairs, prompt {p}, chosen/rejected {r} tokens, batch {BATCH}, one epoch:")
-    kw = dict(pairs=a.pairs, prompt_len=p, resp_len=r)
+    p, r, k = a.prompt_len, a.resp_len, a.pairs_per_prompt
+    print(f"{a.pairs} pairs ({k} per prompt), prompt {p}, chosen/rejected {r} tokens, batch {BATCH}, one epoch:")
+    kw = dict(pairs=a.pairs, prompt_len=p, resp_len=r, per_prompt=k)
     res = {
         "perm": B.isolated(run_perm, a.threads, share=True, **kw),
         "perm-unshared": B.isolated(run_perm, a.threads, share=False, **kw),
@@ -200,7 +206,7 @@ def main() -> None:
     }
     for m, rec in res.items():
         print(B.report(labels[m], rec, peak) + f"  {a.pairs / rec['seconds']:.1f} pairs/s")
-    limit = 2 * (p + r) / (p + 2 * r)
+    limit = 2 * k * (p + r) / (p + 2 * k * r)
     for base in ("trl", "perm-unshared"):
         if base in res:
             print(

@@ -170,3 +170,56 @@ def test_bf16_run_completes_and_pretrains_like_fp32(tmp_path, baseline):
         assert bf16 == pytest.approx(fp32, rel=0.1)
     rm = json.loads((out / "rm" / "seed0-ft0" / "rm.json").read_text())
     assert rm["accuracy"] > 0.5
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.add(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_give_the_sequential_results_and_die_with_a_killed_driver(tmp_path, baseline):
+    """workers=2 (one thread per job, as the baseline): each training job in a fresh process, two at once.
+    SIGKILL of the driver alone takes its workers with it; the rerun finishes with the baseline's rewards."""
+    out = tmp_path / "run"
+    cmd = _cli(out, "workers=2")
+    proc = subprocess.Popen(cmd)
+    deadline, workers = time.time() + 300, set()
+    while time.time() < deadline:  # kill once an RM is done and the next two are being trained
+        stages = {}
+        if (out / "manifest.json").exists():
+            try:
+                stages = json.loads((out / "manifest.json").read_text())["stages"]
+            except json.JSONDecodeError:
+                pass
+        if any(k.startswith("rm/") and v.get("status") == "done" for k, v in stages.items()):
+            workers = _children(proc.pid)
+            if workers:
+                break
+        assert proc.poll() is None, "run ended before the grid started"
+        time.sleep(0.05)
+    assert workers
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    for _ in range(100):
+        if not any(_alive(w) for w in workers):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"workers {workers} outlived the killed driver")
+    subprocess.run(cmd, check=True)
+    assert hash_path(out / "rewards.parquet") == hash_path(baseline / "rewards.parquet")

@@ -1,11 +1,12 @@
 """The stage graph: grid layouts, seeds, external data import."""
 
 import json
+import os
 
 import pyarrow.parquet as pq
 import pytest
 
-from perm.config import config_from_overrides
+from perm.config import ConfigError, config_from_overrides
 from perm.pipeline import Pipeline, grid, rm_seeds
 
 
@@ -129,3 +130,41 @@ def test_scoring_equals_the_model_on_one_row_and_refuses_nan(tmp_path, tokenizer
         job_score(str(run), "scores/nan.parquet", model_dir=str(tmp_path / "nan"), model_id="nan", max_length=32,
                   batch_size=2, device="cpu", threads=1, show_progress=False)
     assert not (run / "scores" / "nan.parquet").exists()
+
+
+def _square(x: int, fail: bool = False) -> dict:
+    import os
+
+    if fail:
+        raise RuntimeError(f"job {x} failed")
+    return {"y": x * x, "pid": os.getpid()}
+
+
+def test_pool_executor_runs_each_job_in_its_own_fresh_process():
+    from perm.pipeline import PoolExecutor
+
+    out = dict(PoolExecutor(2).map_as_completed(_square, [{"x": i} for i in range(4)]))
+    assert sorted(out) == [0, 1, 2, 3]
+    assert all(info["y"] == i * i and wall >= 0 for i, (info, wall) in out.items())
+    pids = {info["pid"] for info, _ in out.values()}
+    assert len(pids) == 4 and os.getpid() not in pids  # max_tasks_per_child=1: a fresh process per job
+
+
+def test_pool_executor_yields_finished_jobs_then_raises_the_first_error():
+    from perm.pipeline import PoolExecutor
+
+    done = []
+    jobs = [{"x": 0}, {"x": 1, "fail": True}] + [{"x": i} for i in range(2, 8)]
+    with pytest.raises(RuntimeError, match="job 1 failed"):
+        for i, _ in PoolExecutor(1).map_as_completed(_square, jobs):
+            done.append(i)
+    # job 0 finished before the failure and was yielded; with one worker most later jobs were still pending
+    # and were cancelled (the pool may already have handed the next one to its worker)
+    assert done[0] == 0 and 1 not in done and len(done) < 4
+
+
+def test_workers_and_threads_are_validated():
+    with pytest.raises(ConfigError, match="workers"):
+        config_from_overrides(["workers=0"])
+    with pytest.raises(ConfigError, match="threads"):
+        config_from_overrides(["threads=0"])

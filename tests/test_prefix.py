@@ -234,17 +234,9 @@ def _repeated_prompt_pairs(seed=0, per_prompt=3):
 
 
 def test_pairs_of_one_prompt_share_its_forward_exactly(rm):
-    rm.train()
     prompts, chosen, rejected = _repeated_prompt_pairs()
     full_c, full_r = _join(prompts, chosen), _join(prompts, rejected)
-    loss_full, grads_full = _loss_and_grads(rm, lambda: pair_rewards(rm, full_c, full_r, PAD, "cpu"))
-    seen = _count_tokens(rm)
-    loss_shared, grads_shared = _loss_and_grads(
-        rm, lambda: pair_rewards_shared(rm, *split_pairs(full_c, full_r, PAD), PAD, "cpu")
-    )
-    assert loss_shared == pytest.approx(loss_full, abs=1e-5)
-    for name, g in grads_full.items():
-        torch.testing.assert_close(grads_shared[name], g, atol=1e-5, rtol=0, msg=name)
+    seen = _assert_shared_equals_full(rm, full_c, full_r)
     assert seen[0] == 5 * max(len(p) for p in prompts)  # one prefill row per prompt, not per pair
     rm.eval()
     rc, rr = score_pairs(rm, full_c, full_r, PAD, "cpu", batch_size=4)
@@ -273,11 +265,10 @@ def _loss_and_grads(model, rewards):
     return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def test_shared_prompt_loss_and_gradients_equal_unshared(rm):
-    """Same parameters, same batch: the shared forward/backward gives the unshared loss and every gradient."""
+def _assert_shared_equals_full(rm, full_c, full_r) -> list[int]:
+    """Same parameters, same batch: the shared forward/backward gives the unshared loss and every gradient.
+    Returns the token counts the embedding saw in the shared pass."""
     rm.train()  # dropout is 0 in the tiny config; train mode as in the training loop
-    prompts, chosen, rejected = _pairs()
-    full_c, full_r = _join(prompts, chosen), _join(prompts, rejected)
     loss_full, grads_full = _loss_and_grads(rm, lambda: pair_rewards(rm, full_c, full_r, PAD, "cpu"))
     seen = _count_tokens(rm)
     loss_shared, grads_shared = _loss_and_grads(
@@ -287,6 +278,13 @@ def test_shared_prompt_loss_and_gradients_equal_unshared(rm):
     assert grads_shared.keys() == grads_full.keys() == {n for n, _ in rm.named_parameters()}
     for name, g in grads_full.items():
         torch.testing.assert_close(grads_shared[name], g, atol=1e-5, rtol=0, msg=name)
+    return seen
+
+
+def test_shared_prompt_loss_and_gradients_equal_unshared(rm):
+    prompts, chosen, rejected = _pairs()
+    full_c, full_r = _join(prompts, chosen), _join(prompts, rejected)
+    seen = _assert_shared_equals_full(rm, full_c, full_r)
     # and the prompt really ran once: prefill (one row per distinct prompt, padded to the longest) and
     # continuations (18 rows, padded to the longest rest of prefix + tail)
     prefixes, ct, rt = split_pairs(full_c, full_r, PAD)

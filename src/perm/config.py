@@ -270,7 +270,12 @@ class RunConfig:
     precision: Literal["fp32", "bf16"] = "fp32"
     executor: Literal["local", "ray"] = "local"
     threads: int | None = None
-    """torch intra-op threads; null = torch's default."""
+    """torch intra-op threads; null = torch's default (with `workers` > 1: the machine's cores / workers)."""
+    workers: int = 1
+    """Local executor: training jobs of a stage (pretrains, RM finetunes, the evaluator's) run in this many
+    worker processes at once, a fresh process per job; 1 = one after another in this process. On a few CPU
+    cores two single-threaded jobs outrun one two-threaded job (small matmuls do not use two threads
+    fully). Results depend on the threads per job, so resume a run with the same `workers`."""
     testbed: TestbedConfig = field(default_factory=TestbedConfig)
     data: DataConfig = field(default_factory=DataConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
@@ -284,6 +289,8 @@ class RunConfig:
         _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", "auto|cpu|cuda")
         _check(self.precision in ("fp32", "bf16"), "precision", "fp32|bf16")
         _check(self.executor in ("local", "ray"), "executor", "local|ray")
+        _check(self.workers >= 1, "workers", "must be >= 1")
+        _check(self.threads is None or self.threads >= 1, "threads", "must be >= 1 (or null)")
         if self.data.prefs is not None:
             # outside the testbed there is no corpus to pretrain on and no SFT data: checkpoints are needed
             _check(bool(self.pretrain.checkpoints), "pretrain.checkpoints", "required with data.prefs")

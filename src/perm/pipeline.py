@@ -490,6 +490,51 @@ class LocalExecutor:
     """Runs jobs one after another in this process (the pipeline records each as it finishes)."""
 
 
+class PoolExecutor:
+    """Runs jobs in `workers` local processes at once, a fresh spawned process per job (so a job's result
+    does not depend on what ran before it in that process); workers die with the driver."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+
+    def map_as_completed(self, fn, kwargs_list: list[dict]):
+        """Yield (index, (info, wall_s)) as jobs finish; on a failure, pending jobs are cancelled, running ones
+        still finish and are yielded, then the first error is raised."""
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        ex = ProcessPoolExecutor(max_workers=min(self.workers, len(kwargs_list)),
+                                 mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1,
+                                 initializer=_die_with_parent)
+        error = None
+        try:
+            futures = {ex.submit(_timed_call, fn, kw): i for i, kw in enumerate(kwargs_list)}
+            for f in as_completed(futures):
+                if f.cancelled():
+                    continue
+                if f.exception() is not None:
+                    if error is None:
+                        error = f.exception()
+                        for other in futures:
+                            other.cancel()
+                    continue
+                yield futures[f], f.result()
+        finally:
+            ex.shutdown(wait=True, cancel_futures=True)
+        if error is not None:
+            raise error
+
+
+def _die_with_parent() -> None:
+    """Linux: a worker gets SIGKILL when the driver dies (a killed `perm run` leaves no job running)."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 class RayExecutor:
     """Runs jobs as Ray tasks with declared CPU/GPU needs, on an existing cluster or a local instance."""
 
@@ -509,7 +554,7 @@ class RayExecutor:
 
     def map_as_completed(self, fn, kwargs_list: list[dict]):
         """Yield (index, result) as tasks finish, so each finished job is recorded before a failure elsewhere."""
-        remote = self.ray.remote(**self.opts)(_call)
+        remote = self.ray.remote(**self.opts)(_timed_call)
         refs = {remote.remote(fn, kw): i for i, kw in enumerate(kwargs_list)}
         pending = list(refs)
         while pending:
@@ -517,8 +562,10 @@ class RayExecutor:
             yield refs[done[0]], self.ray.get(done[0])
 
 
-def _call(fn, kw):
-    return fn(**kw)
+def _timed_call(fn, kw):
+    t0 = time.perf_counter()
+    info = fn(**kw)
+    return info, time.perf_counter() - t0
 
 
 # ------------------------------------------------------------------------------------------- the pipeline
@@ -549,6 +596,8 @@ class Pipeline:
         if cfg.executor == "ray":
             self.executor = RayExecutor(cfg.ray.address, cfg.ray.num_cpus_per_task, cfg.ray.num_gpus_per_task,
                                         cfg.ray.local_num_cpus)
+        elif cfg.workers > 1:
+            self.executor = PoolExecutor(cfg.workers)
         else:
             self.executor = LocalExecutor()
         self._save_config()
@@ -558,7 +607,16 @@ class Pipeline:
 
     @property
     def show_bars(self) -> bool:
-        return self.log.mode == "normal" and self.cfg.executor == "local"
+        return self.log.mode == "normal" and isinstance(self.executor, LocalExecutor)
+
+    @property
+    def job_threads(self) -> int | None:
+        """torch threads of a training job: `threads`, else the cores shared among `workers`."""
+        if self.cfg.threads or not isinstance(self.executor, PoolExecutor):
+            return self.cfg.threads
+        import os
+
+        return max(1, (os.cpu_count() or 1) // self.cfg.workers)
 
     def _key(self, obj: dict) -> str:
         """Input key of a stage; bf16 runs get their own keys (fp32 keys stay as they were)."""
@@ -662,10 +720,51 @@ class Pipeline:
             if not self._skip(name, keys[name]):
                 todo.append((name, dict(run_dir=str(self.root), out_rel=name, init_seed=init_s, data_seed=data_s,
                                         backbone=to_dict(c.backbone), train=_train_args(c), device=self.cfg.device,
-                                        threads=self.cfg.threads, precision=self.cfg.precision, show_progress=self.show_bars)))
+                                        threads=self.job_threads, precision=self.cfg.precision, show_progress=self.show_bars)))
+        job = self._evaluator_pretrain_job()
+        if job is not None and not self._skip(job[0], job[2]):
+            todo.insert(0, job[:2])  # the longest job first, so parallel workers finish together
+            keys[job[0]] = job[2]
         self._run_jobs(job_pretrain, todo, keys, seeds_of=lambda kw: {"init_seed": kw["init_seed"],
                                                                        "data_seed": kw["data_seed"]})
         return out
+
+    def _evaluator_pretrain_job(self) -> tuple[str, dict, str] | None:
+        """(name, job kwargs, input key) of the evaluator's own pretrain; None if it is disabled or loaded."""
+        e = self.cfg.evaluator
+        if not e.enabled or e.checkpoint:
+            return None
+        name = "evaluator/pretrain"
+        train = dict(_train_args(self.cfg.pretrain), steps=e.pretrain_steps)
+        key = self._key({"backbone": to_dict(e.backbone), "train": train, "seed": e.pretrain_seed,
+                         "testbed": self.testbed()})
+        return name, dict(run_dir=str(self.root), out_rel=name, init_seed=e.pretrain_seed, data_seed=e.pretrain_seed,
+                          backbone=to_dict(e.backbone), train=train, device=self.cfg.device, threads=self.job_threads,
+                          precision=self.cfg.precision, show_progress=self.show_bars), key
+
+    def _evaluator_rm_job(self) -> tuple[str, dict, str] | None:
+        """(name, job kwargs, input key) of the evaluator RM (its backbone pretrained first); None if disabled."""
+        e = self.cfg.evaluator
+        if not e.enabled:
+            return None
+        data_hash = self.testbed()
+        if e.checkpoint:
+            backbone, upstream = e.checkpoint, _checkpoint_key(e.checkpoint)
+        else:
+            name, kw, key = self._evaluator_pretrain_job()
+            if not self.store.is_complete(name, key):  # not run with the grid's pretrains (checkpoint grid)
+                self._run_jobs(job_pretrain, [(name, kw)], {name: key},
+                               seeds_of=lambda kw: {"init_seed": kw["init_seed"], "data_seed": kw["data_seed"]})
+            backbone, upstream = str(self.root / name), self.store.output_hash(name)
+        reward = dict(to_dict(self.cfg.reward), epochs=e.epochs, lr=e.lr)
+        grid_only = ("finetune_seeds", "layout", "max_train_pairs", "pairs", "policy_pairs_per_post")
+        key = self._key({"reward": {k: v for k, v in reward.items() if k not in grid_only}, "pairs": e.train_pairs,
+                         "backbone": upstream, "testbed": data_hash, **self._pairs_key()})
+        return "evaluator/rm", dict(
+            run_dir=str(self.root), out_rel="evaluator/rm", backbone=backbone,
+            pretrain_id=f"evaluator-seed{e.pretrain_seed}", finetune_seed=0, reward=reward, n_pairs=e.train_pairs,
+            pair_files=self.policy_prefs(), eval_files=self.eval_pair_files(), device=self.cfg.device,
+            threads=self.job_threads, precision=self.cfg.precision, role="evaluator", show_progress=self.show_bars), key
 
     @_once
     def reward_grid(self) -> list[dict]:
@@ -689,46 +788,27 @@ class Pipeline:
                 todo.append((name, dict(run_dir=str(self.root), out_rel=name, backbone=backbones[pid], pretrain_id=pid,
                                         finetune_seed=seed, reward=to_dict(c), n_pairs=c.max_train_pairs,
                                         pair_files=pair_files, eval_files=self.eval_pair_files(),
-                                        device=self.cfg.device, threads=self.cfg.threads, precision=self.cfg.precision,
+                                        device=self.cfg.device, threads=self.job_threads, precision=self.cfg.precision,
                                         trust_remote_code=self.cfg.pretrain.trust_remote_code,
                                         show_progress=self.show_bars)))
+        job = self._evaluator_rm_job()
+        if job is not None and not self._skip(job[0], job[2]):
+            todo.insert(0, job[:2])  # trained beside the grid: the longest job first
+            keys[job[0]] = job[2]
         self._run_jobs(job_reward_model, todo, keys, seeds_of=lambda kw: rm_seeds(kw["finetune_seed"]))
         return [json.loads((self.root / n / "rm.json").read_text()) for n in names]
 
     @_once
     def evaluator(self) -> dict | None:
-        """The stronger evaluator RM: its own bigger backbone (seed no grid member uses), more pairs."""
-        e = self.cfg.evaluator
-        if not e.enabled:
+        """The stronger evaluator RM: its own bigger backbone (seed no grid member uses), more pairs. Its
+        pretrain runs with the grid's pretrains and its RM with the grid's RMs (one batch of jobs each)."""
+        self.reward_grid()
+        job = self._evaluator_rm_job()
+        if job is None:
             return None
-        data_hash = self.testbed()
-        if e.checkpoint:
-            backbone, upstream = e.checkpoint, _checkpoint_key(e.checkpoint)
-        else:
-            name = "evaluator/pretrain"
-            train = dict(_train_args(self.cfg.pretrain), steps=e.pretrain_steps)
-            key = self._key({"backbone": to_dict(e.backbone), "train": train, "seed": e.pretrain_seed,
-                            "testbed": data_hash})
-            if not self._skip(name, key):
-                self._run_jobs(job_pretrain, [(name, dict(
-                    run_dir=str(self.root), out_rel=name, init_seed=e.pretrain_seed, data_seed=e.pretrain_seed,
-                    backbone=to_dict(e.backbone), train=train, device=self.cfg.device, threads=self.cfg.threads, precision=self.cfg.precision,
-                    show_progress=self.show_bars))], {name: key},
-                    seeds_of=lambda kw: {"init_seed": kw["init_seed"], "data_seed": kw["data_seed"]})
-            backbone, upstream = str(self.root / name), self.store.output_hash(name)
-        reward = dict(to_dict(self.cfg.reward), epochs=e.epochs, lr=e.lr)
-        name = "evaluator/rm"
-        grid_only = ("finetune_seeds", "layout", "max_train_pairs", "pairs", "policy_pairs_per_post")
-        key = self._key({"reward": {k: v for k, v in reward.items() if k not in grid_only}, "pairs": e.train_pairs,
-                         "backbone": upstream, "testbed": data_hash, **self._pairs_key()})
-        if not self._skip(name, key):
-            self._run_jobs(job_reward_model, [(name, dict(
-                run_dir=str(self.root), out_rel=name, backbone=backbone, pretrain_id=f"evaluator-seed{e.pretrain_seed}",
-                finetune_seed=0, reward=reward, n_pairs=e.train_pairs, pair_files=self.policy_prefs(),
-                eval_files=self.eval_pair_files(),
-                device=self.cfg.device,
-                threads=self.cfg.threads, precision=self.cfg.precision, role="evaluator", show_progress=self.show_bars))], {name: key},
-                seeds_of=lambda kw: rm_seeds(kw["finetune_seed"]))
+        name, kw, key = job
+        if not self.store.is_complete(name, key):
+            self._run_jobs(job_reward_model, [(name, kw)], {name: key}, seeds_of=lambda kw: rm_seeds(kw["finetune_seed"]))
         return json.loads((self.root / name / "rm.json").read_text())
 
     @_once
@@ -843,7 +923,8 @@ class Pipeline:
                                         max_length=self.cfg.reward.max_length, batch_size=64,
                                         device=self.cfg.device, threads=self.cfg.threads,
                                         show_progress=self.show_bars)))
-        self._run_jobs(job_score, todo, keys, seeds_of=lambda kw: {})
+        # scoring jobs are short and share this process's tokenised samples: not worth a fresh process each
+        self._run_jobs(job_score, todo, keys, seeds_of=lambda kw: {}, pool=False)
         name = "score"
         key = self._key({k: self.store.output_hash(k) for k in sorted(keys)} | {"samples": samples_hash})
         if not self._skip(name, key):
@@ -930,10 +1011,13 @@ class Pipeline:
             return f"report: {out}"
         raise ValueError(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
 
-    def _run_jobs(self, fn, todo: list[tuple[str, dict]], keys: dict, seeds_of) -> None:
+    def _run_jobs(self, fn, todo: list[tuple[str, dict]], keys: dict, seeds_of, pool: bool = True) -> None:
+        """Run the jobs of `todo` ((name, kwargs) each) and record each in the manifest as it finishes.
+
+        pool=False keeps them in this process even with `workers` > 1 (short jobs that share a cache here)."""
         if not todo:
             return
-        if isinstance(self.executor, LocalExecutor):
+        if isinstance(self.executor, LocalExecutor) or (isinstance(self.executor, PoolExecutor) and not pool):
             # one at a time, so that each finished job is recorded before the next starts (resume granularity)
             for name, kw in todo:
                 self.store.mark_running(name, keys[name])
@@ -942,13 +1026,13 @@ class Pipeline:
                 info = fn(**kw)
                 self._done(name, keys[name], [kw["out_rel"]], t0, seeds=seeds_of(kw), info=info)
             return
+        executor = "ray" if isinstance(self.executor, RayExecutor) else f"{self.cfg.workers} workers"
         for name, _ in todo:
             self.store.mark_running(name, keys[name])
-            self.log.event(name, "start", executor="ray")
-        t0 = time.perf_counter()
-        for i, info in self.executor.map_as_completed(fn, [kw for _, kw in todo]):
+            self.log.event(name, "start", executor=executor)
+        for i, (info, wall) in self.executor.map_as_completed(fn, [kw for _, kw in todo]):
             name, kw = todo[i]
-            self._done(name, keys[name], [kw["out_rel"]], t0, seeds=seeds_of(kw), info=info)
+            self._done(name, keys[name], [kw["out_rel"]], time.perf_counter() - wall, seeds=seeds_of(kw), info=info)
 
 
 def _with_int_ids(table):
@@ -997,7 +1081,9 @@ def _rm_records(root: Path) -> list[dict]:
     for p in sorted(root.glob("rm/*/rm.json")) + sorted(root.glob("evaluator/rm/rm.json")):
         r = json.loads(p.read_text())
         recs.append({k: r.get(k) for k in ("model_id", "role", "pretrain_id", "finetune_seed", "accuracy",
-                                           "accuracy_se", "gold_accuracy", "n_train_pairs", "wall_s")})
+                                           "accuracy_se", "gold_accuracy", "n_train_pairs", "wall_s", "eval_pairs",
+                                           "n_eval_pairs")})
+        recs[-1]["other_evals"] = r.get("other_evals") or {}
         if r.get("role") == "evaluator":
             recs[-1]["model_id"] = "evaluator"
     return recs

@@ -678,7 +678,9 @@ def _card_accuracy(rm_records, ceiling) -> Card | None:
     if not accs:
         return None
     lo, hi = min(r["accuracy"] for r in accs), max(r["accuracy"] for r in accs)
-    detail = f"{len(accs)} reward models on held-out preference pairs"
+    where = accs[0].get("eval_pairs")
+    detail = f"{len(accs)} reward models on held-out preference pairs" + (
+        f" ({Path(where).name}, {accs[0].get('n_eval_pairs')} pairs)" if where else "")
     if ceiling is not None:
         detail += f"; label-noise ceiling {_pct(ceiling)}"
     ev = [r for r in rm_records if r.get("role") == "evaluator" and _is_number(r.get("accuracy"))]
