@@ -3,7 +3,9 @@
     python benchmarks/pipeline.py [CONFIG] [key=value ...]
 
 Runs the pipeline in a child process (so its peak RSS is measured alone), then prints the per-stage wall
-times recorded in the run's manifest. Run by hand; numbers go into the README.
+times recorded in the run's manifest. The machine's fp32 matmul peak on all cores is measured before and
+after, so that runs on a shared VM whose speed drifts can be compared. Run by hand; numbers go into the
+README.
 """
 
 from __future__ import annotations
@@ -17,8 +19,17 @@ import time
 from pathlib import Path
 
 
+def _peak() -> float:
+    import os
+
+    import _bench as B
+
+    return B.isolated(B.matmul_peak, os.cpu_count() or 1)["flops_per_s"] / 1e9
+
+
 def main(argv: list[str]) -> None:
     args = argv or []
+    peak_start = _peak()
     out = next((a.split("=", 1)[1] for a in args if a.startswith("out=")), None)
     if out is None:
         out = "runs/bench-tiny"
@@ -36,6 +47,7 @@ def main(argv: list[str]) -> None:
         print(f"{name:<28}{rec.get('wall_s') or 0:>10.1f}")
     print(f"{'total (this invocation)':<28}{wall:>10.1f}")
     print(f"peak RSS: {peak_mb:.0f} MB")
+    print(f"fp32 matmul peak, all cores: {peak_start:.0f} GFLOP/s before, {_peak():.0f} GFLOP/s after")
 
 
 if __name__ == "__main__":

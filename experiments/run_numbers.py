@@ -33,7 +33,7 @@ def main(root: Path) -> None:
         other = "; ".join(f"{k}: acc {v['accuracy']:.3f}, gold {v.get('gold_accuracy', float('nan')):.3f}"
                           for k, v in r.get("other_evals", {}).items())
         print(f"  {r['model_id']:<12} {r['role']:<9} acc {_pm(r['accuracy'], r['accuracy_se'])} "
-              f"gold_acc {r.get('gold_accuracy') or float('nan'):.3f} on {r.get('eval_pairs', 'data/prefs_eval.parquet')}"
+              f"gold_acc {r.get('gold_accuracy') or float('nan'):.3f} on {r.get('eval_pairs') or 'data/prefs_eval.parquet'}"
               f" ({r.get('n_eval_pairs', '?')} pairs); {other}")
 
     f4 = pd.read_parquet(a / "figure4.parquet")

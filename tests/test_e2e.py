@@ -180,7 +180,12 @@ def _children(pid: int) -> set[int]:
         except OSError:
             continue
         if int(fields[1]) == pid:
-            out.add(int(stat.parent.name))
+            try:
+                cmd = (stat.parent / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"spawn_main" in cmd and b"resource_tracker" not in cmd:  # pool workers, not the tracker
+                out.add(int(stat.parent.name))
     return out
 
 

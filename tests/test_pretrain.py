@@ -70,5 +70,6 @@ def test_bf16_mixed_precision_learns_like_fp32(tokenizer):
     # the model barely learned (loss 6.6 vs 2.8 on the testbed); autocast is now entered per forward
     _, fp32 = _run(tokenizer)
     _, bf16 = _run(tokenizer, bf16=True)
+    assert bf16["final_train_loss"] != fp32["final_train_loss"]  # bf16 really ran
     assert bf16["final_train_loss"] == pytest.approx(fp32["final_train_loss"], rel=0.1)
     assert bf16["heldout_perplexity"] == pytest.approx(fp32["heldout_perplexity"], rel=0.2)

@@ -39,6 +39,8 @@ def test_rm_learns_the_toy_preference(tiny_backbone_dir, tokenizer):
 def test_rm_learns_under_bf16_mixed_precision(tiny_backbone_dir, tokenizer):
     state = _train(tiny_backbone_dir, tokenizer, accelerator=make_accelerator("cpu", "bf16"))
     assert state["evals"][-1]["accuracy"] > 0.95
+    fp32 = _train(tiny_backbone_dir, tokenizer, accelerator=make_accelerator("cpu", "fp32"))
+    assert state["train_loss"] != fp32["train_loss"]  # bf16 really ran
     # and the process can go back to fp32 (accelerate's state is process-wide; the local executor runs SFT
     # and every RM in one process)
     assert make_accelerator("cpu", "fp32").mixed_precision == "no"

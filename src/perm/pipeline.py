@@ -441,6 +441,10 @@ def job_policy_prefs(run_dir: str, out_rel: str, *, policy: str, pairs_per_post:
                "label_agrees_gold": pa.array(g_c > g_r)}
     table = pa.table(columns)
     held = sel // k < sft_heldout(len(prompts))  # pairs on the posts the SFT policy held out
+    if not held.any() or held.all():
+        raise ValueError(f"policy-prefs: {int(held.sum())} held-out and {int((~held).sum())} training pairs "
+                         f"({sft_heldout(len(prompts))} held-out posts x {k} pairs, ties dropped); raise "
+                         "testbed.n_sft or reward.policy_pairs_per_post")
     info = {"wall_s": time.perf_counter() - t0}
     for rel, rows in ((out_rel, ~held), (eval_rel, held)):
         part = table.filter(pa.array(rows))
@@ -501,11 +505,12 @@ class PoolExecutor:
         """Yield (index, (info, wall_s)) as jobs finish; on a failure, pending jobs are cancelled, running ones
         still finish and are yielded, then the first error is raised."""
         import multiprocessing
+        import os
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         ex = ProcessPoolExecutor(max_workers=min(self.workers, len(kwargs_list)),
                                  mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1,
-                                 initializer=_die_with_parent)
+                                 initializer=_die_with_parent, initargs=(os.getpid(),))
         error = None
         try:
             futures = {ex.submit(_timed_call, fn, kw): i for i, kw in enumerate(kwargs_list)}
@@ -525,14 +530,28 @@ class PoolExecutor:
             raise error
 
 
-def _die_with_parent() -> None:
-    """Linux: a worker gets SIGKILL when the driver dies (a killed `perm run` leaves no job running)."""
+def _die_with_parent(driver: int) -> None:
+    """Linux: a worker gets SIGKILL when the driver dies (a killed `perm run` leaves no job running); a
+    worker whose driver died before this ran exits at once."""
     import ctypes
+    import os
     import signal
     import sys
 
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != driver:
+        os._exit(1)
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on (affinity and cpusets), not all the machine's."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 class RayExecutor:
@@ -614,14 +633,14 @@ class Pipeline:
         """torch threads of a training job: `threads`, else the cores shared among `workers`."""
         if self.cfg.threads or not isinstance(self.executor, PoolExecutor):
             return self.cfg.threads
-        import os
-
-        return max(1, (os.cpu_count() or 1) // self.cfg.workers)
+        return max(1, _usable_cpus() // self.cfg.workers)
 
     def _key(self, obj: dict) -> str:
-        """Input key of a stage; bf16 runs get their own keys (fp32 keys stay as they were)."""
+        """Input key of a stage; bf16 runs get their own keys (fp32 keys stay as they were). `amp: 2`: bf16
+        outputs made before autocast moved inside the pretraining loop (and SFT honoured `precision`) are
+        stale and must not be reused."""
         p = self.cfg.precision
-        return hash_obj(obj | ({"precision": p} if p != "fp32" else {}))
+        return hash_obj(obj | ({"precision": p, "amp": 2} if p != "fp32" else {}))
 
     def _skip(self, name: str, key: str) -> bool:
         if self.store.is_complete(name, key):
@@ -772,7 +791,7 @@ class Pipeline:
         c = self.cfg.reward
         backbones = self.pretrain()
         data_hash = self.testbed()
-        # pair-source fields enter through _pairs_key (so testbed-pair runs keep their keys)
+        # pair-source fields enter through _pairs_key (policy pairs key on the policy-prefs output)
         common = {k: v for k, v in to_dict(c).items()
                   if k not in ("finetune_seeds", "layout", "pairs", "policy_pairs_per_post")}
         pairs_key, pair_files = self._pairs_key(), self.policy_prefs()
@@ -1024,7 +1043,8 @@ class Pipeline:
                 self.log.event(name, "start")
                 t0 = time.perf_counter()
                 info = fn(**kw)
-                self._done(name, keys[name], [kw["out_rel"]], t0, seeds=seeds_of(kw), info=info)
+                self._done(name, keys[name], [kw["out_rel"]], t0, seeds=seeds_of(kw),
+                           info=info | {"threads": kw.get("threads")})
             return
         executor = "ray" if isinstance(self.executor, RayExecutor) else f"{self.cfg.workers} workers"
         for name, _ in todo:
@@ -1032,7 +1052,8 @@ class Pipeline:
             self.log.event(name, "start", executor=executor)
         for i, (info, wall) in self.executor.map_as_completed(fn, [kw for _, kw in todo]):
             name, kw = todo[i]
-            self._done(name, keys[name], [kw["out_rel"]], time.perf_counter() - wall, seeds=seeds_of(kw), info=info)
+            self._done(name, keys[name], [kw["out_rel"]], time.perf_counter() - wall, seeds=seeds_of(kw),
+                       info=info | {"threads": kw.get("threads")})
 
 
 def _with_int_ids(table):
@@ -1144,7 +1165,7 @@ def learnability(root: Path, records: list[dict]) -> dict:
             out[name] = {"value": float(value), "description": description} | ({"se": float(se)} if se else {})
 
     rms = [r for r in records if r["role"] == "rm"]
-    ev_rel = rms[0].get("eval_pairs", "data/prefs_eval.parquet") if rms else "data/prefs_eval.parquet"
+    ev_rel = (rms[0].get("eval_pairs") if rms else None) or "data/prefs_eval.parquet"  # older rm.json: none
     ev_path = root / ev_rel
     if ev_path.exists() and "label_agrees_gold" in pq.read_schema(ev_path).names:
         (agree,) = _read_column(ev_path, "label_agrees_gold")

@@ -251,7 +251,7 @@ def train_reward_model(
             idx = order[pos : pos + batch_size]
             pos += batch_size
             if acc.num_processes > 1:  # `accelerate launch`: each DDP rank takes its slice of the global batch
-                idx = idx[acc.process_index :: acc.num_processes]
+                idx = np.array_split(idx, acc.num_processes)[acc.process_index]  # contiguous: keeps prompt groups
             try:
                 rc, rr = _batch_rewards(
                     model, idx, split if share else None, chosen, rejected, pad_id, device
