@@ -256,6 +256,9 @@ def test_figure1_direct(small):
                 per_prompt.std(ddof=1) / np.sqrt(len(per_prompt)), rel=1e-9, abs=1e-15
             )
             assert row.n_pairs == len(values)
+            pair_means = np.mean(values, axis=1)
+            expected = pair_means.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else np.nan
+            assert row.se_pairs == pytest.approx(expected, rel=1e-9, abs=1e-15, nan_ok=True)
     assert set(df[df.n == 1]["mean"].round(12)) == {0.0}  # a random pick has centred reward 0
 
 
@@ -271,6 +274,8 @@ def test_figure2_direct(small):
             row = df[(df.n == n) & (df.group == g)].iloc[0]
             assert row["mean"] == pytest.approx(np.mean(values), abs=1e-12)
             assert row.chance == 1 / n and row.n_pairs == len(values)
+            pair_means = np.mean(values, axis=1)
+            assert row.se_pairs == pytest.approx(pair_means.std(ddof=1) / np.sqrt(len(values)), rel=1e-9)
 
 
 @pytest.mark.parametrize("include_ranker", [False, True])

@@ -467,6 +467,15 @@ def _summary_row(per_prompt: np.ndarray, **keys) -> dict:
     return {**keys, "mean": float(mean), "se": float(se)}
 
 
+def _se_over_pairs(per_pair_prompt: np.ndarray) -> float:
+    """Standard error of a group's mean with its RM pairs as the units: std of the pairs' prompt-means over
+    sqrt(#pairs) (NaN for one pair). The prompt se says how well 200 prompts pin down *these* RMs; this one
+    says how much the answer varies from one pair of RMs to another — the randomness of training, which
+    the prompt se ignores (pairs share RMs, so it is still optimistic)."""
+    means = per_pair_prompt.mean(axis=-1)
+    return float(means.std(ddof=1) / np.sqrt(len(means))) if len(means) > 1 else float("nan")
+
+
 # ----------------------------------------------------------------------------------------------------
 # Figures 1–3: underspecification among the reward models
 
@@ -476,8 +485,9 @@ def figure1(tensor: RewardTensor, ns=None) -> pd.DataFrame:
 
     ``Σ_i p_i^(m) r̃_m′(i)`` with r̃ centred per prompt; groups ``self`` (m′ = m), ``same_pretrain``
     (m′ ≠ m, same pretrain_id) and ``different_pretrain``. Per prompt, the mean over the group's
-    (ranker, scorer) pairs; then mean ± se over prompts. Columns: ``n, group, mean, se, n_pairs``
-    (a group with no pairs is left out).
+    (ranker, scorer) pairs; then mean ± se over prompts. Columns: ``n, group, mean, se, n_pairs,
+    se_pairs`` (se with the (ranker, scorer) pairs as units, :func:`_se_over_pairs`; a group with no pairs is
+    left out).
     """
     ns = _check_ns(ns, tensor.pool_size)
     rm = tensor.rm_indices
@@ -494,22 +504,24 @@ def figure1(tensor: RewardTensor, ns=None) -> pd.DataFrame:
         cross = np.einsum("mpn,kpn->mkp", p, centred)  # (ranker, scorer, prompt)
         for group, mask in masks.items():
             if mask.any():
-                rows.append(_summary_row(cross[mask].mean(axis=0), n=n, group=group, n_pairs=int(mask.sum())))
-    return pd.DataFrame(rows, columns=["n", "group", "mean", "se", "n_pairs"])
+                rows.append(_summary_row(cross[mask].mean(axis=0), n=n, group=group, n_pairs=int(mask.sum()),
+                                         se_pairs=_se_over_pairs(cross[mask])))
+    return pd.DataFrame(rows, columns=["n", "group", "mean", "se", "n_pairs", "se_pairs"])
 
 
 def figure2(tensor: RewardTensor, ns=None) -> pd.DataFrame:
     """Expected top-1 agreement of pairs of distinct RMs that do / do not share a pretrain, vs n.
 
     Per prompt, the mean of :func:`perm.bon.expected_agreement` over the group's unordered pairs; then
-    mean ± se over prompts. Columns: ``n, group, mean, se, chance (= 1/n), n_pairs``.
+    mean ± se over prompts. Columns: ``n, group, mean, se, chance (= 1/n), n_pairs, se_pairs`` (se with the
+    RM pairs as units, :func:`_se_over_pairs`).
     """
     ns = _check_ns(ns, tensor.pool_size)
     rm = tensor.rm_indices
     beats = bon.beat_counts(tensor.pool[rm])
     pairs = list(combinations(range(len(rm)), 2))
     if not pairs:
-        return pd.DataFrame(columns=["n", "group", "mean", "se", "chance", "n_pairs"])
+        return pd.DataFrame(columns=["n", "group", "mean", "se", "chance", "n_pairs", "se_pairs"])
     a, b = zip(*pairs, strict=True)
     joint = bon._joint_counts_from_beats(beats[list(a)], beats[list(b)])  # (pairs, P, N); n-independent
     same = np.array([tensor.pretrain_ids[rm[i]] == tensor.pretrain_ids[rm[j]] for i, j in pairs])
@@ -519,8 +531,9 @@ def figure2(tensor: RewardTensor, ns=None) -> pd.DataFrame:
         for group, mask in (("same_pretrain", same), ("different_pretrain", ~same)):
             if mask.any():
                 row = _summary_row(agree[mask].mean(axis=0), n=n, group=group)
-                rows.append({**row, "chance": 1.0 / n, "n_pairs": int(mask.sum())})
-    return pd.DataFrame(rows, columns=["n", "group", "mean", "se", "chance", "n_pairs"])
+                rows.append({**row, "chance": 1.0 / n, "n_pairs": int(mask.sum()),
+                             "se_pairs": _se_over_pairs(agree[mask])})
+    return pd.DataFrame(rows, columns=["n", "group", "mean", "se", "chance", "n_pairs", "se_pairs"])
 
 
 def figure3(
