@@ -446,11 +446,10 @@ def job_policy_prefs(run_dir: str, out_rel: str, *, policy: str, pairs_per_post:
                          f"({sft_heldout(len(prompts))} held-out posts x {k} pairs, ties dropped); raise "
                          "testbed.n_sft or reward.policy_pairs_per_post")
     info = {"wall_s": time.perf_counter() - t0}
-    for rel, rows in ((out_rel, ~held), (eval_rel, held)):
+    for name, rel, rows in (("train", out_rel, ~held), ("eval", eval_rel, held)):
         part = table.filter(pa.array(rows))
         part = part.add_column(0, "pair_id", pa.array(range(part.num_rows), pa.int64()))
         atomic_write_parquet(run / rel, part)
-        name = "eval" if rel == eval_rel else "train"
         info[f"{name}_pairs"] = part.num_rows
         info[f"{name}_label_agreement"] = float(np.mean(part.column("label_agrees_gold").to_numpy()))
     return info
@@ -612,6 +611,7 @@ class Pipeline:
         self.store = RunStore(cfg.out)
         self.root = self.store.root
         self._memo: dict = {}
+        self._checkpoint_keys: dict[str, str] = {}
         if cfg.executor == "ray":
             self.executor = RayExecutor(cfg.ray.address, cfg.ray.num_cpus_per_task, cfg.ray.num_gpus_per_task,
                                         cfg.ray.local_num_cpus)
@@ -641,6 +641,13 @@ class Pipeline:
         stale and must not be reused."""
         p = self.cfg.precision
         return hash_obj(obj | ({"precision": p, "amp": 2} if p != "fp32" else {}))
+
+    def _checkpoint_key(self, path: str) -> str:
+        """:func:`_checkpoint_key` once per checkpoint and run: a local checkpoint is hashed by content, and
+        the same one keys several stages (every RM of a pretrain, the evaluator's two jobs, the policy's)."""
+        if path not in self._checkpoint_keys:
+            self._checkpoint_keys[path] = _checkpoint_key(path)
+        return self._checkpoint_keys[path]
 
     def _skip(self, name: str, key: str) -> bool:
         if self.store.is_complete(name, key):
@@ -696,7 +703,7 @@ class Pipeline:
         d, c = self.cfg.data, self.cfg.pretrain
         if not c.checkpoints:
             raise ValueError("data.prefs needs pretrain.checkpoints (the testbed tokenizer only fits testbed data)")
-        key = hash_obj({"data": to_dict(d), "tokenizer": _checkpoint_key(c.checkpoints[0])})
+        key = hash_obj({"data": to_dict(d), "tokenizer": self._checkpoint_key(c.checkpoints[0])})
         if not self._skip("data", key):
             self.log.event("data", "start", source=d.prefs)
             t0 = time.perf_counter()
@@ -768,7 +775,7 @@ class Pipeline:
             return None
         data_hash = self.testbed()
         if e.checkpoint:
-            backbone, upstream = e.checkpoint, _checkpoint_key(e.checkpoint)
+            backbone, upstream = e.checkpoint, self._checkpoint_key(e.checkpoint)
         else:
             name, kw, key = self._evaluator_pretrain_job()
             if not self.store.is_complete(name, key):  # not run with the grid's pretrains (checkpoint grid)
@@ -794,19 +801,19 @@ class Pipeline:
         # pair-source fields enter through _pairs_key (policy pairs key on the policy-prefs output)
         common = {k: v for k, v in to_dict(c).items()
                   if k not in ("finetune_seeds", "layout", "pairs", "policy_pairs_per_post")}
-        pairs_key, pair_files = self._pairs_key(), self.policy_prefs()
+        pairs_key, pair_files, eval_files = self._pairs_key(), self.policy_prefs(), self.eval_pair_files()
         todo, keys, names = [], {}, []
         for pid, seed in grid(list(backbones), c.finetune_seeds, c.layout):
             name = f"rm/{rm_id(pid, seed)}"
             names.append(name)
             upstream = (self.store.output_hash(f"pretrain/{pid}") if not self.cfg.pretrain.checkpoints
-                        else _checkpoint_key(backbones[pid]))
+                        else self._checkpoint_key(backbones[pid]))
             keys[name] = self._key({"common": common, "seed": seed, "backbone": upstream, "testbed": data_hash,
                                     **pairs_key})
             if not self._skip(name, keys[name]):
                 todo.append((name, dict(run_dir=str(self.root), out_rel=name, backbone=backbones[pid], pretrain_id=pid,
                                         finetune_seed=seed, reward=to_dict(c), n_pairs=c.max_train_pairs,
-                                        pair_files=pair_files, eval_files=self.eval_pair_files(),
+                                        pair_files=pair_files, eval_files=eval_files,
                                         device=self.cfg.device, threads=self.job_threads, precision=self.cfg.precision,
                                         trust_remote_code=self.cfg.pretrain.trust_remote_code,
                                         show_progress=self.show_bars)))
@@ -843,7 +850,7 @@ class Pipeline:
             pid = next(iter(backbones))
             init = backbones[pid]
             upstream = (self.store.output_hash(f"pretrain/{pid}") if not self.cfg.pretrain.checkpoints
-                        else _checkpoint_key(init))
+                        else self._checkpoint_key(init))
         else:
             upstream = to_dict(self.cfg.pretrain.backbone)
         name = "policy"
@@ -870,7 +877,7 @@ class Pipeline:
         policy = self.sft()
         name = "policy-prefs"
         p = self.cfg.policy
-        key = self._key({"policy": self.store.output_hash("policy") if not p.checkpoint else _checkpoint_key(policy),
+        key = self._key({"policy": self.store.output_hash("policy") if not p.checkpoint else self._checkpoint_key(policy),
                          "testbed": data_hash, "per_post": c.policy_pairs_per_post, "seed": p.seed,
                          "max_new_tokens": p.max_new_tokens, "batch_prompts": p.batch_prompts,
                          "heldout": "sft"})
@@ -907,7 +914,7 @@ class Pipeline:
         c = self.cfg.policy
         policy = self.sft()
         data_hash = self.testbed()
-        upstream = self.store.output_hash("policy") if not c.checkpoint else _checkpoint_key(c.checkpoint)
+        upstream = self.store.output_hash("policy") if not c.checkpoint else self._checkpoint_key(c.checkpoint)
         name = "sample"
         sampling = {k: v for k, v in to_dict(c).items() if not k.startswith("sft_") and k != "checkpoint"}
         key = self._key({"sampling": sampling, "policy": upstream, "testbed": data_hash})
@@ -1174,7 +1181,7 @@ def learnability(root: Path, records: list[dict]) -> dict:
     if rms:
         acc = np.array([r["accuracy"] for r in rms])
         put("RM accuracy, mean", acc.mean(), f"in-distribution pairwise accuracy on {ev_rel} "
-            f"({rms[0].get('n_eval_pairs', 'all')} pairs) over {len(rms)} RMs (range {acc.min():.3f}-{acc.max():.3f}); "
+            f"({rms[0].get('n_eval_pairs') or 'all'} pairs) over {len(rms)} RMs (range {acc.min():.3f}-{acc.max():.3f}); "
             "chance is 0.5")
         gold = [r.get("gold_accuracy") for r in rms]
         if all(g is not None for g in gold):
