@@ -17,6 +17,7 @@ from perm.data import (
     DataError,
     Location,
     PreferencePair,
+    detect_schema,
     load_preferences,
     preferences_to_table,
     tldr_prompt,
@@ -53,7 +54,9 @@ def tldr(post_id="t3_abc", choice=1, texts=(" I lost my keys.", " Keys gone, hel
 
 
 # Hand-written expectation for tldr(): post, title and subreddit stripped, one space before each summary.
-TLDR_PROMPT_TEXT = "SUBREDDIT: r/relationships\nTITLE: Lost keys\nPOST: I went out and lost my keys.\nTL;DR:"
+TLDR_PROMPT_TEXT = (
+    "SUBREDDIT: r/relationships\n\nTITLE: Lost keys\n\nPOST: I went out and lost my keys.\n\nTL;DR:"
+)
 
 
 def write_jsonl(path, records):
@@ -143,6 +146,31 @@ def test_folder_like_the_hub_mirror(tmp_path):
     assert pairs == [PreferencePair("t3_v/0", TLDR_PROMPT_TEXT, " Keys gone, help", " I lost my keys.")]
     with pytest.raises(DataError, match=r"mirror: has splits \['train', 'validation'\]; choose one"):
         load_preferences(tmp_path / "mirror")
+
+
+def test_tldr_skips_cnndm_rows_and_counts_them(tmp_path):
+    """OpenAI's validation split ends with CNN/DM article comparisons (batch cnndm0/cnndm2/batch0_cnndm, or
+    info.post null with an article): not TL;DR pairs, so skipped, counted, and the later ids unchanged."""
+    cnn_by_batch = tldr("cnn1", batch="cnndm0")
+    cnn_by_article = tldr(info={"id": "cnn2", "post": None, "title": None, "subreddit": None, "article": "News."})
+    rows = [tldr(), cnn_by_batch, cnn_by_article, tldr("t3_def", choice=0)]
+    for path in (write_jsonl(tmp_path / "c.jsonl", rows), write_parquet(tmp_path / "c.parquet", rows)):
+        stats: dict = {}
+        pairs = load_preferences(path, stats=stats)
+        assert [p.pair_id for p in pairs] == ["t3_abc/0", "t3_def/3"]
+        assert stats == {"skipped_cnndm": 2}
+    assert len(load_preferences(write_jsonl(tmp_path / "d.jsonl", rows), limit=2)) == 2  # limit counts pairs
+    with pytest.raises(DataError, match="no preference pairs"):
+        load_preferences(write_jsonl(tmp_path / "e.jsonl", [cnn_by_batch]))
+
+
+def test_mirror_with_its_own_chosen_rejected_columns_is_tldr(tmp_path):
+    """vwxyzjn's mirror carries its own prompt/chosen/rejected formatting beside info/summaries/choice."""
+    assert detect_schema(["info", "summaries", "choice", "prompt", "chosen", "rejected"]) == "tldr"
+    assert detect_schema(["prompt", "chosen", "rejected", "info"]) == "generic"
+    row = tldr(prompt="their prompt", chosen="their chosen", rejected="their rejected")
+    pairs = load_preferences(write_parquet(tmp_path / "m.parquet", [row]))
+    assert pairs[0].prompt == TLDR_PROMPT_TEXT and pairs[0].chosen == " Keys gone, help"
 
 
 def test_folder_like_the_parquet_conversion(tmp_path):
@@ -342,13 +370,9 @@ JSONL_ERRORS = {
         [json.dumps(tldr(info={"id": "t3_x", "title": "t", "subreddit": "s"}))],
         r"prefs\.jsonl: line 1: field 'info\.post': missing",
     ),
-    "CNN/DM row": (
-        [
-            json.dumps(
-                tldr(info={"id": "c", "post": None, "title": "t", "subreddit": None, "article": "News."})
-            )
-        ],
-        r"prefs\.jsonl: line 1: field 'info\.post': null, with an article: a CNN/DM comparison",
+    "post null, no article": (
+        [json.dumps(tldr(info={"id": "c", "post": None, "title": "t", "subreddit": "s"}))],
+        r"prefs\.jsonl: line 1: field 'info\.post': expected a string, got null",
     ),
     "info not an object": (
         [json.dumps(tldr(info="post"))],

@@ -4,7 +4,14 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForMaskedLM
 
-from perm.models import ModelLoadError, gpt_neox_config, load_reward_backbone, new_causal_lm
+from perm.models import (
+    ModelLoadError,
+    gpt_neox_config,
+    load_causal_lm,
+    load_reward_backbone,
+    new_causal_lm,
+    split_revision,
+)
 from perm.reward import encode, pad_batch, score_ids
 
 
@@ -76,3 +83,33 @@ def test_auto_class_loads_saved_rm(tmp_path, tiny_backbone_dir, tokenizer):
     again = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
     seqs = encode(tokenizer, ["w1 w2 TL;DR:"] * 3, [" good", " bad w3", " w9 w9 w9"], max_length=32)
     assert score_ids(again, seqs, 0, "cpu") == pytest.approx(score_ids(rm, seqs, 0, "cpu"), abs=0)
+
+
+def test_split_revision(tmp_path):
+    assert split_revision("EleutherAI/pythia-160m-seed4@step143000") == ("EleutherAI/pythia-160m-seed4", "step143000")
+    assert split_revision("EleutherAI/pythia-160m") == ("EleutherAI/pythia-160m", None)
+    assert split_revision("org/m@refs/pr/2") == ("org/m", "refs/pr/2")
+    assert split_revision("org/m", "main") == ("org/m", "main")
+    local = tmp_path / "ckpt@v2"
+    local.mkdir()
+    assert split_revision(local) == (str(local), None)  # an existing path is never split
+    with pytest.raises(ModelLoadError, match="expected a hub id"):
+        split_revision("org/m@")
+    with pytest.raises(ModelLoadError, match="revision 'a' in the id but 'b' passed"):
+        split_revision("org/m@a", "b")
+
+
+def test_hub_ids_with_a_revision_reach_from_pretrained(monkeypatch):
+    """`id@revision` (configs pin PolyPythias branches this way) is passed on as revision=, safetensors only."""
+    from transformers import AutoModelForCausalLM
+
+    seen = {}
+
+    def fake(name, **kwargs):
+        seen.update(name=name, **kwargs)
+        return "model"
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", fake)
+    assert load_causal_lm("EleutherAI/pythia-160m-seed4@step143000") == "model"
+    assert seen["name"] == "EleutherAI/pythia-160m-seed4" and seen["revision"] == "step143000"
+    assert seen["use_safetensors"] is True and seen["trust_remote_code"] is False

@@ -33,18 +33,31 @@ def _comparison(i: int, split: str) -> dict:
     }
 
 
+def _cnndm(i: int) -> dict:
+    return {
+        "info": {"id": f"cnn{i}", "post": None, "title": None, "subreddit": None, "site": "cnn",
+                 "article": "The council met on Tuesday."},
+        "summaries": [{"text": " Council met.", "policy": "ref", "note": None},
+                      {"text": " A meeting.", "policy": "sup", "note": None}],
+        "choice": 0, "worker": "w0", "batch": "cnndm0", "split": "valid1", "extra": {"confidence": 5},
+    }
+
+
 @pytest.fixture(scope="module")
 def standins(tmp_path_factory):
     root = tmp_path_factory.mktemp("hub")
     data = root / "summarize_from_feedback"
     data.mkdir()
     for split, n in (("train", 48), ("validation", 16)):
-        pq.write_table(pa.Table.from_pylist([_comparison(i, split) for i in range(n)]), data / f"{split}.parquet")
+        rows = [_comparison(i, split) for i in range(n)]
+        if split == "validation":  # OpenAI's validation split ends with CNN/DM comparisons: skipped, counted
+            rows += [_cnndm(i) for i in range(3)]
+        pq.write_table(pa.Table.from_pylist(rows), data / f"{split}.parquet")
     # a byte-level BPE like Pythia's (no pad token: perm must add one)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    texts = [" ".join(WORDS)] * 20 + ["SUBREDDIT: r/advice\nTITLE: x\nPOST: y\nTL;DR:"] * 5
+    texts = [" ".join(WORDS)] * 20 + ["SUBREDDIT: r/advice\n\nTITLE: x\n\nPOST: y\n\nTL;DR:"] * 5
     tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>"],
                                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
@@ -73,7 +86,9 @@ def test_tldr_preset_runs_end_to_end_on_standins(tmp_path, standins):
     run = tmp_path / "run"
     assert (run / "report" / "index.html").exists(), out
     prompts = pq.read_table(run / "data" / "eval_prompts.parquet").to_pandas()
-    assert len(prompts) == 3 and prompts.prompt[0].startswith("SUBREDDIT: r/advice\nTITLE: ")
+    assert len(prompts) == 3 and prompts.prompt[0].startswith("SUBREDDIT: r/advice\n\nTITLE: ")
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["stages"]["data"]["info"] == {"train_pairs": 48, "eval_pairs": 16, "eval_skipped_cnndm": 3}
     models_df = pq.read_table(run / "models.parquet").to_pandas()
     assert sorted(models_df.role.unique()) == ["evaluator", "rm"]  # no gold reward outside the testbed
     assert set(models_df[models_df.role == "rm"].pretrain_id) == {"ckpt0", "ckpt1"}

@@ -114,7 +114,8 @@ class PretrainConfig:
     weight_decay: float = 0.01
     checkpoints: tuple[str, ...] = ()
     """Instead of pretraining: local directories or hub ids (e.g. EleutherAI/pythia-160m-seed1), one per
-    pretrain. Non-empty overrides `seeds`."""
+    pretrain; a hub id may pin a revision after `@` (EleutherAI/pythia-160m-seed4@step143000). Non-empty
+    overrides `seeds`."""
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
@@ -196,7 +197,7 @@ class EvaluatorConfig:
     epochs: float = 2.0
     lr: float = 8e-4
     checkpoint: str | None = None
-    """Load this backbone (local dir or hub id) instead of pretraining one."""
+    """Load this backbone (local dir, hub id or `id@revision`) instead of pretraining one."""
 
     def __post_init__(self) -> None:
         _check(self.pretrain_steps > 0, "evaluator.pretrain_steps", "must be > 0")
@@ -209,7 +210,7 @@ class PolicyConfig:
     """SFT policy and candidate pools."""
 
     checkpoint: str | None = None
-    """Load an existing causal LM (local dir or hub id) as the policy instead of training one."""
+    """Load an existing causal LM (local dir, hub id or `id@revision`) as the policy instead of training one."""
     init_from: Literal["scratch", "pretrain"] = "pretrain"
     """SFT starts from the first pretrained backbone, or from scratch."""
     sft_epochs: float = 2.0

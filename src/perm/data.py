@@ -28,18 +28,25 @@ Schemas (``schema="auto"`` detects from the fields of the first record; or force
       {info: {id, post, title, subreddit, ...}, summaries: [{text, policy, note}, {...}],
        choice, worker, batch, split, extra: {confidence}}
 
-  becomes the TL;DR prompt (``TLDR_PROMPT``; post, title and subreddit stripped of outer whitespace)::
+  becomes the TL;DR prompt (``TLDR_PROMPT``, the format of OpenAI's preprocessing as used by the
+  ``cleanrl``/TRL TL;DR SFT policies, blank lines between fields; post, title and subreddit stripped of
+  outer whitespace)::
 
       SUBREDDIT: r/{subreddit}
+
       TITLE: {title}
+
       POST: {post}
+
       TL;DR:
 
   with ``chosen = " " + summaries[choice].text.strip()`` and
   ``rejected = " " + summaries[1 - choice].text.strip()``: exactly one space after ``TL;DR:``, whether or
   not the stored text starts with one (OpenAI's policy samples do, so a plain ``" " + text`` would give
-  two). Rows without a Reddit post (the CNN/DM comparisons in OpenAI's ``validation`` split have
-  ``info.post = null``) are errors; filter them out or use a mirror that splits them off.
+  two). The CNN/DM comparisons that OpenAI's ``validation`` split carries after its Reddit rows (``batch``
+  ``batch0_cnndm``, ``cnndm0`` or ``cnndm2``, or ``info.post = null`` with an ``info.article``) are not
+  TL;DR comparisons: they are skipped, and counted (``stats["skipped_cnndm"]``), not errors. A row without
+  a post and without an article is an error.
 
 Pair ids: an explicit top-level ``id`` when present; otherwise the record's position in its source,
 counted from 0 over the non-blank records (all files of a split in order, as ``datasets`` orders them),
@@ -73,7 +80,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 SCHEMAS = ("generic", "tldr")
-TLDR_PROMPT = "SUBREDDIT: r/{subreddit}\nTITLE: {title}\nPOST: {post}\nTL;DR:"
+TLDR_PROMPT = "SUBREDDIT: r/{subreddit}\n\nTITLE: {title}\n\nPOST: {post}\n\nTL;DR:"
 """The TL;DR prompt built from a summarize_from_feedback post; the summary follows after one space."""
 
 OPENAI_TLDR_ID = "openai/summarize_from_feedback"
@@ -87,9 +94,11 @@ _FILE_SUFFIXES = (
 )
 _GENERIC_FIELDS = ("prompt", "chosen", "rejected")
 _TLDR_FIELDS = ("info", "summaries", "choice")
+CNNDM_BATCHES = frozenset({"batch0_cnndm", "cnndm0", "cnndm2"})
+"""summarize_from_feedback batches of CNN/DM article comparisons (validation split only)."""
 # Columns read from Arrow sources: everything either schema uses, and nothing else (a mirror may carry
 # large token columns).
-_USED_COLUMNS = ("id", *_GENERIC_FIELDS, *_TLDR_FIELDS)
+_USED_COLUMNS = ("id", "batch", *_GENERIC_FIELDS, *_TLDR_FIELDS)
 _BATCH_ROWS = 1024
 # A reader yields (where, record) in source order; a generator, so that an early stop can close its file.
 _Records = Generator[tuple["Location", Any], None, None]
@@ -189,8 +198,13 @@ def _index(value: Any, field: str, loc: Location) -> int:
 
 
 def detect_schema(fields: Iterable[str]) -> str | None:
-    """``"generic"`` or ``"tldr"`` from a record's top-level field names; ``None`` if neither fits."""
+    """``"generic"`` or ``"tldr"`` from a record's top-level field names; ``None`` if neither fits.
+
+    A record with all of ``info``, ``summaries`` and ``choice`` is ``tldr`` whatever else it carries (mirrors
+    such as vwxyzjn's add ``chosen``/``rejected``/``prompt`` columns of their own formatting)."""
     names = set(fields)
+    if names >= set(_TLDR_FIELDS):
+        return "tldr"
     generic = len(names & set(_GENERIC_FIELDS))
     tldr = len(names & set(_TLDR_FIELDS))
     if generic == tldr:
@@ -225,13 +239,7 @@ def _tldr_pair(record: Mapping[str, Any], loc: Location, position: int) -> tuple
     info = _get(record, "info", "info", loc)
     if not isinstance(info, Mapping):
         raise loc.error("info", f"expected an object, got {_describe(info)}")
-    post = _get(info, "post", "info.post", loc)
-    if post is None and info.get("article") is not None:
-        raise loc.error(
-            "info.post",
-            "null, with an article: a CNN/DM comparison, not a Reddit TL;DR one (filter these rows out)",
-        )
-    post = _text(post, "info.post", loc)
+    post = _text(_get(info, "post", "info.post", loc), "info.post", loc)  # CNN/DM rows never get here
     title = _text(_get(info, "title", "info.title", loc), "info.title", loc)
     subreddit = _text(_get(info, "subreddit", "info.subreddit", loc), "info.subreddit", loc)
 
@@ -282,10 +290,23 @@ _JSON_TYPES = {
 }
 
 
+def _is_cnndm(record: Mapping[str, Any]) -> bool:
+    """A summarize_from_feedback comparison of a CNN/DM article rather than a Reddit post."""
+    if record.get("batch") in CNNDM_BATCHES:
+        return True
+    info = record.get("info")
+    return isinstance(info, Mapping) and info.get("post") is None and info.get("article") is not None
+
+
 def _to_pairs(
-    records: Iterable[tuple[Location, Any]], schema: str
+    records: Iterable[tuple[Location, Any]], schema: str, stats: dict | None = None
 ) -> Iterator[tuple[Location, PreferencePair]]:
-    """Records (JSON objects or Arrow rows as dicts) -> located pairs, detecting the schema on the first."""
+    """Records (JSON objects or Arrow rows as dicts) -> located pairs, detecting the schema on the first.
+
+    tldr: CNN/DM comparisons are skipped and counted in ``stats["skipped_cnndm"]``; positions (and so the
+    ids of later pairs) still count them, so ids do not depend on the skipping."""
+    if stats is not None:
+        stats.setdefault("skipped_cnndm", 0)
     for position, (loc, record) in enumerate(records):
         if not isinstance(record, Mapping):
             kind = _JSON_TYPES.get(type(record), type(record).__name__)
@@ -298,6 +319,10 @@ def _to_pairs(
                     f"cannot detect the schema from fields {sorted(record)}: expected {{prompt, chosen, rejected}} "
                     "or summarize_from_feedback {info, summaries, choice}; pass schema='generic' or 'tldr'",
                 )
+        if schema == "tldr" and _is_cnndm(record):
+            if stats is not None:
+                stats["skipped_cnndm"] += 1
+            continue
         yield _CONVERTERS[schema](record, loc, position)
 
 
@@ -521,12 +546,14 @@ def load_preferences(
     name: str | None = None,
     revision: str | None = None,
     limit: int | None = None,
+    stats: dict | None = None,
 ) -> list[PreferencePair]:
     """Read preference pairs from a JSONL / Parquet file, a local dataset folder or a Hub id.
 
     schema: ``"auto"``, ``"generic"`` ({prompt, chosen, rejected}) or ``"tldr"`` (summarize_from_feedback).
     split / name / revision: for dataset folders and Hub ids (a split, a config, a Hub revision).
     limit: read only the first ``limit`` pairs (and check only those).
+    stats: a dict to receive counts of what was read but not used (``skipped_cnndm``).
     Returns the pairs in source order; raises one DataError (naming source, line or row, and field) on
     the first bad record. See the module docstring for the formats, the TL;DR prompt and pair ids.
     """
@@ -536,7 +563,7 @@ def load_preferences(
         raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
     # closing(): with a limit, the reader stops mid-file; close its file now, not at garbage collection.
     with closing(_records(source, name, split, revision)) as records:
-        return validate_pairs(islice(_to_pairs(records, schema), limit), source=str(source))
+        return validate_pairs(islice(_to_pairs(records, schema, stats), limit), source=str(source))
 
 
 def preferences_to_table(pairs: Iterable[PreferencePair]) -> pa.Table:

@@ -108,9 +108,26 @@ def new_causal_lm(config: GPTNeoXConfig, init_seed: int) -> GPTNeoXForCausalLM:
     return model
 
 
+def split_revision(spec: str | Path, revision: str | None = None) -> tuple[str, str | None]:
+    """``"org/name@rev"`` -> ``("org/name", "rev")``: a hub id may name a branch, tag or commit after ``@``
+    (PolyPythias keep their checkpoints on branches such as ``step143000``). An existing local path is
+    returned whole (its name may contain ``@``); `revision`, if given, must not contradict the spec's."""
+    s = str(spec)
+    if Path(s).exists() or "@" not in s:
+        return s, revision
+    name, rev = s.rsplit("@", 1)
+    if not name or not rev:
+        raise ModelLoadError(f"{s}: expected a hub id as 'org/name' or 'org/name@revision'")
+    if revision is not None and revision != rev:
+        raise ModelLoadError(f"{s}: revision {rev!r} in the id but {revision!r} passed")
+    return name, rev
+
+
 def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    """Load a tokenizer and make sure it has a pad token distinct from real text (needed for reward read-out)."""
-    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    """Load a tokenizer (local dir, hub id or ``id@revision``) and make sure it has a pad token distinct from
+    real text (needed for reward read-out)."""
+    name, revision = split_revision(path)
+    tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code, revision=revision)
     if tok.pad_token is None:
         # Pythia has no pad token; reusing EOS would make the read-out skip a real trailing EOS.
         tok.add_special_tokens({"pad_token": "<|pad|>"})
@@ -152,10 +169,11 @@ def load_reward_backbone(
     trust_remote_code: bool = False,
     revision: str | None = None,
 ) -> PreTrainedModel:
-    """A backbone (local dir or hub id) with a fresh scalar head initialised from `head_seed`.
+    """A backbone (local dir, hub id or ``id@revision``) with a fresh scalar head initialised from `head_seed`.
 
     Only safetensors weights are accepted (`use_safetensors=True`); remote code only on request.
     """
+    path, revision = split_revision(path, revision)
     _check_safetensors(path)
     config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code, revision=revision)
     config.num_labels = 1
@@ -214,6 +232,8 @@ def load_reward_model(path: str | Path, *, trust_remote_code: bool = False) -> P
 
 
 def load_causal_lm(path: str | Path, *, trust_remote_code: bool = False, revision: str | None = None):
+    """A causal LM from a local dir, hub id or ``id@revision`` (safetensors only)."""
+    path, revision = split_revision(path, revision)
     _check_safetensors(path)
     try:
         return AutoModelForCausalLM.from_pretrained(

@@ -708,11 +708,14 @@ class Pipeline:
             self.log.event("data", "start", source=d.prefs)
             t0 = time.perf_counter()
             common = dict(schema=d.schema, name=d.name, revision=d.revision)
-            train = load_preferences(d.prefs, split=d.train_split, limit=d.max_train_pairs, **common)
+            train_stats, eval_stats = {}, {}
+            train = load_preferences(d.prefs, split=d.train_split, limit=d.max_train_pairs, stats=train_stats,
+                                     **common)
             if d.prefs_eval is not None:
-                held = load_preferences(d.prefs_eval, limit=d.max_eval_pairs, schema=d.schema)
+                held = load_preferences(d.prefs_eval, limit=d.max_eval_pairs, schema=d.schema, stats=eval_stats)
             else:
-                held = load_preferences(d.prefs, split=d.eval_split, limit=d.max_eval_pairs, **common)
+                held = load_preferences(d.prefs, split=d.eval_split, limit=d.max_eval_pairs, stats=eval_stats,
+                                        **common)
             prompts = list(dict.fromkeys(p.prompt for p in held))[: d.n_eval_prompts]
             tok = load_tokenizer(c.checkpoints[0], trust_remote_code=c.trust_remote_code)
             self.store.mark_running("data", key)
@@ -724,8 +727,10 @@ class Pipeline:
                     "prompt_id": pa.array(range(len(prompts)), pa.int64()), "prompt": prompts}))
             with atomic_path(self.root / "tokenizer") as tmp:
                 tok.save_pretrained(str(tmp))
+            skipped = {f"{part}_{k}": v for part, st in (("train", train_stats), ("eval", eval_stats))
+                       for k, v in st.items() if v}
             self._done("data", key, ["data", "tokenizer"], t0, info={"train_pairs": len(train),
-                                                                    "eval_pairs": len(held)})
+                                                                    "eval_pairs": len(held)} | skipped)
         return self.store.output_hash("data")
 
     @_once
