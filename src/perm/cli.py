@@ -139,6 +139,33 @@ def report(args: Args = None, rewards: Rewards = None, models: Models = None, qu
     _run("report", args, quiet, json_log, rewards, models)
 
 
+Runs = Annotated[list[str], typer.Argument(help="Two or more run directories with analysis/ (replicates)")]
+Out = Annotated[str | None, typer.Option("--out", help="Write per_run.parquet, summary.parquet, summary.md here")]
+AtN = Annotated[int | None, typer.Option("--n", help="The n of the printed table (default: the largest)")]
+
+
+@app.command()
+def compare(runs: Runs, out: Out = None, n: AtN = None, quiet: Quiet = False) -> None:
+    """Compare replicate runs: each headline statistic's mean, between-run sd and within-run se, and in how
+    many runs each of the paper's contrasts holds (same config, other seeds: see README)."""
+    from perm.compare import CompareError, compare_runs, summary_markdown, write_comparison
+
+    try:
+        if out is not None:
+            path = write_comparison(runs, out, n)
+            text = path.read_text()
+        else:
+            _, summary = compare_runs(runs)
+            if n is not None and n not in set(summary.n):
+                raise CompareError(f"--n {n}: the runs have n = {sorted(set(summary.n))}")
+            text = summary_markdown(summary, runs, n)
+    except CompareError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    if not quiet:
+        typer.echo(text, nl=False)
+
+
 def main() -> None:
     try:
         app()
