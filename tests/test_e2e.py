@@ -168,8 +168,9 @@ def test_bf16_run_completes_and_pretrains_like_fp32(tmp_path, baseline):
         fp32 = json.loads((baseline / "pretrain" / pid / "pretrain.json").read_text())["heldout_perplexity"]
         bf16 = json.loads((out / "pretrain" / pid / "pretrain.json").read_text())["heldout_perplexity"]
         assert bf16 == pytest.approx(fp32, rel=0.1)
+        assert json.loads((out / "pretrain" / pid / "pretrain.json").read_text())["attention"] == "eager"
     rm = json.loads((out / "rm" / "seed0-ft0" / "rm.json").read_text())
-    assert rm["accuracy"] > 0.5
+    assert rm["accuracy"] > 0.5 and rm["attention"] == "eager" and rm["precision"] == "bf16"
 
 
 def _children(pid: int) -> set[int]:

@@ -6,6 +6,7 @@ from transformers import AutoModelForSequenceClassification, BertConfig, BertFor
 
 from perm.models import (
     ModelLoadError,
+    attention_for,
     gpt_neox_config,
     load_causal_lm,
     load_reward_backbone,
@@ -113,3 +114,13 @@ def test_hub_ids_with_a_revision_reach_from_pretrained(monkeypatch):
     assert load_causal_lm("EleutherAI/pythia-160m-seed4@step143000") == "model"
     assert seen["name"] == "EleutherAI/pythia-160m-seed4" and seen["revision"] == "step143000"
     assert seen["use_safetensors"] is True and seen["trust_remote_code"] is False
+
+
+def test_attention_for_picks_eager_only_for_bf16_on_cpu():
+    assert attention_for("cpu", "bf16") == "eager"
+    assert attention_for("cpu", "fp32") is None  # the model's default (sdpa)
+    assert attention_for("cuda", "bf16") is None
+    assert attention_for(torch.device("cpu"), "bf16", "sdpa") == "sdpa"
+    assert attention_for("cuda", "fp32", "eager") == "eager"
+    with pytest.raises(ValueError, match="auto, sdpa or eager"):
+        attention_for("cpu", "bf16", "flash")

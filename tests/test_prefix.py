@@ -8,7 +8,7 @@ import torch
 from transformers import BertConfig, BertForMaskedLM
 
 from conftest import toy_pairs
-from perm.models import load_reward_backbone, save_model
+from perm.models import load_reward_backbone, save_model, use_attention
 from perm.prefix import (
     merge_prefixes,
     pair_rewards_shared,
@@ -30,9 +30,11 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture
-def rm(tiny_backbone_dir, tokenizer):
-    return load_reward_backbone(tiny_backbone_dir, pad_token_id=tokenizer.pad_token_id, head_seed=0).eval()
+@pytest.fixture(params=["sdpa", "eager"])
+def rm(request, tiny_backbone_dir, tokenizer):
+    """The tiny RM with each attention implementation perm uses (eager: bf16 on CPU, perm.models.attention_for)."""
+    model = load_reward_backbone(tiny_backbone_dir, pad_token_id=tokenizer.pad_token_id, head_seed=0)
+    return use_attention(model, request.param).eval()
 
 
 def _groups(seed=0):

@@ -65,11 +65,14 @@ def test_pretraining_learns_and_reports_heldout_perplexity(tokenizer):
     assert math.isfinite(info["final_train_loss"])
 
 
-def test_bf16_mixed_precision_learns_like_fp32(tokenizer):
+@pytest.mark.parametrize("attention", [None, "eager"])
+def test_bf16_mixed_precision_learns_like_fp32(tokenizer, attention):
     # regression: one autocast context around the whole loop cached each weight's first-step bf16 copy and
-    # the model barely learned (loss 6.6 vs 2.8 on the testbed); autocast is now entered per forward
+    # the model barely learned (loss 6.6 vs 2.8 on the testbed); autocast is now entered per forward.
+    # eager: what bf16 on CPU uses (perm.models.attention_for)
     _, fp32 = _run(tokenizer)
-    _, bf16 = _run(tokenizer, bf16=True)
+    _, bf16 = _run(tokenizer, bf16=True, attention=attention)
+    assert bf16["attention"] == (attention or "sdpa") and fp32["attention"] == "sdpa"
     assert bf16["final_train_loss"] != fp32["final_train_loss"]  # bf16 really ran
     assert bf16["final_train_loss"] == pytest.approx(fp32["final_train_loss"], rel=0.1)
     assert bf16["heldout_perplexity"] == pytest.approx(fp32["heldout_perplexity"], rel=0.2)

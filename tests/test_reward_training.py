@@ -5,17 +5,18 @@ import pytest
 import torch
 
 from conftest import toy_pairs
-from perm.models import load_reward_backbone, make_accelerator
+from perm.models import load_reward_backbone, make_accelerator, use_attention
 from perm.reward import encode, score_ids, train_reward_model
 
 
 def _train(backbone_dir, tokenizer, *, head_seed=0, data_seed=0, dropout_seed=0, center_coef=0.0, offset=0.0,
-           epochs=2.0, dropout=0.0, n=192, accelerator=None):
+           epochs=2.0, dropout=0.0, n=192, accelerator=None, attention=None):
     torch.set_num_threads(1)
     p, c, r = toy_pairs(n, seed=0)
     ep, ec, er = toy_pairs(64, seed=1)
     model = load_reward_backbone(backbone_dir, pad_token_id=tokenizer.pad_token_id, head_seed=head_seed,
                                  dropout=dropout)
+    use_attention(model, attention)
     if offset:
         # shift every reward by `offset`: the final layer norm's bias along the head direction
         w = model.score.weight[0]
@@ -36,9 +37,11 @@ def test_rm_learns_the_toy_preference(tiny_backbone_dir, tokenizer):
     assert state["train_loss"][-1] < state["train_loss"][0]
 
 
-def test_rm_learns_under_bf16_mixed_precision(tiny_backbone_dir, tokenizer):
-    state = _train(tiny_backbone_dir, tokenizer, accelerator=make_accelerator("cpu", "bf16"))
+@pytest.mark.parametrize("attention", [None, "eager"])
+def test_rm_learns_under_bf16_mixed_precision(tiny_backbone_dir, tokenizer, attention):
+    state = _train(tiny_backbone_dir, tokenizer, accelerator=make_accelerator("cpu", "bf16"), attention=attention)
     assert state["evals"][-1]["accuracy"] > 0.95
+    assert state["model"].config._attn_implementation == (attention or "sdpa")
     fp32 = _train(tiny_backbone_dir, tokenizer, accelerator=make_accelerator("cpu", "fp32"))
     assert state["train_loss"] != fp32["train_loss"]  # bf16 really ran
     # and the process can go back to fp32 (accelerate's state is process-wide; the local executor runs SFT
@@ -74,3 +77,20 @@ def test_score_ids_matches_direct_call(tiny_backbone_dir, tokenizer):
     with torch.no_grad():
         direct = [m(input_ids=torch.tensor([s])).logits[0, 0].item() for s in seqs]
     assert got == pytest.approx(np.array(direct), abs=1e-5)
+
+
+def test_bf16_training_reads_rewards_from_an_fp32_head(tiny_backbone_dir, tokenizer):
+    """Under bf16 autocast the scalar head runs in fp32 (bf16 rewards have 8 bits: ties and coarse BT
+    differences); afterwards the model is the plain *ForSequenceClassification again."""
+    from perm.models import fp32_reward_head
+
+    model = load_reward_backbone(tiny_backbone_dir, pad_token_id=tokenizer.pad_token_id, head_seed=0)
+    ids = torch.tensor([encode(tokenizer, ["w1 w2 TL;DR:"], [" good w3"], 32)[0]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(input_ids=ids).logits.dtype == torch.bfloat16
+        with fp32_reward_head(model):
+            assert model(input_ids=ids).logits.dtype == torch.float32
+            assert "score.head.weight" in dict(model.named_parameters())
+    assert isinstance(model.score, torch.nn.Linear)
+    state = _train(tiny_backbone_dir, tokenizer, accelerator=make_accelerator("cpu", "bf16"), epochs=0.2)
+    assert isinstance(state["model"].score, torch.nn.Linear) and "score.weight" in state["model"].state_dict()

@@ -81,9 +81,10 @@ def grid(pretrain_ids: list[str], finetune_seeds: tuple[int, ...], layout: str) 
 
 
 def job_pretrain(run_dir: str, out_rel: str, *, init_seed: int, data_seed: int, backbone: dict, train: dict,
-                 device: str, threads: int | None, precision: str = "fp32", show_progress: bool = True) -> dict:
+                 device: str, threads: int | None, precision: str = "fp32", attention: str = "auto",
+                 show_progress: bool = True) -> dict:
     """Pretrain one backbone into run_dir/out_rel (atomically); returns its info."""
-    from perm.models import gpt_neox_config, load_tokenizer, save_model
+    from perm.models import attention_for, gpt_neox_config, load_tokenizer, save_model
     from perm.pretrain import pack_corpus, pretrain
 
     dev = _torch_setup(device, threads)
@@ -96,6 +97,7 @@ def job_pretrain(run_dir: str, out_rel: str, *, init_seed: int, data_seed: int, 
     bar = Progress("normal" if show_progress else "quiet").bar(out_rel, train["steps"])
     model, info = pretrain(config=cfg, train_blocks=train_blocks, heldout_blocks=held, init_seed=init_seed,
                            data_seed=data_seed, device=dev, progress=bar, bf16=precision == "bf16",
+                           attention=attention_for(dev, precision, attention),
                            **{k: train[k] for k in ("steps", "batch_size", "lr", "warmup_steps", "weight_decay")})
     bar.close()
     info["n_params"] = sum(p.numel() for p in model.parameters())
@@ -108,14 +110,21 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
                      reward: dict, n_pairs: int | None,
                      pair_files: tuple[str, ...] = ("data/prefs_train.parquet",),
                      eval_files: tuple[str, ...] = ("data/prefs_eval.parquet",), device: str, threads: int | None,
-                     precision: str = "fp32",
+                     precision: str = "fp32", attention: str = "auto",
                      trust_remote_code: bool = False, role: str = "rm", show_progress: bool = True) -> dict:
     """Finetune one RM from `backbone` (dir or hub id) on the pairs of `pair_files` (concatenated, first
     `n_pairs` kept); save it + rm.json atomically.
 
     eval_files: held-out pairs; the first is in distribution (the learning curve and `accuracy`), the others
     are evaluated once at the end (`other_evals`). Gold accuracy wherever the file has gold columns."""
-    from perm.models import load_reward_backbone, load_tokenizer, make_accelerator, save_model
+    from perm.models import (
+        attention_for,
+        load_reward_backbone,
+        load_tokenizer,
+        make_accelerator,
+        save_model,
+        use_attention,
+    )
     from perm.reward import encode, evaluate_pairs, train_reward_model
 
     dev = _torch_setup(device, threads)
@@ -127,6 +136,7 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
                                  dropout=reward["dropout"], trust_remote_code=trust_remote_code)
     if model.get_input_embeddings().num_embeddings < len(tok):
         model.resize_token_embeddings(len(tok))
+    use_attention(model, attention_for(dev, precision, attention))
     ml = reward["max_length"]
     prompts, chosen, rejected = [], [], []
     for rel in pair_files:  # e.g. policy_prefs.parquet then data/prefs_train.parquet
@@ -183,6 +193,8 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
         "steps": state["step"],
         "wall_s": state["wall_s"],
         "pairs_per_s": state["pairs_per_s"],
+        "attention": model.config._attn_implementation,
+        "precision": precision,
     }
     with atomic_path(run / out_rel) as tmp:
         save_model(model, tok, tmp, info, "rm.json")
@@ -304,15 +316,18 @@ def sft_heldout(n_posts: int) -> int:
 
 
 def job_sft(run_dir: str, out_rel: str, *, init: str | None, backbone: dict, sft: dict, max_length: int,
-            device: str, threads: int | None, precision: str = "fp32", show_progress: bool = True) -> dict:
+            device: str, threads: int | None, precision: str = "fp32", attention: str = "auto",
+            show_progress: bool = True) -> dict:
     """Train the SFT policy on sft_train (summary tokens only) from `init` (a backbone dir) or from scratch."""
     from perm.models import (
+        attention_for,
         gpt_neox_config,
         load_causal_lm,
         load_tokenizer,
         make_accelerator,
         new_causal_lm,
         save_model,
+        use_attention,
     )
     from perm.policy import train_sft
 
@@ -326,6 +341,7 @@ def job_sft(run_dir: str, out_rel: str, *, init: str | None, backbone: dict, sft
         cfg = gpt_neox_config(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                               **backbone)
         model = new_causal_lm(cfg, derive_seed("sft-init", 0))
+    use_attention(model, attention_for(dev, precision, attention))
     prompts, completions = _read_column(run / "data" / "sft_train.parquet", "prompt", "completion")
     n_eval = sft_heldout(len(prompts))
     bar = Progress("normal" if show_progress else "quiet").bar(out_rel, 1)
@@ -343,9 +359,9 @@ def job_sft(run_dir: str, out_rel: str, *, init: str | None, backbone: dict, sft
 
 
 def job_sample(run_dir: str, out_rel: str, *, policy: str, sampling: dict, device: str, threads: int | None, precision: str = "fp32",
-               show_progress: bool = True, trust_remote_code: bool = False) -> dict:
+               attention: str = "auto", show_progress: bool = True, trust_remote_code: bool = False) -> dict:
     """Pool of N + K reference samples per eval prompt -> samples.parquet (with gold reward on the testbed)."""
-    from perm.models import load_causal_lm, load_tokenizer
+    from perm.models import attention_for, load_causal_lm, load_tokenizer, use_attention
     from perm.policy import build_samples_table, sample_pool
     from perm.store import atomic_write_parquet
 
@@ -354,6 +370,7 @@ def job_sample(run_dir: str, out_rel: str, *, policy: str, sampling: dict, devic
     tok = load_tokenizer(policy if (Path(policy) / "tokenizer.json").exists() else run / "tokenizer",
                          trust_remote_code=trust_remote_code)
     model = load_causal_lm(policy, trust_remote_code=trust_remote_code).to(dev).eval()
+    use_attention(model, attention_for(dev, precision, attention))
     if tok.pad_token_id >= model.get_input_embeddings().num_embeddings:
         # perm added a pad token the policy has no embedding for; padding is masked, so EOS can stand in
         tok.pad_token = tok.eos_token
@@ -391,7 +408,8 @@ def job_sample(run_dir: str, out_rel: str, *, policy: str, sampling: dict, devic
 
 def job_policy_prefs(run_dir: str, out_rel: str, *, policy: str, pairs_per_post: int, max_new_tokens: int,
                      seed: int, batch_prompts: int, device: str, threads: int | None, precision: str = "fp32",
-                     show_progress: bool = True, eval_rel: str = "policy_prefs_eval.parquet") -> dict:
+                     attention: str = "auto", show_progress: bool = True,
+                     eval_rel: str = "policy_prefs_eval.parquet") -> dict:
     """Preference pairs of the SFT policy's own samples on sft_train posts, labelled by the testbed's
     Bradley-Terry raters on the gold reward (ties dropped), as TL;DR comparisons were collected.
 
@@ -400,7 +418,7 @@ def job_policy_prefs(run_dir: str, out_rel: str, *, policy: str, pairs_per_post:
     import numpy as np
     import pyarrow as pa
 
-    from perm.models import load_causal_lm, load_tokenizer
+    from perm.models import attention_for, load_causal_lm, load_tokenizer, use_attention
     from perm.policy import decode_samples, sample_pool
     from perm.store import atomic_write_parquet
     from perm.testbed.candidates import bradley_terry_labels
@@ -409,7 +427,7 @@ def job_policy_prefs(run_dir: str, out_rel: str, *, policy: str, pairs_per_post:
     dev = _torch_setup(device, threads)
     run = Path(run_dir)
     tok = load_tokenizer(run / "tokenizer")
-    model = load_causal_lm(policy).to(dev).eval()
+    model = use_attention(load_causal_lm(policy).to(dev).eval(), attention_for(dev, precision, attention))
     prompts, posts = _read_column(run / "data" / "sft_train.parquet", "prompt", "post")
     k = pairs_per_post
     t0 = time.perf_counter()
@@ -636,11 +654,14 @@ class Pipeline:
         return max(1, _usable_cpus() // self.cfg.workers)
 
     def _key(self, obj: dict) -> str:
-        """Input key of a stage; bf16 runs get their own keys (fp32 keys stay as they were). `amp: 2`: bf16
-        outputs made before autocast moved inside the pretraining loop (and SFT honoured `precision`) are
-        stale and must not be reused."""
-        p = self.cfg.precision
-        return hash_obj(obj | ({"precision": p, "amp": 2} if p != "fp32" else {}))
+        """Input key of a stage; bf16 runs and a chosen `attention` get their own keys (fp32 keys with
+        attention auto stay as they were). `amp: 3`: bf16 outputs made before autocast moved inside the
+        pretraining loop (2), or before bf16 on CPU meant eager attention (3), must not be reused."""
+        p, a = self.cfg.precision, self.cfg.attention
+        extra = {"precision": p, "amp": 3} if p != "fp32" else {}
+        if a != "auto" or p != "fp32":
+            extra["attention"] = a
+        return hash_obj(obj | extra)
 
     def _checkpoint_key(self, path: str) -> str:
         """:func:`_checkpoint_key` once per checkpoint and run: a local checkpoint is hashed by content, and
@@ -751,7 +772,7 @@ class Pipeline:
             if not self._skip(name, keys[name]):
                 todo.append((name, dict(run_dir=str(self.root), out_rel=name, init_seed=init_s, data_seed=data_s,
                                         backbone=to_dict(c.backbone), train=_train_args(c), device=self.cfg.device,
-                                        threads=self.job_threads, precision=self.cfg.precision, show_progress=self.show_bars)))
+                                        threads=self.job_threads, precision=self.cfg.precision, attention=self.cfg.attention, show_progress=self.show_bars)))
         job = self._evaluator_pretrain_job()
         if job is not None and not self._skip(job[0], job[2]):
             todo.insert(0, job[:2])  # the longest job first, so parallel workers finish together
@@ -771,7 +792,7 @@ class Pipeline:
                          "testbed": self.testbed()})
         return name, dict(run_dir=str(self.root), out_rel=name, init_seed=e.pretrain_seed, data_seed=e.pretrain_seed,
                           backbone=to_dict(e.backbone), train=train, device=self.cfg.device, threads=self.job_threads,
-                          precision=self.cfg.precision, show_progress=self.show_bars), key
+                          precision=self.cfg.precision, attention=self.cfg.attention, show_progress=self.show_bars), key
 
     def _evaluator_rm_job(self) -> tuple[str, dict, str] | None:
         """(name, job kwargs, input key) of the evaluator RM (its backbone pretrained first); None if disabled."""
@@ -795,7 +816,7 @@ class Pipeline:
             run_dir=str(self.root), out_rel="evaluator/rm", backbone=backbone,
             pretrain_id=f"evaluator-seed{e.pretrain_seed}", finetune_seed=0, reward=reward, n_pairs=e.train_pairs,
             pair_files=self.policy_prefs(), eval_files=self.eval_pair_files(), device=self.cfg.device,
-            threads=self.job_threads, precision=self.cfg.precision, role="evaluator", show_progress=self.show_bars), key
+            threads=self.job_threads, precision=self.cfg.precision, attention=self.cfg.attention, role="evaluator", show_progress=self.show_bars), key
 
     @_once
     def reward_grid(self) -> list[dict]:
@@ -819,7 +840,7 @@ class Pipeline:
                 todo.append((name, dict(run_dir=str(self.root), out_rel=name, backbone=backbones[pid], pretrain_id=pid,
                                         finetune_seed=seed, reward=to_dict(c), n_pairs=c.max_train_pairs,
                                         pair_files=pair_files, eval_files=eval_files,
-                                        device=self.cfg.device, threads=self.job_threads, precision=self.cfg.precision,
+                                        device=self.cfg.device, threads=self.job_threads, precision=self.cfg.precision, attention=self.cfg.attention,
                                         trust_remote_code=self.cfg.pretrain.trust_remote_code,
                                         show_progress=self.show_bars)))
         job = self._evaluator_rm_job()
@@ -866,7 +887,7 @@ class Pipeline:
             self.log.event(name, "start", init=c.init_from)
             t0 = time.perf_counter()
             info = job_sft(str(self.root), name, init=init, backbone=to_dict(self.cfg.pretrain.backbone), sft=sft,
-                           max_length=self.cfg.reward.max_length, device=self.cfg.device, threads=self.cfg.threads, precision=self.cfg.precision,
+                           max_length=self.cfg.reward.max_length, device=self.cfg.device, threads=self.cfg.threads, precision=self.cfg.precision, attention=self.cfg.attention,
                            show_progress=self.show_bars)
             self._done(name, key, [name], t0, seeds={"data_seed": info["data_seed"]}, info=info)
         return str(self.root / name)
@@ -893,7 +914,7 @@ class Pipeline:
             info = job_policy_prefs(str(self.root), "policy_prefs.parquet", policy=policy,
                                     pairs_per_post=c.policy_pairs_per_post, max_new_tokens=p.max_new_tokens,
                                     seed=p.seed, batch_prompts=p.batch_prompts, device=self.cfg.device,
-                                    threads=self.cfg.threads, precision=self.cfg.precision,
+                                    threads=self.cfg.threads, precision=self.cfg.precision, attention=self.cfg.attention,
                                     show_progress=self.show_bars)
             self._done(name, key, ["policy_prefs.parquet", "policy_prefs_eval.parquet"], t0, info=info)
         return ("policy_prefs.parquet",) + (files if c.pairs == "mix" else ())
@@ -928,7 +949,7 @@ class Pipeline:
             self.log.event(name, "start", pool=c.pool_size, references=c.n_reference)
             t0 = time.perf_counter()
             info = job_sample(str(self.root), "samples.parquet", policy=policy, sampling=sampling,
-                              device=self.cfg.device, threads=self.cfg.threads, precision=self.cfg.precision, show_progress=self.show_bars,
+                              device=self.cfg.device, threads=self.cfg.threads, precision=self.cfg.precision, attention=self.cfg.attention, show_progress=self.show_bars,
                               trust_remote_code=self.cfg.pretrain.trust_remote_code)
             self._done(name, key, ["samples.parquet"], t0, seeds={"sampling_seed": c.seed}, info=info)
         return self.root / "samples.parquet"

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import torch
 
-from perm.models import new_causal_lm
+from perm.models import new_causal_lm, use_attention
 
 
 def pack_corpus(texts: list[str], tokenizer, seq_len: int, heldout_frac: float = 0.02) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,6 +65,7 @@ def pretrain(
     device: torch.device,
     progress=None,
     bf16: bool = False,
+    attention: str | None = None,
 ):
     """Train a causal LM from scratch; returns (model, info) with held-out perplexity and timing.
 
@@ -72,8 +73,9 @@ def pretrain(
     bf16: mixed precision (fp32 weights, bf16 autocast around each forward). Autocast is entered per step on
     purpose: it caches the bf16 copy of every weight until its context exits, so one context around the
     whole loop would train on the weights' first-step copies and learn almost nothing.
+    attention: the attention implementation (:func:`perm.models.attention_for`); None = the model's default.
     """
-    model = new_causal_lm(config, init_seed).to(device)
+    model = use_attention(new_causal_lm(config, init_seed), attention).to(device)
     order_rng = np.random.default_rng(data_seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
     n = len(train_blocks)
@@ -108,6 +110,7 @@ def pretrain(
         "tokens": steps * batch_size * train_blocks.shape[1],
         "final_train_loss": float(np.mean(losses[-20:])),
         "heldout_perplexity": ppl,
+        "attention": model.config._attn_implementation,
         "tokens_per_s": steps * batch_size * train_blocks.shape[1] / wall,
         "wall_s": wall,
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Sequence
@@ -203,7 +204,7 @@ def train_reward_model(
     Data order depends only on `data_seed`, dropout masks only on `dropout_seed` (the head was initialised
     by its own seed when the model was built).
     """
-    from perm.models import make_accelerator
+    from perm.models import fp32_reward_head, make_accelerator
     from perm.prefix import UnsharableCache, merge_prefixes, shares_prompt, split_pairs
 
     chosen, rejected = _joined(prompts, chosen), _joined(prompts, rejected)
@@ -229,6 +230,9 @@ def train_reward_model(
     total = max(1, int(round(epochs * steps_per_epoch)))
     warmup = int(warmup_frac * total)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_schedule(s, total, warmup))
+    head_ctx = contextlib.ExitStack()
+    if acc.mixed_precision != "no":  # bf16: rewards (and their BT differences) from an fp32 head
+        head_ctx.enter_context(fp32_reward_head(model))
     model, opt, sched = acc.prepare(model, opt, sched)
     device = acc.device
     rng = np.random.default_rng(data_seed)
@@ -276,6 +280,7 @@ def train_reward_model(
                 progress(state["step"], total, loss.item())
     state["wall_s"] = time.perf_counter() - t0
     state["pairs_per_s"] = seen * acc.num_processes / state["wall_s"]  # pairs trained on, all ranks
+    head_ctx.close()  # the head as it was (same parameters), so the saved RM is a plain *ForSequenceClassification
     state["model"] = acc.unwrap_model(model).eval()
     return state
 
