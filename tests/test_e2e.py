@@ -199,7 +199,8 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_workers_give_the_sequential_results_and_die_with_a_killed_driver(tmp_path, baseline):
-    """workers=2 (one thread per job, as the baseline): each training job in a fresh process, two at once.
+    """workers=2 (one thread per job, as the baseline): two worker processes, each running several training
+    jobs of a stage in turn, give the sequential run's results byte for byte.
     SIGKILL of the driver alone takes its workers with it; the rerun finishes with the baseline's rewards."""
     out = tmp_path / "run"
     cmd = _cli(out, "workers=2")
