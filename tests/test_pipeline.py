@@ -132,35 +132,37 @@ def test_scoring_equals_the_model_on_one_row_and_refuses_nan(tmp_path, tokenizer
     assert not (run / "scores" / "nan.parquet").exists()
 
 
-def _square(x: int, fail: bool = False) -> dict:
+def _square(x: int, fail: bool = False, sleep: float = 0.0) -> dict:
     import os
+    import time
 
+    time.sleep(sleep)
     if fail:
         raise RuntimeError(f"job {x} failed")
     return {"y": x * x, "pid": os.getpid()}
 
 
-def test_pool_executor_runs_each_job_in_its_own_fresh_process():
+def test_pool_executor_runs_jobs_in_at_most_workers_processes_besides_the_driver():
     from perm.pipeline import PoolExecutor
 
     out = dict(PoolExecutor(2).map_as_completed(_square, [{"x": i} for i in range(4)]))
     assert sorted(out) == [0, 1, 2, 3]
     assert all(info["y"] == i * i and wall >= 0 for i, (info, wall) in out.items())
     pids = {info["pid"] for info, _ in out.values()}
-    assert len(pids) == 4 and os.getpid() not in pids  # max_tasks_per_child=1: a fresh process per job
+    assert 1 <= len(pids) <= 2 and os.getpid() not in pids  # workers are reused across a stage's jobs
 
 
 def test_pool_executor_yields_finished_jobs_then_raises_the_first_error():
     from perm.pipeline import PoolExecutor
 
     done = []
-    jobs = [{"x": 0}, {"x": 1, "fail": True}] + [{"x": i} for i in range(2, 8)]
+    jobs = [{"x": 0}, {"x": 1, "fail": True}] + [{"x": i, "sleep": 1.0} for i in range(2, 8)]
     with pytest.raises(RuntimeError, match="job 1 failed"):
         for i, _ in PoolExecutor(1).map_as_completed(_square, jobs):
             done.append(i)
     # job 0 finished before the failure and was yielded; with one worker most later jobs were still pending
-    # and were cancelled (the pool may already have handed the next one to its worker)
-    assert done[0] == 0 and 1 not in done and len(done) < 4
+    # and were cancelled (the pool may already have handed up to three to its worker, which finish)
+    assert done[0] == 0 and 1 not in done and len(done) <= 4  # of 8: the rest were cancelled
 
 
 def test_workers_and_threads_are_validated():
