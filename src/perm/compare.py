@@ -52,20 +52,15 @@ def run_statistics(run: str | Path) -> pd.DataFrame:
     def put(stat, key, n, value, se=np.nan):
         rows.append({"statistic": stat, "key": key, "n": int(n), "value": float(value), "se": float(se)})
 
-    f2 = t["figure2"]
-    for _, r in f2.iterrows():
-        put("agreement", r["group"], r["n"], r["mean"], r["se"])
-    for n, g in f2.groupby("n"):
-        m = g.set_index("group")["mean"]
-        if {"same_pretrain", "different_pretrain"} <= set(m.index):
-            put("agreement: same - different", "contrast", n, m["same_pretrain"] - m["different_pretrain"])
-    f1 = t["figure1"]
-    for _, r in f1.iterrows():
-        put("pick reward under other RMs", r["group"], r["n"], r["mean"], r["se"])
-    for n, g in f1.groupby("n"):
-        m = g.set_index("group")["mean"]
-        if {"same_pretrain", "different_pretrain"} <= set(m.index):
-            put("pick reward: same - different", "contrast", n, m["same_pretrain"] - m["different_pretrain"])
+    for fig, stat, short in (("figure2", "agreement", "agreement"),
+                             ("figure1", "pick reward under other RMs", "pick reward")):
+        f = t[fig]
+        for _, r in f.iterrows():
+            put(stat, r["group"], r["n"], r["mean"], r["se"])
+        for n, g in f.groupby("n"):
+            m = g.set_index("group")["mean"]
+            if {"same_pretrain", "different_pretrain"} <= set(m.index):
+                put(f"{short}: same - different", "contrast", n, m["same_pretrain"] - m["different_pretrain"])
     for _, r in t["figure3"].iterrows():
         put("variance explained by the RM", "fraction", r["n"], r["mean"], r["se"])
 
