@@ -279,7 +279,7 @@ class RunConfig:
     """torch intra-op threads; null = torch's default (with `workers` > 1: the machine's cores / workers)."""
     workers: int = 1
     """Local executor: training jobs of a stage (pretrains, RM finetunes, the evaluator's) run in this many
-    worker processes at once, a fresh process per job; 1 = one after another in this process. On a few CPU
+    worker processes at once (each runs several jobs in turn); 1 = one after another in this process. On a few CPU
     cores two single-threaded jobs outrun one two-threaded job (small matmuls do not use two threads
     fully). Results depend on the threads per job, so resume a run with the same `workers`."""
     testbed: TestbedConfig = field(default_factory=TestbedConfig)
