@@ -133,6 +133,8 @@ def compare_runs(runs: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def summary_markdown(summary: pd.DataFrame, runs: list[str | Path], n: int | None = None) -> str:
     """The summary at one n (default: the largest n every run has) as a Markdown table."""
+    if n is not None and n not in set(summary.n):
+        raise CompareError(f"--n {n}: the runs have n = {sorted(set(summary.n))}")
     n = int(summary.n.max()) if n is None else n
     s = summary[summary.n == n]
     lines = [
@@ -165,11 +167,10 @@ def write_comparison(runs: list[str | Path], out: str | Path, n: int | None = No
     from perm.store import atomic_write_parquet, atomic_write_text
 
     per_run, summary = compare_runs(runs)
-    if n is not None and n not in set(summary.n):
-        raise CompareError(f"--n {n}: the runs have n = {sorted(set(summary.n))}")
+    markdown = summary_markdown(summary, runs, n)  # a bad n fails here, before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_parquet(out / "per_run.parquet", pa.Table.from_pandas(per_run, preserve_index=False))
     atomic_write_parquet(out / "summary.parquet", pa.Table.from_pandas(summary, preserve_index=False))
-    atomic_write_text(out / "summary.md", summary_markdown(summary, runs, n))
+    atomic_write_text(out / "summary.md", markdown)
     return out / "summary.md"

@@ -305,8 +305,8 @@ def _to_pairs(
 
     tldr: CNN/DM comparisons are skipped and counted in ``stats["skipped_cnndm"]``; positions (and so the
     ids of later pairs) still count them, so ids do not depend on the skipping."""
-    if stats is not None:
-        stats.setdefault("skipped_cnndm", 0)
+    stats = {} if stats is None else stats
+    stats.setdefault("skipped_cnndm", 0)
     for position, (loc, record) in enumerate(records):
         if not isinstance(record, Mapping):
             kind = _JSON_TYPES.get(type(record), type(record).__name__)
@@ -320,8 +320,7 @@ def _to_pairs(
                     "or summarize_from_feedback {info, summaries, choice}; pass schema='generic' or 'tldr'",
                 )
         if schema == "tldr" and _is_cnndm(record):
-            if stats is not None:
-                stats["skipped_cnndm"] += 1
+            stats["skipped_cnndm"] += 1
             continue
         yield _CONVERTERS[schema](record, loc, position)
 

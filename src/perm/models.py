@@ -218,11 +218,15 @@ def load_reward_backbone(
     return model
 
 
-def reward_head(model: PreTrainedModel) -> torch.nn.Module:
+def _reward_head_name(model: PreTrainedModel) -> str:
     for name in HEAD_NAMES:
         if hasattr(model, name):
-            return getattr(model, name)
+            return name
     raise ModelLoadError(f"{type(model).__name__}: no scalar head ({' or '.join(HEAD_NAMES)})")
+
+
+def reward_head(model: PreTrainedModel) -> torch.nn.Module:
+    return getattr(model, _reward_head_name(model))
 
 
 class _Fp32Head(torch.nn.Module):
@@ -242,12 +246,8 @@ def fp32_reward_head(model: PreTrainedModel) -> Iterator[None]:
     """Inside: the scalar head computes in fp32 under autocast, so bf16 training keeps rewards (and the
     Bradley-Terry differences between them) at full precision instead of bf16's 8 bits; the backbone's
     matmuls stay bf16. The head's parameters are the same objects (the optimizer and checkpoint see no change)."""
-    for name in HEAD_NAMES:
-        if hasattr(model, name):
-            head = getattr(model, name)
-            break
-    else:
-        raise ModelLoadError(f"{type(model).__name__}: no scalar head ({' or '.join(HEAD_NAMES)})")
+    name = _reward_head_name(model)
+    head = getattr(model, name)
     setattr(model, name, _Fp32Head(head))
     try:
         yield

@@ -781,8 +781,7 @@ class Pipeline:
         if job is not None and not self._skip(job[0], job[2]):
             todo.insert(0, job[:2])  # the longest job first, so parallel workers finish together
             keys[job[0]] = job[2]
-        self._run_jobs(job_pretrain, todo, keys, seeds_of=lambda kw: {"init_seed": kw["init_seed"],
-                                                                       "data_seed": kw["data_seed"]})
+        self._run_jobs(job_pretrain, todo, keys, seeds_of=_pretrain_seeds)
         return out
 
     def _evaluator_pretrain_job(self) -> tuple[str, dict, str] | None:
@@ -809,8 +808,7 @@ class Pipeline:
         else:
             name, kw, key = self._evaluator_pretrain_job()
             if not self.store.is_complete(name, key):  # not run with the grid's pretrains (checkpoint grid)
-                self._run_jobs(job_pretrain, [(name, kw)], {name: key},
-                               seeds_of=lambda kw: {"init_seed": kw["init_seed"], "data_seed": kw["data_seed"]})
+                self._run_jobs(job_pretrain, [(name, kw)], {name: key}, seeds_of=_pretrain_seeds)
             backbone, upstream = str(self.root / name), self.store.output_hash(name)
         reward = dict(to_dict(self.cfg.reward), epochs=e.epochs, lr=e.lr)
         grid_only = ("finetune_seeds", "layout", "max_train_pairs", "pairs", "policy_pairs_per_post")
@@ -979,7 +977,7 @@ class Pipeline:
                                         max_length=self.cfg.reward.max_length, batch_size=64,
                                         device=self.cfg.device, threads=self.cfg.threads,
                                         show_progress=self.show_bars)))
-        # scoring jobs are short and share this process's tokenised samples: not worth a fresh process each
+        # scoring jobs are short and share this process's tokenised samples (one tokenisation for all models)
         self._run_jobs(job_score, todo, keys, seeds_of=lambda kw: {}, pool=False)
         name = "score"
         key = self._key({k: self.store.output_hash(k) for k in sorted(keys)} | {"samples": samples_hash})
@@ -1107,6 +1105,11 @@ def _checkpoint_key(path: str) -> str:
 
     p = Path(path)
     return hash_path(p) if p.is_dir() else f"hub:{path}"
+
+
+def _pretrain_seeds(kw: dict) -> dict:
+    """The seeds a pretrain job records in the manifest."""
+    return {"init_seed": kw["init_seed"], "data_seed": kw["data_seed"]}
 
 
 def _train_args(c) -> dict:
