@@ -3,7 +3,8 @@
     python benchmarks/pipeline.py [CONFIG] [key=value ...]
 
 Runs the pipeline in a child process (so its peak RSS is measured alone), then prints the per-stage wall
-times recorded in the run's manifest. The machine's fp32 matmul peak on all cores is measured before and
+times recorded in the run's manifest, with the CPU model and capability (AVX2, AVX512-BF16, ...) and the
+precision the run resolved to: every figure names the CPU it was measured on. The machine's fp32 matmul peak on all cores is measured before and
 after, so that runs on a shared VM whose speed drifts can be compared. Run by hand; numbers go into the
 README.
 """
@@ -11,7 +12,6 @@ README.
 from __future__ import annotations
 
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -41,7 +41,12 @@ def main(argv: list[str]) -> None:
     if proc.returncode != 0:
         sys.exit(proc.returncode)
     stages = json.loads((Path(out) / "manifest.json").read_text())["stages"]
-    print(f"machine: {platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cpus")
+    from perm.hardware import cpu_info, cpu_label
+
+    cpu = cpu_info()
+    hw = json.loads((Path(out) / "manifest.json").read_text()).get("hardware", {})
+    print(f"cpu: {cpu['model']} ({cpu_label(cpu)}), {__import__('os').cpu_count()} cpus; "
+          f"precision {hw.get('precision')} (asked: {hw.get('precision_requested')}), attention {hw.get('attention')}")
     print(f"{'stage':<28}{'wall s':>10}")
     for name, rec in stages.items():
         print(f"{name:<28}{rec.get('wall_s') or 0:>10.1f}")

@@ -268,8 +268,12 @@ class RunConfig:
     """Run directory."""
     device: str = "auto"
     """auto (cuda if available), cpu, cuda."""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """bf16: mixed precision for training and sampling (fp32 weights, bf16 autocast); scoring stays fp32."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """auto: bf16 where the device multiplies it natively (CUDA with bf16 support; a CPU with AVX512-BF16, AMX
+    or ARM BF16), fp32 elsewhere (an AVX2-only CPU emulates bf16 ~30x slower than fp32), decided from the
+    features the hardware reports (perm.hardware). bf16: mixed precision for training and sampling (fp32
+    weights, bf16 autocast); scoring stays fp32. The resolved value keys the stages and is recorded in the
+    manifest and every job record, so a run resumed on a machine that resolves differently reruns them."""
     attention: Literal["auto", "sdpa", "eager"] = "auto"
     """Attention of training and sampling jobs. auto: eager for bf16 on CPU (bf16 matmuls with an fp32
     softmax: 1.7-1.9x fp32 on an AVX512-BF16 CPU, where bf16 scaled-dot-product attention's backward is
@@ -293,7 +297,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", "auto|cpu|cuda")
-        _check(self.precision in ("fp32", "bf16"), "precision", "fp32|bf16")
+        _check(self.precision in ("auto", "fp32", "bf16"), "precision", "auto|fp32|bf16")
         _check(self.attention in ("auto", "sdpa", "eager"), "attention", "auto|sdpa|eager")
         _check(self.executor in ("local", "ray"), "executor", "local|ray")
         _check(self.workers >= 1, "workers", "must be >= 1")

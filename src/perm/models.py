@@ -25,17 +25,13 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from perm.hardware import resolve_device  # noqa: F401  (re-exported: jobs resolve their device here)
+
 HEAD_NAMES = ("score", "classifier")
 
 
 class ModelLoadError(ValueError):
     """A checkpoint that cannot be loaded safely or at all; the message names the path and the problem."""
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def make_accelerator(device: torch.device | str | None = None, precision: str = "fp32"):

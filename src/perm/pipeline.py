@@ -9,6 +9,7 @@ write their outputs atomically and return a small dict the driver records in the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -100,7 +101,8 @@ def job_pretrain(run_dir: str, out_rel: str, *, init_seed: int, data_seed: int, 
                            attention=attention_for(dev, precision, attention),
                            **{k: train[k] for k in ("steps", "batch_size", "lr", "warmup_steps", "weight_decay")})
     bar.close()
-    info["n_params"] = sum(p.numel() for p in model.parameters())
+    info.update(n_params=sum(p.numel() for p in model.parameters()), precision=precision,
+                attention=model.config._attn_implementation)
     with atomic_path(run / out_rel) as tmp:
         save_model(model, tok, tmp, {"config": {"backbone": backbone, **train}, **info}, "pretrain.json")
     return info
@@ -352,7 +354,8 @@ def job_sft(run_dir: str, out_rel: str, *, init: str | None, backbone: dict, sft
     bar.close()
     model = state.pop("model")
     info = {k: v for k, v in state.items() if isinstance(v, int | float | str)}
-    info.update(data_seed=data_seed, init=init or "scratch")
+    info.update(data_seed=data_seed, init=init or "scratch", precision=precision,
+                attention=model.config._attn_implementation)
     with atomic_path(run / out_rel) as tmp:
         save_model(model, tok, tmp, {"config": sft, **info}, "policy.json")
     return info
@@ -397,7 +400,8 @@ def job_sample(run_dir: str, out_rel: str, *, policy: str, sampling: dict, devic
                                 max_new_tokens=sampling["max_new_tokens"])
     atomic_write_parquet(run / out_rel, table)
     wall = time.perf_counter() - t0
-    info = {"rows": table.num_rows, "wall_s": wall, "samples_per_s": table.num_rows / wall}
+    info = {"rows": table.num_rows, "wall_s": wall, "samples_per_s": table.num_rows / wall, "precision": precision,
+            "attention": model.config._attn_implementation}
     if gold_fn:
         df = table.to_pandas()
         info["mean_gold"] = float(df[~df.is_reference].gold_reward.mean())
@@ -463,7 +467,7 @@ def job_policy_prefs(run_dir: str, out_rel: str, *, policy: str, pairs_per_post:
         raise ValueError(f"policy-prefs: {int(held.sum())} held-out and {int((~held).sum())} training pairs "
                          f"({sft_heldout(len(prompts))} held-out posts x {k} pairs, ties dropped); raise "
                          "testbed.n_sft or reward.policy_pairs_per_post")
-    info = {"wall_s": time.perf_counter() - t0}
+    info = {"wall_s": time.perf_counter() - t0, "precision": precision, "attention": model.config._attn_implementation}
     for name, rel, rows in (("train", out_rel, ~held), ("eval", eval_rel, held)):
         part = table.filter(pa.array(rows))
         part = part.add_column(0, "pair_id", pa.array(range(part.num_rows), pa.int64()))
@@ -628,8 +632,12 @@ class Pipeline:
     """One run directory driven by one resolved config."""
 
     def __init__(self, cfg: RunConfig, progress: Progress | None = None):
-        self.cfg = cfg
+        from perm.hardware import resolve_device, resolve_precision
+
         self.log = progress or Progress()
+        # `precision: auto` is resolved once, here: every key, job and record below sees fp32 or bf16
+        self.precision = resolve_precision(cfg.precision, resolve_device(cfg.device))
+        self.cfg = cfg = dataclasses.replace(cfg, precision=self.precision.value)
         self.store = RunStore(cfg.out)
         self.root = self.store.root
         self._memo: dict = {}
@@ -645,6 +653,11 @@ class Pipeline:
 
     def _save_config(self) -> None:
         atomic_write_text(self.root / "config.yaml", dump_config(self.cfg))
+        self.store.record_run(hardware_record(self.precision, self.cfg.attention))
+        self.log.note(f"device {self.precision.device_label}: precision {self.precision.value}"
+                      + (" (auto)" if self.precision.requested == "auto" else ""))
+        if self.precision.warning:
+            self.log.warn(self.precision.warning)
 
     @property
     def show_bars(self) -> bool:
@@ -1089,6 +1102,16 @@ class Pipeline:
             name, kw = todo[i]
             self._done(name, keys[name], [kw["out_rel"]], time.perf_counter() - wall, seeds=seeds_of(kw),
                        info=info | {"threads": kw.get("threads")})
+
+
+def hardware_record(precision, attention: str) -> dict:
+    """The manifest's `hardware` entry: the device, the CPU, and the precision and attention jobs use."""
+    from perm.hardware import cpu_info
+    from perm.models import attention_for
+
+    return {"device": precision.device_label, "cpu": cpu_info(), "precision": precision.value,
+            "precision_requested": precision.requested, "native_bf16": precision.native_bf16,
+            "attention": attention_for(precision.device, precision.value, attention) or "model default"}
 
 
 def _with_int_ids(table):

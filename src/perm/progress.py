@@ -29,6 +29,20 @@ class Progress:
         extra = "  ".join(f"{k}={_fmt(v)}" for k, v in fields.items())
         print(f"[perm] {stage:<22} {status:<8} {extra}".rstrip(), file=self.stream, flush=True)
 
+    def note(self, text: str) -> None:
+        """One line of context (``[perm] device cpu (AVX2): precision fp32``); not in quiet mode."""
+        if self.mode == "json":
+            print(json.dumps({"time": time.strftime("%H:%M:%S"), "note": text}), file=self.stream, flush=True)
+        elif self.mode == "normal":
+            print(f"[perm] {text}", file=self.stream, flush=True)
+
+    def warn(self, text: str) -> None:
+        """A warning line, printed in every mode (quiet included)."""
+        if self.mode == "json":
+            print(json.dumps({"time": time.strftime("%H:%M:%S"), "warning": text}), file=self.stream, flush=True)
+        else:
+            print(f"[perm] warning: {text}", file=self.stream, flush=True)
+
     def bar(self, desc: str, total: int):
         """A callable `update(done, total, loss=None)` drawing a tqdm bar (no-op unless normal mode)."""
         if self.mode != "normal":

@@ -139,7 +139,8 @@ class RunStore:
     """A run directory and its manifest.json.
 
     Manifest layout: ``{"stages": {name: {"status": "done"|"running", "key": str, "outputs": {relpath:
-    sha256}, "seeds": {...}, "wall_s": float, "finished": iso time, "info": {...}}}}``.
+    sha256}, "seeds": {...}, "wall_s": float, "finished": iso time, "info": {...}}}, "hardware": {device, cpu,
+    precision, ...}}`` (:meth:`record_run`).
     """
 
     def __init__(self, root: str | Path):
@@ -182,6 +183,16 @@ class RunStore:
         if not rec or rec.get("status") != "done":
             raise KeyError(f"stage {name} is not complete")
         return hash_obj(rec["outputs"])
+
+    def record_run(self, hardware: dict) -> None:
+        """Record where this invocation runs (``hardware``: device, CPU, resolved precision) in the
+        manifest; earlier invocations' entries are kept under ``hardware_history`` when it changes."""
+        m = self.manifest()
+        prev = m.get("hardware")
+        if prev is not None and prev != hardware:
+            m.setdefault("hardware_history", []).append(prev)
+        m["hardware"] = hardware
+        self._write_manifest(m)
 
     def mark_running(self, name: str, key: str) -> None:
         m = self.manifest()
