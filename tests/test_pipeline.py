@@ -143,7 +143,7 @@ def _square(x: int, fail: bool = False, sleep: float = 0.0) -> dict:
 
 
 def test_pool_executor_runs_jobs_in_at_most_workers_processes_besides_the_driver():
-    from perm.pipeline import PoolExecutor
+    from perm.executors import PoolExecutor
 
     out = dict(PoolExecutor(2).map_as_completed(_square, [{"x": i} for i in range(4)]))
     assert sorted(out) == [0, 1, 2, 3]
@@ -153,7 +153,7 @@ def test_pool_executor_runs_jobs_in_at_most_workers_processes_besides_the_driver
 
 
 def test_pool_executor_yields_finished_jobs_then_raises_the_first_error():
-    from perm.pipeline import PoolExecutor
+    from perm.executors import PoolExecutor
 
     done = []
     jobs = [{"x": 0}, {"x": 1, "fail": True}] + [{"x": i, "sleep": 1.0} for i in range(2, 8)]
