@@ -1,0 +1,708 @@
+"""Seed-aware statistics of the reward tensor: pair relations, the seed variance decomposition, intervals
+over pretrain seeds and prompts (MultiBERTs' Multi-Bootstrap), ensemble jackknives and duplicate-aware
+chance agreement.
+
+Pure functions: numpy arrays in, arrays / small dicts / DataFrames out, no I/O. Shapes follow
+:mod:`perm.bon` and :mod:`perm.analysis`: ``pool`` is ``(M, P, N)`` (reward models × prompts × pool
+candidates) and holds the RMs only (see :func:`rm_view`); per-pair values are ``(M, M, P)``.
+
+Every interval here is conditional on the SFT policy, the pool's generation and the evaluator: they are
+fixed. What varies is which prompts were drawn (the pool is drawn per prompt, so resampling prompts also
+covers pool variance), which pretrain seeds were drawn and, nested in them, which finetune seeds.
+See ``/work/shared/seed-statistics.md`` for the background.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import lru_cache
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+from scipy.stats import norm
+
+from perm import bon
+
+RELATIONS = ("same_pretrain", "same_finetune", "neither")
+SCOPES = ("shared", "per_rm")
+COMPONENTS = ("sigma2_pt", "sigma2_ft", "sigma2_res", "share_pt", "share_ft", "share_res")
+ENSEMBLE_NOTES = {
+    "pretrain": (
+        "pretrain ensemble: leave-one-pretrain-out jackknife over its R members (not resampled with "
+        "replacement: a duplicated member would shrink the ensemble's diversity) plus a prompt bootstrap; "
+        "normal interval"
+    ),
+    "finetune": (
+        "finetune ensemble of one pretrain: only prompts and finetune seeds vary (jackknife over its "
+        "finetune seeds plus a prompt bootstrap); the pretrain is fixed, so between-pretrain variation is "
+        "not covered; normal interval"
+    ),
+}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Metadata: relations between RMs and pretrain units
+
+
+def _is_missing(x) -> bool:
+    """None, NaN or pd.NA: an unknown id, which never matches anything (not even another unknown)."""
+    if x is None or x is pd.NA:
+        return True
+    return isinstance(x, float) and math.isnan(x)
+
+
+def _same(x, y) -> bool:
+    return not _is_missing(x) and not _is_missing(y) and x == y
+
+
+def pair_relations(pretrain_ids: Sequence, finetune_seeds: Sequence, scope: str = "shared") -> np.ndarray:
+    """How each pair of RMs relates, as an ``(M, M)`` object array of strings.
+
+    ``"self"`` on the diagonal; off it ``same_pretrain`` (same pretrain, different finetune seed),
+    ``same_finetune`` (different pretrain, same finetune seed), ``neither``. Under ``scope="per_rm"`` an
+    RM's finetuning randomness comes from (pretrain, seed) together, so equal seeds on different pretrains
+    mean nothing and such pairs are ``neither``. Unknown ids (None/NaN) never match, so an RM with an
+    unknown pretrain is a pretrain of its own. Two distinct RMs with the same pretrain *and* the same
+    finetune seed were trained with the same randomness; they belong to no relation and get
+    ``"duplicate"`` (every statistic by relation skips them).
+    """
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    m = len(pretrain_ids)
+    if len(finetune_seeds) != m:
+        raise ValueError(f"pretrain_ids ({m}) and finetune_seeds ({len(finetune_seeds)}) differ in length")
+    out = np.full((m, m), "self", dtype=object)
+    for a, b in combinations(range(m), 2):
+        same_pt = _same(pretrain_ids[a], pretrain_ids[b])
+        same_ft = _same(finetune_seeds[a], finetune_seeds[b])
+        if same_pt:
+            rel = "duplicate" if same_ft else "same_pretrain"
+        elif same_ft and scope == "shared":
+            rel = "same_finetune"
+        else:
+            rel = "neither"
+        out[a, b] = out[b, a] = rel
+    return out
+
+
+def relation_counts(relations: np.ndarray) -> dict[str, int]:
+    """Number of unordered pairs of each relation (``self``: number of RMs)."""
+    m = relations.shape[0]
+    upper = relations[np.triu_indices(m, k=1)]
+    counts = {r: int(np.sum(upper == r)) for r in (*RELATIONS, "duplicate")}
+    return {"self": m, **counts}
+
+
+def pretrain_units(pretrain_ids: Sequence) -> tuple[np.ndarray, tuple]:
+    """Index of each RM's pretrain unit, ``(M,)`` int64, and the units' labels (first-seen order).
+
+    The unit is what the seed bootstrap resamples. An unknown pretrain id is its own unit (label None).
+    """
+    index: dict = {}
+    labels, units = [], []
+    for i, p in enumerate(pretrain_ids):
+        key = ("<unknown>", i) if _is_missing(p) else p
+        if key not in index:
+            index[key] = len(labels)
+            labels.append(None if _is_missing(p) else p)
+        units.append(index[key])
+    return np.asarray(units, dtype=np.int64), tuple(labels)
+
+
+def rm_view(tensor) -> tuple[np.ndarray, tuple, tuple]:
+    """``(pool (M, P, N), pretrain_ids, finetune_seeds)`` of a :class:`perm.analysis.RewardTensor`'s RMs."""
+    rm = tensor.rm_indices
+    return (
+        tensor.pool[rm],
+        tuple(tensor.pretrain_ids[i] for i in rm),
+        tuple(tensor.finetune_seeds[i] for i in rm),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Per-pair, per-prompt values (computed once; every bootstrap replicate is a weighted average of them)
+
+
+def _pick_probabilities(pool: np.ndarray, n: int) -> np.ndarray:
+    """``(M, P, N)``: each RM's exact best-of-n selection probabilities (:mod:`perm.bon`)."""
+    return bon.selection_weights(pool.shape[-1], n)[bon.beat_counts(pool)]
+
+
+def half_sq_diffs(pool, n: int | None = None) -> np.ndarray:
+    """``(M, M, P)``: per prompt, a weighted mean over candidates of ½(s_a − s_b)² for every RM pair.
+
+    ``s`` = :func:`perm.bon.standardize` (``scale=True``) of ``pool`` (``(M, P, N)``): centred and scaled
+    to unit variance per prompt per RM over the whole pool, so the value is ``1 − corr(s_a, s_b)`` for the
+    whole-pool weighting. ``n=None``: every candidate weighted 1/N. ``n`` given: "at the best-of-n picks":
+    for pair (a, b) candidate i gets the mean best-of-n selection probability of the *other* RMs as rankers
+    (rankers ≠ a, b, so neither member selects its own high scores; with fewer than one other RM, all RMs
+    rank). The weights sum to 1 per prompt. The diagonal is 0.
+
+    Efficiently: Σ_i w_i(s_a − s_b)² with ``w = (Σ_k p_k − p_a − p_b)/(M − 2)`` splits into one sum over
+    all rankers and two corrections, each a batched Gram-like product (cost M²·P·N, not M³·P·N).
+    """
+    pool = np.asarray(pool, dtype=np.float64)
+    if pool.ndim != 3:
+        raise ValueError(f"pool must be (M, P, N), got shape {pool.shape}")
+    s = bon.standardize(pool, scale=True)
+    m, _, size = s.shape
+    s2 = s * s
+    if n is None:
+        sq = s2.sum(axis=-1)  # (M, P)
+        gram = np.einsum("apn,bpn->abp", s, s)
+        return np.maximum(0.5 * (sq[:, None] + sq[None, :] - 2.0 * gram) / size, 0.0)
+    p = _pick_probabilities(pool, n)
+    total = p.sum(axis=0)  # (P, N): all rankers
+    ts2 = np.einsum("pn,apn->ap", total, s2)
+    full = ts2[:, None] + ts2[None, :] - 2.0 * np.einsum("apn,bpn->abp", s * total, s)  # Σ total·(s_a−s_b)²
+    if m - 2 < 1:
+        out = full / m
+    else:
+        # own[a, b] = Σ_i p_a,i (s_a,i − s_b,i)²: the share of ranker a itself, removed from pair (a, b)
+        own = (
+            np.einsum("apn,apn->ap", p, s2)[:, None]
+            - 2.0 * np.einsum("apn,bpn->abp", p * s, s)
+            + np.einsum("apn,bpn->abp", p, s2)
+        )
+        out = (full - own - own.transpose(1, 0, 2)) / (m - 2)
+    out = np.maximum(0.5 * out, 0.0)  # round-off can leave −1e-16 on sums of squares
+    out[np.arange(m), np.arange(m)] = 0.0
+    return out
+
+
+def pick_rewards(pool, n: int) -> np.ndarray:
+    """Figure 1's values, ``(M, M, P)``: ``[ranker, scorer, prompt] = Σ_i p_i^(ranker) r̃_scorer(i)``.
+
+    ``r̃`` is the scorer's reward centred per prompt over the pool (as :func:`perm.analysis.figure1`).
+    """
+    pool = np.asarray(pool, dtype=np.float64)
+    return np.einsum("mpn,kpn->mkp", _pick_probabilities(pool, n), bon.standardize(pool))
+
+
+def pick_agreement(pool, ns: Sequence[int]) -> np.ndarray:
+    """Figure 2's values, ``(len(ns), M, M, P)``: expected top-1 agreement of every RM pair at each n.
+
+    :func:`perm.bon.expected_agreement`, symmetric; the diagonal is 1. The joint beat counts do not
+    depend on n, so they are computed once.
+    """
+    pool = np.asarray(pool, dtype=np.float64)
+    m, p, size = pool.shape
+    out = np.ones((len(ns), m, m, p))
+    pairs = list(combinations(range(m), 2))
+    if not pairs:
+        return out
+    a, b = (np.array(x) for x in zip(*pairs, strict=True))
+    beats = bon.beat_counts(pool)
+    joint = bon._joint_counts_from_beats(beats[a], beats[b])  # (pairs, P, N)
+    for i, n in enumerate(ns):
+        agree = bon.selection_weights(size, n)[joint].sum(axis=-1)
+        out[i, a, b] = out[i, b, a] = agree
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Seed variance decomposition
+
+
+def variance_components(d_same_pretrain, d_same_finetune, d_neither) -> dict[str, np.ndarray]:
+    """σ²_pt, σ²_ft, σ²_res and their shares of D_neither from the three mean half squared differences.
+
+    Under ``s = μ + pretrain effect + finetune effect + residual`` (independent, per candidate):
+    D_same_pretrain = σ²_ft + σ²_res, D_same_finetune = σ²_pt + σ²_res, D_neither = σ²_pt + σ²_ft + σ²_res,
+    hence σ²_pt = D_nei − D_sp, σ²_ft = D_nei − D_sf, σ²_res = D_sp + D_sf − D_nei and share = σ²/D_nei
+    (the three shares sum to 1). Nothing is truncated: sampling error (or a model that is not additive)
+    can make a component or share negative, and that is reported as is. Scalars or arrays (broadcast);
+    NaN inputs (a missing relation) give NaN for the components that need them.
+    """
+    sp, sf, nei = (np.asarray(x, dtype=np.float64) for x in (d_same_pretrain, d_same_finetune, d_neither))
+    comps = {"sigma2_pt": nei - sp, "sigma2_ft": nei - sf, "sigma2_res": sp + sf - nei}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        safe = np.where(nei > 0, nei, np.nan)
+        shares = {f"share_{k.split('_')[1]}": v / safe for k, v in comps.items()}
+    return {**comps, **shares}
+
+
+def _pairs_of(relations: np.ndarray, relation: str, ordered: bool) -> np.ndarray:
+    """``(K, 2)`` index pairs with this relation (``a < b`` unless ``ordered``; ``self``: ``(m, m)``)."""
+    m = relations.shape[0]
+    if relation == "self":
+        return np.stack([np.arange(m)] * 2, axis=1)
+    if relation == "different_pretrain":
+        mask = np.isin(relations, ("same_finetune", "neither"))
+    else:
+        mask = relations == relation
+    if not ordered:
+        mask = np.triu(mask, k=1)
+    return np.argwhere(mask)
+
+
+def variance_decomposition(pair_values: np.ndarray, relations: np.ndarray) -> dict:
+    """The seed variance decomposition from :func:`half_sq_diffs` values.
+
+    ``pair_values``: ``(M, M, P)``; ``relations``: ``(M, M)`` from :func:`pair_relations`. D_r = mean over
+    prompts and unordered pairs of relation r (every pair and prompt weighted equally). Returns a dict:
+    ``D_<relation>`` (float), the :func:`variance_components` (floats), ``n_<relation>`` (pair counts),
+    ``missing`` (list of relations without pairs: their D and every component that needs them are NaN)
+    and ``per_prompt`` (dict relation → ``(P,)`` D_r per prompt, NaN for a missing relation), from which
+    per-prompt components follow by :func:`variance_components`.
+    """
+    per_prompt, counts = {}, {}
+    p = pair_values.shape[-1]
+    for r in RELATIONS:
+        idx = _pairs_of(relations, r, ordered=False)
+        counts[r] = len(idx)
+        per_prompt[r] = pair_values[idx[:, 0], idx[:, 1]].mean(axis=0) if len(idx) else np.full(p, np.nan)
+    d = {r: float(per_prompt[r].mean()) for r in RELATIONS}
+    comps = {k: float(v) for k, v in variance_components(*(d[r] for r in RELATIONS)).items()}
+    return {
+        **{f"D_{r}": d[r] for r in RELATIONS},
+        **comps,
+        **{f"n_{r}": counts[r] for r in RELATIONS},
+        "missing": [r for r in RELATIONS if counts[r] == 0],
+        "per_prompt": per_prompt,
+    }
+
+
+def seed_variance_decomposition(
+    pool, pretrain_ids: Sequence, finetune_seeds: Sequence, ns: Sequence[int] | None = None,
+    scope: str = "shared",
+) -> pd.DataFrame:
+    """The decomposition on the whole pool and at the best-of-n picks for each n (:func:`half_sq_diffs`).
+
+    Columns: ``weighting`` (``pool`` or ``pick``), ``n`` (Int64, NA for the pool row), ``D_same_pretrain,
+    D_same_finetune, D_neither``, the :data:`COMPONENTS`, ``n_same_pretrain, n_same_finetune, n_neither``
+    and ``missing`` (comma-separated relations without pairs, "" when none: the caller should say so and
+    skip the NaN components). ``ns`` defaults to :func:`perm.bon.default_ns`.
+    """
+    pool = np.asarray(pool, dtype=np.float64)
+    relations = pair_relations(pretrain_ids, finetune_seeds, scope)
+    ns = bon.default_ns(pool.shape[-1]) if ns is None else list(ns)
+    rows = []
+    for weighting, n in [("pool", None)] + [("pick", n) for n in ns]:
+        dec = variance_decomposition(half_sq_diffs(pool, n), relations)
+        dec.pop("per_prompt")
+        rows.append({"weighting": weighting, "n": n, **dec, "missing": ",".join(dec["missing"])})
+    df = pd.DataFrame(rows)
+    df["n"] = pd.array(df["n"].tolist(), dtype="Int64")
+    return df
+
+
+# ----------------------------------------------------------------------------------------------------
+# Multi-Bootstrap over pretrain seeds and prompts
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One group of units whose weighted mean is a statistic's input.
+
+    ``values``: ``(K, P)`` per-unit, per-prompt values; ``members``: for each unit the RM indices it
+    involves (``(m,)`` for a single RM, ``(a, b)`` for a pair); ``weights``: ``(K,)`` fixed base weights
+    (None: all 1). The arm's statistic is ``Σ_k Σ_p W_k w_p values[k, p] / (Σ_k W_k · Σ_p w_p)``.
+    """
+
+    values: np.ndarray
+    members: tuple[tuple[int, ...], ...]
+    weights: np.ndarray | None = None
+
+    def __post_init__(self):
+        values = np.asarray(self.values, dtype=np.float64)
+        object.__setattr__(self, "values", values)
+        object.__setattr__(self, "members", tuple(tuple(int(i) for i in m) for m in self.members))
+        if values.ndim != 2 or values.shape[0] != len(self.members) or values.shape[0] == 0:
+            raise ValueError(f"values must be (K ≥ 1, P) with K = len(members), got {values.shape}")
+        if any(len(m) == 0 for m in self.members):
+            raise ValueError("every unit needs at least one member RM")
+        if self.weights is not None:
+            w = np.asarray(self.weights, dtype=np.float64)
+            if w.shape != (len(self.members),) or np.any(w < 0):
+                raise ValueError("weights must be (K,) and non-negative")
+            object.__setattr__(self, "weights", w)
+
+
+def relation_arms(
+    pair_values: np.ndarray, relations: np.ndarray, ordered: bool = False, include_self: bool = False,
+    include_different: bool = False,
+) -> dict[str, Arm]:
+    """One :class:`Arm` per relation with at least one pair, from ``(M, M, P)`` per-pair values.
+
+    ``ordered``: use both (a, b) and (b, a) (Figure 1: ranker, scorer), else pairs a < b (Figure 2, the
+    decomposition). ``include_self`` adds ``self`` (units (m, m) with member (m,)); ``include_different``
+    adds ``different_pretrain`` = same_finetune ∪ neither (the grouping of :mod:`perm.analysis`).
+    """
+    names = (("self",) if include_self else ()) + RELATIONS
+    names += ("different_pretrain",) if include_different else ()
+    arms = {}
+    for r in names:
+        idx = _pairs_of(relations, r, ordered)
+        if len(idx):
+            members = tuple((int(a),) if a == b else (int(a), int(b)) for a, b in idx)
+            arms[r] = Arm(pair_values[idx[:, 0], idx[:, 1]], members)
+    return arms
+
+
+def single_rm_arm(values, weights=None) -> Arm:
+    """An :class:`Arm` of single RMs from ``(M, P)`` per-RM, per-prompt values (e.g. Figure 4 "single")."""
+    values = np.asarray(values, dtype=np.float64)
+    return Arm(values, tuple((m,) for m in range(values.shape[0])), weights)
+
+
+def draw_bootstrap_weights(n_pretrains: int, n_prompts: int, draws: int, seed: int) -> tuple:
+    """``(c, w)``: pretrain multiplicities ``(B, R)`` ~ Multinomial(R, 1/R) and prompt multiplicities
+    ``(B, P)`` ~ Multinomial(P, 1/P), float64, from ``numpy.random.default_rng(seed)``.
+
+    Multinomial (the classic bootstrap, as MultiBERTs) rather than Poisson(1): the total weight is fixed,
+    so a replicate never loses every pretrain or every prompt.
+    """
+    rng = np.random.default_rng(seed)
+    c = rng.multinomial(n_pretrains, np.full(n_pretrains, 1.0 / n_pretrains), size=draws)
+    w = rng.multinomial(n_prompts, np.full(n_prompts, 1.0 / n_prompts), size=draws)
+    return c.astype(np.float64), w.astype(np.float64)
+
+
+def unit_weights(members: Sequence[Sequence[int]], units: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """``(B, K)`` seed weight of each unit: the product of ``c`` over the *distinct* pretrains it involves.
+
+    A single RM of pretrain p gets ``c_p`` (finetunes are nested in their pretrain and ride along with
+    it); a pair of two pretrains p ≠ q gets ``c_p·c_q`` (every drawn copy of p meets every drawn copy of
+    q); a pair within one pretrain p gets ``c_p``, not ``c_p²``: a copy of p meeting another copy of p
+    is the same pair again, never a "different-pretrain" pair, and pairs within p stay within p.
+    """
+    c = np.asarray(c, dtype=np.float64)
+    n_pre = c.shape[1]
+    sets = [sorted({int(units[m]) for m in mem}) for mem in members]
+    idx = np.full((len(sets), max(map(len, sets))), n_pre)  # pad with a column of ones
+    for k, s in enumerate(sets):
+        idx[k, : len(s)] = s
+    padded = np.concatenate([c, np.ones((c.shape[0], 1))], axis=1)
+    return padded[:, idx].prod(axis=-1)
+
+
+def arm_means(arm: Arm, units: np.ndarray, c: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``(B,)`` weighted means of ``arm`` under seed weights ``c`` ``(B, R)`` and prompt weights ``w``
+    ``(B, P)`` (NaN where the total weight is 0, e.g. a relation none of whose pretrains was drawn)."""
+    unit_w = unit_weights(arm.members, units, c)
+    if arm.weights is not None:
+        unit_w = unit_w * arm.weights
+    prompt_sums = w @ arm.values.T  # (B, K)
+    num = np.sum(unit_w * prompt_sums, axis=1)
+    den = unit_w.sum(axis=1) * w.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def _summary(name: str, point, reps, prompt_reps, level: float, draws: int, n_pre: int) -> dict:
+    point = float(np.asarray(point).reshape(-1)[0])
+    valid = reps[np.isfinite(reps)]
+    prompt_valid = prompt_reps[np.isfinite(prompt_reps)]
+    lo, hi = np.percentile(valid, [50 * (1 - level), 50 * (1 + level)]) if len(valid) else (np.nan, np.nan)
+    return {
+        "statistic": name,
+        "estimate": point,
+        "se": float(valid.std(ddof=1)) if len(valid) > 1 else np.nan,
+        "lo": float(lo),
+        "hi": float(hi),
+        "se_prompt": float(prompt_valid.std(ddof=1)) if len(prompt_valid) > 1 else np.nan,
+        # MultiBERTs' one-sided "p": share of replicates ≤ 0, floored at 1/B
+        "p_le_0": max(float(np.mean(valid <= 0)), 1.0 / draws) if len(valid) else np.nan,
+        "R": n_pre,
+        "B": draws,
+        "n_valid": len(valid),
+        "level": level,
+    }
+
+
+def multi_bootstrap(
+    arms: Mapping[str, Arm],
+    pretrain_ids: Sequence,
+    statistics: Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]] | None = None,
+    contrasts: Sequence[tuple[str, str]] = (),
+    draws: int = 500,
+    level: float = 0.9,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Point estimates and intervals over pretrain seeds and prompts (MultiBERTs' Multi-Bootstrap).
+
+    ``arms``: named :class:`Arm`, all with the same P; ``pretrain_ids``: ``(M,)`` for the RM indices in the
+    arms' members. Replicate b draws pretrain multiplicities c and prompt multiplicities w once
+    (:func:`draw_bootstrap_weights`) and shares them by every arm, statistic and contrast, so contrasts
+    are paired. Each arm's replicate is its weighted mean (:func:`arm_means`, seed weights by
+    :func:`unit_weights`). ``statistics`` maps the dict of arm means (arrays of replicates) to a dict of
+    named statistics, each a whole function of the means (ratios, shares: bootstrapped as a whole, never by
+    propagating standard errors); default: one statistic per arm. ``contrasts`` adds ``"a - b"`` for arm
+    (or statistic) names a, b.
+
+    Returns one row per statistic: ``statistic, estimate`` (every unit and prompt weighted once), ``se``
+    (std of the replicates), ``lo, hi`` (percentile interval at ``level``), ``se_prompt`` (the same with
+    pretrain weights fixed at 1: prompts only), ``p_le_0``, ``R`` (number of pretrains), ``B``,
+    ``n_valid`` (replicates where the statistic is defined: a relation whose pretrains were all left out
+    of a draw has no value there, and the interval is conditional on it being drawn; in the paper layout
+    every same_pretrain and neither pair involves seed0, so ≈ (4/5)⁵ = 33% of replicates drop), ``level``.
+    With R = 5 pretrains the seed part is coarse (bootstrap variance × (R−1)/R, lumpy tails): print R.
+    """
+    if not arms:
+        raise ValueError("need at least one arm")
+    n_prompts = {a.values.shape[1] for a in arms.values()}
+    if len(n_prompts) != 1:
+        raise ValueError(f"arms disagree on the number of prompts: {sorted(n_prompts)}")
+    n_prompts = n_prompts.pop()
+    units, labels = pretrain_units(pretrain_ids)
+    n_pre = len(labels)
+    top = max(max(m) for a in arms.values() for m in a.members)
+    if top >= len(units):
+        raise ValueError(f"arm members index RM {top}, but only {len(units)} pretrain_ids were given")
+    c, w = draw_bootstrap_weights(n_pre, n_prompts, draws, seed)
+
+    def stats(cw, ww):
+        means = {k: arm_means(a, units, cw, ww) for k, a in arms.items()}
+        out = dict(statistics(means)) if statistics is not None else dict(means)
+        for a, b in contrasts:
+            out[f"{a} - {b}"] = {**means, **out}[a] - {**means, **out}[b]
+        return out
+
+    point = stats(np.ones((1, n_pre)), np.ones((1, n_prompts)))
+    reps = stats(c, w)
+    prompt_reps = stats(np.ones_like(c), w)
+    rows = [_summary(k, point[k], reps[k], prompt_reps[k], level, draws, n_pre) for k in point]
+    return pd.DataFrame(rows)
+
+
+def decomposition_statistics(means: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``statistics`` for :func:`multi_bootstrap` over :func:`relation_arms` of :func:`half_sq_diffs`:
+    the D's and the :func:`variance_components`, NaN for a missing relation."""
+    ref = next(iter(means.values()))
+    d = {r: means.get(r, np.full_like(ref, np.nan)) for r in RELATIONS}
+    return {**{f"D_{r}": d[r] for r in RELATIONS}, **variance_components(*(d[r] for r in RELATIONS))}
+
+
+def decomposition_intervals(
+    pool, pretrain_ids: Sequence, finetune_seeds: Sequence, n: int | None = None, scope: str = "shared",
+    draws: int = 500, level: float = 0.9, seed: int = 0,
+) -> pd.DataFrame:
+    """:func:`multi_bootstrap` rows for the D's, σ²'s and shares, on the pool (``n=None``) or at the
+    best-of-n picks. Pair units are weighted by :func:`unit_weights`; the picks' ranker weights are held
+    fixed (computed once from the tensor)."""
+    relations = pair_relations(pretrain_ids, finetune_seeds, scope)
+    arms = relation_arms(half_sq_diffs(pool, n), relations)
+    if not arms:
+        raise ValueError("no pairs of RMs: need at least two RMs")
+    return multi_bootstrap(arms, pretrain_ids, decomposition_statistics, draws=draws, level=level, seed=seed)
+
+
+def anova_mean_variance(y) -> dict[str, float]:
+    """Exact cross-check for the variance of the grand mean of a balanced pretrain × prompt array.
+
+    ``y``: ``(R, C)``, one value per (pretrain, prompt). Two-way random effects ``y = μ + a_i + b_j + e_ij``
+    without replication: ``MS_pretrain = C·Σ(ȳ_i· − ȳ)²/(R−1)``, ``MS_prompt = R·Σ(ȳ_·j − ȳ)²/(C−1)``,
+    ``MS_resid = Σ(y − ȳ_i· − ȳ_·j + ȳ)²/((R−1)(C−1))``; since E[MS_pretrain] = σ²_e + Cσ²_a and
+    E[MS_prompt] = σ²_e + Rσ²_b, ``var_mean = (MS_pretrain + MS_prompt − MS_resid)/(R·C)`` estimates
+    Var(ȳ) = σ²_a/R + σ²_b/C + σ²_e/(RC) (truncated at 0). Also returns the MS's and the variance
+    components (each truncated at 0).
+    """
+    y = np.asarray(y, dtype=np.float64)
+    r, c = y.shape
+    if r < 2 or c < 2:
+        raise ValueError(f"need at least a 2 × 2 array, got {y.shape}")
+    grand = y.mean()
+    row, col = y.mean(axis=1), y.mean(axis=0)
+    ms_pre = c * np.sum((row - grand) ** 2) / (r - 1)
+    ms_prompt = r * np.sum((col - grand) ** 2) / (c - 1)
+    ms_res = np.sum((y - row[:, None] - col[None, :] + grand) ** 2) / ((r - 1) * (c - 1))
+    return {
+        "ms_pretrain": float(ms_pre),
+        "ms_prompt": float(ms_prompt),
+        "ms_resid": float(ms_res),
+        "var_mean": float(max(0.0, (ms_pre + ms_prompt - ms_res) / (r * c))),
+        "sigma2_pretrain": float(max(0.0, (ms_pre - ms_res) / c)),
+        "sigma2_prompt": float(max(0.0, (ms_prompt - ms_res) / r)),
+        "sigma2_resid": float(ms_res),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------
+# Ensembles: jackknife over members crossed with a prompt bootstrap
+
+
+def ensemble_pick_values(member_scores, target, n: int, aggregator: str = "mean", scale: bool = False):
+    """``(P,)``: per prompt, the expected ``target`` of the best-of-n pick of the ensemble.
+
+    ``member_scores``: ``(K, P, N)``, standardised per prompt (:func:`perm.bon.standardize`, ``scale``)
+    and combined by ``aggregator`` (:func:`perm.bon.aggregate`), as :func:`perm.analysis.ranker_scores`;
+    ``target``: ``(P, N)``, e.g. the evaluator's centred reward or win probabilities.
+    """
+    agg = bon.aggregate(bon.standardize(member_scores, scale=scale), aggregator)
+    return np.sum(bon.selection_probabilities(agg, n) * np.asarray(target, dtype=np.float64), axis=-1)
+
+
+def jackknife_interval(
+    values: Mapping[str, tuple[np.ndarray, np.ndarray]], draws: int = 500, level: float = 0.9,
+    seed: int = 0, note: str = "",
+) -> pd.DataFrame:
+    """Leave-one-member-out jackknife crossed with a prompt bootstrap, for prompt means.
+
+    ``values``: name → ``(full (P,), loo (R, P))``: per-prompt values with all R members and with member a
+    left out. θ = mean of ``full``; θ₋ₐ = mean of ``loo[a]``; ``Var_jk = (R−1)/R · Σ_a (θ₋ₐ − mean θ₋)²``
+    (members, prompts fixed); ``Var_prompt`` = variance over B prompt-bootstrap replicates of the weighted
+    mean of ``full`` (members fixed; the same prompt draws for every name, so contrasts are paired). The two
+    are added: ``se = sqrt(Var_jk + Var_prompt)``; for y = μ + a + b + e this counts the interaction twice
+    (≈ σ²_a/R + σ²_b/C + 2σ²_e/(RC)), mildly conservative like the pigeonhole bootstrap. Interval: normal
+    approximation θ ± z·se. Rows: ``statistic, estimate, se, lo, hi, se_jackknife, se_prompt, R, B, level,
+    note``. Contrasts of prompt means are prompt means of differences: pass ``(full_a − full_b, loo_a −
+    loo_b)``.
+    """
+    z = float(norm.ppf(0.5 + level / 2))
+    rows = []
+    w = None
+    for name, (full, loo) in values.items():
+        full, loo = np.asarray(full, dtype=np.float64), np.asarray(loo, dtype=np.float64)
+        r = loo.shape[0]
+        if r < 2 or loo.shape[1:] != full.shape:
+            raise ValueError(f"{name}: need loo (R ≥ 2, P) matching full (P,), got {loo.shape}, {full.shape}")
+        if w is None:
+            _, w = draw_bootstrap_weights(1, full.shape[0], draws, seed)
+        theta = float(full.mean())
+        theta_loo = loo.mean(axis=1)
+        var_jk = (r - 1) / r * float(np.sum((theta_loo - theta_loo.mean()) ** 2))
+        var_prompt = float(np.var(w @ full / full.shape[0], ddof=1))
+        se = math.sqrt(var_jk + var_prompt)
+        rows.append({
+            "statistic": name, "estimate": theta, "se": se, "lo": theta - z * se, "hi": theta + z * se,
+            "se_jackknife": math.sqrt(var_jk), "se_prompt": math.sqrt(var_prompt), "R": r, "B": draws,
+            "level": level, "note": note,
+        })
+    return pd.DataFrame(rows)
+
+
+def ensemble_interval(
+    member_scores, target, n: int, aggregator: str = "mean", scale: bool = False, kind: str = "pretrain",
+    baseline=None, baseline_groups=None, draws: int = 500, level: float = 0.9, seed: int = 0,
+) -> pd.DataFrame:
+    """:func:`jackknife_interval` for an ensemble's best-of-n pick (:func:`ensemble_pick_values`).
+
+    ``member_scores``: ``(R, P, N)``, one row per member (``kind="pretrain"``: one RM per pretrain;
+    ``"finetune"``: the finetune seeds of one pretrain, see :data:`ENSEMBLE_NOTES`). Optional contrast:
+    ``baseline`` ``(M_b, P)`` per-prompt values of other rankers (e.g. each single RM's Σ p t) and
+    ``baseline_groups`` ``(M_b,)``: the member whose removal also removes that row (its pretrain, or −1 for
+    never). Rows ``ensemble``, and with a baseline ``baseline`` (mean over its rows) and
+    ``ensemble - baseline``, all from the same jackknife deletions and prompt draws.
+    """
+    if kind not in ENSEMBLE_NOTES:
+        raise ValueError(f"kind must be one of {tuple(ENSEMBLE_NOTES)}, got {kind!r}")
+    scores = np.asarray(member_scores, dtype=np.float64)
+    r = scores.shape[0]
+    if r < 2:
+        raise ValueError(f"need at least two members for a jackknife, got {r}")
+    full = ensemble_pick_values(scores, target, n, aggregator, scale)
+    loo = np.stack([ensemble_pick_values(np.delete(scores, a, axis=0), target, n, aggregator, scale)
+                    for a in range(r)])
+    values = {"ensemble": (full, loo)}
+    if baseline is not None:
+        base = np.asarray(baseline, dtype=np.float64)
+        groups = np.full(base.shape[0], -1) if baseline_groups is None else np.asarray(baseline_groups)
+        if groups.shape != (base.shape[0],):
+            raise ValueError("baseline_groups must have one entry per baseline row")
+        base_loo = np.stack([base[groups != a].mean(axis=0) for a in range(r)])
+        values["baseline"] = (base.mean(axis=0), base_loo)
+        values["ensemble - baseline"] = (full - base.mean(axis=0), loo - base_loo)
+    return jackknife_interval(values, draws, level, seed, ENSEMBLE_NOTES[kind])
+
+
+def ensemble_size_curve(
+    member_scores, target, n: int, aggregator: str = "mean", scale: bool = False,
+    max_subsets: int | None = None, seed: int = 0,
+) -> pd.DataFrame:
+    """The ensemble statistic (prompt mean of :func:`ensemble_pick_values`) over size-k subsets of its
+    members, k = 1..R: columns ``k, mean`` (over subsets), ``sd`` (between subsets, ddof=0),
+    ``n_subsets``. All C(R, k) subsets, or ``max_subsets`` of them drawn at random (seeded) when more."""
+    scores = np.asarray(member_scores, dtype=np.float64)
+    r = scores.shape[0]
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k in range(1, r + 1):
+        subsets = list(combinations(range(r), k))
+        if max_subsets is not None and len(subsets) > max_subsets:
+            subsets = [subsets[i] for i in rng.choice(len(subsets), max_subsets, replace=False)]
+        vals = np.array([ensemble_pick_values(scores[list(s)], target, n, aggregator, scale).mean()
+                         for s in subsets])
+        rows.append({"k": k, "mean": float(vals.mean()), "sd": float(vals.std()), "n_subsets": len(subsets)})
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Chance agreement of two random scorers, given duplicate texts
+
+
+@lru_cache(maxsize=4096)
+def _distinct_counts(dup_sizes: tuple[int, ...], singletons: int) -> tuple[tuple[int, ...], ...]:
+    """``counts[j][d]``: number of j-subsets of the pool with exactly d distinct texts (exact integers).
+
+    DP over the groups of size ≥ 2 (choose t of a group's g copies in C(g, t) ways; t ≥ 1 adds a distinct
+    text); the singletons are added in closed form (t of them: C(S, t) ways, t distinct texts).
+    """
+    items, groups = sum(dup_sizes), len(dup_sizes)
+    dp = [[0] * (groups + 1) for _ in range(items + 1)]
+    dp[0][0] = 1
+    used = 0
+    for gi, g in enumerate(dup_sizes):
+        new = [row[:] for row in dp]  # t = 0: this text not drawn
+        for j in range(used + 1):
+            for d in range(gi + 1):
+                if dp[j][d]:
+                    for t in range(1, g + 1):
+                        new[j + t][d + 1] += dp[j][d] * math.comb(g, t)
+        dp, used = new, used + g
+    counts = [[0] * (groups + singletons + 1) for _ in range(items + singletons + 1)]
+    for j in range(items + 1):
+        for d in range(groups + 1):
+            if dp[j][d]:
+                for t in range(singletons + 1):
+                    counts[j + t][d + t] += dp[j][d] * math.comb(singletons, t)
+    return tuple(tuple(row) for row in counts)
+
+
+def _check_groups(group_sizes) -> tuple[tuple[int, ...], int]:
+    sizes = [int(g) for g in group_sizes]
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"group sizes must be positive integers, got {list(group_sizes)}")
+    return tuple(sorted(g for g in sizes if g > 1)), sum(g == 1 for g in sizes)
+
+
+def chance_agreement(group_sizes: Sequence[int], n: int) -> float:
+    """Probability that two independent random scorers pick the same candidate from a random n-subset.
+
+    A random scorer is a function of the text: identical texts get identical scores, distinct texts i.i.d.
+    continuous ones, ties to the lower index (as :mod:`perm.bon`). Both then pick the lowest-index copy of
+    their favourite distinct text in S, so they agree iff they favour the same one of the D(S) distinct
+    texts: chance = E_S[1/D(S)] over uniform n-subsets S. ``group_sizes``: number of copies of each
+    distinct text (summing to N). Exact (integer counts, one rounding at the end): 1/n without duplicates.
+    """
+    dup, singles = _check_groups(group_sizes)
+    total = sum(dup) + singles
+    n = bon._check_n(n, total)
+    row = _distinct_counts(dup, singles)[n]
+    return float(sum(Fraction(c, d) for d, c in enumerate(row) if c) / math.comb(total, n))
+
+
+def chance_agreement_curve(group_sizes: Sequence[int], ns: Sequence[int]) -> np.ndarray:
+    """``(len(ns),)``: :func:`chance_agreement` at each n (one DP for all n)."""
+    return np.array([chance_agreement(group_sizes, n) for n in ns])
+
+
+def pool_chance_agreement(texts, ns: Sequence[int]) -> np.ndarray:
+    """``(P, len(ns))``: per-prompt chance agreement from a ``(P, N)`` array of texts or text ids."""
+    texts = np.asarray(texts, dtype=object)
+    if texts.ndim != 2:
+        raise ValueError(f"texts must be (P, N), got shape {texts.shape}")
+    return np.stack([chance_agreement_curve(list(Counter(row.tolist()).values()), ns) for row in texts])
+
+
+def kappa(agreement, chance):
+    """Chance-adjusted agreement ``(a − chance)/(1 − chance)``; NaN where chance == 1. Broadcasts."""
+    a, ch = np.asarray(agreement, dtype=np.float64), np.asarray(chance, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(ch < 1, (a - ch) / np.where(ch < 1, 1 - ch, 1.0), np.nan)
+    return float(out) if out.ndim == 0 else out
