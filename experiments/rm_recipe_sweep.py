@@ -43,7 +43,9 @@ import yaml
 from scipy.stats import spearmanr
 
 from perm.bon import expected_best_of_n, standardize
-from perm.pipeline import job_pretrain, job_reward_model, job_score
+from perm.stages.pretrain import job_pretrain
+from perm.stages.score import job_score
+from perm.stages.train_rm import job_reward_model
 
 
 def main(run: Path, name: str, overrides: list[str]) -> None:

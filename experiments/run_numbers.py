@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from perm.pipeline import _rm_records, learnability
+from perm.report_inputs import learnability, rm_records
 
 
 def _pm(mean: float, se: float | None, digits: int = 3) -> str:
@@ -25,7 +25,7 @@ def _pm(mean: float, se: float | None, digits: int = 3) -> str:
 
 def main(root: Path) -> None:
     a = root / "analysis"
-    records = _rm_records(root)
+    records = rm_records(root)
     print("## learnability")
     for name, entry in learnability(root, records).items():
         print(f"{name}: {_pm(entry['value'], entry.get('se'))}")

@@ -108,7 +108,7 @@ def test_stage_keys_follow_the_resolved_precision(tmp_path, monkeypatch):
     bf16, _ = _pipeline(tmp_path, monkeypatch, capability="AVX512", avx512_bf16=True)
     fp32, _ = _pipeline(tmp_path, monkeypatch, "precision=fp32", capability="AVX512", avx512_bf16=True)
     assert bf16.cfg.precision == "bf16"
-    assert avx2._key(obj) != bf16._key(obj)
-    assert avx2._key(obj) == fp32._key(obj)
+    assert avx2.key(obj) != bf16.key(obj)
+    assert avx2.key(obj) == fp32.key(obj)
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert [h["precision"] for h in manifest["hardware_history"]] == ["fp32", "bf16"]

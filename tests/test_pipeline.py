@@ -7,7 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from perm.config import ConfigError, config_from_overrides
-from perm.pipeline import Pipeline, grid, rm_seeds
+from perm.pipeline import Pipeline
+from perm.stages.train_rm import grid, rm_seeds
 
 
 def test_paper_layout_is_one_rm_per_pretrain_plus_seeds_of_the_first():
@@ -38,7 +39,7 @@ def test_import_external_pairs(tmp_path, tiny_backbone_dir):
                                  f"pretrain.checkpoints=[{tiny_backbone_dir}]",
                                  f"policy.checkpoint={tiny_backbone_dir}", "evaluator.enabled=false"])
     pipe = Pipeline(cfg)
-    pipe.testbed()
+    pipe.run("testbed")
     run = tmp_path / "run"
     assert pq.read_table(run / "data" / "prefs_train.parquet").num_rows == 20
     prompts = pq.read_table(run / "data" / "eval_prompts.parquet").to_pandas()
@@ -55,7 +56,7 @@ def test_import_bad_pairs_writes_nothing(tmp_path, tiny_backbone_dir):
                                  "data.train_split=null", f"pretrain.checkpoints=[{tiny_backbone_dir}]",
                                  f"policy.checkpoint={tiny_backbone_dir}", "evaluator.enabled=false"])
     with pytest.raises(DataError, match=r"train\.jsonl: line 2"):
-        Pipeline(cfg).testbed()
+        Pipeline(cfg).run("testbed")
     assert not (tmp_path / "run" / "data").exists()
 
 
@@ -95,7 +96,7 @@ GOOD = {"prompt_id": [0, 0, 1, 1], "sample_id": [0, 1, 0, 1], "text": [" good", 
     ({"is_reference": [0, 0, 0, 1]}, r"column 'is_reference' must be bool"),
 ])
 def test_bad_samples_file_is_refused(tmp_path, tokenizer, change, pattern):
-    from perm.pipeline import SamplesError, validate_samples
+    from perm.stages.score import SamplesError, validate_samples
 
     samples = {k: v for k, v in (GOOD | change).items() if v is not None}
     run = _scoring_run(tmp_path, tokenizer, samples)
@@ -107,8 +108,8 @@ def test_scoring_equals_the_model_on_one_row_and_refuses_nan(tmp_path, tokenizer
     import torch
 
     from perm.models import load_reward_backbone
-    from perm.pipeline import _ENCODED, job_score
     from perm.reward import NonFiniteRewardError
+    from perm.stages.score import _ENCODED, job_score
 
     run = _scoring_run(tmp_path, tokenizer, GOOD)
     rm = load_reward_backbone(tiny_backbone_dir, pad_token_id=tokenizer.pad_token_id, head_seed=0).eval()

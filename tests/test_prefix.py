@@ -417,7 +417,7 @@ def test_encode_groups_reproduces_encode(tokenizer):
 
 
 def test_job_score_writes_the_full_sequence_rewards(tmp_path, rm, tokenizer):
-    from perm.pipeline import job_score
+    from perm.stages.score import job_score
 
     run = tmp_path / "run"
     (run / "data").mkdir(parents=True)

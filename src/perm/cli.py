@@ -26,8 +26,8 @@ JsonLog = Annotated[bool, typer.Option("--json-log", help="One JSON object per p
 def _user_errors() -> tuple[type[Exception], ...]:
     from perm.data import DataError
     from perm.models import ModelLoadError
-    from perm.pipeline import SamplesError
     from perm.reward import NonFiniteRewardError
+    from perm.stages.score import SamplesError
 
     errors: list[type[Exception]] = [ConfigError, DataError, ModelLoadError, SamplesError, NonFiniteRewardError]
     try:

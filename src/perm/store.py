@@ -75,6 +75,14 @@ def atomic_write_parquet(path: str | Path, table: Any) -> None:
         pq.write_table(table, tmp, compression="zstd")
 
 
+def read_column(path: str | Path, *cols: str) -> list[list]:
+    """Columns of a Parquet file as Python lists, in the order asked."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(path, columns=list(cols))
+    return [t.column(c).to_pylist() for c in cols]
+
+
 def _json_default(o: Any) -> Any:
     if isinstance(o, np.integer):
         return int(o)

@@ -1,0 +1,142 @@
+"""What the report reads from a run directory besides analysis/: the RMs' records (rm.json), a few example
+picks, the learnability checks (did the RMs learn?), and the samples' texts for the reward-hacking
+diagnostics. A user's own reward tensor has none of these but its models table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from perm.store import read_column
+
+
+def samples_and_posts(root: Path):
+    """samples.parquet texts and the eval prompts' posts, for the reward-hacking diagnostics (if present)."""
+    sp, ep = root / "samples.parquet", root / "data" / "eval_prompts.parquet"
+    if not sp.exists() or not ep.exists():
+        return None, None
+    samples = pq.read_table(sp, columns=["prompt_id", "sample_id", "text", "n_tokens"]).to_pandas()
+    prompts = pq.read_table(ep).to_pandas()
+    if "post" not in prompts.columns:
+        return samples, None
+    return samples, dict(zip(prompts.prompt_id, prompts.post, strict=True))
+
+
+def rm_records(root: Path) -> list[dict]:
+    recs = []
+    for p in sorted(root.glob("rm/*/rm.json")) + sorted(root.glob("evaluator/rm/rm.json")):
+        r = json.loads(p.read_text())
+        recs.append({k: r.get(k) for k in ("model_id", "role", "pretrain_id", "finetune_seed", "accuracy",
+                                           "accuracy_se", "gold_accuracy", "n_train_pairs", "wall_s", "eval_pairs",
+                                           "n_eval_pairs")})
+        recs[-1]["other_evals"] = r.get("other_evals") or {}
+        if r.get("role") == "evaluator":
+            recs[-1]["model_id"] = "evaluator"
+    return recs
+
+
+def records_from_models_table(models: Path) -> list[dict]:
+    """rm_records for the report from a user's models.parquet (accuracy columns used when present)."""
+    df = pq.read_table(models).to_pandas()
+    df = df[df.role != "gold"]
+    cols = ["model_id", "role", "pretrain_id", "finetune_seed", "accuracy", "accuracy_se", "gold_accuracy"]
+    return [{c: (r[c] if c in df.columns and r[c] == r[c] else None) for c in cols} for _, r in df.iterrows()]
+
+
+def examples(root: Path, k: int = 3) -> list[dict]:
+    """A few prompts with the SFT sample, and the best-of-N picks of one RM and of the pretrain ensemble."""
+    import numpy as np
+
+    from perm.analysis import ensemble_members, load_reward_tensor
+    from perm.bon import aggregate, standardize
+
+    if not (root / "rewards.parquet").exists():
+        return []
+    t = load_reward_tensor(root / "rewards.parquet", root / "models.parquet")
+    samples = pq.read_table(root / "samples.parquet").to_pandas().set_index(["prompt_id", "sample_id"])
+    prompts = pq.read_table(root / "data" / "eval_prompts.parquet").to_pandas().set_index("prompt_id")
+    members = ensemble_members(t)
+    single = t.rm_indices[0]
+    picks = {"SFT sample (n = 1)": np.zeros(t.n_prompts, dtype=int),
+             f"best-of-{t.pool_size}, single RM ({t.model_ids[single]})": np.argmax(t.pool[single], axis=-1)}
+    if len(members.get("pretrain", [])) > 1:
+        agg = aggregate(standardize(t.pool[members["pretrain"]]), "mean")
+        picks[f"best-of-{t.pool_size}, pretrain ensemble (mean)"] = np.argmax(agg, axis=-1)
+    ev = t.role_index("evaluator")
+    out = []
+    for pi in range(min(k, t.n_prompts)):
+        pid = int(t.prompt_ids[pi])
+        rows = []
+        for label, pick in picks.items():
+            sid = int(t.sample_ids[pi, pick[pi]])
+            row = samples.loc[(pid, sid)]
+            rows.append({"label": label, "text": row.text,
+                         "evaluator": float(t.pool[ev, pi, pick[pi]]) if ev is not None else None,
+                         "gold": float(row.gold_reward) if "gold_reward" in samples.columns else None})
+        out.append({"prompt": prompts.loc[pid].prompt, "rows": rows})
+    return out
+
+
+def learnability(root: Path, records: list[dict]) -> dict:
+    """Did the RMs learn? name -> {value, description}: the label-noise ceiling, accuracies, agreement with
+    the gold order, rank correlation with gold on the policy's pool, and where the SFT policy stands."""
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    out: dict = {}
+
+    def put(name, value, description, se=None):
+        if value is not None and np.isfinite(value):
+            out[name] = {"value": float(value), "description": description} | ({"se": float(se)} if se else {})
+
+    rms = [r for r in records if r["role"] == "rm"]
+    ev_rel = (rms[0].get("eval_pairs") if rms else None) or "data/prefs_eval.parquet"  # older rm.json: none
+    ev_path = root / ev_rel
+    if ev_path.exists() and "label_agrees_gold" in pq.read_schema(ev_path).names:
+        (agree,) = read_column(ev_path, "label_agrees_gold")
+        put("label-noise ceiling", np.mean(agree), f"fraction of held-out labels ({ev_rel}) that agree with the "
+            "gold reward: the accuracy a perfect RM would get against these noisy labels")
+    if rms:
+        acc = np.array([r["accuracy"] for r in rms])
+        put("RM accuracy, mean", acc.mean(), f"in-distribution pairwise accuracy on {ev_rel} "
+            f"({rms[0].get('n_eval_pairs') or 'all'} pairs) over {len(rms)} RMs (range {acc.min():.3f}-{acc.max():.3f}); "
+            "chance is 0.5")
+        gold = [r.get("gold_accuracy") for r in rms]
+        if all(g is not None for g in gold):
+            put("RM agreement with gold order, mean", np.mean(gold), "fraction of held-out pairs the RM orders "
+                "as the gold reward does (no label noise: a perfect RM gets 1)")
+        for rel in rms[0].get("other_evals", {}):
+            other = [r["other_evals"][rel] for r in rms if rel in r.get("other_evals", {})]
+            put(f"RM accuracy on {rel}, mean", np.mean([o["accuracy"] for o in other]),
+                "out-of-distribution pairwise accuracy against these pairs' labels")
+            if all("gold_accuracy" in o for o in other):
+                put(f"RM agreement with gold order on {rel}, mean", np.mean([o["gold_accuracy"] for o in other]),
+                    "fraction of these pairs the RM orders as the gold reward does")
+    if (root / "rewards.parquet").exists() and (root / "samples.parquet").exists():
+        rw = pq.read_table(root / "rewards.parquet").to_pandas()
+        pool = rw[~rw.is_reference].pivot_table(index=["prompt_id", "sample_id"], columns="model_id", values="reward")
+        if "gold" in pool.columns:
+            for mid in [m for m in pool.columns if m != "gold"]:
+                # prompts whose pool is constant under either score have no rank correlation: skipped
+                rho = [spearmanr(g[mid], g["gold"]).statistic for _, g in pool.groupby(level=0)
+                       if g[mid].nunique() > 1 and g["gold"].nunique() > 1]
+                rho = np.asarray(rho, dtype=float)
+                if len(rho) < 2:
+                    continue
+                put(f"Spearman with gold on the pool: {mid}", rho.mean(), "rank correlation with the gold reward "
+                    "over each prompt's pool of policy samples, averaged over prompts", rho.std(ddof=1) / np.sqrt(len(rho)))
+            samples = pq.read_table(root / "samples.parquet").to_pandas()
+            pool_gold = samples[~samples.is_reference]
+            put("SFT sample, mean gold", pool_gold.gold_reward.mean(), "gold reward of a random policy sample (n = 1)")
+            put("gold best-of-pool, mean gold", pool_gold.groupby("prompt_id").gold_reward.max().mean(),
+                "gold reward of the gold-ranked best of the whole pool: the headroom best-of-n can reach")
+            prompts = pq.read_table(root / "data" / "eval_prompts.parquet").to_pandas()
+            if "post" in prompts.columns:
+                from perm.testbed.gold import gold_reward_batch
+
+                put("reference summary, mean gold", gold_reward_batch(list(prompts.post), list(prompts.reference)).mean(),
+                    "gold reward of the testbed's reference summaries of the eval posts")
+    return out
+

@@ -1,0 +1,217 @@
+"""What every stage shares: the run's context, stage keys, upstream identities, the job environment, and the
+skip -> mark -> log -> time -> done bookkeeping of one stage or a batch of jobs.
+
+A stage's *input key* hashes its config slice and the identities of what it reads: an upstream stage's
+output hash (``RunStore.output_hash``), or a local checkpoint's content hash / a hub id. ``keys(cfg,
+upstream)`` of every stage module is a pure function of the config and a mapping ``upstream`` from manifest
+names (``testbed``, ``pretrain/seed0``, ``policy``, ...) to output hashes, plus ``checkpoint:<path>`` entries
+for checkpoints; :meth:`Context.upstream` builds that mapping from the run's manifest.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from perm.config import RunConfig
+from perm.executors import LocalExecutor, PoolExecutor, RayExecutor, _usable_cpus
+from perm.progress import Progress
+from perm.store import RunStore, hash_obj, read_column  # noqa: F401  (read_column: for the stages)
+
+
+def stage_key(cfg: RunConfig, obj: dict) -> str:
+    """Input key of a training, sampling or scoring stage. bf16 runs and a chosen `attention` get their own
+    keys (fp32 keys with attention auto stay as they were). `amp: 3`: bf16 outputs made before autocast
+    moved inside the pretraining loop (2), or before bf16 on CPU meant eager attention (3), are not reused.
+    ``cfg.precision`` is the *resolved* precision (fp32 | bf16), never ``auto``."""
+    p, a = cfg.precision, cfg.attention
+    if p not in ("fp32", "bf16"):
+        raise ValueError(f"stage keys need a resolved precision (fp32|bf16), got {p!r}")
+    extra = {"precision": p, "amp": 3} if p != "fp32" else {}
+    if a != "auto" or p != "fp32":
+        extra["attention"] = a
+    return hash_obj(obj | extra)
+
+
+def checkpoint_key(path: str) -> str:
+    """A local checkpoint directory is keyed by its content (changed weights rerun); a hub id by its name."""
+    from perm.store import hash_path
+
+    p = Path(path)
+    return hash_path(p) if p.is_dir() else f"hub:{path}"
+
+
+def checkpoint_name(path: str) -> str:
+    """The name of a checkpoint's identity in an ``upstream`` mapping."""
+    return f"checkpoint:{path}"
+
+
+def data_identity(cfg: RunConfig, upstream: Mapping[str, str]) -> str:
+    """Output hash of the data stage: the testbed's, or the imported data's (``data.prefs``)."""
+    return upstream["data" if cfg.data.prefs is not None else "testbed"]
+
+
+def backbone_identity(cfg: RunConfig, upstream: Mapping[str, str], pretrain_id: str) -> str:
+    """A grid backbone's identity: its pretrain's output hash, or its checkpoint's key."""
+    c = cfg.pretrain
+    if c.checkpoints:
+        return upstream[checkpoint_name(dict(zip(c.pretrain_ids(), c.checkpoints, strict=True))[pretrain_id])]
+    return upstream[f"pretrain/{pretrain_id}"]
+
+
+def policy_identity(cfg: RunConfig, upstream: Mapping[str, str]) -> str:
+    """The SFT policy's identity: the `policy` stage's output hash, or its checkpoint's key."""
+    c = cfg.policy.checkpoint
+    return upstream[checkpoint_name(c)] if c else upstream["policy"]
+
+
+def headline(info: dict) -> dict:
+    keys = ("heldout_perplexity", "accuracy", "tokens_per_s", "pairs_per_s", "rows", "mean_gold")
+    return {k: round(info[k], 4) if isinstance(info[k], float) else info[k] for k in keys if k in info}
+
+
+class Context:
+    """One run directory, its resolved config, its executor, and the results of the stages run so far.
+
+    ``need(name)`` runs a stage (and what it needs) once per context and returns its result; stage modules
+    reach each other only through it."""
+
+    def __init__(self, cfg: RunConfig, log: Progress, store: RunStore, executor, stages: Mapping):
+        self.cfg, self.log, self.store, self.root = cfg, log, store, store.root
+        self.executor = executor
+        self._stages = stages
+        self._memo: dict = {}
+        self.checkpoint_keys: dict[str, str] = {}
+
+    def need(self, name: str, *args):
+        """Run stage `name` (memoised per context and arguments) and return its result."""
+        memo = (name, args)
+        if memo not in self._memo:
+            self._memo[memo] = self._stages[name].run(self, *args)
+        return self._memo[memo]
+
+    # --------------------------------------------------------------------------------------- identities
+
+    def key(self, obj: dict) -> str:
+        return stage_key(self.cfg, obj)
+
+    def checkpoint_key(self, path: str) -> str:
+        """:func:`checkpoint_key` once per checkpoint and run: a local checkpoint is hashed by content, and
+        the same one keys several stages (every RM of a pretrain, the evaluator's jobs, the policy's)."""
+        if path not in self.checkpoint_keys:
+            self.checkpoint_keys[path] = checkpoint_key(path)
+        return self.checkpoint_keys[path]
+
+    def upstream(self) -> dict[str, str]:
+        """Output hashes of every finished stage, and the keys of the config's checkpoints: the ``upstream``
+        argument of a stage's ``keys``."""
+        out = {name: self.store.output_hash(name) for name, rec in self.store.manifest()["stages"].items()
+               if rec.get("status") == "done"}
+        c = self.cfg
+        paths = [*c.pretrain.checkpoints, c.evaluator.checkpoint if c.evaluator.enabled else None,
+                 c.policy.checkpoint]
+        out |= {checkpoint_name(p): self.checkpoint_key(p) for p in paths if p}
+        return out
+
+    # ------------------------------------------------------------------------------------ job settings
+
+    @property
+    def show_bars(self) -> bool:
+        return self.log.mode == "normal" and isinstance(self.executor, LocalExecutor)
+
+    @property
+    def job_threads(self) -> int | None:
+        """torch threads of a training job: `threads`, else the cores shared among `workers`."""
+        if self.cfg.threads or not isinstance(self.executor, PoolExecutor):
+            return self.cfg.threads
+        return max(1, _usable_cpus() // self.cfg.workers)
+
+    def job_env(self, pooled: bool = True) -> dict:
+        """The keyword arguments every training / sampling job takes; `pooled` jobs may run in workers."""
+        return {"device": self.cfg.device, "threads": self.job_threads if pooled else self.cfg.threads,
+                "precision": self.cfg.precision, "attention": self.cfg.attention, "show_progress": self.show_bars}
+
+    # ------------------------------------------------------------------------------------ bookkeeping
+
+    def skip(self, name: str, key: str) -> bool:
+        if self.store.is_complete(name, key):
+            self.log.event(name, "skip", reason="complete for these inputs")
+            return True
+        return False
+
+    def done(self, name: str, key: str, outputs: list[str], t0: float, seeds=None, info=None) -> None:
+        wall = time.perf_counter() - t0
+        self.store.mark_done(name, key, outputs, seeds=seeds, wall_s=wall, info=info)
+        self.log.event(name, "done", wall_s=round(wall, 1), **(headline(info) if info else {}))
+
+    def run_one(self, name: str, key: str, fn: Callable[[], dict | None], outputs: list[str], *,
+                seeds: Callable[[dict], dict] | dict | None = None, mark: bool = True, announce: bool = True,
+                **start) -> bool:
+        """Skip `name` if complete for `key`; else mark it running, log its start (with `start` fields), run
+        `fn` (returning the info to record), and record it done with `outputs`. Returns True if it ran.
+
+        mark=False: `fn` marks the stage running itself (after validating its input, so bad input leaves the
+        manifest as it was), or the stage is short enough not to be marked. announce=False: no start line
+        (short bookkeeping stages print only their done line)."""
+        if self.skip(name, key):
+            return False
+        if mark:
+            self.store.mark_running(name, key)
+        if announce:
+            self.log.event(name, "start", **start)
+        t0 = time.perf_counter()
+        info = fn() or None
+        self.done(name, key, outputs, t0, seeds=seeds(info or {}) if callable(seeds) else seeds, info=info)
+        return True
+
+    def run_jobs(self, fn, todo: list[tuple[str, dict]], keys: Mapping[str, str], seeds_of,
+                 pool: bool = True) -> None:
+        """Run the jobs of `todo` ((name, kwargs) each) and record each in the manifest as it finishes.
+
+        pool=False keeps them in this process even with `workers` > 1 (short jobs that share a cache here)."""
+        if not todo:
+            return
+        if isinstance(self.executor, LocalExecutor) or (isinstance(self.executor, PoolExecutor) and not pool):
+            # one at a time, so that each finished job is recorded before the next starts (resume granularity)
+            for name, kw in todo:
+                self.store.mark_running(name, keys[name])
+                self.log.event(name, "start")
+                t0 = time.perf_counter()
+                info = fn(**kw)
+                self.done(name, keys[name], [kw["out_rel"]], t0, seeds=seeds_of(kw),
+                          info=info | {"threads": kw.get("threads")})
+            return
+        executor = "ray" if isinstance(self.executor, RayExecutor) else f"{self.cfg.workers} workers"
+        for name, _ in todo:
+            self.store.mark_running(name, keys[name])
+            self.log.event(name, "start", executor=executor)
+        for i, (info, wall) in self.executor.map_as_completed(fn, [kw for _, kw in todo]):
+            name, kw = todo[i]
+            self.done(name, keys[name], [kw["out_rel"]], time.perf_counter() - wall, seeds=seeds_of(kw),
+                      info=info | {"threads": kw.get("threads")})
+
+
+def torch_setup(device: str, threads: int | None):
+    """A job's first step: quiet transformers, set threads, fix the global seeds, resolve the device."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from perm.hardware import resolve_device
+    from perm.store import seed_everything
+
+    hf_logging.disable_progress_bar()  # perm draws its own bars; "Loading weights" x 20 is noise
+    hf_logging.set_verbosity_error()  # a fresh reward head is *meant* to be missing from a backbone
+    if threads:
+        torch.set_num_threads(threads)
+    # every draw perm makes uses an explicit, recorded seed; fixing the globals too makes any stray
+    # library draw deterministic, independent of what ran before in this process
+    seed_everything(0)
+    return resolve_device(device)
+
+
+def autocast(dev, precision: str):
+    """bf16 autocast for inference when asked; a no-op context in fp32."""
+    import torch
+
+    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")

@@ -1,0 +1,52 @@
+"""`perm analyze`: the figures' and Table 1's numbers (perm.analysis.run_analysis over the reward tensor)
+into analysis/ — from this run's tensor, or a user's (`--rewards --models`), whose analysis reads nothing
+else of the run. Manifest name `analyze`. Returns the analysis directory."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from perm.config import RunConfig, to_dict
+from perm.stages._context import Context
+from perm.store import atomic_path, hash_obj
+
+NAME = "analyze"
+NEEDS = ("score", "sample")
+
+
+def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
+    """Keyed on the tensor: this run's score and sample outputs, or a user's files (`rewards`, `models`)."""
+    if "rewards" in upstream:
+        tensor = {"rewards": upstream["rewards"], "models": upstream["models"]}
+    else:
+        tensor = {"score": upstream["score"], "samples": upstream["sample"]}
+    return {"analyze": hash_obj({"analysis": to_dict(cfg.analysis), "tensor": tensor})}
+
+
+def run(ctx: Context, rewards: Path | None = None, models: Path | None = None) -> Path:
+    from perm.analysis import load_reward_tensor, run_analysis, save_analysis
+    from perm.report_inputs import samples_and_posts
+    from perm.store import hash_path
+
+    external = rewards is not None
+    if external:  # a user's tensor: nothing of this run's samples or data may leak into its analysis
+        upstream = {"rewards": hash_path(rewards), "models": hash_path(models)}
+    else:
+        rewards, models = ctx.need("score"), ctx.root / "models.parquet"
+        upstream = ctx.upstream()
+    a = ctx.cfg.analysis
+
+    def analyze() -> dict:
+        tensor = load_reward_tensor(rewards, models)
+        samples, posts = (None, None) if external else samples_and_posts(ctx.root)
+        results = run_analysis(tensor, ns=list(a.ns) if a.ns else None, anova_draws=a.anova_draws, seed=a.seed,
+                               samples=samples, posts=posts, scale=a.scale)
+        with atomic_path(ctx.root / "analysis") as tmp:
+            save_analysis(results, tmp)
+        return {"prompts": tensor.n_prompts, "pool": tensor.pool_size}
+
+    ctx.run_one("analyze", keys(ctx.cfg, upstream)["analyze"], analyze, ["analysis"], announce=False)
+    return ctx.root / "analysis"
+
+

@@ -1,0 +1,105 @@
+"""`perm pretrain`: the seed-varied backbones (perm.pretrain.pretrain on the testbed corpus, one job per
+pretrain seed, plus the evaluator's own bigger backbone), or the configured checkpoints registered instead.
+Manifest names `pretrain/<pretrain_id>` and `evaluator/pretrain`. Returns pretrain_id -> backbone path or
+hub id."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from perm.config import RunConfig, to_dict
+from perm.progress import Progress
+from perm.stages._context import Context, data_identity, read_column, stage_key, torch_setup
+from perm.store import atomic_path
+
+NAME = "pretrain"
+NEEDS = ("testbed",)
+TRAIN_FIELDS = ("steps", "batch_size", "seq_len", "lr", "warmup_steps", "weight_decay")
+
+
+def train_args(cfg: RunConfig) -> dict:
+    return {k: getattr(cfg.pretrain, k) for k in TRAIN_FIELDS}
+
+
+def evaluator_train_args(cfg: RunConfig) -> dict:
+    """The evaluator's pretraining: the grid's recipe with its own number of steps."""
+    return dict(train_args(cfg), steps=cfg.evaluator.pretrain_steps)
+
+
+def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
+    c, e = cfg.pretrain, cfg.evaluator
+    out = {}
+    if not c.checkpoints:
+        data = data_identity(cfg, upstream)
+        # how a checkpoint is read (convert_bin) does not change what a pretrain from scratch trains
+        common = {k: v for k, v in to_dict(c).items()
+                  if k not in ("seeds", "init_seeds", "data_seeds", "convert_bin")}
+        for pid, init_s, data_s in zip(c.pretrain_ids(), c.init_seeds or c.seeds, c.data_seeds or c.seeds,
+                                       strict=True):
+            out[f"pretrain/{pid}"] = stage_key(cfg, {"common": common, "init": init_s, "data": data_s,
+                                                     "testbed": data})
+    if e.enabled and not e.checkpoint:
+        out["evaluator/pretrain"] = stage_key(cfg, {"backbone": to_dict(e.backbone),
+                                                    "train": evaluator_train_args(cfg), "seed": e.pretrain_seed,
+                                                    "testbed": data_identity(cfg, upstream)})
+    return out
+
+
+def seeds_of(kw: dict) -> dict:
+    """The seeds a pretrain job records in the manifest."""
+    return {"init_seed": kw["init_seed"], "data_seed": kw["data_seed"]}
+
+
+def run(ctx: Context) -> dict[str, str]:
+    cfg = ctx.cfg
+    c, e = cfg.pretrain, cfg.evaluator
+    if c.checkpoints and not (e.enabled and not e.checkpoint):
+        return dict(zip(c.pretrain_ids(), c.checkpoints, strict=True))
+    ctx.need("testbed")
+    all_keys = keys(cfg, ctx.upstream())
+    env = dict(run_dir=str(ctx.root), **ctx.job_env())
+    todo = []
+    if not c.checkpoints:
+        for pid, init_s, data_s in zip(c.pretrain_ids(), c.init_seeds or c.seeds, c.data_seeds or c.seeds,
+                                       strict=True):
+            name = f"pretrain/{pid}"
+            if not ctx.skip(name, all_keys[name]):
+                todo.append((name, dict(env, out_rel=name, init_seed=init_s, data_seed=data_s,
+                                        backbone=to_dict(c.backbone), train=train_args(cfg))))
+    name = "evaluator/pretrain"
+    if name in all_keys and not ctx.skip(name, all_keys[name]):
+        todo.insert(0, (name, dict(env, out_rel=name, init_seed=e.pretrain_seed, data_seed=e.pretrain_seed,
+                                   backbone=to_dict(e.backbone), train=evaluator_train_args(cfg))))
+    # the longest job (the evaluator's) first, so parallel workers finish together
+    ctx.run_jobs(job_pretrain, todo, all_keys, seeds_of=seeds_of)
+    if c.checkpoints:
+        return dict(zip(c.pretrain_ids(), c.checkpoints, strict=True))
+    return {pid: str(ctx.root / f"pretrain/{pid}") for pid in c.pretrain_ids()}
+
+
+def job_pretrain(run_dir: str, out_rel: str, *, init_seed: int, data_seed: int, backbone: dict, train: dict,
+                 device: str, threads: int | None, precision: str = "fp32", attention: str = "auto",
+                 show_progress: bool = True) -> dict:
+    """Pretrain one backbone into run_dir/out_rel (atomically); returns its info."""
+    from perm.models import attention_for, gpt_neox_config, load_tokenizer, save_model
+    from perm.pretrain import pack_corpus, pretrain
+
+    dev = torch_setup(device, threads)
+    run = Path(run_dir)
+    tok = load_tokenizer(run / "tokenizer")
+    (texts,) = read_column(run / "data" / "corpus.parquet", "text")
+    train_blocks, held = pack_corpus(texts, tok, train["seq_len"])
+    cfg = gpt_neox_config(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                          **backbone)
+    bar = Progress("normal" if show_progress else "quiet").bar(out_rel, train["steps"])
+    model, info = pretrain(config=cfg, train_blocks=train_blocks, heldout_blocks=held, init_seed=init_seed,
+                           data_seed=data_seed, device=dev, progress=bar, bf16=precision == "bf16",
+                           attention=attention_for(dev, precision, attention),
+                           **{k: train[k] for k in ("steps", "batch_size", "lr", "warmup_steps", "weight_decay")})
+    bar.close()
+    info.update(n_params=sum(p.numel() for p in model.parameters()), precision=precision,
+                attention=model.config._attn_implementation)
+    with atomic_path(run / out_rel) as tmp:
+        save_model(model, tok, tmp, {"config": {"backbone": backbone, **train}, **info}, "pretrain.json")
+    return info

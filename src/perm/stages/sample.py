@@ -1,0 +1,91 @@
+"""`perm sample`: a pool of `policy.pool_size` candidates plus `policy.n_reference` separate reference samples
+per eval prompt from the SFT policy (perm.policy.sample_pool), with the gold reward on the testbed.
+Manifest name `sample`; output samples.parquet. Returns its path."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from perm.config import RunConfig, to_dict
+from perm.progress import Progress
+from perm.stages._context import Context, autocast, data_identity, policy_identity, stage_key, torch_setup
+from perm.store import derive_seed
+
+NAME = "sample"
+NEEDS = ("testbed", "sft")
+
+
+def sampling_args(cfg: RunConfig) -> dict:
+    return {k: v for k, v in to_dict(cfg.policy).items() if not k.startswith("sft_") and k != "checkpoint"}
+
+
+def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
+    return {"sample": stage_key(cfg, {"sampling": sampling_args(cfg), "policy": policy_identity(cfg, upstream),
+                                      "testbed": data_identity(cfg, upstream)})}
+
+
+def run(ctx: Context) -> Path:
+    cfg = ctx.cfg
+    c = cfg.policy
+    policy = ctx.need("sft")
+    ctx.need("testbed")
+    key = keys(cfg, ctx.upstream())["sample"]
+    ctx.run_one("sample", key, lambda: job_sample(
+        str(ctx.root), "samples.parquet", policy=policy, sampling=sampling_args(cfg),
+        trust_remote_code=cfg.pretrain.trust_remote_code, **ctx.job_env(pooled=False)),
+        ["samples.parquet"], seeds={"sampling_seed": c.seed}, pool=c.pool_size, references=c.n_reference)
+    return ctx.root / "samples.parquet"
+
+
+def job_sample(run_dir: str, out_rel: str, *, policy: str, sampling: dict, device: str, threads: int | None, precision: str = "fp32",
+               attention: str = "auto", show_progress: bool = True, trust_remote_code: bool = False) -> dict:
+    """Pool of N + K reference samples per eval prompt -> samples.parquet (with gold reward on the testbed)."""
+    from perm.models import attention_for, load_causal_lm, load_tokenizer, use_attention
+    from perm.policy import build_samples_table, sample_pool
+    from perm.store import atomic_write_parquet
+
+    dev = torch_setup(device, threads)
+    run = Path(run_dir)
+    tok = load_tokenizer(policy if (Path(policy) / "tokenizer.json").exists() else run / "tokenizer",
+                         trust_remote_code=trust_remote_code)
+    model = load_causal_lm(policy, trust_remote_code=trust_remote_code).to(dev).eval()
+    use_attention(model, attention_for(dev, precision, attention))
+    if tok.pad_token_id >= model.get_input_embeddings().num_embeddings:
+        # perm added a pad token the policy has no embedding for; padding is masked, so EOS can stand in
+        tok.pad_token = tok.eos_token
+    t = pq.read_table(run / "data" / "eval_prompts.parquet").to_pandas()
+    n, k = sampling["pool_size"], sampling["n_reference"]
+    t0 = time.perf_counter()
+    pools = []
+    bar = Progress("normal" if show_progress else "quiet").bar("sample", len(t))
+    step = sampling["batch_prompts"]
+    for i in range(0, len(t), step):
+        # one seed per chunk of `batch_prompts` prompts (batch_prompts is part of the stage key)
+        with autocast(dev, precision):
+            pools += sample_pool(model, tok, list(t.prompt[i : i + step]), n_samples=n + k,
+                                 temperature=sampling["temperature"], top_p=sampling["top_p"],
+                                 max_new_tokens=sampling["max_new_tokens"],
+                                 seed=derive_seed("sample", sampling["seed"], i), batch_prompts=step, device=dev)
+        bar(min(i + step, len(t)), len(t))
+    bar.close()
+    gold_fn = None
+    if "post" in t.columns:
+        from perm.testbed.gold import gold_reward as gold_fn
+    table = build_samples_table(list(t.prompt_id), [p[:n] for p in pools], [p[n:] for p in pools], tok,
+                                gold_fn=gold_fn, posts=list(t.post) if gold_fn else None,
+                                max_new_tokens=sampling["max_new_tokens"])
+    atomic_write_parquet(run / out_rel, table)
+    wall = time.perf_counter() - t0
+    info = {"rows": table.num_rows, "wall_s": wall, "samples_per_s": table.num_rows / wall, "precision": precision,
+            "attention": model.config._attn_implementation}
+    if gold_fn:
+        df = table.to_pandas()
+        info["mean_gold"] = float(df[~df.is_reference].gold_reward.mean())
+        info["mean_tokens"] = float(df.n_tokens.mean())
+        info["frac_eos"] = float(df.ended_with_eos.mean())
+    return info
+

@@ -1,0 +1,203 @@
+"""`perm score`: every pool and reference sample scored by every RM and the evaluator (perm.prefix.
+score_prompt_groups: a prompt runs once and its candidates continue its KV cache), then the reward tensor
+assembled with the gold reward: rewards.parquet and models.parquet (DESIGN step 5). Also the validation of
+samples.parquet, which a user may bring. Manifest names `score/<model_id>` (scores/<model_id>.parquet) and
+`score`. Returns the path of rewards.parquet."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from perm.config import RunConfig
+from perm.progress import Progress
+from perm.stages._context import Context, stage_key, torch_setup
+from perm.stages.train_rm import grid_names
+
+NAME = "score"
+NEEDS = ("train-rm", "sample")
+BATCH_SIZE = 64
+
+
+def model_names(cfg: RunConfig) -> dict[str, str]:
+    """model_id -> manifest name of every scoring model: the grid's RMs, then the evaluator."""
+    out = {name.split("/", 1)[1]: name for name in grid_names(cfg)}
+    return out | ({"evaluator": "evaluator/rm"} if cfg.evaluator.enabled else {})
+
+
+def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
+    """`score/<model_id>` per model; `score` (the assembled tensor) once every model's scores exist."""
+    samples = upstream["sample"]
+    out = {f"score/{mid}": stage_key(cfg, {"model": upstream[name], "samples": samples,
+                                           "max_length": cfg.reward.max_length})
+           for mid, name in model_names(cfg).items()}
+    if all(name in upstream for name in out):
+        out["score"] = stage_key(cfg, {name: upstream[name] for name in sorted(out)} | {"samples": samples})
+    return out
+
+
+def run(ctx: Context) -> Path:
+    cfg = ctx.cfg
+    trained = ctx.need("train-rm")
+    ctx.need("sample")
+    records = trained["rms"] + ([trained["evaluator"]] if trained["evaluator"] else [])
+    all_keys = keys(cfg, ctx.upstream())
+    todo = []
+    for mid, model_name in model_names(cfg).items():
+        name = f"score/{mid}"
+        if not ctx.skip(name, all_keys[name]):
+            todo.append((name, dict(run_dir=str(ctx.root), out_rel=f"scores/{mid}.parquet",
+                                    model_dir=str(ctx.root / model_name), model_id=mid,
+                                    max_length=cfg.reward.max_length, batch_size=BATCH_SIZE, device=cfg.device,
+                                    threads=cfg.threads, show_progress=ctx.show_bars)))
+    # scoring jobs are short and share this process's tokenised samples (one tokenisation for all models)
+    ctx.run_jobs(job_score, todo, all_keys, seeds_of=lambda kw: {}, pool=False)
+    key = keys(cfg, ctx.upstream())["score"]
+    ctx.run_one("score", key, lambda: assemble_reward_tensor(ctx.root, records),
+                ["rewards.parquet", "models.parquet"], mark=False, announce=False)
+    return ctx.root / "rewards.parquet"
+
+
+_ENCODED: dict = {}  # (tokenizer hash, max_length, samples hash) -> token ids; one tokenisation per tokenizer
+
+
+def encoded_samples(run: Path, tok_dir: Path, max_length: int) -> tuple[tuple[list, list, list], object, object,
+                                                                          object]:
+    """samples.parquet as token ids grouped by prompt, cached per tokenizer within a process.
+
+    Returns ``((prompt_ids, completion_ids, rows), prompt_id, sample_id, tokenizer)``: group g is one prompt
+    tokenised once, ``prompt_ids[g]``, with its candidates ``completion_ids[g]`` (each + EOS), which are the
+    sample rows ``rows[g]`` of ``prompt_id`` / ``sample_id`` (the file's row order); see ``encode_groups``.
+    """
+    import numpy as np
+
+    from perm.models import load_tokenizer
+    from perm.reward import encode_groups
+    from perm.store import hash_path
+
+    key = (hash_path(tok_dir / "tokenizer.json") if (tok_dir / "tokenizer.json").exists() else str(tok_dir),
+           max_length, hash_path(run / "samples.parquet"))
+    if key not in _ENCODED:
+        tok = load_tokenizer(tok_dir)
+        samples = validate_samples(run / "samples.parquet")
+        prompts = pq.read_table(run / "data" / "eval_prompts.parquet", columns=["prompt_id", "prompt"]).to_pandas()
+        prompt_of = dict(zip(prompts.prompt_id, prompts.prompt, strict=True))
+        by_prompt = samples.groupby("prompt_id", sort=False).indices  # prompt_id -> row indices, in file order
+        texts = samples.text.to_numpy()
+        p_ids, c_ids, source = encode_groups(tok, [prompt_of[p] for p in by_prompt],
+                                             [list(texts[r]) for r in by_prompt.values()], max_length)
+        flat_rows = np.concatenate(list(by_prompt.values())) if by_prompt else np.empty(0, dtype=np.int64)
+        _ENCODED.clear()
+        _ENCODED[key] = ((p_ids, c_ids, [flat_rows[s] for s in source]), samples.prompt_id.to_numpy(),
+                         samples.sample_id.to_numpy(), tok)
+    return _ENCODED[key]
+
+
+class SamplesError(ValueError):
+    """A samples.parquet that cannot be scored; the message names the file and the column or rows."""
+
+
+SAMPLES_COLUMNS = {"prompt_id": "integer", "sample_id": "integer", "text": "string"}
+
+
+OPTIONAL_SAMPLES_COLUMNS = {"is_reference": "bool"}  # checked when present; the reward tensor needs it
+
+
+def validate_samples(path: Path):
+    """Read samples.parquet, refusing missing or mistyped columns and duplicate (prompt_id, sample_id)."""
+    import pandas as pd
+
+    try:
+        df = pq.read_table(path).to_pandas()
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+        raise SamplesError(f"{path}: cannot read as Parquet: {e}") from None
+    for col, kind in (SAMPLES_COLUMNS | OPTIONAL_SAMPLES_COLUMNS).items():
+        if col not in df.columns:
+            if col in OPTIONAL_SAMPLES_COLUMNS:
+                continue
+            raise SamplesError(f"{path}: missing column '{col}' (expected columns: {', '.join(SAMPLES_COLUMNS)})")
+        ok = {"integer": pd.api.types.is_integer_dtype, "bool": pd.api.types.is_bool_dtype,
+              "string": lambda s: pd.api.types.is_string_dtype(s) or pd.api.types.is_object_dtype(s)}[kind]
+        if not ok(df[col]):
+            raise SamplesError(f"{path}: column '{col}' must be {kind}, found {df[col].dtype}")
+    dup = df.duplicated(["prompt_id", "sample_id"], keep="first")
+    if dup.any():
+        i = int(dup.to_numpy().nonzero()[0][0])
+        raise SamplesError(f"{path}: row {i}: duplicate (prompt_id, sample_id) = "
+                           f"({df.prompt_id.iloc[i]}, {df.sample_id.iloc[i]})")
+    if df.text.isna().any():
+        i = int(df.text.isna().to_numpy().nonzero()[0][0])
+        raise SamplesError(f"{path}: row {i}: column 'text' is null")
+    return df[["prompt_id", "sample_id", "text"]]
+
+
+def job_score(run_dir: str, out_rel: str, *, model_dir: str, model_id: str, max_length: int, batch_size: int,
+              device: str, threads: int | None, show_progress: bool = True) -> dict:
+    """Score every sample with one RM into run_dir/out_rel (prompt_id, sample_id, reward).
+
+    Decoder RMs run each prompt once and its candidates as continuations of its KV cache
+    (``perm.prefix.score_prompt_groups``: the same rewards as full-sequence scoring); encoders score whole.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    from perm.models import load_reward_model
+    from perm.prefix import score_prompt_groups
+    from perm.reward import check_finite
+    from perm.store import atomic_write_parquet
+
+    dev = torch_setup(device, threads)
+    run = Path(run_dir)
+    tok_dir = Path(model_dir) if (Path(model_dir) / "tokenizer.json").exists() else run / "tokenizer"
+    (p_ids, c_ids, rows), prompt_ids, sample_ids, tok = encoded_samples(run, tok_dir, max_length)
+    model = load_reward_model(model_dir).to(dev)
+    t0 = time.perf_counter()
+    bar = Progress("normal" if show_progress else "quiet").bar(f"score {model_id}", len(prompt_ids))
+    rewards = np.full(len(prompt_ids), np.nan)
+    # scoring stays in fp32 even in bf16 runs: a bf16 head rounds rewards into spurious ties (7-bit mantissa),
+    # and ties go to the lower sample id for every RM alike, inflating agreement
+    groups = score_prompt_groups(model, p_ids, c_ids, tok.pad_token_id, dev, batch_size=batch_size, progress=bar)
+    for r, group in zip(rows, groups, strict=True):
+        rewards[r] = group
+    bar.close()
+    check_finite(rewards, model_id)
+    atomic_write_parquet(run / out_rel, pa.table({"prompt_id": pa.array(prompt_ids, pa.int64()),
+                                                  "sample_id": pa.array(sample_ids, pa.int64()),
+                                                  "reward": pa.array(rewards, pa.float64())}))
+    wall = time.perf_counter() - t0
+    return {"rows": len(prompt_ids), "wall_s": wall, "sequences_per_s": len(prompt_ids) / wall}
+
+
+def assemble_reward_tensor(root: Path, records: list[dict]) -> dict:
+    """Concatenate scores/*.parquet (+ the gold reward) into rewards.parquet and models.parquet."""
+    import pandas as pd
+
+    from perm.store import atomic_write_parquet
+
+    samples = pq.read_table(root / "samples.parquet").to_pandas()
+    base = samples[["prompt_id", "sample_id", "is_reference"]]
+    parts, models = [], []
+    for rec in records:
+        mid = "evaluator" if rec["role"] == "evaluator" else rec["model_id"]
+        scores = pq.read_table(root / "scores" / f"{mid}.parquet").to_pandas()
+        df = base.merge(scores, on=["prompt_id", "sample_id"], how="left", validate="one_to_one")
+        df["model_id"] = mid
+        parts.append(df)
+        models.append({"model_id": mid, "role": rec["role"], "pretrain_id": rec["pretrain_id"],
+                       "finetune_seed": rec["finetune_seed"], "accuracy": rec["accuracy"],
+                       "accuracy_se": rec["accuracy_se"], "gold_accuracy": rec.get("gold_accuracy")})
+    if "gold_reward" in samples.columns:
+        df = base.assign(model_id="gold", reward=samples.gold_reward.astype("float64"))
+        parts.append(df)
+        models.append({"model_id": "gold", "role": "gold", "pretrain_id": None, "finetune_seed": None,
+                       "accuracy": None, "accuracy_se": None, "gold_accuracy": None})
+    rewards = pd.concat(parts, ignore_index=True)[["prompt_id", "sample_id", "model_id", "reward", "is_reference"]]
+    models_df = pd.DataFrame(models).astype({"finetune_seed": "Int64", "accuracy": "float64",
+                                             "accuracy_se": "float64", "gold_accuracy": "float64"})
+    atomic_write_parquet(root / "rewards.parquet", rewards)
+    atomic_write_parquet(root / "models.parquet", models_df)
+    return {"rows": len(rewards), "models": len(models)}
+

@@ -1,0 +1,104 @@
+"""`perm sft`: the SFT policy, trained on sft_train's reference summaries (perm.policy.train_sft, summary
+tokens only) from the first pretrained backbone or from scratch — or `policy.checkpoint` registered instead.
+Manifest name `policy`; output policy/. Returns the policy's directory or hub id."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from perm.config import RunConfig, to_dict
+from perm.progress import Progress
+from perm.stages._context import (
+    Context,
+    backbone_identity,
+    data_identity,
+    read_column,
+    stage_key,
+    torch_setup,
+)
+from perm.store import atomic_path, derive_seed
+
+NAME = "sft"
+NEEDS = ("testbed", "pretrain")
+
+
+def sft_args(cfg: RunConfig) -> dict:
+    return {k: v for k, v in to_dict(cfg.policy).items() if k.startswith("sft_")}
+
+
+def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
+    c = cfg.policy
+    if c.checkpoint:
+        return {}
+    if c.init_from == "pretrain":
+        init = backbone_identity(cfg, upstream, cfg.pretrain.pretrain_ids()[0])
+    else:
+        init = to_dict(cfg.pretrain.backbone)
+    return {"policy": stage_key(cfg, {"sft": sft_args(cfg), "init": init, "testbed": data_identity(cfg, upstream),
+                                      "max_length": cfg.reward.max_length})}
+
+
+def run(ctx: Context) -> str:
+    cfg = ctx.cfg
+    c = cfg.policy
+    if c.checkpoint:
+        return c.checkpoint
+    ctx.need("testbed")
+    init = next(iter(ctx.need("pretrain").values())) if c.init_from == "pretrain" else None
+    key = keys(cfg, ctx.upstream())["policy"]
+    ctx.run_one("policy", key, lambda: job_sft(
+        str(ctx.root), "policy", init=init, backbone=to_dict(cfg.pretrain.backbone), sft=sft_args(cfg),
+        max_length=cfg.reward.max_length, **ctx.job_env(pooled=False)),
+        ["policy"], seeds=lambda info: {"data_seed": info["data_seed"]}, init=c.init_from)
+    return str(ctx.root / "policy")
+
+
+def sft_heldout(n_posts: int) -> int:
+    """How many of sft_train's first posts the SFT policy holds out (its eval loss); policy-prefs puts its
+    pairs on those posts into policy_prefs_eval.parquet, so no RM trains on them either."""
+    return max(1, n_posts // 20)
+
+
+def job_sft(run_dir: str, out_rel: str, *, init: str | None, backbone: dict, sft: dict, max_length: int,
+            device: str, threads: int | None, precision: str = "fp32", attention: str = "auto",
+            show_progress: bool = True) -> dict:
+    """Train the SFT policy on sft_train (summary tokens only) from `init` (a backbone dir) or from scratch."""
+    from perm.models import (
+        attention_for,
+        gpt_neox_config,
+        load_causal_lm,
+        load_tokenizer,
+        make_accelerator,
+        new_causal_lm,
+        save_model,
+        use_attention,
+    )
+    from perm.policy import train_sft
+
+    dev = torch_setup(device, threads)
+    run = Path(run_dir)
+    tok = load_tokenizer(run / "tokenizer")
+    data_seed = derive_seed("sft-data-order", 0)
+    if init is not None:
+        model = load_causal_lm(init)
+    else:
+        cfg = gpt_neox_config(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                              **backbone)
+        model = new_causal_lm(cfg, derive_seed("sft-init", 0))
+    use_attention(model, attention_for(dev, precision, attention))
+    prompts, completions = read_column(run / "data" / "sft_train.parquet", "prompt", "completion")
+    n_eval = sft_heldout(len(prompts))
+    bar = Progress("normal" if show_progress else "quiet").bar(out_rel, 1)
+    state = train_sft(model.to(dev), tok, prompts[n_eval:], completions[n_eval:], epochs=sft["sft_epochs"],
+                      lr=sft["sft_lr"], batch_size=sft["sft_batch_size"], max_length=max_length, data_seed=data_seed,
+                      eval_prompts=prompts[:n_eval], eval_completions=completions[:n_eval], progress=bar,
+                      accelerator=make_accelerator(dev, precision))
+    bar.close()
+    model = state.pop("model")
+    info = {k: v for k, v in state.items() if isinstance(v, int | float | str)}
+    info.update(data_seed=data_seed, init=init or "scratch", precision=precision,
+                attention=model.config._attn_implementation)
+    with atomic_path(run / out_rel) as tmp:
+        save_model(model, tok, tmp, {"config": sft, **info}, "policy.json")
+    return info

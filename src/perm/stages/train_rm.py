@@ -1,0 +1,203 @@
+"""`perm train-rm`: the reward-model grid (every RM of `reward.layout` over pretrains x finetune seeds) and
+the evaluator RM, finetuned with the Bradley-Terry + centering loss (perm.reward.train_reward_model), one job
+each, run together (evaluator first: the longest). Manifest names `rm/<pretrain_id>-ft<seed>` and
+`evaluator/rm`; outputs rm/<id>/ and evaluator/rm/ with rm.json. Returns {"rms": [rm.json, ...],
+"evaluator": rm.json or None}."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from perm.config import RunConfig, to_dict
+from perm.progress import Progress
+from perm.stages._context import (
+    Context,
+    backbone_identity,
+    checkpoint_name,
+    data_identity,
+    read_column,
+    stage_key,
+    torch_setup,
+)
+from perm.stages.policy_prefs import eval_pair_files, pairs_key
+from perm.store import atomic_path, derive_seed
+
+NAME = "train-rm"
+NEEDS = ("testbed", "pretrain", "policy-prefs")
+GRID_FIELDS = ("finetune_seeds", "layout", "pairs", "policy_pairs_per_post")  # keyed per RM or via pairs_key
+
+
+def rm_id(pretrain_id: str, finetune_seed: int) -> str:
+    return f"{pretrain_id}-ft{finetune_seed}"
+
+
+def rm_seeds(finetune_seed: int) -> dict:
+    """The three finetuning seeds, each its own stream, all derived from the finetune seed alone."""
+    return {
+        "head_seed": derive_seed("rm-head", finetune_seed),
+        "data_seed": derive_seed("rm-data-order", finetune_seed),
+        "dropout_seed": derive_seed("rm-dropout", finetune_seed),
+    }
+
+
+def grid(pretrain_ids: list[str], finetune_seeds: tuple[int, ...], layout: str) -> list[tuple[str, int]]:
+    """(pretrain_id, finetune_seed) of every RM. paper: one RM per pretrain (first seed) + all seeds of the
+    first pretrain; full: the whole product."""
+    if layout == "full":
+        return [(p, s) for p in pretrain_ids for s in finetune_seeds]
+    first = [(pretrain_ids[0], s) for s in finetune_seeds]
+    return first + [(p, finetune_seeds[0]) for p in pretrain_ids[1:]]
+
+
+
+def grid_names(cfg: RunConfig) -> list[str]:
+    """Manifest names of the grid's RMs, in grid order."""
+    c = cfg.reward
+    return [f"rm/{rm_id(p, s)}" for p, s in grid(cfg.pretrain.pretrain_ids(), c.finetune_seeds, c.layout)]
+
+
+def evaluator_reward_args(cfg: RunConfig) -> dict:
+    return dict(to_dict(cfg.reward), epochs=cfg.evaluator.epochs, lr=cfg.evaluator.lr)
+
+
+def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
+    c, e = cfg.reward, cfg.evaluator
+    data, pairs = data_identity(cfg, upstream), pairs_key(cfg, upstream)
+    common = {k: v for k, v in to_dict(c).items() if k not in GRID_FIELDS}
+    out = {f"rm/{rm_id(pid, seed)}": stage_key(cfg, {"common": common, "seed": seed, "testbed": data, **pairs,
+                                                      "backbone": backbone_identity(cfg, upstream, pid)})
+           for pid, seed in grid(cfg.pretrain.pretrain_ids(), c.finetune_seeds, c.layout)}
+    if e.enabled:
+        backbone = upstream[checkpoint_name(e.checkpoint) if e.checkpoint else "evaluator/pretrain"]
+        grid_only = (*GRID_FIELDS, "max_train_pairs")
+        reward = {k: v for k, v in evaluator_reward_args(cfg).items() if k not in grid_only}
+        out["evaluator/rm"] = stage_key(cfg, {"reward": reward, "pairs": e.train_pairs, "backbone": backbone,
+                                              "testbed": data, **pairs})
+    return out
+
+
+def run(ctx: Context) -> dict:
+    cfg = ctx.cfg
+    c, e = cfg.reward, cfg.evaluator
+    backbones = ctx.need("pretrain")
+    ctx.need("testbed")
+    files, evals = ctx.need("policy-prefs"), eval_pair_files(cfg)
+    all_keys = keys(cfg, ctx.upstream())
+    env = dict(run_dir=str(ctx.root), pair_files=files, eval_files=evals, **ctx.job_env())
+    todo = []
+    for pid, seed in grid(list(backbones), c.finetune_seeds, c.layout):
+        name = f"rm/{rm_id(pid, seed)}"
+        if not ctx.skip(name, all_keys[name]):
+            todo.append((name, dict(env, out_rel=name, backbone=backbones[pid], pretrain_id=pid, finetune_seed=seed,
+                                    reward=to_dict(c), n_pairs=c.max_train_pairs,
+                                    trust_remote_code=cfg.pretrain.trust_remote_code)))
+    name = "evaluator/rm"
+    if e.enabled and not ctx.skip(name, all_keys[name]):
+        todo.insert(0, (name, dict(  # trained beside the grid: the longest job first
+            env, out_rel=name, backbone=e.checkpoint or str(ctx.root / "evaluator/pretrain"),
+            pretrain_id=f"evaluator-seed{e.pretrain_seed}", finetune_seed=0, reward=evaluator_reward_args(cfg),
+            n_pairs=e.train_pairs, role="evaluator")))
+    ctx.run_jobs(job_reward_model, todo, all_keys, seeds_of=lambda kw: rm_seeds(kw["finetune_seed"]))
+    rms = [json.loads((ctx.root / n / "rm.json").read_text()) for n in grid_names(cfg)]
+    ev = json.loads((ctx.root / name / "rm.json").read_text()) if e.enabled else None
+    return {"rms": rms, "evaluator": ev}
+
+
+def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: str, finetune_seed: int,
+                     reward: dict, n_pairs: int | None,
+                     pair_files: tuple[str, ...] = ("data/prefs_train.parquet",),
+                     eval_files: tuple[str, ...] = ("data/prefs_eval.parquet",), device: str, threads: int | None,
+                     precision: str = "fp32", attention: str = "auto",
+                     trust_remote_code: bool = False, role: str = "rm", show_progress: bool = True) -> dict:
+    """Finetune one RM from `backbone` (dir or hub id) on the pairs of `pair_files` (concatenated, first
+    `n_pairs` kept); save it + rm.json atomically.
+
+    eval_files: held-out pairs; the first is in distribution (the learning curve and `accuracy`), the others
+    are evaluated once at the end (`other_evals`). Gold accuracy wherever the file has gold columns."""
+    from perm.models import (
+        attention_for,
+        load_reward_backbone,
+        load_tokenizer,
+        make_accelerator,
+        save_model,
+        use_attention,
+    )
+    from perm.reward import encode, evaluate_pairs, train_reward_model
+
+    dev = torch_setup(device, threads)
+    run = Path(run_dir)
+    tok = load_tokenizer(backbone if not (run / "tokenizer").exists() else run / "tokenizer",
+                         trust_remote_code=trust_remote_code)
+    seeds = rm_seeds(finetune_seed)
+    model = load_reward_backbone(backbone, pad_token_id=tok.pad_token_id, head_seed=seeds["head_seed"],
+                                 dropout=reward["dropout"], trust_remote_code=trust_remote_code)
+    if model.get_input_embeddings().num_embeddings < len(tok):
+        model.resize_token_embeddings(len(tok))
+    use_attention(model, attention_for(dev, precision, attention))
+    ml = reward["max_length"]
+    prompts, chosen, rejected = [], [], []
+    for rel in pair_files:  # e.g. policy_prefs.parquet then data/prefs_train.parquet
+        p, c, r = read_column(run / rel, "prompt", "chosen", "rejected")
+        prompts, chosen, rejected = prompts + p, chosen + c, rejected + r
+    if n_pairs is not None:
+        prompts, chosen, rejected = prompts[:n_pairs], chosen[:n_pairs], rejected[:n_pairs]
+
+    def eval_set(rel: str):
+        ep, ec, er = read_column(run / rel, "prompt", "chosen", "rejected")
+        gold_diff = None
+        if "gold_chosen" in pq.read_schema(run / rel).names:
+            gc, gr = read_column(run / rel, "gold_chosen", "gold_rejected")
+            gold_diff = [a - b for a, b in zip(gc, gr, strict=True)]
+        return encode(tok, ep, ec, ml), encode(tok, ep, er, ml), gold_diff
+
+    ec, er, gold_diff = eval_set(eval_files[0])
+    bar = Progress("normal" if show_progress else "quiet").bar(out_rel, 1)
+    state = train_reward_model(
+        model, chosen=encode(tok, prompts, chosen, ml), rejected=encode(tok, prompts, rejected, ml),
+        eval_chosen=ec, eval_rejected=er, eval_gold_diff=gold_diff, pad_id=tok.pad_token_id,
+        data_seed=seeds["data_seed"], dropout_seed=seeds["dropout_seed"], progress=bar,
+        accelerator=make_accelerator(dev, precision),
+        **{k: reward[k] for k in ("center_coef", "epochs", "batch_size", "lr", "warmup_frac", "weight_decay",
+                                  "max_grad_norm", "eval_every", "group_by_prompt")})
+    bar.close()
+    model = state.pop("model")
+    final = state["evals"][-1]  # the loop's last eval is of the final weights
+    keep = ("accuracy", "accuracy_se", "gold_accuracy", "mean_reward")
+    others = {}
+    for rel in eval_files[1:]:
+        oc, orj, ogd = eval_set(rel)
+        res = evaluate_pairs(model, oc, orj, tok.pad_token_id, model.device, gold_diff=ogd)
+        others[rel] = {k: res[k] for k in keep if k in res}
+    info = {
+        "model_id": Path(out_rel).name,
+        "role": role,
+        "pretrain_id": pretrain_id,
+        "finetune_seed": finetune_seed,
+        "backbone": str(backbone),
+        "seeds": seeds,
+        "config": reward,
+        "n_train_pairs": len(chosen),
+        "n_train_prompts": state["n_prompts"],
+        "eval_pairs": eval_files[0],
+        "n_eval_pairs": len(ec),
+        "accuracy": final["accuracy"],
+        "accuracy_se": final["accuracy_se"],
+        "gold_accuracy": final.get("gold_accuracy"),
+        "eval_mean_reward": final["mean_reward"],
+        "other_evals": others,
+        "eval_curve": state["evals"],
+        "final_train_loss": float(sum(state["train_loss"][-20:]) / len(state["train_loss"][-20:])),
+        "steps": state["step"],
+        "wall_s": state["wall_s"],
+        "pairs_per_s": state["pairs_per_s"],
+        "attention": model.config._attn_implementation,
+        "precision": precision,
+    }
+    with atomic_path(run / out_rel) as tmp:
+        save_model(model, tok, tmp, info, "rm.json")
+    return info
+

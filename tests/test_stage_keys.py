@@ -1,0 +1,136 @@
+"""Stage keys without running anything: every stage's `keys(cfg, upstream)` reproduces the keys that runs
+of the code before the move to perm/stages recorded (tests/fixtures/stage_keys, written by record.py there),
+and the invalidation table says which config field reruns which stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from perm.config import RunConfig, _from_dict, config_from_overrides, to_dict
+from perm.stages import MODULES, STAGES
+from perm.stages._context import checkpoint_name
+from perm.store import hash_obj
+
+FIXTURES = Path(__file__).parent / "fixtures" / "stage_keys"
+VARIANTS = sorted(p.stem for p in FIXTURES.glob("*.json"))
+
+
+def _keys(cfg: RunConfig, upstream: dict) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for m in MODULES:
+        out |= m.keys(cfg, upstream)
+    return out
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_keys_reproduce_the_recorded_manifest(variant):
+    fixture = json.loads((FIXTURES / f"{variant}.json").read_text())
+    cfg = _from_dict(RunConfig, fixture["config"])
+    stages = fixture["stages"]
+    upstream = {name: hash_obj(rec["outputs"]) for name, rec in stages.items()}
+    upstream |= {checkpoint_name(p): k for p, k in fixture["checkpoint_keys"].items()}
+    keys = _keys(cfg, upstream)
+    expected = {name: rec["key"] for name, rec in stages.items()}
+    added = _added_fields(to_dict(cfg), fixture["config"])
+    if added:  # the report keys on the whole config: a field added since the recording changes it (only it)
+        assert keys.pop("report") != expected.pop("report")
+    assert keys == expected
+
+
+def _added_fields(now: dict, then: dict, prefix: str = "") -> list[str]:
+    """Config fields that exist now but not in the recorded config; every other value must be equal."""
+    added = []
+    for k, v in now.items():
+        if k not in then:
+            added.append(prefix + k)
+        elif isinstance(v, dict):
+            added += _added_fields(v, then[k], f"{prefix}{k}.")
+        else:
+            assert v == then[k], prefix + k
+    return added
+
+
+def test_the_four_recorded_variants_are_there():
+    assert VARIANTS == ["bf16", "checkpoints", "default", "mix"]
+
+
+def test_every_stage_names_its_needs():
+    assert list(STAGES) == ["testbed", "pretrain", "sft", "policy-prefs", "train-rm", "sample", "score", "analyze",
+                            "report"]
+    for m in MODULES:
+        assert set(m.NEEDS) <= set(STAGES) - {m.NAME}, m.NAME
+
+
+# --------------------------------------------------------------------------------------- invalidation
+
+BASE = ["reward.pairs=policy", "pretrain.seeds=[0, 1]", "reward.finetune_seeds=[0, 1]"]
+
+
+def _fake_upstream(cfg: RunConfig) -> dict:
+    """Fixed output hashes for every stage a config has, so that only direct key dependence shows."""
+    names = ["testbed", "policy", "policy-prefs", "sample", "score", "analyze", "evaluator/pretrain", "evaluator/rm"]
+    names += [f"pretrain/{p}" for p in cfg.pretrain.pretrain_ids()]
+    from perm.stages.train_rm import grid_names
+
+    names += grid_names(cfg) + [f"score/{n.split('/', 1)[1]}" for n in grid_names(cfg)] + ["score/evaluator"]
+    return {n: f"hash-of-{n}" for n in names}
+
+
+def _changed(*override: str) -> set[str]:
+    a = config_from_overrides([*BASE, "precision=fp32"])
+    b = config_from_overrides([*BASE, "precision=fp32", *override])
+    ka, kb = _keys(a, _fake_upstream(a)), _keys(b, _fake_upstream(b))
+    assert ka.keys() == kb.keys()
+    return {_family(n) for n in ka if ka[n] != kb[n]}
+
+
+def _family(name: str) -> str:
+    if name.startswith("score/"):
+        return "score/*"
+    if name.startswith("rm/"):
+        return "rm/*"
+    if name.startswith("pretrain/"):
+        return "pretrain/*"
+    return name
+
+
+@pytest.mark.parametrize(("override", "reruns"), [
+    ("reward.lr=3e-4", {"rm/*", "report"}),
+    ("evaluator.lr=3e-4", {"evaluator/rm", "report"}),
+    ("reward.max_length=128", {"rm/*", "evaluator/rm", "policy", "score/*", "report"}),
+    ("policy.pool_size=32", {"sample", "report"}),
+    ("policy.seed=3", {"sample", "policy-prefs", "report"}),
+    ("pretrain.lr=1e-3", {"pretrain/*", "evaluator/pretrain", "report"}),
+    ("evaluator.pretrain_steps=50", {"evaluator/pretrain", "report"}),
+    ("testbed.seed=5", {"testbed", "report"}),
+    ("analysis.anova_draws=5", {"analyze", "report"}),
+    ("policy.sft_lr=3e-4", {"policy", "report"}),
+    ("reward.policy_pairs_per_post=2", {"policy-prefs", "report"}),
+    ("reward.center_coef=0.1", {"rm/*", "evaluator/rm", "report"}),
+    ("workers=2", {"report"}),
+])
+def test_invalidation_table(override, reruns):
+    assert _changed(override) == reruns
+
+
+def test_every_field_enters_the_report_key():
+    assert _changed("out=elsewhere") == {"report"}
+
+
+def test_resolved_precision_salts_training_keys_not_analysis():
+    """bf16 gets its own training, sampling and scoring keys; analysis and report key on what they read."""
+    a = config_from_overrides([*BASE, "precision=fp32"])
+    b = config_from_overrides([*BASE, "precision=bf16"])
+    ka, kb = _keys(a, _fake_upstream(a)), _keys(b, _fake_upstream(b))
+    changed = {_family(n) for n in ka if ka[n] != kb[n]}
+    assert changed == {"testbed", "pretrain/*", "evaluator/pretrain", "policy", "policy-prefs", "rm/*",
+                       "evaluator/rm", "sample", "score/*", "score", "report"} - {"testbed"}
+
+
+def test_keys_refuse_an_unresolved_precision():
+    cfg = config_from_overrides(BASE)  # precision: auto
+    with pytest.raises(ValueError, match="resolved precision"):
+        _keys(cfg, _fake_upstream(cfg))
