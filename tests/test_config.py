@@ -81,3 +81,20 @@ def test_shipped_configs_load():
     for name in names:
         assert isinstance(load_config(configs_dir() / name), RunConfig)
     assert load_config(None) == load_config(configs_dir() / "tiny.yaml")
+
+
+def test_bad_rows_max_bad_fraction_and_convert_bin():
+    from perm.config import configs_dir
+
+    cfg = config_from_overrides([])
+    assert (cfg.data.bad_rows, cfg.data.max_bad_fraction, cfg.pretrain.convert_bin) == ("error", 0.001, False)
+    cfg = config_from_overrides(["data.bad_rows=skip", "data.max_bad_fraction=0.01", "pretrain.convert_bin=true"])
+    assert (cfg.data.bad_rows, cfg.data.max_bad_fraction, cfg.pretrain.convert_bin) == ("skip", 0.01, True)
+    with pytest.raises(ConfigError, match=r"data\.bad_rows: expected one of \['error', 'skip'\]"):
+        config_from_overrides(["data.bad_rows=drop"])
+    with pytest.raises(ConfigError, match=r"data\.max_bad_fraction: must be in \[0, 1\]"):
+        config_from_overrides(["data.max_bad_fraction=2"])
+    with pytest.raises(ConfigError, match=r"pretrain\.convert_bin: expected bool"):
+        config_from_overrides(["pretrain.convert_bin=yes please"])
+    real = load_config(configs_dir() / "tldr-pythia.yaml")  # a 179 k-row import skips (and counts) bad rows
+    assert (real.data.bad_rows, real.data.max_bad_fraction) == ("skip", 0.001)

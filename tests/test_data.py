@@ -244,6 +244,8 @@ def fake_hub(monkeypatch):
         return datasets.DatasetDict({"train": datasets.Dataset.from_list([tldr()])})
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    # a Hub dataset that declares the config it is asked for (the config lookup is the hub's too)
+    monkeypatch.setattr(datasets, "get_dataset_config_names", lambda path, revision=None, **kw: ["cfg"])
     return calls
 
 
@@ -515,3 +517,178 @@ def test_validate_pairs_in_memory():
         DataError, match=re.escape("x.jsonl: line 9: field 'summaries[0].text': identical to 'chosen'")
     ):
         validate_pairs([(loc, PreferencePair("a", "p", "c", "c"))])
+
+
+# ----------------------------------------------------------------------------------------------------
+# The Hub at a pinned revision, and mirrors: a local folder stands in for each repository at its
+# revision, behind the client calls perm makes (datasets.load_dataset, datasets.get_dataset_config_names,
+# huggingface_hub.list_repo_files); the real datasets code then reads the folder.
+
+SHA = "3f1c0f5a9d7e8b6c4a2f0e1d3c5b7a9e8f6d4c2b"
+
+
+class LocalHub:
+    """Dataset repositories at revisions, served from local folders; records what was asked for."""
+
+    def __init__(self, monkeypatch, cache_dir):
+        import huggingface_hub
+
+        self.repos = {}
+        self.loads = []
+        self.cache_dir = str(cache_dir)
+        real_load, real_configs = datasets.load_dataset, datasets.get_dataset_config_names
+
+        def folder(repo_id, revision):
+            if (repo_id, revision) not in self.repos:
+                raise FileNotFoundError(f"Revision Not Found: {repo_id}@{revision}")
+            return str(self.repos[repo_id, revision])
+
+        def load_dataset(path, *, revision=None, **kwargs):
+            self.loads.append((path, revision, kwargs))
+            return real_load(folder(path, revision), cache_dir=self.cache_dir, **kwargs)
+
+        def get_dataset_config_names(path, revision=None, **kwargs):
+            return real_configs(folder(path, revision))
+
+        def list_repo_files(repo_id, *, revision=None, repo_type=None, **kwargs):
+            assert repo_type == "dataset"
+            return files_under(folder(repo_id, revision))
+
+        monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+        monkeypatch.setattr(datasets, "get_dataset_config_names", get_dataset_config_names)
+        monkeypatch.setattr(huggingface_hub, "list_repo_files", list_repo_files)
+
+    def add(self, repo_id, revision, folder):
+        self.repos[repo_id, revision] = folder
+
+
+@pytest.fixture
+def local_hub(monkeypatch, tmp_path):
+    return LocalHub(monkeypatch, tmp_path / "hf_cache")
+
+
+def test_pinned_sha_of_the_parquet_conversion_reads_configs_as_folders(tmp_path, local_hub):
+    """openai/summarize_from_feedback at a commit of refs/convert/parquet (the reproducible choice):
+    <config>/<split>/0000.parquet, no declared configs, so the config is a data_dir, not name=."""
+    root = tmp_path / "sff-at-sha"
+    write_parquet(root / "comparisons" / "train" / "0000.parquet", [tldr(), tldr("t3_x")])
+    write_parquet(root / "comparisons" / "validation" / "0000.parquet", [tldr("t3_val")])
+    write_parquet(root / "axis" / "validation" / "0000.parquet",
+                  [{"info": {"id": "a"}, "summary": {"text": "s"}, "axes": {"overall": 3}}])
+    local_hub.add("openai/summarize_from_feedback", SHA, root)
+    pairs = load_preferences("openai/summarize_from_feedback", name="comparisons", revision=SHA, split="validation")
+    assert [p.pair_id for p in pairs] == ["t3_val/0"] and pairs[0].prompt == TLDR_PROMPT_TEXT
+    assert local_hub.loads == [
+        ("openai/summarize_from_feedback", SHA, {"split": "validation", "data_dir": "comparisons"})
+    ]
+    # the config defaults to comparisons for this dataset at any revision
+    assert len(load_preferences("openai/summarize_from_feedback", revision=SHA, split="train")) == 2
+    assert local_hub.loads[-1][2] == {"split": "train", "data_dir": "comparisons"}
+    with pytest.raises(DataError, match=r"no config 'axes' \(has configs \['default'\] and data folders "
+                                        r"\['axis', 'comparisons'\]\)"):
+        load_preferences("openai/summarize_from_feedback", name="axes", revision=SHA, split="validation")
+
+
+MIRROR = "vwxyzjn/summarize_from_feedback_oai_preprocessing_1706381144"
+
+
+def _mirror(root):
+    """The layout of vwxyzjn's mirrors: one config (default), data/<split>-*.parquet, CNN/DM moved to its
+    own split validation_cnndm, token columns of their own."""
+    extra = {"query_token": [1, 2, 3], "query": "...", "response0_token_len": 5}
+    write_parquet(root / "data" / "train-00000-of-00001.parquet", [tldr(**extra), tldr("t3_b", **extra)])
+    write_parquet(root / "data" / "validation-00000-of-00001.parquet", [tldr("t3_v", **extra)])
+    write_parquet(root / "data" / "validation_cnndm-00000-of-00001.parquet", [tldr("cnn", batch="cnndm0", **extra)])
+    return root
+
+
+def test_hub_mirror_whose_only_config_is_default(tmp_path, local_hub):
+    local_hub.add(MIRROR, None, _mirror(tmp_path / "mirror"))
+    for name in ("comparisons", None):
+        pairs = load_preferences(MIRROR, name=name, split="validation")
+        assert [p.pair_id for p in pairs] == ["t3_v/0"]
+    assert [kw for _, _, kw in local_hub.loads] == [{"split": "validation", "name": "default"},
+                                                     {"split": "validation", "name": None}]
+    with pytest.raises(DataError, match=re.escape(f"{MIRROR}: no config 'axis' (has configs ['default']); "
+                                                  "set data.name to one of them")):
+        load_preferences(MIRROR, name="axis", split="validation")
+    assert len(local_hub.loads) == 2  # the unknown config was refused before loading anything
+
+
+def test_local_mirror_whose_only_config_is_default(tmp_path):
+    root = _mirror(tmp_path / "mirror")
+    assert [p.pair_id for p in load_preferences(root, name="comparisons", split="train")] == ["t3_abc/0", "t3_b/1"]
+    with pytest.raises(DataError, match=r"mirror: no config 'axis' \(has \['default'\]\)"):
+        load_preferences(root, name="axis", split="train")
+
+
+# ----------------------------------------------------------------------------------------------------
+# bad_rows: error (default) or skip, with max_bad_fraction
+
+
+def _good_tldr(n):
+    return [tldr(f"t3_{i}", choice=i % 2, texts=(f" summary {i}", f" other {i}")) for i in range(n)]
+
+
+def test_one_empty_row_among_good_ones_fails_by_default_and_skip_counts_it(tmp_path):
+    rows = _good_tldr(1000)
+    rows.insert(700, tldr("t3_bad", choice=1, texts=(" fine", "")))  # choice 1: the empty one is chosen
+    path = write_parquet(tmp_path / "train" / "0000.parquet", rows)
+    for kwargs in ({}, {"bad_rows": "error"}):
+        with pytest.raises(DataError, match=r"0000\.parquet: row 700: field 'summaries\[1\]\.text': empty"):
+            load_preferences(path, **kwargs)
+    stats: dict = {}
+    pairs = load_preferences(path, bad_rows="skip", stats=stats)  # 1 of 1001 rows: within the default 0.1 %
+    assert len(pairs) == 1000 and "t3_bad/700" not in {p.pair_id for p in pairs}
+    assert pairs[700].pair_id == "t3_700/701"  # later ids keep their positions
+    assert stats == {"skipped_cnndm": 0, "skipped_empty_prompt": 0, "skipped_empty_chosen": 1,
+                     "skipped_empty_rejected": 0, "skipped_chosen_equals_rejected": 0}
+
+
+def test_skip_reasons_in_both_schemas(tmp_path):
+    rows = [generic(id="a"), generic(id="b", prompt="  "), generic(id="c", rejected=None),
+            generic(id="d", chosen="same", rejected=" same"), generic(id="e")]
+    path = write_parquet(tmp_path / "g.parquet", rows)
+    stats: dict = {}
+    pairs = load_preferences(path, bad_rows="skip", max_bad_fraction=0.7, stats=stats)
+    assert [p.pair_id for p in pairs] == ["a", "e"]
+    assert {k: v for k, v in stats.items() if v} == {"skipped_empty_prompt": 1, "skipped_empty_rejected": 1,
+                                                     "skipped_chosen_equals_rejected": 1}
+    rows = [tldr(), tldr("t3_p", info={"id": "t3_p", "post": " ", "title": "t", "subreddit": "s"}),
+            tldr("t3_s", texts=(" same", "same")), tldr("t3_n", choice=0, texts=(None, " b"))]
+    stats = {}
+    pairs = load_preferences(write_jsonl(tmp_path / "t.jsonl", rows), bad_rows="skip", max_bad_fraction=0.75,
+                             stats=stats)
+    assert [p.pair_id for p in pairs] == ["t3_abc/0"]
+    assert {k: v for k, v in stats.items() if v} == {"skipped_empty_prompt": 1, "skipped_empty_chosen": 1,
+                                                     "skipped_chosen_equals_rejected": 1}
+
+
+def test_skip_fails_when_too_many_rows_are_bad(tmp_path):
+    rows = _good_tldr(1000)
+    rows.insert(10, tldr("t3_bad1", texts=("", " b")))
+    rows.insert(500, tldr("t3_bad2", texts=(" same", " same")))
+    path = write_parquet(tmp_path / "train" / "0000.parquet", rows)
+    with pytest.raises(DataError) as info:
+        load_preferences(path, bad_rows="skip")
+    message = str(info.value)
+    assert message.startswith(f"{path}: 2 of 1002 rows are bad (0.200%: 1 empty rejected, 1 chosen equals rejected)")
+    assert "more than max_bad_fraction = 0.001" in message
+    assert "the first: " in message and "row 10: field 'summaries[0].text': empty" in message
+    assert len(load_preferences(path, bad_rows="skip", max_bad_fraction=0.002)) == 1000
+    # every row bad: the counts, not "no preference pairs"
+    with pytest.raises(DataError, match=r"1 of 1 rows are bad \(100\.000%: 1 empty chosen\)"):
+        load_preferences(write_jsonl(tmp_path / "one.jsonl", [generic(chosen="")]), bad_rows="skip")
+
+
+def test_skip_still_fails_on_other_problems(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [generic(id="a"), generic(id="b", chosen=3)])
+    with pytest.raises(DataError, match=r"p\.jsonl: line 2: field 'chosen': expected a string, got int"):
+        load_preferences(path, bad_rows="skip", max_bad_fraction=1.0)
+    path = write_jsonl(tmp_path / "d.jsonl", [generic(id="a"), generic(id="a", chosen="x")])
+    with pytest.raises(DataError, match=r"line 2: field 'id': duplicate pair id 'a'"):
+        load_preferences(path, bad_rows="skip", max_bad_fraction=1.0)
+    with pytest.raises(ValueError, match="bad_rows must be 'error' or 'skip'"):
+        load_preferences(path, bad_rows="drop")
+    with pytest.raises(ValueError, match="max_bad_fraction"):
+        load_preferences(path, bad_rows="skip", max_bad_fraction=1.5)

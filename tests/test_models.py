@@ -1,5 +1,6 @@
 """Backbone loading (decoder and encoder, local paths, safetensors only) and seeded heads."""
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForMaskedLM
@@ -7,11 +8,15 @@ from transformers import AutoModelForSequenceClassification, BertConfig, BertFor
 from perm.models import (
     ModelLoadError,
     attention_for,
+    check_same_tokenizer,
     gpt_neox_config,
     load_causal_lm,
     load_reward_backbone,
+    load_reward_model,
+    load_tokenizer,
     new_causal_lm,
     split_revision,
+    tokenizer_fingerprint,
 )
 from perm.reward import encode, pad_batch, score_ids
 
@@ -71,6 +76,8 @@ def test_pickled_weights_are_refused(tmp_path, tiny_backbone_dir):
     (tmp_path / "pytorch_model.bin").write_bytes(b"not really a pickle")
     with pytest.raises(ModelLoadError, match=r"no \*\.safetensors weights \(found pytorch_model\.bin"):
         load_reward_backbone(tmp_path, pad_token_id=0, head_seed=0)
+    with pytest.raises(ModelLoadError, match=r"convert them with `perm convert .* OUT`, or set pretrain\.convert_bin"):
+        load_causal_lm(tmp_path)
 
 
 def test_missing_dir_is_a_clear_error(tmp_path):
@@ -114,6 +121,7 @@ def test_hub_ids_with_a_revision_reach_from_pretrained(monkeypatch):
     assert load_causal_lm("EleutherAI/pythia-160m-seed4@step143000") == "model"
     assert seen["name"] == "EleutherAI/pythia-160m-seed4" and seen["revision"] == "step143000"
     assert seen["use_safetensors"] is True and seen["trust_remote_code"] is False
+    assert seen["dtype"] is torch.float32  # fp32 master weights whatever the hub checkpoint stores
 
 
 def test_attention_for_picks_eager_only_for_bf16_on_cpu():
@@ -124,3 +132,116 @@ def test_attention_for_picks_eager_only_for_bf16_on_cpu():
     assert attention_for("cuda", "fp32", "eager") == "eager"
     with pytest.raises(ValueError, match="auto, sdpa or eager"):
         attention_for("cpu", "bf16", "flash")
+
+
+# ----------------------------------------------------------------------------------------------------
+# fp32 master weights whatever the checkpoint stores: Pythia's hub weights are fp16 safetensors, the
+# TL;DR SFT policy's bf16
+
+
+def _saved_in(dtype, tokenizer, out):
+    """A tiny GPT-NeoX causal LM saved with save_pretrained in `dtype` (config.json records it, as Pythia's)."""
+    cfg = gpt_neox_config(vocab_size=len(tokenizer), hidden_size=32, num_layers=2, num_heads=2,
+                          intermediate_size=64, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
+                          eos_token_id=tokenizer.eos_token_id)
+    new_causal_lm(cfg, init_seed=0).to(dtype).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def fp16_backbone_dir(tmp_path_factory, tokenizer):
+    out = _saved_in(torch.float16, tokenizer, tmp_path_factory.mktemp("fp16-pythia"))
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), "pt") as f:  # really fp16 on disk
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
+    return out
+
+
+def test_fp16_checkpoint_loads_as_an_fp32_reward_backbone(fp16_backbone_dir, tokenizer):
+    rm = load_reward_backbone(fp16_backbone_dir, pad_token_id=tokenizer.pad_token_id, head_seed=0)
+    assert {n: p.dtype for n, p in rm.named_parameters() if p.dtype != torch.float32} == {}
+    assert rm.score.weight.dtype == torch.float32  # the freshly initialised head too
+
+
+def test_fp16_checkpoint_trains_under_bf16_autocast(fp16_backbone_dir, tokenizer):
+    """The fp32 head under bf16 autocast failed on an fp16 backbone's first batch (mixed dtypes)."""
+    from conftest import toy_pairs
+    from perm.models import make_accelerator
+    from perm.reward import train_reward_model
+
+    torch.set_num_threads(1)
+    rm = load_reward_backbone(fp16_backbone_dir, pad_token_id=tokenizer.pad_token_id, head_seed=0)
+    p, c, r = toy_pairs(16, seed=0)
+    enc = lambda a, b: encode(tokenizer, a, b, 32)  # noqa: E731
+    before = rm.score.weight.detach().clone()
+    state = train_reward_model(
+        rm, chosen=enc(p, c), rejected=enc(p, r), eval_chosen=enc(p[:4], c[:4]), eval_rejected=enc(p[:4], r[:4]),
+        pad_id=tokenizer.pad_token_id, center_coef=0.0, epochs=1.0, batch_size=8, lr=1e-3, warmup_frac=0.0,
+        weight_decay=0.0, max_grad_norm=1.0, eval_every=1000, data_seed=0, dropout_seed=0,
+        accelerator=make_accelerator("cpu", "bf16"),
+    )
+    assert state["step"] == 2 and all(np.isfinite(state["train_loss"]))
+    model = state["model"]
+    assert not torch.equal(model.score.weight, before)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # fp32 master weights and optimiser state
+
+
+def test_saved_fp16_reward_model_scores_in_fp32(tmp_path, tokenizer):
+    rm = load_reward_backbone(_saved_in(torch.float32, tokenizer, tmp_path / "b"), pad_token_id=0, head_seed=1)
+    rm.half().save_pretrained(tmp_path / "rm16")
+    again = load_reward_model(tmp_path / "rm16")
+    assert {p.dtype for p in again.parameters()} == {torch.float32}
+    seqs = encode(tokenizer, ["w1 w2 TL;DR:"], [" good"], max_length=32)
+    assert isinstance(score_ids(again, seqs, 0, "cpu")[0], float)
+
+
+def test_bf16_policy_loads_as_fp32_and_samples(tmp_path, tokenizer):
+    from perm.policy import sample_pool
+
+    policy = load_causal_lm(_saved_in(torch.bfloat16, tokenizer, tmp_path / "sft-bf16"))
+    assert {p.dtype for p in policy.parameters()} == {torch.float32}
+    pools = sample_pool(policy.eval(), tokenizer, ["w1 w2 TL;DR:", "w3 TL;DR:"], n_samples=3, max_new_tokens=4,
+                        seed=0)
+    assert [len(pool) for pool in pools] == [3, 3]
+    assert all(len(c) <= 4 and (len(c) == 4 or c.ended_with_eos) for pool in pools for c in pool)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tokenizer fingerprints: the grid, the evaluator and the policy must share one tokenizer
+
+
+def test_identical_tokenizers_have_one_fingerprint(tmp_path, tokenizer):
+    from conftest import make_tokenizer
+
+    tokenizer.save_pretrained(tmp_path / "tok")
+    again = load_tokenizer(tmp_path / "tok")
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    assert len(fingerprint) == 64 and tokenizer_fingerprint(make_tokenizer()) == fingerprint
+    assert tokenizer_fingerprint(again) == fingerprint  # saved and loaded back
+    again.backend_tokenizer.enable_truncation(8)  # a runtime setting, not the tokenizer
+    assert tokenizer_fingerprint(again) == fingerprint
+    assert check_same_tokenizer({"ckpt0": tokenizer, "ckpt1": make_tokenizer(), "policy": again}) == fingerprint
+
+
+def test_a_different_vocabulary_fails_naming_both_models(tokenizer):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from conftest import make_tokenizer
+
+    vocab = dict(make_tokenizer().get_vocab())
+    vocab["extra"] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|unk|>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    other = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|endoftext|>",
+                                    unk_token="<|unk|>")
+    assert tokenizer_fingerprint(other) != tokenizer_fingerprint(tokenizer)
+    with pytest.raises(ModelLoadError, match=r"tokenizers differ: ckpt0 and evaluator \(vocabulary \(48 vs 49 tokens\)\); every model"):
+        check_same_tokenizer({"ckpt0": tokenizer, "ckpt1": make_tokenizer(), "evaluator": other})
+    # the same vocabulary with another special token is another tokenizer too
+    swapped = make_tokenizer()
+    swapped.eos_token = "<|unk|>"
+    with pytest.raises(ModelLoadError, match=r"ckpt0 and policy \(special tokens"):
+        check_same_tokenizer({"ckpt0": tokenizer, "policy": swapped})

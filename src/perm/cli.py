@@ -121,6 +121,35 @@ def score(args: Args = None, quiet: Quiet = False, json_log: JsonLog = False) ->
     _run("score", args, quiet, json_log)
 
 
+Checkpoint = Annotated[str, typer.Argument(help="A checkpoint folder, or a hub id (org/name or org/name@revision)")]
+ConvertOut = Annotated[str, typer.Argument(help="The safetensors folder to write")]
+Revision = Annotated[str | None, typer.Option("--revision", help="Hub branch, tag or commit (e.g. step143000)")]
+TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code",
+                                               help="Also copy the model's *.py files and load its config with them")]
+
+
+@app.command()
+def convert(checkpoint: Checkpoint, out: ConvertOut, revision: Revision = None,
+            trust_remote_code: TrustRemoteCode = False, quiet: Quiet = False) -> None:
+    """Convert a checkpoint with only pytorch_model.bin weights (PolyPythias' step branches) into a safetensors
+    folder with its config and tokenizer, unpickling only plain tensors (torch.load(weights_only=True))."""
+    import json
+
+    from perm.convert import convert_checkpoint
+    from perm.models import ModelLoadError
+
+    try:
+        path = convert_checkpoint(checkpoint, out, revision=revision, trust_remote_code=trust_remote_code)
+    except ModelLoadError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    if not json.loads((path / "convert.json").read_text())["tokenizer"]:
+        typer.echo(f"note: {checkpoint} has no tokenizer files; load its tokenizer from elsewhere (e.g. its main "
+                   "branch)", err=True)
+    if not quiet:
+        typer.echo(str(path))
+
+
 Rewards = Annotated[str | None, typer.Option("--rewards", help="A reward tensor of your own: rewards.parquet")]
 Models = Annotated[str | None, typer.Option("--models", help="... and its models.parquet")]
 

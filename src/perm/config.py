@@ -65,8 +65,13 @@ class DataConfig:
     (e.g. openai/summarize_from_feedback), in the generic {prompt, chosen, rejected} or TL;DR schema."""
     schema: Literal["auto", "generic", "tldr"] = "auto"
     name: str | None = None
-    """Dataset config name for hub ids (summarize_from_feedback: comparisons)."""
+    """Dataset config name for hub ids (summarize_from_feedback: comparisons). On the hub's Parquet conversion
+    (refs/convert/parquet, or a commit sha of it) the config is its folder; on a mirror whose only config is
+    `default` (vwxyzjn/summarize_from_feedback_oai_preprocessing_*), comparisons or null reads that one; any
+    other unknown name is an error listing the configs there are."""
     revision: str | None = None
+    """Hub revision of `prefs`: a branch, tag or (reproducible) commit sha; null = main, or for
+    openai/summarize_from_feedback its Parquet conversion (refs/convert/parquet)."""
     train_split: str | None = "train"
     eval_split: str | None = "validation"
     prefs_eval: str | None = None
@@ -75,9 +80,18 @@ class DataConfig:
     max_eval_pairs: int | None = 2000
     n_eval_prompts: int = 200
     """Eval prompts for best-of-n: the first k distinct prompts of the held-out pairs."""
+    bad_rows: Literal["error", "skip"] = "error"
+    """error: the first bad row stops the import, naming its file, row and field. skip: rows with an empty
+    (null or blank) prompt, chosen or rejected, or with chosen equal to rejected, are dropped and counted by
+    reason (recorded in the manifest with the data stage); any other problem is still an error."""
+    max_bad_fraction: float = 0.001
+    """With bad_rows: skip, the import fails (naming the file, the counts and the first bad row) if more than
+    this fraction of a split's rows is dropped (0.001 = 0.1 %)."""
 
     def __post_init__(self) -> None:
         _check(self.n_eval_prompts > 0, "data.n_eval_prompts", "must be > 0")
+        _check(self.bad_rows in ("error", "skip"), "data.bad_rows", "must be 'error' or 'skip'")
+        _check(0 <= self.max_bad_fraction <= 1, "data.max_bad_fraction", "must be in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -117,6 +131,12 @@ class PretrainConfig:
     pretrain; a hub id may pin a revision after `@` (EleutherAI/pythia-160m-seed4@step143000). Non-empty
     overrides `seeds`."""
     trust_remote_code: bool = False
+    convert_bin: bool = False
+    """When true, a checkpoint (hub id at its revision, or local folder) whose weights exist only as pickled
+    pytorch_model.bin (PolyPythias' step branches) is converted to safetensors into the run directory before
+    use (perm.convert.ensure_safetensors: unpickled with torch.load(weights_only=True), plain tensor state
+    dicts only), and the conversion is loaded instead; checkpoints with safetensors are used as they are.
+    False: such a checkpoint is refused (convert it yourself with `perm convert CHECKPOINT OUT`)."""
 
     def __post_init__(self) -> None:
         _check(len(self.seeds) > 0 or len(self.checkpoints) > 0, "pretrain.seeds", "need at least one")

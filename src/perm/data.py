@@ -11,12 +11,19 @@ Sources (``load_preferences(source, ...)``)
   section, ...). The folder's files and splits are resolved by ``datasets`` and then each file is read
   by the readers above, so an error names the exact file and its line or row. ``name`` picks a config:
   a sub-folder of that name (the layout of the Hub's Parquet conversion, ``<config>/<split>/0000.parquet``)
-  or a config declared in the README;
+  or a config declared in the README; ``name="comparisons"`` on a folder whose only config is ``default``
+  (a mirror of the comparisons, such as ``vwxyzjn/summarize_from_feedback_oai_preprocessing_*``) reads
+  that one;
 - a **Hub id** (when online): ``datasets.load_dataset(id, name, split=split, revision=revision)``. For
   ``openai/summarize_from_feedback``, a script dataset that current ``datasets`` refuses to run, the
-  loader uses its Parquet conversion (``revision="refs/convert/parquet"``, config ``comparisons`` unless
-  ``name`` says otherwise). That branch stores configs as folders, so there the config is passed as
-  ``data_dir``. Hub downloads go to the usual Hugging Face cache; nothing else is ever written.
+  loader uses its Parquet conversion (``revision="refs/convert/parquet"`` unless a revision, e.g. that
+  branch's commit sha, is given; config ``comparisons`` unless ``name`` says otherwise). The conversion
+  stores configs as folders and declares none, so there the config is passed as ``data_dir``: at the
+  branch by its name, and at a pinned commit sha (or any revision) when ``datasets`` finds only the
+  ``default`` config and the repository has a folder named ``name`` (``huggingface_hub.list_repo_files``).
+  A name that is neither a declared config nor such a folder is an error listing the configs there are,
+  except ``comparisons`` on a mirror whose only config is ``default``, which reads it. Hub downloads go to
+  the usual Hugging Face cache; nothing else is ever written.
 
 A source with several splits needs ``split=``, unless it has exactly one.
 
@@ -63,6 +70,14 @@ Parquet and ``datasets`` positions are 0-based row indices (``df.iloc[N]``, ``ds
 the named file (for a folder of files) or split. Nested fields are written as paths
 (``info.post``, ``summaries[1].text``). ``limit`` stops reading after that many pairs, so errors further
 on are not seen.
+
+``bad_rows="skip"`` (a large real dataset: one empty field should not abort a 179 k-row import) drops the
+rows whose prompt, chosen or rejected text is null or blank (for tldr: ``info.post``, ``info.title``,
+``info.subreddit`` or a summary's ``text``) or whose chosen equals its rejected, and counts them by reason
+in ``stats`` (``skipped_empty_prompt``, ``skipped_empty_chosen``, ``skipped_empty_rejected``,
+``skipped_chosen_equals_rejected``); ids of the other rows are unchanged. More than ``max_bad_fraction``
+(default 0.001) of the rows dropped is a DataError with the counts and the first bad row. Every other
+problem is an error in either mode.
 """
 
 from __future__ import annotations
@@ -94,6 +109,13 @@ _FILE_SUFFIXES = (
 )
 _GENERIC_FIELDS = ("prompt", "chosen", "rejected")
 _TLDR_FIELDS = ("info", "summaries", "choice")
+BAD_ROWS = ("error", "skip")
+BAD_ROW_REASONS = ("empty_prompt", "empty_chosen", "empty_rejected", "chosen_equals_rejected")
+"""What ``bad_rows="skip"`` drops a row for (and counts as ``stats["skipped_<reason>"]``)."""
+MIRROR_CONFIG_ALIASES = frozenset({"comparisons"})
+"""Config names that a source declaring only the ``default`` config serves with it: a mirror of
+summarize_from_feedback's comparisons (vwxyzjn/summarize_from_feedback_oai_preprocessing_*) has only
+``default``."""
 CNNDM_BATCHES = frozenset({"batch0_cnndm", "cnndm0", "cnndm2"})
 """summarize_from_feedback batches of CNN/DM article comparisons (validation split only)."""
 # Columns read from Arrow sources: everything either schema uses, and nothing else (a mirror may carry
@@ -108,7 +130,8 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 class DataError(ValueError):
     """Unusable input data. The message names the source, the line (JSONL, 1-based) or row (Parquet and
     datasets, 0-based) and the field: ``prefs.jsonl: line 3: field 'chosen': expected a string, got int``.
-    The parts are also kept as attributes (``None`` where they do not apply)."""
+    The parts are also kept as attributes (``None`` where they do not apply). ``reason`` is set for the
+    problems that ``bad_rows="skip"`` may drop a row for (one of ``BAD_ROW_REASONS``), else ``None``."""
 
     def __init__(
         self,
@@ -117,11 +140,17 @@ class DataError(ValueError):
         source: str | None = None,
         location: str | None = None,
         field: str | None = None,
+        reason: str | None = None,
     ):
         super().__init__(message)
         self.source = source
         self.location = location
         self.field = field
+        self.reason = reason
+
+
+class _NoPairs(DataError):
+    """A source with no usable pairs at all."""
 
 
 @dataclass(frozen=True)
@@ -155,10 +184,10 @@ class Location:
     def field_name(self, attribute: str) -> str:
         return dict(self.fields).get(attribute, attribute)
 
-    def error(self, field: str | None, problem: str) -> DataError:
+    def error(self, field: str | None, problem: str, reason: str | None = None) -> DataError:
         where = f"{self.unit} {self.index}"
         head = f"{self.source}: {where}: " + (f"field '{field}': " if field else "")
-        return DataError(head + problem, source=self.source, location=where, field=field)
+        return DataError(head + problem, source=self.source, location=where, field=field, reason=reason)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -178,12 +207,15 @@ def _get(record: Mapping[str, Any], key: str, field: str, loc: Location) -> Any:
     return record[key]
 
 
-def _text(value: Any, field: str, loc: Location) -> str:
-    """A non-blank string, or the DataError that says why not."""
+def _text(value: Any, field: str, loc: Location, attribute: str | None = None) -> str:
+    """A non-blank string, or the DataError that says why not. With `attribute` (the pair's ``prompt``,
+    ``chosen`` or ``rejected`` that the field makes), a null or blank value is a bad row that
+    ``bad_rows="skip"`` may drop (reason ``empty_<attribute>``); a value of another type never is."""
+    reason = f"empty_{attribute}" if attribute is not None else None
     if not isinstance(value, str):
-        raise loc.error(field, f"expected a string, got {_describe(value)}")
+        raise loc.error(field, f"expected a string, got {_describe(value)}", reason if value is None else None)
     if not value.strip():
-        raise loc.error(field, "empty or whitespace-only text")
+        raise loc.error(field, "empty or whitespace-only text", reason)
     return value
 
 
@@ -224,7 +256,7 @@ def _explicit_id(record: Mapping[str, Any], loc: Location) -> str | None:
 
 
 def _generic_pair(record: Mapping[str, Any], loc: Location, position: int) -> tuple[Location, PreferencePair]:
-    prompt, chosen, rejected = (_text(_get(record, f, f, loc), f, loc) for f in _GENERIC_FIELDS)
+    prompt, chosen, rejected = (_text(_get(record, f, f, loc), f, loc, f) for f in _GENERIC_FIELDS)
     pair_id = _explicit_id(record, loc)
     pair = PreferencePair(pair_id if pair_id is not None else str(position), prompt, chosen, rejected)
     return replace(loc, fields=(("pair_id", "id"),)), pair
@@ -239,20 +271,24 @@ def _tldr_pair(record: Mapping[str, Any], loc: Location, position: int) -> tuple
     info = _get(record, "info", "info", loc)
     if not isinstance(info, Mapping):
         raise loc.error("info", f"expected an object, got {_describe(info)}")
-    post = _text(_get(info, "post", "info.post", loc), "info.post", loc)  # CNN/DM rows never get here
-    title = _text(_get(info, "title", "info.title", loc), "info.title", loc)
-    subreddit = _text(_get(info, "subreddit", "info.subreddit", loc), "info.subreddit", loc)
+    post = _text(_get(info, "post", "info.post", loc), "info.post", loc, "prompt")  # CNN/DM rows never get here
+    title = _text(_get(info, "title", "info.title", loc), "info.title", loc, "prompt")
+    subreddit = _text(_get(info, "subreddit", "info.subreddit", loc), "info.subreddit", loc, "prompt")
 
     summaries = _get(record, "summaries", "summaries", loc)
     if not isinstance(summaries, list | tuple):
         raise loc.error("summaries", f"expected a list, got {_describe(summaries)}")
     if len(summaries) != 2:
         raise loc.error("summaries", f"expected 2 summaries, got {len(summaries)}")
+    # which summary becomes chosen, for naming a bad row's reason (a bad choice is reported further on)
+    picked = record.get("choice")
+    roles = {picked: "chosen", 1 - picked: "rejected"} if type(picked) is int and picked in (0, 1) else {}
     texts = []
     for i, summary in enumerate(summaries):
         if not isinstance(summary, Mapping):
             raise loc.error(f"summaries[{i}]", f"expected an object, got {_describe(summary)}")
-        texts.append(_text(_get(summary, "text", f"summaries[{i}].text", loc), f"summaries[{i}].text", loc))
+        field = f"summaries[{i}].text"
+        texts.append(_text(_get(summary, "text", field, loc), field, loc, roles.get(i)))
 
     choice = _index(_get(record, "choice", "choice", loc), "choice", loc)
     if choice not in (0, 1):
@@ -298,13 +334,45 @@ def _is_cnndm(record: Mapping[str, Any]) -> bool:
     return isinstance(info, Mapping) and info.get("post") is None and info.get("article") is not None
 
 
+class _BadRows:
+    """``bad_rows="skip"``: counts the rows dropped, by reason, and the rows seen; keeps the first error."""
+
+    def __init__(self) -> None:
+        self.counts = dict.fromkeys(BAD_ROW_REASONS, 0)
+        self.rows = 0
+        self.first: DataError | None = None
+
+    @property
+    def bad(self) -> int:
+        return sum(self.counts.values())
+
+    def drop(self, error: DataError) -> None:
+        self.counts[error.reason] += 1
+        self.first = self.first or error
+
+    def finish(self, source: str, stats: dict, max_bad_fraction: float) -> None:
+        """Record the counts in `stats` (``skipped_<reason>``); fail if too large a fraction was bad."""
+        for reason, n in self.counts.items():
+            stats[f"skipped_{reason}"] = stats.get(f"skipped_{reason}", 0) + n
+        if self.bad and self.bad > max_bad_fraction * self.rows:
+            reasons = ", ".join(f"{n} {r.replace('_', ' ')}" for r, n in self.counts.items() if n)
+            raise DataError(
+                f"{source}: {self.bad} of {self.rows} rows are bad ({self.bad / self.rows:.3%}: {reasons}), more "
+                f"than max_bad_fraction = {max_bad_fraction:g} ({max_bad_fraction:.3%}) allows; the first: "
+                f"{self.first}",
+                source=source,
+            )
+
+
 def _to_pairs(
-    records: Iterable[tuple[Location, Any]], schema: str, stats: dict | None = None
+    records: Iterable[tuple[Location, Any]], schema: str, stats: dict | None = None, bad: _BadRows | None = None
 ) -> Iterator[tuple[Location, PreferencePair]]:
     """Records (JSON objects or Arrow rows as dicts) -> located pairs, detecting the schema on the first.
 
     tldr: CNN/DM comparisons are skipped and counted in ``stats["skipped_cnndm"]``; positions (and so the
-    ids of later pairs) still count them, so ids do not depend on the skipping."""
+    ids of later pairs) still count them, so ids do not depend on the skipping. With `bad` (``bad_rows=
+    "skip"``), rows with an empty prompt, chosen or rejected, or with chosen equal to rejected, are dropped
+    and counted there instead of raising; positions count them too."""
     stats = {} if stats is None else stats
     stats.setdefault("skipped_cnndm", 0)
     for position, (loc, record) in enumerate(records):
@@ -322,7 +390,25 @@ def _to_pairs(
         if schema == "tldr" and _is_cnndm(record):
             stats["skipped_cnndm"] += 1
             continue
-        yield _CONVERTERS[schema](record, loc, position)
+        if bad is None:
+            yield _CONVERTERS[schema](record, loc, position)
+            continue
+        bad.rows += 1
+        try:
+            located, pair = _CONVERTERS[schema](record, loc, position)
+        except DataError as exc:
+            if exc.reason is None:
+                raise
+            bad.drop(exc)
+            continue
+        if pair.chosen.strip() == pair.rejected.strip():
+            bad.drop(_identical(located))
+            continue
+        yield located, pair
+
+
+def _identical(loc: Location) -> DataError:
+    return loc.error(loc.field_name("rejected"), f"identical to '{loc.field_name('chosen')}'", "chosen_equals_rejected")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -345,7 +431,7 @@ def validate_pairs(
         for attribute in ("pair_id", "prompt", "chosen", "rejected"):
             _text(getattr(pair, attribute), loc.field_name(attribute), loc)
         if pair.chosen.strip() == pair.rejected.strip():
-            raise loc.error(loc.field_name("rejected"), f"identical to '{loc.field_name('chosen')}'")
+            raise _identical(loc)
         if pair.pair_id in first_seen:
             first = first_seen[pair.pair_id]
             at = f"{first.unit} {first.index}" + (f" of {first.source}" if first.source != loc.source else "")
@@ -353,7 +439,7 @@ def validate_pairs(
         first_seen[pair.pair_id] = loc
         out.append(pair)
     if not out:
-        raise DataError(f"{source}: no preference pairs (empty)", source=source)
+        raise _NoPairs(f"{source}: no preference pairs (empty)", source=source)
     return out
 
 
@@ -468,6 +554,8 @@ def _read_data_dir(path: Path, name: str | None, split: str | None) -> _Records:
     configs = module.builder_configs_parameters.builder_configs or []
     if name is not None and data_dir is None:
         config = next((c for c in configs if c.name == name), None)
+        if config is None and name in MIRROR_CONFIG_ALIASES and [c.name for c in configs] == ["default"]:
+            config = configs[0]  # a mirror whose one config is `default`
         if config is None:
             raise DataError(f"{path}: no config '{name}' (has {[c.name for c in configs]})", source=str(path))
         data_files = config.data_files
@@ -491,26 +579,72 @@ def _read_data_dir(path: Path, name: str | None, split: str | None) -> _Records:
         yield from _read_file(Path(file), str(file))
 
 
+def _hub_failure(dataset_id: str, exc: Exception) -> DataError:
+    return DataError(
+        f"{dataset_id}: no such local file or folder, and loading it from the Hugging Face Hub failed "
+        f"({type(exc).__name__}: {exc})",
+        source=dataset_id,
+    )
+
+
+def _hub_config(dataset_id: str, name: str | None, revision: str | None) -> dict[str, str | None]:
+    """How ``load_dataset`` gets config `name` of a Hub dataset at `revision`: ``{"name": ...}`` or
+    ``{"data_dir": ...}``.
+
+    The Parquet conversion (``refs/convert/parquet``, or a commit of it pinned by sha) keeps each config in
+    a folder ``<config>/<split>/*.parquet`` and declares none, so ``datasets`` sees only ``default`` there
+    and the config is a ``data_dir``. Otherwise a declared config is passed by name; a source whose only
+    config is ``default`` serves the names in ``MIRROR_CONFIG_ALIASES`` (a mirror of the comparisons) with
+    it; any other name is an error listing the configs (and config folders) that exist."""
+    import datasets
+
+    if revision == PARQUET_CONVERSION:
+        return {"data_dir": name} if name else {"name": None}
+    if name is None:  # datasets takes the default or only config, or says which there are
+        return {"name": None}
+    try:
+        configs = list(datasets.get_dataset_config_names(dataset_id, revision=revision))
+    except Exception as exc:  # offline, unknown id or revision, a script dataset: all about this source
+        raise _hub_failure(dataset_id, exc) from exc
+    if name in configs:
+        return {"name": name}
+    folders: list[str] = []
+    if configs == ["default"]:
+        import huggingface_hub
+
+        try:
+            files = huggingface_hub.list_repo_files(dataset_id, repo_type="dataset", revision=revision)
+        except Exception as exc:
+            raise _hub_failure(dataset_id, exc) from exc
+        data = tuple(_PARQUET_SUFFIXES | _JSONL_SUFFIXES)
+        # the conversion's layout: <config>/<split>/<file> (a mirror's data/<split>-*.parquet is not a config)
+        folders = sorted({f.split("/", 1)[0] for f in files if f.count("/") >= 2 and f.lower().endswith(data)})
+        if name in folders:
+            return {"data_dir": name}
+        if name in MIRROR_CONFIG_ALIASES:
+            return {"name": "default"}
+    at = f" at {revision}" if revision else ""
+    has = f"has configs {configs}" + (f" and data folders {folders}" if folders else "")
+    raise DataError(f"{dataset_id}{at}: no config '{name}' ({has}); set data.name to one of them",
+                    source=dataset_id)
+
+
 def _read_hub(dataset_id: str, name: str | None, split: str | None, revision: str | None) -> _Records:
     import datasets
 
-    if dataset_id == OPENAI_TLDR_ID and revision is None:
-        revision, name = PARQUET_CONVERSION, name or "comparisons"
-    # The Parquet conversion branch keeps each config in a folder and declares none.
-    kwargs = {"data_dir": name} if revision == PARQUET_CONVERSION and name else {"name": name}
+    if dataset_id == OPENAI_TLDR_ID:  # a script dataset: only its Parquet conversion loads
+        revision, name = revision or PARQUET_CONVERSION, name or "comparisons"
+    kwargs = _hub_config(dataset_id, name, revision)
+    config = next(iter(kwargs.values()))
     label = (
-        f"{dataset_id} ({', '.join(str(x) for x in (name, revision) if x)})"
-        if name or revision
+        f"{dataset_id} ({', '.join(str(x) for x in (config, revision) if x)})"
+        if config or revision
         else dataset_id
     )
     try:
         loaded = datasets.load_dataset(dataset_id, split=split, revision=revision, **kwargs)
     except Exception as exc:  # offline, unknown id / config / split, gated: say so, as a DataError
-        raise DataError(
-            f"{dataset_id}: no such local file or folder, and loading it from the Hugging Face Hub failed "
-            f"({type(exc).__name__}: {exc})",
-            source=dataset_id,
-        ) from exc
+        raise _hub_failure(dataset_id, exc) from exc
     if isinstance(loaded, datasets.DatasetDict):
         split, loaded = _one_split(loaded, split, label)
     return _dataset_rows(loaded, f"{label} [{split}]")
@@ -546,13 +680,21 @@ def load_preferences(
     revision: str | None = None,
     limit: int | None = None,
     stats: dict | None = None,
+    bad_rows: str = "error",
+    max_bad_fraction: float = 0.001,
 ) -> list[PreferencePair]:
     """Read preference pairs from a JSONL / Parquet file, a local dataset folder or a Hub id.
 
     schema: ``"auto"``, ``"generic"`` ({prompt, chosen, rejected}) or ``"tldr"`` (summarize_from_feedback).
     split / name / revision: for dataset folders and Hub ids (a split, a config, a Hub revision).
     limit: read only the first ``limit`` pairs (and check only those).
-    stats: a dict to receive counts of what was read but not used (``skipped_cnndm``).
+    stats: a dict to receive counts of what was read but not used (``skipped_cnndm``; with
+    ``bad_rows="skip"`` also ``skipped_<reason>`` for each of ``BAD_ROW_REASONS``).
+    bad_rows: ``"error"`` (default): the first bad record raises. ``"skip"``: a row whose prompt, chosen or
+    rejected text is empty (null or blank) or whose chosen equals its rejected is dropped and counted;
+    other problems (wrong types, missing fields, duplicate ids, ...) still raise.
+    max_bad_fraction: with ``"skip"``, more than this fraction of the rows read being dropped is a
+    DataError naming the source, the counts and the first bad row.
     Returns the pairs in source order; raises one DataError (naming source, line or row, and field) on
     the first bad record. See the module docstring for the formats, the TL;DR prompt and pair ids.
     """
@@ -560,9 +702,25 @@ def load_preferences(
         raise ValueError(f"schema must be 'auto', 'generic' or 'tldr', got {schema!r}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+    if bad_rows not in BAD_ROWS:
+        raise ValueError(f"bad_rows must be 'error' or 'skip', got {bad_rows!r}")
+    if isinstance(max_bad_fraction, bool) or not 0 <= max_bad_fraction <= 1:
+        raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction!r}")
+    label = str(source)
+    bad = _BadRows() if bad_rows == "skip" else None
+    stats = {} if stats is None else stats
     # closing(): with a limit, the reader stops mid-file; close its file now, not at garbage collection.
     with closing(_records(source, name, split, revision)) as records:
-        return validate_pairs(islice(_to_pairs(records, schema, stats), limit), source=str(source))
+        located = islice(_to_pairs(records, schema, stats, bad), limit)
+        if bad is None:
+            return validate_pairs(located, source=label)
+        try:
+            pairs = validate_pairs(located, source=label)
+        except _NoPairs:  # every row dropped: the counts say more than "empty"
+            bad.finish(label, stats, max_bad_fraction)
+            raise
+    bad.finish(label, stats, max_bad_fraction)
+    return pairs
 
 
 def preferences_to_table(pairs: Iterable[PreferencePair]) -> pa.Table:

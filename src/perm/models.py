@@ -1,5 +1,9 @@
 """Backbones, tokenizer, reward heads; loading and saving in Hugging Face format (safetensors only).
 
+Every model comes up in fp32 master weights (`MASTER_DTYPE`) whatever dtype its checkpoint stores (Pythia's
+are fp16, the TL;DR SFT policy's bf16; transformers >= 5 would keep the stored dtype): precision is then the
+run's choice alone (bf16 autocast over fp32 weights, or plain fp32), and a freshly initialised head is fp32.
+
 Two families are supported as reward-model backbones:
 - decoder-only causal LMs (GPT-NeoX/Pythia, GPT-2, Llama, ...): the reward is read at the last
   non-padding token (transformers' *ForSequenceClassification do exactly this given `pad_token_id`);
@@ -9,6 +13,7 @@ Two families are supported as reward-model backbones:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +33,8 @@ from transformers import (
 from perm.hardware import resolve_device  # noqa: F401  (re-exported: jobs resolve their device here)
 
 HEAD_NAMES = ("score", "classifier")
+MASTER_DTYPE = torch.float32
+"""The dtype every loaded model's parameters have (`from_pretrained(dtype=...)`)."""
 
 
 class ModelLoadError(ValueError):
@@ -150,12 +157,92 @@ def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> PreT
     return tok
 
 
+_SPECIAL_ATTRIBUTES = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
+
+
+def _tokenizer_parts(tokenizer: PreTrainedTokenizerBase) -> dict[str, str]:
+    """What decides the ids a tokenizer gives a text, as canonical JSON per part (vocabulary, the fast
+    backend's model, merges, normaliser, pre-tokeniser, post-processor and added tokens, special tokens)."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: (kv[1], kv[0]))
+    special = {}
+    for attribute in _SPECIAL_ATTRIBUTES:
+        token = getattr(tokenizer, attribute, None)
+        if token is not None:
+            special[attribute] = [str(token), tokenizer.convert_tokens_to_ids(str(token))]
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        for runtime in ("truncation", "padding"):  # settings of a call, not of the tokenizer
+            spec.pop(runtime, None)
+        if isinstance(spec.get("model"), dict):
+            spec["model"].pop("vocab", None)  # hashed as the vocabulary (a part of its own, for the message)
+        pipeline = json.dumps(spec, sort_keys=True, ensure_ascii=False)
+    else:  # a slow tokenizer: its class, and its BPE merges or sentencepiece model where it has them
+        parts: dict = {"class": type(tokenizer).__name__}
+        ranks = getattr(tokenizer, "bpe_ranks", None)
+        if ranks:
+            parts["merges"] = [list(pair) for pair, _ in sorted(ranks.items(), key=lambda kv: kv[1])]
+        sp = getattr(tokenizer, "sp_model", None)
+        if sp is not None and hasattr(sp, "serialized_model_proto"):
+            parts["sentencepiece"] = hashlib.sha256(sp.serialized_model_proto()).hexdigest()
+        pipeline = json.dumps(parts, sort_keys=True, ensure_ascii=False)
+    return {
+        "vocabulary": json.dumps(vocab, ensure_ascii=False),
+        "pipeline": pipeline,
+        "special tokens": json.dumps(special, sort_keys=True, ensure_ascii=False),
+    }
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A sha256 hex digest of what decides a tokenizer's ids: the vocabulary (token -> id), the fast backend's
+    full definition (``backend_tokenizer.to_str()``: model and merges, normaliser, pre-tokeniser,
+    post-processor, added tokens; runtime truncation/padding left out) and the special tokens with their ids.
+    Two tokenizers with equal fingerprints turn every text into the same ids."""
+    parts = _tokenizer_parts(tokenizer)
+    digest = hashlib.sha256()
+    for name in sorted(parts):
+        digest.update(f"{name}\0{parts[name]}\0".encode())
+    return digest.hexdigest()
+
+
+def check_same_tokenizer(named: dict[str, PreTrainedTokenizerBase]) -> str:
+    """Check that every tokenizer in `named` (model name -> its tokenizer) has the same fingerprint; return
+    it. A mismatch is a ModelLoadError naming the first model and the first one that differs from it, and
+    what differs (vocabulary size, pipeline, special tokens)."""
+    if not named:
+        raise ValueError("check_same_tokenizer: no tokenizers given")
+    items = list(named.items())
+    first_name, first = items[0]
+    reference = tokenizer_fingerprint(first)
+    for name, tok in items[1:]:
+        if tokenizer_fingerprint(tok) == reference:
+            continue
+        a, b = _tokenizer_parts(first), _tokenizer_parts(tok)
+        differs = [part for part in a if a[part] != b[part]]
+        detail = ", ".join(
+            f"vocabulary ({len(first.get_vocab())} vs {len(tok.get_vocab())} tokens)" if part == "vocabulary"
+            else f"special tokens ({a[part]} vs {b[part]})" if part == "special tokens"
+            else "merges/normaliser/pre-tokeniser/post-processor"
+            for part in differs
+        )
+        raise ModelLoadError(
+            f"tokenizers differ: {first_name} and {name} ({detail}); every model of a run must share one "
+            "tokenizer, or rewards and samples are read with the wrong ids"
+        )
+    return reference
+
+
 def _check_safetensors(path: str | Path) -> None:
     p = Path(path)
     if p.is_dir():
         if not any(p.glob("*.safetensors")):
-            bins = [q.name for q in p.glob("*.bin")] + [q.name for q in p.glob("*.pt")]
-            extra = f" (found {', '.join(bins)}: pickled weights are refused)" if bins else ""
+            bins = sorted(q.name for q in p.glob("*.bin")) + sorted(q.name for q in p.glob("*.pt"))
+            extra = (
+                f" (found {', '.join(bins)}: pickled weights are refused; convert them with "
+                f"`perm convert {p} OUT`, or set pretrain.convert_bin: true)"
+                if bins
+                else ""
+            )
             raise ModelLoadError(f"{p}: no *.safetensors weights{extra}")
         if not (p / "config.json").exists():
             raise ModelLoadError(f"{p}: no config.json")
@@ -187,7 +274,8 @@ def load_reward_backbone(
 ) -> PreTrainedModel:
     """A backbone (local dir, hub id or ``id@revision``) with a fresh scalar head initialised from `head_seed`.
 
-    Only safetensors weights are accepted (`use_safetensors=True`); remote code only on request.
+    Only safetensors weights are accepted (`use_safetensors=True`); remote code only on request. Backbone and
+    head are fp32 (`MASTER_DTYPE`) whatever the checkpoint stores.
     """
     path, revision = split_revision(path, revision)
     _check_safetensors(path)
@@ -204,6 +292,7 @@ def load_reward_backbone(
         model = AutoModelForSequenceClassification.from_pretrained(
             str(path),
             config=config,
+            dtype=MASTER_DTYPE,
             use_safetensors=True,
             trust_remote_code=trust_remote_code,
             revision=revision,
@@ -264,11 +353,11 @@ def init_reward_head(model: PreTrainedModel, head_seed: int) -> None:
 
 
 def load_reward_model(path: str | Path, *, trust_remote_code: bool = False) -> PreTrainedModel:
-    """A saved RM (from perm or any *ForSequenceClassification with one label), in eval mode."""
+    """A saved RM (from perm or any *ForSequenceClassification with one label), in eval mode, in fp32."""
     _check_safetensors(path)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            str(path), use_safetensors=True, trust_remote_code=trust_remote_code
+            str(path), dtype=MASTER_DTYPE, use_safetensors=True, trust_remote_code=trust_remote_code
         )
     except OSError as e:
         raise ModelLoadError(f"{path}: cannot load reward model: {e}") from None
@@ -278,12 +367,16 @@ def load_reward_model(path: str | Path, *, trust_remote_code: bool = False) -> P
 
 
 def load_causal_lm(path: str | Path, *, trust_remote_code: bool = False, revision: str | None = None):
-    """A causal LM from a local dir, hub id or ``id@revision`` (safetensors only)."""
+    """A causal LM from a local dir, hub id or ``id@revision`` (safetensors only), in fp32 master weights."""
     path, revision = split_revision(path, revision)
     _check_safetensors(path)
     try:
         return AutoModelForCausalLM.from_pretrained(
-            str(path), use_safetensors=True, trust_remote_code=trust_remote_code, revision=revision
+            str(path),
+            dtype=MASTER_DTYPE,
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+            revision=revision,
         )
     except OSError as e:
         raise ModelLoadError(f"{path}: cannot load causal LM: {e}") from None
