@@ -231,51 +231,100 @@ def small():
     )
 
 
+def _relation(t, i, k):
+    if i == k:
+        return "self"
+    same_p = t.pretrain_ids[i] == t.pretrain_ids[k]
+    same_f = t.finetune_seeds[i] == t.finetune_seeds[k]
+    return "same_pretrain" if same_p else "same_finetune" if same_f else "neither"
+
+
 def test_figure1_direct(small):
-    df = analysis.figure1(small, ns=[1, 3])
+    """Brute force: each (ranker, scorer) pair's expected pick reward, grouped by their relation; the prompt
+    se is the plain one over prompts of the pair-averaged values; the seed-aware interval contains the mean."""
+    df = analysis.figure1(small, ns=[1, 3], draws=200)
     rm = small.rm_indices
     centred = bon.standardize(small.pool)
     for n in (1, 3):
-        groups = {"self": [], "same_pretrain": [], "different_pretrain": []}
+        groups = {"self": [], "same_pretrain": [], "same_finetune": [], "neither": []}
         for i in rm:
             for k in rm:
-                v = bon.expected_best_of_n(small.pool[i], centred[k], n)  # (P,)
-                g = (
-                    "self"
-                    if i == k
-                    else "same_pretrain"
-                    if small.pretrain_ids[i] == small.pretrain_ids[k]
-                    else "different_pretrain"
-                )
-                groups[g].append(v)
+                groups[_relation(small, i, k)].append(bon.expected_best_of_n(small.pool[i], centred[k], n))
+        assert set(df[df.n == n].relation) == set(groups)
         for g, values in groups.items():
             per_prompt = np.mean(values, axis=0)
-            row = df[(df.n == n) & (df.group == g)].iloc[0]
+            row = df[(df.n == n) & (df.relation == g)].iloc[0]
             assert row["mean"] == pytest.approx(per_prompt.mean(), abs=1e-12)
-            assert row.se == pytest.approx(
-                per_prompt.std(ddof=1) / np.sqrt(len(per_prompt)), rel=1e-9, abs=1e-15
-            )
-            assert row.n_pairs == len(values)
-            pair_means = np.mean(values, axis=1)
-            expected = pair_means.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else np.nan
-            assert row.se_pairs == pytest.approx(expected, rel=1e-9, abs=1e-15, nan_ok=True)
+            assert row.n_pairs == len(values) and row.R == 3
+            if n > 1:
+                # the prompt-only bootstrap se is near the textbook one
+                assert row.se_prompt == pytest.approx(per_prompt.std(ddof=1) / np.sqrt(len(per_prompt)), rel=0.35)
+                assert row.lo <= row["mean"] <= row.hi and row.se > 0
     assert set(df[df.n == 1]["mean"].round(12)) == {0.0}  # a random pick has centred reward 0
 
 
 def test_figure2_direct(small):
-    df = analysis.figure2(small, ns=[2, 6])
+    df = analysis.figure2(small, ns=[2, 6], draws=200)
     rm = small.rm_indices
     for n in (2, 6):
-        same, diff = [], []
+        groups = {"same_pretrain": [], "same_finetune": [], "neither": []}
         for i, k in combinations(rm, 2):
-            v = bon.expected_agreement(small.pool[i], small.pool[k], n)
-            (same if small.pretrain_ids[i] == small.pretrain_ids[k] else diff).append(v)
-        for g, values in (("same_pretrain", same), ("different_pretrain", diff)):
-            row = df[(df.n == n) & (df.group == g)].iloc[0]
+            groups[_relation(small, i, k)].append(bon.expected_agreement(small.pool[i], small.pool[k], n))
+        for g, values in groups.items():
+            row = df[(df.n == n) & (df.relation == g)].iloc[0]
             assert row["mean"] == pytest.approx(np.mean(values), abs=1e-12)
-            assert row.chance == 1 / n and row.n_pairs == len(values)
-            pair_means = np.mean(values, axis=1)
-            assert row.se_pairs == pytest.approx(pair_means.std(ddof=1) / np.sqrt(len(values)), rel=1e-9)
+            assert row.chance == 1 / n and row.n_pairs == len(values)  # no texts: no duplicates known
+            assert row.kappa == pytest.approx((row["mean"] - 1 / n) / (1 - 1 / n))
+
+
+def test_paper_layout_relations_and_clean_contrast():
+    """The paper layout (5 pretrains, 5 finetune seeds of the first): 10 same_pretrain, 10 same_finetune and
+    16 neither pairs; the paper's 'different pretrain' group is same_finetune + neither (26 pairs); the
+    contrasts table has the clean same_pretrain - neither and the paper's same_pretrain - different_pretrain."""
+    full = analysis.synthetic_reward_tensor(n_pretrains=5, n_finetune=5, n_prompts=40, pool_size=8, seed=3)
+    keep = [i for i in range(len(full.model_ids))
+            if full.roles[i] != "rm" or full.pretrain_ids[i] == "p0" or full.finetune_seeds[i] == 0]
+    t = analysis.RewardTensor(pool=full.pool[keep], reference=full.reference[keep],
+                              model_ids=tuple(full.model_ids[i] for i in keep),
+                              roles=tuple(full.roles[i] for i in keep),
+                              pretrain_ids=tuple(full.pretrain_ids[i] for i in keep),
+                              finetune_seeds=tuple(full.finetune_seeds[i] for i in keep),
+                              prompt_ids=full.prompt_ids, sample_ids=full.sample_ids,
+                              reference_ids=full.reference_ids)
+    res = analysis.pair_statistics(t, ns=[4], draws=100)
+    fig2 = res["figure2"].set_index("relation")
+    assert fig2.n_pairs.to_dict() == {"same_pretrain": 10, "same_finetune": 10, "neither": 16}
+    groups = res["paper_groups"][res["paper_groups"].figure == "figure2"].set_index("group")
+    assert groups.n_pairs.to_dict() == {"same_pretrain": 10, "different_pretrain": 26}
+    assert "only the finetuning differs" in groups.loc["same_pretrain", "varies"]
+    c = res["contrasts"][res["contrasts"].figure == "figure2"].set_index("contrast")
+    assert c.loc["same_pretrain - neither", "estimate"] == pytest.approx(
+        fig2.loc["same_pretrain", "mean"] - fig2.loc["neither", "mean"])
+    per_rm = analysis.pair_statistics(t, ns=[4], draws=50, scope="per_rm")["figure2"]
+    assert set(per_rm.relation) == {"same_pretrain", "neither"}  # no shared finetune randomness
+
+
+def test_duplicate_texts_raise_the_chance_line():
+    """A pool where two candidates are the same text: two random scorers agree more often than 1/n."""
+    t = analysis.synthetic_reward_tensor(n_pretrains=2, n_finetune=2, n_prompts=5, pool_size=4, seed=0)
+    texts = np.array([["a", "a", "b", "c"]] * 5, dtype=object)
+    fig2 = analysis.pair_statistics(t, ns=[2, 4], texts=texts, draws=20)["figure2"]
+    # n = 4: 3 distinct texts -> 1/3; n = 2: subsets {a,a} (1 of 6) agree surely, the other 5 have two texts
+    assert fig2[fig2.n == 4].chance.iloc[0] == pytest.approx(1 / 3)
+    assert fig2[fig2.n == 2].chance.iloc[0] == pytest.approx((1 + 5 * 0.5) / 6)
+
+
+def test_seed_variance_recovers_a_planted_pretrain_share():
+    """Scores = shared quality + a pretrain effect (σ² = 1) + own noise (σ² = 0.25), no finetune-seed effect:
+    on the pool the pretraining seed's share is 1 / 1.25 = 0.8 and the finetuning seed's 0."""
+    t = analysis.synthetic_reward_tensor(n_pretrains=6, n_finetune=3, n_prompts=300, pool_size=16,
+                                         pretrain_effect=1.0, finetune_noise=0.5, seed=2)
+    sv = analysis.seed_variance(t, ns=[1, 4, 16], draws=100)
+    pool = sv[sv.weighting == "pool"].set_index("statistic")
+    assert pool.loc["share_pt", "estimate"] == pytest.approx(0.8, abs=0.03)
+    assert abs(pool.loc["share_ft", "estimate"]) < 0.02
+    assert pool.loc["share_pt", "lo"] < pool.loc["share_pt", "estimate"] < pool.loc["share_pt", "hi"]
+    assert set(sv[sv.weighting == "pick"].n) == {4, 16} and (sv.R == 6).all() and (sv.missing == "").all()
 
 
 @pytest.mark.parametrize("include_ranker", [False, True])
@@ -303,7 +352,7 @@ def test_figure3_direct(small, include_ranker):
     for n in ns:
         row = df[df.n == n].iloc[0]
         assert row["mean"] == pytest.approx(np.mean(values[n]), rel=1e-10)
-        assert row.se == pytest.approx(np.std(values[n], ddof=1) / np.sqrt(len(values[n])), rel=1e-9)
+        assert row.lo <= row["mean"] <= row.hi and row.R == 3
 
 
 def test_figure4_direct(small):
@@ -391,8 +440,8 @@ def test_table1_layout(small):
 
 
 def _gap_ok(df, n, hi, lo, sigmas=3.0):
-    a = df[(df.n == n) & (df.group == hi)].iloc[0]
-    b = df[(df.n == n) & (df.group == lo)].iloc[0]
+    a = df[(df.n == n) & (df.relation == hi)].iloc[0]
+    b = df[(df.n == n) & (df.relation == lo)].iloc[0]
     return a["mean"] - b["mean"], sigmas * np.hypot(a.se, b.se)
 
 
@@ -402,14 +451,14 @@ def test_planted_pretrain_effect_detected():
     )
     fig1, fig2 = analysis.figure1(t), analysis.figure2(t)
     for n in (2, 4, 8, 16):
-        gap, tol = _gap_ok(fig2, n, "same_pretrain", "different_pretrain")
+        gap, tol = _gap_ok(fig2, n, "same_pretrain", "neither")
         assert gap > tol
         gap, tol = _gap_ok(fig1, n, "self", "same_pretrain")
         assert gap > tol
-        gap, tol = _gap_ok(fig1, n, "same_pretrain", "different_pretrain")
+        gap, tol = _gap_ok(fig1, n, "same_pretrain", "neither")
         assert gap > tol
     fig3 = analysis.figure3(t, draws=5)
-    assert fig3["mean"].iloc[-1] > fig3["mean"].iloc[0] + 5 * fig3.se.iloc[-1]
+    assert fig3.lo.iloc[-1] > fig3.hi.iloc[0]  # grows with n, beyond the seed-aware intervals
 
 
 def test_no_pretrain_effect_no_gap():
@@ -418,9 +467,9 @@ def test_no_pretrain_effect_no_gap():
     )
     fig1, fig2 = analysis.figure1(t), analysis.figure2(t)
     for n in (2, 4, 8, 16):
-        gap, tol = _gap_ok(fig2, n, "same_pretrain", "different_pretrain")
+        gap, tol = _gap_ok(fig2, n, "same_pretrain", "neither")
         assert abs(gap) < tol
-        gap, tol = _gap_ok(fig1, n, "same_pretrain", "different_pretrain")
+        gap, tol = _gap_ok(fig1, n, "same_pretrain", "neither")
         assert abs(gap) < tol
         gap, tol = _gap_ok(fig1, n, "self", "same_pretrain")
         assert gap > tol  # the winner's curse: a ranker always likes its own pick best
@@ -473,7 +522,9 @@ def test_run_and_save(tmp_path, small):
     pd.testing.assert_frame_equal(back, results["figure2"].reset_index(drop=True), check_dtype=False)
     summary = json.loads(written["summary"].read_text())
     assert summary["meta"]["pool_size"] == small.pool_size
-    assert len(summary["table1"]) == 9
-    assert set(summary["headline"]["figure2"]) == {"n", "same_pretrain", "different_pretrain"}
+    assert len(summary["table1"]) == 18  # under the gold reward, then the evaluator
+    assert [r["target"] for r in summary["table1"]][::9] == ["gold", "evaluator"]
+    assert set(summary["headline"]["figure2"]) == {"n", "same_pretrain", "same_finetune", "neither"}
+    assert set(summary["headline"]["seed_variance"]) == {"share_pt", "share_ft", "share_res"}
     again = analysis.run_analysis(small, anova_draws=2, seed=3)
     pd.testing.assert_frame_equal(again["figure3"], results["figure3"])  # seeded

@@ -17,7 +17,7 @@ def _run(root, seed, effect):
     t = analysis.synthetic_reward_tensor(n_pretrains=3, n_finetune=2, n_prompts=60, pool_size=8,
                                          pretrain_effect=effect, seed=seed)
     run = root / f"run{seed}-{effect}"
-    analysis.save_analysis(analysis.run_analysis(t, anova_draws=2, seed=0), run / "analysis")
+    analysis.save_analysis(analysis.run_analysis(t, anova_draws=2, seed=0, bootstrap=100), run / "analysis")
     return run
 
 
@@ -36,25 +36,27 @@ def test_summary_is_mean_sd_and_se_of_the_runs(replicates):
         assert row["mean"] == pytest.approx(v.value.mean())
         assert row["sd"] == pytest.approx(v.value.std(ddof=1))
         assert row["se_between"] == pytest.approx(v.value.std(ddof=1) / np.sqrt(3))
-        if not row["contrast"]:
-            assert row["se_within"] == pytest.approx(v.se.mean())
+        assert row["se_within"] == pytest.approx(v.se.mean())  # contrasts carry their own seed-aware se
+        assert row["se_prompt"] == pytest.approx(v.se_prompt.mean())
     # the values are the runs' own analysis numbers
     f2 = pd.read_parquet(replicates[0] / "analysis" / "figure2.parquet")
     mine = per_run[(per_run.run == str(replicates[0])) & (per_run.statistic == "agreement")]
     got = mine.set_index(["key", "n"]).value
     for _, r in f2.iterrows():
-        assert got[(r["group"], r["n"])] == r["mean"]
+        assert got[(r["relation"], r["n"])] == r["mean"]
 
 
 def test_contrasts_are_signed_as_the_paper_and_counted(replicates, tmp_path):
     _, summary = compare_runs(replicates)
-    agree = summary[(summary.statistic == "agreement: same - different") & (summary.n == 4)].iloc[0]
+    agree = summary[(summary.statistic == "agreement: same_pretrain - neither") & (summary.n == 4)].iloc[0]
     assert agree.contrast and agree.positive == 3  # a planted pretrain effect: same pretrain agrees more
-    pick = summary[(summary.statistic == "pick reward: same - different") & (summary.n == 4)].iloc[0]
-    assert pick.positive == 3 and np.isnan(pick.se_within)
+    pick = summary[(summary.statistic == "pick reward: same_pretrain - neither") & (summary.n == 4)].iloc[0]
+    assert pick.positive == 3 and pick.se_within > 0
+    paper = summary[(summary.statistic == "agreement: same_pretrain - different_pretrain") & (summary.n == 4)]
+    assert paper.iloc[0].positive == 3
     null = [_run(tmp_path, s, 0.0) for s in (4, 5, 6)]
     _, s0 = compare_runs(null)
-    a0 = s0[(s0.statistic == "agreement: same - different") & (s0.n == 4)].iloc[0]
+    a0 = s0[(s0.statistic == "agreement: same_pretrain - neither") & (s0.n == 4)].iloc[0]
     assert abs(a0["mean"]) < agree["mean"] / 2
 
 
@@ -70,7 +72,8 @@ def test_identical_runs_have_no_spread(replicates, tmp_path):
 def test_run_statistics_has_every_figure(replicates):
     stats = set(run_statistics(replicates[0]).statistic)
     assert {"agreement", "pick reward under other RMs", "variance explained by the RM",
-            "agreement: same - different", "pick reward: same - different"} <= stats
+            "agreement: same_pretrain - neither", "pick reward: same_pretrain - neither",
+            "seed variance share_pt", "table1 gold reward: pretrain - finetune"} <= stats
 
 
 def test_errors_name_the_run(replicates, tmp_path):
@@ -88,7 +91,7 @@ def test_markdown_and_files(replicates, tmp_path):
     _, summary = compare_runs(replicates)
     md = summary_markdown(summary, replicates)
     assert md.startswith(f"# 3 runs compared at n = {summary.n.max()}")
-    assert "| agreement: same - different | contrast |" in md and "3/3" in md
+    assert "| agreement: same_pretrain - neither | contrast |" in md and "3/3" in md
     path = write_comparison(replicates, tmp_path / "cmp", n=2)
     assert path.read_text().startswith("# 3 runs compared at n = 2")
     assert len(pd.read_parquet(tmp_path / "cmp" / "summary.parquet")) == len(summary)

@@ -26,6 +26,21 @@ def test_finetune_seeds_are_separate_streams():
     assert rm_seeds(1) == s and rm_seeds(2) != s
 
 
+def test_per_rm_scope_and_the_evaluator_share_no_finetuning_randomness():
+    """shared: one finetune seed gives every backbone the same head init, data order and dropout; per_rm (and
+    the evaluator, always) draws them from the pretrain id too, so no stream coincides with a grid RM's."""
+    from perm.stages.train_rm import evaluator_ids
+
+    per_rm = [rm_seeds(0, p) for p in ("seed0", "seed1")]
+    streams = [set(s.values()) for s in (rm_seeds(0), *per_rm)]
+    assert not (streams[0] & streams[1]) and not (streams[1] & streams[2])
+    cfg = config_from_overrides(["evaluator.pretrain_seed=1000"])
+    assert evaluator_ids(cfg) == ("evaluator-seed1000", 1000)
+    ev = set(rm_seeds(*reversed(evaluator_ids(cfg))).values())
+    assert not ev & set().union(*(set(rm_seeds(f).values()) for f in cfg.reward.finetune_seeds))
+    assert evaluator_ids(config_from_overrides(["evaluator.finetune_seed=3"]))[1] == 3
+
+
 def _write_jsonl(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 

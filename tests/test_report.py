@@ -12,7 +12,7 @@ import pytest
 
 from perm import analysis, bon, report
 
-FIGS = ("fig1", "fig2", "fig3", "fig4", "fig_gold", "fig_hacking")
+FIGS = ("fig_seed", "fig1", "fig2", "fig3", "fig4", "fig_gold", "fig_hacking")
 PROMPT = "POST: my <script>alert('x')</script> landlord & I argued.\nTL;DR:"
 
 
@@ -136,8 +136,13 @@ def test_html_shows_the_science(full):
     for reward, win_rate in zip(results["table1"]["reward"], results["table1"]["win rate"], strict=True):
         assert reward in page and win_rate in page
     agree = results["figure2"]
-    last = agree[(agree.n == agree.n.max()) & (agree.group == "same_pretrain")].iloc[0]
+    last = agree[(agree.n == agree.n.max()) & (agree.relation == "same_pretrain")].iloc[0]
     assert f"{100 * last['mean']:.1f}%" in page  # headline: agreement at the largest n
+    sv = results["seed_variance"]
+    pt = sv[(sv.weighting == "pool") & (sv.statistic == "share_pt")].iloc[0]
+    assert "comes from the pretraining seed" in page and f"{100 * pt.estimate:.1f}%" in page  # the first card
+    assert page.index("Where RMs disagree") < page.index("RM accuracy (in distribution)")
+    assert "the clean test" in page and "The paper&#x27;s claims, with intervals over seeds" in page
     assert "Table 1 best: pretrain ensemble" in page or "Table 1 best: finetune ensemble" in page
     assert "label-noise ceiling" in page and "73.5%" in page  # ceiling marked next to accuracies
     assert "rm-p2-f1" in page and "70.8% ± 0.6" in page  # rm_records row 5: 0.70 + 0.010
@@ -148,9 +153,11 @@ def test_html_shows_the_science(full):
 def test_table1_markdown_layout(full):
     text = (full["dir"] / "table1.md").read_text(encoding="utf-8")
     lines = text.splitlines()
-    assert lines[0].startswith("Table 1: Auto-evaluator rewards") and "best-of-8" in lines[0]
+    assert lines[0].startswith("Table 1: Gold rewards") and "best-of-8" in lines[0]  # gold first
+    assert "over R = 3 pretrain seeds" in lines[0] and "and 30 prompts" in lines[0]
+    assert "Table 1: Auto-evaluator rewards" in text
     assert lines[2] == "| ensemble | method | reward | win rate |"
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[4:]]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[4:13]]
     # The paper's layout: ensemble named once per group, methods alphabetical, single RM last.
     assert [r[:2] for r in rows] == [
         ["finetune", "mean"],
@@ -163,7 +170,8 @@ def test_table1_markdown_layout(full):
         ["", "min"],
         ["single RM", "single RM"],
     ]
-    tab = full["results"]["table1"].set_index(["ensemble", "aggregator"])
+    tab = full["results"]["table1"]
+    tab = tab[tab.target == "gold"].set_index(["ensemble", "aggregator"])
     assert rows[1][2:] == list(tab.loc[("finetune", "mean_minus_std"), ["reward", "win rate"]])
     assert rows[8][2:] == list(tab.loc[("single RM", "single RM"), ["reward", "win rate"]])
 
@@ -217,12 +225,13 @@ def test_one_pretrain_no_hacking(tmp_path):
     assert drawn == ["fig1", "fig2", "fig3", "fig4", "fig_gold"]
     assert page.count("data:image/png;base64,") == 5
     assert "Not drawn: there is no hacking table" in page
-    assert "All RMs share one pretrain: the &#x27;different pretrain&#x27; line is absent." in page
+    assert "No &#x27;neither&#x27; line: every pair of RMs shares a pretrain or a finetune seed." in page
     assert "there is no pretrain ensemble" in page
     assert "No accuracies were passed to the report" in page
     assert "No learnability checks were passed" in page
     md = (tmp_path / "report" / "table1.md").read_text(encoding="utf-8")
-    groups = [line.split("|")[1].strip() for line in md.splitlines()[4:]]
+    first = md.split("\n\n")[1]  # the gold table; the evaluator's follows
+    groups = [line.split("|")[1].strip() for line in first.splitlines()[2:]]
     assert [g for g in groups if g] == ["finetune", "single RM"]
 
 
@@ -237,7 +246,7 @@ def test_no_judge_no_ensemble(tmp_path):
     index = report.write_report(results, tmp_path / "report", examples=[], learnability={})
     page = index.read_text(encoding="utf-8")
     assert sorted(p.stem for p in (tmp_path / "report" / "figures").iterdir()) == ["fig1", "fig2"]
-    assert page.count("Not drawn:") == 4
+    assert page.count("Not drawn:") == 5  # fig_seed: a layout of same_finetune pairs only
     assert "it needs at least three reward models" in page
     assert "No Table 1" in page
     assert (tmp_path / "report" / "table1.md").read_text(encoding="utf-8").startswith("Table 1: no evaluator")

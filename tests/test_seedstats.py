@@ -218,23 +218,36 @@ def test_multi_bootstrap_basics():
     assert again.se.iloc[0] == row.se  # seeded
 
 
-def test_figure_arms_match_analysis_figures():
-    """Relation arms of pick_rewards / pick_agreement reproduce perm.analysis' Figure 1 and 2 means
-    (analysis groups: self, same_pretrain, different_pretrain = same_finetune ∪ neither)."""
+def test_figure_arms_match_brute_force():
+    """Relation arms of pick_rewards / pick_agreement reproduce brute-force means from perm.bon (groups: self,
+    same_pretrain, different_pretrain = same_finetune ∪ neither, as the paper groups them)."""
+    from itertools import combinations
+
+    from perm import bon
+
     tensor = analysis.synthetic_reward_tensor(n_pretrains=3, n_finetune=2, n_prompts=20, pool_size=8)
     pool, pre, fts = ss.rm_view(tensor)
     rel = ss.pair_relations(pre, fts)
-    f1 = analysis.figure1(tensor, [4]).set_index("group")
+    centred = bon.standardize(pool)
+    m = len(pre)
+    want1 = {"self": [], "same_pretrain": [], "different_pretrain": []}
+    for i in range(m):
+        for k in range(m):
+            g = "self" if i == k else "same_pretrain" if pre[i] == pre[k] else "different_pretrain"
+            want1[g].append(bon.expected_best_of_n(pool[i], centred[k], 4).mean())
     arms = ss.relation_arms(ss.pick_rewards(pool, 4), rel, ordered=True, include_self=True,
                             include_different=True)
     out1 = ss.multi_bootstrap(arms, pre, draws=20).set_index("statistic")
-    for g in ("self", "same_pretrain", "different_pretrain"):
-        assert out1.loc[g, "estimate"] == pytest.approx(f1.loc[g, "mean"])
-    f2 = analysis.figure2(tensor, [4]).set_index("group")
+    for g, values in want1.items():
+        assert out1.loc[g, "estimate"] == pytest.approx(np.mean(values))
+    want2 = {"same_pretrain": [], "different_pretrain": []}
+    for i, k in combinations(range(m), 2):
+        want2["same_pretrain" if pre[i] == pre[k] else "different_pretrain"].append(
+            bon.expected_agreement(pool[i], pool[k], 4).mean())
     arms2 = ss.relation_arms(ss.pick_agreement(pool, [4])[0], rel, include_different=True)
     out2 = ss.multi_bootstrap(arms2, pre, draws=20).set_index("statistic")
-    for g in ("same_pretrain", "different_pretrain"):
-        assert out2.loc[g, "estimate"] == pytest.approx(f2.loc[g, "mean"])
+    for g, values in want2.items():
+        assert out2.loc[g, "estimate"] == pytest.approx(np.mean(values))
 
 
 def test_pair_statistics_are_fast():

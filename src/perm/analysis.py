@@ -27,19 +27,19 @@ import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import norm
 
-from perm import bon
+from perm import bon, seedstats
 
 ROLES = ("rm", "evaluator", "gold")
 REWARD_COLUMNS = ("prompt_id", "sample_id", "model_id", "reward", "is_reference")
 MODEL_COLUMNS = ("model_id", "role", "pretrain_id", "finetune_seed")
-FIGURE1_GROUPS = ("self", "same_pretrain", "different_pretrain")
-FIGURE2_GROUPS = ("same_pretrain", "different_pretrain")
+FIGURE1_RELATIONS = ("self", "same_pretrain", "same_finetune", "neither")
+FIGURE2_RELATIONS = ("same_pretrain", "same_finetune", "neither")
 ENSEMBLE_KINDS = ("finetune", "pretrain")
 
 
@@ -467,77 +467,169 @@ def _summary_row(per_prompt: np.ndarray, **keys) -> dict:
     return {**keys, "mean": float(mean), "se": float(se)}
 
 
-def _se_over_pairs(per_pair_prompt: np.ndarray) -> float:
-    """Standard error of a group's mean with its RM pairs as the units: std of the pairs' prompt-means over
-    sqrt(#pairs) (NaN for one pair). The prompt se says how well 200 prompts pin down *these* RMs; this one
-    says how much the answer varies from one pair of RMs to another — the randomness of training, which
-    the prompt se ignores (pairs share RMs, so it is still optimistic)."""
-    means = per_pair_prompt.mean(axis=-1)
-    return float(means.std(ddof=1) / np.sqrt(len(means))) if len(means) > 1 else float("nan")
-
-
 # ----------------------------------------------------------------------------------------------------
 # Figures 1–3: underspecification among the reward models
 
 
-def figure1(tensor: RewardTensor, ns=None) -> pd.DataFrame:
-    """Reward of ranker m's best-of-n pick under scorer m′, grouped by how m′ relates to m.
+PAPER_GROUPS = {
+    "same_pretrain": "same pretrain, different finetune seed: only the finetuning differs",
+    "different_pretrain": "different pretrain (same_finetune + neither pairs): the backbone differs, and in "
+                          "neither pairs the finetuning too",
+}
+FIGURE_COLUMNS = ["n", "relation", "mean", "se", "lo", "hi", "se_prompt", "R", "n_pairs"]
+CONTRAST_COLUMNS = ["figure", "contrast", "n", "target", "metric", "aggregator", "estimate", "se", "lo", "hi",
+                    "se_prompt", "p_le_0", "R", "note"]
 
-    ``Σ_i p_i^(m) r̃_m′(i)`` with r̃ centred per prompt; groups ``self`` (m′ = m), ``same_pretrain``
-    (m′ ≠ m, same pretrain_id) and ``different_pretrain``. Per prompt, the mean over the group's
-    (ranker, scorer) pairs; then mean ± se over prompts. Columns: ``n, group, mean, se, n_pairs,
-    se_pairs`` (se with the (ranker, scorer) pairs as units, :func:`_se_over_pairs`; a group with no pairs is
-    left out).
+
+def _rm_meta(tensor: RewardTensor) -> tuple[np.ndarray, list, list]:
+    rm = tensor.rm_indices
+    return tensor.pool[rm], [tensor.pretrain_ids[i] for i in rm], [tensor.finetune_seeds[i] for i in rm]
+
+
+def _interval_rows(df: pd.DataFrame, **keys) -> dict[str, dict]:
+    """multi_bootstrap rows by statistic, renamed to the figure tables' columns."""
+    out = {}
+    for r in df.itertuples(index=False):
+        out[r.statistic] = {**keys, "mean": r.estimate, "se": r.se, "lo": r.lo, "hi": r.hi,
+                            "se_prompt": r.se_prompt, "R": r.R, "p_le_0": r.p_le_0}
+    return out
+
+
+def pair_statistics(tensor: RewardTensor, ns=None, texts: np.ndarray | None = None, scope: str = "shared",
+                    draws: int = 500, level: float = 0.9, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """Figures 1 and 2 by pair relation, the paper's two groups, and the clean contrasts, with intervals over
+    pretrain seeds and prompts (:func:`perm.seedstats.multi_bootstrap`).
+
+    Figure 1: for ranker m and scorer m′, ``Σ_i p_i^(m) r̃_m′(i)`` (r̃ centred per prompt), by relation of m′ to
+    m: ``self``, ``same_pretrain``, ``same_finetune``, ``neither`` (:func:`perm.seedstats.pair_relations`;
+    no ``same_finetune`` under ``scope="per_rm"``). Figure 2: expected top-1 agreement of two distinct RMs by
+    relation, with the chance agreement of two random scorers given the pool's duplicate ``texts`` ``(P, N)``
+    (1/n without texts or duplicates) and ``kappa`` = (a − chance)/(1 − chance) (mean chance over prompts).
+
+    Tables: ``figure1`` / ``figure2`` (:data:`FIGURE_COLUMNS`, figure2 + ``chance, kappa, kappa_lo,
+    kappa_hi``): ``mean`` over pairs and prompts, ``se`` and the ``lo``-``hi`` interval at ``level`` over
+    pretrains (finetune seeds nested) and prompts, ``se_prompt`` over prompts only, ``R`` pretrains;
+    ``paper_groups`` (the paper's grouping, :data:`PAPER_GROUPS`, with what each varies); ``contrasts``:
+    ``same_pretrain - neither`` (the clean test: > 0 is the paper's finding) and the paper's ``same_pretrain
+    - different_pretrain``, same draws for both arms. The intervals are conditional on the SFT policy, its
+    pool and the evaluator. Draws where a relation's pretrains were all left out are dropped (see
+    :func:`perm.seedstats.multi_bootstrap`).
     """
     ns = _check_ns(ns, tensor.pool_size)
-    rm = tensor.rm_indices
-    scores = tensor.pool[rm]  # (M, P, N)
-    centred = bon.standardize(scores)
-    beats = bon.beat_counts(scores)
-    pre = np.array([tensor.pretrain_ids[i] for i in rm], dtype=object)
-    same = pre[:, None] == pre[None, :]
-    eye = np.eye(len(rm), dtype=bool)
-    masks = {"self": eye, "same_pretrain": same & ~eye, "different_pretrain": ~same}
-    rows = []
-    for n in ns:
-        p = bon.selection_weights(tensor.pool_size, n)[beats]  # (M, P, N)
-        cross = np.einsum("mpn,kpn->mkp", p, centred)  # (ranker, scorer, prompt)
-        for group, mask in masks.items():
-            if mask.any():
-                rows.append(_summary_row(cross[mask].mean(axis=0), n=n, group=group, n_pairs=int(mask.sum()),
-                                         se_pairs=_se_over_pairs(cross[mask])))
-    return pd.DataFrame(rows, columns=["n", "group", "mean", "se", "n_pairs", "se_pairs"])
+    pool, pids, fseeds = _rm_meta(tensor)
+    relations = seedstats.pair_relations(pids, fseeds, scope)
+    chance = None
+    if texts is not None:
+        chance = seedstats.pool_chance_agreement(texts, ns).mean(axis=0)  # (len(ns),)
+    agreement = seedstats.pick_agreement(pool, ns) if len(pids) > 1 else None
+    rows = {"figure1": [], "figure2": [], "paper_groups": [], "contrasts": []}
+    for i, n in enumerate(ns):
+        for fig, values, ordered in (("figure1", seedstats.pick_rewards(pool, n), True),
+                                     ("figure2", None if agreement is None else agreement[i], False)):
+            if values is None:
+                continue
+            arms = seedstats.relation_arms(values, relations, ordered=ordered, include_self=fig == "figure1",
+                                           include_different=True)
+            contrasts = [(a, b) for a, b in (("same_pretrain", "neither"), ("same_pretrain", "different_pretrain"))
+                         if a in arms and b in arms]
+            if not arms:
+                continue
+            stats = seedstats.multi_bootstrap(arms, pids, contrasts=contrasts, draws=draws, level=level,
+                                              seed=seed + n)
+            by = _interval_rows(stats, n=n)
+            c = (chance[i] if chance is not None else 1.0 / n)
+            for rel in ("self", *seedstats.RELATIONS):
+                if rel in arms:
+                    row = {k: by[rel][k] for k in FIGURE_COLUMNS if k in by[rel]} | {
+                        "relation": rel, "n_pairs": len(arms[rel].members)}
+                    if fig == "figure2":
+                        row |= {"chance": c, **{f"kappa{s}": float(seedstats.kappa(by[rel][k], c))
+                                                for s, k in (("", "mean"), ("_lo", "lo"), ("_hi", "hi"))}}
+                    rows[fig].append(row)
+            for group, varies in PAPER_GROUPS.items():
+                if group in arms:
+                    rows["paper_groups"].append({"figure": fig, "group": group, "varies": varies,
+                                                 "n_pairs": len(arms[group].members), **by[group]})
+            for a, b in contrasts:
+                r = by[f"{a} - {b}"]
+                rows["contrasts"].append({
+                    "figure": fig, "contrast": f"{a} - {b}", "n": n, "target": None, "metric": None,
+                    "aggregator": None, "estimate": r["mean"], **{k: r[k] for k in ("se", "lo", "hi", "se_prompt",
+                                                                                 "p_le_0", "R")},
+                    "note": "> 0: RMs sharing a pretrain agree more (the paper's finding)"})
+    fig2_cols = FIGURE_COLUMNS + ["chance", "kappa", "kappa_lo", "kappa_hi"]
+    return {
+        "figure1": pd.DataFrame(rows["figure1"], columns=FIGURE_COLUMNS),
+        "figure2": pd.DataFrame(rows["figure2"], columns=fig2_cols),
+        "paper_groups": pd.DataFrame(rows["paper_groups"], columns=["figure", "n", "group", "varies", "mean", "se",
+                                                                    "lo", "hi", "se_prompt", "R", "n_pairs"]),
+        "contrasts": pd.DataFrame(rows["contrasts"], columns=CONTRAST_COLUMNS),
+    }
 
 
-def figure2(tensor: RewardTensor, ns=None) -> pd.DataFrame:
-    """Expected top-1 agreement of pairs of distinct RMs that do / do not share a pretrain, vs n.
+def figure1(tensor: RewardTensor, ns=None, **kwargs) -> pd.DataFrame:
+    """Reward of ranker m's best-of-n pick under scorer m′, by relation (:func:`pair_statistics`)."""
+    return pair_statistics(tensor, ns, **kwargs)["figure1"]
 
-    Per prompt, the mean of :func:`perm.bon.expected_agreement` over the group's unordered pairs; then
-    mean ± se over prompts. Columns: ``n, group, mean, se, chance (= 1/n), n_pairs, se_pairs`` (se with the
-    RM pairs as units, :func:`_se_over_pairs`).
+
+def figure2(tensor: RewardTensor, ns=None, **kwargs) -> pd.DataFrame:
+    """Expected top-1 agreement of two distinct RMs by relation, vs n (:func:`pair_statistics`)."""
+    return pair_statistics(tensor, ns, **kwargs)["figure2"]
+
+
+def seed_variance(tensor: RewardTensor, ns=None, scope: str = "shared", draws: int = 500, level: float = 0.9,
+                  seed: int = 0) -> pd.DataFrame:
+    """How much of the RM-to-RM variation comes from the pretraining seed, the finetuning seed and neither.
+
+    On per-prompt standardised scores, D_r = mean over prompts, candidates and pairs of relation r of
+    ½(s_a − s_b)²; σ²_pt = D_neither − D_same_pretrain, σ²_ft = D_neither − D_same_finetune, σ²_res =
+    D_same_pretrain + D_same_finetune − D_neither, shares = each / D_neither
+    (:func:`perm.seedstats.variance_decomposition`), on the whole pool (``weighting = pool``) and at the
+    best-of-n picks of the other RMs for each n (``pick``). One row per (weighting, n, statistic) with the
+    multi-bootstrap interval (ratios bootstrapped whole). ``missing`` names relations without pairs: their
+    components are NaN (under ``per_rm`` scope only σ²_pt is identified).
     """
     ns = _check_ns(ns, tensor.pool_size)
-    rm = tensor.rm_indices
-    beats = bon.beat_counts(tensor.pool[rm])
-    pairs = list(combinations(range(len(rm)), 2))
-    if not pairs:
-        return pd.DataFrame(columns=["n", "group", "mean", "se", "chance", "n_pairs", "se_pairs"])
-    a, b = zip(*pairs, strict=True)
-    joint = bon._joint_counts_from_beats(beats[list(a)], beats[list(b)])  # (pairs, P, N); n-independent
-    same = np.array([tensor.pretrain_ids[rm[i]] == tensor.pretrain_ids[rm[j]] for i, j in pairs])
+    pool, pids, fseeds = _rm_meta(tensor)
+    columns = ["weighting", "n", "statistic", "estimate", "se", "lo", "hi", "se_prompt", "R", "missing"]
+    if len(pids) < 2:
+        return pd.DataFrame(columns=columns)
+    counts = seedstats.relation_counts(seedstats.pair_relations(pids, fseeds, scope))
+    missing = ",".join(r for r in seedstats.RELATIONS if not counts.get(r))
     rows = []
-    for n in ns:
-        agree = bon.selection_weights(tensor.pool_size, n)[joint].sum(axis=-1)  # (pairs, P)
-        for group, mask in (("same_pretrain", same), ("different_pretrain", ~same)):
-            if mask.any():
-                row = _summary_row(agree[mask].mean(axis=0), n=n, group=group)
-                rows.append({**row, "chance": 1.0 / n, "n_pairs": int(mask.sum()),
-                             "se_pairs": _se_over_pairs(agree[mask])})
-    return pd.DataFrame(rows, columns=["n", "group", "mean", "se", "chance", "n_pairs", "se_pairs"])
+    for weighting, n in [("pool", None)] + [("pick", n) for n in ns if n > 1]:
+        df = seedstats.decomposition_intervals(pool, pids, fseeds, n=n, scope=scope, draws=draws, level=level,
+                                               seed=seed + (n or 0))
+        for r in df.itertuples(index=False):
+            rows.append({"weighting": weighting, "n": n, "statistic": r.statistic, "estimate": r.estimate,
+                         "se": r.se, "lo": r.lo, "hi": r.hi, "se_prompt": r.se_prompt, "R": r.R,
+                         "missing": missing})
+    out = pd.DataFrame(rows, columns=columns)
+    out["n"] = pd.array(out["n"].tolist(), dtype="Int64")
+    return out
+
+
+def _weighted_fractions(x: np.ndarray, w: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """:func:`anova_model_fraction` of ``x`` ``(M, P, S)`` (ranker × prompts × scorers) under prompt weights
+    ``w`` ``(B, P)`` and scorer weights ``v`` ``(B, M, S)``, for B replicates at once: ``(B, M)``.
+
+    Weighted two-way additive ANOVA (product weights w_p·v_s): x̄ = Σ w v x / (W V), column means
+    Σ_p w_p x_ps / W, SS_scorer = W Σ_s v_s (x̄_·s − x̄)², SS_total = Σ w_p v_s (x_ps − x̄)²; with unit
+    weights exactly the unweighted fraction."""
+    a1 = np.einsum("bp,mps->bms", w, x, optimize=True)
+    a2 = np.einsum("bp,mps->bms", w, x * x, optimize=True)
+    big_w = w.sum(axis=1)[:, None, None]
+    col = a1 / big_w
+    grand = np.sum(v * col, axis=-1, keepdims=True) / v.sum(axis=-1, keepdims=True)
+    ss_model = big_w[..., 0] * np.sum(v * (col - grand) ** 2, axis=-1)
+    ss_total = np.sum(v * (a2 - 2 * grand * a1 + grand**2 * big_w), axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ss_total > 1e-300, ss_model / np.where(ss_total > 1e-300, ss_total, 1.0), np.nan)
 
 
 def figure3(
-    tensor: RewardTensor, ns=None, draws: int = 20, seed: int = 0, include_ranker: bool = False
+    tensor: RewardTensor, ns=None, draws: int = 20, seed: int = 0, include_ranker: bool = False,
+    bootstrap: int = 500, level: float = 0.9,
 ) -> pd.DataFrame:
     """Fraction of the variance in the scores of best-of-n picks explained by which RM scores them.
 
@@ -547,13 +639,21 @@ def figure3(
     ``X[prompt, m′] = r̃_m′(pick)``, with r̃ centred per prompt over the pool (so a scorer's arbitrary
     Bradley–Terry offset is not counted as disagreement). Scorers are the *other* RMs (as in the paper:
     one RM reranks, the others score), or all RMs with ``include_ranker``. The fraction is
-    :func:`anova_model_fraction` of X. Columns: ``n, mean, se, n_rankers, draws``, with mean and se over
-    the rankers × draws values.
+    :func:`anova_model_fraction` of X, averaged over rankers and draws (``mean``).
+
+    Interval: the whole statistic recomputed under ``bootstrap`` multi-bootstrap replicates
+    (:func:`perm.seedstats.draw_bootstrap_weights`): prompts weighted w_p, rankers c of their pretrain,
+    scorers c of theirs (1 for a scorer sharing the ranker's pretrain: a pair within one pretrain counts
+    once), the ANOVA weighted (:func:`_weighted_fractions`). The interval is normal, mean ± z·se: a
+    replicate that draws a pretrain twice has fewer distinct scorers, which biases the replicates of this
+    ratio upwards, so their percentiles would not bracket the estimate. Columns: ``n, mean, se, lo, hi,
+    se_prompt, R, n_rankers, draws``.
     """
+    z = float(norm.ppf(0.5 + level / 2))
     ns = _check_ns(ns, tensor.pool_size)
     rm = tensor.rm_indices
     n_rm, n_prompts, pool_size = len(rm), tensor.n_prompts, tensor.pool_size
-    columns = ["n", "mean", "se", "n_rankers", "draws"]
+    columns = ["n", "mean", "se", "lo", "hi", "se_prompt", "R", "n_rankers", "draws"]
     if draws < 1 or n_rm < (1 if include_ranker else 3):
         return pd.DataFrame(columns=columns)
     scores = tensor.pool[rm]
@@ -563,10 +663,19 @@ def figure3(
         scorer_idx = np.broadcast_to(np.arange(n_rm), (n_rm, n_rm))
     else:
         scorer_idx = np.array([[k for k in range(n_rm) if k != m] for m in range(n_rm)])
+    units, labels = seedstats.pretrain_units([tensor.pretrain_ids[i] for i in rm])
+    c, w = seedstats.draw_bootstrap_weights(len(labels), n_prompts, bootstrap, seed + 1)
+    ones = np.ones_like(c)
+    reps: dict[str, tuple] = {}
+    for name, cw, ww in (("point", np.ones((1, len(labels))), np.ones((1, n_prompts))), ("seed", c, w),
+                         ("prompt", ones, w)):
+        ranker_w = cw[:, units]  # (B, M)
+        scorer_w = np.where(units[scorer_idx][None] == units[:, None][None], 1.0, cw[:, units[scorer_idx]])
+        reps[name] = (ww, ranker_w, scorer_w)
     rng = np.random.default_rng(seed)
     prompt_idx = np.arange(n_prompts)[None, :]
-    fractions = np.empty((len(ns), draws, n_rm))
-    for d in range(draws):
+    sums = {name: np.zeros((len(ns), r[0].shape[0], n_rm)) for name, r in reps.items()}
+    for _ in range(draws):
         perm = rng.permuted(np.broadcast_to(np.arange(pool_size), (n_prompts, pool_size)), axis=1)
         for i, n in enumerate(ns):
             subset = perm[:, :n]  # (P, n)
@@ -574,11 +683,20 @@ def figure3(
             pick = np.take_along_axis(subset[None], sub_beats.argmax(axis=-1)[..., None], axis=-1)[..., 0]
             x = centred[:, prompt_idx, pick].transpose(1, 2, 0)  # (ranker, P, scorer)
             x = np.take_along_axis(x, scorer_idx[:, None, :], axis=-1)
-            fractions[i, d] = anova_model_fraction(x)
+            for name, (ww, _, sw) in reps.items():
+                sums[name][i] += _weighted_fractions(x, ww, sw)
     rows = []
     for i, n in enumerate(ns):
-        mean, se = mean_se(fractions[i].reshape(-1))
-        rows.append({"n": n, "mean": float(mean), "se": float(se), "n_rankers": n_rm, "draws": draws})
+        frac = {}
+        for name, (_, rw, _) in reps.items():
+            per_ranker = sums[name][i] / draws  # (B, M)
+            with np.errstate(invalid="ignore"):
+                frac[name] = np.nansum(rw * per_ranker, axis=1) / np.sum(rw * np.isfinite(per_ranker), axis=1)
+        seed_reps = frac["seed"][np.isfinite(frac["seed"])]
+        mean, se = float(frac["point"][0]), float(np.std(seed_reps, ddof=1))
+        rows.append({"n": n, "mean": mean, "se": se, "lo": mean - z * se, "hi": mean + z * se,
+                     "se_prompt": float(np.nanstd(frac["prompt"], ddof=1)),
+                     "R": len(labels), "n_rankers": n_rm, "draws": draws})
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -675,22 +793,107 @@ def _fmt(mean: float, se: float) -> str:
     return f"{mean:.3f} ± {se:.3f}" if np.isfinite(se) else f"{mean:.3f}"
 
 
-def table1(fig4: pd.DataFrame, n: int | None = None, target: str | None = None) -> pd.DataFrame:
+def ensemble_intervals(tensor: RewardTensor, n: int | None = None, scale: bool = False, draws: int = 500,
+                       level: float = 0.9, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Seed-aware intervals of Table 1's cells and contrasts at best-of-``n`` (default: the pool size).
+
+    For each target (evaluator, gold) and metric (reward, win rate): the single-RM mean (multi-bootstrap:
+    pretrains with their finetunes nested × prompts), each ensemble × aggregator by a leave-one-member-out
+    jackknife plus a prompt bootstrap (:func:`perm.seedstats.ensemble_interval`; a pretrain ensemble is never
+    resampled with replacement), and the contrasts ``<ensemble> - single`` (same deletions: removing a
+    pretrain removes its RMs from the single-RM mean too) and ``pretrain - finetune`` (the two jackknife
+    variances and the paired prompt-bootstrap variance of the difference added: their members are
+    different seeds, treated as independent). Returns ``(cells, contrasts)``: cells with columns
+    ``ensemble, aggregator, target, metric, estimate, se, lo, hi, se_prompt, R, note``; contrasts with
+    :data:`CONTRAST_COLUMNS` (figure ``table1``). Conditional on the SFT policy, its pool and the evaluator.
+    """
+    n = tensor.pool_size if n is None else int(n)
+    pool, pids, _ = _rm_meta(tensor)
+    members = ensemble_members(tensor)
+    rm = tensor.rm_indices
+    units, labels = seedstats.pretrain_units(pids)
+    z = float(norm.ppf(0.5 + level / 2))
+    _, prompt_w = seedstats.draw_bootstrap_weights(1, tensor.n_prompts, draws, seed)
+    cells, contrasts = [], []
+    for role in ("gold", "evaluator"):
+        idx = tensor.role_index(role)
+        if idx is None:
+            continue
+        targets = {"reward": bon.standardize(tensor.pool[idx])}
+        if tensor.reference is not None:
+            targets["win_rate"] = bon.win_probabilities(tensor.pool[idx], tensor.reference[idx])
+        for metric, target in targets.items():
+            single = np.sum(bon.selection_probabilities(pool, n) * target, axis=-1)  # (M, P)
+            s = seedstats.multi_bootstrap({"single": seedstats.single_rm_arm(single)}, pids, draws=draws,
+                                          level=level, seed=seed).iloc[0]
+            cells.append({"ensemble": "single", "aggregator": "none", "target": role, "metric": metric,
+                          "estimate": s.estimate, "se": s.se, "lo": s.lo, "hi": s.hi, "se_prompt": s.se_prompt,
+                          "R": len(labels), "note": "single RMs: pretrains (finetunes nested) x prompts"})
+            full = {}
+            for kind, mem in members.items():
+                if len(mem) < 2:
+                    continue
+                # which jackknife deletion removes each single RM from the baseline: its own seed (finetune
+                # ensemble) or its pretrain (pretrain ensemble); -1: never
+                if kind == "finetune":
+                    groups = np.array([mem.index(i) if i in mem else -1 for i in rm])
+                else:
+                    member_unit = [units[rm.index(i)] for i in mem]
+                    groups = np.array([member_unit.index(u) if u in member_unit else -1 for u in units])
+                for agg in bon.AGGREGATORS:
+                    res = seedstats.ensemble_interval(tensor.pool[mem], target, n, agg, scale, kind=kind,
+                                                      baseline=single, baseline_groups=groups, draws=draws,
+                                                      level=level, seed=seed).set_index("statistic")
+                    e, d = res.loc["ensemble"], res.loc["ensemble - baseline"]
+                    cells.append({"ensemble": kind, "aggregator": agg, "target": role, "metric": metric,
+                                  **{k: e[k] for k in ("estimate", "se", "lo", "hi", "se_prompt")}, "R": len(mem),
+                                  "note": e.note})
+                    contrasts.append({"figure": "table1", "contrast": f"{kind} - single", "n": n, "target": role,
+                                      "metric": metric, "aggregator": agg, "p_le_0": np.nan, "R": len(mem),
+                                      **{k: d[k] for k in ("estimate", "se", "lo", "hi", "se_prompt")},
+                                      "note": "> 0: the ensemble beats a single RM; " + e.note})
+                    full[(kind, agg)] = (seedstats.ensemble_pick_values(tensor.pool[mem], target, n, agg, scale),
+                                         float(e.se_jackknife))
+            for agg in bon.AGGREGATORS:
+                if ("pretrain", agg) in full and ("finetune", agg) in full:
+                    (fp, jp), (ff, jf) = full[("pretrain", agg)], full[("finetune", agg)]
+                    diff = fp - ff
+                    var_prompt = float(np.var(prompt_w @ diff / len(diff), ddof=1))
+                    se = math.sqrt(jp**2 + jf**2 + var_prompt)
+                    est = float(diff.mean())
+                    contrasts.append({"figure": "table1", "contrast": "pretrain - finetune", "n": n, "target": role,
+                                      "metric": metric, "aggregator": agg, "estimate": est, "se": se,
+                                      "lo": est - z * se, "hi": est + z * se, "se_prompt": math.sqrt(var_prompt),
+                                      "p_le_0": np.nan, "R": len(members["pretrain"]),
+                                      "note": "> 0: the pretrain ensemble beats the finetune ensemble (the paper's "
+                                              "finding); jackknife over each ensemble's members + prompts"})
+    cell_cols = ["ensemble", "aggregator", "target", "metric", "estimate", "se", "lo", "hi", "se_prompt", "R", "note"]
+    return pd.DataFrame(cells, columns=cell_cols), pd.DataFrame(contrasts, columns=CONTRAST_COLUMNS)
+
+
+def table1(fig4: pd.DataFrame, n: int | None = None, target: str | None = None,
+           intervals: pd.DataFrame | None = None) -> pd.DataFrame:
     """Table 1 of the paper from :func:`figure4`'s table, at the largest n (or ``n``).
 
     Paper layout: one row per (ensemble, aggregator) for ``finetune`` and ``pretrain``, then the
     ``single RM`` baseline; columns ``reward`` and ``win rate`` as "mean ± se" strings, plus the numbers
     (``reward_mean, reward_se, win_rate_mean, win_rate_se``) and ``n``, ``target``. The target is the
-    evaluator, or the gold reward when there is no evaluator.
+    evaluator, or the gold reward when there is no evaluator. With ``intervals`` (the cells of
+    :func:`ensemble_intervals` at this n) the se is the seed-aware one, ``<metric>_lo/_hi`` give the
+    interval, ``<metric>_se_prompt`` the prompt-only se and ``R`` the number of seeds behind it.
     """
     numbers = ["reward_mean", "reward_se", "win_rate_mean", "win_rate_se"]
+    extra = ["reward_lo", "reward_hi", "reward_se_prompt", "win_rate_lo", "win_rate_hi", "win_rate_se_prompt", "R"]
     columns = ["ensemble", "aggregator", "reward", "win rate", "n", "target", *numbers]
+    columns += extra if intervals is not None else []
     if fig4.empty:
         return pd.DataFrame(columns=columns)
     if target is None:
         target = "evaluator" if (fig4.target == "evaluator").any() else "gold"
     n = int(fig4.n.max()) if n is None else int(n)
     sel = fig4[(fig4.n == n) & (fig4.target == target)]
+    cells = None if intervals is None else intervals[intervals.target == target].set_index(
+        ["ensemble", "aggregator", "metric"])
     rows = []
     for ranker in (*ENSEMBLE_KINDS, "single"):
         part = sel[sel.ranker == ranker]
@@ -703,6 +906,12 @@ def table1(fig4: pd.DataFrame, n: int | None = None, target: str | None = None) 
             for metric, label in (("reward", "reward"), ("win_rate", "win rate")):
                 mean = float(cell.loc[metric, "mean"]) if metric in cell.index else float("nan")
                 se = float(cell.loc[metric, "se"]) if metric in cell.index else float("nan")
+                if cells is not None:
+                    iv = cells.loc[(ranker, agg, metric)] if (ranker, agg, metric) in cells.index else None
+                    row.update({f"{metric}_se_prompt": se, f"{metric}_lo": np.nan, f"{metric}_hi": np.nan})
+                    if iv is not None:
+                        se = float(iv.se)
+                        row.update({f"{metric}_lo": float(iv.lo), f"{metric}_hi": float(iv.hi), "R": int(iv.R)})
                 row.update({label: _fmt(mean, se), f"{metric}_mean": mean, f"{metric}_se": se})
             rows.append(row)
     return pd.DataFrame(rows, columns=columns)
@@ -801,6 +1010,19 @@ def models_table(tensor: RewardTensor) -> pd.DataFrame:
     )
 
 
+def pool_texts(tensor: RewardTensor, samples: pd.DataFrame) -> np.ndarray:
+    """``(P, N)`` texts of the pool's candidates (object array) from a samples table, in the tensor's order."""
+    pool = pd.DataFrame({"prompt_id": np.repeat(tensor.prompt_ids, tensor.pool_size),
+                         "sample_id": tensor.sample_ids.reshape(-1)})
+    merged = pool.merge(samples[["prompt_id", "sample_id", "text"]].drop_duplicates(["prompt_id", "sample_id"]),
+                        how="left", validate="1:1")
+    if merged.text.isna().any():
+        lacking = merged[merged.text.isna()]
+        raise ValueError(f"samples: {len(lacking)} pool sample(s) without text, e.g. "
+                         f"{_example(lacking, ['prompt_id', 'sample_id'])}")
+    return merged.text.to_numpy(dtype=object).reshape(tensor.n_prompts, tensor.pool_size)
+
+
 def run_analysis(
     tensor: RewardTensor,
     ns=None,
@@ -810,14 +1032,22 @@ def run_analysis(
     posts: Mapping[int, str] | None = None,
     scale: bool = False,
     include_ranker: bool = False,
+    scope: str = "shared",
+    bootstrap: int = 500,
+    level: float = 0.9,
 ) -> dict[str, pd.DataFrame]:
     """All analyses of the reward tensor.
 
     Returns tables ``meta`` (one row: sizes and settings), ``models`` (:func:`models_table`),
-    ``figure1``, ``figure2``, ``figure3``, ``figure4``, ``table1`` and, with ``samples``, ``hacking``.
-    ``ns`` defaults to :func:`perm.bon.default_ns`; ``anova_draws`` and ``seed`` drive Figure 3's random
-    subsets; ``scale`` also scales ensemble members to unit variance; ``include_ranker`` keeps the
-    ranker among Figure 3's scorers.
+    ``figure1``, ``figure2`` (by pair relation), ``paper_groups``, ``contrasts``, ``seed_variance``,
+    ``figure3``, ``figure4``, ``table1`` (under the gold reward first, then the evaluator, with seed-aware
+    intervals) and, with ``samples``, ``hacking``. ``ns`` defaults to :func:`perm.bon.default_ns`;
+    ``anova_draws`` and ``seed`` drive Figure 3's random subsets and the bootstrap; ``scale`` also scales
+    ensemble members to unit variance; ``include_ranker`` keeps the ranker among Figure 3's scorers;
+    ``scope`` is what a finetune seed means (``shared``: the same head init, data order and dropout on every
+    backbone, so pairs of different pretrains with one finetune seed are ``same_finetune``; ``per_rm``: no
+    such pairs); ``bootstrap`` replicates give intervals at ``level`` over pretrain seeds and prompts. With
+    ``samples`` (texts), Figure 2's chance line knows the pool's duplicate texts.
     """
     ns = _check_ns(ns, tensor.pool_size)
     ev, gold = tensor.role_index("evaluator"), tensor.role_index("gold")
@@ -834,16 +1064,30 @@ def run_analysis(
         "seed": seed,
         "scale": scale,
         "include_ranker": include_ranker,
+        "finetune_seed_scope": scope,
+        "bootstrap": bootstrap,
+        "level": level,
+        "chance": "duplicate-aware (pool texts)" if samples is not None else "1/n (no texts: duplicates unknown)",
     }
+    texts = pool_texts(tensor, samples) if samples is not None else None
+    iv = dict(draws=bootstrap, level=level, seed=seed)
+    pairs = pair_statistics(tensor, ns, texts=texts, scope=scope, **iv)
     fig4 = figure4(tensor, ns, scale=scale)
+    cells, ens_contrasts = ensemble_intervals(tensor, max(ns), scale=scale, **iv)
+    tables = [table1(fig4, target=t, intervals=cells) for t in ("gold", "evaluator") if (fig4.target == t).any()]
+    contrasts = [c for c in (pairs["contrasts"], ens_contrasts) if not c.empty]
     results = {
         "meta": pd.DataFrame([meta]),
         "models": models_table(tensor),
-        "figure1": figure1(tensor, ns),
-        "figure2": figure2(tensor, ns),
-        "figure3": figure3(tensor, ns, draws=anova_draws, seed=seed, include_ranker=include_ranker),
+        "figure1": pairs["figure1"],
+        "figure2": pairs["figure2"],
+        "paper_groups": pairs["paper_groups"],
+        "contrasts": pd.concat(contrasts, ignore_index=True) if contrasts else ens_contrasts,
+        "seed_variance": seed_variance(tensor, ns, scope=scope, **iv),
+        "figure3": figure3(tensor, ns, draws=anova_draws, seed=seed, include_ranker=include_ranker,
+                           bootstrap=bootstrap, level=level),
         "figure4": fig4,
-        "table1": table1(fig4),
+        "table1": pd.concat(tables, ignore_index=True) if tables else table1(fig4),
     }
     if samples is not None:
         results["hacking"] = reward_hacking(tensor, samples, posts, ns, scale=scale)
@@ -887,11 +1131,20 @@ def summarize(results: Mapping[str, pd.DataFrame]) -> dict:
         df = results.get(name)
         if df is not None and not df.empty:
             last = df[df.n == df.n.max()]
-            groups = zip(last.group, last["mean"], last.se, strict=True)
-            headline[name] = {"n": int(last.n.iloc[0]), **{g: {"mean": m, "se": s} for g, m, s in groups}}
+            headline[name] = {"n": int(last.n.iloc[0]), **{
+                r.relation: {"mean": r.mean, "se": r.se, "lo": r.lo, "hi": r.hi, "se_prompt": r.se_prompt, "R": r.R}
+                for r in last.itertuples()}}
     df = results.get("figure3")
     if df is not None and not df.empty:
-        headline["figure3"] = df.iloc[[0, -1]][["n", "mean", "se"]].to_dict("records")
+        headline["figure3"] = df.iloc[[0, -1]][["n", "mean", "se", "lo", "hi", "R"]].to_dict("records")
+    df = results.get("seed_variance")
+    if df is not None and not df.empty:
+        pool = df[df.weighting == "pool"].set_index("statistic")
+        headline["seed_variance"] = {k: pool.loc[k, ["estimate", "se", "lo", "hi", "R"]].to_dict()
+                                     for k in ("share_pt", "share_ft", "share_res") if k in pool.index}
+    df = results.get("contrasts")
+    if df is not None and not df.empty:
+        headline["contrasts"] = df[df.n == df.n.max()].to_dict("records")
     summary["headline"] = headline
     if "table1" in results:
         summary["table1"] = results["table1"].to_dict("records")

@@ -1,21 +1,20 @@
 """Replicate runs side by side: how much the headline statistics move between whole runs.
 
-Every standard error in a run's analysis is over prompts (Figures 1 and 2 also give one over RM pairs);
-neither covers the randomness of training the grid itself — new pretrains move every RM of the grid
-together. Running the same config with other seeds (``pretrain.seeds``, ``reward.finetune_seeds``, the
-evaluator's ``pretrain_seed``) and comparing the runs is the direct measure. ``perm compare RUN RUN ...``
-reads each run's ``analysis/`` and gives, per statistic:
+A run's analysis gives two standard errors per statistic: ``se``, over its pretrain seeds (finetunes
+nested) and prompts (the multi-bootstrap of perm.seedstats), and ``se_prompt``, over prompts only. Running
+the same config with other seeds (``pretrain.seeds``, ``reward.finetune_seeds``, the evaluator's seeds) and
+comparing the runs is the direct check of the first. ``perm compare RUN RUN ...`` reads each run's
+``analysis/`` and gives, per statistic:
 
-* each run's value and within-run se (``per_run``);
+* each run's value and its two within-run se's (``per_run``);
 * across runs (``summary``): the mean, the between-run standard deviation ``sd`` (ddof 1), its standard
-  error of the mean ``se_between = sd / sqrt(R)``, the mean within-run se, and their ratio
-  ``sd / se_within`` (≈ 1 when the prompt se tells the whole story; ≫ 1 when training randomness dominates);
-* the paper's contrasts computed within each run, then across runs, with the number of runs in which the
-  contrast is positive, each signed so that positive is the paper's finding: agreement *same − different*
-  pretrain (Figure 2), pick reward *same − different* (Figure 1), and *pretrain − finetune* ensemble
-  (Table 1, gold best-of-n).
-
-The within-run se of a contrast is not given (its two groups share prompts and are not independent).
+  error of the mean ``se_between = sd / sqrt(R)``, the mean within-run seed-aware se ``se_within`` and
+  prompt-only se ``se_prompt``, and the ratios ``sd / se_within`` (≈ 1 when the seed-aware se is honest) and
+  ``sd / se_prompt`` (how far an analysis that ignores training randomness is off);
+* the contrasts of the run's ``contrasts`` table (each signed so that > 0 is the paper's finding: Figures 1
+  and 2 ``same_pretrain - neither`` and the paper's ``same_pretrain - different_pretrain``, Table 1's
+  ensembles minus a single RM and pretrain minus finetune ensemble), with the number of runs in which each is
+  positive, and the seed-variance shares.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-FILES = ("figure1", "figure2", "figure3", "figure4", "table1")
+FILES = ("figure1", "figure2", "figure3", "contrasts", "seed_variance", "table1")
 
 
 class CompareError(ValueError):
@@ -44,55 +43,44 @@ def _read(run: Path) -> dict[str, pd.DataFrame]:
 
 
 def run_statistics(run: str | Path) -> pd.DataFrame:
-    """One run's headline statistics, long: statistic, key, n, value, se (within run; NaN for contrasts)."""
+    """One run's headline statistics, long: statistic, key, n, value, se (seed-aware), se_prompt."""
     run = Path(run)
     t = _read(run)
+    if "relation" not in t["figure1"].columns:
+        raise CompareError(f"{run}: analysis/ predates the pair relations; rerun `perm analyze` on it")
     rows: list[dict] = []
 
-    def put(stat, key, n, value, se=np.nan):
-        rows.append({"statistic": stat, "key": key, "n": int(n), "value": float(value), "se": float(se)})
+    def put(stat, key, n, value, se=np.nan, se_prompt=np.nan):
+        rows.append({"statistic": stat, "key": key, "n": int(n), "value": float(value), "se": float(se),
+                     "se_prompt": float(se_prompt)})
 
-    for fig, stat, short in (("figure2", "agreement", "agreement"),
-                             ("figure1", "pick reward under other RMs", "pick reward")):
-        f = t[fig]
-        for _, r in f.iterrows():
-            put(stat, r["group"], r["n"], r["mean"], r["se"])
-        for n, g in f.groupby("n"):
-            m = g.set_index("group")["mean"]
-            if {"same_pretrain", "different_pretrain"} <= set(m.index):
-                put(f"{short}: same - different", "contrast", n, m["same_pretrain"] - m["different_pretrain"])
-    for _, r in t["figure3"].iterrows():
-        put("variance explained by the RM", "fraction", r["n"], r["mean"], r["se"])
-
-    tb = t["table1"]
-    for _, r in tb.iterrows():
+    for fig, stat in (("figure2", "agreement"), ("figure1", "pick reward under other RMs")):
+        for r in t[fig].itertuples():
+            put(stat, r.relation, r.n, r.mean, r.se, r.se_prompt)
+    for r in t["figure3"].itertuples():
+        put("variance explained by the RM", "fraction", r.n, r.mean, r.se, getattr(r, "se_prompt", np.nan))
+    for r in t["contrasts"].itertuples():
+        what = {"figure1": "pick reward", "figure2": "agreement"}.get(r.figure, f"table1 {r.target} {r.metric}")
+        put(f"{what}: {r.contrast}", r.aggregator if _present(r.aggregator) else "contrast", r.n, r.estimate,
+            r.se, r.se_prompt)
+    for r in t["seed_variance"].itertuples():
+        if r.statistic.startswith("share_"):
+            put(f"seed variance {r.statistic}", r.weighting, 0 if r.weighting == "pool" else r.n, r.estimate,
+                r.se, r.se_prompt)
+    for r in t["table1"].itertuples(index=False):
+        r = r._asdict()
         agg = r["aggregator"]
         key = r["ensemble"] if agg in (r["ensemble"], "none", "—", "") else f"{r['ensemble']}/{agg}"
-        put(f"table1 {r['target']} reward", key, r["n"], r["reward_mean"], r["reward_se"])
-        put(f"table1 {r['target']} win rate", key, r["n"], r["win_rate_mean"], r["win_rate_se"])
-    for (target, n), g in tb.groupby(["target", "n"]):
-        by = g.set_index(["ensemble", "aggregator"])
-        for agg in sorted(set(g.aggregator)):
-            if ("pretrain", agg) in by.index and ("finetune", agg) in by.index:
-                for col, label in (("reward_mean", "reward"), ("win_rate_mean", "win rate")):
-                    put(f"table1 {target} {label}: pretrain - finetune", agg, n,
-                        by.loc[("pretrain", agg), col] - by.loc[("finetune", agg), col])
-
-    f4 = t["figure4"]
-    gold = f4[(f4.target == "gold") & (f4.metric == "reward")]
-    if not gold.empty:
-        for (ranker, agg), g in gold.groupby(["ranker", "aggregator"]):
-            if ranker in ("single", "finetune", "pretrain", "evaluator"):
-                for _, r in g.iterrows():
-                    put("gold reward of the pick", f"{ranker}/{agg}", r["n"], r["mean"], r["se"])
-        ens = gold[gold.ranker.isin(["pretrain", "finetune"])]
-        for (agg, n), g in ens.groupby(["aggregator", "n"]):
-            m = g.set_index("ranker")["mean"]
-            if {"pretrain", "finetune"} <= set(m.index):
-                put("gold reward: pretrain - finetune", agg, n, m["pretrain"] - m["finetune"])
-    out = pd.DataFrame(rows, columns=["statistic", "key", "n", "value", "se"])
+        for metric, label in (("reward", "reward"), ("win_rate", "win rate")):
+            put(f"table1 {r['target']} {label}", key, r["n"], r[f"{metric}_mean"], r[f"{metric}_se"],
+                r.get(f"{metric}_se_prompt", np.nan))
+    out = pd.DataFrame(rows, columns=["statistic", "key", "n", "value", "se", "se_prompt"])
     out.insert(0, "run", str(run))
     return out
+
+
+def _present(value) -> bool:
+    return value is not None and not (isinstance(value, float) and np.isnan(value)) and value is not pd.NA
 
 
 def compare_runs(runs: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -114,6 +102,7 @@ def compare_runs(runs: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
         v = g.value.to_numpy()
         sd = float(np.std(v, ddof=1))
         se_within = float(np.mean(g.se)) if g.se.notna().all() else np.nan
+        se_prompt = float(np.mean(g.se_prompt)) if g.se_prompt.notna().all() else np.nan
         contrast = " - " in key[0]
         rows.append(dict(zip(idx, key, strict=True)) | {
             "contrast": contrast,
@@ -123,6 +112,8 @@ def compare_runs(runs: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
             "se_between": sd / np.sqrt(len(v)),
             "se_within": se_within,
             "sd_over_se_within": sd / se_within if se_within and se_within > 0 else np.nan,
+            "se_prompt": se_prompt,
+            "sd_over_se_prompt": sd / se_prompt if se_prompt and se_prompt > 0 else np.nan,
             "positive": int(np.sum(v > 0)) if contrast else -1,
             "min": float(np.min(v)),
             "max": float(np.max(v)),
@@ -142,11 +133,14 @@ def summary_markdown(summary: pd.DataFrame, runs: list[str | Path], n: int | Non
         "",
         "Runs: " + ", ".join(f"`{r}`" for r in runs),
         "",
-        "sd: between runs (ddof 1); se_between = sd / sqrt(runs); se_within: the mean of the runs' own (prompt) "
-        "se; positive: for a contrast (signed so that > 0 is the paper's finding), the runs in which it is > 0.",
+        "sd: between runs (ddof 1); se_between = sd / sqrt(runs); se_within: the mean of the runs' own seed-aware "
+        "se (pretrain seeds and prompts); se_prompt: the mean of their prompt-only se; positive: for a contrast "
+        "(signed so that > 0 is the paper's finding), the runs in which it is > 0. With the seed-aware se honest, "
+        "sd / se_within is about 1.",
         "",
-        "| statistic | key | mean | sd | se_between | se_within | sd / se_within | positive | range |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "| statistic | key | mean | sd | se_between | se_within | sd / se_within | se_prompt | sd / se_prompt | "
+        "positive | range |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
 
     def f(x):
@@ -154,7 +148,8 @@ def summary_markdown(summary: pd.DataFrame, runs: list[str | Path], n: int | Non
 
     for _, r in s.iterrows():
         lines.append(f"| {r['statistic']} | {r['key']} | {f(r['mean'])} | {f(r['sd'])} | {f(r['se_between'])} | "
-                     f"{f(r['se_within'])} | {f(r['sd_over_se_within'])} | "
+                     f"{f(r['se_within'])} | {f(r['sd_over_se_within'])} | {f(r['se_prompt'])} | "
+                     f"{f(r['sd_over_se_prompt'])} | "
                      f"{str(r['positive']) + '/' + str(r['runs']) if r['contrast'] else '—'} | "
                      f"{f(r['min'])} … {f(r['max'])} |")
     return "\n".join(lines) + "\n"

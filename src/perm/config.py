@@ -184,6 +184,12 @@ class RewardConfig:
     SFT policy held out, which no RM trains on) for policy and mix, where prefs_eval is reported as well."""
     policy_pairs_per_post: int = 3
     """Pairs sampled per sft_train post for `pairs: policy|mix`."""
+    finetune_seed_scope: Literal["shared", "per_rm"] = "shared"
+    """What a finetune seed fixes. shared: head init, data order and dropout are derived from the finetune seed
+    alone, so RMs of different pretrains with one finetune seed differ only in the backbone (the pair relation
+    `same_finetune`, which lets the analysis separate the pretraining seed's share of the disagreement from
+    the finetuning seed's). per_rm: each RM draws them from its pretrain id and finetune seed together (no two
+    RMs share finetuning randomness; no `same_finetune` pairs)."""
     group_by_prompt: bool = True
     """Shuffle whole prompts rather than pairs, so a prompt's pairs are neighbours in the data order and
     decoder RMs run that prompt once for all of them (policy pairs have `policy_pairs_per_post` per post).
@@ -199,6 +205,7 @@ class RewardConfig:
         _check(0 <= self.dropout < 1, "reward.dropout", "must be in [0, 1)")
         _check(self.pairs in ("testbed", "policy", "mix"), "reward.pairs", "must be testbed|policy|mix")
         _check(self.policy_pairs_per_post >= 1, "reward.policy_pairs_per_post", "must be >= 1")
+        _check(self.finetune_seed_scope in ("shared", "per_rm"), "reward.finetune_seed_scope", "must be shared|per_rm")
 
 
 @dataclass(frozen=True)
@@ -216,6 +223,9 @@ class EvaluatorConfig:
     `reward.max_train_pairs`)."""
     epochs: float = 2.0
     lr: float = 8e-4
+    finetune_seed: int | None = None
+    """Seed of the evaluator's finetuning randomness (head init, data order, dropout), drawn with its own pretrain
+    id, never shared with a grid RM; null = its pretrain_seed."""
     checkpoint: str | None = None
     """Load this backbone (local dir, hub id or `id@revision`) instead of pretraining one."""
 
@@ -263,9 +273,16 @@ class AnalysisConfig:
     scale: bool = False
     """Standardise ensemble members to unit variance per prompt (not only centre) before aggregating."""
     seed: int = 0
+    """Seed of Figure 3's random subsets and of the bootstrap."""
+    bootstrap: int = 500
+    """Multi-bootstrap replicates behind every interval over pretrain seeds and prompts."""
+    level: float = 0.9
+    """Coverage of the intervals (lo, hi)."""
 
     def __post_init__(self) -> None:
         _check(self.anova_draws > 0, "analysis.anova_draws", "must be > 0")
+        _check(self.bootstrap >= 2, "analysis.bootstrap", "must be >= 2")
+        _check(0 < self.level < 1, "analysis.level", "must be in (0, 1)")
         if self.ns is not None:
             _check(all(n >= 1 for n in self.ns), "analysis.ns", "every n must be >= 1")
 

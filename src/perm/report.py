@@ -33,13 +33,18 @@ from perm import bon
 from perm.store import atomic_write_bytes, atomic_write_text
 
 REQUIRED_TABLES = ("meta", "models", "figure1", "figure2", "figure3", "figure4", "table1")
-FIGURES = ("fig1", "fig2", "fig3", "fig4", "fig_gold", "fig_hacking")
+FIGURES = ("fig_seed", "fig1", "fig2", "fig3", "fig4", "fig_gold", "fig_hacking")
 
 # One colour and marker per ranker kind (and per relation to the ranker in Figures 1–2).
 STYLE = {
     "self": {"color": "#b2332b", "marker": "s", "label": "the ranker itself"},
-    "same_pretrain": {"color": "#2f6fb0", "marker": "o", "label": "same pretrain"},
+    "same_pretrain": {"color": "#2f6fb0", "marker": "o", "label": "same pretrain, other finetune seed"},
+    "same_finetune": {"color": "#7a4fb0", "marker": "v", "label": "same finetune seed, other pretrain"},
+    "neither": {"color": "#e07b1f", "marker": "^", "label": "other pretrain and finetune seed"},
     "different_pretrain": {"color": "#e07b1f", "marker": "^", "label": "different pretrain"},
+    "share_pt": {"color": "#e07b1f", "marker": "^", "label": "pretraining seed"},
+    "share_ft": {"color": "#2f6fb0", "marker": "o", "label": "finetuning seed"},
+    "share_res": {"color": "#8a8a8a", "marker": "s", "label": "neither (interaction, residual)"},
     "single": {"color": "#8a8a8a", "marker": "o", "label": "single RM"},
     "finetune": {"color": "#2f6fb0", "marker": "s", "label": "finetune ensemble"},
     "pretrain": {"color": "#e07b1f", "marker": "^", "label": "pretrain ensemble"},
@@ -47,9 +52,12 @@ STYLE = {
     "gold": {"color": "#111111", "marker": "*", "label": "gold-ranked (ceiling)"},
 }
 PAIR_LABELS = {
-    "same_pretrain": "pairs sharing a pretrain",
+    "same_pretrain": "pairs sharing a pretrain (other finetune seed)",
+    "same_finetune": "pairs sharing a finetune seed (other pretrain)",
+    "neither": "pairs sharing neither",
     "different_pretrain": "pairs from different pretrains",
 }
+RELATIONS = ("same_pretrain", "same_finetune", "neither")
 AGGREGATOR_LABELS = {
     "mean": "mean",
     "median": "median",
@@ -168,13 +176,19 @@ def _kl_axis(ax, ns: Sequence[int], label: bool = True) -> None:
 
 
 def _line(ax, df: pd.DataFrame, key: str, *, label: str | None = None, dashed: bool = False) -> None:
-    """Mean vs n with a shaded ±1 standard-error band, in the style of ``key``."""
+    """Mean vs n with a shaded band, in the style of ``key``: the interval over seeds and prompts where the
+    table has one (``lo``, ``hi``), else ±1 standard error."""
     df = df.sort_values("n")
     x = df.n.to_numpy(dtype=float)
     mean = df["mean"].to_numpy(dtype=float)
-    se = np.nan_to_num(df.se.to_numpy(dtype=float))
+    if "lo" in df.columns:
+        lo, hi = df.lo.to_numpy(dtype=float), df.hi.to_numpy(dtype=float)
+    else:
+        se = np.nan_to_num(df.se.to_numpy(dtype=float))
+        lo, hi = mean - se, mean + se
     style = STYLE[key]
-    ax.fill_between(x, mean - se, mean + se, color=style["color"], alpha=0.16, linewidth=0)
+    ax.fill_between(x, np.where(np.isfinite(lo), lo, mean), np.where(np.isfinite(hi), hi, mean),
+                    color=style["color"], alpha=0.16, linewidth=0)
     ax.plot(
         x,
         mean,
@@ -211,14 +225,26 @@ def _pivot(df: pd.DataFrame, column: str, labels: Mapping[str, str]) -> pd.DataF
     return table.reset_index()
 
 
-def _group_notes(df: pd.DataFrame) -> list[str]:
-    """Which of Figures 1–2's pretrain groups have no pairs, and why."""
+def _relation_notes(df: pd.DataFrame, meta: Mapping | None = None) -> list[str]:
+    """Which of Figures 1–2's pair relations have no pairs, and why; how coarse the seed intervals are."""
     notes = []
-    if not (df.group == "same_pretrain").any():
-        notes.append("No two RMs share a pretrain: the 'same pretrain' line is absent.")
-    if not (df.group == "different_pretrain").any():
-        notes.append("All RMs share one pretrain: the 'different pretrain' line is absent.")
+    why = {"same_pretrain": "no two RMs share a pretrain",
+           "same_finetune": "no two RMs of different pretrains share a finetune seed (or the finetune seed "
+                            "scope is per_rm)",
+           "neither": "every pair of RMs shares a pretrain or a finetune seed"}
+    for rel in RELATIONS:
+        if not (df.relation == rel).any():
+            notes.append(f"No '{rel}' line: {why[rel]}.")
+    notes += _seed_note(df)
     return notes
+
+
+def _seed_note(df: pd.DataFrame) -> list[str]:
+    if "R" not in df.columns or df.empty or not _present(df.R.iloc[0]):
+        return []
+    r = int(df.R.iloc[0])
+    coarse = " With so few pretrains the seed part of the interval is coarse." if r < 10 else ""
+    return [f"Intervals resample the R = {r} pretrain seeds (their finetunes nested) and the prompts.{coarse}"]
 
 
 def _fmt(mean: float, se: float, digits: int = 3) -> str:
@@ -232,11 +258,12 @@ def _figure1(results) -> FigureResult:
         "fig1",
         "Figure 1 · Reward of the ranker's pick, by who judges it",
         "Each RM reranks n samples of the SFT policy; its pick is then scored by the ranker itself (red "
-        "squares), by RMs finetuned from the same pretrain (blue circles) and by RMs from other pretrains "
-        "(orange triangles). Rewards are centred per prompt, so 0 is the average SFT sample (n = 1). "
-        "If the preference data pinned the reward down, the three lines would coincide. The ranker always "
-        "likes its own pick best (winner's curse); the gap between blue and orange is the part of the "
-        "disagreement that follows the pretraining seed. Bands: ±1 standard error over prompts.",
+        "squares), by RMs of the same pretrain and another finetune seed (blue circles), by RMs of another "
+        "pretrain with the same finetune seed (purple, which differ from the ranker only in the backbone), "
+        "and by RMs that share neither (orange). Rewards are centred per prompt, so 0 is the average SFT "
+        "sample (n = 1). If the preference data pinned the reward down, the lines would coincide. The ranker "
+        "always likes its own pick best (winner's curse); blue above orange is the paper's claim that sharing "
+        "a pretrain makes RMs agree. Bands: 90% intervals over pretrain seeds and prompts.",
     )
     df = results.get("figure1")
     if df is None or df.empty:
@@ -244,18 +271,19 @@ def _figure1(results) -> FigureResult:
         return out
     fig, axes = _new_figure(5.6, 3.9)
     ax = axes[0, 0]
-    for group in ("self", "same_pretrain", "different_pretrain"):
-        part = df[df.group == group]
+    for rel in ("self", *RELATIONS):
+        part = df[df.relation == rel]
         if not part.empty:
-            _line(ax, part, group, label=f"judged by {STYLE[group]['label']}")
-    out.notes += _group_notes(df)
+            _line(ax, part, rel, label=f"judged by {STYLE[rel]['label']}" if rel == "self" else
+                  f"judged by RMs of the {STYLE[rel]['label']}")
+    out.notes += _relation_notes(df)
     _n_axis(ax, _ns(df))
     ax.axhline(0, color="#999999", linewidth=0.8, zorder=0)
     ax.set_ylabel("reward of the best-of-n pick\n(centred per prompt)")
     ax.legend(loc="upper left")
     out.figure = fig
     labels = {g: STYLE[g]["label"] for g in STYLE}
-    out.numbers.append(("reward of the pick", _pivot(df, "group", labels)))
+    out.numbers.append(("reward of the pick", _pivot(df, "relation", labels)))
     return out
 
 
@@ -264,10 +292,12 @@ def _figure2(results) -> FigureResult:
         "fig2",
         "Figure 2 · Do two reward models pick the same output?",
         "Probability that two different RMs choose the same best-of-n output, for pairs that share a "
-        "pretrain (blue) and pairs that do not (orange). At n = 1 there is nothing to choose; as n grows, "
-        "agreement falls towards chance, 1/n (dashed). Orange below blue means the pretraining seed, not "
-        "only the finetuning seed, decides which output the aligned policy returns. Exact expectation over "
-        "n-subsets of the pool; bands: ±1 standard error over prompts.",
+        "pretrain but not a finetune seed (blue), a finetune seed but not a pretrain (purple: only the "
+        "backbone differs), or neither (orange). At n = 1 there is nothing to choose; as n grows, agreement "
+        "falls towards chance (dashed: two random scorers, given the pool's duplicate texts). Blue above "
+        "orange is the paper's claim: the pretraining seed, not only the finetuning seed, decides which "
+        "output the aligned policy returns. Exact expectation over n-subsets of the pool; bands: 90% "
+        "intervals over pretrain seeds and prompts.",
     )
     df = results.get("figure2")
     if df is None or df.empty:
@@ -276,12 +306,13 @@ def _figure2(results) -> FigureResult:
     fig, axes = _new_figure(5.6, 3.9)
     ax = axes[0, 0]
     ns = _ns(df)
-    ax.plot(ns, [1.0 / n for n in ns], color="#9a9a9a", linestyle="--", linewidth=1.2, label="chance (1/n)")
-    for group in ("same_pretrain", "different_pretrain"):
-        part = df[df.group == group]
+    chance = df.groupby("n").chance.first() if "chance" in df.columns else pd.Series({n: 1.0 / n for n in ns})
+    ax.plot(ns, [float(chance[n]) for n in ns], color="#9a9a9a", linestyle="--", linewidth=1.2, label="chance")
+    for rel in RELATIONS:
+        part = df[df.relation == rel]
         if not part.empty:
-            _line(ax, part, group, label=PAIR_LABELS[group])
-    out.notes += _group_notes(df)
+            _line(ax, part, rel, label=PAIR_LABELS[rel])
+    out.notes += _relation_notes(df)
     _n_axis(ax, ns)
     ax.set_ylim(0, 1.04)
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
@@ -289,10 +320,67 @@ def _figure2(results) -> FigureResult:
     ax.legend(loc="upper right")
     out.figure = fig
     labels = {g: STYLE[g]["label"] for g in STYLE}
-    numbers = _pivot(df, "group", labels)
-    numbers["chance"] = [f"{1 / n:.3f}" for n in numbers.n]
+    numbers = _pivot(df, "relation", labels)
+    numbers["chance"] = [f"{float(chance[n]):.3f}" for n in numbers.n]
     out.numbers.append(("top-1 agreement", numbers))
+    if "kappa" in df.columns:
+        out.numbers.append(("chance-adjusted agreement κ = (a − chance)/(1 − chance)",
+                            _pivot(df.assign(mean=df.kappa, se=np.nan), "relation", labels)))
     return out
+
+
+def _figure_seed(results) -> FigureResult:
+    out = FigureResult(
+        "fig_seed",
+        "Where the disagreement comes from · pretraining seed vs finetuning seed",
+        "Of the variation between RMs' standardised scores, the share that follows the pretraining seed "
+        "(orange), the finetuning seed (blue: head init, data order, dropout) and neither (grey: their "
+        "interaction and the rest), from the mean squared differences of pairs that share a pretrain, a "
+        "finetune seed or neither. Dashed: on the whole pool; solid: at the best-of-n picks of the other RMs "
+        "(where the paper expects disagreement to grow). Bands: 90% intervals over pretrain seeds and prompts.",
+    )
+    df = results.get("seed_variance")
+    if df is None or df.empty:
+        out.skipped = "fewer than two reward models, or an analysis written before seed variance existed."
+        return out
+    missing = str(df.missing.iloc[0] or "")
+    if missing:
+        out.notes.append(f"No pairs of relation {missing}: the shares that need it are not identified.")
+    picks = df[(df.weighting == "pick") & df.statistic.isin(["share_pt", "share_ft", "share_res"])]
+    pool = df[(df.weighting == "pool")].set_index("statistic")
+    if picks.empty or not np.isfinite(picks.estimate.to_numpy(float)).any():
+        out.skipped = "the decomposition is not identified on this layout."
+        return out
+    fig, axes = _new_figure(5.6, 3.9)
+    ax = axes[0, 0]
+    ns = sorted(int(n) for n in picks.n.unique())
+    for key in ("share_pt", "share_ft", "share_res"):
+        part = picks[picks.statistic == key].rename(columns={"estimate": "mean"})
+        _line(ax, part.assign(n=part.n.astype(int)), key)
+        if key in pool.index and np.isfinite(pool.loc[key, "estimate"]):
+            ax.axhline(float(pool.loc[key, "estimate"]), color=STYLE[key]["color"], linestyle="--", linewidth=1)
+    _n_axis(ax, ns)
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    ax.set_ylabel("share of RM-to-RM variance")
+    ax.legend(loc="best")
+    out.figure = fig
+    out.notes += _seed_note(picks)
+    table = df[df.statistic.isin(["share_pt", "share_ft", "share_res"])].copy()
+    table["where"] = ["pool" if w == "pool" else f"picks, n = {int(n)}" for w, n in zip(table.weighting, table.n,
+                                                                                         strict=True)]
+    table["cell"] = [_interval(e, lo, hi) for e, lo, hi in zip(table.estimate, table.lo, table.hi, strict=True)]
+    numbers = table.pivot(index="where", columns="statistic", values="cell").reset_index()
+    numbers = numbers.rename(columns={"share_pt": "pretraining seed", "share_ft": "finetuning seed",
+                                      "share_res": "neither"})
+    out.numbers.append(("shares (90% interval)", numbers))
+    return out
+
+
+def _interval(est, lo, hi, pct: bool = True) -> str:
+    if not np.isfinite(est):
+        return "—"
+    f = (lambda v: f"{100 * v:.1f}%") if pct else (lambda v: f"{v:.3f}")
+    return f"{f(est)} [{f(lo)}, {f(hi)}]" if np.isfinite(lo) and np.isfinite(hi) else f(est)
 
 
 def _figure3(results) -> FigureResult:
@@ -302,7 +390,7 @@ def _figure3(results) -> FigureResult:
         "One RM picks the best of n; the other RMs score the picks. A two-way ANOVA of those scores "
         "(prompts × scoring RM) gives the fraction of their variance explained by which RM is scoring. It "
         "grows with n when stronger selection — further from the SFT policy — drives the RMs apart. "
-        "Averaged over rankers and random n-subsets; band: ±1 standard error.",
+        "Averaged over rankers and random n-subsets; band: 90% interval over pretrain seeds and prompts.",
     )
     df = results.get("figure3")
     if df is None or df.empty:
@@ -311,8 +399,10 @@ def _figure3(results) -> FigureResult:
     fig, axes = _new_figure(5.6, 3.9)
     ax = axes[0, 0]
     band = df.sort_values("n")
-    x, mean, se = band.n.to_numpy(float), band["mean"].to_numpy(float), np.nan_to_num(band.se.to_numpy(float))
-    ax.fill_between(x, mean - se, mean + se, color="#5b4a8b", alpha=0.18, linewidth=0)
+    x, mean = band.n.to_numpy(float), band["mean"].to_numpy(float)
+    se = np.nan_to_num(band.se.to_numpy(float))
+    lo, hi = (band.lo.to_numpy(float), band.hi.to_numpy(float)) if "lo" in band.columns else (mean - se, mean + se)
+    ax.fill_between(x, lo, hi, color="#5b4a8b", alpha=0.18, linewidth=0)
     ax.plot(x, mean, color="#5b4a8b", marker="o", label="fraction explained by the scoring RM")
     _n_axis(ax, _ns(df))
     ax.set_ylim(bottom=0)
@@ -327,6 +417,7 @@ def _figure3(results) -> FigureResult:
         }
     )
     out.numbers.append(("fraction of variance", numbers))
+    out.notes += _seed_note(df)
     return out
 
 
@@ -511,6 +602,7 @@ def _figure_hacking(results) -> FigureResult:
 
 
 _BUILDERS: dict[str, Callable[[Mapping[str, pd.DataFrame]], FigureResult]] = {
+    "fig_seed": _figure_seed,
     "fig1": _figure1,
     "fig2": _figure2,
     "fig3": _figure3,
@@ -600,9 +692,16 @@ def _table1_caption(table1: pd.DataFrame, meta: Mapping) -> str:
     n, target = int(table1.n.iloc[0]), str(table1.target.iloc[0])
     judge = "Auto-evaluator" if target == "evaluator" else "Gold"
     prompts = f" over {int(meta['n_prompts'])} prompts" if _present(meta.get("n_prompts")) else ""
+    single = table1[table1.ensemble == "single RM"]
+    if "R" in table1.columns and not single.empty and single.R.notna().any():
+        prompts = prompts.replace(" over ", " and ") or " and the prompts"
+        seeds = (f" over R = {int(single.R.iloc[0])} pretrain seeds (finetunes nested; ensembles jackknifed over "
+                 f"their members){prompts}")
+    else:
+        seeds = prompts
     return (
         f"Table 1: {judge} rewards (centred per prompt) and win rate versus the SFT samples of the "
-        f"best-of-{n} pick, mean ± standard error{prompts}."
+        f"best-of-{n} pick, mean ± standard error{seeds}."
     )
 
 
@@ -618,6 +717,11 @@ def table1_markdown(table1: pd.DataFrame, meta: Mapping | None = None) -> str:
         f"| {r['ensemble']} | {r['method']} | {r['reward']} | {r['win rate']} |" for r in _table1_rows(table1)
     ]
     return "\n".join(lines) + "\n"
+
+
+def table1_markdown_all(table1: pd.DataFrame, meta: Mapping | None = None) -> str:
+    """:func:`table1_markdown` for each judge in the table, the gold reward first."""
+    return "\n".join(table1_markdown(part, meta) for part in _by_target(table1))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -663,10 +767,10 @@ def _frame_table(df: pd.DataFrame) -> str:
     )
 
 
-def _last(df: pd.DataFrame | None, group: str):
+def _last(df: pd.DataFrame | None, relation: str):
     if df is None or df.empty:
         return None
-    row = df[(df.n == df.n.max()) & (df.group == group)]
+    row = df[(df.n == df.n.max()) & (df.relation == relation)]
     return None if row.empty else row.iloc[0]
 
 
@@ -689,32 +793,54 @@ def _card_accuracy(rm_records, ceiling) -> Card | None:
     return ("RM accuracy (in distribution)", f"{_pct(lo)}–{_pct(hi)}", detail)
 
 
+def _card_seed(results) -> Card | None:
+    """The report's first sentence: how much of the RM-to-RM variation follows each seed."""
+    df = results.get("seed_variance")
+    if df is None or df.empty:
+        return None
+    pool = df[df.weighting == "pool"].set_index("statistic")
+    if not {"share_pt", "share_ft"} <= set(pool.index):
+        return None
+    pt, ft = pool.loc["share_pt"], pool.loc["share_ft"]
+    if not (np.isfinite(pt.estimate) and np.isfinite(ft.estimate)):
+        return None
+    r = int(pt.R)
+    return (
+        "Where RMs disagree: pretraining vs finetuning seed",
+        f"{_pct(pt.estimate, digits=0)} vs {_pct(ft.estimate, digits=0)}",
+        f"of the RM-to-RM variation on the policy's outputs, {_interval(pt.estimate, pt.lo, pt.hi)} comes from "
+        f"the pretraining seed and {_interval(ft.estimate, ft.lo, ft.hi)} from the finetuning seed (90% "
+        f"intervals over R = {r} pretrains and the prompts{'; coarse with so few pretrains' if r < 10 else ''})",
+    )
+
+
 def _card_agreement(results) -> Card | None:
     fig2 = results.get("figure2")
-    rows = [(g, _last(fig2, g)) for g in ("same_pretrain", "different_pretrain")]
+    rows = [(g, _last(fig2, g)) for g in ("same_pretrain", "neither")]
     rows = [(g, r) for g, r in rows if r is not None]
     if not rows:
         return None
     n = int(fig2.n.max())
+    chance = float(rows[0][1].chance) if "chance" in fig2.columns else 1 / n
     big = " vs ".join(_pct(r["mean"], digits=0) for _, r in rows)
-    detail = "; ".join(f"{PAIR_LABELS[g]} {_pct(r['mean'], r.se)}" for g, r in rows)
-    return (f"Top-1 agreement at n = {n}", big, f"{detail}; chance {_pct(1 / n)}")
+    detail = "; ".join(f"{PAIR_LABELS[g]} {_interval(r['mean'], r.lo, r.hi)}" for g, r in rows)
+    return (f"Top-1 agreement at n = {n}", big, f"{detail}; chance {_pct(chance)}")
 
 
 def _card_figure1(results) -> Card | None:
     fig1 = results.get("figure1")
-    rows = {g: _last(fig1, g) for g in ("self", "same_pretrain", "different_pretrain")}
-    other = rows["different_pretrain"] if rows["different_pretrain"] is not None else rows["same_pretrain"]
+    rows = {g: _last(fig1, g) for g in ("self", "same_pretrain", "neither")}
+    other = rows["neither"] if rows["neither"] is not None else rows["same_pretrain"]
     if rows["self"] is None or other is None:
         return None
-    who = "other pretrains" if rows["different_pretrain"] is not None else "the same pretrain"
+    who = "RMs sharing neither seed" if rows["neither"] is not None else "RMs of the same pretrain"
     detail = "; ".join(
-        f"{STYLE[g]['label']} {_fmt(r['mean'], r.se, 2)}" for g, r in rows.items() if r is not None
+        f"{STYLE[g]['label']} {_interval(r['mean'], r.lo, r.hi, pct=False)}" for g, r in rows.items() if r is not None
     )
     return (
         f"Reward of the best-of-{int(fig1.n.max())} pick",
         f"{_num(rows['self']['mean'], 2)} → {_num(other['mean'], 2)}",
-        f"judged by the ranker itself → by RMs from {who} ({detail})",
+        f"judged by the ranker itself → by {who} ({detail})",
     )
 
 
@@ -776,6 +902,7 @@ def _card_gold(results) -> Card | None:
 def _headlines(results, rm_records, ceiling) -> list[Card]:
     """The cards at the top of the page: the run's main numbers."""
     cards = [
+        _card_seed(results),
         _card_accuracy(rm_records, ceiling),
         _card_agreement(results),
         _card_figure1(results),
@@ -916,6 +1043,15 @@ def _figure_html(res: FigureResult, png: bytes | None) -> str:
     return "".join(parts)
 
 
+def _by_target(table1: pd.DataFrame) -> list[pd.DataFrame]:
+    """Table 1 per judge, the exact gold reward first, then the evaluator."""
+    if table1 is None or table1.empty or "target" not in table1.columns:
+        return [table1 if table1 is not None else pd.DataFrame()]
+    order = [t for t in ("gold", "evaluator") if (table1.target == t).any()]
+    order += [t for t in table1.target.unique() if t not in order]
+    return [table1[table1.target == t] for t in order]
+
+
 def _table1_html(table1: pd.DataFrame, meta: Mapping) -> str:
     if table1 is None or table1.empty:
         return '<p class="missing">No Table 1: the tensor has no evaluator or gold reward.</p>'
@@ -934,6 +1070,41 @@ def _table1_html(table1: pd.DataFrame, meta: Mapping) -> str:
     return f'<p class="caption">{_e(_table1_caption(table1, meta))} Best in bold.</p>' + _table(
         ["ensemble", "method", "reward", "win rate"], body, "table1"
     )
+
+
+CONTRAST_LABELS = {
+    "same_pretrain - neither": "RMs sharing a pretrain vs sharing neither seed (the clean test)",
+    "same_pretrain - different_pretrain": "the paper's grouping: same vs different pretrain (mixes two causes)",
+    "pretrain - single": "pretrain ensemble vs a single RM",
+    "finetune - single": "finetune ensemble vs a single RM",
+    "pretrain - finetune": "pretrain ensemble vs finetune ensemble",
+}
+
+
+def _contrasts_html(results) -> str:
+    """The paper's claims as contrasts at the largest n, each signed so > 0 is the paper's finding, with its
+    interval over seeds and prompts and whether the interval excludes 0."""
+    df = results.get("contrasts")
+    if df is None or df.empty:
+        return '<p class="missing">No contrasts: the tensor lacks the pairs or ensembles they compare.</p>'
+    last = df[df.n == df.n.max()]
+    last = last[(last.figure != "table1") | (last.aggregator == "mean")]
+    rows = []
+    for r in last.itertuples():
+        what = CONTRAST_LABELS.get(r.contrast, r.contrast)
+        where = {"figure1": "Figure 1 (pick reward)", "figure2": "Figure 2 (agreement)"}.get(
+            r.figure, f"Table 1: {r.target} {str(r.metric).replace('_', ' ')}, mean")
+        verdict = ("holds" if r.lo > 0 else "reversed" if r.hi < 0 else "undecided") if np.isfinite(r.lo) else "—"
+        rows.append([_e(where), _e(what), f'<span class="num">{_e(_interval(r.estimate, r.lo, r.hi, pct=False))}</span>',
+                     _e(_num(r.se_prompt)), _e(int(r.R)), _e(verdict)])
+    n = int(last.n.max())
+    intro = (f"At n = {n}. Each contrast is signed so that > 0 is the paper's finding; 'holds' means the 90% "
+             "interval over pretrain seeds (finetunes nested) and prompts excludes 0. The prompt-only se is what "
+             "an analysis that ignores training randomness would report. Ensembles are jackknifed over their "
+             "members. R: pretrains (or ensemble members) behind the interval. All of it is conditional on the "
+             "SFT policy, its pool and the evaluator.")
+    return f'<p class="note">{_e(intro)}</p>' + _table(
+        ["where", "contrast", "estimate [90% interval]", "prompt-only se", "R", "verdict"], rows, "contrasts")
 
 
 def _chip_class(label: str) -> str:
@@ -1118,7 +1289,7 @@ def write_report(
     drawn = _draw_all(results)
     _write_figures(drawn, out / "figures")
     table1 = results.get("table1", pd.DataFrame())
-    atomic_write_text(out / "table1.md", table1_markdown(table1, meta))
+    atomic_write_text(out / "table1.md", table1_markdown_all(table1, meta))
     ceiling = _ceiling(learnability)
 
     cards = "".join(
@@ -1154,7 +1325,9 @@ def write_report(
     figs = "".join(_figure_html(res, png) for res, png in drawn if png is not None)
     figs += "".join(_figure_html(res, None) for res in skipped)
     sections.append(("figures", "Figures", f'<div class="figs">{figs}</div>'))
-    sections.append(("table1", "Table 1 · Ensembles at the largest n", _table1_html(table1, meta)))
+    sections.append(("contrasts", "The paper's claims, with intervals over seeds", _contrasts_html(results)))
+    sections.append(("table1", "Table 1 · Ensembles at the largest n", "".join(
+        _table1_html(part, meta) for part in _by_target(table1))))
     if examples:
         sections.append(("examples", "Example prompts", _examples_html(examples)))
     if config_yaml:

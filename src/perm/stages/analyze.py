@@ -16,12 +16,15 @@ NEEDS = ("score", "sample")
 
 
 def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
-    """Keyed on the tensor: this run's score and sample outputs, or a user's files (`rewards`, `models`)."""
+    """Keyed on the tensor: this run's score and sample outputs, or a user's files (`rewards`, `models`), and
+    on `reward.finetune_seed_scope` (what a shared finetune seed means for the pair relations)."""
     if "rewards" in upstream:
         tensor = {"rewards": upstream["rewards"], "models": upstream["models"]}
     else:
         tensor = {"score": upstream["score"], "samples": upstream["sample"]}
-    return {"analyze": hash_obj({"analysis": to_dict(cfg.analysis), "tensor": tensor})}
+    # the scope says which RM pairs are `same_finetune`; v2: the seed-aware tables (issue 12)
+    return {"analyze": hash_obj({"analysis": to_dict(cfg.analysis), "tensor": tensor, "version": 2,
+                                 "scope": cfg.reward.finetune_seed_scope})}
 
 
 def run(ctx: Context, rewards: Path | None = None, models: Path | None = None) -> Path:
@@ -41,7 +44,8 @@ def run(ctx: Context, rewards: Path | None = None, models: Path | None = None) -
         tensor = load_reward_tensor(rewards, models)
         samples, posts = (None, None) if external else samples_and_posts(ctx.root)
         results = run_analysis(tensor, ns=list(a.ns) if a.ns else None, anova_draws=a.anova_draws, seed=a.seed,
-                               samples=samples, posts=posts, scale=a.scale)
+                               samples=samples, posts=posts, scale=a.scale,
+                               scope=ctx.cfg.reward.finetune_seed_scope, bootstrap=a.bootstrap, level=a.level)
         with atomic_path(ctx.root / "analysis") as tmp:
             save_analysis(results, tmp)
         return {"prompts": tensor.n_prompts, "pool": tensor.pool_size}

@@ -28,20 +28,29 @@ from perm.store import atomic_path, derive_seed
 
 NAME = "train-rm"
 NEEDS = ("testbed", "pretrain", "policy-prefs")
-GRID_FIELDS = ("finetune_seeds", "layout", "pairs", "policy_pairs_per_post")  # keyed per RM or via pairs_key
+GRID_FIELDS = ("finetune_seeds", "layout", "pairs", "policy_pairs_per_post", "finetune_seed_scope")  # keyed per RM or via pairs_key
 
 
 def rm_id(pretrain_id: str, finetune_seed: int) -> str:
     return f"{pretrain_id}-ft{finetune_seed}"
 
 
-def rm_seeds(finetune_seed: int) -> dict:
-    """The three finetuning seeds, each its own stream, all derived from the finetune seed alone."""
+def rm_seeds(finetune_seed: int, pretrain_id: str | None = None) -> dict:
+    """The three finetuning seeds, each its own stream. Derived from the finetune seed alone (scope `shared`:
+    the same head init, data order and dropout on every backbone), or, given `pretrain_id` (scope `per_rm`,
+    and always for the evaluator), from the pretrain id and finetune seed together."""
+    parts = (finetune_seed,) if pretrain_id is None else (pretrain_id, finetune_seed)
     return {
-        "head_seed": derive_seed("rm-head", finetune_seed),
-        "data_seed": derive_seed("rm-data-order", finetune_seed),
-        "dropout_seed": derive_seed("rm-dropout", finetune_seed),
+        "head_seed": derive_seed("rm-head", *parts),
+        "data_seed": derive_seed("rm-data-order", *parts),
+        "dropout_seed": derive_seed("rm-dropout", *parts),
     }
+
+
+def evaluator_ids(cfg: RunConfig) -> tuple[str, int]:
+    """(pretrain_id, finetune_seed) of the evaluator: its own, never a grid RM's."""
+    e = cfg.evaluator
+    return f"evaluator-seed{e.pretrain_seed}", e.pretrain_seed if e.finetune_seed is None else e.finetune_seed
 
 
 def grid(pretrain_ids: list[str], finetune_seeds: tuple[int, ...], layout: str) -> list[tuple[str, int]]:
@@ -68,16 +77,22 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
     c, e = cfg.reward, cfg.evaluator
     data, pairs = data_identity(cfg, upstream), pairs_key(cfg, upstream)
     common = {k: v for k, v in to_dict(c).items() if k not in GRID_FIELDS}
+    scope = {} if c.finetune_seed_scope == "shared" else {"scope": c.finetune_seed_scope}  # shared: keys as before
     out = {f"rm/{rm_id(pid, seed)}": stage_key(cfg, {"common": common, "seed": seed, "testbed": data, **pairs,
-                                                      "backbone": backbone_identity(cfg, upstream, pid)})
+                                                      "backbone": backbone_identity(cfg, upstream, pid), **scope})
            for pid, seed in grid(cfg.pretrain.pretrain_ids(), c.finetune_seeds, c.layout)}
     if e.enabled:
         backbone = upstream[checkpoint_name(e.checkpoint) if e.checkpoint else "evaluator/pretrain"]
         grid_only = (*GRID_FIELDS, "max_train_pairs")
         reward = {k: v for k, v in evaluator_reward_args(cfg).items() if k not in grid_only}
         out["evaluator/rm"] = stage_key(cfg, {"reward": reward, "pairs": e.train_pairs, "backbone": backbone,
-                                              "testbed": data, **pairs})
+                                              "testbed": data, **pairs, "seeds": evaluator_ids(cfg)})
     return out
+
+
+def job_seeds(kw: dict) -> dict:
+    """The finetuning seeds a job draws (recorded in the manifest)."""
+    return rm_seeds(kw["finetune_seed"], kw["pretrain_id"] if kw.get("seed_scope") == "per_rm" else None)
 
 
 def run(ctx: Context) -> dict:
@@ -93,15 +108,15 @@ def run(ctx: Context) -> dict:
         name = f"rm/{rm_id(pid, seed)}"
         if not ctx.skip(name, all_keys[name]):
             todo.append((name, dict(env, out_rel=name, backbone=backbones[pid], pretrain_id=pid, finetune_seed=seed,
-                                    reward=to_dict(c), n_pairs=c.max_train_pairs,
+                                    reward=to_dict(c), n_pairs=c.max_train_pairs, seed_scope=c.finetune_seed_scope,
                                     trust_remote_code=cfg.pretrain.trust_remote_code)))
     name = "evaluator/rm"
     if e.enabled and not ctx.skip(name, all_keys[name]):
         todo.insert(0, (name, dict(  # trained beside the grid: the longest job first
             env, out_rel=name, backbone=e.checkpoint or str(ctx.root / "evaluator/pretrain"),
-            pretrain_id=f"evaluator-seed{e.pretrain_seed}", finetune_seed=0, reward=evaluator_reward_args(cfg),
-            n_pairs=e.train_pairs, role="evaluator")))
-    ctx.run_jobs(job_reward_model, todo, all_keys, seeds_of=lambda kw: rm_seeds(kw["finetune_seed"]))
+            pretrain_id=evaluator_ids(cfg)[0], finetune_seed=evaluator_ids(cfg)[1], seed_scope="per_rm",
+            reward=evaluator_reward_args(cfg), n_pairs=e.train_pairs, role="evaluator")))
+    ctx.run_jobs(job_reward_model, todo, all_keys, seeds_of=job_seeds)
     rms = [json.loads((ctx.root / n / "rm.json").read_text()) for n in grid_names(cfg)]
     ev = json.loads((ctx.root / name / "rm.json").read_text()) if e.enabled else None
     return {"rms": rms, "evaluator": ev}
@@ -112,7 +127,8 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
                      pair_files: tuple[str, ...] = ("data/prefs_train.parquet",),
                      eval_files: tuple[str, ...] = ("data/prefs_eval.parquet",), device: str, threads: int | None,
                      precision: str = "fp32", attention: str = "auto",
-                     trust_remote_code: bool = False, role: str = "rm", show_progress: bool = True) -> dict:
+                     trust_remote_code: bool = False, role: str = "rm", seed_scope: str = "shared",
+                     show_progress: bool = True) -> dict:
     """Finetune one RM from `backbone` (dir or hub id) on the pairs of `pair_files` (concatenated, first
     `n_pairs` kept); save it + rm.json atomically.
 
@@ -132,7 +148,7 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
     run = Path(run_dir)
     tok = load_tokenizer(backbone if not (run / "tokenizer").exists() else run / "tokenizer",
                          trust_remote_code=trust_remote_code)
-    seeds = rm_seeds(finetune_seed)
+    seeds = rm_seeds(finetune_seed, pretrain_id if seed_scope == "per_rm" else None)
     model = load_reward_backbone(backbone, pad_token_id=tok.pad_token_id, head_seed=seeds["head_seed"],
                                  dropout=reward["dropout"], trust_remote_code=trust_remote_code)
     if model.get_input_embeddings().num_embeddings < len(tok):
@@ -179,6 +195,7 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
         "finetune_seed": finetune_seed,
         "backbone": str(backbone),
         "seeds": seeds,
+        "seed_scope": seed_scope,
         "config": reward,
         "n_train_pairs": len(chosen),
         "n_train_prompts": state["n_prompts"],
