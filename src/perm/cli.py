@@ -2,7 +2,10 @@
 
 Every command takes an optional config file (default: the embedded configs/tiny.yaml) and dotted
 overrides, e.g. `perm testbed out=runs/x testbed.seed=3`. Bad input exits with code 2 and a message
-naming the file, line and field; nothing half-written is left behind.
+naming the file, line and field; nothing half-written is left behind. A command that writes a run directory
+holds its lock (perm.store.RunLock): a second writer exits with code 2 naming the holder's pid. Ctrl-C exits
+with 130 and a failed job (a dead worker, a raising job) with 1, both after removing temp files; completed
+stages and jobs are kept, and rerunning the same command resumes.
 """
 
 from __future__ import annotations
@@ -54,29 +57,98 @@ def _progress(quiet: bool, json_log: bool) -> Progress:
     return Progress("quiet" if quiet else "json" if json_log else "normal")
 
 
+INTERRUPTED = "interrupted: completed stages and jobs are kept; rerun the same command to resume"
+
+
 def _run(stage: str, args, quiet: bool, json_log: bool, rewards: str | None = None, models: str | None = None) -> None:
+    """One writing command. Exit codes: 0 done; 2 bad input or the run directory locked by another process;
+    130 interrupted (Ctrl-C); 1 a job failed (a worker died or a job raised; 2 if what it raised is bad input).
+
+    The run lock is taken on `out` right after the config resolves, before anything is written there
+    (the Pipeline writes config.yaml and the manifest when it is built). `analyze` / `report` with
+    ``--rewards`` take it too: they write analysis/, report/, config.yaml and the manifest into their own
+    `out` (the tensor's files are only read, and their run is not locked)."""
     from pathlib import Path
 
-    from perm.pipeline import Pipeline
+    from perm.executors import JobFailedError
+    from perm.store import RunLockedError
 
+    lock = None
     try:
-        cfg = _resolve(args)
-        if (rewards is None) != (models is None):
-            raise ConfigError("--rewards and --models go together (a reward tensor is both files)")
-        pipe = Pipeline(cfg, _progress(quiet, json_log))
-        if rewards is not None:
-            for p in (rewards, models):
+        try:
+            cfg = _resolve(args)
+            if (rewards is None) != (models is None):
+                raise ConfigError("--rewards and --models go together (a reward tensor is both files)")
+            for p in (rewards, models) if rewards is not None else ():
                 if not Path(p).exists():
                     raise ConfigError(f"{p}: file not found")
-            fn = pipe.analyze if stage == "analyze" else pipe.report
-            result = fn(Path(rewards), Path(models))
-        else:
-            result = pipe.run(stage)
-    except _user_errors() as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+            lock = _lock_run(cfg.out)
+            from perm.pipeline import Pipeline
+
+            pipe = Pipeline(cfg, _progress(quiet, json_log))
+            if rewards is not None:
+                fn = pipe.analyze if stage == "analyze" else pipe.report
+                result = fn(Path(rewards), Path(models))
+            else:
+                result = pipe.run(stage)
+        except (ConfigError, RunLockedError) as e:  # first: a locked run exits before torch is imported
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            _after_stop(lock)
+            typer.echo(INTERRUPTED, err=True)
+            raise typer.Exit(130) from None
+        except JobFailedError as e:
+            _after_stop(lock)
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2 if isinstance(e.__cause__, _user_errors()) else 1) from None
+        except _user_errors() as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+    finally:
+        if lock is not None:
+            lock.release()
     if result is not None and not quiet:
         typer.echo(str(result))
+
+
+def _lock_run(out: str):
+    """Take the run directory's writer lock (RunLockedError if another process holds it) and remove the
+    temp files a killed earlier run left there (safe now: no other writer)."""
+    from pathlib import Path
+
+    from perm.store import RunLock, remove_temp_paths
+
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(root).acquire()
+    try:
+        remove_temp_paths(root)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _after_stop(lock) -> None:
+    """After an interrupt or a failed job: stop any pool workers still running (an interrupt outside the
+    executor leaves its workers alive), then remove the temp files interrupted writes left, while the run
+    is still locked. A second Ctrl-C meanwhile is ignored, so the cleanup finishes."""
+    import signal
+    import threading
+
+    from perm.executors import stop_workers
+    from perm.store import remove_temp_paths
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        stop_workers()
+        if lock is not None and lock.held:
+            remove_temp_paths(lock.root)
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
 
 
 @app.command()
@@ -168,6 +240,24 @@ def report(args: Args = None, rewards: Rewards = None, models: Models = None, qu
     _run("report", args, quiet, json_log, rewards, models)
 
 
+@app.command()
+def check(args: Args = None) -> None:
+    """Preflight before a long run: every hub id and revision in the config (safetensors weights, the
+    dataset), local checkpoints, one tokenizer for the grid, evaluator and policy, and the disk the run
+    needs. Exits 2 naming each problem. Without network only local paths are checked (and it says so)."""
+    from perm.check import check_config
+
+    try:
+        cfg = _resolve(args)
+        result = check_config(cfg)
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(result.text(), nl=False)
+    if result.problems:
+        raise typer.Exit(2)
+
+
 Runs = Annotated[list[str], typer.Argument(help="Two or more run directories with analysis/ (replicates)")]
 Out = Annotated[str | None, typer.Option("--out", help="Write per_run.parquet, summary.parquet, summary.md here")]
 AtN = Annotated[int | None, typer.Option("--n", help="The n of the printed table (default: the largest)")]
@@ -195,7 +285,8 @@ def compare(runs: Runs, out: Out = None, n: AtN = None, quiet: Quiet = False) ->
 def main() -> None:
     try:
         app()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before a command's own handler (at start-up)
+        print("interrupted", file=sys.stderr)
         sys.exit(130)
 
 

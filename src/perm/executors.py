@@ -1,14 +1,66 @@
 """Executors of a stage's independent jobs: in this process, in a pool of local worker processes, or as
 Ray tasks. Jobs are module-level functions with flat, picklable keyword arguments that write their outputs
-atomically and return a small info dict; an executor only runs them and yields results as they finish."""
+atomically and return a small info dict; an executor only runs them and yields results as they finish.
+
+A job that fails (raises, or its worker process dies: a signal, the kernel's OOM killer, a Ray worker
+crash) ends the stage with one :class:`JobFailedError` naming the job (its ``out_rel`` argument, e.g.
+``pretrain/seed1``) and how it ended, after the jobs that completed have been yielded (the caller records
+them, so a rerun of the same command resumes with only the unfinished jobs)."""
 
 from __future__ import annotations
 
+import signal
 import time
+import weakref
+
+RESUME = "completed jobs are kept; rerun the same perm command to resume"
+
+
+class JobFailedError(RuntimeError):
+    """A job of a stage failed. ``job``: its name (the job's ``out_rel``, else ``#<index>``; None when a
+    worker died running no job); ``how``: how it ended (``raised ValueError: ...``, ``its worker process was
+    killed by signal 9 (SIGKILL) ...``)."""
+
+    def __init__(self, job: str | None, how: str):
+        self.job, self.how = job, how
+        what = f"job {job} failed" if job is not None else "a worker process failed while it ran no job"
+        super().__init__(f"{what}: {how}; {RESUME}")
+
+    def __reduce__(self):
+        return type(self), (self.job, self.how)
+
+
+def job_name(kwargs: dict, index: int) -> str:
+    """A job's name in messages: its ``out_rel`` (``pretrain/seed1``), else ``#<index>``."""
+    return str(kwargs.get("out_rel") or f"#{index}")
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """How a worker process ended, from its exit status (``multiprocessing.Process.exitcode``: -N for a
+    signal N, 128 + N when perm's worker handler stopped it on signal N, else the exit code)."""
+    if exitcode is None:
+        return "its worker process died (exit status unknown)"
+    if exitcode < 0 or 128 < exitcode < 128 + 65:
+        sig = -exitcode if exitcode < 0 else exitcode - 128
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = "unknown signal"
+        how = "killed" if exitcode < 0 else "stopped"
+        text = f"its worker process was {how} by signal {sig} ({name})"
+        if sig == signal.SIGKILL:
+            text += ", likely out of memory (the kernel's OOM killer sends SIGKILL: see `dmesg`; fewer `workers` or a smaller batch need less)"
+        return text
+    return f"its worker process exited with code {exitcode}"
 
 
 class LocalExecutor:
     """Runs jobs one after another in this process (the pipeline records each as it finishes)."""
+
+
+# process pools running jobs now (stop_workers) -> their pid -> Process dict (ProcessPoolExecutor._processes,
+# kept here because shutdown() drops the executor's reference to it)
+_POOLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class PoolExecutor:
@@ -17,38 +69,216 @@ class PoolExecutor:
     A worker runs several jobs of a stage one after another (a fresh process per job cost ~5 s of imports
     each). A job's result does not depend on what ran before it in its process: every job sets its own
     threads, seeds and accelerate state, as the sequential executor (all jobs in one process) relies on too,
-    and the pool's results equal the sequential run's byte for byte (tests/test_e2e.py)."""
+    and the pool's results equal the sequential run's byte for byte (tests/test_e2e.py).
+
+    Workers report each job's start and end on an event queue (a ``multiprocessing.SimpleQueue``: a put is
+    written to its pipe before the job runs, so it reaches the driver before the job's result), which is how
+    the driver knows when a job really starts (``on_start``), and which job each worker process was running
+    when one dies. A dead worker's exit status is read from the pool's process objects after the pool shut
+    down (``ProcessPoolExecutor._processes``, pid -> ``multiprocessing.Process``; the pool reaps them), so
+    SIGKILL reads as -9. In a worker, SIGINT (Ctrl-C reaches the whole process group) or SIGTERM (the pool's
+    terminate, :func:`stop_workers`) interrupts a running job, whose ``finally`` blocks run (atomic writes
+    remove their temp files), and the worker exits with 128 + the signal number without taking another
+    job; an idle worker exits at once."""
 
     def __init__(self, workers: int):
         self.workers = workers
 
-    def map_as_completed(self, fn, kwargs_list: list[dict]):
-        """Yield (index, (info, wall_s)) as jobs finish; on a failure, pending jobs are cancelled, running ones
-        still finish and are yielded, then the first error is raised."""
+    def map_as_completed(self, fn, kwargs_list: list[dict], on_start=None):
+        """Yield (index, (info, wall_s)) as jobs finish.
+
+        on_start: optional ``on_start(index)``, called in this process when job `index` starts in a worker
+        (not when it is queued), always before that job's result is yielded, in the order the workers
+        reported starts and ends (a job that starts after another ended is announced after that one's result
+        is yielded).
+
+        When a job raises, pending jobs are cancelled, running ones still finish and are yielded, then a
+        :class:`JobFailedError` naming the job and its exception is raised (the exception is its cause).
+        When a worker dies (``BrokenProcessPool``: the pool then stops every worker), the jobs finished before
+        are yielded and a JobFailedError names the job that worker ran and its signal. When this generator
+        is interrupted (KeyboardInterrupt) or closed early, the workers are stopped within a few seconds."""
         import multiprocessing
         import os
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+        from concurrent.futures.process import BrokenProcessPool
 
-        ex = ProcessPoolExecutor(max_workers=min(self.workers, len(kwargs_list)),
-                                 mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_die_with_parent, initargs=(os.getpid(),))
-        error = None
+        if not kwargs_list:
+            return
+        ctx = multiprocessing.get_context("spawn")
+        events = ctx.SimpleQueue()
+        ex = ProcessPoolExecutor(max_workers=min(self.workers, len(kwargs_list)), mp_context=ctx,
+                                 initializer=_worker_init, initargs=(os.getpid(), events))
+        procs = getattr(ex, "_processes", None)
+        procs = _POOLS[ex] = {} if procs is None else procs  # the same dict the pool fills as it spawns
+        names = [job_name(kw, i) for i, kw in enumerate(kwargs_list)]
+        started: dict[int, int] = {}  # job index -> pid of the worker that runs it
+        ended: set[int] = set()
+        announced: set[int] = set()
+        error: JobFailedError | None = None
+        broken = False
         try:
-            futures = {ex.submit(_timed_call, fn, kw): i for i, kw in enumerate(kwargs_list)}
-            for f in as_completed(futures):
+            futures = [ex.submit(_pool_call, fn, kw, i) for i, kw in enumerate(kwargs_list)]
+            pending = set(range(len(futures)))
+
+            def announce(i: int) -> None:
+                if on_start is not None and i not in announced:
+                    announced.add(i)
+                    on_start(i)
+
+            def settle(i: int):
+                """Job i's future is done: its result to yield, or None (error/cancelled/broken recorded)."""
+                nonlocal error, broken
+                pending.discard(i)
+                f = futures[i]
                 if f.cancelled():
-                    continue
-                if f.exception() is not None:
-                    if error is None:
-                        error = f.exception()
-                        for other in futures:
-                            other.cancel()
-                    continue
-                yield futures[f], f.result()
+                    return None
+                exc = f.exception()
+                if exc is None:
+                    ended.add(i)
+                    announce(i)  # it ran, even if its start event was not read yet
+                    return f.result()
+                if isinstance(exc, BrokenProcessPool):
+                    broken = True
+                    return None
+                ended.add(i)  # its worker is free again: not the job of a worker that dies later
+                if error is None:
+                    error = JobFailedError(names[i], f"raised {type(exc).__name__}: {exc}")
+                    error.__cause__ = exc
+                    for other in futures:
+                        other.cancel()
+                return None
+
+            while pending and not broken:
+                wait([futures[i] for i in pending], timeout=0.2, return_when=FIRST_COMPLETED)
+                while not events.empty():
+                    kind, i, pid = events.get()
+                    if kind == "start":
+                        started[i] = pid
+                        announce(i)
+                    elif i in pending:  # "end": its result follows at once (or the pool broke)
+                        futures[i].exception()  # wait for it
+                        result = settle(i)
+                        if result is not None:
+                            yield i, result
+                for i in sorted(i for i in pending if futures[i].done()):
+                    result = settle(i)
+                    if result is not None:
+                        yield i, result
+        except BaseException:  # KeyboardInterrupt, or the consumer closed us (GeneratorExit)
+            _stop_pool(ex)
+            raise
         finally:
             ex.shutdown(wait=True, cancel_futures=True)
+            _POOLS.pop(ex, None)
+        if broken:
+            raise _broken_pool_error(procs, names, started, ended)
         if error is not None:
             raise error
+
+
+def _broken_pool_error(procs: dict, names: list[str], started: dict[int, int], ended: set[int]) -> BaseException:
+    """The JobFailedError for a pool a worker died in (call after ``ex.shutdown(wait=True)``, which reaps
+    the workers; `procs`: the pool's pid -> Process dict): the job that worker was running and how it ended.
+    The pool terminates (SIGTERM) the other workers when one dies, so the dying one is the worker whose
+    status is not SIGTERM's; if every such status is SIGINT's, the run was interrupted (KeyboardInterrupt)."""
+    codes = {pid: p.exitcode for pid, p in procs.items()}
+    running = {i: pid for i, pid in started.items() if i not in ended}
+    sigterm, sigint = (-signal.SIGTERM, 128 + signal.SIGTERM), (-signal.SIGINT, 128 + signal.SIGINT)
+    abnormal = {pid: c for pid, c in codes.items() if c not in (0, None, *sigterm)}
+    if abnormal and all(c in sigint for c in abnormal.values()):
+        return KeyboardInterrupt()
+    culprits = {i: codes[pid] for i, pid in sorted(running.items()) if pid in abnormal}
+    if culprits:
+        jobs = list(culprits)
+        how = describe_exit(culprits[jobs[0]])
+        if len(jobs) > 1:
+            how += f" (the workers of {', '.join(names[j] for j in jobs)} all died)"
+        return JobFailedError(" and ".join(names[j] for j in jobs), how)
+    if abnormal:  # at its start-up or between two jobs
+        return JobFailedError(None, describe_exit(next(iter(abnormal.values()))))
+    jobs = sorted(running)
+    if not jobs:
+        return JobFailedError(None, describe_exit(None))
+    how = (describe_exit(-signal.SIGTERM) + ", sent from outside perm (the pool stopped the other workers)"
+           if codes else describe_exit(None))
+    return JobFailedError(" or ".join(names[j] for j in jobs), how)
+
+
+def _stop_pool(ex, grace_s: float = 3.0) -> None:
+    """Stop a pool's workers now: SIGTERM each (a running job unwinds, removing its temp files, and the
+    worker exits), SIGKILL those still alive after `grace_s`, and drop the queued jobs."""
+    procs = [p for p in list(_POOLS.get(ex, {}).values()) if p.is_alive()]
+    for p in procs:
+        try:
+            p.terminate()
+        except (OSError, ValueError):
+            pass
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join(1.0)
+    ex.shutdown(wait=False, cancel_futures=True)
+
+
+def stop_workers(grace_s: float = 3.0) -> None:
+    """Stop the workers of every process pool of this process that is running jobs (the CLI calls this on
+    Ctrl-C: the interrupt may land outside the executor's generator, which then stays suspended)."""
+    for ex in list(_POOLS):
+        _stop_pool(ex, grace_s)
+
+
+class _Stopped(BaseException):
+    """Raised in a worker's job by SIGINT / SIGTERM (a BaseException: no `except Exception` swallows it)."""
+
+
+_EVENTS = None  # the worker's event queue (set by _worker_init)
+_RUNNING = False  # a job is running in this worker
+_STOPPING = False
+
+
+def _worker_init(driver: int, events=None) -> None:
+    """Linux: a worker gets SIGKILL when the driver dies (a killed `perm run` leaves no job running); a
+    worker whose driver died before this ran exits at once. SIGINT / SIGTERM stop the worker (see
+    :class:`PoolExecutor`)."""
+    global _EVENTS
+    _die_with_parent(driver)
+    _EVENTS = events
+    signal.signal(signal.SIGINT, _on_stop_signal)
+    signal.signal(signal.SIGTERM, _on_stop_signal)
+
+
+def _on_stop_signal(signum, frame) -> None:
+    import os
+
+    global _STOPPING
+    if _STOPPING:
+        return  # already unwinding: let the job's cleanup finish
+    _STOPPING = True
+    if not _RUNNING:
+        os._exit(128 + signum)
+    raise _Stopped(signum)
+
+
+def _pool_call(fn, kw, index: int):
+    """A job in a pool worker: report its start and end on the event queue; a stop signal ends the worker
+    after the job's cleanup ran (it does not take another job)."""
+    import os
+
+    global _RUNNING
+    if _EVENTS is not None:
+        _EVENTS.put(("start", index, os.getpid()))
+    _RUNNING = True
+    try:
+        return _timed_call(fn, kw)
+    except _Stopped as e:
+        os._exit(128 + e.args[0])
+    finally:
+        _RUNNING = False
+        if _EVENTS is not None and not _STOPPING:
+            _EVENTS.put(("end", index, os.getpid()))
 
 
 def _die_with_parent(driver: int) -> None:
@@ -56,7 +286,6 @@ def _die_with_parent(driver: int) -> None:
     worker whose driver died before this ran exits at once."""
     import ctypes
     import os
-    import signal
     import sys
 
     if sys.platform.startswith("linux"):
@@ -92,14 +321,66 @@ class RayExecutor:
                 ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
         self.opts = {"num_cpus": num_cpus, "num_gpus": num_gpus}
 
-    def map_as_completed(self, fn, kwargs_list: list[dict]):
-        """Yield (index, result) as tasks finish, so each finished job is recorded before a failure elsewhere."""
+    def map_as_completed(self, fn, kwargs_list: list[dict], on_start=None):
+        """Yield (index, result) as tasks finish, so each finished job is recorded before a failure elsewhere.
+
+        on_start(index) is called when a task is submitted: Ray's scheduler, not perm, decides when it runs
+        (on a cluster with room, all run at once). A task that raises (``RayTaskError``) or whose worker dies
+        (``WorkerCrashedError``, Ray's ``OutOfMemoryError``, a lost node) becomes a :class:`JobFailedError`
+        once the other tasks, already submitted, have finished and been yielded. On KeyboardInterrupt the
+        tasks are cancelled (interrupted, so their temp files are removed)."""
         remote = self.ray.remote(**self.opts)(_timed_call)
-        refs = {remote.remote(fn, kw): i for i, kw in enumerate(kwargs_list)}
+        refs = {}
+        for i, kw in enumerate(kwargs_list):
+            refs[remote.remote(fn, kw)] = i
+            if on_start is not None:
+                on_start(i)
         pending = list(refs)
-        while pending:
-            done, pending = self.ray.wait(pending, num_returns=1)
-            yield refs[done[0]], self.ray.get(done[0])
+        error: JobFailedError | None = None
+        try:
+            while pending:
+                done, pending = self.ray.wait(pending, num_returns=1)
+                i = refs[done[0]]
+                try:
+                    result = self.ray.get(done[0])
+                except Exception as e:  # noqa: BLE001 - every task failure becomes one JobFailedError
+                    if error is None:
+                        error = JobFailedError(job_name(kwargs_list[i], i), _ray_failure(self.ray, e))
+                        error.__cause__ = e
+                    continue
+                yield i, result
+        except BaseException:  # KeyboardInterrupt, or the consumer closed us
+            for ref in pending:
+                try:
+                    self.ray.cancel(ref)
+                except Exception:  # noqa: BLE001 - best effort: the driver is stopping
+                    pass
+            raise
+        if error is not None:
+            raise error
+
+
+def _ray_failure(ray, e: Exception) -> str:
+    """How a Ray task ended, from the exception ``ray.get`` raised."""
+    exc = getattr(ray, "exceptions", None)
+
+    def isa(name: str) -> bool:
+        cls = getattr(exc, name, None)
+        return isinstance(cls, type) and isinstance(e, cls)
+
+    if isa("OutOfMemoryError"):
+        return "Ray's memory monitor killed its worker: out of memory"
+    if isa("WorkerCrashedError"):
+        return "its Ray worker process died (killed by a signal, likely out of memory, or crashed)"
+    if isa("NodeDiedError") or isa("ObjectLostError"):
+        return f"the Ray node running it was lost ({type(e).__name__})"
+    if isa("TaskCancelledError"):
+        return "its Ray task was cancelled"
+    if isa("RayTaskError"):
+        cause = getattr(e, "cause", None)
+        if cause is not None:
+            return f"raised {type(cause).__name__}: {cause}"
+    return f"raised {type(e).__name__}: {e}"
 
 
 def _timed_call(fn, kw):

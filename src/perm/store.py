@@ -242,3 +242,143 @@ class RunStore:
         t0 = time.perf_counter()
         yield ctx
         self.mark_done(name, key, ctx["outputs"], seeds=seeds, wall_s=time.perf_counter() - t0, info=ctx["info"])
+
+    def lock(self) -> RunLock:
+        """The run directory's writer lock (:class:`RunLock`), not yet taken: ``with store.lock(): ...``."""
+        return RunLock(self.root)
+
+
+# ---------------------------------------------------------------------------------------------- run lock
+
+LOCK_FILE = ".lock"
+
+
+class RunLockedError(ValueError):
+    """Another process holds the run directory's lock; the message names the directory and its pid."""
+
+
+class RunLock:
+    """An exclusive lock on a run directory for the process that writes it (``with RunLock(root): ...``).
+
+    It is an OS lock, ``flock(LOCK_EX | LOCK_NB)`` on ``<root>/.lock``: the kernel releases it when the
+    holder's last descriptor of the file closes, so a run killed in any way (SIGKILL, OOM) leaves no stale
+    lock and the next writer takes it at once. The file itself stays (removing a lock file while another
+    process opens it races); it holds the holder's pid, host and command line, which a second writer reads
+    for its :class:`RunLockedError`. The descriptor is not inherited across exec (spawned workers and
+    subprocesses do not hold the lock); a forked child that outlives the holder would keep it, which
+    perm's workers cannot (they are spawned and die with the driver). Not re-entrant: a second RunLock on
+    the same directory fails even in the same process.
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.path = self.root / LOCK_FILE
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> RunLock:
+        import fcntl
+        import socket
+
+        if self._fd is not None:
+            raise RuntimeError(f"{self.root}: this RunLock is already held")
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            raise RunLockedError(
+                f"{self.root}: the run directory is locked by another perm process ({holder}); wait for it to "
+                "finish or stop it, then rerun (two writers of one run would corrupt it)") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": _command_line(),
+                           "since": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (info + "\n").encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        import fcntl
+
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            os.ftruncate(fd, 0)  # no stale holder info for a reader between our unlock and the next holder
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _command_line() -> str:
+    """This process's command line as typed: ``perm testbed out=runs/x``, ``python -c ...``."""
+    import shlex
+    import sys
+
+    if sys.argv and Path(sys.argv[0]).name == "perm":
+        return shlex.join(["perm", *sys.argv[1:]])
+    argv = list(getattr(sys, "orig_argv", None) or sys.argv)
+    return shlex.join([Path(argv[0]).name, *argv[1:]]) if argv else "?"
+
+
+def _lock_holder(fd: int, wait_s: float = 1.0) -> str:
+    """'pid N on host H: command' from a held lock file; the holder writes it just after locking, so an
+    empty file is read again for up to `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        raw = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+        if raw or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    try:
+        info = json.loads(raw)
+        return f"pid {info['pid']} on host {info['host']}, since {info['since']}: {info['command']}"
+    except (ValueError, KeyError, TypeError):
+        return "pid unknown: the holder has not written it yet"
+
+
+def remove_temp_paths(root: str | Path) -> list[Path]:
+    """Remove what interrupted atomic writes leave under `root`: :func:`atomic_path`'s temp folders
+    (``.<name>.<random>.tmp``), its ``.<name>.old-<pid>`` folders (a replaced output killed between its two
+    renames: the output is then missing and its stage reruns) and stage scratch folders named ``.<name>.tmp``
+    (the testbed's ``.testbed.tmp``). Only safe while holding the run's :class:`RunLock` (no other writer
+    can be mid-write). Returns the paths removed."""
+    import re
+
+    pattern = re.compile(r"^\..+(\.tmp|\.old-\d+)$")
+    removed = []
+    root = Path(root)
+    if not root.is_dir():
+        return removed
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        try:
+            entries = list(os.scandir(d))
+        except OSError:
+            continue
+        for e in entries:
+            if pattern.match(e.name):
+                p = Path(e.path)
+                if e.is_dir(follow_symlinks=False):
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+                removed.append(p)
+            elif e.is_dir(follow_symlinks=False):
+                stack.append(Path(e.path))
+    return removed
