@@ -1,11 +1,9 @@
-"""The paper's numbers (Figures 1–4, Table 1) and reward-hacking diagnostics, from the reward tensor.
+"""The paper's numbers (Figures 1–4, Table 1), the seed variance decomposition and reward-hacking
+diagnostics, from the reward tensor (perm.tensor: loading and validation).
 
-Input is only the reward tensor (DESIGN step 5): ``rewards.parquet`` (long: ``prompt_id, sample_id,
-model_id, reward, is_reference``) and ``models.parquet`` (``model_id, role, pretrain_id,
-finetune_seed``). :func:`load_reward_tensor` validates them and turns them into a dense
-:class:`RewardTensor`; the figure functions are pure functions of that tensor built on :mod:`perm.bon`;
-:func:`run_analysis` runs them all and :func:`save_analysis` writes the tables (Parquet) and a JSON
-summary.
+The figure functions are pure functions of a :class:`perm.tensor.RewardTensor` built on :mod:`perm.bon`
+(exact best-of-n expectations) and :mod:`perm.seedstats` (pair relations, intervals over seeds);
+:func:`run_analysis` runs them all and :func:`save_analysis` writes the tables (Parquet) and a JSON summary.
 
 Conventions shared by every table:
 
@@ -13,8 +11,11 @@ Conventions shared by every table:
 * "Reward" of a pick means the scorer's reward **centred per prompt over the pool**, i.e. relative to
   the expected reward of a random pool sample (n = 1 is exactly 0): Bradley–Terry rewards are only
   defined up to a shift, so absolute values would mostly measure each model's offset.
-* Statistics are over prompts: for each prompt a value is formed first (averaging over model pairs,
-  rankers, …), then ``mean`` and ``se`` = sample std (ddof=1) / sqrt(P) across prompts.
+* ``mean`` is over prompts of per-prompt values (averaged over model pairs, rankers, …). ``se`` and the
+  ``lo``–``hi`` interval are over pretrain seeds (finetune seeds nested in them) *and* prompts
+  (:func:`perm.seedstats.multi_bootstrap`; ensembles: a jackknife over their members), with ``R`` the
+  number of pretrains behind them; ``se_prompt`` is over prompts only. Figure 4's bands stay over prompts.
+  Every interval is conditional on the SFT policy, its pool and the evaluator.
 * The pool of a prompt is ordered by ascending ``sample_id``; best-of-n ties go to the lower one.
 """
 
@@ -25,8 +26,7 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -34,394 +34,22 @@ import pandas as pd
 from scipy.stats import norm
 
 from perm import bon, seedstats
+from perm.tensor import (  # noqa: F401  (re-exported: the tensor API has always been importable from here)
+    MODEL_COLUMNS,
+    REWARD_COLUMNS,
+    ROLES,
+    RewardTensor,
+    RewardTensorError,
+    _example,
+    load_reward_tensor,
+    reward_tensor_from_frames,
+    reward_tensor_to_frames,
+    synthetic_reward_tensor,
+)
 
-ROLES = ("rm", "evaluator", "gold")
-REWARD_COLUMNS = ("prompt_id", "sample_id", "model_id", "reward", "is_reference")
-MODEL_COLUMNS = ("model_id", "role", "pretrain_id", "finetune_seed")
 FIGURE1_RELATIONS = ("self", "same_pretrain", "same_finetune", "neither")
 FIGURE2_RELATIONS = ("same_pretrain", "same_finetune", "neither")
 ENSEMBLE_KINDS = ("finetune", "pretrain")
-
-
-class RewardTensorError(ValueError):
-    """The reward tensor files are malformed; the message names the file and the field or rows."""
-
-
-@dataclass(frozen=True)
-class RewardTensor:
-    """Dense reward tensor: every model's reward for every pool (and reference) sample of every prompt.
-
-    Attributes:
-        pool: ``(M, P, N)`` float64, model × prompt × pool candidate (candidates by ascending sample_id).
-        reference: ``(M, P, K)`` float64 rewards of the K separate reference (SFT) samples per prompt,
-            used only for win rates; ``None`` when there are none.
-        model_ids, roles, pretrain_ids, finetune_seeds: per-model metadata, length M, in the order of
-            ``models.parquet``; ``pretrain_ids``/``finetune_seeds`` hold ``None`` where unknown.
-        prompt_ids: ``(P,)`` int64, ascending.
-        sample_ids: ``(P, N)`` int64, the pool's sample ids, ascending per prompt.
-        reference_ids: ``(P, K)`` int64 or ``None``.
-    """
-
-    pool: np.ndarray
-    reference: np.ndarray | None
-    model_ids: tuple[str, ...]
-    roles: tuple[str, ...]
-    pretrain_ids: tuple[str | None, ...]
-    finetune_seeds: tuple[int | None, ...]
-    prompt_ids: np.ndarray
-    sample_ids: np.ndarray
-    reference_ids: np.ndarray | None = None
-
-    def __post_init__(self):
-        m = len(self.model_ids)
-        if self.pool.ndim != 3 or self.pool.shape[0] != m:
-            raise ValueError(f"pool must be (M={m}, P, N), got {self.pool.shape}")
-        for name in ("roles", "pretrain_ids", "finetune_seeds"):
-            if len(getattr(self, name)) != m:
-                raise ValueError(f"{name} must have one entry per model ({m})")
-        if len(set(self.model_ids)) != m:
-            raise ValueError("model_ids must be unique")
-        bad_roles = sorted(set(self.roles) - set(ROLES))
-        if bad_roles:
-            raise ValueError(f"unknown roles {bad_roles}; allowed: {', '.join(ROLES)}")
-        _, p, n = self.pool.shape
-        if self.prompt_ids.shape != (p,) or self.sample_ids.shape != (p, n):
-            raise ValueError("prompt_ids must be (P,) and sample_ids (P, N)")
-        if self.reference is not None and self.reference.shape[:2] != (m, p):
-            raise ValueError(f"reference must be (M={m}, P={p}, K), got {self.reference.shape}")
-
-    @property
-    def n_prompts(self) -> int:
-        return self.pool.shape[1]
-
-    @property
-    def pool_size(self) -> int:
-        return self.pool.shape[2]
-
-    @property
-    def rm_indices(self) -> list[int]:
-        """Indices of the reward models (role ``rm``), in model order."""
-        return [i for i, r in enumerate(self.roles) if r == "rm"]
-
-    def role_index(self, role: str) -> int | None:
-        """Index of the (single) model with this role, e.g. ``evaluator`` or ``gold``; None if absent."""
-        idx = [i for i, r in enumerate(self.roles) if r == role]
-        return idx[0] if idx else None
-
-
-# ----------------------------------------------------------------------------------------------------
-# Loading and validation
-
-
-def _is_str_column(col: pd.Series, allow_null: bool) -> bool:
-    if not (pd.api.types.is_string_dtype(col) or pd.api.types.is_object_dtype(col)):
-        return False
-    if not allow_null and col.isna().any():
-        return False
-    return col.notna().sum() == 0 or pd.api.types.infer_dtype(col, skipna=True) == "string"
-
-
-def _check_dtypes(df: pd.DataFrame, spec: Mapping[str, str], source: str) -> pd.DataFrame:
-    """Check columns and dtypes; returns ``df`` with categorical string columns made plain."""
-    missing = [c for c in spec if c not in df.columns]
-    if missing:
-        raise RewardTensorError(
-            f"{source}: missing column(s) {missing}; expected {list(spec)}, found {list(df.columns)}"
-        )
-    categorical = [
-        c for c, k in spec.items() if k.endswith("str") and isinstance(df[c].dtype, pd.CategoricalDtype)
-    ]
-    if categorical:
-        df = df.assign(**{c: df[c].astype(object) for c in categorical})
-    for col, kind in spec.items():
-        series = df[col]
-        if kind == "int":
-            ok = pd.api.types.is_integer_dtype(series) and not pd.api.types.is_bool_dtype(series)
-            ok = ok and not series.isna().any()
-            want = "integer (no nulls)"
-        elif kind == "nullable_int":
-            values = series.dropna()
-            ok = (pd.api.types.is_integer_dtype(series) and not pd.api.types.is_bool_dtype(series)) or (
-                len(values) == 0
-                or (pd.api.types.is_float_dtype(series) and bool(np.all(np.mod(values, 1) == 0)))
-            )
-            want = "integer (nulls allowed)"
-        elif kind == "float":
-            ok = pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
-            want = "numeric (float or int)"
-        elif kind == "bool":
-            ok = pd.api.types.is_bool_dtype(series) and not series.isna().any()
-            want = "bool (no nulls)"
-        elif kind == "str":
-            ok = _is_str_column(series, allow_null=False)
-            want = "string (no nulls)"
-        elif kind == "nullable_str":
-            ok = _is_str_column(series, allow_null=True)
-            want = "string (nulls allowed)"
-        else:  # pragma: no cover - programming error
-            raise AssertionError(kind)
-        if not ok:
-            raise RewardTensorError(f"{source}: column '{col}' has dtype {series.dtype}, expected {want}")
-    return df
-
-
-def _example(df: pd.DataFrame, cols: Sequence[str], limit: int = 3) -> str:
-    rows = df[list(cols)].head(limit).to_dict("records")
-    return "; ".join(", ".join(f"{k}={v!r}" for k, v in r.items()) for r in rows)
-
-
-def _validate_models(models: pd.DataFrame, source: str) -> pd.DataFrame:
-    models = _check_dtypes(
-        models,
-        {"model_id": "str", "role": "str", "pretrain_id": "nullable_str", "finetune_seed": "nullable_int"},
-        source,
-    )
-    dup = models[models.model_id.duplicated(keep=False)]
-    if len(dup):
-        raise RewardTensorError(f"{source}: duplicate model_id {sorted(set(dup.model_id))}")
-    bad = models[~models.role.isin(ROLES)]
-    if len(bad):
-        raise RewardTensorError(
-            f"{source}: field 'role' must be one of {list(ROLES)}; bad rows: {_example(bad, ['model_id', 'role'])}"
-        )
-    if not (models.role == "rm").any():
-        raise RewardTensorError(f"{source}: no reward models (no row with role 'rm')")
-    no_pretrain = models[(models.role == "rm") & models.pretrain_id.isna()]
-    if len(no_pretrain):
-        raise RewardTensorError(
-            f"{source}: field 'pretrain_id' is null for reward model(s) {list(no_pretrain.model_id)}"
-        )
-    for role in ("evaluator", "gold"):
-        if (models.role == role).sum() > 1:
-            raise RewardTensorError(
-                f"{source}: more than one model with role '{role}': {list(models.model_id[models.role == role])}"
-            )
-    return models.reset_index(drop=True)
-
-
-def reward_tensor_from_frames(
-    rewards: pd.DataFrame,
-    models: pd.DataFrame,
-    rewards_source: str = "rewards",
-    models_source: str = "models",
-) -> RewardTensor:
-    """Validate the long tables and build the dense :class:`RewardTensor`.
-
-    ``is_reference`` may be absent from ``rewards`` (then every sample is a pool sample). Raises
-    :class:`RewardTensorError` naming the source and the field or example rows for: missing columns,
-    wrong dtypes, unknown model ids, models without rewards, duplicate (prompt_id, sample_id, model_id),
-    a sample marked both reference and pool, a model missing for some sample, prompts with unequal pool
-    (or reference) sizes, NaN/inf rewards, and no reward models.
-    """
-    models = _validate_models(models, models_source)
-    if "is_reference" not in rewards.columns:
-        rewards = rewards.assign(is_reference=False)
-    rewards = _check_dtypes(
-        rewards,
-        {
-            "prompt_id": "int",
-            "sample_id": "int",
-            "model_id": "str",
-            "reward": "float",
-            "is_reference": "bool",
-        },
-        rewards_source,
-    )
-    if len(rewards) == 0:
-        raise RewardTensorError(f"{rewards_source}: no rows")
-    model_ids = list(models.model_id)
-    present = set(rewards.model_id.unique())
-    unknown = sorted(present - set(model_ids))
-    if unknown:
-        raise RewardTensorError(
-            f"{rewards_source}: field 'model_id' has ids not in {models_source}: {unknown[:10]}"
-        )
-    absent = [m for m in model_ids if m not in present]
-    if absent:
-        raise RewardTensorError(
-            f"{rewards_source}: no rewards at all for model(s) {absent} listed in {models_source}"
-        )
-    reward = rewards.reward.to_numpy(dtype=np.float64, na_value=np.nan)
-    bad = ~np.isfinite(reward)
-    if bad.any():
-        raise RewardTensorError(
-            f"{rewards_source}: field 'reward' has {int(bad.sum())} NaN/inf value(s), e.g. "
-            f"{_example(rewards[bad], ['prompt_id', 'sample_id', 'model_id'])}"
-        )
-    key = ["prompt_id", "sample_id", "model_id"]
-    dup = rewards.duplicated(key, keep=False)
-    if dup.any():
-        raise RewardTensorError(
-            f"{rewards_source}: {int(dup.sum())} rows share a (prompt_id, sample_id, model_id), e.g. "
-            f"{_example(rewards[dup], key)}"
-        )
-    per_sample = rewards.groupby(["prompt_id", "sample_id"], sort=True).agg(
-        n_models=("model_id", "size"),
-        n_kinds=("is_reference", "nunique"),
-        is_reference=("is_reference", "first"),
-    )
-    mixed = per_sample[per_sample.n_kinds > 1].reset_index()
-    if len(mixed):
-        raise RewardTensorError(
-            f"{rewards_source}: field 'is_reference' differs between models for the same sample, e.g. "
-            f"{_example(mixed, ['prompt_id', 'sample_id'])}"
-        )
-    n_models = len(model_ids)
-    short = per_sample[per_sample.n_models != n_models].reset_index()
-    if len(short):
-        first = short.iloc[0]
-        have = set(
-            rewards.model_id[(rewards.prompt_id == first.prompt_id) & (rewards.sample_id == first.sample_id)]
-        )
-        raise RewardTensorError(
-            f"{rewards_source}: {len(short)} sample(s) lack a reward from some model, e.g. "
-            f"prompt_id={first.prompt_id}, sample_id={first.sample_id} misses {sorted(set(model_ids) - have)}"
-        )
-    sizes = per_sample.groupby(level="prompt_id").is_reference.agg(["size", "sum"])
-    sizes = pd.DataFrame({"n_pool": sizes["size"] - sizes["sum"], "n_ref": sizes["sum"]})
-    for col, what in (("n_pool", "pool"), ("n_ref", "reference")):
-        counts = sizes[col].value_counts()
-        if len(counts) > 1:
-            raise RewardTensorError(
-                f"{rewards_source}: prompts have unequal {what} sizes (sample count per prompt -> "
-                f"number of prompts: {counts.sort_index().to_dict()}); every prompt needs the same number"
-            )
-    pool_size, n_ref = int(sizes.n_pool.iloc[0]), int(sizes.n_ref.iloc[0])
-    if pool_size == 0:
-        raise RewardTensorError(f"{rewards_source}: no pool samples (every row has is_reference=True)")
-
-    # Dense arrays: sort by (is_reference, prompt, sample, model) and reshape; validation above makes
-    # every (prompt, sample) block exactly M rows and every prompt exactly N (+K) samples.
-    code = pd.Categorical(rewards.model_id, categories=model_ids).codes
-    pid = rewards.prompt_id.to_numpy(dtype=np.int64)
-    sid = rewards.sample_id.to_numpy(dtype=np.int64)
-    is_ref = rewards.is_reference.to_numpy(dtype=bool)
-    order = np.lexsort((code, sid, pid, is_ref))
-    prompt_ids = np.unique(pid)
-    n_prompts = len(prompt_ids)
-
-    def dense(mask_value: bool, k: int):
-        sel = order[is_ref[order] == mask_value]
-        values = reward[sel].reshape(n_prompts, k, n_models).transpose(2, 0, 1).copy()
-        ids = sid[sel][::n_models].reshape(n_prompts, k)
-        return values, ids
-
-    pool, sample_ids = dense(False, pool_size)
-    reference, reference_ids = dense(True, n_ref) if n_ref else (None, None)
-
-    def seed(v):
-        return None if pd.isna(v) else int(v)
-
-    return RewardTensor(
-        pool=pool,
-        reference=reference,
-        model_ids=tuple(model_ids),
-        roles=tuple(models.role),
-        pretrain_ids=tuple(None if pd.isna(v) else str(v) for v in models.pretrain_id),
-        finetune_seeds=tuple(seed(v) for v in models.finetune_seed),
-        prompt_ids=prompt_ids,
-        sample_ids=sample_ids,
-        reference_ids=reference_ids,
-    )
-
-
-def load_reward_tensor(rewards_path, models_path) -> RewardTensor:
-    """Read ``rewards.parquet`` and ``models.parquet``, validate, and return the :class:`RewardTensor`.
-
-    Errors are :class:`RewardTensorError` with the file path and the offending field in the message.
-    """
-    frames = []
-    for path in (rewards_path, models_path):
-        try:
-            frames.append(pd.read_parquet(path))
-        except (OSError, ValueError) as exc:
-            raise RewardTensorError(f"{path}: cannot read as Parquet ({exc})") from exc
-    return reward_tensor_from_frames(frames[0], frames[1], str(rewards_path), str(models_path))
-
-
-def reward_tensor_to_frames(tensor: RewardTensor) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Inverse of :func:`reward_tensor_from_frames`: the long ``(rewards, models)`` tables."""
-    m, p, n = tensor.pool.shape
-    parts = [(tensor.pool, tensor.sample_ids, False)]
-    if tensor.reference is not None:
-        parts.append((tensor.reference, tensor.reference_ids, True))
-    frames = []
-    for values, ids, is_ref in parts:
-        k = values.shape[2]
-        frames.append(
-            pd.DataFrame(
-                {
-                    "prompt_id": np.tile(np.repeat(tensor.prompt_ids, k), m).astype(np.int64),
-                    "sample_id": np.tile(ids.reshape(-1), m).astype(np.int64),
-                    "model_id": np.repeat(np.array(tensor.model_ids, dtype=object), p * k),
-                    "reward": values.reshape(-1).astype(np.float64),
-                    "is_reference": np.full(m * p * k, is_ref),
-                }
-            )
-        )
-    models = pd.DataFrame(
-        {
-            "model_id": list(tensor.model_ids),
-            "role": list(tensor.roles),
-            "pretrain_id": pd.Series(list(tensor.pretrain_ids), dtype=object),
-            "finetune_seed": pd.array(list(tensor.finetune_seeds), dtype="Int64"),
-        }
-    )
-    return pd.concat(frames, ignore_index=True), models
-
-
-def synthetic_reward_tensor(
-    n_pretrains: int = 5,
-    n_finetune: int = 2,
-    n_prompts: int = 200,
-    pool_size: int = 16,
-    n_reference: int = 4,
-    pretrain_effect: float = 1.0,
-    finetune_noise: float = 0.5,
-    seed: int = 0,
-) -> RewardTensor:
-    """A known-answer reward tensor for checks and benchmarks.
-
-    Each candidate has a true quality ``q ~ N(0, 1)``. Reward model (pretrain p, finetune seed f) scores
-    ``q + pretrain_effect · u_p + finetune_noise · e_pf + offset_pf``, where ``u_p`` is noise shared by
-    all RMs of pretrain p and ``e_pf`` is the model's own (all standard normal per candidate; the offset
-    is a per-model, per-prompt constant that centring must remove). The evaluator scores
-    ``q + 0.3·noise``, the gold reward is ``q``. Reference samples are drawn the same way.
-    With ``pretrain_effect = 0`` models sharing a pretrain are no more alike than any others.
-    """
-    rng = np.random.default_rng(seed)
-    total = pool_size + n_reference
-    quality = rng.standard_normal((n_prompts, total))
-    shared = rng.standard_normal((n_pretrains, n_prompts, total))
-    rows, ids, roles, pretrains, seeds = [], [], [], [], []
-    for p in range(n_pretrains):
-        for f in range(n_finetune):
-            own = rng.standard_normal((n_prompts, total))
-            offset = rng.normal(0.0, 2.0, size=(n_prompts, 1))
-            rows.append(quality + pretrain_effect * shared[p] + finetune_noise * own + offset)
-            ids.append(f"rm-p{p}-f{f}")
-            roles.append("rm")
-            pretrains.append(f"p{p}")
-            seeds.append(f)
-    rows.append(quality + 0.3 * rng.standard_normal((n_prompts, total)))
-    rows.append(quality)
-    ids += ["evaluator", "gold"]
-    roles += ["evaluator", "gold"]
-    pretrains += [None, None]
-    seeds += [None, None]
-    scores = np.stack(rows)  # (M, P, N + K)
-    sample_ids = np.broadcast_to(np.arange(total, dtype=np.int64), (n_prompts, total))
-    return RewardTensor(
-        pool=scores[:, :, :pool_size].copy(),
-        reference=scores[:, :, pool_size:].copy() if n_reference else None,
-        model_ids=tuple(ids),
-        roles=tuple(roles),
-        pretrain_ids=tuple(pretrains),
-        finetune_seeds=tuple(seeds),
-        prompt_ids=np.arange(n_prompts, dtype=np.int64),
-        sample_ids=sample_ids[:, :pool_size].copy(),
-        reference_ids=sample_ids[:, pool_size:].copy() if n_reference else None,
-    )
 
 
 # ----------------------------------------------------------------------------------------------------
