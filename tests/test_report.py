@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from perm import analysis, bon, report
+from perm import analysis, bon, figures, report
 
 FIGS = ("fig_seed", "fig1", "fig2", "fig3", "fig4", "fig_gold", "fig_hacking")
 PROMPT = "POST: my <script>alert('x')</script> landlord & I argued.\nTL;DR:"
@@ -177,7 +177,7 @@ def test_table1_markdown_layout(full):
 
 
 def test_figure4_axes_log2_with_kl_on_top(full):
-    res = report._figure4(full["results"])
+    res = figures._figure4(full["results"])
     ax = res.figure.axes[0]
     assert ax.get_xscale() == "log" and ax.xaxis.get_transform().base == 2
     ns = bon.default_ns(8)
