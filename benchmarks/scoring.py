@@ -4,7 +4,7 @@
 
 Tiny GPT-NeoX reward model (see _bench.py), random tokens, CPU, fp32. Each prompt has N candidates of 30
 tokens (29 + EOS). ``perm`` is :func:`perm.prefix.score_prompt_groups` (each prompt once, candidates as
-continuations of its KV cache); ``full`` is :func:`perm.reward.score_ids` on the concatenated sequences, at
+continuations of its KV cache); ``full`` is :func:`perm.prefix.score_ids` on the concatenated sequences, at
 the same batch size (64 sequences / continuation rows per forward). The token-count limit of the speed-up
 is (P + R) / (P / N + R). Both methods' rewards are compared (max |difference|).
 """
@@ -23,8 +23,7 @@ def run(method: str, prompt_len: int, cand_len: int, n: int, prompts: int, batch
     from transformers import GPTNeoXForSequenceClassification
 
     from perm.models import seeded
-    from perm.prefix import score_prompt_groups
-    from perm.reward import score_ids
+    from perm.prefix import score_ids, score_prompt_groups
 
     cfg = B.tiny_config()
     cfg.num_labels = 1

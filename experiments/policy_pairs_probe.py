@@ -30,7 +30,8 @@ from scipy.stats import spearmanr
 from perm.bon import expected_best_of_n, standardize
 from perm.models import load_causal_lm, load_reward_backbone, load_tokenizer
 from perm.policy import decode_samples, sample_pool
-from perm.reward import encode, score_ids, train_reward_model
+from perm.prefix import score_ids
+from perm.reward import encode, train_reward_model
 from perm.testbed.candidates import bradley_terry_labels
 from perm.testbed.gold import gold_reward_batch
 

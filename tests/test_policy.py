@@ -50,7 +50,8 @@ SUMMARIES = ["cat on mat", "rent went up", "dog ran", "moved city miss friends",
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """Tiny models run ~20x faster on one thread than on two contended ones (shared 2-core machine)."""
+    """This module's tests on one torch thread, restored afterwards (see "Torch threads in the tests" in
+    benchmarks/README.md)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -330,12 +331,13 @@ def test_candidates_end_at_eos_or_at_the_length_limit(tok, p_eos):
 def test_shared_buffers_give_the_same_samples_as_concatenating_cache(tok, monkeypatch):
     """expand_cache's preallocated layers against transformers' own DynamicCache.batch_repeat_interleave."""
     import perm.policy as policy
+    from perm.kv_cache import cache_of
 
     model = tiny_lm(tok)
     kw = {"n_samples": 8, "max_new_tokens": 8, "seed": 0, "batch_prompts": 3}
     fast = sample_pool(model, tok, prompts_of(POSTS), **kw)
     out = model(**tok(prompts_of(POSTS[:1]), return_tensors="pt"), use_cache=True)
-    cache = policy._cache_of(out)
+    cache = cache_of(out)
     assert all(type(layer) is PreallocatedLayer for layer in expand_cache(cache, 3, 64).layers)
     assert cache.layers[0].keys.shape[0] == 3 and cache.get_seq_length() == out.logits.shape[1]
 

@@ -12,12 +12,13 @@ from perm.models import load_reward_backbone, save_model, use_attention
 from perm.prefix import (
     merge_prefixes,
     pair_rewards_shared,
+    score_ids,
     score_pairs,
     score_prompt_groups,
     shares_prompt,
     split_pairs,
 )
-from perm.reward import bradley_terry_loss, encode, encode_groups, pair_rewards, score_ids, train_reward_model
+from perm.reward import bradley_terry_loss, encode, encode_groups, pair_rewards, train_reward_model
 
 PAD, EOS = 0, 1
 

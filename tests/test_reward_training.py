@@ -6,7 +6,8 @@ import torch
 
 from conftest import toy_pairs
 from perm.models import load_reward_backbone, make_accelerator, use_attention
-from perm.reward import encode, score_ids, train_reward_model
+from perm.prefix import score_ids
+from perm.reward import encode, train_reward_model
 
 
 def _train(backbone_dir, tokenizer, *, head_seed=0, data_seed=0, dropout_seed=0, center_coef=0.0, offset=0.0,

@@ -14,7 +14,6 @@ runs the prompt through the model n times. :func:`sample_pool_plain` is that bas
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -25,8 +24,10 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import DynamicLayer
 
+from perm.batching import left_padded_positions, length_batches, pad_batch
+from perm.kv_cache import cache_kwarg, cache_of, forward_params, plain_dynamic_layers
 from perm.models import seeded
-from perm.reward import length_batches, lr_schedule, optimizer_step
+from perm.optim import adamw_linear, optimizer_step
 
 IGNORE = -100
 
@@ -77,20 +78,17 @@ def sft_batch(examples: Sequence[tuple[list[int], int]], pad_id: int) -> dict:
     ``keep = max completion length + 1`` positions (``logits_to_keep``), not for the whole prompt.
     ``labels[b, t] = ids[b, t]`` on completion and EOS positions, -100 on prompt and padding.
     """
-    t = max(len(ids) for ids, _ in examples)
-    input_ids = torch.full((len(examples), t), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(examples), t), dtype=torch.long)
-    labels = torch.full((len(examples), t), IGNORE, dtype=torch.long)
+    input_ids, mask = pad_batch([ids for ids, _ in examples], pad_id, left=True)
+    t = input_ids.shape[1]
+    labels = torch.full_like(input_ids, IGNORE)
     for b, (ids, n_prompt) in enumerate(examples):
-        row = torch.tensor(ids, dtype=torch.long)
-        input_ids[b, t - len(ids) :] = row
-        mask[b, t - len(ids) :] = 1
-        labels[b, t - len(ids) + n_prompt :] = row[n_prompt:]
+        start = t - len(ids) + n_prompt
+        labels[b, start:] = input_ids[b, start:]
     keep = max(len(ids) - n_prompt for ids, n_prompt in examples) + 1
     return {
         "input_ids": input_ids,
         "attention_mask": mask,
-        "position_ids": _positions(mask),
+        "position_ids": left_padded_positions(mask),
         "labels": labels,
         "keep": keep,
     }
@@ -127,7 +125,7 @@ def sft_forward_loss(model, batch: dict, device) -> torch.Tensor:
         "input_ids": batch["input_ids"].to(device),
         "attention_mask": batch["attention_mask"].to(device),
     }
-    params = _forward_params(model)
+    params = forward_params(model)
     if "position_ids" in params:
         kwargs["position_ids"] = batch["position_ids"].to(device)
     if "logits_to_keep" in params:
@@ -188,10 +186,8 @@ def train_sft(
         eval_examples = encode_sft(tokenizer, eval_prompts, eval_completions or [], max_length)
 
     acc = accelerator or make_accelerator()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     total = max(1, int(round(epochs * math.ceil(len(examples) / batch_size))))
-    warmup = int(warmup_frac * total)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_schedule(s, total, warmup))
+    opt, sched = adamw_linear(model, lr=lr, weight_decay=weight_decay, total=total, warmup_frac=warmup_frac)
     model, opt, sched = acc.prepare(model, opt, sched)
     device = acc.device
     state = {
@@ -335,22 +331,17 @@ def _decode_batch(
     model, prompt_ids, gens, *, n_samples, temperature, top_p, greedy, max_new_tokens, eos_id, pad_id, device
 ) -> list[list[Completion]]:
     b, n = len(prompt_ids), n_samples
-    t = max(len(p) for p in prompt_ids)
-    ids = torch.full((b, t), pad_id, dtype=torch.long)
-    mask = torch.zeros((b, t), dtype=torch.long)
-    for i, p in enumerate(prompt_ids):
-        ids[i, t - len(p) :] = torch.tensor(p, dtype=torch.long)
-        mask[i, t - len(p) :] = 1
+    ids, mask = pad_batch(prompt_ids, pad_id, left=True)
+    t = ids.shape[1]
     ids, mask = ids.to(device), mask.to(device)
-    pos = _positions(mask)
-    params = _forward_params(model)
-    cache_kw = "cache" if "cache" in params else "past_key_values"
-    extra = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    pos = left_padded_positions(mask)
+    cache_kw = cache_kwarg(model)
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in forward_params(model) else {}
 
     out = model(
         input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **extra
     )  # prefill: b rows
-    cache = expand_cache(_cache_of(out), n, t + max_new_tokens)  # row r of the b*n holds prompt r // n
+    cache = expand_cache(cache_of(out), n, t + max_new_tokens)  # row r of the b*n holds prompt r // n
     logits = out.logits[:, -1].repeat_interleave(n, dim=0)  # (b*n, V)
     mask = mask.repeat_interleave(n, dim=0)  # (b*n, T)
     next_pos = pos[:, -1].repeat_interleave(n) + 1  # (b*n,)
@@ -395,7 +386,7 @@ def _decode_batch(
             use_cache=True,
             **{cache_kw: cache},
         )
-        cache = _cache_of(out)
+        cache = cache_of(out)
         logits = out.logits[:, -1]
         next_pos = next_pos + 1
 
@@ -457,9 +448,8 @@ def expand_cache(cache, repeats: int, capacity: int):
     :class:`PreallocatedLayer` s with room for ``capacity`` positions; any other cache (sliding windows,
     hybrid or older transformers) uses its own ``batch_repeat_interleave`` and grows by concatenation.
     """
-    layers = getattr(cache, "layers", None)
-    if layers and all(type(layer) is DynamicLayer and layer.is_initialized for layer in layers):
-        cache.layers = [PreallocatedLayer(layer.keys, layer.values, repeats, capacity) for layer in layers]
+    if plain_dynamic_layers(cache):
+        cache.layers = [PreallocatedLayer(la.keys, la.values, repeats, capacity) for la in cache.layers]
     else:
         cache.batch_repeat_interleave(repeats)
     return cache
@@ -494,12 +484,8 @@ def sample_pool_plain(
         if device.type == "cuda":
             torch.cuda.manual_seed_all(seed)
         for idx in length_batches([len(p) for p in enc], batch_prompts):
-            t = max(len(enc[i]) for i in idx)
-            ids = torch.full((len(idx), t), pad_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for r, i in enumerate(idx):
-                ids[r, t - len(enc[i]) :] = torch.tensor(enc[i], dtype=torch.long)
-                mask[r, t - len(enc[i]) :] = 1
+            ids, mask = pad_batch([enc[i] for i in idx], pad_id, left=True)
+            t = ids.shape[1]
             gen = (
                 model.generate(
                     input_ids=ids.to(device),
@@ -546,20 +532,6 @@ def _encode_prompts(
     if any(len(p) == 0 for p in enc):
         raise ValueError("sampling: an empty prompt (no tokens) cannot be continued")
     return [p[-max_prompt_length:] if max_prompt_length else p for p in enc]
-
-
-def _positions(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that start at 0 on each row's first real token (left padding), 0 on padding."""
-    return (mask.cumsum(-1) - 1).clamp_(min=0)
-
-
-def _forward_params(model) -> set[str]:
-    return set(inspect.signature(model.forward).parameters)
-
-
-def _cache_of(out):
-    cache = getattr(out, "cache", None)  # transformers >= 5.2x renamed past_key_values to cache
-    return cache if cache is not None else out.past_key_values
 
 
 # --------------------------------------------------------------------------------------------- output

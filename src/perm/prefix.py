@@ -17,12 +17,12 @@ One shared forward, for ``b`` prompts and ``n`` continuation rows where row ``i`
   candidate's last real token, where full-sequence scoring of ``prompt + candidate`` reads it too.
 
 Encoder models (BERT: bidirectional, reward at the first token) cannot share a prompt; they, and caches other
-than plain ``DynamicLayer`` s (sliding windows, linear attention), fall back to full-sequence scoring.
+than plain ``DynamicLayer`` s (sliding windows, linear attention), fall back to full-sequence scoring
+(:func:`score_ids`).
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -30,8 +30,9 @@ import numpy as np
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
+from perm.batching import left_padded_positions, length_batches, pad_batch
+from perm.kv_cache import cache_kwarg, cache_of, forward_params, plain_dynamic_layers
 from perm.models import is_encoder_only
-from perm.reward import length_batches, pad_batch, score_ids
 
 
 def shares_prompt(model) -> bool:
@@ -44,7 +45,7 @@ def shares_prompt(model) -> bool:
         or not getattr(cfg, "is_causal", True)
     ):
         return False
-    params = set(inspect.signature(model.forward).parameters)
+    params = forward_params(model)
     return "position_ids" in params and bool({"cache", "past_key_values"} & params)
 
 
@@ -94,11 +95,6 @@ class _RowsLayer(DynamicLayer):
         return self.keys, self.values
 
 
-def _cache_kwarg(model) -> str:
-    # transformers >= 5.2x renamed past_key_values to cache (the old name is deprecated)
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
 def prefill(
     model, prompts: Sequence[Sequence[int]], pad_id: int, device, spare: int = 0
 ) -> PromptCache | None:
@@ -108,23 +104,15 @@ def prefill(
     written in place. Keeps the autograd graph (training shares the prompt's backward too); wrap in
     ``torch.no_grad`` to score.
     """
-    t = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), t), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), t), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        if p:
-            ids[i, t - len(p) :] = torch.as_tensor(p, dtype=torch.long)
-            mask[i, t - len(p) :] = 1
+    ids, mask = pad_batch(prompts, pad_id, left=True)
     ids, mask = ids.to(device), mask.to(device)
-    if t == 0:
+    if ids.shape[1] == 0:
         return PromptCache([], [], mask, mask.sum(1))
-    positions = (mask.cumsum(-1) - 1).clamp_(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-    layers = getattr(cache, "layers", None)
-    if not layers or not all(type(layer) is DynamicLayer and layer.is_initialized for layer in layers):
+    out = model(input_ids=ids, attention_mask=mask, position_ids=left_padded_positions(mask), use_cache=True)
+    cache = cache_of(out)
+    if not plain_dynamic_layers(cache):
         return None
-    keys, values = [la.keys for la in layers], [la.values for la in layers]
+    keys, values = [la.keys for la in cache.layers], [la.values for la in cache.layers]
     if spare > 0:
         keys, values = [_with_room(k, spare) for k in keys], [_with_room(v, spare) for v in values]
     return PromptCache(keys, values, mask, mask.sum(1))
@@ -163,12 +151,34 @@ def continuation_rewards(
         attention_mask=mask,
         position_ids=positions,
         use_cache=True,
-        **{_cache_kwarg(model): cache},
+        **{cache_kwarg(model): cache},
     )
     return out.logits[:, 0]
 
 
 # ---------------------------------------------------------------------------------------------- scoring
+
+
+@torch.no_grad()
+def score_ids(
+    model, seqs: Sequence[Sequence[int]], pad_id: int, device, batch_size: int = 64, progress=None
+) -> np.ndarray:
+    """Reward of each token sequence, (len(seqs),) float64, batched by length with dynamic padding.
+
+    Full-sequence scoring, for any reward model: the reference the shared-prompt scoring equals, and its
+    fallback where a prompt cannot be shared.
+    """
+    model.eval()
+    out = np.empty(len(seqs), dtype=np.float64)
+    done = 0
+    for idx in length_batches([len(s) for s in seqs], batch_size):
+        ids, mask = pad_batch([seqs[i] for i in idx], pad_id)
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits  # (B, 1)
+        out[idx] = logits[:, 0].float().cpu().numpy()
+        done += len(idx)
+        if progress is not None:
+            progress(done, len(seqs))
+    return out
 
 
 @torch.no_grad()
@@ -183,7 +193,7 @@ def score_prompt_groups(
 ) -> list[np.ndarray]:
     """Reward of ``prompt_ids[g] + completion_ids[g][j]`` for every group g and candidate j.
 
-    Returns one (len(completion_ids[g]),) float64 array per group, equal to :func:`perm.reward.score_ids` of
+    Returns one (len(completion_ids[g]),) float64 array per group, equal to :func:`score_ids` of
     the concatenated sequences (within float rounding). Decoder models run each prompt once and its
     candidates as continuations of its cache; encoder models are scored whole. Prompts are batched by length
     (at most ``batch_size`` prompts and about ``batch_size`` candidates per prefill) and candidates in

@@ -1,4 +1,7 @@
-"""Reward models: the Bradley-Terry + centering loss, finetuning, pairwise accuracy, batched scoring."""
+"""Reward models: the Bradley-Terry + centering loss, tokenising pairs, finetuning, pairwise accuracy.
+
+Batched scoring, full-sequence (:func:`perm.prefix.score_ids`) or sharing each prompt, is :mod:`perm.prefix`.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from perm.batching import pad_batch
 from perm.models import seeded
+from perm.optim import adamw_linear, optimizer_step
+from perm.prefix import (
+    UnsharableCache,
+    merge_prefixes,
+    pair_rewards_shared,
+    score_ids,  # noqa: F401  (re-exported: tests/test_models.py imports it from here)
+    score_pairs,
+    shares_prompt,
+    split_pairs,
+)
 
 
 def bradley_terry_loss(
@@ -90,42 +104,7 @@ def _is_encoder(tokenizer) -> bool:
     return tokenizer.cls_token_id is not None and tokenizer.eos_token_id is None
 
 
-def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad to the longest sequence: (B, T) input ids and attention mask."""
-    t = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), t), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return ids, mask
-
-
-def length_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
-    """Index batches of similar length (sorted, stable), so padding stays small."""
-    order = np.argsort(np.asarray(lengths), kind="stable")
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-# ---------------------------------------------------------------------------------------------- scoring
-
-
-@torch.no_grad()
-def score_ids(
-    model, seqs: Sequence[Sequence[int]], pad_id: int, device, batch_size: int = 64, progress=None
-) -> np.ndarray:
-    """Reward of each token sequence, (len(seqs),) float64, batched by length with dynamic padding."""
-    model.eval()
-    out = np.empty(len(seqs), dtype=np.float64)
-    done = 0
-    for idx in length_batches([len(s) for s in seqs], batch_size):
-        ids, mask = pad_batch([seqs[i] for i in idx], pad_id)
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits  # (B, 1)
-        out[idx] = logits[:, 0].float().cpu().numpy()
-        done += len(idx)
-        if progress is not None:
-            progress(done, len(seqs))
-    return out
+# ---------------------------------------------------------------------------------------------- metrics
 
 
 def pair_accuracy(r_chosen: np.ndarray, r_rejected: np.ndarray) -> tuple[float, float]:
@@ -136,23 +115,6 @@ def pair_accuracy(r_chosen: np.ndarray, r_rejected: np.ndarray) -> tuple[float, 
 
 
 # --------------------------------------------------------------------------------------------- training
-
-
-def optimizer_step(acc, model, opt, sched, loss: torch.Tensor, max_grad_norm: float) -> None:
-    """One update under accelerate: backward, optional gradient-norm clipping, optimizer and schedule step."""
-    opt.zero_grad(set_to_none=True)
-    acc.backward(loss)
-    if max_grad_norm > 0:
-        acc.clip_grad_norm_(model.parameters(), max_grad_norm)
-    opt.step()
-    sched.step()
-
-
-def lr_schedule(step: int, total: int, warmup: int) -> float:
-    """Multiplier: linear warmup, then linear decay to 0."""
-    if step < warmup:
-        return (step + 1) / max(1, warmup)
-    return max(0.0, (total - step) / max(1, total - warmup))
 
 
 def pair_rewards(model, chosen, rejected, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,7 +167,6 @@ def train_reward_model(
     by its own seed when the model was built).
     """
     from perm.models import fp32_reward_head, make_accelerator
-    from perm.prefix import UnsharableCache, merge_prefixes, shares_prompt, split_pairs
 
     chosen, rejected = _joined(prompts, chosen), _joined(prompts, rejected)
     eval_chosen, eval_rejected = _joined(eval_prompts, eval_chosen), _joined(eval_prompts, eval_rejected)
@@ -224,12 +185,10 @@ def train_reward_model(
         by_group = np.argsort(owner, kind="stable")  # members in index order, groups by first member
         groups = np.split(by_group, np.cumsum(np.bincount(owner))[:-1]) if len(owner) else []
     acc = accelerator or make_accelerator()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     n = len(chosen)
     steps_per_epoch = math.ceil(n / batch_size)
     total = max(1, int(round(epochs * steps_per_epoch)))
-    warmup = int(warmup_frac * total)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_schedule(s, total, warmup))
+    opt, sched = adamw_linear(model, lr=lr, weight_decay=weight_decay, total=total, warmup_frac=warmup_frac)
     head_ctx = contextlib.ExitStack()
     if acc.mixed_precision != "no":  # bf16: rewards (and their BT differences) from an fp32 head
         head_ctx.enter_context(fp32_reward_head(model))
@@ -287,8 +246,6 @@ def train_reward_model(
 
 def _batch_rewards(model, idx, split, chosen, rejected, pad_id: int, device):
     """(B,) chosen and rejected rewards of pairs ``idx``; through their shared prefixes when ``split`` is given."""
-    from perm.prefix import pair_rewards_shared
-
     if split is None:
         return pair_rewards(model, [chosen[i] for i in idx], [rejected[i] for i in idx], pad_id, device)
     prefixes, chosen_tails, rejected_tails = split
@@ -316,8 +273,6 @@ def evaluate_pairs(model, chosen, rejected, pad_id: int, device, step: int = 0, 
     gold_diff: optional (n_pairs,) gold(chosen) - gold(rejected); adds `gold_accuracy`, the fraction of pairs
     with a gold preference that the RM orders as gold does (no label noise, so no ceiling below 1).
     """
-    from perm.prefix import score_pairs
-
     rc, rr = score_pairs(model, chosen, rejected, pad_id, device)
     accuracy, se = pair_accuracy(rc, rr)
     extra = {}

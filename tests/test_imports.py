@@ -1,0 +1,106 @@
+"""The import graph of src/perm, read from the source with ``ast``: no cycle, and the SFT policy without the RM."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def module_files() -> dict[str, Path]:
+    """``{dotted module name: file}`` of every module and package under src/perm."""
+    out = {}
+    for path in sorted((SRC / "perm").rglob("*.py")):
+        parts = list(path.relative_to(SRC).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = path
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    """``{module: perm modules it imports}``: every ``import perm.x`` and ``from perm.x import y`` in its file,
+    top level or inside functions; ``from perm.x import y`` names module ``perm.x.y`` where there is one."""
+    files = module_files()
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                edges |= {a.name for a in node.names if a.name.split(".")[0] == "perm"}
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:  # relative: from . import x, from .y import z
+                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                if target.split(".")[0] != "perm":
+                    continue
+                subs = {f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in files}
+                if subs:
+                    edges |= subs
+                if len(subs) < len(node.names):
+                    edges.add(target)
+        graph[name] = {e for e in edges if e != name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle as ``[a, b, ..., a]``, or None (depth-first search)."""
+    state: dict[str, int] = {}  # 1 on the stack, 2 done
+    stack: list[str] = []
+
+    def visit(u: str) -> list[str] | None:
+        state[u] = 1
+        stack.append(u)
+        for v in sorted(graph.get(u, ())):
+            if state.get(v) == 1:
+                return stack[stack.index(v) :] + [v]
+            if v not in state and (found := visit(v)):
+                return found
+        stack.pop()
+        state[u] = 2
+        return None
+
+    for u in sorted(graph):
+        if u not in state and (found := visit(u)):
+            return found
+    return None
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for v in graph.get(todo.pop(), ()):
+            if v not in seen:
+                seen.add(v)
+                todo.append(v)
+    return seen
+
+
+def test_the_graph_sees_top_level_and_function_level_imports():
+    graph = import_graph()
+    assert "perm.models" in graph["perm.prefix"]  # top level
+    assert "perm.models" in graph["perm.reward"] and "perm.prefix" in graph["perm.reward"]
+    assert "perm.models" in graph["perm.policy"]  # top level
+    assert "perm.pipeline" in graph["perm.cli"]  # inside a function
+    assert "perm.stages.analyze" in graph["perm.stages"]  # from perm.stages import analyze, ...
+    assert "perm.bon" in graph["perm.analysis"]  # from perm import bon
+
+
+def test_find_cycle_finds_one():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_no_import_cycle_in_perm():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, " -> ".join(cycle)
+
+
+def test_the_sft_policy_does_not_import_the_reward_model_module():
+    graph = import_graph()
+    assert "perm.reward" not in reachable(graph, "perm.policy")
+    assert "perm.prefix" not in reachable(graph, "perm.policy")
