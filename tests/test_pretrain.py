@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -76,3 +77,45 @@ def test_bf16_mixed_precision_learns_like_fp32(tokenizer, attention):
     assert bf16["final_train_loss"] != fp32["final_train_loss"]  # bf16 really ran
     assert bf16["final_train_loss"] == pytest.approx(fp32["final_train_loss"], rel=0.1)
     assert bf16["heldout_perplexity"] == pytest.approx(fp32["heldout_perplexity"], rel=0.2)
+
+
+def _train(tokenizer, steps, **kw):
+    train, held = _blocks(tokenizer)
+    return pretrain(config=_config(tokenizer), train_blocks=train, heldout_blocks=held, init_seed=3, data_seed=4,
+                    steps=steps, batch_size=8, lr=3e-3, warmup_steps=3, weight_decay=0.01,
+                    device=torch.device("cpu"), **kw)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_killed_pretrain_resumes_to_the_uninterrupted_weights(tokenizer, tmp_path):
+    """Checkpoint every 4 steps, die at step 10 (after the step-8 checkpoint), resume: the weights, losses and
+    held-out perplexity equal an uninterrupted 14-step run exactly (more than one epoch of 23 blocks)."""
+    base, base_info = _train(tokenizer, 14)
+    ckpt = tmp_path / "ckpt"
+
+    def die_at_10(done, total, loss):
+        if done == 10:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        _train(tokenizer, 14, checkpoint_dir=ckpt, checkpoint_every=4, progress=die_at_10)
+    assert json.loads((ckpt / "state.json").read_text())["step"] == 8
+    resumed, info = _train(tokenizer, 14, checkpoint_dir=ckpt, checkpoint_every=4)
+    assert info["resumed_at_step"] == 8 and base_info["resumed_at_step"] == 0
+    for (name, a), (_, b) in zip(base.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert info["final_train_loss"] == base_info["final_train_loss"]
+    assert info["heldout_perplexity"] == base_info["heldout_perplexity"]
+    assert not list(tmp_path.glob(".*tmp*"))  # checkpoints are written atomically
+
+
+def test_a_checkpoint_of_another_recipe_is_refused(tokenizer, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(_Killed):
+        _train(tokenizer, 14, checkpoint_dir=ckpt, checkpoint_every=4,
+               progress=lambda d, t, loss: (_ for _ in ()).throw(_Killed) if d == 5 else None)
+    with pytest.raises(ValueError, match="another recipe"):
+        _train(tokenizer, 20, checkpoint_dir=ckpt, checkpoint_every=4)
