@@ -1,4 +1,6 @@
-"""Config loading, dotted overrides and their errors."""
+"""Config loading, dotted overrides and their errors; the dataclass defaults as the one source of defaults."""
+
+from pathlib import Path
 
 import pytest
 
@@ -98,3 +100,113 @@ def test_bad_rows_max_bad_fraction_and_convert_bin():
         config_from_overrides(["pretrain.convert_bin=yes please"])
     real = load_config(configs_dir() / "tldr-pythia.yaml")  # a 179 k-row import skips (and counts) bad rows
     assert (real.data.bad_rows, real.data.max_bad_fraction) == ("skip", 0.001)
+
+
+# ----------------------------------------------------------------------------- one source of defaults
+
+
+def test_the_embedded_default_is_the_dataclass_defaults():
+    """configs/tiny.yaml names the run directory only; every other value is RunConfig's default."""
+    import yaml
+
+    from perm.config import default_config_path, to_dict
+
+    assert yaml.safe_load(default_config_path().read_text()) == {"out": RunConfig().out}
+    loaded, default = load_config(), RunConfig()
+    assert loaded == default
+    a, b = to_dict(loaded), to_dict(default)
+    for section in a:  # field by field, so a failure names the field
+        if isinstance(a[section], dict):
+            for name in a[section]:
+                assert a[section][name] == b[section][name], f"{section}.{name}"
+        else:
+            assert a[section] == b[section], section
+
+
+def test_reward_pairs_auto_resolves_to_policy_on_the_testbed_and_testbed_with_data_prefs():
+    import yaml
+
+    assert RunConfig().reward.pairs == "policy"
+    assert config_from_overrides(["reward.pairs=auto"]).reward.pairs == "policy"
+    external = ["data.prefs=x.jsonl", "pretrain.checkpoints=[a]", "policy.checkpoint=p", "evaluator.enabled=false"]
+    cfg = config_from_overrides(external)
+    assert cfg.reward.pairs == "testbed"
+    assert yaml.safe_load(dump_config(cfg))["reward"]["pairs"] == "testbed"
+    for explicit in ("testbed", "policy", "mix"):
+        assert config_from_overrides([f"reward.pairs={explicit}"]).reward.pairs == explicit
+    for explicit in ("policy", "mix"):  # only `auto` adapts: an explicit choice the data cannot serve fails
+        with pytest.raises(ConfigError, match=r"reward\.pairs: policy pairs need the testbed's gold reward"):
+            config_from_overrides([*external, f"reward.pairs={explicit}"])
+    with pytest.raises(ConfigError, match=r"reward\.pairs: expected one of \['auto', 'testbed', 'policy', 'mix'\]"):
+        config_from_overrides(["reward.pairs=both"])
+
+
+def test_saved_configs_hold_the_resolved_pairs(tmp_path):
+    import dataclasses
+
+    from perm.config import to_dict
+
+    cfg = RunConfig()
+    assert to_dict(cfg)["reward"]["pairs"] == "policy"
+    p = tmp_path / "config.yaml"
+    p.write_text(dump_config(cfg))
+    assert load_config(p) == cfg
+    # replacing a field (as the pipeline does for precision) keeps the resolved value
+    assert dataclasses.replace(cfg, precision="fp32").reward.pairs == "policy"
+
+
+def _added_fields(now: dict, then: dict, prefix: str = "") -> list[str]:
+    """Fields of `now` that `then` lacks; every other value must be equal (as in tests/test_stage_keys.py)."""
+    added = []
+    for k, v in now.items():
+        if k not in then:
+            added.append(prefix + k)
+        elif isinstance(v, dict):
+            added += _added_fields(v, then[k], f"{prefix}{k}.")
+        else:
+            assert v == then[k], prefix + k
+    return added
+
+
+def test_quick_yaml_resolves_to_the_recorded_config():
+    """The stage-key fixtures record quick.yaml's resolved config (run with out, threads, device overridden and
+    precision resolved to fp32): quick.yaml must not drift from it when a default changes."""
+    import json
+
+    from perm.config import configs_dir, to_dict
+
+    recorded = json.loads((Path(__file__).parent / "fixtures" / "stage_keys" / "default.json").read_text())["config"]
+    overrides = [f"{k}={recorded[k]}" for k in ("out", "threads", "device", "precision")]
+    now = to_dict(load_config(configs_dir() / "quick.yaml", overrides))
+    added = _added_fields(now, recorded)
+    assert set(added) <= {"analysis.bootstrap", "analysis.level", "data.bad_rows", "data.max_bad_fraction",
+                          "evaluator.finetune_seed", "pretrain.convert_bin", "reward.finetune_seed_scope"}, added
+    defaults = to_dict(RunConfig())
+    for dotted in added:  # quick.yaml sets none of them
+        section, name = dotted.split(".")
+        assert now[section][name] == defaults[section][name], dotted
+
+
+def test_every_config_field_has_a_docstring():
+    """A field is documented when a string literal statement follows its annotated assignment in the class body."""
+    import ast
+
+    import perm.config
+
+    tree = ast.parse(Path(perm.config.__file__).read_text(encoding="utf-8"))
+    classes = [c for c in tree.body if isinstance(c, ast.ClassDef) and c.name.endswith("Config")]
+    assert {c.name for c in classes} >= {"TestbedConfig", "DataConfig", "BackboneConfig", "PretrainConfig",
+                                         "RewardConfig", "EvaluatorConfig", "PolicyConfig", "AnalysisConfig",
+                                         "RayConfig", "RunConfig"}
+    missing, n_fields = [], 0
+    for c in classes:
+        for i, stmt in enumerate(c.body):
+            if not isinstance(stmt, ast.AnnAssign):
+                continue
+            n_fields += 1
+            nxt = c.body[i + 1] if i + 1 < len(c.body) else None
+            doc = nxt.value.value if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) else None
+            if not (isinstance(doc, str) and doc.strip()):
+                missing.append(f"{c.name}.{stmt.target.id}")
+    assert n_fields > 90
+    assert not missing, f"fields without a docstring: {', '.join(missing)}"

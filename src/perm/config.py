@@ -2,6 +2,10 @@
 
 Every stage has its own dataclass; `RunConfig` nests them. Only entry points (cli, pipeline) unpack a
 config; components take flat arguments. Unknown keys and wrong types are errors that name the key.
+
+The dataclass defaults below are the one source of defaults: `RunConfig()` is the embedded default experiment
+(configs/tiny.yaml only names its run directory), and a YAML file or override sets only what differs. Every
+field is documented where it is declared.
 """
 
 from __future__ import annotations
@@ -27,26 +31,39 @@ def _check(cond: bool, key: str, msg: str) -> None:
 
 @dataclass(frozen=True)
 class TestbedConfig:
-    """The embedded synthetic summarisation world (perm.testbed)."""
+    """The embedded synthetic summarisation world (perm.testbed). Ignored with `data.prefs`. Any change
+    rebuilds the testbed (stage `testbed`) and so reruns every stage after it."""
 
     __test__ = False  # not a pytest test class
 
     seed: int = 0
-    """Seed of the world: posts, candidates, preference labels, corpus order."""
+    """Seed of the world: posts, candidates, preference labels, corpus order. Any int."""
     n_corpus_docs: int = 20000
-    """Documents in the pretraining corpus (posts followed by their TL;DR, plain posts, sentences)."""
+    """Documents in the pretraining corpus (posts followed by their TL;DR, plain posts, sentences); > 0. The
+    pretrains (and the evaluator's) cycle through its blocks for `pretrain.steps`; the tokenizer is trained on
+    it."""
     n_sft: int = 4000
-    """(post, reference summary) examples for SFT."""
-    n_prefs_train: int = 12000
-    """Preference pairs for reward-model training."""
+    """(post, reference summary) examples in sft_train; > 0. The SFT policy trains on them (holding out the
+    first n_sft // 20 for its eval loss), and `reward.pairs: policy | mix` samples its pairs on these posts
+    (`reward.policy_pairs_per_post` per post; the held-out posts' pairs are the RMs' in-distribution eval set)."""
+    n_prefs_train: int = 16000
+    """Perturbation preference pairs in prefs_train (a candidate summary vs a degraded one, labelled by the
+    Bradley-Terry raters on the gold reward); > 0. The RMs train on them only with `reward.pairs: testbed | mix`
+    (within `reward.max_train_pairs` / `evaluator.train_pairs`); with `policy` they are built but unused."""
     n_prefs_eval: int = 1000
-    """Held-out in-distribution preference pairs (accuracy of each RM)."""
+    """Held-out perturbation pairs in prefs_eval; > 0. Every RM's accuracy on them is reported (the
+    in-distribution accuracy for `reward.pairs: testbed`, an extra eval for policy | mix)."""
     n_eval_prompts: int = 200
-    """Prompts the policy samples pools for; every analysis averages over them."""
+    """Eval posts (prompts) the policy samples pools for; > 0. Every analysis averages over them; sampling and
+    scoring time grow linearly with it."""
     label_temperature: float | None = None
-    """Bradley-Terry temperature of the synthetic raters; null = the calibrated default (~70-75% agreement)."""
+    """Bradley-Terry temperature of the synthetic raters (> 0; lower = labels agree with gold more often);
+    null = the calibrated default (~70-75% agreement with gold, as human raters of TL;DR). Labels prefs_train
+    and prefs_eval; the policy pairs (stage policy-prefs) are labelled at the default temperature whatever
+    this says."""
     vocab_size: int = 2048
-    """BPE vocabulary size of the tokenizer trained on the corpus."""
+    """BPE vocabulary size of the tokenizer trained on the corpus; >= 300 (the byte-level base alphabet).
+    Models built from scratch get one embedding per token of it."""
 
     def __post_init__(self) -> None:
         for name in ("n_corpus_docs", "n_sft", "n_prefs_train", "n_prefs_eval", "n_eval_prompts"):
@@ -58,12 +75,18 @@ class TestbedConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the preference data comes from: the embedded testbed, or your own pairs."""
+    """Where the preference data comes from: the embedded testbed, or your own pairs. With `prefs` set, any
+    field here reruns the import (stage `data`) and so every stage after it."""
 
     prefs: str | None = None
     """null = the embedded testbed. Otherwise a JSONL/Parquet file, a local `datasets` directory, or a hub id
-    (e.g. openai/summarize_from_feedback), in the generic {prompt, chosen, rejected} or TL;DR schema."""
+    (e.g. openai/summarize_from_feedback), in the generic {prompt, chosen, rejected} or TL;DR schema. Needs
+    `pretrain.checkpoints`, `policy.checkpoint` and `evaluator.checkpoint` (or `evaluator.enabled: false`): there
+    is no corpus to pretrain on and no SFT data; `reward.pairs` (auto) then trains on these pairs."""
     schema: Literal["auto", "generic", "tldr"] = "auto"
+    """Record format of `prefs` and `prefs_eval`. auto: detected from the fields of the first record; generic:
+    {prompt, chosen, rejected} strings; tldr: summarize_from_feedback comparisons (info, summaries, choice),
+    turned into the TL;DR prompt (perm.data.TLDR_PROMPT) and its two summaries."""
     name: str | None = None
     """Dataset config name for hub ids (summarize_from_feedback: comparisons). On the hub's Parquet conversion
     (refs/convert/parquet, or a commit sha of it) the config is its folder; on a mirror whose only config is
@@ -73,20 +96,29 @@ class DataConfig:
     """Hub revision of `prefs`: a branch, tag or (reproducible) commit sha; null = main, or for
     openai/summarize_from_feedback its Parquet conversion (refs/convert/parquet)."""
     train_split: str | None = "train"
+    """Split of `prefs` (a dataset directory or hub id) that holds the training pairs. A single JSONL/Parquet
+    file has no splits: set null."""
     eval_split: str | None = "validation"
+    """Split of `prefs` that holds the held-out pairs (RM accuracy, and the eval prompts); unused when
+    `prefs_eval` is set (the usual choice for a single file)."""
     prefs_eval: str | None = None
     """A separate file for held-out pairs (instead of `eval_split` of `prefs`)."""
     max_train_pairs: int | None = None
+    """Import only the first k training pairs of `prefs` (>= 1; null = all). This limits what is read; the
+    RMs may use fewer still (`reward.max_train_pairs`, `evaluator.train_pairs`)."""
     max_eval_pairs: int | None = 2000
+    """Import only the first k held-out pairs (>= 1; null = all): the RMs' accuracy is measured on them and the
+    eval prompts are taken from them."""
     n_eval_prompts: int = 200
-    """Eval prompts for best-of-n: the first k distinct prompts of the held-out pairs."""
+    """Eval prompts for best-of-n (> 0): the first k distinct prompts of the held-out pairs (fewer if there are
+    fewer). The counterpart of `testbed.n_eval_prompts`."""
     bad_rows: Literal["error", "skip"] = "error"
     """error: the first bad row stops the import, naming its file, row and field. skip: rows with an empty
     (null or blank) prompt, chosen or rejected, or with chosen equal to rejected, are dropped and counted by
     reason (recorded in the manifest with the data stage); any other problem is still an error."""
     max_bad_fraction: float = 0.001
     """With bad_rows: skip, the import fails (naming the file, the counts and the first bad row) if more than
-    this fraction of a split's rows is dropped (0.001 = 0.1 %)."""
+    this fraction of a split's rows is dropped (0.001 = 0.1 %); in [0, 1]."""
 
     def __post_init__(self) -> None:
         _check(self.n_eval_prompts > 0, "data.n_eval_prompts", "must be > 0")
@@ -96,13 +128,20 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    """Architecture of a GPT-NeoX (Pythia) backbone pretrained from scratch."""
+    """Architecture of a GPT-NeoX (Pythia) backbone pretrained from scratch (perm.models.gpt_neox_config:
+    rotary on a quarter of each head, parallel residual, untied embeddings). Unused for checkpoints."""
 
     hidden_size: int = 128
+    """Width of the residual stream (d_model); > 0 and a multiple of num_heads."""
     num_layers: int = 2
+    """Transformer layers; > 0."""
     num_heads: int = 4
+    """Attention heads per layer; must divide hidden_size (head size = hidden_size / num_heads)."""
     intermediate_size: int = 512
+    """Hidden width of each layer's MLP (usually 4 x hidden_size); > 0."""
     max_position_embeddings: int = 256
+    """Context length in tokens the model is built for: `pretrain.seq_len`, `reward.max_length` and a sampled
+    prompt plus `policy.max_new_tokens` should fit in it (sampling cuts longer prompts from the left)."""
 
     def __post_init__(self) -> None:
         _check(self.hidden_size > 0 and self.num_layers > 0, "backbone", "sizes must be > 0")
@@ -111,26 +150,43 @@ class BackboneConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """Seed-varied causal-LM pretraining (or existing checkpoints to load instead)."""
+    """Seed-varied causal-LM pretraining (perm.pretrain) of the grid's backbones, or existing checkpoints to load
+    instead. The training fields (batch_size, seq_len, lr, warmup_steps, weight_decay) are also the evaluator
+    backbone's recipe, with `evaluator.pretrain_steps` for `steps`: changing one reruns every pretrain from
+    scratch, the evaluator's too, and everything after them."""
 
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    """One backbone per seed; pretrain_id is `seed<k>`."""
+    """One backbone per seed (at least one, distinct); pretrain_id is `seed<k>`. Each seed sets both the
+    initialisation and the data order, unless `init_seeds` / `data_seeds` say otherwise."""
     init_seeds: tuple[int, ...] | None = None
     """Initialisation seed per pretrain (PolyPythias' weight-seed); null = follow `seeds`."""
     data_seeds: tuple[int, ...] | None = None
     """Data-order seed per pretrain (PolyPythias' data-seed); null = follow `seeds`."""
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    steps: int = 600
+    """Architecture of the grid's backbones (and of the SFT policy with `policy.init_from: scratch`)."""
+    steps: int = 300
+    """Optimizer steps per pretrain (> 0), each on `batch_size` blocks of `seq_len` tokens; the corpus is
+    reshuffled (same data-order stream) when it runs out."""
     batch_size: int = 32
+    """Token blocks per pretraining step (> 0)."""
     seq_len: int = 128
+    """Tokens per block: the corpus is concatenated (EOS after each document) and cut into blocks of this
+    length; > 0 and at most `backbone.max_position_embeddings`."""
     lr: float = 3e-3
+    """Peak AdamW learning rate (> 0; betas 0.9, 0.95, gradients clipped at norm 1): linear warmup over
+    `warmup_steps`, then cosine decay to 10 % of the peak at `steps`."""
     warmup_steps: int = 50
+    """Steps of linear warmup to `lr` (>= 0; 0 = none)."""
     weight_decay: float = 0.01
+    """AdamW weight decay (>= 0)."""
     checkpoints: tuple[str, ...] = ()
     """Instead of pretraining: local directories or hub ids (e.g. EleutherAI/pythia-160m-seed1), one per
     pretrain; a hub id may pin a revision after `@` (EleutherAI/pythia-160m-seed4@step143000). Non-empty
     overrides `seeds`."""
     trust_remote_code: bool = False
+    """Passed to transformers as trust_remote_code where perm loads the configured checkpoints (their
+    tokenizers, the grid RMs' backbones, the policy for sampling): lets a checkpoint run its own modelling
+    code. Only for checkpoints whose code you trust; GPT-NeoX / Pythia need none."""
     convert_bin: bool = False
     """When true, a checkpoint (hub id at its revision, or local folder) whose weights exist only as pickled
     pytorch_model.bin (PolyPythias' step branches) is converted to safetensors into the run directory before
@@ -157,33 +213,61 @@ class PretrainConfig:
 
 @dataclass(frozen=True)
 class RewardConfig:
-    """Reward-model finetuning and the pretrain x finetune-seed grid."""
+    """Reward-model finetuning (perm.reward.train_reward_model: Bradley-Terry + centering loss, AdamW, linear
+    warmup and decay) and the pretrain x finetune-seed grid. The evaluator RM uses the same recipe with its own
+    `evaluator.epochs`, `evaluator.lr` and `evaluator.train_pairs`. A field reruns the grid RMs, the scoring
+    and the analysis; all but finetune_seeds, layout, finetune_seed_scope, max_train_pairs, epochs and lr
+    rerun the evaluator RM too."""
 
     finetune_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    """Finetune seeds (at least one, distinct): each fixes an RM's head initialisation, data order and dropout
+    masks (see `finetune_seed_scope`); `layout` picks which (pretrain, seed) RMs are trained."""
     layout: Literal["paper", "full"] = "paper"
     """paper: one RM per pretrain (first finetune seed) plus all finetune seeds of the first pretrain;
     full: every pretrain x every finetune seed."""
     center_coef: float = 0.01
-    """alpha of the centering term alpha * mean((r+ + r-)^2)."""
-    epochs: float = 2.0
+    """alpha of the centering term alpha * mean((r+ + r-)^2); >= 0 (0 = plain Bradley-Terry)."""
+    epochs: float = 1.0
+    """Passes over the training pairs (> 0, fractions allowed): round(epochs * ceil(pairs / batch_size))
+    optimizer steps."""
     batch_size: int = 32
+    """Preference pairs per optimizer step (> 0; the global batch when several processes train one RM)."""
     lr: float = 1e-3
+    """Peak AdamW learning rate (> 0): linear warmup over `warmup_frac` of the steps, then linear decay to 0."""
     warmup_frac: float = 0.06
+    """Fraction of the steps spent warming up to `lr`; in [0, 1)."""
     weight_decay: float = 0.0
+    """AdamW weight decay (>= 0)."""
     max_grad_norm: float = 1.0
+    """Gradients are clipped to this global norm before each step; <= 0 = no clipping."""
     dropout: float = 0.0
+    """Hidden and attention dropout of the backbone while finetuning, in [0, 1) (0 = none; masks drawn from
+    the RM's dropout seed)."""
     eval_every: int = 200
+    """Optimizer steps between evaluations on the held-out pairs (the learning curve `eval_curve` in rm.json);
+    >= 1. The final weights are always evaluated. Changes no weights, but is part of the RMs' keys."""
     max_length: int = 192
-    max_train_pairs: int | None = None
-    """Use only the first k training pairs (null = all)."""
-    pairs: Literal["testbed", "policy", "mix"] = "testbed"
-    """Training pairs (grid and evaluator): the testbed's perturbation pairs; pairs of the SFT policy's own
-    samples on sft_train posts, labelled by the testbed's Bradley-Terry raters on the gold reward (stage
-    policy-prefs); or both (policy pairs first). In-distribution accuracy is measured on held-out pairs of
-    the same kind: prefs_eval for testbed pairs, policy_prefs_eval (policy pairs on the sft_train posts the
-    SFT policy held out, which no RM trains on) for policy and mix, where prefs_eval is reported as well."""
+    """Tokens of prompt + completion + EOS an RM sees, in training and in scoring (a longer prompt is cut from
+    its left, keeping the completion); also the SFT policy's training length. > 0, at most the backbone's
+    `max_position_embeddings`. Reruns the RMs, the evaluator RM, the SFT policy (and so everything after it)
+    and the scoring."""
+    max_train_pairs: int | None = 10000
+    """The grid RMs train on only the first k training pairs (>= 1; null = all); policy pairs come first under
+    `pairs: mix`. The evaluator ignores it (`evaluator.train_pairs`). On the testbed, `pairs: policy` yields
+    ~9k pairs (testbed.n_sft x policy_pairs_per_post less ties and held-out posts), so 10000 keeps all."""
+    pairs: Literal["auto", "testbed", "policy", "mix"] = "auto"
+    """Training pairs (grid and evaluator). testbed: the data's own pairs: the testbed's perturbation pairs
+    (prefs_train), or with `data.prefs` your pairs. policy: pairs of the SFT policy's own samples on sft_train
+    posts, labelled by the testbed's Bradley-Terry raters on the gold reward (stage policy-prefs; testbed
+    only). mix: both (policy pairs first; testbed only). auto: policy on the embedded testbed (with the
+    perturbation pairs the RMs did not track gold, README), testbed with `data.prefs` (no gold reward to label
+    policy samples); resolved when the config is built, so the saved config, the manifest and the stage keys
+    only ever hold testbed, policy or mix. In-distribution accuracy is measured on held-out pairs of the same
+    kind: prefs_eval for testbed pairs, policy_prefs_eval (policy pairs on the sft_train posts the SFT policy
+    held out, which no RM trains on) for policy and mix, where prefs_eval is reported as well."""
     policy_pairs_per_post: int = 3
-    """Pairs sampled per sft_train post for `pairs: policy|mix`."""
+    """Pairs sampled per sft_train post for `pairs: policy|mix` (>= 1; two samples each, ties dropped). Reruns
+    policy-prefs and everything after it."""
     finetune_seed_scope: Literal["shared", "per_rm"] = "shared"
     """What a finetune seed fixes. shared: head init, data order and dropout are derived from the finetune seed
     alone, so RMs of different pretrains with one finetune seed differ only in the backbone (the pair relation
@@ -203,26 +287,37 @@ class RewardConfig:
         _check(self.epochs > 0 and self.batch_size > 0 and self.lr > 0, "reward", "epochs, batch_size, lr > 0")
         _check(0 <= self.warmup_frac < 1, "reward.warmup_frac", "must be in [0, 1)")
         _check(0 <= self.dropout < 1, "reward.dropout", "must be in [0, 1)")
-        _check(self.pairs in ("testbed", "policy", "mix"), "reward.pairs", "must be testbed|policy|mix")
+        _check(self.pairs in ("auto", "testbed", "policy", "mix"), "reward.pairs", "must be auto|testbed|policy|mix")
         _check(self.policy_pairs_per_post >= 1, "reward.policy_pairs_per_post", "must be >= 1")
         _check(self.finetune_seed_scope in ("shared", "per_rm"), "reward.finetune_seed_scope", "must be shared|per_rm")
 
 
 @dataclass(frozen=True)
 class EvaluatorConfig:
-    """The stronger evaluator RM: bigger backbone, a pretrain seed no grid member uses, more data."""
+    """The stronger evaluator RM: bigger backbone, a pretrain seed no grid member uses, possibly more data. It
+    judges the grid's best-of-n picks (Figure 4, Table 1) beside the gold reward."""
 
     enabled: bool = True
+    """false: no evaluator (no evaluator pretrain, RM or scores); the analyses judge by the gold reward alone,
+    which exists only on the testbed."""
     pretrain_seed: int = 1000
+    """Initialisation and data-order seed of the evaluator's backbone (pretrain id `evaluator-seed<k>`); must
+    differ from every grid pretrain's init and data seed. Unused with `checkpoint`."""
     backbone: BackboneConfig = field(
         default_factory=lambda: BackboneConfig(hidden_size=192, num_layers=3, num_heads=6, intermediate_size=768)
     )
-    pretrain_steps: int = 900
+    """Architecture of the evaluator's backbone, pretrained from scratch with the grid's recipe (`pretrain.*`);
+    unused with `checkpoint`."""
+    pretrain_steps: int = 400
+    """Pretraining steps of the evaluator's backbone (> 0); the other pretraining fields are `pretrain`'s."""
     train_pairs: int | None = None
-    """Preference pairs it is finetuned on: the first k of prefs_train (null = all, more than the grid's
-    `reward.max_train_pairs`)."""
-    epochs: float = 2.0
+    """Preference pairs it is finetuned on: the first k (>= 1) of the training pairs `reward.pairs` selects
+    (null = all, which may be more than the grid's `reward.max_train_pairs`)."""
+    epochs: float = 1.0
+    """The evaluator RM's passes over its training pairs (> 0), instead of `reward.epochs`."""
     lr: float = 8e-4
+    """The evaluator RM's peak learning rate (> 0), instead of `reward.lr`; every other finetuning field is
+    `reward`'s."""
     finetune_seed: int | None = None
     """Seed of the evaluator's finetuning randomness (head init, data order, dropout), drawn with its own pretrain
     id, never shared with a grid RM; null = its pretrain_seed."""
@@ -237,22 +332,41 @@ class EvaluatorConfig:
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    """SFT policy and candidate pools."""
+    """SFT policy (perm.policy.train_sft: summary tokens only, AdamW, 5 % warmup then linear decay) and the
+    candidate pools it samples (perm.policy.sample_pool). The sft_* fields rerun the policy and everything
+    after it; the sampling fields rerun `sample` (and the scoring and analysis after it)."""
 
     checkpoint: str | None = None
     """Load an existing causal LM (local dir, hub id or `id@revision`) as the policy instead of training one."""
     init_from: Literal["scratch", "pretrain"] = "pretrain"
     """SFT starts from the first pretrained backbone, or from scratch."""
     sft_epochs: float = 2.0
+    """Passes over sft_train (less its held-out 5 %); > 0, fractions allowed."""
     sft_lr: float = 1e-3
+    """Peak AdamW learning rate of SFT (> 0)."""
     sft_batch_size: int = 32
+    """(prompt, summary) examples per SFT step (> 0)."""
     pool_size: int = 64
+    """Candidates sampled per eval prompt (N >= 1): the pool every RM scores and best-of-n picks from; n runs
+    up to it (`analysis.ns`). Sampling and scoring time grow linearly with it."""
     n_reference: int = 8
+    """Extra samples per eval prompt (K >= 0) drawn beside the pool but never picked: the targets of the win
+    rates (picked vs reference); 0 = no win rates."""
     temperature: float = 1.0
+    """Sampling temperature of the pool and the references (> 0; 1 = the policy's distribution). The policy
+    pairs are always sampled at 1."""
     top_p: float = 1.0
+    """Nucleus sampling of the pool and the references: sample from the smallest set of tokens whose
+    probability reaches top_p; in (0, 1], 1 = no truncation. The policy pairs always use 1."""
     max_new_tokens: int = 32
+    """Most tokens per sample (> 0; a sample also ends at EOS), pool, references and policy pairs alike; reruns
+    sample and policy-prefs."""
     seed: int = 0
+    """Sampling seed of the pool and references and of the policy pairs (sampling and labels); reruns sample
+    and policy-prefs."""
     batch_prompts: int = 8
+    """Prompts sampled together (>= 1): memory and speed, and each chunk of this many prompts gets its own seed,
+    so it changes the samples (part of the sample and policy-prefs keys)."""
 
     def __post_init__(self) -> None:
         _check(self.pool_size >= 1, "policy.pool_size", "must be >= 1")
@@ -264,20 +378,21 @@ class PolicyConfig:
 
 @dataclass(frozen=True)
 class AnalysisConfig:
-    """Best-of-n analyses over the reward tensor."""
+    """Best-of-n analyses over the reward tensor (perm.analysis); each field reruns only `analyze` (and the
+    report)."""
 
     ns: tuple[int, ...] | None = None
-    """n values; null = 1, 2, 4, ... up to the pool size."""
+    """n values (each >= 1); null = 1, 2, 4, ... up to the pool size."""
     anova_draws: int = 20
-    """R random n-subsets per prompt for Figure 3."""
+    """R random n-subsets per prompt for Figure 3; > 0."""
     scale: bool = False
     """Standardise ensemble members to unit variance per prompt (not only centre) before aggregating."""
     seed: int = 0
     """Seed of Figure 3's random subsets and of the bootstrap."""
     bootstrap: int = 500
-    """Multi-bootstrap replicates behind every interval over pretrain seeds and prompts."""
+    """Multi-bootstrap replicates behind every interval over pretrain seeds and prompts; >= 2."""
     level: float = 0.9
-    """Coverage of the intervals (lo, hi)."""
+    """Coverage of the intervals (lo, hi); in (0, 1)."""
 
     def __post_init__(self) -> None:
         _check(self.anova_draws > 0, "analysis.anova_draws", "must be > 0")
@@ -289,22 +404,30 @@ class AnalysisConfig:
 
 @dataclass(frozen=True)
 class RayConfig:
+    """The Ray executor (`executor: ray`): pretrain, RM and scoring jobs run as Ray tasks; SFT, policy pairs and
+    sampling stay in the driver. No stage key but the report's holds these fields."""
+
     address: str | None = None
     """Existing cluster address (e.g. ray://head:10001 or auto); null = start a local instance."""
     num_cpus_per_task: float = 1.0
+    """CPUs Ray reserves for each task (its `num_cpus`; fractions allowed)."""
     num_gpus_per_task: float = 0.0
+    """GPUs Ray reserves for each task (its `num_gpus`; 0 = CPU-only tasks, 0.5 = two tasks share a GPU)."""
     local_num_cpus: int | None = None
     """CPUs of the local instance started when `address` is null (null = all)."""
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """One experiment, end to end."""
+    """One experiment, end to end. Its defaults are the embedded default (configs/tiny.yaml names only `out`):
+    5 pretrains, the paper layout's 9 RMs on policy pairs, an evaluator, an SFT policy, pools of 64 + 8 on 200
+    prompts, on 2 CPU cores."""
 
     out: str = "runs/tiny"
-    """Run directory."""
+    """Run directory (created if missing): every output, the resolved config.yaml and the manifest go there;
+    an existing run there resumes."""
     device: str = "auto"
-    """auto (cuda if available), cpu, cuda."""
+    """auto (cuda if available), cpu, cuda or cuda:<index>."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """auto: bf16 where the device multiplies it natively (CUDA with bf16 support; a CPU with AVX512-BF16, AMX
     or ARM BF16), fp32 elsewhere (an AVX2-only CPU emulates bf16 ~30x slower than fp32), decided from the
@@ -316,21 +439,31 @@ class RunConfig:
     softmax: 1.7-1.9x fp32 on an AVX512-BF16 CPU, where bf16 scaled-dot-product attention's backward is
     slow), the model's default (sdpa) otherwise."""
     executor: Literal["local", "ray"] = "local"
+    """local: jobs run on this machine (in this process, or in `workers` processes); ray: pretrain, RM and
+    scoring jobs run as Ray tasks (see `ray`; needs the ray extra)."""
     threads: int | None = None
     """torch intra-op threads; null = torch's default (with `workers` > 1: the machine's cores / workers)."""
-    workers: int = 1
+    workers: int = 2
     """Local executor: training jobs of a stage (pretrains, RM finetunes, the evaluator's) run in this many
     worker processes at once (each runs several jobs in turn); 1 = one after another in this process. On a few CPU
     cores two single-threaded jobs outrun one two-threaded job (small matmuls do not use two threads
     fully). Results depend on the threads per job, so resume a run with the same `workers`."""
     testbed: TestbedConfig = field(default_factory=TestbedConfig)
+    """The embedded testbed world (unused with `data.prefs`)."""
     data: DataConfig = field(default_factory=DataConfig)
+    """Your own preference pairs instead of the testbed (`data.prefs`)."""
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    """The grid's backbones: pretrained per seed, or checkpoints."""
     reward: RewardConfig = field(default_factory=RewardConfig)
+    """The RM grid and the finetuning recipe."""
     evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
+    """The stronger evaluator RM."""
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    """The SFT policy and its candidate pools."""
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    """The best-of-n analyses."""
     ray: RayConfig = field(default_factory=RayConfig)
+    """The Ray executor's cluster and task resources."""
 
     def __post_init__(self) -> None:
         _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", "auto|cpu|cuda")
@@ -339,6 +472,9 @@ class RunConfig:
         _check(self.executor in ("local", "ray"), "executor", "local|ray")
         _check(self.workers >= 1, "workers", "must be >= 1")
         _check(self.threads is None or self.threads >= 1, "threads", "must be >= 1 (or null)")
+        if self.reward.pairs == "auto":  # resolved here: to_dict, dump_config and the stage keys never see auto
+            pairs = "policy" if self.data.prefs is None else "testbed"
+            object.__setattr__(self, "reward", dataclasses.replace(self.reward, pairs=pairs))
         if self.data.prefs is not None:
             # outside the testbed there is no corpus to pretrain on and no SFT data: checkpoints are needed
             _check(bool(self.pretrain.checkpoints), "pretrain.checkpoints", "required with data.prefs")
@@ -496,7 +632,8 @@ def _fix_floats(obj: Any) -> Any:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML file (None: the embedded default, configs/tiny.yaml) and apply dotted overrides."""
+    """Read a YAML file (None: the embedded default, configs/tiny.yaml, which is `RunConfig()`) and apply dotted
+    overrides; fields the file does not set keep their dataclass defaults."""
     if path is None:
         path = default_config_path()
     path = Path(path)
