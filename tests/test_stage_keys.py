@@ -121,7 +121,7 @@ def _family(name: str) -> str:
     ("policy.sft_lr=3e-4", {"policy", "report"}),
     ("reward.policy_pairs_per_post=2", {"policy-prefs", "report"}),
     ("reward.center_coef=0.1", {"rm/*", "evaluator/rm", "report"}),
-    ("workers=2", {"report"}),
+    ("workers=1", {"report"}),
     ("reward.finetune_seed_scope=per_rm", {"rm/*", "analyze", "report"}),
     ("evaluator.finetune_seed=7", {"evaluator/rm", "report"}),
     ("analysis.bootstrap=100", {"analyze", "report"}),
