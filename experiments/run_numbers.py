@@ -48,24 +48,46 @@ def main(root: Path) -> None:
         cells = [f"n={n}: {rew.loc[n, 'mean']:+.2f} / {win.loc[n, 'mean']:.2f}" for n in (2, 4, 64) if n in rew.index]
         print(f"  {ranker}/{agg}: " + "; ".join(cells))
 
-    print("\n## seed effects")
+    def iv(r, pct=False):
+        f = (lambda v: f"{100 * v:.1f}%") if pct else (lambda v: f"{v:.3f}")
+        return f"{f(r['mean'])} [{f(r['lo'])}, {f(r['hi'])}] (se {f(r['se'])}, prompt-only {f(r['se_prompt'])})"
+
+    print("\n## seed effects (90% intervals over pretrain seeds and prompts; R pretrains)")
+    sv = pd.read_parquet(a / "seed_variance.parquet")
+    for w, n in (("pool", None), ("pick", 4), ("pick", 16), ("pick", 64)):
+        rows = sv[(sv.weighting == w) & ((sv.n == n) if n else sv.n.isna())].set_index("statistic")
+        if rows.empty:
+            continue
+        where = "pool" if n is None else f"picks n={n}"
+        print(f"  seed variance, {where}: " + "; ".join(
+            f"{k} {100 * rows.loc[k, 'estimate']:.1f}% [{100 * rows.loc[k, 'lo']:.1f}, {100 * rows.loc[k, 'hi']:.1f}]"
+            for k in ("share_pt", "share_ft", "share_res")) + f"  (R = {int(rows.R.iloc[0])})")
     f2 = pd.read_parquet(a / "figure2.parquet")
     for n in (4, 16, 64):
-        rows = f2[f2.n == n].set_index("group")
-        print(f"  Figure 2, n={n}: " + "; ".join(f"{g} {_pm(r['mean'], r['se'])}" for g, r in rows.iterrows())
-              + f"; chance {1 / n:.3f}")
+        rows = f2[f2.n == n].set_index("relation")
+        if rows.empty:
+            continue
+        print(f"  Figure 2, n={n}: " + "; ".join(f"{g} {iv(r)} kappa {r['kappa']:.3f}" for g, r in rows.iterrows())
+              + f"; chance {rows.chance.iloc[0]:.4f}")
     f1 = pd.read_parquet(a / "figure1.parquet")
-    rows = f1[f1.n == f1.n.max()].set_index("group")
-    print(f"  Figure 1, n={f1.n.max()}: " + "; ".join(f"{g} {_pm(r['mean'], r['se'])}" for g, r in rows.iterrows()))
+    rows = f1[f1.n == f1.n.max()].set_index("relation")
+    print(f"  Figure 1, n={f1.n.max()}: " + "; ".join(f"{g} {iv(r)}" for g, r in rows.iterrows()))
     f3 = pd.read_parquet(a / "figure3.parquet").set_index("n")
-    print("  Figure 3: " + "; ".join(f"n={n} {_pm(100 * r['mean'], 100 * r['se'], 1)}%"
-                                     for n, r in f3.iterrows() if n in (1, 64)))
+    print("  Figure 3: " + "; ".join(f"n={n} {iv(r, pct=True)}" for n, r in f3.iterrows() if n in (1, 64)))
+    c = pd.read_parquet(a / "contrasts.parquet")
+    c = c[(c.n == c.n.max()) & ((c.figure != "table1") | (c.aggregator == "mean"))]
+    print("  contrasts at the largest n (> 0 = the paper's finding):")
+    for _, r in c.iterrows():
+        where = r["figure"] if r["figure"] != "table1" else f"table1 {r['target']} {r['metric']}"
+        print(f"    {where:<28} {r['contrast']:<36} {r['estimate']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}] "
+              f"se {r['se']:.3f} (prompt-only {r['se_prompt']:.3f}), R = {int(r['R'])}")
 
-    print("\n## Table 1")
+    print("\n## Table 1 (se over seeds and prompts; prompt-only se in brackets)")
     t1 = pd.read_parquet(a / "table1.parquet")
     for _, r in t1.iterrows():
-        print(f"  {r['ensemble']:<9} {r['aggregator']:<15} reward {_pm(r['reward_mean'], r['reward_se'])}  "
-              f"win rate {_pm(r['win_rate_mean'], r['win_rate_se'])}")
+        print(f"  {r['target']:<9} {r['ensemble']:<9} {r['aggregator']:<15} "
+              f"reward {_pm(r['reward_mean'], r['reward_se'])} ({r.get('reward_se_prompt', float('nan')):.3f})  "
+              f"win rate {_pm(r['win_rate_mean'], r['win_rate_se'])} ({r.get('win_rate_se_prompt', float('nan')):.3f})")
 
     print("\n## wall time per stage (s)")
     stages = json.loads((root / "manifest.json").read_text())["stages"]
