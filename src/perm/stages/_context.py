@@ -2,10 +2,16 @@
 skip -> mark -> log -> time -> done bookkeeping of one stage or a batch of jobs.
 
 A stage's *input key* hashes its config slice and the identities of what it reads: an upstream stage's
-output hash (``RunStore.output_hash``), or a local checkpoint's content hash / a hub id. ``keys(cfg,
-upstream)`` of every stage module is a pure function of the config and a mapping ``upstream`` from manifest
-names (``testbed``, ``pretrain/seed0``, ``policy``, ...) to output hashes, plus ``checkpoint:<path>`` entries
-for checkpoints; :meth:`Context.upstream` builds that mapping from the run's manifest.
+output hash (``RunStore.output_hash``), or a local checkpoint's content hash / a hub id at the commit it is
+pinned to. ``keys(cfg, upstream)`` of every stage module is a pure function of the config and a mapping
+``upstream`` from manifest names (``testbed``, ``pretrain/seed0``, ``policy``, ...) to output hashes, plus
+``checkpoint:<spec>`` entries for checkpoints and ``dataset:<field>`` entries for hub datasets pinned to a
+commit; :meth:`Context.upstream` builds that mapping from the run's manifest.
+
+Checkpoints are read through :meth:`Context.resolve_checkpoint` alone, once per run: a hub id is pinned to
+its commit (perm.hub; ``org/name@<sha>`` is what the stages load), and with ``pretrain.convert_bin`` a
+checkpoint with only ``pytorch_model.bin`` weights is converted into ``<run>/converted/`` (perm.convert)
+and the conversion is loaded (and keyed by its content) instead.
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ def stage_key(cfg: RunConfig, obj: dict) -> str:
 
 
 def checkpoint_key(path: str) -> str:
-    """A local checkpoint directory is keyed by its content (changed weights rerun); a hub id by its name."""
+    """A local checkpoint directory is keyed by its content (changed weights rerun); a hub id by its name,
+    ``hub:org/name@<sha>`` once :meth:`Context.resolve_checkpoint` has pinned it to a commit."""
     from perm.store import hash_path
 
     p = Path(path)
@@ -45,6 +52,12 @@ def checkpoint_key(path: str) -> str:
 def checkpoint_name(path: str) -> str:
     """The name of a checkpoint's identity in an ``upstream`` mapping."""
     return f"checkpoint:{path}"
+
+
+def dataset_name(field: str) -> str:
+    """The name of a hub dataset's identity (``hub:<id>@<sha>``) in an ``upstream`` mapping: ``dataset:prefs``
+    or ``dataset:prefs_eval``; present only when the dataset is a hub id pinned to a commit."""
+    return f"dataset:{field}"
 
 
 def data_identity(cfg: RunConfig, upstream: Mapping[str, str]) -> str:
@@ -83,6 +96,8 @@ class Context:
         self._stages = stages
         self._memo: dict = {}
         self.checkpoint_keys: dict[str, str] = {}
+        self._pins: dict[str, str | None] | None = None
+        self._resolved: dict[str, str] = {}
 
     def need(self, name: str, *args):
         """Run stage `name` (memoised per context and arguments) and return its result."""
@@ -97,21 +112,95 @@ class Context:
         return stage_key(self.cfg, obj)
 
     def checkpoint_key(self, path: str) -> str:
-        """:func:`checkpoint_key` once per checkpoint and run: a local checkpoint is hashed by content, and
-        the same one keys several stages (every RM of a pretrain, the evaluator's jobs, the policy's)."""
+        """:func:`checkpoint_key` of the checkpoint `path` (a config spec) resolves to, once per checkpoint
+        and run: a local checkpoint is hashed by content, and the same one keys several stages (every RM of
+        a pretrain, the evaluator's jobs, the policy's)."""
         if path not in self.checkpoint_keys:
-            self.checkpoint_keys[path] = checkpoint_key(path)
+            self.checkpoint_keys[path] = checkpoint_key(self.resolve_checkpoint(path))
         return self.checkpoint_keys[path]
 
+    def hub_pins(self) -> dict[str, str | None]:
+        """Commit sha of every hub reference of the config (perm.hub.pin; None: not pinned, e.g. offline,
+        with one warning line), asked once per run before the first stage that reads a checkpoint or the
+        data; the pinned ones are recorded in the manifest's ``hub_refs`` (reference -> sha; a reference
+        whose sha changed keeps its earlier one in ``hub_refs_history``)."""
+        if self._pins is None:
+            from perm.hub import config_refs, pin
+
+            refs = config_refs(self.cfg)
+            self._pins, warning = pin(refs) if refs else ({}, None)
+            if warning:
+                self.log.warn(warning)
+            self._record_pins({r: s for r, s in self._pins.items() if s})
+        return self._pins
+
+    def _record_pins(self, pinned: dict[str, str]) -> None:
+        if not pinned:
+            return
+        from perm.store import atomic_write_json
+
+        m = self.store.manifest()
+        old = m.get("hub_refs", {})
+        moved = [{"reference": r, "sha": old[r]} for r, sha in pinned.items() if old.get(r, sha) != sha]
+        if moved:
+            m.setdefault("hub_refs_history", []).extend(moved)
+        if moved or old != old | pinned:
+            m["hub_refs"] = old | pinned
+            atomic_write_json(self.store.manifest_path, m)
+
+    def resolve_checkpoint(self, spec: str) -> str:
+        """What to load for the checkpoint `spec` of the config (``pretrain.checkpoints[i]``,
+        ``evaluator.checkpoint``, ``policy.checkpoint``), once per run; every stage reads checkpoints
+        through it. A hub id pinned to a commit becomes ``org/name@<sha>``; with ``pretrain.convert_bin``
+        a checkpoint whose weights are only ``pytorch_model.bin`` becomes its safetensors conversion in
+        ``<run>/converted/`` (a local path, keyed by its content). Otherwise `spec` itself."""
+        if spec not in self._resolved:
+            from perm.hub import model_ref
+
+            ref = model_ref(spec)
+            path = ref.at(self.hub_pins().get(ref.reference)) if ref else spec
+            if self.cfg.pretrain.convert_bin:
+                path = self._hub_conversion(path) if ref else self._local_conversion(path)
+            self._resolved[spec] = path
+        return self._resolved[spec]
+
+    def _hub_conversion(self, spec: str) -> str:
+        """ensure_safetensors for a hub id (``org/name@rev``); a conversion of the same repo and revision
+        already in the run is reused without asking the hub (a pinned sha does not move; offline resumes)."""
+        from perm.convert import RECORD, conversion_dir, ensure_safetensors
+        from perm.models import split_revision
+
+        repo, revision = split_revision(spec)
+        out = conversion_dir(repo, self.root / "converted", revision)
+        if _record_matches(out / RECORD, repo, revision):
+            return str(out)
+        return ensure_safetensors(repo, self.root / "converted", revision,
+                                  trust_remote_code=self.cfg.pretrain.trust_remote_code)
+
+    def _local_conversion(self, src: str) -> str:
+        """ensure_safetensors for a local folder; an earlier conversion whose input .bin files have changed
+        since (convert.json's sha256s) is made again, as a changed local checkpoint reruns what it feeds."""
+        from perm.convert import RECORD, conversion_dir, convert_checkpoint, ensure_safetensors
+
+        p, trust = Path(src).expanduser(), self.cfg.pretrain.trust_remote_code
+        if p.is_dir() and any(p.glob("*.safetensors")):
+            return src
+        out = conversion_dir(src, self.root / "converted")
+        if (out / RECORD).is_file() and not _inputs_unchanged(p, out / RECORD):
+            return str(convert_checkpoint(src, out, trust_remote_code=trust))
+        return ensure_safetensors(src, self.root / "converted", None, trust_remote_code=trust)
+
     def upstream(self) -> dict[str, str]:
-        """Output hashes of every finished stage, and the keys of the config's checkpoints: the ``upstream``
-        argument of a stage's ``keys``."""
+        """Output hashes of every finished stage, the keys of the config's checkpoints and the identities of
+        its pinned hub datasets: the ``upstream`` argument of a stage's ``keys``."""
+        from perm.hub import config_refs, model_specs
+
         out = {name: self.store.output_hash(name) for name, rec in self.store.manifest()["stages"].items()
                if rec.get("status") == "done"}
-        c = self.cfg
-        paths = [*c.pretrain.checkpoints, c.evaluator.checkpoint if c.evaluator.enabled else None,
-                 c.policy.checkpoint]
-        out |= {checkpoint_name(p): self.checkpoint_key(p) for p in paths if p}
+        out |= {checkpoint_name(p): self.checkpoint_key(p) for p in model_specs(self.cfg)}
+        pins = self.hub_pins()
+        out |= {dataset_name(r.field): r.key(pins[r.reference]) for r in config_refs(self.cfg)
+                if r.kind == "dataset" and pins.get(r.reference)}
         return out
 
     # ------------------------------------------------------------------------------------ job settings
@@ -190,6 +279,39 @@ class Context:
             name, kw = todo[i]
             self.done(name, keys[name], [kw["out_rel"]], time.perf_counter() - wall, seeds=seeds_of(kw),
                       info=info | {"threads": kw.get("threads")})
+
+
+def _record_matches(record: Path, source: str, revision: str | None) -> bool:
+    """True when `record` (a conversion's convert.json) is of `source` at `revision`."""
+    import json
+
+    try:
+        done = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return False
+    return done.get("source") == source and done.get("revision") == revision
+
+
+def _inputs_unchanged(src: Path, record: Path) -> bool:
+    """True when every input file that `record` lists still has the sha256 recorded there."""
+    import hashlib
+    import json
+
+    try:
+        inputs = json.loads(record.read_text())["inputs"]
+    except (OSError, ValueError, KeyError):
+        return False
+    for name, digest in inputs.items():
+        f = src / name
+        if not f.is_file():
+            return False
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        if h.hexdigest() != digest:
+            return False
+    return True
 
 
 def torch_setup(device: str, threads: int | None):

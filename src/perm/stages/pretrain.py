@@ -1,7 +1,7 @@
 """`perm pretrain`: the seed-varied backbones (perm.pretrain.pretrain on the testbed corpus, one job per
 pretrain seed, plus the evaluator's own bigger backbone), or the configured checkpoints registered instead.
 Manifest names `pretrain/<pretrain_id>` and `evaluator/pretrain`. Returns pretrain_id -> backbone path or
-hub id."""
+hub id (``org/name@<sha>`` once pinned; a conversion under <run>/converted/ with `convert_bin`)."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def run(ctx: Context) -> dict[str, str]:
     cfg = ctx.cfg
     c, e = cfg.pretrain, cfg.evaluator
     if c.checkpoints and not (e.enabled and not e.checkpoint):
-        return dict(zip(c.pretrain_ids(), c.checkpoints, strict=True))
+        return _registered(ctx)
     ctx.need("testbed")
     all_keys = keys(cfg, ctx.upstream())
     env = dict(run_dir=str(ctx.root), **ctx.job_env())
@@ -74,8 +74,15 @@ def run(ctx: Context) -> dict[str, str]:
     # the longest job (the evaluator's) first, so parallel workers finish together
     ctx.run_jobs(job_pretrain, todo, all_keys, seeds_of=seeds_of)
     if c.checkpoints:
-        return dict(zip(c.pretrain_ids(), c.checkpoints, strict=True))
+        return _registered(ctx)
     return {pid: str(ctx.root / f"pretrain/{pid}") for pid in c.pretrain_ids()}
+
+
+def _registered(ctx: Context) -> dict[str, str]:
+    """pretrain_id -> what to load for each of `pretrain.checkpoints` (Context.resolve_checkpoint: a hub id
+    at its pinned commit, a .bin-only checkpoint's conversion with convert_bin)."""
+    c = ctx.cfg.pretrain
+    return {pid: ctx.resolve_checkpoint(spec) for pid, spec in zip(c.pretrain_ids(), c.checkpoints, strict=True)}
 
 
 def job_pretrain(run_dir: str, out_rel: str, *, init_seed: int, data_seed: int, backbone: dict, train: dict,

@@ -43,7 +43,7 @@ def run(ctx: Context) -> str:
     cfg = ctx.cfg
     c = cfg.policy
     if c.checkpoint:
-        return c.checkpoint
+        return ctx.resolve_checkpoint(c.checkpoint)  # pinned to its commit / converted, as every checkpoint
     ctx.need("testbed")
     init = next(iter(ctx.need("pretrain").values())) if c.init_from == "pretrain" else None
     key = keys(cfg, ctx.upstream())["policy"]

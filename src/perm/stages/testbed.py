@@ -1,14 +1,19 @@
 """`perm testbed`: the run's data and tokenizer — the embedded testbed world (perm.testbed.build), or a
 user's preference pairs (`data.prefs`, loaded and validated by perm.data) with the first checkpoint's
-tokenizer. Manifest name `testbed` or `data`; outputs data/ and tokenizer/. Returns the data's output hash."""
+tokenizer. Manifest name `testbed` or `data`; outputs data/ and tokenizer/. Returns the data's output hash.
+
+With `data.prefs`, the data stage also checks that the grid's backbones, the evaluator and the policy share
+one tokenizer (:func:`check_tokenizers`, on every invocation, before anything is read), and loads a hub
+dataset at the commit it is pinned to (perm.hub), keyed on it."""
 
 from __future__ import annotations
 
 import shutil
 from collections.abc import Mapping
+from pathlib import Path
 
 from perm.config import RunConfig, to_dict
-from perm.stages._context import Context, checkpoint_name
+from perm.stages._context import Context, checkpoint_name, dataset_name
 from perm.store import atomic_path, hash_obj
 
 NAME = "testbed"
@@ -17,8 +22,11 @@ NEEDS: tuple[str, ...] = ()
 
 def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
     if cfg.data.prefs is not None:
-        return {"data": hash_obj({"data": to_dict(cfg.data),
-                                  "tokenizer": upstream[checkpoint_name(cfg.pretrain.checkpoints[0])]})}
+        obj = {"data": to_dict(cfg.data), "tokenizer": upstream[checkpoint_name(cfg.pretrain.checkpoints[0])]}
+        # a hub dataset pinned to a commit is keyed on it (a rewritten branch reruns the import); unpinned
+        # (offline) or local data keep the key they had before pinning existed
+        hub = {f: upstream[dataset_name(f)] for f in ("prefs", "prefs_eval") if dataset_name(f) in upstream}
+        return {"data": hash_obj(obj | ({"hub": hub} if hub else {}))}
     from perm.testbed.build import TESTBED_VERSION
 
     return {"testbed": hash_obj({"testbed": to_dict(cfg.testbed), "version": TESTBED_VERSION})}
@@ -63,25 +71,28 @@ def _import_data(ctx: Context) -> str:
     if not c.checkpoints:
         raise ValueError("data.prefs needs pretrain.checkpoints (the testbed tokenizer only fits testbed data)")
     key = keys(ctx.cfg, ctx.upstream())["data"]
+    tok, tokenizers = check_tokenizers(ctx)  # every invocation: a changed policy.checkpoint is checked too
+    revisions = _pinned_revisions(ctx)
 
     def load() -> dict:
         import pyarrow as pa
 
         from perm.data import load_preferences, preferences_to_table
-        from perm.models import load_tokenizer
         from perm.store import atomic_write_parquet
 
-        common = dict(schema=d.schema, name=d.name, revision=d.revision)
+        common = dict(schema=d.schema, name=d.name, revision=revisions.get("prefs", d.revision),
+                      bad_rows=d.bad_rows, max_bad_fraction=d.max_bad_fraction)
         train_stats, eval_stats = {}, {}
         train = load_preferences(d.prefs, split=d.train_split, limit=d.max_train_pairs, stats=train_stats,
                                  **common)
         if d.prefs_eval is not None:
-            held = load_preferences(d.prefs_eval, limit=d.max_eval_pairs, schema=d.schema, stats=eval_stats)
+            held = load_preferences(d.prefs_eval, limit=d.max_eval_pairs, schema=d.schema, stats=eval_stats,
+                                    revision=revisions.get("prefs_eval"), bad_rows=d.bad_rows,
+                                    max_bad_fraction=d.max_bad_fraction)
         else:
             held = load_preferences(d.prefs, split=d.eval_split, limit=d.max_eval_pairs, stats=eval_stats,
                                     **common)
         prompts = list(dict.fromkeys(p.prompt for p in held))[: d.n_eval_prompts]
-        tok = load_tokenizer(c.checkpoints[0], trust_remote_code=c.trust_remote_code)
         ctx.store.mark_running("data", key)  # only once the data are valid
         with atomic_path(ctx.root / "data") as tmp:  # the whole folder: no leftovers of another source
             tmp.mkdir()
@@ -93,8 +104,103 @@ def _import_data(ctx: Context) -> str:
             tok.save_pretrained(str(tmp))
         skipped = {f"{part}_{k}": v for part, st in (("train", train_stats), ("eval", eval_stats))
                    for k, v in st.items() if v}
-        return {"train_pairs": len(train), "eval_pairs": len(held)} | skipped
+        return {"train_pairs": len(train), "eval_pairs": len(held)} | skipped | tokenizers
 
     ctx.run_one("data", key, load, ["data", "tokenizer"], mark=False, source=d.prefs)
     return ctx.store.output_hash("data")
+
+
+def _pinned_revisions(ctx: Context) -> dict[str, str]:
+    """The commit each hub dataset field (prefs, prefs_eval) is pinned to; absent where it is not."""
+    from perm.hub import config_refs
+
+    pins = ctx.hub_pins()
+    return {r.field: pins[r.reference] for r in config_refs(ctx.cfg)
+            if r.kind == "dataset" and pins.get(r.reference)}
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "tokenizer.model",
+                   "spiece.model", "vocab.txt")
+_SPECIAL = ("bos_token", "eos_token", "unk_token", "sep_token", "cls_token", "mask_token")
+
+
+def check_tokenizers(ctx: Context):
+    """Load the tokenizer of every grid backbone, the evaluator and the policy (their resolved checkpoints,
+    through perm.models.load_tokenizer) and check that they agree (perm.models.check_same_tokenizer); a
+    mismatch is a ModelLoadError naming both models. Returns the run's tokenizer (the first checkpoint's)
+    and what the data stage records: its ``tokenizer_fingerprint``, and ``tokenizer_unchecked`` (models
+    whose tokenizer could not be loaded: a hub id offline, or a checkpoint folder without tokenizer files,
+    such as a converted step branch that has none) and ``tokenizer_pad_ignored`` (models whose own pad
+    token differs from the run's) where there are any.
+
+    The pad token is left out of the comparison (:func:`_without_pad`): padding is masked everywhere, RMs
+    and the evaluator pad with the run's tokenizer, and the policy pads only its own prompts, so a model
+    whose tokenizer adds a pad token of its own (TRL's TL;DR SFT policy may), or uses EOS as pad, gives
+    every text the same ids as the grid's. Any other difference (vocabulary, merges, normaliser,
+    pre-tokeniser, post-processor, other special tokens or added tokens) is an error."""
+    from perm.hub import model_ref, offline
+    from perm.models import check_same_tokenizer, load_tokenizer, tokenizer_fingerprint
+
+    cfg = ctx.cfg
+    c = cfg.pretrain
+    named = [(f"pretrain.checkpoints[{i}] ({s})", s) for i, s in enumerate(c.checkpoints)]
+    if cfg.evaluator.enabled and cfg.evaluator.checkpoint:
+        named.append((f"evaluator.checkpoint ({cfg.evaluator.checkpoint})", cfg.evaluator.checkpoint))
+    if cfg.policy.checkpoint:
+        named.append((f"policy.checkpoint ({cfg.policy.checkpoint})", cfg.policy.checkpoint))
+    loaded: dict[str, object] = {}
+    toks, unchecked = {}, []
+    pins, cache_only = ctx.hub_pins(), offline()
+    for i, (name, spec) in enumerate(named):
+        path = ctx.resolve_checkpoint(spec)
+        if path not in loaded:
+            local, ref = Path(path).expanduser(), model_ref(spec)
+            if i and local.is_dir() and not any((local / f).is_file() for f in TOKENIZER_FILES):
+                loaded[path] = None  # no tokenizer files (a converted branch without them): the run's is used
+            elif i and ref is not None and not local.exists():
+                # a hub id: fetched when the hub answered (it is pinned) or from the cache when offline; not
+                # when the hub was unreachable (transformers would retry for a minute per model)
+                loaded[path] = None
+                if pins.get(ref.reference) or cache_only:
+                    try:
+                        loaded[path] = load_tokenizer(path, trust_remote_code=c.trust_remote_code)
+                    except Exception:  # not in the cache, offline: checked where it can be
+                        pass
+            else:
+                loaded[path] = load_tokenizer(path, trust_remote_code=c.trust_remote_code)
+        if loaded[path] is None:
+            unchecked.append(name)
+        else:
+            toks[name] = loaded[path]
+    run_tok = toks[named[0][0]]
+    check_same_tokenizer({name: _without_pad(t) for name, t in toks.items()})
+    info: dict = {"tokenizer_fingerprint": tokenizer_fingerprint(run_tok)}
+    pads = {name: str(t.pad_token) for name, t in toks.items() if t.pad_token != run_tok.pad_token}
+    if pads:
+        info["tokenizer_pad_ignored"] = pads
+    if unchecked:
+        info["tokenizer_unchecked"] = unchecked
+        ctx.log.warn(f"tokenizer: not checked for {', '.join(unchecked)} (no tokenizer to load there); the run "
+                     f"uses {named[0][0]}'s")
+    return run_tok, info
+
+
+def _without_pad(tok):
+    """`tok` with its pad token taken out, for comparing: the pad attribute dropped, and the pad's added-token
+    entry too when the pad is a token of its own (not a word of the base vocabulary nor another special
+    token). A tokenizer without a fast backend is returned as it is (compared whole)."""
+    import json
+
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    backend = getattr(tok, "backend_tokenizer", None)
+    if tok.pad_token is None or backend is None:
+        return tok
+    pad = str(tok.pad_token)
+    specials = {a: str(getattr(tok, a)) for a in _SPECIAL if getattr(tok, a, None) is not None}
+    spec = json.loads(backend.to_str())
+    if pad not in backend.get_vocab(with_added_tokens=False) and pad not in specials.values():
+        spec["added_tokens"] = [t for t in spec.get("added_tokens") or [] if t.get("content") != pad]
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)), **specials)
 

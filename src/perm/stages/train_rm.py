@@ -113,7 +113,8 @@ def run(ctx: Context) -> dict:
     name = "evaluator/rm"
     if e.enabled and not ctx.skip(name, all_keys[name]):
         todo.insert(0, (name, dict(  # trained beside the grid: the longest job first
-            env, out_rel=name, backbone=e.checkpoint or str(ctx.root / "evaluator/pretrain"),
+            env, out_rel=name,
+            backbone=ctx.resolve_checkpoint(e.checkpoint) if e.checkpoint else str(ctx.root / "evaluator/pretrain"),
             pretrain_id=evaluator_ids(cfg)[0], finetune_seed=evaluator_ids(cfg)[1], seed_scope="per_rm",
             reward=evaluator_reward_args(cfg), n_pairs=e.train_pairs, role="evaluator")))
     ctx.run_jobs(job_reward_model, todo, all_keys, seeds_of=job_seeds)
