@@ -76,7 +76,15 @@ def test_bad_preference_file_exits_2_naming_line_and_field(tmp_path, tiny_backbo
     assert not (out / "data").exists()
 
 
-def test_own_pairs_with_the_default_policy_pairs_say_how_to_fix(tmp_path, tiny_backbone_dir):
-    r = runner.invoke(app, ["testbed", f"data.prefs={tmp_path / 'p.jsonl'}", f"pretrain.checkpoints=[{tiny_backbone_dir}]",
-                            f"policy.checkpoint={tiny_backbone_dir}", "evaluator.enabled=false"])
+def test_own_pairs_with_policy_pairs_say_how_to_fix(tmp_path, tiny_backbone_dir):
+    """reward.pairs: auto (the default) trains on your pairs with data.prefs; asking for the policy's own pairs,
+    which need the testbed's gold reward, is an error that says how to fix it."""
+    common = [f"data.prefs={tmp_path / 'p.jsonl'}", f"pretrain.checkpoints=[{tiny_backbone_dir}]",
+              f"policy.checkpoint={tiny_backbone_dir}", "evaluator.enabled=false", f"out={tmp_path / 'run'}"]
+    r = runner.invoke(app, ["testbed", *common, "reward.pairs=policy"])
     assert r.exit_code == 2 and "set reward.pairs=testbed" in r.output
+    (tmp_path / "p.jsonl").write_text('{"prompt": "w1 TL;DR:", "chosen": " good", "rejected": " bad"}\n' * 3)
+    r = runner.invoke(app, ["testbed", *common, "data.train_split=null", f"data.prefs_eval={tmp_path / 'p.jsonl'}"])
+    assert r.exit_code == 0, r.output
+    assert "reward:\n" in (tmp_path / "run" / "config.yaml").read_text()
+    assert "pairs: testbed" in (tmp_path / "run" / "config.yaml").read_text()
