@@ -135,14 +135,22 @@ def validate_samples(path: Path):
 
 
 def job_score(run_dir: str, out_rel: str, *, model_dir: str, model_id: str, max_length: int, batch_size: int,
-              device: str, threads: int | None, show_progress: bool = True) -> dict:
+              device: str, threads: int | None, show_progress: bool = True) -> dict | None:
     """Score every sample with one RM into run_dir/out_rel (prompt_id, sample_id, reward).
 
     Decoder RMs run each prompt once and its candidates as continuations of its KV cache
     (``perm.prefix.score_prompt_groups``: the same rewards as full-sequence scoring); encoders score whole.
+
+    Under several processes (``python -m perm.launch job_score``) the ranks take turns over the batches the
+    single process would run (prompt batches, or length batches of whole sequences for encoders), each
+    scored as that process scores it, so the rewards are the same floats; they are gathered to every rank,
+    the main process writes the file and returns the info, the others return None once it is written.
+    (Two rare fallbacks inside ``score_prompt_groups`` batch across the whole share and then equal the
+    single process's rewards only up to rounding: all-padding candidates, and caches that cannot be shared.)
     """
     import numpy as np
     import pyarrow as pa
+    import torch.distributed as tdist
 
     from perm.models import load_reward_model
     from perm.prefix import score_prompt_groups
@@ -150,25 +158,65 @@ def job_score(run_dir: str, out_rel: str, *, model_dir: str, model_id: str, max_
     from perm.store import atomic_write_parquet
 
     dev = torch_setup(device, threads)
+    state = None  # accelerate's PartialState when perm.launch started several processes
+    if tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1:
+        from accelerate import PartialState
+
+        state = PartialState()
+        dev = dev if dev.type == "cpu" else state.device  # one GPU per rank
+    main = state is None or state.is_main_process
     run = Path(run_dir)
     tok_dir = Path(model_dir) if (Path(model_dir) / "tokenizer.json").exists() else run / "tokenizer"
     (p_ids, c_ids, rows), prompt_ids, sample_ids, tok = encoded_samples(run, tok_dir, max_length)
     model = load_reward_model(model_dir).to(dev)
     t0 = time.perf_counter()
-    bar = Progress("normal" if show_progress else "quiet").bar(f"score {model_id}", len(prompt_ids))
+    bar = Progress("normal" if show_progress and main else "quiet").bar(f"score {model_id}", len(prompt_ids))
     rewards = np.full(len(prompt_ids), np.nan)
     # scoring stays in fp32 even in bf16 runs: a bf16 head rounds rewards into spurious ties (7-bit mantissa),
     # and ties go to the lower sample id for every RM alike, inflating agreement
-    groups = score_prompt_groups(model, p_ids, c_ids, tok.pad_token_id, dev, batch_size=batch_size, progress=bar)
-    for r, group in zip(rows, groups, strict=True):
-        rewards[r] = group
+    if state is None:
+        groups = score_prompt_groups(model, p_ids, c_ids, tok.pad_token_id, dev, batch_size=batch_size,
+                                     progress=bar)
+        for r, group in zip(rows, groups, strict=True):
+            rewards[r] = group
+    else:
+        from accelerate.utils import gather_object
+
+        from perm.batching import length_batches
+        from perm.prefix import _prompt_batches, score_ids, shares_prompt
+
+        none = np.empty(0, dtype=np.int64)
+        if shares_prompt(model):  # the prompt batches score_prompt_groups forms; a rank's share re-forms them
+            order = np.argsort([len(p) for p in p_ids], kind="stable")
+            plan = _prompt_batches(order, np.array([len(c) for c in c_ids], dtype=np.int64), batch_size)
+            mine = np.sort(np.concatenate([none, *plan[state.process_index :: state.num_processes]]))
+            got = score_prompt_groups(model, [p_ids[g] for g in mine], [c_ids[g] for g in mine],
+                                      tok.pad_token_id, dev, batch_size=batch_size, progress=bar)
+            part = (np.concatenate([none, *(rows[g] for g in mine)]), np.concatenate([np.empty(0), *got]))
+        else:  # scored whole, as score_prompt_groups does: length batches of every candidate, group-major
+            whole = [list(p) + list(c) for p, cs in zip(p_ids, c_ids, strict=True) for c in cs]
+            plan = length_batches([len(s) for s in whole], batch_size)
+            mine = np.sort(np.concatenate([none, *plan[state.process_index :: state.num_processes]]))
+            part = (np.concatenate([none, *rows])[mine],
+                    score_ids(model, [whole[k] for k in mine], tok.pad_token_id, dev, batch_size=batch_size,
+                              progress=bar))
+        shares = gather_object([part])  # every rank's (rows, rewards), on every rank
+        for r, vals in shares:
+            rewards[r] = vals
     bar.close()
-    check_finite(rewards, model_id)
-    atomic_write_parquet(run / out_rel, pa.table({"prompt_id": pa.array(prompt_ids, pa.int64()),
-                                                  "sample_id": pa.array(sample_ids, pa.int64()),
-                                                  "reward": pa.array(rewards, pa.float64())}))
+    check_finite(rewards, model_id)  # on every rank alike: none waits for a main process that raised
+    if main:
+        atomic_write_parquet(run / out_rel, pa.table({"prompt_id": pa.array(prompt_ids, pa.int64()),
+                                                      "sample_id": pa.array(sample_ids, pa.int64()),
+                                                      "reward": pa.array(rewards, pa.float64())}))
     wall = time.perf_counter() - t0
-    return {"rows": len(prompt_ids), "wall_s": wall, "sequences_per_s": len(prompt_ids) / wall}
+    info = {"rows": len(prompt_ids), "wall_s": wall, "sequences_per_s": len(prompt_ids) / wall}
+    if state is not None:
+        state.wait_for_everyone()
+        if not main:
+            return None
+        info["rows_per_process"] = [len(r) for r, _ in shares]
+    return info
 
 
 def assemble_reward_tensor(root: Path, records: list[dict]) -> dict:

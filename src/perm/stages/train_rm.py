@@ -129,9 +129,13 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
                      eval_files: tuple[str, ...] = ("data/prefs_eval.parquet",), device: str, threads: int | None,
                      precision: str = "fp32", attention: str = "auto",
                      trust_remote_code: bool = False, role: str = "rm", seed_scope: str = "shared",
-                     show_progress: bool = True) -> dict:
+                     show_progress: bool = True) -> dict | None:
     """Finetune one RM from `backbone` (dir or hub id) on the pairs of `pair_files` (concatenated, first
     `n_pairs` kept); save it + rm.json atomically.
+
+    Under several processes (``python -m perm.launch job_reward_model``, DDP) every rank trains on its slice
+    of each global batch; the main process writes the RM and returns the info, the others return None once
+    it is written.
 
     eval_files: held-out pairs; the first is in distribution (the learning curve and `accuracy`), the others
     are evaluated once at the end (`other_evals`). Gold accuracy wherever the file has gold columns."""
@@ -172,17 +176,35 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
         return encode(tok, ep, ec, ml), encode(tok, ep, er, ml), gold_diff
 
     ec, er, gold_diff = eval_set(eval_files[0])
-    bar = Progress("normal" if show_progress else "quiet").bar(out_rel, 1)
+    acc = make_accelerator(dev, precision)
+    world = acc.num_processes  # > 1 under `python -m perm.launch` (DDP): every rank trains, the main one saves
+    if world > 1:
+        short = len(chosen) % reward["batch_size"]
+        if 0 < short < world:
+            raise ValueError(f"{out_rel}: {len(chosen)} pairs in batches of {reward['batch_size']} leave a last "
+                             f"batch of {short} pairs, fewer than the {world} processes that split each batch")
+        # the loop splits each global batch over the ranks: one LR-schedule step per update, as in one process
+        # (accelerate's default steps a prepared scheduler once per process)
+        acc.dataloader_config.split_batches = True
+    bar = Progress("normal" if show_progress and acc.is_main_process else "quiet").bar(out_rel, 1)
     state = train_reward_model(
         model, chosen=encode(tok, prompts, chosen, ml), rejected=encode(tok, prompts, rejected, ml),
         eval_chosen=ec, eval_rejected=er, eval_gold_diff=gold_diff, pad_id=tok.pad_token_id,
         data_seed=seeds["data_seed"], dropout_seed=seeds["dropout_seed"], progress=bar,
-        accelerator=make_accelerator(dev, precision),
+        accelerator=acc,
         **{k: reward[k] for k in ("center_coef", "epochs", "batch_size", "lr", "warmup_frac", "weight_decay",
                                   "max_grad_norm", "eval_every", "group_by_prompt")})
     bar.close()
     model = state.pop("model")
-    final = state["evals"][-1]  # the loop's last eval is of the final weights
+    train_loss = state["train_loss"]
+    if world > 1:  # each rank's loss is of its slice: the global batch's is their mean (equal slices)
+        from accelerate.utils import gather_object
+
+        train_loss = [sum(step) / world for step in zip(*gather_object([train_loss]), strict=True)]
+        if not acc.is_main_process:
+            acc.wait_for_everyone()  # until the main process has written the RM
+            return None
+    final = state["evals"][-1]  # the loop's last eval is of the final weights (every rank evaluates all)
     keep = ("accuracy", "accuracy_se", "gold_accuracy", "mean_reward")
     others = {}
     for rel in eval_files[1:]:
@@ -208,14 +230,18 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
         "eval_mean_reward": final["mean_reward"],
         "other_evals": others,
         "eval_curve": state["evals"],
-        "final_train_loss": float(sum(state["train_loss"][-20:]) / len(state["train_loss"][-20:])),
+        "final_train_loss": float(sum(train_loss[-20:]) / len(train_loss[-20:])),
         "steps": state["step"],
         "wall_s": state["wall_s"],
         "pairs_per_s": state["pairs_per_s"],
         "attention": model.config._attn_implementation,
         "precision": precision,
     }
+    if world > 1:
+        info["processes"] = world
     with atomic_path(run / out_rel) as tmp:
         save_model(model, tok, tmp, info, "rm.json")
+    if world > 1:
+        acc.wait_for_everyone()
     return info
 
