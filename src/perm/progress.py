@@ -44,10 +44,31 @@ class Progress:
             print(f"[perm] warning: {text}", file=self.stream, flush=True)
 
     def bar(self, desc: str, total: int):
-        """A callable `update(done, total, loss=None)` drawing a tqdm bar (no-op unless normal mode)."""
-        if self.mode != "normal":
+        """A callable `update(done, total, loss=None)` drawing a tqdm bar with its ETA: only in normal mode
+        and on a terminal; elsewhere (a log file, CI, a pipe) the start / done lines are the whole record."""
+        if self.mode != "normal" or not _isatty(self.stream):
             return _NullBar()
-        return _Bar(tqdm(total=total, desc=f"  {desc}", leave=False, file=self.stream, dynamic_ncols=True))
+        # a terminal that reports no size (a bare pty) gets a fixed one: tqdm draws nothing on 0 rows
+        size = {} if _has_size(self.stream) else {"ncols": 100, "nrows": 40}
+        return _Bar(tqdm(total=total, desc=f"  {desc}", leave=False, file=self.stream, dynamic_ncols=not size,
+                         **size))
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def _has_size(stream) -> bool:
+    import os
+
+    try:
+        size = os.get_terminal_size(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return size.columns > 0 and size.lines > 0
 
 
 def _fmt(v: Any) -> str:

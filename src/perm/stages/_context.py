@@ -271,14 +271,25 @@ class Context:
                 self.done(name, keys[name], [kw["out_rel"]], t0, seeds=seeds_of(kw),
                           info=info | {"threads": kw.get("threads")})
             return
-        executor = "ray" if isinstance(self.executor, RayExecutor) else f"{self.cfg.workers} workers"
+        ray = isinstance(self.executor, RayExecutor)
+        executor = "ray" if ray else f"{self.cfg.workers} workers"
         for name, _ in todo:
             self.store.mark_running(name, keys[name])
-            self.log.event(name, "start", executor=executor)
-        for i, (info, wall) in self.executor.map_as_completed(fn, [kw for _, kw in todo]):
-            name, kw = todo[i]
-            self.done(name, keys[name], [kw["out_rel"]], time.perf_counter() - wall, seeds=seeds_of(kw),
-                      info=info | {"threads": kw.get("threads")})
+
+        def started(i: int) -> None:  # when a worker really starts job i (Ray: when it is submitted)
+            self.log.event(todo[i][0], "queued" if ray else "start", executor=executor)
+
+        bar = self.log.bar(f"{len(todo)} jobs", len(todo))  # a terminal only: ETA of the stage's jobs
+        finished = 0
+        try:
+            for i, (info, wall) in self.executor.map_as_completed(fn, [kw for _, kw in todo], on_start=started):
+                name, kw = todo[i]
+                self.done(name, keys[name], [kw["out_rel"]], time.perf_counter() - wall, seeds=seeds_of(kw),
+                          info=info | {"threads": kw.get("threads")})
+                finished += 1
+                bar(finished, len(todo))
+        finally:
+            bar.close()
 
 
 def _record_matches(record: Path, source: str, revision: str | None) -> bool:

@@ -43,14 +43,17 @@ def run(ctx: Context) -> str:
     def build() -> None:
         scratch = ctx.root / ".testbed.tmp"
         shutil.rmtree(scratch, ignore_errors=True)
-        build_testbed(scratch, seed=c.seed, n_corpus_docs=c.n_corpus_docs, n_sft=c.n_sft,
-                      n_prefs_train=c.n_prefs_train, n_prefs_eval=c.n_prefs_eval,
-                      n_eval_prompts=c.n_eval_prompts, label_temperature=c.label_temperature,
-                      vocab_size=c.vocab_size)
-        with atomic_path(ctx.root / "tokenizer") as tmp:
-            shutil.move(scratch / "tokenizer", tmp)
-        with atomic_path(ctx.root / "data") as tmp:
-            shutil.move(scratch, tmp)
+        try:  # an interrupted build leaves no scratch folder behind
+            build_testbed(scratch, seed=c.seed, n_corpus_docs=c.n_corpus_docs, n_sft=c.n_sft,
+                          n_prefs_train=c.n_prefs_train, n_prefs_eval=c.n_prefs_eval,
+                          n_eval_prompts=c.n_eval_prompts, label_temperature=c.label_temperature,
+                          vocab_size=c.vocab_size)
+            with atomic_path(ctx.root / "tokenizer") as tmp:
+                shutil.move(scratch / "tokenizer", tmp)
+            with atomic_path(ctx.root / "data") as tmp:
+                shutil.move(scratch, tmp)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     ctx.run_one("testbed", key, build, ["data", "tokenizer"], seeds={"testbed": c.seed})
     return ctx.store.output_hash("testbed")
