@@ -52,3 +52,17 @@ def tiny_backbone_dir(tmp_path_factory, tokenizer):
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def added_fields(now: dict, then: dict, prefix: str = "") -> list[str]:
+    """Config fields (dotted) in `now` that the recorded config `then` lacks; every other value must be equal
+    (the stage-key fixtures record a config: a field added since may only hold its default)."""
+    added = []
+    for k, v in now.items():
+        if k not in then:
+            added.append(prefix + k)
+        elif isinstance(v, dict):
+            added += added_fields(v, then[k], f"{prefix}{k}.")
+        else:
+            assert v == then[k], prefix + k
+    return added

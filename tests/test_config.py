@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import added_fields
 from perm.config import (
     ConfigError,
     RunConfig,
@@ -155,19 +156,6 @@ def test_saved_configs_hold_the_resolved_pairs(tmp_path):
     assert dataclasses.replace(cfg, precision="fp32").reward.pairs == "policy"
 
 
-def _added_fields(now: dict, then: dict, prefix: str = "") -> list[str]:
-    """Fields of `now` that `then` lacks; every other value must be equal (as in tests/test_stage_keys.py)."""
-    added = []
-    for k, v in now.items():
-        if k not in then:
-            added.append(prefix + k)
-        elif isinstance(v, dict):
-            added += _added_fields(v, then[k], f"{prefix}{k}.")
-        else:
-            assert v == then[k], prefix + k
-    return added
-
-
 def test_quick_yaml_resolves_to_the_recorded_config():
     """The stage-key fixtures record quick.yaml's resolved config (run with out, threads, device overridden and
     precision resolved to fp32): quick.yaml must not drift from it when a default changes."""
@@ -178,7 +166,7 @@ def test_quick_yaml_resolves_to_the_recorded_config():
     recorded = json.loads((Path(__file__).parent / "fixtures" / "stage_keys" / "default.json").read_text())["config"]
     overrides = [f"{k}={recorded[k]}" for k in ("out", "threads", "device", "precision")]
     now = to_dict(load_config(configs_dir() / "quick.yaml", overrides))
-    added = _added_fields(now, recorded)
+    added = added_fields(now, recorded)
     assert set(added) <= {"analysis.bootstrap", "analysis.level", "data.bad_rows", "data.max_bad_fraction",
                           "evaluator.finetune_seed", "pretrain.convert_bin", "reward.finetune_seed_scope"}, added
     defaults = to_dict(RunConfig())

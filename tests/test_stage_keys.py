@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import added_fields
 from perm.config import RunConfig, _from_dict, config_from_overrides, to_dict
 from perm.stages import MODULES, STAGES
 from perm.stages._context import checkpoint_name
@@ -34,7 +35,7 @@ def test_keys_reproduce_the_recorded_manifest(variant):
     upstream |= {checkpoint_name(p): k for p, k in fixture["checkpoint_keys"].items()}
     keys = _keys(cfg, upstream)
     expected = {name: rec["key"] for name, rec in stages.items()}
-    added = _added_fields(to_dict(cfg), fixture["config"])
+    added = added_fields(to_dict(cfg), fixture["config"])
     if added:  # the report keys on the whole config: a field added since the recording changes it (only it)
         assert keys.pop("report") != expected.pop("report")
     for name in CHANGED_SINCE_RECORDING:  # outputs that must not be reused from a run of the older code
@@ -49,19 +50,6 @@ CHANGED_SINCE_RECORDING = {
                     "grid (issue 12)",
     "analyze": "analysis v2: pair relations, seed variance and intervals over seeds (issue 12)",
 }
-
-
-def _added_fields(now: dict, then: dict, prefix: str = "") -> list[str]:
-    """Config fields that exist now but not in the recorded config; every other value must be equal."""
-    added = []
-    for k, v in now.items():
-        if k not in then:
-            added.append(prefix + k)
-        elif isinstance(v, dict):
-            added += _added_fields(v, then[k], f"{prefix}{k}.")
-        else:
-            assert v == then[k], prefix + k
-    return added
 
 
 def test_the_four_recorded_variants_are_there():

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from perm.models import ModelLoadError, split_revision
-from perm.store import atomic_path
+from perm.store import atomic_path, hash_file
 
 BIN = "pytorch_model.bin"
 BIN_INDEX = "pytorch_model.bin.index.json"
@@ -59,14 +59,6 @@ COPIED = (
 )
 """Files copied unchanged from the source (glob patterns, top level only)."""
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _is_local(checkpoint: str | Path) -> bool:
@@ -178,7 +170,7 @@ def _convert_folder(src: Path, out: Path, *, trust_remote_code: bool) -> dict:
     seen: set[str] = set()
     for shard, name in zip(shards, names, strict=True):
         path = src / shard
-        inputs[shard] = _sha256(path)
+        inputs[shard] = hash_file(path)
         tensors = read_state_dict(path)
         for key in tensors:
             if expected is not None and expected.get(key) != shard:
