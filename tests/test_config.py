@@ -168,7 +168,8 @@ def test_quick_yaml_resolves_to_the_recorded_config():
     now = to_dict(load_config(configs_dir() / "quick.yaml", overrides))
     added = added_fields(now, recorded)
     assert set(added) <= {"analysis.bootstrap", "analysis.level", "data.bad_rows", "data.max_bad_fraction",
-                          "evaluator.finetune_seed", "pretrain.convert_bin", "reward.finetune_seed_scope"}, added
+                          "evaluator.finetune_seed", "pretrain.convert_bin", "pretrain.checkpoint_every",
+                          "reward.finetune_seed_scope"}, added
     defaults = to_dict(RunConfig())
     for dotted in added:  # quick.yaml sets none of them
         section, name = dotted.split(".")

@@ -193,9 +193,14 @@ class PretrainConfig:
     use (perm.convert.ensure_safetensors: unpickled with torch.load(weights_only=True), plain tensor state
     dicts only), and the conversion is loaded instead; checkpoints with safetensors are used as they are.
     False: such a checkpoint is refused (convert it yourself with `perm convert CHECKPOINT OUT`)."""
+    checkpoint_every: int = 100
+    """Steps between resumable training checkpoints of a pretrain from scratch (weights, optimiser, data position,
+    RNG; <run>/.checkpoints/pretrain/<id>/, removed once the backbone is saved): a killed pretrain continues
+    from its last checkpoint to exactly the weights of an uninterrupted run. 0 = none. Not in any stage key."""
 
     def __post_init__(self) -> None:
         _check(len(self.seeds) > 0 or len(self.checkpoints) > 0, "pretrain.seeds", "need at least one")
+        _check(self.checkpoint_every >= 0, "pretrain.checkpoint_every", "must be >= 0")
         _check(len(set(self.seeds)) == len(self.seeds), "pretrain.seeds", "must be distinct")
         for name in ("init_seeds", "data_seeds"):
             v = getattr(self, name)

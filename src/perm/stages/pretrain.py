@@ -34,7 +34,7 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
         data = data_identity(cfg, upstream)
         # how a checkpoint is read (convert_bin) does not change what a pretrain from scratch trains
         common = {k: v for k, v in to_dict(c).items()
-                  if k not in ("seeds", "init_seeds", "data_seeds", "convert_bin")}
+                  if k not in ("seeds", "init_seeds", "data_seeds", "convert_bin", "checkpoint_every")}
         for pid, init_s, data_s in zip(c.pretrain_ids(), c.init_seeds or c.seeds, c.data_seeds or c.seeds,
                                        strict=True):
             out[f"pretrain/{pid}"] = stage_key(cfg, {"common": common, "init": init_s, "data": data_s,
@@ -58,7 +58,7 @@ def run(ctx: Context) -> dict[str, str]:
         return _registered(ctx)
     ctx.need("testbed")
     all_keys = keys(cfg, ctx.upstream())
-    env = dict(run_dir=str(ctx.root), **ctx.job_env())
+    env = dict(run_dir=str(ctx.root), checkpoint_every=c.checkpoint_every, **ctx.job_env())
     todo = []
     if not c.checkpoints:
         for pid, init_s, data_s in zip(c.pretrain_ids(), c.init_seeds or c.seeds, c.data_seeds or c.seeds,
@@ -87,8 +87,12 @@ def _registered(ctx: Context) -> dict[str, str]:
 
 def job_pretrain(run_dir: str, out_rel: str, *, init_seed: int, data_seed: int, backbone: dict, train: dict,
                  device: str, threads: int | None, precision: str = "fp32", attention: str = "auto",
-                 show_progress: bool = True) -> dict:
-    """Pretrain one backbone into run_dir/out_rel (atomically); returns its info."""
+                 show_progress: bool = True, checkpoint_every: int = 0) -> dict:
+    """Pretrain one backbone into run_dir/out_rel (atomically); returns its info. With `checkpoint_every`, the
+    training state is checkpointed under run_dir/.checkpoints/out_rel, and a rerun of a killed job resumes
+    there (:func:`perm.pretrain.pretrain`); the checkpoint is removed once the backbone is saved."""
+    import shutil
+
     from perm.models import attention_for, gpt_neox_config, load_tokenizer, save_model
     from perm.pretrain import pack_corpus, pretrain
 
@@ -100,13 +104,16 @@ def job_pretrain(run_dir: str, out_rel: str, *, init_seed: int, data_seed: int, 
     cfg = gpt_neox_config(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                           **backbone)
     bar = Progress("normal" if show_progress else "quiet").bar(out_rel, train["steps"])
+    ckpt = run / ".checkpoints" / out_rel
     model, info = pretrain(config=cfg, train_blocks=train_blocks, heldout_blocks=held, init_seed=init_seed,
                            data_seed=data_seed, device=dev, progress=bar, bf16=precision == "bf16",
-                           attention=attention_for(dev, precision, attention),
+                           attention=attention_for(dev, precision, attention), checkpoint_dir=ckpt,
+                           checkpoint_every=checkpoint_every,
                            **{k: train[k] for k in ("steps", "batch_size", "lr", "warmup_steps", "weight_decay")})
     bar.close()
     info.update(n_params=sum(p.numel() for p in model.parameters()), precision=precision,
                 attention=model.config._attn_implementation)
     with atomic_path(run / out_rel) as tmp:
         save_model(model, tok, tmp, {"config": {"backbone": backbone, **train}, **info}, "pretrain.json")
+    shutil.rmtree(ckpt, ignore_errors=True)
     return info
