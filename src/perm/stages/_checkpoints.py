@@ -1,0 +1,116 @@
+"""How a run reads its checkpoints: every hub reference of the config pinned to a commit (perm.hub) and
+recorded in the manifest, and with ``pretrain.convert_bin`` a checkpoint whose weights are only
+``pytorch_model.bin`` converted into ``<run>/converted/`` (perm.convert). The stages ask through
+:class:`perm.stages._context.Context`, which holds one :class:`Checkpoints` per run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from perm.config import RunConfig
+from perm.progress import Progress
+from perm.store import RunStore
+
+
+class Checkpoints:
+    """The config's checkpoints as this run loads them, each resolved once."""
+
+    def __init__(self, cfg: RunConfig, store: RunStore, log: Progress):
+        self.cfg, self.store, self.log = cfg, store, log
+        self._pins: dict[str, str | None] | None = None
+        self._resolved: dict[str, str] = {}
+
+    def pins(self) -> dict[str, str | None]:
+        """Commit sha of every hub reference of the config (perm.hub.pin; None: not pinned, e.g. offline,
+        with one warning line), asked once per run before the first stage that reads a checkpoint or the
+        data; the pinned ones are recorded in the manifest's ``hub_refs`` (reference -> sha; a reference
+        whose sha changed keeps its earlier one in ``hub_refs_history``)."""
+        if self._pins is None:
+            from perm.hub import config_refs, pin
+
+            refs = config_refs(self.cfg)
+            self._pins, warning = pin(refs) if refs else ({}, None)
+            if warning:
+                self.log.warn(warning)
+            self._record_pins({r: s for r, s in self._pins.items() if s})
+        return self._pins
+
+    def _record_pins(self, pinned: dict[str, str]) -> None:
+        if not pinned:
+            return
+        from perm.store import atomic_write_json
+
+        m = self.store.manifest()
+        old = m.get("hub_refs", {})
+        moved = [{"reference": r, "sha": old[r]} for r, sha in pinned.items() if old.get(r, sha) != sha]
+        if moved:
+            m.setdefault("hub_refs_history", []).extend(moved)
+        if moved or old != old | pinned:
+            m["hub_refs"] = old | pinned
+            atomic_write_json(self.store.manifest_path, m)
+
+    def resolve(self, spec: str) -> str:
+        """What to load for the checkpoint `spec` of the config (``pretrain.checkpoints[i]``,
+        ``evaluator.checkpoint``, ``policy.checkpoint``), once per run; every stage reads checkpoints
+        through it. A hub id pinned to a commit becomes ``org/name@<sha>``; with ``pretrain.convert_bin``
+        a checkpoint whose weights are only ``pytorch_model.bin`` becomes its safetensors conversion in
+        ``<run>/converted/`` (a local path, keyed by its content). Otherwise `spec` itself."""
+        if spec not in self._resolved:
+            from perm.hub import model_ref
+
+            ref = model_ref(spec)
+            path = ref.at(self.pins().get(ref.reference)) if ref else spec
+            if self.cfg.pretrain.convert_bin:
+                path = self._hub_conversion(path) if ref else self._local_conversion(path)
+            self._resolved[spec] = path
+        return self._resolved[spec]
+
+    def _hub_conversion(self, spec: str) -> str:
+        """ensure_safetensors for a hub id (``org/name@rev``); a conversion of the same repo and revision
+        already in the run is reused without asking the hub (a pinned sha does not move; offline resumes)."""
+        from perm.convert import RECORD, conversion_dir, ensure_safetensors
+        from perm.models import split_revision
+
+        repo, revision = split_revision(spec)
+        out = conversion_dir(repo, self.store.root / "converted", revision)
+        if _record_matches(out / RECORD, repo, revision):
+            return str(out)
+        return ensure_safetensors(repo, self.store.root / "converted", revision,
+                                  trust_remote_code=self.cfg.pretrain.trust_remote_code)
+
+    def _local_conversion(self, src: str) -> str:
+        """ensure_safetensors for a local folder; an earlier conversion whose input .bin files have changed
+        since (convert.json's sha256s) is made again, as a changed local checkpoint reruns what it feeds."""
+        from perm.convert import RECORD, conversion_dir, convert_checkpoint, ensure_safetensors
+
+        p, trust = Path(src).expanduser(), self.cfg.pretrain.trust_remote_code
+        if p.is_dir() and any(p.glob("*.safetensors")):
+            return src
+        out = conversion_dir(src, self.store.root / "converted")
+        if (out / RECORD).is_file() and not _inputs_unchanged(p, out / RECORD):
+            return str(convert_checkpoint(src, out, trust_remote_code=trust))
+        return ensure_safetensors(src, self.store.root / "converted", None, trust_remote_code=trust)
+
+
+def _record_matches(record: Path, source: str, revision: str | None) -> bool:
+    """True when `record` (a conversion's convert.json) is of `source` at `revision`."""
+    import json
+
+    try:
+        done = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return False
+    return done.get("source") == source and done.get("revision") == revision
+
+
+def _inputs_unchanged(src: Path, record: Path) -> bool:
+    """True when every input file that `record` lists still has the sha256 recorded there."""
+    import json
+
+    from perm.store import hash_file
+
+    try:
+        inputs = json.loads(record.read_text())["inputs"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return all((src / name).is_file() and hash_file(src / name) == digest for name, digest in inputs.items())
