@@ -435,14 +435,15 @@ class RunConfig:
     """auto (cuda if available), cpu, cuda or cuda:<index>."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """auto: bf16 where the device multiplies it natively (CUDA with bf16 support; a CPU with AVX512-BF16, AMX
-    or ARM BF16), fp32 elsewhere (an AVX2-only CPU emulates bf16 ~30x slower than fp32), decided from the
+    or ARM BF16), fp32 elsewhere (an AVX2-only CPU emulates bf16, far slower than fp32: benchmarks/README.md),
+    decided from the
     features the hardware reports (perm.hardware). bf16: mixed precision for training and sampling (fp32
     weights, bf16 autocast); scoring stays fp32. The resolved value keys the stages and is recorded in the
     manifest and every job record, so a run resumed on a machine that resolves differently reruns them."""
     attention: Literal["auto", "sdpa", "eager"] = "auto"
     """Attention of training and sampling jobs. auto: eager for bf16 on CPU (bf16 matmuls with an fp32
-    softmax: 1.7-1.9x fp32 on an AVX512-BF16 CPU, where bf16 scaled-dot-product attention's backward is
-    slow), the model's default (sdpa) otherwise."""
+    softmax; the CPU's bf16 scaled-dot-product attention has a slow backward: benchmarks/README.md), the
+    model's default (sdpa) otherwise."""
     executor: Literal["local", "ray"] = "local"
     """local: jobs run on this machine (in this process, or in `workers` processes); ray: pretrain, RM and
     scoring jobs run as Ray tasks (see `ray`; needs the ray extra)."""

@@ -1,9 +1,9 @@
 """What the hardware multiplies natively, and `precision: auto`.
 
 On a CPU without native bf16 (AVX2 only: most laptops and many cloud VMs) PyTorch emulates bf16 matmuls,
-about 30x slower than fp32; with AVX512-BF16 or AMX they run 2-4x faster than fp32. So the default
-precision is decided from the features the hardware *reports*, never from a timing probe (a probe would
-make a run's results depend on how busy the machine was when it started).
+far slower than fp32; with AVX512-BF16 or AMX they run faster than fp32 (the measurements are in
+benchmarks/README.md). So the default precision is decided from the features the hardware *reports*, never
+from a timing probe (a probe would make a run's results depend on how busy the machine was when it started).
 """
 
 from __future__ import annotations

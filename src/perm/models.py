@@ -68,9 +68,9 @@ def make_accelerator(device: torch.device | str | None = None, precision: str = 
 def attention_for(device: torch.device | str, precision: str, choice: str = "auto") -> str | None:
     """The attention implementation of a training or sampling job; None keeps the model's default.
 
-    auto: ``eager`` for bf16 on CPU. There, bf16 matmuls run 2-3x faster than fp32 (AVX512-BF16), but the
-    CPU kernel of bf16 scaled-dot-product attention has a slow backward, so bf16 with sdpa gained only ~1.25x;
-    eager attention (bf16 matmuls, softmax in fp32) gains 1.7-1.9x on the testbed's models."""
+    auto: ``eager`` for bf16 on CPU, where the kernel of bf16 scaled-dot-product attention has a slow
+    backward and eager attention (bf16 matmuls, softmax in fp32) is the faster of the two (measured in
+    benchmarks/README.md, "Claims moved out of code docstrings")."""
     if choice not in ("auto", "sdpa", "eager"):
         raise ValueError(f"attention must be auto, sdpa or eager, got {choice!r}")
     if choice != "auto":
