@@ -255,7 +255,7 @@ def convert_checkpoint(
             from transformers import AutoConfig
 
             try:
-                AutoConfig.from_pretrained(str(tmp), trust_remote_code=True)
+                AutoConfig.from_pretrained(str(tmp), trust_remote_code=trust_remote_code)
             except Exception as e:
                 raise ModelLoadError(f"{src}: the converted config does not load ({type(e).__name__}: {e})") from None
         record = {"source": source, "revision": revision, "commit": commit, "format": "safetensors", **files}
