@@ -5,7 +5,9 @@
 Trains one RM into RUN_DIR/sweep/NAME with the run's `reward` config overridden by the key=values
 (`backbone=pretrain/seed1`, `finetune_seed=0`, `n_pairs=5000`, `pretrain_steps=150 pretrain_seed=0` to
 pretrain a fresh backbone with the run's pretrain config but other steps, `precision=fp32|bf16`,
-`attention=auto|sdpa|eager`, and any RewardConfig field, e.g. `lr=3e-4
+`attention=auto|sdpa|eager`, `pairs_file=sweep-pairs/kwise6.parquet` (pairs written by
+experiments/policy_pairs.py; accuracy stays on the run's policy_prefs_eval.parquet unless `eval_file=`), and any
+RewardConfig field, e.g. `lr=3e-4
 epochs=2`), on the run's policy pairs, then scores the run's pool with it and prints DESIGN.md's
 learnability numbers for it: in-distribution accuracy and gold-order agreement on policy_prefs_eval,
 Spearman with gold on the pool (mean over prompts, se), and the exact best-of-n gold gain (centred per
@@ -53,7 +55,8 @@ def main(run: Path, name: str, overrides: list[str]) -> None:
     reward = dict(cfg["reward"])
     extra = {"backbone": "pretrain/seed0", "finetune_seed": 0, "n_pairs": reward.get("max_train_pairs"),
              "pretrain_steps": None, "pretrain_seed": 0, "precision": cfg.get("precision", "fp32"),
-             "attention": cfg.get("attention", "auto")}
+             "attention": cfg.get("attention", "auto"), "pairs_file": "policy_prefs.parquet",
+             "eval_file": "policy_prefs_eval.parquet"}
     for kv in overrides:
         k, v = kv.split("=", 1)
         v = yaml.safe_load(v)
@@ -76,7 +79,7 @@ def main(run: Path, name: str, overrides: list[str]) -> None:
             print(json.dumps({"pretrain": pinfo}))
     info = job_reward_model(str(run), out_rel, backbone=str(run / extra["backbone"]), pretrain_id="sweep",
                             finetune_seed=extra["finetune_seed"], reward=reward, n_pairs=extra["n_pairs"],
-                            pair_files=("policy_prefs.parquet",), eval_files=("policy_prefs_eval.parquet",),
+                            pair_files=(extra["pairs_file"],), eval_files=(extra["eval_file"],),
                             device="cpu", threads=1, precision=extra["precision"], attention=extra["attention"],
                             show_progress=False)
     job_score(str(run), f"{out_rel}.scores.parquet", model_dir=str(run / out_rel), model_id=name,

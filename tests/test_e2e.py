@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from perm.config import configs_dir, load_config
@@ -156,6 +157,40 @@ def test_policy_pairs_train_the_grid_on_the_policys_own_samples(tmp_path, baseli
     assert 0 <= rm["gold_accuracy"] <= 1 and rm["eval_curve"][-1]["accuracy"] == rm["accuracy"]
     assert after["policy"] == before["policy"] and after["pretrain/seed0"] == before["pretrain/seed0"]
     assert after["rm/seed0-ft0"] != before["rm/seed0-ft0"] and after["evaluator/rm"] != before["evaluator/rm"]
+
+
+def test_kwise_policy_pairs_label_every_pair_of_k_samples(tmp_path, baseline):
+    """reward.policy_kwise=K: K samples per post and all C(K, 2) pairs among them (ties dropped), each sample
+    named by its index, so one sample is the same text in every pair it sits in."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from perm.stages.policy_prefs import job_policy_prefs
+
+    out = tmp_path / "run"
+    for part in ("data", "tokenizer", "policy"):
+        shutil.copytree(baseline / part, out / part)
+    info = job_policy_prefs(str(out), "kw.parquet", policy=str(out / "policy"), pairs_per_post=1, kwise=4,
+                            max_new_tokens=8, seed=0, batch_prompts=64, device="cpu", threads=1,
+                            show_progress=False, eval_rel="kw_eval.parquet")
+    train = pq.read_table(out / "kw.parquet").to_pandas()
+    held = pq.read_table(out / "kw_eval.parquet").to_pandas()
+    both = pd.concat([train, held])
+    n_sft = load_config(QUICK).testbed.n_sft
+    assert info["samples"] == 4 * n_sft and len(both) <= 6 * n_sft
+    assert info["train_pairs"] == len(train) and info["eval_pairs"] == len(held)
+    text = {}
+    for _, row in both.iterrows():  # a sample id is one text wherever it appears
+        for sid, t in ((row.sample_chosen, row.chosen), (row.sample_rejected, row.rejected)):
+            assert text.setdefault(sid, t) == t
+    post = both.sample_chosen // 4
+    assert (post == both.sample_rejected // 4).all()  # both samples of a pair are of one post
+    unordered = {tuple(sorted(p)) for p in zip(both.sample_chosen, both.sample_rejected, strict=True)}
+    assert len(unordered) == len(both)  # each pair at most once
+    assert (both.gold_chosen != both.gold_rejected).all()
+    assert post[: len(train)].min() >= max(1, n_sft // 20)  # training pairs are not on held-out posts
+    assert 2.5 < len(both) / post.nunique() <= 6  # most posts keep most of their 6 pairs
 
 
 def test_bf16_run_completes_and_pretrains_like_fp32(tmp_path, baseline):

@@ -447,3 +447,56 @@ def test_job_score_writes_the_full_sequence_rewards(tmp_path, rm, tokenizer):
     prompt_of = {10: prompts[0], 11: prompts[1]}
     full = score_ids(rm, encode(tokenizer, [prompt_of[p] for p in pids], texts, 32), PAD, "cpu")
     assert out.reward.to_numpy() == pytest.approx(full, abs=1e-5)
+
+
+def _kwise_pairs(seed=0, k=4):
+    """All C(k, 2) pairs of k completions per prompt (K-wise comparisons): each completion in k - 1 pairs."""
+    rng = np.random.default_rng(seed)
+    chosen, rejected = [], []
+    for _ in range(3):
+        prompt = list(map(int, rng.integers(3, 40, rng.integers(6, 14))))
+        comps = [list(map(int, rng.integers(3, 40, rng.integers(1, 6)))) + [EOS] for _ in range(k)]
+        for a in range(k):
+            for b in range(a + 1, k):
+                first, second = (a, b) if rng.random() < 0.5 else (b, a)
+                chosen.append(prompt + comps[first])
+                rejected.append(prompt + comps[second])
+    return chosen, rejected
+
+
+def _naive_rewards(model, full_c, full_r):
+    """Every sequence of every pair run on its own: no sharing, no deduplication (the reference)."""
+    def one(s):
+        return model(input_ids=torch.tensor([s]), attention_mask=torch.ones(1, len(s), dtype=torch.long)).logits[0, 0]
+    return torch.stack([one(s) for s in full_c]), torch.stack([one(s) for s in full_r])
+
+
+def test_kwise_completion_runs_once_with_the_naive_loss_and_gradients(rm):
+    full_c, full_r = _kwise_pairs()
+    rm.train()
+    loss_ref, grads_ref = _loss_and_grads(rm, lambda: _naive_rewards(rm, full_c, full_r))
+    for rewards in (lambda: pair_rewards(rm, full_c, full_r, PAD, "cpu"),
+                    lambda: pair_rewards_shared(rm, *split_pairs(full_c, full_r, PAD), PAD, "cpu")):
+        loss, grads = _loss_and_grads(rm, rewards)
+        assert loss == pytest.approx(loss_ref, abs=1e-5)
+        for name, g in grads_ref.items():
+            torch.testing.assert_close(grads[name], g, atol=1e-5, rtol=0, msg=name)
+    # 18 pairs of 12 distinct completions: the unshared forward runs 12 rows, not 36
+    rows = []
+    hook = rm.get_input_embeddings().register_forward_hook(lambda m, i, o: rows.append(o.shape[0]))
+    try:
+        pair_rewards(rm, full_c, full_r, PAD, "cpu")
+        pair_rewards_shared(rm, *split_pairs(full_c, full_r, PAD), PAD, "cpu")
+    finally:
+        hook.remove()
+    assert len(full_c) == 18
+    assert rows == [12, 3, 12]  # full: 12 distinct sequences; shared: 3 prompts, then 12 continuations
+
+
+def test_distinct_maps_back():
+    from perm.batching import distinct
+
+    items = [(1, 2), (3,), (1, 2), (), (3,)]
+    out, where = distinct(items)
+    assert out == [(1, 2), (3,), ()]
+    assert [out[w] for w in where] == items

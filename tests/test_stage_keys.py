@@ -49,6 +49,8 @@ CHANGED_SINCE_RECORDING = {
     "evaluator/rm": "the evaluator draws its finetuning randomness from its own seed, not finetune seed 0 of the "
                     "grid (issue 12)",
     "analyze": "analysis v2: pair relations, seed variance and intervals over seeds (issue 12)",
+    "policy-prefs": "policy pairs drawn in chunks as large as the sample stage's decode batches, keyed on the "
+                    "label temperature and the K-wise option (issue 13)",
 }
 
 
@@ -108,6 +110,8 @@ def _family(name: str) -> str:
     ("analysis.anova_draws=5", {"analyze", "report"}),
     ("policy.sft_lr=3e-4", {"policy", "report"}),
     ("reward.policy_pairs_per_post=2", {"policy-prefs", "report"}),
+    ("reward.policy_kwise=4", {"policy-prefs", "report"}),
+    ("policy.batch_prompts=4", {"sample", "report"}),
     ("reward.center_coef=0.1", {"rm/*", "evaluator/rm", "report"}),
     ("workers=1", {"report"}),
     ("reward.finetune_seed_scope=per_rm", {"rm/*", "analyze", "report"}),

@@ -7,7 +7,7 @@ those modules share them without importing one another (the policy does not need
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 import torch
@@ -40,3 +40,11 @@ def pad_batch(
 def left_padded_positions(mask: torch.Tensor) -> torch.Tensor:
     """Position ids of left-padded rows: 0 at each row's first real token, counting up; 0 on padding."""
     return (mask.cumsum(-1) - 1).clamp_(min=0)
+
+
+def distinct(items: Sequence[Hashable]) -> tuple[list, np.ndarray]:
+    """Distinct items in first-seen order, and for each input item the index of its distinct copy:
+    ``items[i] == out[where[i]]``. Lets a batch run a sequence once however many pairs it sits in."""
+    first: dict = {}
+    where = np.fromiter((first.setdefault(x, len(first)) for x in items), dtype=np.int64, count=len(items))
+    return list(first), where

@@ -211,8 +211,9 @@ class PretrainConfig:
         _check(self.lr > 0, "pretrain.lr", "must be > 0")
 
     def pretrain_ids(self) -> list[str]:
-        if self.checkpoints:
-            return [f"ckpt{i}" for i in range(len(self.checkpoints))]
+        if self.checkpoints:  # a shipped testbed backbone keeps its name (testbed:seed3 -> seed3)
+            ids = [c.split(":", 1)[1] if c.startswith("testbed:") else f"ckpt{i}" for i, c in enumerate(self.checkpoints)]
+            return ids if len(set(ids)) == len(ids) else [f"ckpt{i}" for i in range(len(self.checkpoints))]
         return [f"seed{s}" for s in self.seeds]
 
 
@@ -273,6 +274,12 @@ class RewardConfig:
     policy_pairs_per_post: int = 3
     """Pairs sampled per sft_train post for `pairs: policy|mix` (>= 1; two samples each, ties dropped). Reruns
     policy-prefs and everything after it."""
+    policy_kwise: int | None = None
+    """K-wise comparisons, as InstructGPT collected them: K (>= 3) policy samples per sft_train post and every
+    one of their C(K, 2) pairs, each labelled by its own rater draw (ties dropped), so each completion sits in
+    K - 1 pairs and, with `group_by_prompt`, is scored once per training step for all of them: (K - 1) / 2
+    pairs per completion scored, against 1/2 for disjoint pairs. null = `policy_pairs_per_post` disjoint
+    pairs (two fresh samples each). Reruns policy-prefs and everything after it."""
     finetune_seed_scope: Literal["shared", "per_rm"] = "shared"
     """What a finetune seed fixes. shared: head init, data order and dropout are derived from the finetune seed
     alone, so RMs of different pretrains with one finetune seed differ only in the backbone (the pair relation
@@ -294,6 +301,7 @@ class RewardConfig:
         _check(0 <= self.dropout < 1, "reward.dropout", "must be in [0, 1)")
         _check(self.pairs in ("auto", "testbed", "policy", "mix"), "reward.pairs", "must be auto|testbed|policy|mix")
         _check(self.policy_pairs_per_post >= 1, "reward.policy_pairs_per_post", "must be >= 1")
+        _check(self.policy_kwise is None or self.policy_kwise >= 3, "reward.policy_kwise", "must be >= 3 or null")
         _check(self.finetune_seed_scope in ("shared", "per_rm"), "reward.finetune_seed_scope", "must be shared|per_rm")
 
 
@@ -343,8 +351,10 @@ class PolicyConfig:
 
     checkpoint: str | None = None
     """Load an existing causal LM (local dir, hub id or `id@revision`) as the policy instead of training one."""
-    init_from: Literal["scratch", "pretrain"] = "pretrain"
-    """SFT starts from the first pretrained backbone, or from scratch."""
+    init_from: str = "pretrain"
+    """What SFT starts from: a checkpoint of its own (local dir, hub id or `id@revision`, or a shipped testbed
+    backbone `testbed:<name>`), `pretrain` (the grid's first backbone, which the finetune ensemble and every
+    same-pretrain pair also share) or `scratch`."""
     sft_epochs: float = 2.0
     """Passes over sft_train (less its held-out 5 %); > 0, fractions allowed."""
     sft_lr: float = 1e-3
@@ -373,7 +383,12 @@ class PolicyConfig:
     """Prompts sampled together (>= 1): memory and speed, and each chunk of this many prompts gets its own seed,
     so it changes the samples (part of the sample and policy-prefs keys)."""
 
+    def init_checkpoint(self) -> str | None:
+        """The checkpoint SFT starts from, when `init_from` names one (not `scratch` or `pretrain`)."""
+        return None if self.init_from in ("scratch", "pretrain") else self.init_from
+
     def __post_init__(self) -> None:
+        _check(bool(self.init_from), "policy.init_from", "must be scratch, pretrain or a checkpoint")
         _check(self.pool_size >= 1, "policy.pool_size", "must be >= 1")
         _check(self.n_reference >= 0, "policy.n_reference", "must be >= 0")
         _check(self.temperature > 0, "policy.temperature", "must be > 0")

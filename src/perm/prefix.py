@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from perm.batching import left_padded_positions, length_batches, pad_batch
+from perm.batching import distinct, left_padded_positions, length_batches, pad_batch
 from perm.kv_cache import cache_kwarg, cache_of, forward_params, plain_dynamic_layers
 from perm.models import is_encoder_only
 
@@ -339,7 +339,8 @@ def pair_rewards_shared(
 
     The prefix's cache is repeated for both continuations, so its backward pass is shared as well; pairs of
     the batch whose prefixes start with the same prompt (:func:`merge_prefixes`) share one prompt forward
-    too. With dropout on, the continuations of one prompt see it under one dropout mask (the unshared forward
+    too, and a completion that sits in several of them (K-wise comparisons) is run once for all its pairs
+    (the same rewards and, summed over its pairs, the same gradients). With dropout on, the continuations of one prompt see it under one dropout mask (the unshared forward
     draws one per sequence).
     """
     common, owner, rest = merge_prefixes(prefixes)
@@ -349,11 +350,14 @@ def pair_rewards_shared(
             f"{type(model).__name__}: its KV cache is not plain DynamicLayers; use share_prompt=False"
         )
     b = len(prefixes)
-    rows = torch.as_tensor(owner, device=prompts.mask.device).repeat(2)  # rows 0..b-1 chosen, b..2b-1 rejected
-    tails = [r + list(t) for r, t in zip(rest, chosen_tails, strict=True)]
-    tails += [r + list(t) for r, t in zip(rest, rejected_tails, strict=True)]
-    r = continuation_rewards(model, prompts, rows, tails, pad_id)
+    seqs = [(int(g), tuple(r) + tuple(t)) for g, r, t in zip(owner, rest, chosen_tails, strict=True)]
+    seqs += [(int(g), tuple(r) + tuple(t)) for g, r, t in zip(owner, rest, rejected_tails, strict=True)]
+    unique, where = distinct(seqs)  # a completion in several pairs of the batch (K-wise) runs once
+    rows = torch.as_tensor([g for g, _ in unique], dtype=torch.long, device=prompts.mask.device)
+    r = continuation_rewards(model, prompts, rows, [list(t) for _, t in unique], pad_id)
+    r = r.index_select(0, torch.as_tensor(where, dtype=torch.long, device=r.device))
     return r[:b], r[b:]
+
 
 
 def score_pairs(

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from perm.batching import pad_batch
+from perm.batching import distinct, pad_batch
 from perm.models import seeded
 from perm.optim import adamw_linear, optimizer_step
 from perm.prefix import (
@@ -118,9 +118,12 @@ def pair_accuracy(r_chosen: np.ndarray, r_rejected: np.ndarray) -> tuple[float, 
 
 
 def pair_rewards(model, chosen, rejected, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B,) rewards of full chosen and rejected sequences, both in one right-padded forward pass."""
-    ids, mask = pad_batch([*chosen, *rejected], pad_id)
-    r = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0]  # (2B,)
+    """(B,) rewards of full chosen and rejected sequences, in one right-padded forward pass; a sequence in
+    several pairs of the batch (K-wise comparisons) runs once."""
+    unique, where = distinct([tuple(s) for s in [*chosen, *rejected]])
+    ids, mask = pad_batch([list(s) for s in unique], pad_id)
+    r = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0]
+    r = r.index_select(0, torch.as_tensor(where, dtype=torch.long, device=r.device))  # (2B,)
     return r[: len(chosen)], r[len(chosen) :]
 
 

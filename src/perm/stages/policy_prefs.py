@@ -10,6 +10,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
+
 from perm.config import RunConfig
 from perm.progress import Progress
 from perm.stages._context import (
@@ -27,6 +29,7 @@ from perm.store import derive_seed
 NAME = "policy-prefs"
 NEEDS = ("testbed", "sft")
 TESTBED_PAIRS = ("data/prefs_train.parquet",)
+CHUNK_ROWS = 576
 
 
 def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
@@ -35,8 +38,22 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
         return {}
     return {"policy-prefs": stage_key(cfg, {
         "policy": policy_identity(cfg, upstream), "testbed": data_identity(cfg, upstream),
-        "per_post": c.policy_pairs_per_post, "seed": p.seed, "max_new_tokens": p.max_new_tokens,
-        "batch_prompts": p.batch_prompts, "heldout": "sft"})}
+        "per_post": c.policy_pairs_per_post, "kwise": c.policy_kwise, "seed": p.seed,
+        "max_new_tokens": p.max_new_tokens, "chunk": chunk_prompts(cfg),
+        "label_temperature": cfg.testbed.label_temperature, "heldout": "sft"})}
+
+
+def samples_per_post(cfg: RunConfig) -> int:
+    """Samples the policy draws per sft_train post: K (K-wise) or two per disjoint pair."""
+    c = cfg.reward
+    return c.policy_kwise if c.policy_kwise else 2 * c.policy_pairs_per_post
+
+
+def chunk_prompts(cfg: RunConfig) -> int:
+    """Posts sampled together (one seed each chunk): about CHUNK_ROWS rows per decode batch, as many as the
+    default `sample` stage runs (8 prompts x 72 samples), so the pairs are drawn as fast as the pool. Depends on
+    the samples per post alone, so resizing the pool does not redraw the RMs' training pairs."""
+    return max(1, CHUNK_ROWS // samples_per_post(cfg))
 
 
 def pair_files(cfg: RunConfig) -> tuple[str, ...]:
@@ -71,22 +88,31 @@ def run(ctx: Context) -> tuple[str, ...]:
         key = keys(cfg, ctx.upstream())["policy-prefs"]
         ctx.run_one("policy-prefs", key, lambda: job_policy_prefs(
             str(ctx.root), "policy_prefs.parquet", policy=policy, pairs_per_post=c.policy_pairs_per_post,
-            max_new_tokens=p.max_new_tokens, seed=p.seed, batch_prompts=p.batch_prompts,
-            **ctx.job_env(pooled=False)),
-            ["policy_prefs.parquet", "policy_prefs_eval.parquet"], pairs_per_post=c.policy_pairs_per_post)
+            kwise=c.policy_kwise, max_new_tokens=p.max_new_tokens, seed=p.seed, batch_prompts=chunk_prompts(cfg),
+            label_temperature=cfg.testbed.label_temperature, **ctx.job_env(pooled=False)),
+            ["policy_prefs.parquet", "policy_prefs_eval.parquet"], pairs_per_post=c.policy_pairs_per_post,
+            kwise=c.policy_kwise)
     return pair_files(cfg)
 
 
+def kwise_pairs(k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (a, b) of a post's samples: all C(k, 2) of them, a < b, in lexicographic order."""
+    a, b = np.triu_indices(k, 1)
+    return a.astype(np.int64), b.astype(np.int64)
+
+
 def job_policy_prefs(run_dir: str, out_rel: str, *, policy: str, pairs_per_post: int, max_new_tokens: int,
-                     seed: int, batch_prompts: int, device: str, threads: int | None, precision: str = "fp32",
-                     attention: str = "auto", show_progress: bool = True,
-                     eval_rel: str = "policy_prefs_eval.parquet") -> dict:
+                     seed: int, batch_prompts: int, device: str, threads: int | None, kwise: int | None = None,
+                     label_temperature: float | None = None, precision: str = "fp32", attention: str = "auto",
+                     show_progress: bool = True, eval_rel: str = "policy_prefs_eval.parquet") -> dict:
     """Preference pairs of the SFT policy's own samples on sft_train posts, labelled by the testbed's
     Bradley-Terry raters on the gold reward (ties dropped), as TL;DR comparisons were collected.
 
-    Pairs on the posts the SFT policy held out go to `eval_rel` (in-distribution accuracy), the rest to
-    `out_rel` (training)."""
-    import numpy as np
+    Disjoint (`kwise` None): 2 x pairs_per_post samples per post, paired (0, 1), (2, 3), ...; K-wise: K samples
+    per post and every one of their C(K, 2) pairs, each labelled by its own rater draw (InstructGPT's
+    comparisons), with `sample_a` / `sample_b` naming the two samples so a completion can be scored once for
+    all its pairs. `batch_prompts` posts are sampled together, each chunk with its own seed. Pairs on the posts
+    the SFT policy held out go to `eval_rel` (in-distribution accuracy), the rest to `out_rel` (training)."""
     import pyarrow as pa
 
     from perm.models import attention_for, load_causal_lm, load_tokenizer, use_attention
@@ -100,41 +126,55 @@ def job_policy_prefs(run_dir: str, out_rel: str, *, policy: str, pairs_per_post:
     tok = load_tokenizer(run / "tokenizer")
     model = use_attention(load_causal_lm(policy).to(dev).eval(), attention_for(dev, precision, attention))
     prompts, posts = read_column(run / "data" / "sft_train.parquet", "prompt", "post")
-    k = pairs_per_post
+    if kwise is not None and kwise < 2:
+        raise ValueError(f"policy-prefs: kwise must be >= 2, got {kwise}")
+    n_per = kwise if kwise else 2 * pairs_per_post
+    ia, ib = kwise_pairs(kwise) if kwise else (np.arange(0, n_per, 2), np.arange(1, n_per, 2))
+    per_post = len(ia)
     t0 = time.perf_counter()
     bar = Progress("normal" if show_progress else "quiet").bar(out_rel, len(prompts))
-    first, second = [], []
+    first, second, sa, sb = [], [], [], []
     for i in range(0, len(prompts), batch_prompts):
         with autocast(dev, precision):
-            pools = sample_pool(model, tok, prompts[i : i + batch_prompts], n_samples=2 * k, temperature=1.0,
+            pools = sample_pool(model, tok, prompts[i : i + batch_prompts], n_samples=n_per, temperature=1.0,
                                 top_p=1.0, max_new_tokens=max_new_tokens, seed=derive_seed("policy-prefs", seed, i),
                                 batch_prompts=batch_prompts, device=dev)
-        for pool in pools:  # pairs (0, 1), (2, 3), ... of each post
+        for j, pool in enumerate(pools):
             texts = decode_samples(tok, pool)
-            first += texts[0::2]
-            second += texts[1::2]
+            first += [texts[a] for a in ia]
+            second += [texts[b] for b in ib]
+            sa += [(i + j) * n_per + int(a) for a in ia]
+            sb += [(i + j) * n_per + int(b) for b in ib]
         bar(min(i + batch_prompts, len(prompts)), len(prompts))
     bar.close()
-    p_rep = [p for p in prompts for _ in range(k)]
-    post_rep = [p for p in posts for _ in range(k)]
+    sample_s = time.perf_counter() - t0
+    p_rep = [p for p in prompts for _ in range(per_post)]
+    post_rep = [p for p in posts for _ in range(per_post)]
     ga, gb = gold_reward_batch(post_rep, first), gold_reward_batch(post_rep, second)
     keep = ga != gb
-    a_wins = bradley_terry_labels(ga, gb, np.random.default_rng(derive_seed("policy-prefs-labels", seed)))
+    a_wins = bradley_terry_labels(ga, gb, np.random.default_rng(derive_seed("policy-prefs-labels", seed)),
+                                  label_temperature)
     sel = np.flatnonzero(keep)
     chosen = [first[i] if a_wins[i] else second[i] for i in sel]
     rejected = [second[i] if a_wins[i] else first[i] for i in sel]
     g_c = np.where(a_wins, ga, gb)[sel]
     g_r = np.where(a_wins, gb, ga)[sel]
+    s_c = np.where(a_wins, sa, sb)[sel]
+    s_r = np.where(a_wins, sb, sa)[sel]
     columns = {"prompt": [p_rep[i] for i in sel], "chosen": chosen, "rejected": rejected,
                "gold_chosen": pa.array(g_c, pa.float64()), "gold_rejected": pa.array(g_r, pa.float64()),
-               "label_agrees_gold": pa.array(g_c > g_r)}
+               "label_agrees_gold": pa.array(g_c > g_r),
+               "sample_chosen": pa.array(s_c, pa.int64()), "sample_rejected": pa.array(s_r, pa.int64())}
     table = pa.table(columns)
-    held = sel // k < sft_heldout(len(prompts))  # pairs on the posts the SFT policy held out
+    held = sel // per_post < sft_heldout(len(prompts))  # pairs on the posts the SFT policy held out
     if not held.any() or held.all():
         raise ValueError(f"policy-prefs: {int(held.sum())} held-out and {int((~held).sum())} training pairs "
-                         f"({sft_heldout(len(prompts))} held-out posts x {k} pairs, ties dropped); raise "
+                         f"({sft_heldout(len(prompts))} held-out posts x {per_post} pairs, ties dropped); raise "
                          "testbed.n_sft or reward.policy_pairs_per_post")
-    info = {"wall_s": time.perf_counter() - t0, "precision": precision, "attention": model.config._attn_implementation}
+    wall = time.perf_counter() - t0
+    info = {"wall_s": wall, "sample_s": sample_s, "samples": len(prompts) * n_per,
+            "samples_per_s": len(prompts) * n_per / sample_s, "kwise": kwise, "chunk_prompts": batch_prompts,
+            "precision": precision, "attention": model.config._attn_implementation}
     for name, rel, rows in (("train", out_rel, ~held), ("eval", eval_rel, held)):
         part = table.filter(pa.array(rows))
         part = part.add_column(0, "pair_id", pa.array(range(part.num_rows), pa.int64()))
@@ -142,4 +182,3 @@ def job_policy_prefs(run_dir: str, out_rel: str, *, policy: str, pairs_per_post:
         info[f"{name}_pairs"] = part.num_rows
         info[f"{name}_label_agreement"] = float(np.mean(part.column("label_agrees_gold").to_numpy()))
     return info
-

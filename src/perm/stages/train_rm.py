@@ -28,7 +28,8 @@ from perm.store import atomic_path, derive_seed
 
 NAME = "train-rm"
 NEEDS = ("testbed", "pretrain", "policy-prefs")
-GRID_FIELDS = ("finetune_seeds", "layout", "pairs", "policy_pairs_per_post", "finetune_seed_scope")  # keyed per RM or via pairs_key
+GRID_FIELDS = ("finetune_seeds", "layout", "pairs", "policy_pairs_per_post", "policy_kwise",
+               "finetune_seed_scope")  # keyed per RM or via pairs_key
 
 
 def rm_id(pretrain_id: str, finetune_seed: int) -> str:
