@@ -270,3 +270,26 @@ def test_load_analysis_round_trip(tmp_path, full):
     assert set(back) == set(full["results"]) and "hacking" in back
     for name, df in full["results"].items():
         pd.testing.assert_frame_equal(back[name], df, check_dtype=False)
+
+
+def test_best_of_n_shape_names_an_over_optimised_rm():
+    """A proxy equal to gold rises at every n; one that loves each pool's worst sample beyond its good ones
+    rises at first, then falls: named with its peak n and its fall."""
+    import numpy as np
+    import pandas as pd
+
+    from perm.report_inputs import best_of_n_shape
+
+    rng = np.random.default_rng(0)
+    k, size = 30, 64
+    gold = rng.normal(size=(k, size))
+    hacked = gold.copy()
+    worst = gold.argmin(axis=1)
+    hacked[np.arange(k), worst] = gold.max(axis=1) + 5.0  # the worst sample ranks first
+    idx = pd.MultiIndex.from_product([range(k), range(size)], names=["prompt_id", "sample_id"])
+    pool = pd.DataFrame({"gold": gold.ravel(), "good": gold.ravel(), "hacked": hacked.ravel()}, index=idx)
+    out = best_of_n_shape(pool, ["good", "hacked"])
+    assert out["fraction"] == 0.5
+    assert "good: peak +2.33 at n = 64;" in out["description"]
+    hacked_note = out["description"].split("hacked: ")[1]
+    assert "lower at n = 64" in hacked_note and "not rising to n = 16" in hacked_note

@@ -127,6 +127,10 @@ def learnability(root: Path, records: list[dict]) -> dict:
                     continue
                 put(f"Spearman with gold on the pool: {mid}", rho.mean(), "rank correlation with the gold reward "
                     "over each prompt's pool of policy samples, averaged over prompts", rho.std(ddof=1) / np.sqrt(len(rho)))
+            rm_ids = [r["model_id"] for r in rms if r.get("model_id") in pool.columns]
+            rising = best_of_n_shape(pool, rm_ids)
+            if rising:
+                put("single RMs whose best-of-n gold rises to n = 16", rising["fraction"], rising["description"])
             samples = pq.read_table(root / "samples.parquet").to_pandas()
             pool_gold = samples[~samples.is_reference]
             put("SFT sample, mean gold", pool_gold.gold_reward.mean(), "gold reward of a random policy sample (n = 1)")
@@ -140,3 +144,36 @@ def learnability(root: Path, records: list[dict]) -> dict:
                     "gold reward of the testbed's reference summaries of the eval posts")
     return out
 
+
+
+def best_of_n_shape(pool, rm_ids: list[str], upto: int = 16) -> dict | None:
+    """Does each single RM's exact best-of-n gold (centred per prompt, perm.bon) rise with n up to `upto`, and
+    where does it peak? Over-optimisation (gold falling at larger n) is the paper's subject, so the report
+    names every RM whose curve turns down and by how much, rather than hiding it."""
+    import numpy as np
+
+    from perm.bon import expected_best_of_n, standardize
+
+    pool = pool.sort_index()
+    k = pool.index.get_level_values(0).nunique()
+    if not rm_ids or "gold" not in pool.columns or len(pool) % k:
+        return None
+    size = len(pool) // k
+    ns = [n for n in (1, 2, 4, 8, 16, 32, 64, 128, 256) if n <= size]
+    gold = standardize(pool["gold"].to_numpy().reshape(k, size))
+    rises, notes = 0, []
+    for mid in rm_ids:
+        proxy = pool[mid].to_numpy().reshape(k, size)
+        curve = np.array([expected_best_of_n(proxy, gold, n).mean() for n in ns])
+        upto_i = [i for i, n in enumerate(ns) if n <= upto]
+        ok = bool(np.all(np.diff(curve[upto_i]) > 0))
+        rises += ok
+        peak = int(np.argmax(curve))
+        fall = curve[peak] - curve[-1]
+        notes.append(f"{mid}: peak {curve[peak]:+.2f} at n = {ns[peak]}" + (f", {fall:.2f} lower at n = {ns[-1]}"
+                                                                            if fall > 0 else "")
+                     + ("" if ok else f" (not rising to n = {upto})"))
+    return {"fraction": rises / len(rm_ids),
+            "description": f"fraction of the {len(rm_ids)} grid RMs whose best-of-n gold (gold reward, centred per "
+                           f"prompt) rises at every n up to {upto}; a fall at larger n is over-optimisation. "
+                           + "; ".join(notes)}

@@ -124,6 +124,23 @@ def run(ctx: Context) -> dict:
     return {"rms": rms, "evaluator": ev}
 
 
+def train_tokens(tokenizer, prompts, chosen, rejected, epochs: float) -> dict:
+    """Tokens an RM's finetuning reads (before any cut to max_length), the measure the testbed compares with
+    its backbones' pretraining tokens: ``train_tokens`` counts each distinct prompt once and each distinct
+    completion of it once per epoch (what a prompt-sharing forward runs); ``train_sequence_tokens`` counts every
+    distinct prompt + completion sequence whole."""
+    seqs = sorted({*zip(prompts, chosen, strict=True), *zip(prompts, rejected, strict=True)})
+    distinct_prompts = sorted({p for p, _ in seqs})
+    lp = dict(zip(distinct_prompts, map(len, tokenizer(distinct_prompts, add_special_tokens=False)["input_ids"]),
+                  strict=True)) if distinct_prompts else {}
+    lc = list(map(len, tokenizer([c for _, c in seqs], add_special_tokens=False)["input_ids"])) if seqs else []
+    eos = 1 if tokenizer.eos_token_id is not None else 0
+    read = sum(lp.values()) + sum(c + eos for c in lc)
+    whole = sum(lp[p] + c + eos for (p, _), c in zip(seqs, lc, strict=True))
+    return {"train_tokens": int(round(epochs * read)), "train_sequence_tokens": int(round(epochs * whole)),
+            "n_train_completions": len(seqs)}
+
+
 def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: str, finetune_seed: int,
                      reward: dict, n_pairs: int | None,
                      pair_files: tuple[str, ...] = ("data/prefs_train.parquet",),
@@ -222,6 +239,7 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
         "seed_scope": seed_scope,
         "config": reward,
         "n_train_pairs": len(chosen),
+        **train_tokens(tok, prompts, chosen, rejected, reward["epochs"]),
         "n_train_prompts": state["n_prompts"],
         "eval_pairs": eval_files[0],
         "n_eval_pairs": len(ec),
