@@ -95,3 +95,18 @@ def test_bf16_training_reads_rewards_from_an_fp32_head(tiny_backbone_dir, tokeni
     assert isinstance(model.score, torch.nn.Linear)
     state = _train(tiny_backbone_dir, tokenizer, accelerator=make_accelerator("cpu", "bf16"), epochs=0.2)
     assert isinstance(state["model"].score, torch.nn.Linear) and "score.weight" in state["model"].state_dict()
+
+
+def test_train_tokens_count_each_distinct_prompt_and_completion_once(tokenizer):
+    """K-wise pairs of one prompt (3 words) over completions a, b, c (1, 2, 3 words) + a second prompt with one
+    pair: read = prompts once + each distinct completion (+ EOS) once; whole = every distinct sequence whole."""
+    from perm.stages.train_rm import train_tokens
+
+    p1, p2 = "w1 w2 TL;DR:", "w3 TL;DR:"
+    a, b, c = " good", " w4 w5", " bad w6 w7"
+    prompts = [p1, p1, p1, p2]
+    chosen, rejected = [a, c, a, a], [b, b, c, b]
+    out = train_tokens(tokenizer, prompts, chosen, rejected, epochs=2.0)
+    read = (3 + 2) + (2 + 3 + 4) + (2 + 3)  # prompts; p1's a, b, c with EOS; p2's a, b with EOS
+    whole = (3 + 2) + (3 + 3) + (3 + 4) + (2 + 2) + (2 + 3)
+    assert out == {"train_tokens": 2 * read, "train_sequence_tokens": 2 * whole, "n_train_completions": 5}
