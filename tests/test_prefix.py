@@ -500,3 +500,17 @@ def test_distinct_maps_back():
     out, where = distinct(items)
     assert out == [(1, 2), (3,), ()]
     assert [out[w] for w in where] == items
+
+
+def test_score_pairs_scores_a_kwise_completion_once(rm):
+    full_c, full_r = _kwise_pairs(seed=1)
+    rm.eval()
+    rows = []
+    hook = rm.get_input_embeddings().register_forward_hook(lambda m, i, o: rows.append(o.shape[0]))
+    try:
+        rc, rr = score_pairs(rm, full_c, full_r, PAD, "cpu", batch_size=64)
+    finally:
+        hook.remove()
+    assert rc == pytest.approx(score_ids(rm, full_c, PAD, "cpu"), abs=1e-5)
+    assert rr == pytest.approx(score_ids(rm, full_r, PAD, "cpu"), abs=1e-5)
+    assert rows == [3, 12]  # 3 prompts, then their 12 distinct completions (not 36)

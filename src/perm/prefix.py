@@ -368,7 +368,8 @@ def score_pairs(
     device,
     batch_size: int = 64,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Rewards (float64) of full chosen and rejected sequences; decoders run each pair's common prefix once."""
+    """Rewards (float64) of full chosen and rejected sequences; decoders run each pair's common prefix once, and
+    each distinct completion of a prompt once however many pairs it is in (K-wise comparisons)."""
     if not shares_prompt(model):
         return (
             score_ids(model, chosen, pad_id, device, batch_size=batch_size),
@@ -376,14 +377,16 @@ def score_pairs(
         )
     prefixes, ct, rt = split_pairs(chosen, rejected, pad_id)
     common, owner, rest = merge_prefixes(prefixes)  # pairs of one prompt: one prompt forward
-    slot = np.zeros(len(prefixes), dtype=np.int64)
-    candidates: list[list[list[int]]] = [[] for _ in common]
+    candidates: list[dict[tuple, int]] = [{} for _ in common]  # a completion in several pairs is scored once
+    sc = np.zeros(len(prefixes), dtype=np.int64)
+    sr = np.zeros(len(prefixes), dtype=np.int64)
     for i, (g, r) in enumerate(zip(owner, rest, strict=True)):
-        slot[i] = len(candidates[g])
-        candidates[g] += [r + list(ct[i]), r + list(rt[i])]
-    groups = score_prompt_groups(model, common, candidates, pad_id, device, batch_size=batch_size)
+        sc[i] = candidates[g].setdefault((*r, *ct[i]), len(candidates[g]))
+        sr[i] = candidates[g].setdefault((*r, *rt[i]), len(candidates[g]))
+    groups = score_prompt_groups(model, common, [[list(c) for c in cands] for cands in candidates], pad_id, device,
+                                 batch_size=batch_size)
     if not groups:
         return np.empty(0), np.empty(0)
-    rc = np.array([groups[g][s] for g, s in zip(owner, slot, strict=True)], dtype=np.float64)
-    rr = np.array([groups[g][s + 1] for g, s in zip(owner, slot, strict=True)], dtype=np.float64)
+    rc = np.array([groups[g][s] for g, s in zip(owner, sc, strict=True)], dtype=np.float64)
+    rr = np.array([groups[g][s] for g, s in zip(owner, sr, strict=True)], dtype=np.float64)
     return rc, rr
