@@ -14,6 +14,33 @@ Spearman with gold on the pool (mean over prompts, se), and the exact best-of-n 
 prompt, in gold standard deviations). One thread per call, so two calls can share 2 cores.
 Meant for choosing a recipe by learnability alone, never by the seed-effect results.
 
+Measured 2026-12-02 on runs/tiny (the 2026-12-01 default: backbones of 300 steps unless marked pt1200, its SFT
+policy from seed0, its pool of 200 x 64; fp32, 1 thread per RM on a 2-core AMD EPYC AVX2 VM shared with the
+testbed-pretrains run, so the seconds are upper bounds and comparable only within this table). acc and gold_acc
+on the run's policy_prefs_eval.parquet (disjoint pairs; label ceiling 0.76), rho on the pool:
+
+  recipe                                          pairs    acc    gold_acc  pool rho        bo64   RM train s
+  disjoint pairs (3 per post), b32 (the old default) 9.1k  0.547  0.576     0.225 ± 0.011   +0.89  153
+  K-wise 6 (experiments/policy_pairs.py), b64     45.6k    0.619  0.702     0.474 ± 0.010   +1.09  200
+  K-wise 6, b32                                   45.6k    0.611  0.652     0.275 ± 0.012   +0.57  299
+  K-wise 6, b64, lr 2e-3                          45.6k    0.536  0.578     0.128 ± 0.010   +0.81  218
+  K-wise 10, b96                                  136.9k   0.631  0.706     0.493 ± 0.010   +1.28  350
+  evaluator backbone (192 x 3, 400 steps), K-wise 6, b64, lr 5e-4
+                                                  45.6k    0.607  0.689     0.450 ± 0.011   +1.27  529
+  with the testbed-pretrains backbones (pt1200; neither shares the pool's policy backbone, as the grid's
+  seed0 above does, which flatters it):
+  grid backbone seed0 (1,200 steps), K-wise 6, b64   45.6k  0.571  0.687  0.409 ± 0.011         222
+  the same on the first 30k pairs (2,500 posts)      30.0k  0.600  0.629  0.383 ± 0.012
+  evaluator backbone (1,500 steps), K-wise 6, b64, lr 5e-4
+                                                     45.6k  0.613  0.712  0.528 ± 0.010
+
+So K-wise comparisons are the lever: 5x the pairs from 1.25x the completions lift rho from 0.23 to 0.47 at
+1.3x the training time; K = 10 (3x the pairs again) adds 0.02 at 1.75x the time; batch 64 beats 32 (at lr 1e-3
+batch 32 is noisy) and lr 2e-3 diverges. A third fewer pairs costs 0.026 of rho, so the grid keeps them all.
+The evaluator's bigger, longer-pretrained backbone is what makes it stronger (+0.12 rho over a grid backbone on
+the same pairs); with the 400-step evaluator backbone it was not (0.45). The default takes K-wise 6, batch 64,
+lr 1e-3 for the grid and lr 5e-4 for the evaluator.
+
 Measured 2026-11-27 on runs/b4 (the tiny default; 9,069 policy pairs, 481 held-out; 1 thread per RM):
 
   recipe (changes to tiny.yaml)                 acc    gold_acc  pool rho       RM train s

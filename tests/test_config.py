@@ -21,12 +21,25 @@ def test_overrides_parse_yaml_scalars():
 
 
 def test_defaults_and_override():
-    cfg = config_from_overrides(["testbed.seed=3", "reward.lr=3e-4", "pretrain.seeds=[7, 8]", "out=runs/x"])
+    cfg = config_from_overrides(["testbed.seed=3", "reward.lr=3e-4", "pretrain.seeds=[7, 8]", "out=runs/x",
+                                 "pretrain.checkpoints=[]"])
     assert cfg.testbed.seed == 3
     assert cfg.reward.lr == pytest.approx(3e-4)
     assert cfg.pretrain.seeds == (7, 8)
     assert cfg.out == "runs/x"
     assert cfg.pretrain.pretrain_ids() == ["seed7", "seed8"]
+
+
+def test_pretraining_fields_with_the_shipped_backbones_are_refused_not_ignored():
+    """The default loads the shipped testbed backbones: a pretraining field set beside them would do nothing,
+    so it is an error naming what to do."""
+    for over, field in (("pretrain.seeds=[7, 8]", "pretrain.seeds"), ("pretrain.steps=600", "pretrain.steps"),
+                        ("evaluator.pretrain_steps=10", "evaluator.pretrain_steps")):
+        with pytest.raises(ConfigError, match=rf"{field}: .*(checkpoints: \[\]|checkpoint: null)"):
+            config_from_overrides([over])
+    assert config_from_overrides(["pretrain.checkpoints=[testbed:seed3, testbed:seed4]",
+                                  "pretrain.seeds=[3, 4]"]).pretrain.pretrain_ids() == ["seed3", "seed4"]
+    assert config_from_overrides(["pretrain.steps=600", "pretrain.checkpoints=[]"]).pretrain.steps == 600
 
 
 def test_int_accepted_for_float_but_not_the_reverse():
@@ -169,7 +182,7 @@ def test_quick_yaml_resolves_to_the_recorded_config():
     added = added_fields(now, recorded)
     assert set(added) <= {"analysis.bootstrap", "analysis.level", "data.bad_rows", "data.max_bad_fraction",
                           "evaluator.finetune_seed", "pretrain.convert_bin", "pretrain.checkpoint_every",
-                          "reward.finetune_seed_scope"}, added
+                          "reward.finetune_seed_scope", "reward.policy_kwise"}, added
     defaults = to_dict(RunConfig())
     for dotted in added:  # quick.yaml sets none of them
         section, name = dotted.split(".")

@@ -293,3 +293,22 @@ def test_best_of_n_shape_names_an_over_optimised_rm():
     assert "good: peak +2.33 at n = 64;" in out["description"]
     hacked_note = out["description"].split("hacked: ")[1]
     assert "lower at n = 64" in hacked_note and "not rising to n = 16" in hacked_note
+
+
+def test_pretraining_ratio_reads_each_rms_backbone_record(tmp_path):
+    import json
+
+    from perm.report_inputs import pretraining_ratio
+
+    for name, tokens in (("a", 4_000_000), ("b", 1_000_000)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "pretrain.json").write_text(json.dumps({"tokens": tokens, "heldout_perplexity": 1.7}))
+    recs = [{"model_id": "a-ft0", "backbone": str(tmp_path / "a"), "train_tokens": 800_000,
+             "train_sequence_tokens": 2_000_000},
+            {"model_id": "b-ft0", "backbone": str(tmp_path / "b"), "train_tokens": 500_000,
+             "train_sequence_tokens": 1_000_000},
+            {"model_id": "hub", "backbone": "org/name", "train_tokens": 1}]  # no record: left out
+    out = pretraining_ratio(recs)
+    assert out["min"] == 2.0
+    assert "a-ft0: 5.0x (2.0x whole sequences), 4.0 M tokens" in out["description"] and "hub" not in out["description"]
+    assert pretraining_ratio([{"model_id": "x", "backbone": "org/name"}]) is None

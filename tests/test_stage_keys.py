@@ -67,7 +67,8 @@ def test_every_stage_names_its_needs():
 
 # --------------------------------------------------------------------------------------- invalidation
 
-BASE = ["reward.pairs=policy", "pretrain.seeds=[0, 1]", "reward.finetune_seeds=[0, 1]"]
+BASE = ["reward.pairs=policy", "pretrain.seeds=[0, 1]", "reward.finetune_seeds=[0, 1]", "pretrain.checkpoints=[]",
+        "evaluator.checkpoint=null", "policy.init_from=pretrain"]  # the pretrain-in-the-run path
 
 
 def _fake_upstream(cfg: RunConfig) -> dict:

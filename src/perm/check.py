@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from perm.config import RunConfig
+from perm.shipped import ShippedPretrainError, is_shipped, verify
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # as perm.data decides a hub id
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model", "vocab.txt")
@@ -88,6 +89,8 @@ def collect_refs(cfg: RunConfig) -> list[Ref]:
         refs.append(Ref("evaluator.checkpoint", cfg.evaluator.checkpoint, "model"))
     if cfg.policy.checkpoint:
         refs.append(Ref("policy.checkpoint", cfg.policy.checkpoint, "model"))
+    elif cfg.policy.init_checkpoint():
+        refs.append(Ref("policy.init_from", cfg.policy.init_checkpoint(), "model"))
     if cfg.data.prefs:
         refs.append(Ref("data.prefs", cfg.data.prefs, "dataset"))
     if cfg.data.prefs_eval:
@@ -404,7 +407,7 @@ def check_config(cfg: RunConfig, api=None) -> CheckResult:
     offline: list[str] = []
     if _hub_offline_env():
         offline.append("HF_HUB_OFFLINE is set")
-    if api is None and any(not Path(r.spec).expanduser().exists() for r in refs):
+    if api is None and any(not Path(r.spec).expanduser().exists() and not is_shipped(r.spec) for r in refs):
         import huggingface_hub
 
         api = huggingface_hub.HfApi()
@@ -425,7 +428,18 @@ def check_config(cfg: RunConfig, api=None) -> CheckResult:
         path = Path(ref.spec).expanduser()
         name, rev = split_spec(ref.spec)
         f: Facts | None = None
-        if path.exists():
+        if is_shipped(ref.spec):
+            from perm.config import to_dict
+
+            try:
+                path = verify(ref.spec, to_dict(cfg.testbed) if cfg.data.prefs is None else None)
+                f, line = check_local_model(ref, path, res.problems)
+                line = "shipped (sha256 and testbed match), " + line
+            except ShippedPretrainError as e:
+                res.problems.append(f"{ref.key}: {e}")
+                line = "shipped: unusable"
+            rev = None
+        elif path.exists():
             f, line = check_local_model(ref, path, res.problems)
         elif not HUB_ID.match(name):
             res.problems.append(f"{ref.key}: {ref.spec}: no such local directory (and not a hub id)")

@@ -30,9 +30,11 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from perm.data import DataError
     from perm.models import ModelLoadError
     from perm.reward import NonFiniteRewardError
+    from perm.shipped import ShippedPretrainError
     from perm.stages.score import SamplesError
 
-    errors: list[type[Exception]] = [ConfigError, DataError, ModelLoadError, SamplesError, NonFiniteRewardError]
+    errors: list[type[Exception]] = [ConfigError, DataError, ModelLoadError, SamplesError, NonFiniteRewardError,
+                                     ShippedPretrainError]
     try:
         from perm.analysis import RewardTensorError
 

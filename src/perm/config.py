@@ -164,7 +164,7 @@ class PretrainConfig:
     """Data-order seed per pretrain (PolyPythias' data-seed); null = follow `seeds`."""
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     """Architecture of the grid's backbones (and of the SFT policy with `policy.init_from: scratch`)."""
-    steps: int = 300
+    steps: int = 1200
     """Optimizer steps per pretrain (> 0), each on `batch_size` blocks of `seq_len` tokens; the corpus is
     reshuffled (same data-order stream) when it runs out."""
     batch_size: int = 32
@@ -179,10 +179,12 @@ class PretrainConfig:
     """Steps of linear warmup to `lr` (>= 0; 0 = none)."""
     weight_decay: float = 0.01
     """AdamW weight decay (>= 0)."""
-    checkpoints: tuple[str, ...] = ()
+    checkpoints: tuple[str, ...] = tuple(f"testbed:seed{i}" for i in range(5))
     """Instead of pretraining: local directories or hub ids (e.g. EleutherAI/pythia-160m-seed1), one per
-    pretrain; a hub id may pin a revision after `@` (EleutherAI/pythia-160m-seed4@step143000). Non-empty
-    overrides `seeds`."""
+    pretrain; a hub id may pin a revision after `@` (EleutherAI/pythia-160m-seed4@step143000); or the testbed's
+    shipped backbones `testbed:seed0` ... `testbed:seed4` (the default: pretrained once with this section's
+    recipe, configs/testbed-pretrains.yaml, and checked against their recorded hashes on load; perm.shipped).
+    Non-empty overrides `seeds`; `[]` pretrains `seeds` in the run (configs/tiny-scratch.yaml)."""
     trust_remote_code: bool = False
     """Passed to transformers as trust_remote_code where perm loads the configured checkpoints (their
     tokenizers, the grid RMs' backbones, the policy for sampling): lets a checkpoint run its own modelling
@@ -209,12 +211,27 @@ class PretrainConfig:
         for name in ("steps", "batch_size", "seq_len"):
             _check(getattr(self, name) > 0, f"pretrain.{name}", "must be > 0")
         _check(self.lr > 0, "pretrain.lr", "must be > 0")
+        shipped = [c for c in self.checkpoints if c.startswith("testbed:seed")]
+        if shipped and len(shipped) == len(self.checkpoints):  # the shipped testbed backbones: the recipe is theirs
+            ship_seeds = tuple(int(c.split("seed", 1)[1]) for c in shipped if c.split("seed", 1)[1].isdigit())
+            _check(self.seeds == ship_seeds or self.seeds == PretrainConfig.seeds, "pretrain.seeds",
+                   f"{list(self.seeds)} is not what pretrain.checkpoints loads ({', '.join(shipped)}); to pretrain "
+                   "these seeds in the run set pretrain.checkpoints: [] (as configs/tiny-scratch.yaml does), or "
+                   "name shipped ones (testbed:seed0 ... testbed:seed5)")
+            for name in ("steps", "batch_size", "seq_len", "lr", "warmup_steps", "weight_decay", "backbone"):
+                _check(getattr(self, name) == getattr(_RECIPE_PRETRAIN, name), f"pretrain.{name}",
+                       "has no effect while pretrain.checkpoints loads the shipped testbed backbones (pretrained "
+                       "with this section's defaults, configs/testbed-pretrains.yaml); set pretrain.checkpoints: [] "
+                       "to pretrain in the run with it")
 
     def pretrain_ids(self) -> list[str]:
         if self.checkpoints:  # a shipped testbed backbone keeps its name (testbed:seed3 -> seed3)
             ids = [c.split(":", 1)[1] if c.startswith("testbed:") else f"ckpt{i}" for i, c in enumerate(self.checkpoints)]
             return ids if len(set(ids)) == len(ids) else [f"ckpt{i}" for i in range(len(self.checkpoints))]
         return [f"seed{s}" for s in self.seeds]
+
+
+_RECIPE_PRETRAIN = PretrainConfig(checkpoints=())  # the shipped backbones' recipe: this section's defaults
 
 
 @dataclass(frozen=True)
@@ -236,8 +253,9 @@ class RewardConfig:
     epochs: float = 1.0
     """Passes over the training pairs (> 0, fractions allowed): round(epochs * ceil(pairs / batch_size))
     optimizer steps."""
-    batch_size: int = 32
-    """Preference pairs per optimizer step (> 0; the global batch when several processes train one RM)."""
+    batch_size: int = 64
+    """Preference pairs per optimizer step (> 0; the global batch when several processes train one RM). With
+    K-wise pairs (`policy_kwise: 6`, 15 pairs per post) 64 pairs hold about four posts."""
     lr: float = 1e-3
     """Peak AdamW learning rate (> 0): linear warmup over `warmup_frac` of the steps, then linear decay to 0."""
     warmup_frac: float = 0.06
@@ -257,10 +275,11 @@ class RewardConfig:
     its left, keeping the completion); also the SFT policy's training length. > 0, at most the backbone's
     `max_position_embeddings`. Reruns the RMs, the evaluator RM, the SFT policy (and so everything after it)
     and the scoring."""
-    max_train_pairs: int | None = 10000
+    max_train_pairs: int | None = None
     """The grid RMs train on only the first k training pairs (>= 1; null = all); policy pairs come first under
-    `pairs: mix`. The evaluator ignores it (`evaluator.train_pairs`). On the testbed, `pairs: policy` yields
-    ~9k pairs (testbed.n_sft x policy_pairs_per_post less ties and held-out posts), so 10000 keeps all."""
+    `pairs: mix`, and K-wise pairs are in post order, so k keeps the first posts whole. The evaluator ignores it
+    (`evaluator.train_pairs`). On the testbed, `pairs: policy` with `policy_kwise: 6` yields ~46k pairs (the
+    3,800 training posts x 15, less ties)."""
     pairs: Literal["auto", "testbed", "policy", "mix"] = "auto"
     """Training pairs (grid and evaluator). testbed: the data's own pairs: the testbed's perturbation pairs
     (prefs_train), or with `data.prefs` your pairs. policy: pairs of the SFT policy's own samples on sft_train
@@ -272,9 +291,9 @@ class RewardConfig:
     kind: prefs_eval for testbed pairs, policy_prefs_eval (policy pairs on the sft_train posts the SFT policy
     held out, which no RM trains on) for policy and mix, where prefs_eval is reported as well."""
     policy_pairs_per_post: int = 3
-    """Pairs sampled per sft_train post for `pairs: policy|mix` (>= 1; two samples each, ties dropped). Reruns
-    policy-prefs and everything after it."""
-    policy_kwise: int | None = None
+    """Disjoint pairs sampled per sft_train post for `pairs: policy|mix` when `policy_kwise` is null (>= 1; two
+    fresh samples each, ties dropped). Reruns policy-prefs and everything after it."""
+    policy_kwise: int | None = 6
     """K-wise comparisons, as InstructGPT collected them: K (>= 3) policy samples per sft_train post and every
     one of their C(K, 2) pairs, each labelled by its own rater draw (ties dropped), so each completion sits in
     K - 1 pairs and, with `group_by_prompt`, is scored once per training step for all of them: (K - 1) / 2
@@ -321,26 +340,36 @@ class EvaluatorConfig:
     )
     """Architecture of the evaluator's backbone, pretrained from scratch with the grid's recipe (`pretrain.*`);
     unused with `checkpoint`."""
-    pretrain_steps: int = 400
+    pretrain_steps: int = 1500
     """Pretraining steps of the evaluator's backbone (> 0); the other pretraining fields are `pretrain`'s."""
     train_pairs: int | None = None
     """Preference pairs it is finetuned on: the first k (>= 1) of the training pairs `reward.pairs` selects
     (null = all, which may be more than the grid's `reward.max_train_pairs`)."""
     epochs: float = 1.0
     """The evaluator RM's passes over its training pairs (> 0), instead of `reward.epochs`."""
-    lr: float = 8e-4
+    lr: float = 5e-4
     """The evaluator RM's peak learning rate (> 0), instead of `reward.lr`; every other finetuning field is
     `reward`'s."""
     finetune_seed: int | None = None
     """Seed of the evaluator's finetuning randomness (head init, data order, dropout), drawn with its own pretrain
     id, never shared with a grid RM; null = its pretrain_seed."""
-    checkpoint: str | None = None
-    """Load this backbone (local dir, hub id or `id@revision`) instead of pretraining one."""
+    checkpoint: str | None = "testbed:evaluator-seed1000"
+    """Load this backbone (local dir, hub id or `id@revision`, or a shipped testbed backbone) instead of
+    pretraining one; the default is the shipped evaluator backbone (seed 1000, this section's backbone and
+    pretrain_steps). null = pretrain it in the run."""
 
     def __post_init__(self) -> None:
         _check(self.pretrain_steps > 0, "evaluator.pretrain_steps", "must be > 0")
+        if self.checkpoint and self.checkpoint.startswith("testbed:"):  # shipped: pretrained with the defaults
+            for name in ("pretrain_seed", "backbone", "pretrain_steps"):
+                _check(getattr(self, name) == getattr(_RECIPE_EVALUATOR, name), f"evaluator.{name}",
+                       f"has no effect while evaluator.checkpoint loads the shipped {self.checkpoint}; set "
+                       "evaluator.checkpoint: null to pretrain the evaluator's backbone in the run with it")
         if self.train_pairs is not None:
             _check(self.train_pairs > 0, "evaluator.train_pairs", "must be > 0")
+
+
+_RECIPE_EVALUATOR = EvaluatorConfig(checkpoint=None)
 
 
 @dataclass(frozen=True)
@@ -351,7 +380,7 @@ class PolicyConfig:
 
     checkpoint: str | None = None
     """Load an existing causal LM (local dir, hub id or `id@revision`) as the policy instead of training one."""
-    init_from: str = "pretrain"
+    init_from: str = "testbed:seed5"
     """What SFT starts from: a checkpoint of its own (local dir, hub id or `id@revision`, or a shipped testbed
     backbone `testbed:<name>`), `pretrain` (the grid's first backbone, which the finetune ensemble and every
     same-pretrain pair also share) or `scratch`."""
@@ -381,7 +410,7 @@ class PolicyConfig:
     and policy-prefs."""
     batch_prompts: int = 8
     """Prompts sampled together (>= 1): memory and speed, and each chunk of this many prompts gets its own seed,
-    so it changes the samples (part of the sample and policy-prefs keys)."""
+    so it changes the samples (part of the sample key; the policy pairs are drawn in chunks of their own)."""
 
     def init_checkpoint(self) -> str | None:
         """The checkpoint SFT starts from, when `init_from` names one (not `scratch` or `pretrain`)."""

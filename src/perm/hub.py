@@ -88,10 +88,12 @@ def dataset_ref(spec: str | None, revision: str | None, field: str) -> HubRef | 
 
 
 def model_specs(cfg: RunConfig) -> list[str]:
-    """Every checkpoint spec the run loads: the grid's, the evaluator's (when enabled) and the policy's."""
+    """Every checkpoint spec the run loads, each once: the grid's, the evaluator's (when enabled), the policy's
+    and the backbone its SFT starts from (`policy.init_from` naming a checkpoint)."""
     c = cfg
-    specs = [*c.pretrain.checkpoints, c.evaluator.checkpoint if c.evaluator.enabled else None, c.policy.checkpoint]
-    return [s for s in specs if s]
+    specs = [*c.pretrain.checkpoints, c.evaluator.checkpoint if c.evaluator.enabled else None, c.policy.checkpoint,
+             c.policy.init_checkpoint() if not c.policy.checkpoint else None]
+    return list(dict.fromkeys(s for s in specs if s))
 
 
 def config_refs(cfg: RunConfig) -> list[HubRef]:

@@ -114,6 +114,9 @@ def learnability(root: Path, records: list[dict]) -> dict:
             if all("gold_accuracy" in o for o in other):
                 put(f"RM agreement with gold order on {rel}, mean", np.mean([o["gold_accuracy"] for o in other]),
                     "fraction of these pairs the RM orders as the gold reward does")
+    ratio = pretraining_ratio(records)
+    if ratio:
+        put("backbone pretraining tokens / RM finetuning tokens, min", ratio["min"], ratio["description"])
     if (root / "rewards.parquet").exists() and (root / "samples.parquet").exists():
         rw = pq.read_table(root / "rewards.parquet").to_pandas()
         pool = rw[~rw.is_reference].pivot_table(index=["prompt_id", "sample_id"], columns="model_id", values="reward")
@@ -177,3 +180,28 @@ def best_of_n_shape(pool, rm_ids: list[str], upto: int = 16) -> dict | None:
             "description": f"fraction of the {len(rm_ids)} grid RMs whose best-of-n gold (gold reward, centred per "
                            f"prompt) rises at every n up to {upto}; a fall at larger n is over-optimisation. "
                            + "; ".join(notes)}
+
+
+def pretraining_ratio(records: list[dict]) -> dict | None:
+    """How far each RM's backbone was pretrained beyond its finetuning: the backbone's pretraining tokens
+    (its pretrain.json) over the tokens the RM's finetuning read (rm.json ``train_tokens``: each distinct prompt
+    and completion once per epoch; ``train_sequence_tokens`` counts whole sequences), with the backbone's
+    held-out perplexity. None when no RM records both (a hub backbone, an older run)."""
+    rows = []
+    for r in records:
+        rec = Path(str(r.get("backbone", ""))) / "pretrain.json"
+        if not r.get("train_tokens") or not rec.is_file():
+            continue
+        pre = json.loads(rec.read_text())
+        if not pre.get("tokens"):
+            continue
+        rows.append((r["model_id"], pre["tokens"] / r["train_tokens"], pre["tokens"] / r["train_sequence_tokens"],
+                     pre.get("heldout_perplexity_shipped", pre.get("heldout_perplexity")), pre["tokens"]))
+    if not rows:
+        return None
+    notes = "; ".join(f"{m}: {a:.1f}x ({b:.1f}x whole sequences), {t / 1e6:.1f} M tokens, held-out ppl {p:.3f}"
+                      for m, a, b, p, t in rows)
+    return {"min": min(a for _, a, _, _, _ in rows),
+            "description": "each RM's backbone pretraining tokens over the tokens its finetuning read (each distinct "
+                           "prompt and completion once per epoch; in brackets, counting whole prompt + completion "
+                           f"sequences): {notes}"}

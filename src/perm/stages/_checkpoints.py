@@ -9,6 +9,7 @@ from pathlib import Path
 
 from perm.config import RunConfig
 from perm.progress import Progress
+from perm.shipped import is_shipped, verify
 from perm.store import RunStore
 
 
@@ -52,9 +53,15 @@ class Checkpoints:
     def resolve(self, spec: str) -> str:
         """What to load for the checkpoint `spec` of the config (``pretrain.checkpoints[i]``,
         ``evaluator.checkpoint``, ``policy.checkpoint``), once per run; every stage reads checkpoints
-        through it. A hub id pinned to a commit becomes ``org/name@<sha>``; with ``pretrain.convert_bin``
+        through it. A shipped testbed backbone (``testbed:<name>``, perm.shipped) becomes its folder in the package
+        once its weights match their recorded hash and it was pretrained on this run's testbed. A hub id pinned to a commit becomes ``org/name@<sha>``; with ``pretrain.convert_bin``
         a checkpoint whose weights are only ``pytorch_model.bin`` becomes its safetensors conversion in
         ``<run>/converted/`` (a local path, keyed by its content). Otherwise `spec` itself."""
+        if spec not in self._resolved and is_shipped(spec):  # a testbed backbone shipped in the package
+            from perm.config import to_dict
+
+            testbed = to_dict(self.cfg.testbed) if self.cfg.data.prefs is None else None
+            self._resolved[spec] = str(verify(spec, testbed))
         if spec not in self._resolved:
             from perm.hub import model_ref
 

@@ -114,9 +114,12 @@ class Context:
     def checkpoint_key(self, path: str) -> str:
         """:func:`checkpoint_key` of the checkpoint `path` (a config spec) resolves to, once per checkpoint
         and run: a local checkpoint is hashed by content, and the same one keys several stages (every RM of
-        a pretrain, the evaluator's jobs, the policy's)."""
+        a pretrain, the evaluator's jobs, the policy's); a shipped backbone by its name and recorded weight hash."""
         if path not in self.checkpoint_keys:
-            self.checkpoint_keys[path] = checkpoint_key(self.resolve_checkpoint(path))
+            from perm.shipped import is_shipped, key
+
+            resolved = self.resolve_checkpoint(path)  # a shipped backbone is verified here
+            self.checkpoint_keys[path] = key(path) if is_shipped(path) else checkpoint_key(resolved)
         return self.checkpoint_keys[path]
 
     def hub_pins(self) -> dict[str, str | None]:

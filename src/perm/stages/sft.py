@@ -1,5 +1,6 @@
 """`perm sft`: the SFT policy, trained on sft_train's reference summaries (perm.policy.train_sft, summary
-tokens only) from the first pretrained backbone or from scratch — or `policy.checkpoint` registered instead.
+tokens only) from a backbone of its own (`policy.init_from` naming a checkpoint, by default the shipped testbed
+backbone of pretrain seed 5, which no grid RM shares), the first pretrained backbone or from scratch — or `policy.checkpoint` registered instead.
 Manifest name `policy`; output policy/. Returns the policy's directory or hub id."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from perm.progress import Progress
 from perm.stages._context import (
     Context,
     backbone_identity,
+    checkpoint_name,
     data_identity,
     read_column,
     stage_key,
@@ -31,7 +33,9 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
     c = cfg.policy
     if c.checkpoint:
         return {}
-    if c.init_from == "pretrain":
+    if c.init_checkpoint():
+        init = upstream[checkpoint_name(c.init_checkpoint())]
+    elif c.init_from == "pretrain":
         init = backbone_identity(cfg, upstream, cfg.pretrain.pretrain_ids()[0])
     else:
         init = to_dict(cfg.pretrain.backbone)
@@ -45,7 +49,10 @@ def run(ctx: Context) -> str:
     if c.checkpoint:
         return ctx.resolve_checkpoint(c.checkpoint)  # pinned to its commit / converted, as every checkpoint
     ctx.need("testbed")
-    init = next(iter(ctx.need("pretrain").values())) if c.init_from == "pretrain" else None
+    if c.init_checkpoint():
+        init = ctx.resolve_checkpoint(c.init_checkpoint())
+    else:
+        init = next(iter(ctx.need("pretrain").values())) if c.init_from == "pretrain" else None
     key = keys(cfg, ctx.upstream())["policy"]
     ctx.run_one("policy", key, lambda: job_sft(
         str(ctx.root), "policy", init=init, backbone=to_dict(cfg.pretrain.backbone), sft=sft_args(cfg),
