@@ -312,3 +312,15 @@ def test_pretraining_ratio_reads_each_rms_backbone_record(tmp_path):
     assert out["min"] == 2.0
     assert "a-ft0: 5.0x (2.0x whole sequences), 4.0 M tokens" in out["description"] and "hub" not in out["description"]
     assert pretraining_ratio([{"model_id": "x", "backbone": "org/name"}]) is None
+
+
+def test_rm_records_carry_what_the_token_ratio_needs(tmp_path):
+    import json
+
+    from perm.report_inputs import rm_records
+
+    (tmp_path / "rm" / "a-ft0").mkdir(parents=True)
+    (tmp_path / "rm" / "a-ft0" / "rm.json").write_text(json.dumps(
+        {"model_id": "a-ft0", "role": "rm", "backbone": "/b", "train_tokens": 5, "train_sequence_tokens": 9}))
+    (rec,) = rm_records(tmp_path)
+    assert (rec["backbone"], rec["train_tokens"], rec["train_sequence_tokens"]) == ("/b", 5, 9)

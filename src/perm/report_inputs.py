@@ -30,7 +30,7 @@ def rm_records(root: Path) -> list[dict]:
         r = json.loads(p.read_text())
         recs.append({k: r.get(k) for k in ("model_id", "role", "pretrain_id", "finetune_seed", "accuracy",
                                            "accuracy_se", "gold_accuracy", "n_train_pairs", "wall_s", "eval_pairs",
-                                           "n_eval_pairs")})
+                                           "n_eval_pairs", "backbone", "train_tokens", "train_sequence_tokens")})
         recs[-1]["other_evals"] = r.get("other_evals") or {}
         if r.get("role") == "evaluator":
             recs[-1]["model_id"] = "evaluator"
