@@ -384,8 +384,11 @@ class PolicyConfig:
     """What SFT starts from: a checkpoint of its own (local dir, hub id or `id@revision`, or a shipped testbed
     backbone `testbed:<name>`), `pretrain` (the grid's first backbone, which the finetune ensemble and every
     same-pretrain pair also share) or `scratch`."""
-    sft_epochs: float = 2.0
-    """Passes over sft_train (less its held-out 5 %); > 0, fractions allowed."""
+    sft_epochs: float = 0.5
+    """Passes over sft_train (less its held-out 5 %); > 0, fractions allowed. Half an epoch by default: from the
+    shipped seed-5 backbone, which already summarises (its corpus has posts with their TL;DRs), two epochs made a
+    policy so close to the references that its samples tied and the RMs learned little (docs/results.md,
+    2026-12-02); chosen by the RMs' learnability alone."""
     sft_lr: float = 1e-3
     """Peak AdamW learning rate of SFT (> 0)."""
     sft_batch_size: int = 32
