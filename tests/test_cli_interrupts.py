@@ -73,7 +73,7 @@ def _group_alive(pgid: int) -> list[int]:
 def test_ctrl_c_during_the_testbed_exits_130_says_how_to_resume_and_leaves_no_temp_files(tmp_path):
     run = tmp_path / "run"
     # a bigger corpus than quick's, so the build is still running when Ctrl-C comes
-    p = _perm("testbed", QUICK, f"out={run}", "testbed.n_corpus_docs=8000", start_new_session=True)
+    p = _perm("testbed", QUICK, f"out={run}", "testbed.n_corpus_docs=40000", start_new_session=True)
     seen: list[str] = []
     _wait_for_line(p.stderr, r"testbed\s+start", seen)
     time.sleep(1.0)

@@ -86,7 +86,8 @@ def test_evaluator_seed_must_not_be_a_grid_seed():
     from perm.config import ConfigError
 
     with pytest.raises(ConfigError, match="evaluator.pretrain_seed: must differ"):
-        config_from_overrides(["pretrain.seeds=[0, 1]", "pretrain.data_seeds=[5, 1000]"])
+        config_from_overrides(["pretrain.seeds=[0, 1]", "pretrain.data_seeds=[5, 1000]", "pretrain.checkpoints=[]",
+                               "evaluator.checkpoint=null"])
 
 
 def _scoring_run(tmp_path, tokenizer, samples: dict):

@@ -231,6 +231,7 @@ class PretrainConfig:
         return [f"seed{s}" for s in self.seeds]
 
 
+PRETRAIN_TRAIN_FIELDS = ("steps", "batch_size", "seq_len", "lr", "warmup_steps", "weight_decay")  # a pretrain job's
 _RECIPE_PRETRAIN = PretrainConfig(checkpoints=())  # the shipped backbones' recipe: this section's defaults
 
 

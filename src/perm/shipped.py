@@ -113,17 +113,17 @@ def key(spec: str) -> str:
 def recipe_of(cfg, name: str) -> dict:
     """What recipe `cfg` (configs/testbed-pretrains.yaml, loaded) gives the backbone `name`: architecture,
     training arguments, seeds and precision; a shipped backbone records it and its hash."""
-    from perm.config import to_dict
-    from perm.stages.pretrain import evaluator_train_args, train_args
+    from perm.config import PRETRAIN_TRAIN_FIELDS, to_dict
 
+    train = {k: getattr(cfg.pretrain, k) for k in PRETRAIN_TRAIN_FIELDS}  # perm.stages.pretrain.train_args
     if name == f"evaluator-seed{cfg.evaluator.pretrain_seed}":
         e = cfg.evaluator
-        return {"backbone": to_dict(e.backbone), "train": evaluator_train_args(cfg), "init_seed": e.pretrain_seed,
-                "data_seed": e.pretrain_seed, "precision": cfg.precision}
+        return {"backbone": to_dict(e.backbone), "train": dict(train, steps=e.pretrain_steps),
+                "init_seed": e.pretrain_seed, "data_seed": e.pretrain_seed, "precision": cfg.precision}
     c = cfg.pretrain
     for pid, init_s, data_s in zip(c.pretrain_ids(), c.init_seeds or c.seeds, c.data_seeds or c.seeds, strict=True):
         if pid == name:
-            return {"backbone": to_dict(c.backbone), "train": train_args(cfg), "init_seed": init_s,
+            return {"backbone": to_dict(c.backbone), "train": train, "init_seed": init_s,
                     "data_seed": data_s, "precision": cfg.precision}
     raise ShippedPretrainError(f"{name}: not a backbone of this recipe (pretrain.seeds {list(c.seeds)}, evaluator "
                                f"seed {cfg.evaluator.pretrain_seed})")
@@ -137,14 +137,14 @@ def recipe_names(cfg) -> list[str]:
 def heldout_perplexity(model_dir: Path, run_dir: Path, seq_len: int, batch_size: int = 32) -> float:
     """Held-out perplexity of a backbone (loaded in fp32, as every perm model is) on the testbed corpus's
     held-out blocks (perm.pretrain.pack_corpus), with the run's tokenizer."""
+    import pyarrow.parquet as pq
     import torch
 
     from perm.models import load_causal_lm, load_tokenizer
     from perm.pretrain import pack_corpus, perplexity
-    from perm.stages._context import read_column
 
     tok = load_tokenizer(run_dir / "tokenizer")
-    (texts,) = read_column(run_dir / "data" / "corpus.parquet", "text")
+    texts = pq.read_table(run_dir / "data" / "corpus.parquet", columns=["text"]).column("text").to_pylist()
     _, held = pack_corpus(texts, tok, seq_len)
     return perplexity(load_causal_lm(model_dir), held, batch_size, torch.device("cpu"))
 
