@@ -21,9 +21,15 @@ QUICK = str(configs_dir() / "quick.yaml")
 TEMP = re.compile(r"^\..+(\.tmp|\.old-\d+)$")  # perm.store.atomic_path's and the stages' temp names
 
 
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT back to its default, so Python installs its KeyboardInterrupt handler
+    even when the test run itself ignores SIGINT (a shell starts background jobs that way: `.ci/run &`)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _perm(*args: str, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "perm.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint, **kw)
 
 
 def _wait_for_line(stream, pattern: str, seen: list[str]) -> None:
