@@ -33,7 +33,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from perm.config import RunConfig
+from perm.config import RunConfig, to_dict
 from perm.shipped import ShippedPretrainError, is_shipped, verify
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # as perm.data decides a hub id
@@ -429,8 +429,6 @@ def check_config(cfg: RunConfig, api=None) -> CheckResult:
         name, rev = split_spec(ref.spec)
         f: Facts | None = None
         if is_shipped(ref.spec):
-            from perm.config import to_dict
-
             try:
                 path = verify(ref.spec, to_dict(cfg.testbed) if cfg.data.prefs is None else None)
                 f, line = check_local_model(ref, path, res.problems)

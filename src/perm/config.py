@@ -148,6 +148,10 @@ class BackboneConfig:
         _check(self.hidden_size % self.num_heads == 0, "backbone.num_heads", "must divide hidden_size")
 
 
+SHIPPED = "testbed:"  # prefix of a shipped testbed backbone's checkpoint spec (perm.shipped)
+PRETRAIN_TRAIN_FIELDS = ("steps", "batch_size", "seq_len", "lr", "warmup_steps", "weight_decay")  # a pretrain job's
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
     """Seed-varied causal-LM pretraining (perm.pretrain) of the grid's backbones, or existing checkpoints to load
@@ -211,14 +215,14 @@ class PretrainConfig:
         for name in ("steps", "batch_size", "seq_len"):
             _check(getattr(self, name) > 0, f"pretrain.{name}", "must be > 0")
         _check(self.lr > 0, "pretrain.lr", "must be > 0")
-        shipped = [c for c in self.checkpoints if c.startswith("testbed:seed")]
+        shipped = [c for c in self.checkpoints if c.startswith(f"{SHIPPED}seed")]
         if shipped and len(shipped) == len(self.checkpoints):  # the shipped testbed backbones: the recipe is theirs
             ship_seeds = tuple(int(c.split("seed", 1)[1]) for c in shipped if c.split("seed", 1)[1].isdigit())
             _check(self.seeds == ship_seeds or self.seeds == PretrainConfig.seeds, "pretrain.seeds",
                    f"{list(self.seeds)} is not what pretrain.checkpoints loads ({', '.join(shipped)}); to pretrain "
                    "these seeds in the run set pretrain.checkpoints: [] (as configs/tiny-scratch.yaml does), or "
                    "name shipped ones (testbed:seed0 ... testbed:seed5)")
-            for name in ("steps", "batch_size", "seq_len", "lr", "warmup_steps", "weight_decay", "backbone"):
+            for name in (*PRETRAIN_TRAIN_FIELDS, "backbone"):
                 _check(getattr(self, name) == getattr(_RECIPE_PRETRAIN, name), f"pretrain.{name}",
                        "has no effect while pretrain.checkpoints loads the shipped testbed backbones (pretrained "
                        "with this section's defaults, configs/testbed-pretrains.yaml); set pretrain.checkpoints: [] "
@@ -226,12 +230,15 @@ class PretrainConfig:
 
     def pretrain_ids(self) -> list[str]:
         if self.checkpoints:  # a shipped testbed backbone keeps its name (testbed:seed3 -> seed3)
-            ids = [c.split(":", 1)[1] if c.startswith("testbed:") else f"ckpt{i}" for i, c in enumerate(self.checkpoints)]
+            ids = [c[len(SHIPPED):] if c.startswith(SHIPPED) else f"ckpt{i}" for i, c in enumerate(self.checkpoints)]
             return ids if len(set(ids)) == len(ids) else [f"ckpt{i}" for i in range(len(self.checkpoints))]
         return [f"seed{s}" for s in self.seeds]
 
+    def train_args(self) -> dict:
+        """The training arguments of a pretrain job (the evaluator's take its own `steps`)."""
+        return {k: getattr(self, k) for k in PRETRAIN_TRAIN_FIELDS}
 
-PRETRAIN_TRAIN_FIELDS = ("steps", "batch_size", "seq_len", "lr", "warmup_steps", "weight_decay")  # a pretrain job's
+
 _RECIPE_PRETRAIN = PretrainConfig(checkpoints=())  # the shipped backbones' recipe: this section's defaults
 
 
@@ -361,7 +368,7 @@ class EvaluatorConfig:
 
     def __post_init__(self) -> None:
         _check(self.pretrain_steps > 0, "evaluator.pretrain_steps", "must be > 0")
-        if self.checkpoint and self.checkpoint.startswith("testbed:"):  # shipped: pretrained with the defaults
+        if self.checkpoint and self.checkpoint.startswith(SHIPPED):  # shipped: pretrained with the defaults
             for name in ("pretrain_seed", "backbone", "pretrain_steps"):
                 _check(getattr(self, name) == getattr(_RECIPE_EVALUATOR, name), f"evaluator.{name}",
                        f"has no effect while evaluator.checkpoint loads the shipped {self.checkpoint}; set "

@@ -340,8 +340,8 @@ def pair_rewards_shared(
     The prefix's cache is repeated for both continuations, so its backward pass is shared as well; pairs of
     the batch whose prefixes start with the same prompt (:func:`merge_prefixes`) share one prompt forward
     too, and a completion that sits in several of them (K-wise comparisons) is run once for all its pairs
-    (the same rewards and, summed over its pairs, the same gradients). With dropout on, the continuations of one prompt see it under one dropout mask (the unshared forward
-    draws one per sequence).
+    (the same rewards and, summed over its pairs, the same gradients). With dropout on, the continuations of
+    one prompt see it under one dropout mask (the unshared forward draws one per sequence).
     """
     common, owner, rest = merge_prefixes(prefixes)
     prompts = prefill(model, common, pad_id, device)
@@ -357,7 +357,6 @@ def pair_rewards_shared(
     r = continuation_rewards(model, prompts, rows, [list(t) for _, t in unique], pad_id)
     r = r.index_select(0, torch.as_tensor(where, dtype=torch.long, device=r.device))
     return r[:b], r[b:]
-
 
 
 def score_pairs(

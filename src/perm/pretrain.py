@@ -16,7 +16,6 @@ from perm.store import atomic_path, hash_obj
 CHECKPOINT_VERSION = 1
 
 
-
 def pack_corpus(texts: list[str], tokenizer, seq_len: int, heldout_frac: float = 0.02) -> tuple[torch.Tensor, torch.Tensor]:
     """Concatenate documents (each followed by EOS) and cut into (n_chunks, seq_len) token blocks.
 

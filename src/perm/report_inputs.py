@@ -148,7 +148,6 @@ def learnability(root: Path, records: list[dict]) -> dict:
     return out
 
 
-
 def best_of_n_shape(pool, rm_ids: list[str], upto: int = 16) -> dict | None:
     """Does each single RM's exact best-of-n gold (centred per prompt, perm.bon) rise with n up to `upto`, and
     where does it peak? Over-optimisation (gold falling at larger n) is the paper's subject, so the report

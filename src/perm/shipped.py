@@ -7,7 +7,7 @@ A config names one as ``testbed:<name>`` (``testbed:seed0`` ... ``testbed:seed4`
 weights in half precision (``model.safetensors``; every model loads in fp32 whatever it stores), the
 backbone's ``config.json`` and tokenizer, and ``pretrain.json``: the seeds, tokens, held-out perplexity (as
 trained, and of the shipped half-precision weights), the testbed it was pretrained on, the recipe and its
-hash, and the sha256 of the weights. :func:`resolve` checks the weights against that hash and the run's
+hash, and the sha256 of the weights. :func:`verify` checks the weights against that hash and the run's
 testbed against the recorded one before anything loads them; a mismatch is a :class:`ShippedPretrainError`
 naming the file and what differs. Changing the testbed generator (``TESTBED_VERSION``) or its config means
 regenerating them (`perm pretrain configs/testbed-pretrains.yaml`, then `python -m perm.shipped`).
@@ -19,7 +19,9 @@ import hashlib
 import json
 from pathlib import Path
 
-SCHEME = "testbed:"
+from perm.config import SHIPPED
+
+SCHEME = SHIPPED
 ROOT = Path(__file__).parent / "testbed" / "pretrains"
 WEIGHTS = "model.safetensors"
 RECORD = "pretrain.json"
@@ -113,9 +115,9 @@ def key(spec: str) -> str:
 def recipe_of(cfg, name: str) -> dict:
     """What recipe `cfg` (configs/testbed-pretrains.yaml, loaded) gives the backbone `name`: architecture,
     training arguments, seeds and precision; a shipped backbone records it and its hash."""
-    from perm.config import PRETRAIN_TRAIN_FIELDS, to_dict
+    from perm.config import to_dict
 
-    train = {k: getattr(cfg.pretrain, k) for k in PRETRAIN_TRAIN_FIELDS}  # perm.stages.pretrain.train_args
+    train = cfg.pretrain.train_args()
     if name == f"evaluator-seed{cfg.evaluator.pretrain_seed}":
         e = cfg.evaluator
         return {"backbone": to_dict(e.backbone), "train": dict(train, steps=e.pretrain_steps),

@@ -8,18 +8,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from perm.config import PRETRAIN_TRAIN_FIELDS, RunConfig, to_dict
+from perm.config import RunConfig, to_dict
 from perm.progress import Progress
 from perm.stages._context import Context, data_identity, read_column, stage_key, torch_setup
 from perm.store import atomic_path
 
 NAME = "pretrain"
 NEEDS = ("testbed",)
-TRAIN_FIELDS = PRETRAIN_TRAIN_FIELDS
 
 
 def train_args(cfg: RunConfig) -> dict:
-    return {k: getattr(cfg.pretrain, k) for k in TRAIN_FIELDS}
+    return cfg.pretrain.train_args()
 
 
 def evaluator_train_args(cfg: RunConfig) -> dict:
