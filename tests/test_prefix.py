@@ -514,3 +514,24 @@ def test_score_pairs_scores_a_kwise_completion_once(rm):
     assert rc == pytest.approx(score_ids(rm, full_c, PAD, "cpu"), abs=1e-5)
     assert rr == pytest.approx(score_ids(rm, full_r, PAD, "cpu"), abs=1e-5)
     assert rows == [3, 12]  # 3 prompts, then their 12 distinct completions (not 36)
+
+
+def test_token_ids_tokenises_each_distinct_text_once_and_equals_the_tokenizer(tokenizer):
+    """Repeated texts (a prompt in every pair of its post) are tokenised once; the ids are the tokenizer's."""
+    from perm.reward import token_ids
+
+    texts = ["w1 w2 TL;DR:", " good w3", "w1 w2 TL;DR:", "", " good w3", "w4"]
+    calls = []
+
+    class Counting:
+        def __call__(self, batch, **kw):
+            calls.append(list(batch))
+            return tokenizer(batch, **kw)
+
+    got = token_ids(Counting(), texts)
+    assert got == tokenizer(texts, add_special_tokens=False)["input_ids"]
+    assert calls == [["w1 w2 TL;DR:", " good w3", "", "w4"]]
+    assert token_ids(Counting(), []) == []
+    # encode keeps its outputs independent lists even where the texts repeat
+    seqs = encode(tokenizer, ["w1 TL;DR:"] * 2, [" good"] * 2, 32)
+    assert seqs[0] == seqs[1] and seqs[0] is not seqs[1]

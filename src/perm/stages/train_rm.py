@@ -129,11 +129,12 @@ def train_tokens(tokenizer, prompts, chosen, rejected, epochs: float) -> dict:
     its backbones' pretraining tokens: ``train_tokens`` counts each distinct prompt once and each distinct
     completion of it once per epoch (what a prompt-sharing forward runs); ``train_sequence_tokens`` counts every
     distinct prompt + completion sequence whole."""
+    from perm.reward import token_ids
+
     seqs = sorted({*zip(prompts, chosen, strict=True), *zip(prompts, rejected, strict=True)})
     distinct_prompts = sorted({p for p, _ in seqs})
-    lp = dict(zip(distinct_prompts, map(len, tokenizer(distinct_prompts, add_special_tokens=False)["input_ids"]),
-                  strict=True)) if distinct_prompts else {}
-    lc = list(map(len, tokenizer([c for _, c in seqs], add_special_tokens=False)["input_ids"])) if seqs else []
+    lp = dict(zip(distinct_prompts, map(len, token_ids(tokenizer, distinct_prompts)), strict=True))
+    lc = list(map(len, token_ids(tokenizer, [c for _, c in seqs])))
     eos = 1 if tokenizer.eos_token_id is not None else 0
     read = sum(lp.values()) + sum(c + eos for c in lc)
     whole = sum(lp[p] + c + eos for (p, _), c in zip(seqs, lc, strict=True))
@@ -191,7 +192,8 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
         if "gold_chosen" in pq.read_schema(run / rel).names:
             gc, gr = read_column(run / rel, "gold_chosen", "gold_rejected")
             gold_diff = [a - b for a, b in zip(gc, gr, strict=True)]
-        return encode(tok, ep, ec, ml), encode(tok, ep, er, ml), gold_diff
+        both = encode(tok, ep + ep, ec + er, ml)
+        return both[: len(ec)], both[len(ec) :], gold_diff
 
     ec, er, gold_diff = eval_set(eval_files[0])
     acc = make_accelerator(dev, precision)
@@ -204,9 +206,10 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
         # the loop splits each global batch over the ranks: one LR-schedule step per update, as in one process
         # (accelerate's default steps a prepared scheduler once per process)
         acc.dataloader_config.split_batches = True
+    both = encode(tok, prompts + prompts, chosen + rejected, ml)  # one tokenizer call over the distinct texts
     bar = Progress("normal" if show_progress and acc.is_main_process else "quiet").bar(out_rel, 1)
     state = train_reward_model(
-        model, chosen=encode(tok, prompts, chosen, ml), rejected=encode(tok, prompts, rejected, ml),
+        model, chosen=both[: len(chosen)], rejected=both[len(chosen) :],
         eval_chosen=ec, eval_rejected=er, eval_gold_diff=gold_diff, pad_id=tok.pad_token_id,
         data_seed=seeds["data_seed"], dropout_seed=seeds["dropout_seed"], progress=bar,
         accelerator=acc,
