@@ -262,7 +262,7 @@ class RewardConfig:
     """Passes over the training pairs (> 0, fractions allowed): round(epochs * ceil(pairs / batch_size))
     optimizer steps. Two on the testbed, chosen by learnability alone: after one pass the K-wise RMs still
     underfit and their learning curves still rise; a second lifted pool rho by +0.11 on average (4 RMs) and
-    accuracy by +0.03, a third added nothing (experiments/rm_recipe_sweep.py). Each pass is ~100 s per grid
+    accuracy by +0.03, a third added nothing (experiments/rm_recipe_sweep.py). Each pass is ~110-130 s per grid
     RM in fp32 on one AVX2 core."""
     batch_size: int = 64
     """Preference pairs per optimizer step (> 0; the global batch when several processes train one RM). With
