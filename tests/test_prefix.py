@@ -535,3 +535,10 @@ def test_token_ids_tokenises_each_distinct_text_once_and_equals_the_tokenizer(to
     # encode keeps its outputs independent lists even where the texts repeat
     seqs = encode(tokenizer, ["w1 TL;DR:"] * 2, [" good"] * 2, 32)
     assert seqs[0] == seqs[1] and seqs[0] is not seqs[1]
+    # encode_pairs: chosen and rejected through one tokenizer call, equal to encoding each side alone
+    from perm.reward import encode_pairs
+
+    prompts, chosen, rejected = ["w1 w2 TL;DR:", "w3 TL;DR:"], [" good", " w4 w5"], [" bad w1", " good"]
+    for max_length in (32, 4):
+        assert encode_pairs(tokenizer, prompts, chosen, rejected, max_length) == (
+            encode(tokenizer, prompts, chosen, max_length), encode(tokenizer, prompts, rejected, max_length))

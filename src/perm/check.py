@@ -33,8 +33,8 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from perm.config import RunConfig, to_dict
-from perm.shipped import ShippedPretrainError, is_shipped, verify
+from perm.config import RunConfig
+from perm.shipped import ShippedPretrainError, is_shipped, verify_for
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # as perm.data decides a hub id
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model", "vocab.txt")
@@ -430,7 +430,7 @@ def check_config(cfg: RunConfig, api=None) -> CheckResult:
         f: Facts | None = None
         if is_shipped(ref.spec):
             try:
-                path = verify(ref.spec, to_dict(cfg.testbed) if cfg.data.prefs is None else None)
+                path = verify_for(ref.spec, cfg)
                 f, line = check_local_model(ref, path, res.problems)
                 line = "shipped (sha256 and testbed match), " + line
             except ShippedPretrainError as e:

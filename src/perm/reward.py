@@ -66,6 +66,15 @@ def encode(tokenizer, prompts: Sequence[str], completions: Sequence[str], max_le
     return [pp + cc for pp, cc in (fit(p, c) for p, c in zip(p_ids, c_ids, strict=True))]
 
 
+def encode_pairs(
+    tokenizer, prompts: Sequence[str], chosen: Sequence[str], rejected: Sequence[str], max_length: int
+) -> tuple[list[list[int]], list[list[int]]]:
+    """:func:`encode` of each pair's chosen and rejected sequence, in one tokenizer call over their distinct
+    texts (a prompt is in both sequences of its pairs)."""
+    both = encode(tokenizer, [*prompts, *prompts], [*chosen, *rejected], max_length)
+    return both[: len(chosen)], both[len(chosen) :]
+
+
 def encode_groups(
     tokenizer, prompts: Sequence[str], completions: Sequence[Sequence[str]], max_length: int
 ) -> tuple[list[list[int]], list[list[list[int]]], list[np.ndarray]]:

@@ -15,11 +15,11 @@ regenerating them (`perm pretrain configs/testbed-pretrains.yaml`, then `python 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from perm.config import SHIPPED
+from perm.store import hash_file
 
 SCHEME = SHIPPED
 ROOT = Path(__file__).parent / "testbed" / "pretrains"
@@ -61,14 +61,6 @@ def record(spec: str) -> dict:
         raise ShippedPretrainError(f"{path}: unreadable record ({e})") from e
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def testbed_identity(testbed: dict) -> dict:
     """What a shipped backbone records of the testbed it was pretrained on: the generator version and the
     fields that shape the corpus and tokenizer."""
@@ -86,7 +78,7 @@ def verify(spec: str, testbed: dict | None = None) -> Path:
     weights = path / WEIGHTS
     if not weights.exists():
         raise ShippedPretrainError(f"{weights}: missing (the record {path / RECORD} names it)")
-    got = sha256(weights)
+    got = hash_file(weights)
     if got != rec.get("sha256"):
         raise ShippedPretrainError(f"{weights}: sha256 {got[:16]}... differs from {rec.get('sha256', '?')[:16]}... "
                                    f"recorded in {path / RECORD} (a corrupt or replaced file); reinstall perm or "
@@ -102,6 +94,14 @@ def verify(spec: str, testbed: dict | None = None) -> Path:
                 "shipped backbones for this testbed (`perm pretrain configs/testbed-pretrains.yaml`, then "
                 "python -m perm.shipped)")
     return path
+
+
+def verify_for(spec: str, cfg) -> Path:
+    """:func:`verify` against run config `cfg`'s testbed, which exists only when the run brings no data of its
+    own (`data.prefs` unset); otherwise only the weights' hash is checked."""
+    from perm.config import to_dict
+
+    return verify(spec, to_dict(cfg.testbed) if cfg.data.prefs is None else None)
 
 
 def key(spec: str) -> str:
@@ -179,7 +179,7 @@ def ship(run_dir: Path, recipe: Path, out: Path = ROOT) -> list[str]:
             model.save_pretrained(str(tmp), safe_serialization=True)
             load_tokenizer(run_dir / "tokenizer").save_pretrained(str(tmp))
             rec = dict(rec, name=name, recipe=want, recipe_hash=hash_obj(want), recipe_file=Path(recipe).name,
-                       testbed=testbed_identity(to_dict(cfg.testbed)), sha256=sha256(tmp / WEIGHTS),
+                       testbed=testbed_identity(to_dict(cfg.testbed)), sha256=hash_file(tmp / WEIGHTS),
                        stored_dtype="float16",
                        heldout_perplexity_shipped=heldout_perplexity(tmp, run_dir, want["train"]["seq_len"]))
             (tmp / RECORD).write_text(json.dumps(rec, indent=2, sort_keys=True) + "\n")

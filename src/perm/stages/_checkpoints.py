@@ -9,7 +9,7 @@ from pathlib import Path
 
 from perm.config import RunConfig
 from perm.progress import Progress
-from perm.shipped import is_shipped, verify
+from perm.shipped import is_shipped, verify_for
 from perm.store import RunStore
 
 
@@ -58,10 +58,7 @@ class Checkpoints:
         a checkpoint whose weights are only ``pytorch_model.bin`` becomes its safetensors conversion in
         ``<run>/converted/`` (a local path, keyed by its content). Otherwise `spec` itself."""
         if spec not in self._resolved and is_shipped(spec):  # a testbed backbone shipped in the package
-            from perm.config import to_dict
-
-            testbed = to_dict(self.cfg.testbed) if self.cfg.data.prefs is None else None
-            self._resolved[spec] = str(verify(spec, testbed))
+            self._resolved[spec] = str(verify_for(spec, self.cfg))
         if spec not in self._resolved:
             from perm.hub import model_ref
 

@@ -166,7 +166,7 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
         save_model,
         use_attention,
     )
-    from perm.reward import encode, evaluate_pairs, train_reward_model
+    from perm.reward import encode_pairs, evaluate_pairs, train_reward_model
 
     dev = torch_setup(device, threads)
     run = Path(run_dir)
@@ -192,8 +192,7 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
         if "gold_chosen" in pq.read_schema(run / rel).names:
             gc, gr = read_column(run / rel, "gold_chosen", "gold_rejected")
             gold_diff = [a - b for a, b in zip(gc, gr, strict=True)]
-        both = encode(tok, ep + ep, ec + er, ml)
-        return both[: len(ec)], both[len(ec) :], gold_diff
+        return *encode_pairs(tok, ep, ec, er, ml), gold_diff
 
     ec, er, gold_diff = eval_set(eval_files[0])
     acc = make_accelerator(dev, precision)
@@ -206,10 +205,10 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
         # the loop splits each global batch over the ranks: one LR-schedule step per update, as in one process
         # (accelerate's default steps a prepared scheduler once per process)
         acc.dataloader_config.split_batches = True
-    both = encode(tok, prompts + prompts, chosen + rejected, ml)  # one tokenizer call over the distinct texts
+    train_chosen, train_rejected = encode_pairs(tok, prompts, chosen, rejected, ml)
     bar = Progress("normal" if show_progress and acc.is_main_process else "quiet").bar(out_rel, 1)
     state = train_reward_model(
-        model, chosen=both[: len(chosen)], rejected=both[len(chosen) :],
+        model, chosen=train_chosen, rejected=train_rejected,
         eval_chosen=ec, eval_rejected=er, eval_gold_diff=gold_diff, pad_id=tok.pad_token_id,
         data_seed=seeds["data_seed"], dropout_seed=seeds["dropout_seed"], progress=bar,
         accelerator=acc,
