@@ -107,6 +107,7 @@ import yaml
 from scipy.stats import spearmanr
 
 from perm.bon import expected_best_of_n, standardize
+from perm.config import PRETRAIN_TRAIN_FIELDS
 from perm.stages.pretrain import job_pretrain
 from perm.stages.score import job_score
 from perm.stages.train_rm import job_reward_model
@@ -131,7 +132,7 @@ def main(run: Path, name: str, overrides: list[str]) -> None:
     out_rel = f"sweep/{name}"
     if extra["pretrain_steps"] is not None:  # a fresh backbone: the run's pretrain config with other steps
         pt = cfg["pretrain"]
-        train = {k: pt[k] for k in ("steps", "batch_size", "seq_len", "lr", "warmup_steps", "weight_decay")}
+        train = {k: pt[k] for k in PRETRAIN_TRAIN_FIELDS}
         train["steps"] = int(extra["pretrain_steps"])
         extra["backbone"] = f"{out_rel}-pretrain"
         if not (run / extra["backbone"]).exists():
