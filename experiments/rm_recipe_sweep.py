@@ -46,8 +46,9 @@ So the RMs were optimisation-limited: a second pass lifts every probed grid RM (
 +0.11; accuracy +0.03) and a third adds nothing for a grid RM (one probe), while the bigger evaluator gains
 again from a third (+0.05 rho, train loss 0.601 against the Bayes floor 0.58) and not from a fourth (single
 probes: their finetune-seed noise is ~0.04 of rho). A higher lr or a bigger batch
-is worse. The default takes 2 epochs for the grid and 3 for the evaluator. The pretrain seed matters for how
-well an RM learns: seed3 stays at rho 0.37 where seed0 reaches 0.51-0.56.
+is worse. The default takes 2 epochs for the grid and 3 for the evaluator. Seed3's RM stays at rho 0.37,
+below seed0's five finetune seeds (0.42-0.56 in the run): a hint that learnability differs by pretrain seed,
+one RM per pretrain, so no interval over seeds.
 
 Measured 2026-12-02 on runs/tiny (the 2026-12-01 default: backbones of 300 steps unless marked pt1200, its SFT
 policy from seed0, its pool of 200 x 64; fp32, 1 thread per RM on a 2-core AMD EPYC AVX2 VM shared with the
