@@ -14,6 +14,21 @@ Spearman with gold on the pool (mean over prompts, se), and the exact best-of-n 
 prompt, in gold standard deviations). One thread per call, so two calls can share 2 cores.
 Meant for choosing a recipe by learnability alone, never by the seed-effect results.
 
+Measured 2026-12-02 (third session) on runs/ep2 (the committed default: 2 epochs; the same pairs and pool as
+runs/sft05 below), paired by finetune seed with the run's own RMs: backbones pretrained twice as long
+(2,400 steps, 9.8 M tokens, held-out perplexity 1.666-1.679 vs 1.710-1.719; runs/testbed-pretrains-v2, not
+shipped) to meet issue 13's token ratio (6.7x instead of 3.4x). fp32, 1 thread, beside that pretraining.
+
+  backbone         recipe            acc    gold_acc  pool rho        bo16   bo64   run's RM (1,200 steps): acc / rho
+  seed0 2400 ft0   2 epochs          0.592  0.730     0.427 ± 0.016   +0.32  +0.14  0.652 / 0.561
+  seed0 2400 ft1   2 epochs          0.624  0.782     0.468 ± 0.016   +0.40  +0.29  0.615 / 0.510
+  seed0 2400 ft0   lr 5e-4           0.620  0.750     0.436 ± 0.016   +0.36  +0.26
+  seed0 2400 ft0   3 epochs          0.606  0.747     0.445 ± 0.018   +0.40  +0.22
+
+So the longer-pretrained backbone gave *less* learnable RMs (rho -0.134 and -0.042 paired, mean -0.09; neither a
+lower lr nor a third epoch recovered it): the token-ratio goal and the learnability goals conflict at this scale,
+and by the rule (learnability alone) the shipped 1,200-step backbones stay. One backbone seed only.
+
 Measured 2026-12-02 (second session) on runs/sft05 (the committed default of that day: the shipped backbones,
 the SFT policy from seed5 for half an epoch, its 31.2k K-wise-6 training pairs and 1,651 held-out ones, label
 ceiling 0.718, its pool of 200 x 64); fp32, 1 thread per RM, two RMs at once on a 2-core AMD EPYC AVX2 VM.
