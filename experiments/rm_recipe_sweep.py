@@ -17,7 +17,8 @@ Meant for choosing a recipe by learnability alone, never by the seed-effect resu
 Measured 2026-12-02 (third session) on runs/ep2 (the committed default: 2 epochs; the same pairs and pool as
 runs/sft05 below), paired by finetune seed with the run's own RMs: backbones pretrained twice as long
 (2,400 steps, 9.8 M tokens, held-out perplexity 1.666-1.679 vs 1.710-1.719; runs/testbed-pretrains-v2, not
-shipped) to meet issue 13's token ratio (6.7x instead of 3.4x). fp32, 1 thread, beside that pretraining.
+shipped) to meet issue 13's token ratio (6.7x instead of 3.4x). fp32, 1 thread per RM, on the 2-core AMD EPYC
+AVX2 VM beside that pretraining (so the seconds are upper bounds; not shown).
 
   backbone         recipe            acc    gold_acc  pool rho        bo16   bo64   run's RM (1,200 steps): acc / rho
   seed0 2400 ft0   2 epochs          0.592  0.730     0.427 ± 0.016   +0.32  +0.14  0.652 / 0.561
