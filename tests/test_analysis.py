@@ -302,6 +302,11 @@ def test_paper_layout_relations_and_clean_contrast():
         fig2.loc["same_pretrain", "mean"] - fig2.loc["neither", "mean"])
     per_rm = analysis.pair_statistics(t, ns=[4], draws=50, scope="per_rm")["figure2"]
     assert set(per_rm.relation) == {"same_pretrain", "neither"}  # no shared finetune randomness
+    # every same_pretrain pair is p0's: each such contrast's note says its interval cannot see their noise
+    assert all(analysis.ONE_PRETRAIN in note and "(p0's finetunes)" in note for note in res["contrasts"].note)
+    # the full layout has same_pretrain pairs in all five pretrains: no such clause
+    notes = analysis.pair_statistics(full, ns=[4], draws=20)["contrasts"].note
+    assert len(notes) and not any(analysis.ONE_PRETRAIN in note for note in notes)
 
 
 def test_duplicate_texts_raise_the_chance_line():

@@ -212,6 +212,22 @@ def _subset(t: analysis.RewardTensor, keep, reference: bool = True) -> analysis.
     )
 
 
+def test_contrasts_of_one_pretrains_pairs_are_marked(tmp_path, full):
+    """The paper layout (every same_pretrain pair from the first pretrain's finetunes): the clean contrasts'
+    verdicts carry the mark and the table says why; the fixture's grid (pairs in all 3 pretrains) does not."""
+    assert "one pretrain&#x27;s pairs" not in full["html"]
+    t = analysis.synthetic_reward_tensor(n_pretrains=4, n_finetune=3, n_prompts=20, pool_size=8, seed=5)
+    keep = [i for i in range(len(t.model_ids))
+            if t.roles[i] != "rm" or t.pretrain_ids[i] == "p0" or t.finetune_seeds[i] == 0]
+    results = _save_and_load(tmp_path, analysis.run_analysis(_subset(t, keep), anova_draws=2))
+    page = report.write_report(results, tmp_path / "report").read_text(encoding="utf-8")
+    c = results["contrasts"]
+    marked = c[(c.n == c.n.max()) & c.figure.isin(["figure1", "figure2"])]
+    assert len(marked) == 4  # two figures x (same_pretrain - neither, same_pretrain - different_pretrain)
+    assert page.count("one pretrain&#x27;s pairs *") == 4
+    assert "Every same_pretrain pair here comes from one pretrain" in page
+
+
 def test_one_pretrain_no_hacking(tmp_path):
     """One pretrain, three finetune seeds: no 'different pretrain' line, no pretrain ensemble, and no
     hacking table; the page says each, and still draws what it can."""

@@ -123,6 +123,23 @@ def _interval_rows(df: pd.DataFrame, **keys) -> dict[str, dict]:
     return out
 
 
+ONE_PRETRAIN = "same_pretrain pairs from one pretrain only"
+
+
+def same_pretrain_caveat(arm, pids) -> str:
+    """The clause a same_pretrain contrast's note gets when every same_pretrain pair comes from one pretrain
+    (the paper layout: one pretrain's finetune seeds): the interval, over pretrain seeds and prompts, then
+    cannot see how far that pretrain's finetuning noise moves the contrast, which replicate runs measured at
+    about twice its se (docs/results.md, 2026-12-02). Empty otherwise."""
+    if arm is None:
+        return ""
+    held = sorted({str(pids[i]) for m in arm.members for i in m})
+    if len(held) != 1:
+        return ""
+    return (f"; {ONE_PRETRAIN} ({held[0]}'s finetunes): the interval cannot see how far their finetuning noise "
+            "moves it; check with replicate runs (perm compare) or reward.layout: full")
+
+
 def pair_statistics(tensor: RewardTensor, ns=None, texts: np.ndarray | None = None, scope: str = "shared",
                     draws: int = 500, level: float = 0.9, seed: int = 0) -> dict[str, pd.DataFrame]:
     """Figures 1 and 2 by pair relation, the paper's two groups, and the clean contrasts, with intervals over
@@ -178,13 +195,15 @@ def pair_statistics(tensor: RewardTensor, ns=None, texts: np.ndarray | None = No
                 if group in arms:
                     rows["paper_groups"].append({"figure": fig, "group": group, "varies": varies,
                                                  "n_pairs": len(arms[group].members), **by[group]})
+            note = "> 0: RMs sharing a pretrain agree more (the paper's finding)" + same_pretrain_caveat(
+                arms.get("same_pretrain"), pids)
             for a, b in contrasts:
                 r = by[f"{a} - {b}"]
                 rows["contrasts"].append({
                     "figure": fig, "contrast": f"{a} - {b}", "n": n, "target": None, "metric": None,
                     "aggregator": None, "estimate": r["mean"], **{k: r[k] for k in ("se", "lo", "hi", "se_prompt",
                                                                                  "p_le_0", "R")},
-                    "note": "> 0: RMs sharing a pretrain agree more (the paper's finding)"})
+                    "note": note})
     fig2_cols = FIGURE_COLUMNS + ["chance", "kappa", "kappa_lo", "kappa_hi"]
     return {
         "figure1": pd.DataFrame(rows["figure1"], columns=FIGURE_COLUMNS),
@@ -248,7 +267,8 @@ def _weighted_fractions(x: np.ndarray, w: np.ndarray, v: np.ndarray) -> np.ndarr
     a2 = np.einsum("bp,mps->bms", w, x * x, optimize=True)
     big_w = w.sum(axis=1)[:, None, None]
     col = a1 / big_w
-    grand = np.sum(v * col, axis=-1, keepdims=True) / v.sum(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore"):  # a draw that leaves out every scorer of a ranker: NaN, dropped by the caller
+        grand = np.sum(v * col, axis=-1, keepdims=True) / v.sum(axis=-1, keepdims=True)
     ss_model = big_w[..., 0] * np.sum(v * (col - grand) ** 2, axis=-1)
     ss_total = np.sum(v * (a2 - 2 * grand * a1 + grand**2 * big_w), axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):

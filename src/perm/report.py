@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from perm.analysis import ONE_PRETRAIN
 from perm.figures import (  # noqa: F401  (re-exported)
     AGGREGATOR_LABELS,
     FIGURES,
@@ -519,6 +520,8 @@ def _contrasts_html(results) -> str:
         where = {"figure1": "Figure 1 (pick reward)", "figure2": "Figure 2 (agreement)"}.get(
             r.figure, f"Table 1: {r.target} {str(r.metric).replace('_', ' ')}, mean")
         verdict = ("holds" if r.lo > 0 else "reversed" if r.hi < 0 else "undecided") if np.isfinite(r.lo) else "—"
+        if verdict != "—" and ONE_PRETRAIN in str(getattr(r, "note", "") or ""):
+            verdict += ", one pretrain's pairs *"  # the interval cannot see that pretrain's finetuning noise
         rows.append([_e(where), _e(what), f'<span class="num">{_e(_interval(r.estimate, r.lo, r.hi, pct=False))}</span>',
                      _e(_num(r.se_prompt)), _e(int(r.R)), _e(verdict)])
     n = int(last.n.max())
@@ -527,6 +530,11 @@ def _contrasts_html(results) -> str:
              "an analysis that ignores training randomness would report. Ensembles are jackknifed over their "
              "members. R: pretrains (or ensemble members) behind the interval. All of it is conditional on the "
              "SFT policy, its pool and the evaluator.")
+    if last.note.astype(str).str.contains(ONE_PRETRAIN, regex=False).any():
+        intro += (" * Every same_pretrain pair here comes from one pretrain's finetunes (the paper layout), so "
+                  "the interval cannot see how far their finetuning noise moves the contrast (on the embedded testbed, "
+                  "reruns that differed only in that noise moved Figure 2's by about twice its se). Check with "
+                  "replicate runs (perm compare) or reward.layout: full.")
     return f'<p class="note">{_e(intro)}</p>' + _table(
         ["where", "contrast", "estimate [90% interval]", "prompt-only se", "R", "verdict"], rows, "contrasts")
 
