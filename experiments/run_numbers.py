@@ -28,7 +28,8 @@ def main(root: Path) -> None:
     records = rm_records(root)
     print("## learnability")
     for name, entry in learnability(root, records).items():
-        print(f"{name}: {_pm(entry['value'], entry.get('se'))}")
+        detail = f"  ({entry['description']})" if "by pretrain" in name else ""  # the per-pretrain means
+        print(f"{name}: {_pm(entry['value'], entry.get('se'))}{detail}")
     for r in records:
         other = "; ".join(f"{k}: acc {v['accuracy']:.3f}, gold {v.get('gold_accuracy', float('nan')):.3f}"
                           for k, v in r.get("other_evals", {}).items())

@@ -311,6 +311,26 @@ def test_best_of_n_shape_names_an_over_optimised_rm():
     assert "lower at n = 64" in hacked_note and "not rising to n = 16" in hacked_note
 
 
+def test_learnability_by_pretrain_needs_replicates_and_finds_a_planted_backbone_effect():
+    """The paper layout (one pretrain with several RMs) cannot split learnability by pretrain; the full layout
+    can: a backbone whose RMs all learn 0.1 less stands out (small p), finetune noise alone does not."""
+    from perm.report_inputs import by_pretrain
+
+    rng = np.random.default_rng(0)
+    paper = {f"p0-f{f}": 0.5 + 0.01 * f for f in range(5)} | {f"p{p}-f0": 0.5 for p in range(1, 5)}
+    assert by_pretrain(paper, {m: m.split("-")[0] for m in paper}) is None
+    noise = {f"p{p}-f{f}": 0.5 + rng.normal(0, 0.02) for p in range(5) for f in range(5)}
+    planted = {m: v - (0.1 if m.startswith("p3-") else 0.0) for m, v in noise.items()}
+    owner = {m: m.split("-")[0] for m in noise}
+    hit, null = by_pretrain(planted, owner), by_pretrain(noise, owner)
+    assert hit["p"] < 1e-6 < 0.05 < null["p"]
+    assert f"p3 {np.mean([planted[f'p3-f{f}'] for f in range(5)]):.3f}" in hit["means"]
+    assert "5 pretrains with 5 RMs each" in hit["description"]
+    owner["p4-f0"] = None  # an RM without a pretrain id, and a NaN, are left out
+    partial = by_pretrain(noise | {"p4-f1": float("nan")}, owner)
+    assert "5 pretrains with 3-5 RMs each" in partial["description"]
+
+
 def test_pretraining_ratio_reads_each_rms_backbone_record(tmp_path):
     import json
 

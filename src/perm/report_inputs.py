@@ -5,6 +5,7 @@ diagnostics. A user's own reward tensor has none of these but its models table."
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -114,6 +115,11 @@ def learnability(root: Path, records: list[dict]) -> dict:
             if all("gold_accuracy" in o for o in other):
                 put(f"RM agreement with gold order on {rel}, mean", np.mean([o["gold_accuracy"] for o in other]),
                     "fraction of these pairs the RM orders as the gold reward does")
+        pretrain_of = {r["model_id"]: r.get("pretrain_id") for r in rms}
+        split = by_pretrain({r["model_id"]: r["accuracy"] for r in rms}, pretrain_of)
+        if split:
+            put("RM accuracy by pretrain, one-way ANOVA p", split["p"], "does the backbone change how well its RMs "
+                f"learn? mean accuracy per pretrain: {split['means']}; {split['description']}")
     ratio = pretraining_ratio(records)
     if ratio:
         put("backbone pretraining tokens / RM finetuning tokens, min", ratio["min"], ratio["description"])
@@ -121,6 +127,7 @@ def learnability(root: Path, records: list[dict]) -> dict:
         rw = pq.read_table(root / "rewards.parquet").to_pandas()
         pool = rw[~rw.is_reference].pivot_table(index=["prompt_id", "sample_id"], columns="model_id", values="reward")
         if "gold" in pool.columns:
+            rho_of = {}
             for mid in [m for m in pool.columns if m != "gold"]:
                 # prompts whose pool is constant under either score have no rank correlation: skipped
                 rho = [spearmanr(g[mid], g["gold"]).statistic for _, g in pool.groupby(level=0)
@@ -130,6 +137,11 @@ def learnability(root: Path, records: list[dict]) -> dict:
                     continue
                 put(f"Spearman with gold on the pool: {mid}", rho.mean(), "rank correlation with the gold reward "
                     "over each prompt's pool of policy samples, averaged over prompts", rho.std(ddof=1) / np.sqrt(len(rho)))
+                rho_of[mid] = rho.mean()
+            split = by_pretrain({m: v for m, v in rho_of.items() if m in pretrain_of}, pretrain_of) if rms else None
+            if split:
+                put("Spearman with gold by pretrain, one-way ANOVA p", split["p"], "does the backbone change how well "
+                    f"its RMs rank the pool? mean rho per pretrain: {split['means']}; {split['description']}")
             rm_ids = [r["model_id"] for r in rms if r.get("model_id") in pool.columns]
             rising = best_of_n_shape(pool, rm_ids)
             if rising:
@@ -146,6 +158,29 @@ def learnability(root: Path, records: list[dict]) -> dict:
                 put("reference summary, mean gold", gold_reward_batch(list(prompts.post), list(prompts.reference)).mean(),
                     "gold reward of the testbed's reference summaries of the eval posts")
     return out
+
+
+def by_pretrain(values: Mapping[str, float], pretrain_of: Mapping[str, str | None]) -> dict | None:
+    """A per-RM learnability number (accuracy, rho) split by pretrain: the mean of each pretrain with two RMs or
+    more and the p-value of a one-way ANOVA across them (scipy.stats.f_oneway; the finetune seeds within a
+    pretrain are its replicates). None unless two pretrains have two RMs each: the paper layout has one
+    pretrain with several, so only ``reward.layout: full`` (or a grid like it) can tell. A seed effect on
+    learnability is a different question from Figures 1-3's (do RMs of one backbone rank alike?)."""
+    import numpy as np
+    from scipy.stats import f_oneway
+
+    groups: dict[str, list[float]] = {}
+    for mid, v in values.items():
+        if pretrain_of.get(mid) is not None and np.isfinite(v):
+            groups.setdefault(str(pretrain_of[mid]), []).append(float(v))
+    groups = {k: g for k, g in groups.items() if len(g) >= 2}
+    if len(groups) < 2:
+        return None
+    p = float(f_oneway(*groups.values()).pvalue)
+    sizes = sorted({len(g) for g in groups.values()})
+    return {"p": p, "means": ", ".join(f"{k} {np.mean(g):.3f}" for k, g in sorted(groups.items())),
+            "description": f"one-way ANOVA over {len(groups)} pretrains with {'-'.join(map(str, sizes))} RMs each "
+                           "(a small p: the pretraining seed changes learnability)"}
 
 
 def best_of_n_shape(pool, rm_ids: list[str], upto: int = 16) -> dict | None:
