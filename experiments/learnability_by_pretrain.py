@@ -1,7 +1,7 @@
 """Does the pretraining seed change how well RMs learn? Pool the RMs of one or more finished runs over the same
 backbones (e.g. full layouts of two worlds) and test pretrain against finetune seed.
 
-    python experiments/learnability_by_pretrain.py RUN_DIR [RUN_DIR ...]
+    python experiments/learnability_by_pretrain.py RUN_DIR [RUN_DIR ...]      (statsmodels: the [dev] extra)
 
 Per RM: in-distribution accuracy (rm.json) and the mean per-prompt Spearman rho with gold on the run's pool
 (perm.report_inputs.learnability, what the report shows). Prints the mean of each pretrain per run and, over all
