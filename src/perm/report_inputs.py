@@ -93,6 +93,7 @@ def learnability(root: Path, records: list[dict]) -> dict:
             out[name] = {"value": float(value), "description": description} | ({"se": float(se)} if se else {})
 
     rms = [r for r in records if r["role"] == "rm"]
+    pretrain_of = {r["model_id"]: r.get("pretrain_id") for r in rms}  # by_pretrain leaves every other model out
     ev_rel = (rms[0].get("eval_pairs") if rms else None) or "data/prefs_eval.parquet"  # older rm.json: none
     ev_path = root / ev_rel
     if ev_path.exists() and "label_agrees_gold" in pq.read_schema(ev_path).names:
@@ -115,7 +116,6 @@ def learnability(root: Path, records: list[dict]) -> dict:
             if all("gold_accuracy" in o for o in other):
                 put(f"RM agreement with gold order on {rel}, mean", np.mean([o["gold_accuracy"] for o in other]),
                     "fraction of these pairs the RM orders as the gold reward does")
-        pretrain_of = {r["model_id"]: r.get("pretrain_id") for r in rms}
         split = by_pretrain({r["model_id"]: r["accuracy"] for r in rms}, pretrain_of)
         if split:
             put("RM accuracy by pretrain, one-way ANOVA p", split["p"], "does the backbone change how well its RMs "
@@ -138,7 +138,7 @@ def learnability(root: Path, records: list[dict]) -> dict:
                 put(f"Spearman with gold on the pool: {mid}", rho.mean(), "rank correlation with the gold reward "
                     "over each prompt's pool of policy samples, averaged over prompts", rho.std(ddof=1) / np.sqrt(len(rho)))
                 rho_of[mid] = rho.mean()
-            split = by_pretrain({m: v for m, v in rho_of.items() if m in pretrain_of}, pretrain_of) if rms else None
+            split = by_pretrain(rho_of, pretrain_of)  # the evaluator has no grid pretrain: left out
             if split:
                 put("Spearman with gold by pretrain, one-way ANOVA p", split["p"], "does the backbone change how well "
                     f"its RMs rank the pool? mean rho per pretrain: {split['means']}; {split['description']}")
