@@ -182,7 +182,7 @@ def test_quick_yaml_resolves_to_the_recorded_config():
     added = added_fields(now, recorded)
     assert set(added) <= {"analysis.bootstrap", "analysis.level", "data.bad_rows", "data.max_bad_fraction",
                           "evaluator.finetune_seed", "pretrain.convert_bin", "pretrain.checkpoint_every",
-                          "reward.finetune_seed_scope", "reward.policy_kwise"}, added
+                          "reward.finetune_seed_scope", "reward.policy_kwise", "reward.readout"}, added
     defaults = to_dict(RunConfig())
     for dotted in added:  # quick.yaml sets none of them
         section, name = dotted.split(".")

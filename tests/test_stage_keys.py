@@ -114,6 +114,7 @@ def _family(name: str) -> str:
     ("reward.policy_kwise=4", {"policy-prefs", "report"}),
     ("policy.batch_prompts=4", {"sample", "report"}),
     ("reward.center_coef=0.1", {"rm/*", "evaluator/rm", "report"}),
+    ("reward.readout=sum", {"rm/*", "evaluator/rm", "report"}),
     ("workers=1", {"report"}),
     ("reward.finetune_seed_scope=per_rm", {"rm/*", "analyze", "report"}),
     ("evaluator.finetune_seed=7", {"evaluator/rm", "report"}),

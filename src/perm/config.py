@@ -278,6 +278,12 @@ class RewardConfig:
     dropout: float = 0.0
     """Hidden and attention dropout of the backbone while finetuning, in [0, 1) (0 = none; masks drawn from
     the RM's dropout seed)."""
+    readout: Literal["last", "sum", "mean"] = "last"
+    """Where the reward is read. last: the scalar head on the sequence's last token (the paper's and TRL's
+    RMs; any *ForSequenceClassification). sum / mean: the head on every token's final hidden state, summed or
+    averaged over prompt + completion (decoder backbones only; a prompt's part is the same for all its
+    candidates). Recorded in the saved RM's config.json as `perm_reward_readout`, which perm's scoring reads;
+    other tools that load the RM read the last token whatever it says."""
     eval_every: int = 200
     """Optimizer steps between evaluations on the held-out pairs (the learning curve `eval_curve` in rm.json);
     >= 1. The final weights are always evaluated. Changes no weights, but is part of the RMs' keys."""

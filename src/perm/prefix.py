@@ -16,6 +16,14 @@ One shared forward, for ``b`` prompts and ``n`` continuation rows where row ``i`
 - the reward is the model's own read-out on the continuation's ids, at their last non-pad token: the
   candidate's last real token, where full-sequence scoring of ``prompt + candidate`` reads it too.
 
+The read-out (:func:`readout_of`, the model config's ``perm_reward_readout``; ``reward.readout``) is ``last``
+(the head on the last real token: any ``*ForSequenceClassification``) or, for decoder models, ``sum`` /
+``mean``: the head applied to every real token's final hidden state, summed or averaged over the whole
+sequence, prompt included. A prompt's own tokens then add the same amount to every continuation of it, so
+sharing the prompt stays exact: the prefill returns that amount (:attr:`PromptCache.score_sum`) and the
+continuations add their own tokens'. Under ``sum`` the ranking of one prompt's candidates is by their own
+tokens alone; Bradley-Terry differences cancel the prompt's part exactly.
+
 Encoder models (BERT: bidirectional, reward at the first token) cannot share a prompt; they, and caches other
 than plain ``DynamicLayer`` s (sliding windows, linear attention), fall back to full-sequence scoring
 (:func:`score_ids`).
@@ -32,7 +40,56 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from perm.batching import distinct, left_padded_positions, length_batches, pad_batch
 from perm.kv_cache import cache_kwarg, cache_of, forward_params, plain_dynamic_layers
-from perm.models import is_encoder_only
+from perm.models import is_encoder_only, reward_head
+
+READOUTS = ("last", "sum", "mean")
+READOUT_KEY = "perm_reward_readout"  # config.json attribute of a saved RM; absent = "last"
+
+
+def readout_of(model) -> str:
+    """How ``model`` turns hidden states into one reward: ``last`` (absent attribute), ``sum`` or ``mean``."""
+    cfg = getattr(model, "module", model).config
+    r = getattr(cfg, READOUT_KEY, None) or "last"
+    if r not in READOUTS:
+        raise ValueError(f"{type(model).__name__}: config {READOUT_KEY}={r!r}; expected one of {READOUTS}")
+    return r
+
+
+def set_readout(model, readout: str) -> None:
+    """Record the read-out in the model's config (saved with it); ``sum`` / ``mean`` need a decoder model."""
+    if readout not in READOUTS:
+        raise ValueError(f"readout {readout!r}: expected one of {READOUTS}")
+    if readout != "last" and not shares_prompt(model):
+        raise ValueError(f"readout {readout!r} needs a decoder-only model; {type(model).__name__} reads its reward "
+                         "at one token (use readout: last)")
+    cfg = getattr(model, "module", model).config
+    if readout != "last" or hasattr(cfg, READOUT_KEY):  # a plain RM's config.json stays as before
+        setattr(cfg, READOUT_KEY, readout)
+
+
+def _forward(model, mask: torch.Tensor, **kw):
+    """``model(**kw)`` and, for a pooled read-out, the head's score of every token, 0 where ``mask`` is 0."""
+    readout = readout_of(model)
+    if readout == "last":
+        return model(**kw), None
+    out = model(**kw, output_hidden_states=True)
+    s = reward_head(getattr(model, "module", model))(out.hidden_states[-1])[..., 0]  # (n, T)
+    return out, s * mask.to(s.dtype)
+
+
+def _pooled(model, out, scores, lengths) -> torch.Tensor:
+    """(n,) rewards from ``_forward``'s output: the last token's logit, or the per-token scores summed (and
+    divided by ``lengths`` for ``mean``)."""
+    if scores is None:
+        return out.logits[:, 0]
+    total = scores.sum(1)
+    return total / lengths.to(total.dtype) if readout_of(model) == "mean" else total
+
+
+def sequence_rewards(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(n,) rewards of right-padded full sequences ``ids`` (mask 1 on real tokens), by the model's read-out."""
+    out, scores = _forward(model, mask, input_ids=ids, attention_mask=mask)
+    return _pooled(model, out, scores, mask.sum(1))
 
 
 def shares_prompt(model) -> bool:
@@ -62,13 +119,15 @@ class PromptCache:
 
     keys, values: per layer (b, H, P + spare, D), positions P.. free for continuations; mask: (b, P) long, 1 on
     real prompt tokens; lengths: (b,) long. Empty lists when P == 0 (every prompt empty): the continuations
-    then run on their own.
+    then run on their own. score_sum: (b,) the head's scores summed over each prompt's tokens, for a pooled
+    read-out (``sum`` / ``mean``); None for ``last``.
     """
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     mask: torch.Tensor
     lengths: torch.Tensor
+    score_sum: torch.Tensor | None = None
 
 
 class _RowsLayer(DynamicLayer):
@@ -106,16 +165,19 @@ def prefill(
     """
     ids, mask = pad_batch(prompts, pad_id, left=True)
     ids, mask = ids.to(device), mask.to(device)
+    pooled = readout_of(model) != "last"
     if ids.shape[1] == 0:
-        return PromptCache([], [], mask, mask.sum(1))
-    out = model(input_ids=ids, attention_mask=mask, position_ids=left_padded_positions(mask), use_cache=True)
+        zeros = torch.zeros(len(prompts), device=device) if pooled else None
+        return PromptCache([], [], mask, mask.sum(1), zeros)
+    out, scores = _forward(model, mask, input_ids=ids, attention_mask=mask, position_ids=left_padded_positions(mask),
+                           use_cache=True)
     cache = cache_of(out)
     if not plain_dynamic_layers(cache):
         return None
     keys, values = [la.keys for la in cache.layers], [la.values for la in cache.layers]
     if spare > 0:
         keys, values = [_with_room(k, spare) for k in keys], [_with_room(v, spare) for v in values]
-    return PromptCache(keys, values, mask, mask.sum(1))
+    return PromptCache(keys, values, mask, mask.sum(1), scores.sum(1) if pooled else None)
 
 
 def _with_room(x: torch.Tensor, spare: int) -> torch.Tensor:
@@ -136,9 +198,16 @@ def continuation_rewards(
     device = prompts.mask.device
     ids, cmask = ids.to(device), cmask.to(device)
     positions = prompts.lengths[owner, None] + torch.arange(ids.shape[1], device=device)  # (n, R)
+    lengths = prompts.lengths[owner] + cmask.sum(1)  # whole-sequence lengths, for a mean read-out
+
+    def rewards(out, scores):
+        if scores is not None:  # pooled: the prompt's tokens count too, as in full-sequence scoring
+            scores = torch.cat([prompts.score_sum.index_select(0, owner)[:, None].to(scores.dtype), scores], dim=1)
+        return _pooled(model, out, scores, lengths)
+
     if not prompts.keys:
-        out = model(input_ids=ids, attention_mask=cmask, position_ids=positions, use_cache=False)
-        return out.logits[:, 0]
+        return rewards(*_forward(model, cmask, input_ids=ids, attention_mask=cmask, position_ids=positions,
+                                 use_cache=False))
     cache = DynamicCache()
     p = prompts.mask.shape[1]
     cache.layers = [
@@ -146,14 +215,15 @@ def continuation_rewards(
         for k, v in zip(prompts.keys, prompts.values, strict=True)
     ]
     mask = torch.cat([prompts.mask.index_select(0, owner), cmask], dim=1)  # (n, P + R)
-    out = model(
+    return rewards(*_forward(
+        model,
+        cmask,
         input_ids=ids,
         attention_mask=mask,
         position_ids=positions,
         use_cache=True,
         **{cache_kwarg(model): cache},
-    )
-    return out.logits[:, 0]
+    ))
 
 
 # ---------------------------------------------------------------------------------------------- scoring
@@ -173,8 +243,7 @@ def score_ids(
     done = 0
     for idx in length_batches([len(s) for s in seqs], batch_size):
         ids, mask = pad_batch([seqs[i] for i in idx], pad_id)
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits  # (B, 1)
-        out[idx] = logits[:, 0].float().cpu().numpy()
+        out[idx] = sequence_rewards(model, ids.to(device), mask.to(device)).float().cpu().numpy()
         done += len(idx)
         if progress is not None:
             progress(done, len(seqs))

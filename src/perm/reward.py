@@ -23,6 +23,7 @@ from perm.prefix import (
     pair_rewards_shared,
     score_ids,  # noqa: F401  (re-exported: tests/test_models.py imports it from here)
     score_pairs,
+    sequence_rewards,
     shares_prompt,
     split_pairs,
 )
@@ -143,7 +144,7 @@ def pair_rewards(model, chosen, rejected, pad_id: int, device) -> tuple[torch.Te
     several pairs of the batch (K-wise comparisons) runs once."""
     unique, where = distinct([tuple(s) for s in [*chosen, *rejected]])
     ids, mask = pad_batch([list(s) for s in unique], pad_id)
-    r = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0]
+    r = sequence_rewards(model, ids.to(device), mask.to(device))
     r = r.index_select(0, torch.as_tensor(where, dtype=torch.long, device=r.device))  # (2B,)
     return r[: len(chosen)], r[len(chosen) :]
 

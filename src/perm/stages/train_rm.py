@@ -74,10 +74,15 @@ def evaluator_reward_args(cfg: RunConfig) -> dict:
     return dict(to_dict(cfg.reward), epochs=cfg.evaluator.epochs, lr=cfg.evaluator.lr)
 
 
+def _unkeyed_defaults(reward: dict) -> dict:
+    """Leave out of the keys the fields added after runs were made, at their old behaviour (keys as before)."""
+    return {k: v for k, v in reward.items() if not (k == "readout" and v == "last")}
+
+
 def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
     c, e = cfg.reward, cfg.evaluator
     data, pairs = data_identity(cfg, upstream), pairs_key(cfg, upstream)
-    common = {k: v for k, v in to_dict(c).items() if k not in GRID_FIELDS}
+    common = _unkeyed_defaults({k: v for k, v in to_dict(c).items() if k not in GRID_FIELDS})
     scope = {} if c.finetune_seed_scope == "shared" else {"scope": c.finetune_seed_scope}  # shared: keys as before
     out = {f"rm/{rm_id(pid, seed)}": stage_key(cfg, {"common": common, "seed": seed, "testbed": data, **pairs,
                                                       "backbone": backbone_identity(cfg, upstream, pid), **scope})
@@ -85,7 +90,7 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
     if e.enabled:
         backbone = upstream[checkpoint_name(e.checkpoint) if e.checkpoint else "evaluator/pretrain"]
         grid_only = (*GRID_FIELDS, "max_train_pairs")
-        reward = {k: v for k, v in evaluator_reward_args(cfg).items() if k not in grid_only}
+        reward = _unkeyed_defaults({k: v for k, v in evaluator_reward_args(cfg).items() if k not in grid_only})
         out["evaluator/rm"] = stage_key(cfg, {"reward": reward, "pairs": e.train_pairs, "backbone": backbone,
                                               "testbed": data, **pairs, "seeds": evaluator_ids(cfg)})
     return out
@@ -166,6 +171,7 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
         save_model,
         use_attention,
     )
+    from perm.prefix import set_readout
     from perm.reward import encode_pairs, evaluate_pairs, train_reward_model
 
     dev = torch_setup(device, threads)
@@ -175,6 +181,7 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
     seeds = rm_seeds(finetune_seed, pretrain_id if seed_scope == "per_rm" else None)
     model = load_reward_backbone(backbone, pad_token_id=tok.pad_token_id, head_seed=seeds["head_seed"],
                                  dropout=reward["dropout"], trust_remote_code=trust_remote_code)
+    set_readout(model, reward.get("readout", "last"))
     if model.get_input_embeddings().num_embeddings < len(tok):
         model.resize_token_embeddings(len(tok))
     use_attention(model, attention_for(dev, precision, attention))
