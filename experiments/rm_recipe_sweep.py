@@ -14,6 +14,22 @@ Spearman with gold on the pool (mean over prompts, se), and the exact best-of-n 
 prompt, in gold standard deviations). One thread per call, so two calls can share 2 cores.
 Meant for choosing a recipe by learnability alone, never by the seed-effect results.
 
+Measured 2026-12-02 (fifth session) on runs/fp32 (the committed default rerun in fp32 on the 2-core AMD EPYC
+AVX512-BF16 VM; the policy, pairs and pool of runs/ep2), `readout=` (new: where the reward is read), paired
+with the run's own RM of the same backbone and finetune seed (readout last); two probes at once, 1 thread each:
+
+  backbone   recipe                 acc    gold_acc  pool rho        bo16   bo64   train s
+  seed0 ft0  last (run)             0.619  0.782     0.506 ± 0.014   +0.49  +0.42
+  seed0 ft0  readout=sum            0.578  0.701     0.311 ± 0.022   +0.14  -0.01  164
+  seed0 ft0  readout=sum lr=2.5e-4  0.558  0.641     0.238 ± 0.018   -0.06  -0.48  175
+  seed0 ft0  readout=mean           0.601  0.734     0.487 ± 0.016   +0.55  +0.43  170
+  seed3 ft0  last (run)             0.592  0.730     0.326 ± 0.018   +0.12  -0.12
+  seed3 ft0  readout=mean           0.626  0.763     0.436 ± 0.018   +0.35  +0.05  168
+
+The whole grid with readout=mean (docs/results.md, fifth session) came out no better on average (pool rho
++0.002 ± 0.022 paired over the 9 RMs, accuracy -0.002 ± 0.007) and its evaluator worse, so the default keeps
+readout last.
+
 Measured 2026-12-02 (third session) on runs/ep2 (the committed default: 2 epochs; the same pairs and pool as
 runs/sft05 below), paired by finetune seed with the run's own RMs: backbones pretrained twice as long
 (2,400 steps, 9.8 M tokens, held-out perplexity 1.666-1.679 vs 1.710-1.719; runs/testbed-pretrains-v2, not

@@ -283,7 +283,9 @@ class RewardConfig:
     RMs; any *ForSequenceClassification). sum / mean: the head on every token's final hidden state, summed or
     averaged over prompt + completion (decoder backbones only; a prompt's part is the same for all its
     candidates). Recorded in the saved RM's config.json as `perm_reward_readout`, which perm's scoring reads;
-    other tools that load the RM read the last token whatever it says."""
+    other tools that load the RM read the last token whatever it says. On the testbed `last` stays: `mean` gave
+    the same pool rho on average (paired over the 9 grid RMs), a weaker evaluator and RMs that agree more; `sum`
+    learned much less (docs/results.md, 2026-12-02)."""
     eval_every: int = 200
     """Optimizer steps between evaluations on the held-out pairs (the learning curve `eval_curve` in rm.json);
     >= 1. The final weights are always evaluated. Changes no weights, but is part of the RMs' keys."""
