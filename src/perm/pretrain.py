@@ -130,7 +130,7 @@ def pretrain(
         "data_seed": data_seed,
         "steps": steps,
         "tokens": steps * batch_size * train_blocks.shape[1],
-        "final_train_loss": float(np.mean(losses[-20:])),
+        "final_train_loss": float(np.mean(losses[-20:])) if losses else None,  # None: no step taken
         "heldout_perplexity": ppl,
         "attention": model.config._attn_implementation,
         "tokens_per_s": steps * batch_size * train_blocks.shape[1] / wall,
