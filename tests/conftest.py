@@ -66,3 +66,14 @@ def added_fields(now: dict, then: dict, prefix: str = "") -> list[str]:
         else:
             assert v == then[k], prefix + k
     return added
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test (rounding as in a one-thread worker), restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

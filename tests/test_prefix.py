@@ -23,12 +23,7 @@ from perm.reward import bradley_terry_loss, encode, encode_groups, pair_rewards,
 PAD, EOS = 0, 1
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(params=["sdpa", "eager"])

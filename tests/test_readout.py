@@ -20,13 +20,7 @@ from perm.prefix import (
 from perm.reward import bradley_terry_loss, pair_rewards
 from test_prefix import EOS, PAD, _groups, _join, _pairs, _repeated_prompt_pairs
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _rm(backbone_dir, tokenizer, readout, attention="sdpa"):

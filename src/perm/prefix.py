@@ -77,12 +77,13 @@ def _forward(model, mask: torch.Tensor, **kw):
     return out, s * mask.to(s.dtype)
 
 
-def _pooled(model, out, scores, lengths) -> torch.Tensor:
-    """(n,) rewards from ``_forward``'s output: the last token's logit, or the per-token scores summed (and
-    divided by ``lengths`` for ``mean``)."""
+def _pooled(model, out, scores, lengths, prompt_sum=None) -> torch.Tensor:
+    """(n,) rewards from ``_forward``'s output: the last token's logit, or the per-token scores summed, plus
+    ``prompt_sum`` (the shared prompt's part, when only the continuations ran), and divided by ``lengths`` for
+    ``mean``."""
     if scores is None:
         return out.logits[:, 0]
-    total = scores.sum(1)
+    total = scores.sum(1) if prompt_sum is None else scores.sum(1) + prompt_sum.to(scores.dtype)
     return total / lengths.to(total.dtype) if readout_of(model) == "mean" else total
 
 
@@ -200,10 +201,9 @@ def continuation_rewards(
     positions = prompts.lengths[owner, None] + torch.arange(ids.shape[1], device=device)  # (n, R)
     lengths = prompts.lengths[owner] + cmask.sum(1)  # whole-sequence lengths, for a mean read-out
 
-    def rewards(out, scores):
-        if scores is not None:  # pooled: the prompt's tokens count too, as in full-sequence scoring
-            scores = torch.cat([prompts.score_sum.index_select(0, owner)[:, None].to(scores.dtype), scores], dim=1)
-        return _pooled(model, out, scores, lengths)
+    def rewards(out, scores):  # pooled: the prompt's tokens count too, as in full-sequence scoring
+        prompt_sum = None if scores is None else prompts.score_sum.index_select(0, owner)
+        return _pooled(model, out, scores, lengths, prompt_sum)
 
     if not prompts.keys:
         return rewards(*_forward(model, cmask, input_ids=ids, attention_mask=cmask, position_ids=positions,
