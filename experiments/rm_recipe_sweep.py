@@ -4,14 +4,16 @@
 
 Trains one RM into RUN_DIR/sweep/NAME with the run's `reward` config overridden by the key=values
 (`backbone=pretrain/seed1`, `finetune_seed=0`, `n_pairs=5000`, `pretrain_steps=150 pretrain_seed=0` to
-pretrain a fresh backbone with the run's pretrain config but other steps, `precision=fp32|bf16`,
+pretrain a fresh backbone with the run's pretrain config but other steps, `pretrain_backbone={hidden_size:
+256, num_layers: 4, num_heads: 8, intermediate_size: 1024}` for another architecture (checkpointed every 100
+steps: a killed probe resumes), `threads=2`, `precision=fp32|bf16`,
 `attention=auto|sdpa|eager`, `pairs_file=sweep-pairs/kwise6.parquet` (pairs written by
 experiments/policy_pairs.py; several comma-separated files are concatenated in order; accuracy stays on
 the run's policy_prefs_eval.parquet unless `eval_file=`), and any RewardConfig field, e.g. `lr=3e-4
 epochs=2`), on the run's policy pairs, then scores the run's pool with it and prints DESIGN.md's
 learnability numbers for it: in-distribution accuracy and gold-order agreement on policy_prefs_eval,
 Spearman with gold on the pool (mean over prompts, se), and the exact best-of-n gold gain (centred per
-prompt, in gold standard deviations). One thread per call, so two calls can share 2 cores.
+prompt, in gold standard deviations). One thread per call unless `threads=`, so two calls can share 2 cores.
 Meant for choosing a recipe by learnability alone, never by the seed-effect results.
 
 Measured 2026-12-02 (fifth session) on runs/fp32 (the committed default rerun in fp32 on the 2-core AMD EPYC
@@ -152,7 +154,7 @@ def main(run: Path, name: str, overrides: list[str]) -> None:
     extra = {"backbone": "pretrain/seed0", "finetune_seed": 0, "n_pairs": reward.get("max_train_pairs"),
              "pretrain_steps": None, "pretrain_seed": 0, "precision": cfg.get("precision", "fp32"),
              "attention": cfg.get("attention", "auto"), "pairs_file": "policy_prefs.parquet",
-             "eval_file": "policy_prefs_eval.parquet"}
+             "eval_file": "policy_prefs_eval.parquet", "pretrain_backbone": None, "threads": 1}
     for kv in overrides:
         k, v = kv.split("=", 1)
         v = yaml.safe_load(v)
@@ -168,18 +170,21 @@ def main(run: Path, name: str, overrides: list[str]) -> None:
         train = {k: pt[k] for k in PRETRAIN_TRAIN_FIELDS}
         train["steps"] = int(extra["pretrain_steps"])
         extra["backbone"] = f"{out_rel}-pretrain"
+        arch = {**pt["backbone"], **(extra["pretrain_backbone"] or {})}
         if not (run / extra["backbone"]).exists():
             pinfo = job_pretrain(str(run), extra["backbone"], init_seed=extra["pretrain_seed"],
-                                 data_seed=extra["pretrain_seed"], backbone=pt["backbone"], train=train,
-                                 device="cpu", threads=1, show_progress=False)
+                                 data_seed=extra["pretrain_seed"], backbone=arch, train=train,
+                                 device="cpu", threads=extra["threads"], show_progress=False, checkpoint_every=100)
             print(json.dumps({"pretrain": pinfo}))
     info = job_reward_model(str(run), out_rel, backbone=str(run / extra["backbone"]), pretrain_id="sweep",
                             finetune_seed=extra["finetune_seed"], reward=reward, n_pairs=extra["n_pairs"],
                             pair_files=tuple(str(extra["pairs_file"]).split(",")), eval_files=(extra["eval_file"],),
-                            device="cpu", threads=1, precision=extra["precision"], attention=extra["attention"],
+                            device="cpu", threads=extra["threads"], precision=extra["precision"],
+                            attention=extra["attention"],
                             show_progress=False)
     job_score(str(run), f"{out_rel}.scores.parquet", model_dir=str(run / out_rel), model_id=name,
-              max_length=reward["max_length"], batch_size=64, device="cpu", threads=1, show_progress=False)
+              max_length=reward["max_length"], batch_size=64, device="cpu", threads=extra["threads"],
+              show_progress=False)
     s = pd.read_parquet(run / "samples.parquet")
     s = s[~s.is_reference].merge(pd.read_parquet(run / f"{out_rel}.scores.parquet"), on=["prompt_id", "sample_id"])
     s = s.sort_values(["prompt_id", "sample_id"])
