@@ -155,6 +155,17 @@ def test_reward_pairs_auto_resolves_to_policy_on_the_testbed_and_testbed_with_da
         config_from_overrides(["reward.pairs=both"])
 
 
+def test_evaluator_extra_posts_must_fit_prefs_train_where_it_is_used():
+    with pytest.raises(ConfigError, match=r"evaluator\.extra_posts: must be >= 0"):
+        config_from_overrides(["evaluator.extra_posts=-1"])
+    with pytest.raises(ConfigError, match=r"evaluator\.extra_posts: must be at most testbed\.n_prefs_train \(400\)"):
+        config_from_overrides(["testbed.n_prefs_train=400", "evaluator.extra_posts=401"])
+    assert config_from_overrides(["testbed.n_prefs_train=400", "evaluator.extra_posts=400"]).evaluator.extra_posts == 400
+    # unused with the testbed's own pairs (and so with data.prefs): no posts are sampled, nothing to check
+    cfg = config_from_overrides(["reward.pairs=testbed", "testbed.n_prefs_train=400", "evaluator.extra_posts=401"])
+    assert cfg.reward.pairs == "testbed"
+
+
 def test_saved_configs_hold_the_resolved_pairs(tmp_path):
     import dataclasses
 
@@ -181,7 +192,7 @@ def test_quick_yaml_resolves_to_the_recorded_config():
     now = to_dict(load_config(configs_dir() / "quick.yaml", overrides))
     added = added_fields(now, recorded)
     assert set(added) <= {"analysis.bootstrap", "analysis.level", "data.bad_rows", "data.max_bad_fraction",
-                          "evaluator.finetune_seed", "pretrain.convert_bin", "pretrain.checkpoint_every",
+                          "evaluator.extra_posts", "evaluator.finetune_seed", "pretrain.convert_bin", "pretrain.checkpoint_every",
                           "reward.finetune_seed_scope", "reward.policy_kwise", "reward.readout"}, added
     defaults = to_dict(RunConfig())
     for dotted in added:  # quick.yaml sets none of them

@@ -158,6 +158,22 @@ def test_policy_pairs_train_the_grid_on_the_policys_own_samples(tmp_path, baseli
     assert after["policy"] == before["policy"] and after["pretrain/seed0"] == before["pretrain/seed0"]
     assert after["rm/seed0-ft0"] != before["rm/seed0-ft0"] and after["evaluator/rm"] != before["evaluator/rm"]
 
+    # evaluator.extra_posts: the evaluator alone also trains on policy pairs of further posts (prefs_train's
+    # first k, which no SFT example and no grid pair uses), drawn from a stream of their own
+    _run(out, "reward.pairs=mix", "reward.policy_pairs_per_post=1", "evaluator.extra_posts=50")
+    extra = _finished(out)
+    ev_pairs = pq.read_table(out / "evaluator_prefs.parquet").to_pandas()
+    posts = list(dict.fromkeys(pq.read_table(out / "data" / "prefs_train.parquet").to_pandas().prompt))
+    assert 0 < len(ev_pairs) <= 50 and set(ev_pairs.prompt) <= set(posts[:50])
+    assert not set(ev_pairs.prompt) & set(sft_posts) and (ev_pairs.gold_chosen != ev_pairs.gold_rejected).all()
+    ev = json.loads((out / "evaluator" / "rm" / "rm.json").read_text())
+    assert ev["n_train_pairs"] == len(pairs) + cfg.testbed.n_prefs_train + len(ev_pairs)
+    assert ev["eval_pairs"] == "policy_prefs_eval.parquet"
+    assert json.loads((out / "rm" / "seed0-ft0" / "rm.json").read_text())["n_train_pairs"] == rm["n_train_pairs"]
+    assert {k for k in extra if extra[k] != after.get(k)} == {"evaluator-prefs", "evaluator/rm", "score/evaluator",
+                                                               "score", "analyze", "report"}
+    assert not (out / "evaluator_prefs_eval.parquet").exists()
+
 
 def test_kwise_policy_pairs_label_every_pair_of_k_samples(tmp_path, baseline):
     """reward.policy_kwise=K: K samples per post and all C(K, 2) pairs among them (ties dropped), each sample
@@ -191,6 +207,22 @@ def test_kwise_policy_pairs_label_every_pair_of_k_samples(tmp_path, baseline):
     assert (both.gold_chosen != both.gold_rejected).all()
     assert post[: len(train)].min() >= max(1, n_sft // 20)  # training pairs are not on held-out posts
     assert 2.5 < len(both) / post.nunique() <= 6  # most posts keep most of their 6 pairs
+
+    # the posts of another testbed file, all pairs for training, and another random stream: other samples
+    info2 = job_policy_prefs(str(out), "kw2.parquet", policy=str(out / "policy"), pairs_per_post=1, kwise=4,
+                             max_new_tokens=8, seed=0, batch_prompts=64, device="cpu", threads=1,
+                             show_progress=False, posts_rel="data/prefs_train.parquet", n_posts=30, heldout=False,
+                             stream="evaluator-prefs")
+    other = pq.read_table(out / "kw2.parquet").to_pandas()
+    prefs_posts = list(dict.fromkeys(pq.read_table(out / "data" / "prefs_train.parquet").to_pandas().prompt))
+    assert info2["samples"] == 4 * 30 and info2["train_pairs"] == len(other) and "eval_pairs" not in info2
+    assert set(other.prompt) <= set(prefs_posts[:30]) and (other.sample_chosen // 4).max() < 30
+    assert 2.5 < len(other) / other.prompt.nunique() <= 6
+    with pytest.raises(ValueError, match=r"401 posts asked of data/prefs_train\.parquet, which has 400"):
+        job_policy_prefs(str(out), "kw3.parquet", policy=str(out / "policy"), pairs_per_post=1, kwise=4,
+                         max_new_tokens=8, seed=0, batch_prompts=64, device="cpu", threads=1, show_progress=False,
+                         posts_rel="data/prefs_train.parquet", n_posts=401, heldout=False)
+    assert not (out / "kw3.parquet").exists()
 
 
 def test_bf16_run_completes_and_pretrains_like_fp32(tmp_path, baseline):

@@ -360,3 +360,39 @@ def test_rm_records_carry_what_the_token_ratio_needs(tmp_path):
         {"model_id": "a-ft0", "role": "rm", "backbone": "/b", "train_tokens": 5, "train_sequence_tokens": 9}))
     (rec,) = rm_records(tmp_path)
     assert (rec["backbone"], rec["train_tokens"], rec["train_sequence_tokens"]) == ("/b", 5, 9)
+
+
+def test_learnability_says_how_far_the_evaluator_leads_the_best_grid_rm(tmp_path):
+    """Issue 13's judge goal, measured where the report lists learnability: the evaluator's accuracy and pool
+    rho minus the best grid RM's (each best on its own measure), and its training pairs over a grid RM's."""
+    import json
+
+    from perm.report_inputs import learnability, rm_records
+
+    rng = np.random.default_rng(0)
+    k, size = 20, 16
+    gold = rng.normal(size=(k, size))
+    scores = {"gold": gold, "a-ft0": gold + rng.normal(0, 2.0, gold.shape), "b-ft0": gold + rng.normal(0, 1.0, gold.shape),
+              "evaluator": gold + rng.normal(0, 0.5, gold.shape)}
+    rows = [{"prompt_id": p, "sample_id": s, "model_id": m, "reward": float(v[p, s]), "is_reference": False}
+            for m, v in scores.items() for p in range(k) for s in range(size)]
+    pd.DataFrame(rows).to_parquet(tmp_path / "rewards.parquet")
+    pd.DataFrame([{"prompt_id": p, "sample_id": s, "is_reference": False, "gold_reward": float(gold[p, s])}
+                  for p in range(k) for s in range(size)]).to_parquet(tmp_path / "samples.parquet")
+    (tmp_path / "data").mkdir()
+    pd.DataFrame({"prompt_id": range(k), "prompt": ["p"] * k}).to_parquet(tmp_path / "data" / "eval_prompts.parquet")
+    for mid, role, acc, pairs in (("a-ft0", "rm", 0.64, 1000), ("b-ft0", "rm", 0.60, 1000),
+                                  ("evaluator", "evaluator", 0.66, 3000)):
+        d = tmp_path / ("evaluator/rm" if role == "evaluator" else f"rm/{mid}")
+        d.mkdir(parents=True)
+        (d / "rm.json").write_text(json.dumps({"model_id": mid, "role": role, "accuracy": acc, "accuracy_se": 0.01,
+                                               "pretrain_id": mid.split("-")[0] if role == "rm" else "evaluator-seed9",
+                                               "n_train_pairs": pairs}))
+    out = learnability(tmp_path, rm_records(tmp_path))
+    assert out["evaluator accuracy - best grid RM's"]["value"] == pytest.approx(0.02)
+    assert "(a-ft0, 0.640)" in out["evaluator accuracy - best grid RM's"]["description"]
+    rho = {m: out[f"Spearman with gold on the pool: {m}"]["value"] for m in ("a-ft0", "b-ft0", "evaluator")}
+    assert rho["evaluator"] > rho["b-ft0"] > rho["a-ft0"]  # best by rho is b, not a (best by accuracy)
+    lead = out["evaluator Spearman with gold - best grid RM's"]
+    assert lead["value"] == pytest.approx(rho["evaluator"] - rho["b-ft0"]) and "(b-ft0," in lead["description"]
+    assert out["evaluator training pairs / grid RM's"]["value"] == 3.0

@@ -124,6 +124,24 @@ def test_invalidation_table(override, reruns):
     assert _changed(override) == reruns
 
 
+def test_evaluator_extra_posts_reruns_only_the_evaluator_and_adds_its_pairs_stage():
+    """evaluator.extra_posts > 0 adds the `evaluator-prefs` stage (keyed like policy-prefs plus its posts and
+    stream) and reruns the evaluator RM and what reads it; the grid keeps its keys. 0 adds nothing."""
+    a = config_from_overrides([*BASE, "precision=fp32"])
+    b = config_from_overrides([*BASE, "precision=fp32", "evaluator.extra_posts=50"])
+    c = config_from_overrides([*BASE, "precision=fp32", "evaluator.extra_posts=60"])
+    up = {**_fake_upstream(a), "evaluator-prefs": "hash-of-evaluator-prefs"}
+    ka, kb, kc = _keys(a, up), _keys(b, up), _keys(c, up)
+    assert "evaluator-prefs" not in ka and set(kb) == set(ka) | {"evaluator-prefs"}
+    assert {n for n in ka if ka[n] != kb[n]} == {"evaluator/rm", "report"}
+    assert kb["evaluator-prefs"] != kc["evaluator-prefs"] and kb["evaluator-prefs"] != kb["policy-prefs"]
+    kb2 = _keys(b, {**up, "evaluator-prefs": "other-pairs"})  # new pairs retrain the evaluator
+    assert {n for n in kb if kb[n] != kb2[n]} == {"evaluator/rm"}
+    for off in (["reward.pairs=testbed"], ["evaluator.enabled=false"]):  # no policy pairs, or no evaluator
+        cfg = config_from_overrides([*BASE, "precision=fp32", "evaluator.extra_posts=50", *off])
+        assert "evaluator-prefs" not in _keys(cfg, up)
+
+
 def test_every_field_enters_the_report_key():
     assert _changed("out=elsewhere") == {"report"}
 

@@ -366,7 +366,15 @@ class EvaluatorConfig:
     """Pretraining steps of the evaluator's backbone (> 0); the other pretraining fields are `pretrain`'s."""
     train_pairs: int | None = None
     """Preference pairs it is finetuned on: the first k (>= 1) of the training pairs `reward.pairs` selects
-    (null = all, which may be more than the grid's `reward.max_train_pairs`)."""
+    then its `extra_posts` pairs (null = all, which may be more than the grid's `reward.max_train_pairs`)."""
+    extra_posts: int = 0
+    """More pairs than the grid: policy pairs on this many further testbed posts (the first of prefs_train's
+    posts, which neither the SFT policy nor any grid RM sees), drawn and labelled as the grid's (stage
+    policy-prefs, manifest name `evaluator-prefs`, file evaluator_prefs.parquet: `reward.policy_kwise` samples
+    per post and all their pairs) from a random stream of their own, and appended to the evaluator's training
+    pairs after the grid's. 0 = the grid's pairs only. Used with `reward.pairs: policy | mix` (unused with
+    `testbed` pairs, and so with `data.prefs`); at most `testbed.n_prefs_train`. Reruns the evaluator RM (and its
+    scoring) only."""
     epochs: float = 3.0
     """The evaluator RM's passes over its training pairs (> 0), instead of `reward.epochs`. Three on the testbed:
     the bigger evaluator still gained from a third pass (pool rho 0.563 -> 0.611) where a grid RM did not, and a
@@ -391,6 +399,7 @@ class EvaluatorConfig:
                        "evaluator.checkpoint: null to pretrain the evaluator's backbone in the run with it")
         if self.train_pairs is not None:
             _check(self.train_pairs > 0, "evaluator.train_pairs", "must be > 0")
+        _check(self.extra_posts >= 0, "evaluator.extra_posts", "must be >= 0")
 
 
 _RECIPE_EVALUATOR = EvaluatorConfig(checkpoint=None)
@@ -559,6 +568,9 @@ class RunConfig:
             _check(self.policy.checkpoint is not None, "policy.checkpoint", "required with data.prefs")
             _check(not self.evaluator.enabled or self.evaluator.checkpoint is not None, "evaluator.checkpoint",
                    "required with data.prefs (or evaluator.enabled: false)")
+        elif self.reward.pairs != "testbed":
+            _check(self.evaluator.extra_posts <= self.testbed.n_prefs_train, "evaluator.extra_posts",
+                   f"must be at most testbed.n_prefs_train ({self.testbed.n_prefs_train}): its posts are prefs_train's")
         seeds = set(self.pretrain.init_seeds or self.pretrain.seeds) | set(self.pretrain.data_seeds or self.pretrain.seeds)
         _check(not self.evaluator.enabled or self.evaluator.checkpoint is not None or self.pretrain.checkpoints
                or self.evaluator.pretrain_seed not in seeds, "evaluator.pretrain_seed",

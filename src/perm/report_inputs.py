@@ -120,6 +120,17 @@ def learnability(root: Path, records: list[dict]) -> dict:
         if split:
             put("RM accuracy by pretrain, one-way ANOVA p", split["p"], "does the backbone change how well its RMs "
                 f"learn? mean accuracy per pretrain: {split['means']}; {split['description']}")
+    evaluators = [r for r in records if r["role"] == "evaluator"]
+    if rms and evaluators:  # the judge should be clearly stronger than every grid RM, on more pairs
+        ev = evaluators[0]
+        best = max(rms, key=lambda r: r["accuracy"])
+        put("evaluator accuracy - best grid RM's", ev["accuracy"] - best["accuracy"], f"the evaluator's "
+            f"in-distribution accuracy ({ev['accuracy']:.3f}) minus the best grid RM's ({best['model_id']}, "
+            f"{best['accuracy']:.3f}): > 0 where the judge is stronger than every RM it judges")
+        if ev.get("n_train_pairs") and all(r.get("n_train_pairs") for r in rms):
+            most = max(r["n_train_pairs"] for r in rms)
+            put("evaluator training pairs / grid RM's", ev["n_train_pairs"] / most, f"{ev['n_train_pairs']} pairs "
+                f"against at most {most} for a grid RM")
     ratio = pretraining_ratio(records)
     if ratio:
         put("backbone pretraining tokens / RM finetuning tokens, min", ratio["min"], ratio["description"])
@@ -138,6 +149,12 @@ def learnability(root: Path, records: list[dict]) -> dict:
                 put(f"Spearman with gold on the pool: {mid}", rho.mean(), "rank correlation with the gold reward "
                     "over each prompt's pool of policy samples, averaged over prompts", rho.std(ddof=1) / np.sqrt(len(rho)))
                 rho_of[mid] = rho.mean()
+            grid_rho = {m: v for m, v in rho_of.items() if m in pretrain_of}
+            if "evaluator" in rho_of and grid_rho:
+                top = max(grid_rho, key=grid_rho.get)
+                put("evaluator Spearman with gold - best grid RM's", rho_of["evaluator"] - grid_rho[top],
+                    f"the evaluator's rank correlation with gold on the pool ({rho_of['evaluator']:.3f}) minus the "
+                    f"best grid RM's ({top}, {grid_rho[top]:.3f})")
             split = by_pretrain(rho_of, pretrain_of)  # the evaluator has no grid pretrain: left out
             if split:
                 put("Spearman with gold by pretrain, one-way ANOVA p", split["p"], "does the backbone change how well "

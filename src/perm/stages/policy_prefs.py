@@ -2,7 +2,10 @@
 the testbed's Bradley-Terry raters on the gold reward (perm.policy.sample_pool, perm.testbed.gold,
 perm.testbed.candidates.bradley_terry_labels), for `reward.pairs: policy | mix`. Manifest name
 `policy-prefs`; outputs policy_prefs.parquet (training) and policy_prefs_eval.parquet (pairs on the posts the
-SFT policy held out: the RMs' in-distribution eval set). Returns the RMs' training pair files."""
+SFT policy held out: the RMs' in-distribution eval set). With `evaluator.extra_posts`, manifest name
+`evaluator-prefs` too: the same kind of pairs on that many prefs_train posts, from a random stream of their own,
+in evaluator_prefs.parquet (the evaluator's training pairs after the grid's). Returns the grid RMs' training
+pair files."""
 
 from __future__ import annotations
 
@@ -29,6 +32,8 @@ from perm.store import derive_seed
 NAME = "policy-prefs"
 NEEDS = ("testbed", "sft")
 TESTBED_PAIRS = ("data/prefs_train.parquet",)
+EVALUATOR_PAIRS = "evaluator_prefs.parquet"
+EVALUATOR_POSTS = "data/prefs_train.parquet"  # posts no SFT example and no grid pair uses
 CHUNK_ROWS = 576
 
 
@@ -36,11 +41,22 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
     c, p = cfg.reward, cfg.policy
     if c.pairs == "testbed":
         return {}
-    return {"policy-prefs": stage_key(cfg, {
-        "policy": policy_identity(cfg, upstream), "testbed": data_identity(cfg, upstream),
-        "per_post": c.policy_pairs_per_post, "kwise": c.policy_kwise, "seed": p.seed,
-        "max_new_tokens": p.max_new_tokens, "chunk": chunk_prompts(cfg),
-        "label_temperature": cfg.testbed.label_temperature, "heldout": "sft"})}
+    common = {"policy": policy_identity(cfg, upstream), "testbed": data_identity(cfg, upstream),
+              "per_post": c.policy_pairs_per_post, "kwise": c.policy_kwise, "seed": p.seed,
+              "max_new_tokens": p.max_new_tokens, "chunk": chunk_prompts(cfg),
+              "label_temperature": cfg.testbed.label_temperature}
+    out = {"policy-prefs": stage_key(cfg, {**common, "heldout": "sft"})}
+    if extra_posts(cfg):
+        out["evaluator-prefs"] = stage_key(cfg, {**common, "posts": EVALUATOR_POSTS, "n_posts": extra_posts(cfg),
+                                                 "stream": "evaluator-prefs"})
+    return out
+
+
+def extra_posts(cfg: RunConfig) -> int:
+    """Posts of the evaluator's own policy pairs (`evaluator.extra_posts`); 0 where it has none (testbed pairs,
+    no evaluator)."""
+    e = cfg.evaluator
+    return e.extra_posts if e.enabled and cfg.reward.pairs != "testbed" else 0
 
 
 def samples_per_post(cfg: RunConfig) -> int:
@@ -64,6 +80,11 @@ def pair_files(cfg: RunConfig) -> tuple[str, ...]:
     return ("policy_prefs.parquet",) + (TESTBED_PAIRS if c.pairs == "mix" else ())
 
 
+def evaluator_pair_files(cfg: RunConfig) -> tuple[str, ...]:
+    """The evaluator's training pair files: the grid's, then its own policy pairs on further posts."""
+    return pair_files(cfg) + ((EVALUATOR_PAIRS,) if extra_posts(cfg) else ())
+
+
 def eval_pair_files(cfg: RunConfig) -> tuple[str, ...]:
     """Held-out pairs for the RMs: in distribution first (policy pairs on the SFT's held-out posts when the
     RMs train on policy pairs), then the testbed's prefs_eval."""
@@ -79,19 +100,31 @@ def pairs_key(cfg: RunConfig, upstream: Mapping[str, str]) -> dict:
     return {"pairs": cfg.reward.pairs, "policy_prefs": upstream["policy-prefs"]}
 
 
+def evaluator_pairs_key(cfg: RunConfig, upstream: Mapping[str, str]) -> dict:
+    """:func:`pairs_key` plus the evaluator's own pairs, where it has them (nothing added at 0: keys as before)."""
+    return pairs_key(cfg, upstream) | ({"evaluator_prefs": upstream["evaluator-prefs"]} if extra_posts(cfg) else {})
+
+
 def run(ctx: Context) -> tuple[str, ...]:
     cfg = ctx.cfg
     c, p = cfg.reward, cfg.policy
     if c.pairs != "testbed":
         ctx.need("testbed")
         policy = ctx.need("sft")
-        key = keys(cfg, ctx.upstream())["policy-prefs"]
-        ctx.run_one("policy-prefs", key, lambda: job_policy_prefs(
-            str(ctx.root), "policy_prefs.parquet", policy=policy, pairs_per_post=c.policy_pairs_per_post,
-            kwise=c.policy_kwise, max_new_tokens=p.max_new_tokens, seed=p.seed, batch_prompts=chunk_prompts(cfg),
-            label_temperature=cfg.testbed.label_temperature, **ctx.job_env(pooled=False)),
-            ["policy_prefs.parquet", "policy_prefs_eval.parquet"], pairs_per_post=c.policy_pairs_per_post,
-            kwise=c.policy_kwise)
+        all_keys = keys(cfg, ctx.upstream())
+        common = dict(policy=policy, pairs_per_post=c.policy_pairs_per_post, kwise=c.policy_kwise,
+                      max_new_tokens=p.max_new_tokens, seed=p.seed, batch_prompts=chunk_prompts(cfg),
+                      label_temperature=cfg.testbed.label_temperature, **ctx.job_env(pooled=False))
+        ctx.run_one("policy-prefs", all_keys["policy-prefs"],
+                    lambda: job_policy_prefs(str(ctx.root), "policy_prefs.parquet", **common),
+                    ["policy_prefs.parquet", "policy_prefs_eval.parquet"], pairs_per_post=c.policy_pairs_per_post,
+                    kwise=c.policy_kwise)
+        if extra_posts(cfg):
+            ctx.run_one("evaluator-prefs", all_keys["evaluator-prefs"],
+                        lambda: job_policy_prefs(str(ctx.root), EVALUATOR_PAIRS, posts_rel=EVALUATOR_POSTS,
+                                                 n_posts=extra_posts(cfg), heldout=False, stream="evaluator-prefs",
+                                                 **common),
+                        [EVALUATOR_PAIRS], posts=extra_posts(cfg))
     return pair_files(cfg)
 
 
@@ -104,7 +137,9 @@ def kwise_pairs(k: int) -> tuple[np.ndarray, np.ndarray]:
 def job_policy_prefs(run_dir: str, out_rel: str, *, policy: str, pairs_per_post: int, max_new_tokens: int,
                      seed: int, batch_prompts: int, device: str, threads: int | None, kwise: int | None = None,
                      label_temperature: float | None = None, precision: str = "fp32", attention: str = "auto",
-                     show_progress: bool = True, eval_rel: str = "policy_prefs_eval.parquet") -> dict:
+                     show_progress: bool = True, eval_rel: str = "policy_prefs_eval.parquet",
+                     posts_rel: str = "data/sft_train.parquet", n_posts: int | None = None, heldout: bool = True,
+                     stream: str = "policy-prefs") -> dict:
     """Preference pairs of the SFT policy's own samples on sft_train posts, labelled by the testbed's
     Bradley-Terry raters on the gold reward (ties dropped), as TL;DR comparisons were collected.
 
@@ -112,7 +147,12 @@ def job_policy_prefs(run_dir: str, out_rel: str, *, policy: str, pairs_per_post:
     per post and every one of their C(K, 2) pairs, each labelled by its own rater draw (InstructGPT's
     comparisons), with `sample_a` / `sample_b` naming the two samples so a completion can be scored once for
     all its pairs. `batch_prompts` posts are sampled together, each chunk with its own seed. Pairs on the posts
-    the SFT policy held out go to `eval_rel` (in-distribution accuracy), the rest to `out_rel` (training)."""
+    the SFT policy held out go to `eval_rel` (in-distribution accuracy), the rest to `out_rel` (training).
+
+    posts_rel, n_posts: the distinct prompts of another testbed file (in file order, the first `n_posts`; its
+    posts are read back from the prompts), e.g. prefs_train's for the evaluator's own pairs; heldout=False then
+    writes every pair to `out_rel` and no eval file. stream: the name the sampling and label seeds are derived
+    from (another stream, other samples and labels)."""
     import pyarrow as pa
 
     from perm.models import attention_for, load_causal_lm, load_tokenizer, use_attention
@@ -125,7 +165,17 @@ def job_policy_prefs(run_dir: str, out_rel: str, *, policy: str, pairs_per_post:
     run = Path(run_dir)
     tok = load_tokenizer(run / "tokenizer")
     model = use_attention(load_causal_lm(policy).to(dev).eval(), attention_for(dev, precision, attention))
-    prompts, posts = read_column(run / "data" / "sft_train.parquet", "prompt", "post")
+    if posts_rel == "data/sft_train.parquet":
+        prompts, posts = read_column(run / posts_rel, "prompt", "post")
+    else:  # a pairs file (one or more rows per post): its distinct prompts, in order
+        from perm.testbed import post_from_prompt
+
+        prompts = list(dict.fromkeys(read_column(run / posts_rel, "prompt")[0]))
+        posts = [post_from_prompt(q) for q in prompts]
+    if n_posts is not None:
+        if n_posts > len(prompts):
+            raise ValueError(f"policy-prefs: {n_posts} posts asked of {posts_rel}, which has {len(prompts)}")
+        prompts, posts = prompts[:n_posts], posts[:n_posts]
     if kwise is not None and kwise < 2:
         raise ValueError(f"policy-prefs: kwise must be >= 2, got {kwise}")
     n_per = kwise if kwise else 2 * pairs_per_post
@@ -137,7 +187,7 @@ def job_policy_prefs(run_dir: str, out_rel: str, *, policy: str, pairs_per_post:
     for i in range(0, len(prompts), batch_prompts):
         with autocast(dev, precision):
             pools = sample_pool(model, tok, prompts[i : i + batch_prompts], n_samples=n_per, temperature=1.0,
-                                top_p=1.0, max_new_tokens=max_new_tokens, seed=derive_seed("policy-prefs", seed, i),
+                                top_p=1.0, max_new_tokens=max_new_tokens, seed=derive_seed(stream, seed, i),
                                 batch_prompts=batch_prompts, device=dev)
         for j, pool in enumerate(pools):
             texts = decode_samples(tok, pool)
@@ -152,7 +202,7 @@ def job_policy_prefs(run_dir: str, out_rel: str, *, policy: str, pairs_per_post:
     post_rep = [p for p in posts for _ in range(per_post)]
     ga, gb = gold_reward_batch(post_rep, first), gold_reward_batch(post_rep, second)
     keep = ga != gb
-    a_wins = bradley_terry_labels(ga, gb, np.random.default_rng(derive_seed("policy-prefs-labels", seed)),
+    a_wins = bradley_terry_labels(ga, gb, np.random.default_rng(derive_seed(f"{stream}-labels", seed)),
                                   label_temperature)
     sel = np.flatnonzero(keep)
     chosen = [first[i] if a_wins[i] else second[i] for i in sel]
@@ -166,16 +216,17 @@ def job_policy_prefs(run_dir: str, out_rel: str, *, policy: str, pairs_per_post:
                "label_agrees_gold": pa.array(g_c > g_r),
                "sample_chosen": pa.array(s_c, pa.int64()), "sample_rejected": pa.array(s_r, pa.int64())}
     table = pa.table(columns)
-    held = sel // per_post < sft_heldout(len(prompts))  # pairs on the posts the SFT policy held out
-    if not held.any() or held.all():
+    held = sel // per_post < (sft_heldout(len(prompts)) if heldout else 0)  # posts the SFT policy held out
+    if heldout and (not held.any() or held.all()):
         raise ValueError(f"policy-prefs: {int(held.sum())} held-out and {int((~held).sum())} training pairs "
                          f"({sft_heldout(len(prompts))} held-out posts x {per_post} pairs, ties dropped); raise "
                          "testbed.n_sft or reward.policy_pairs_per_post")
     wall = time.perf_counter() - t0
     info = {"wall_s": wall, "sample_s": sample_s, "samples": len(prompts) * n_per,
             "samples_per_s": len(prompts) * n_per / sample_s, "kwise": kwise, "chunk_prompts": batch_prompts,
-            "precision": precision, "attention": model.config._attn_implementation}
-    for name, rel, rows in (("train", out_rel, ~held), ("eval", eval_rel, held)):
+            "precision": precision, "attention": model.config._attn_implementation,
+            "posts": len(prompts), "posts_file": posts_rel, "stream": stream}
+    for name, rel, rows in (("train", out_rel, ~held), ("eval", eval_rel, held))[: 2 if heldout else 1]:
         part = table.filter(pa.array(rows))
         part = part.add_column(0, "pair_id", pa.array(range(part.num_rows), pa.int64()))
         atomic_write_parquet(run / rel, part)

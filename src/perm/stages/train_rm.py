@@ -23,7 +23,7 @@ from perm.stages._context import (
     stage_key,
     torch_setup,
 )
-from perm.stages.policy_prefs import eval_pair_files, pairs_key
+from perm.stages.policy_prefs import eval_pair_files, evaluator_pair_files, evaluator_pairs_key, pairs_key
 from perm.store import atomic_path, derive_seed
 
 NAME = "train-rm"
@@ -92,7 +92,8 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
         grid_only = (*GRID_FIELDS, "max_train_pairs")
         reward = _unkeyed_defaults({k: v for k, v in evaluator_reward_args(cfg).items() if k not in grid_only})
         out["evaluator/rm"] = stage_key(cfg, {"reward": reward, "pairs": e.train_pairs, "backbone": backbone,
-                                              "testbed": data, **pairs, "seeds": evaluator_ids(cfg)})
+                                              "testbed": data, **evaluator_pairs_key(cfg, upstream),
+                                              "seeds": evaluator_ids(cfg)})
     return out
 
 
@@ -119,7 +120,7 @@ def run(ctx: Context) -> dict:
     name = "evaluator/rm"
     if e.enabled and not ctx.skip(name, all_keys[name]):
         todo.insert(0, (name, dict(  # trained beside the grid: the longest job first
-            env, out_rel=name,
+            env, out_rel=name, pair_files=evaluator_pair_files(cfg),
             backbone=ctx.resolve_checkpoint(e.checkpoint) if e.checkpoint else str(ctx.root / "evaluator/pretrain"),
             pretrain_id=evaluator_ids(cfg)[0], finetune_seed=evaluator_ids(cfg)[1], seed_scope="per_rm",
             reward=evaluator_reward_args(cfg), n_pairs=e.train_pairs, role="evaluator")))
