@@ -156,11 +156,13 @@ def test_reward_pairs_auto_resolves_to_policy_on_the_testbed_and_testbed_with_da
 
 
 def test_evaluator_extra_posts_must_fit_prefs_train_where_it_is_used():
-    with pytest.raises(ConfigError, match=r"evaluator\.extra_posts: must be >= 0"):
+    assert RunConfig().evaluator.extra_posts is None  # as many as the grid's training posts (resolved per run)
+    with pytest.raises(ConfigError, match=r"evaluator\.extra_posts: must be >= 0 \(or null\)"):
         config_from_overrides(["evaluator.extra_posts=-1"])
     with pytest.raises(ConfigError, match=r"evaluator\.extra_posts: must be at most testbed\.n_prefs_train \(400\)"):
         config_from_overrides(["testbed.n_prefs_train=400", "evaluator.extra_posts=401"])
     assert config_from_overrides(["testbed.n_prefs_train=400", "evaluator.extra_posts=400"]).evaluator.extra_posts == 400
+    assert config_from_overrides(["testbed.n_prefs_train=400"]).evaluator.extra_posts is None  # null: capped, no error
     # unused with the testbed's own pairs (and so with data.prefs): no posts are sampled, nothing to check
     cfg = config_from_overrides(["reward.pairs=testbed", "testbed.n_prefs_train=400", "evaluator.extra_posts=401"])
     assert cfg.reward.pairs == "testbed"

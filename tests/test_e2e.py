@@ -157,6 +157,11 @@ def test_policy_pairs_train_the_grid_on_the_policys_own_samples(tmp_path, baseli
     assert 0 <= rm["gold_accuracy"] <= 1 and rm["eval_curve"][-1]["accuracy"] == rm["accuracy"]
     assert after["policy"] == before["policy"] and after["pretrain/seed0"] == before["pretrain/seed0"]
     assert after["rm/seed0-ft0"] != before["rm/seed0-ft0"] and after["evaluator/rm"] != before["evaluator/rm"]
+    # by default (evaluator.extra_posts: null) the evaluator gets pairs on as many further posts as the grid's
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    assert stages["evaluator-prefs"]["info"]["posts"] == cfg.testbed.n_sft - n_held
+    ev0 = json.loads((out / "evaluator" / "rm" / "rm.json").read_text())
+    assert ev0["n_train_pairs"] == rm["n_train_pairs"] + stages["evaluator-prefs"]["info"]["train_pairs"]
 
     # evaluator.extra_posts: the evaluator alone also trains on policy pairs of further posts (prefs_train's
     # first k, which no SFT example and no grid pair uses), drawn from a stream of their own

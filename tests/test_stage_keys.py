@@ -33,6 +33,7 @@ def test_keys_reproduce_the_recorded_manifest(variant):
     stages = fixture["stages"]
     upstream = {name: hash_obj(rec["outputs"]) for name, rec in stages.items()}
     upstream |= {checkpoint_name(p): k for p, k in fixture["checkpoint_keys"].items()}
+    upstream |= {name: f"not-recorded-{name}" for name in ADDED_SINCE_RECORDING}  # outputs the recording lacks
     keys = _keys(cfg, upstream)
     expected = {name: rec["key"] for name, rec in stages.items()}
     added = added_fields(to_dict(cfg), fixture["config"])
@@ -41,6 +42,8 @@ def test_keys_reproduce_the_recorded_manifest(variant):
     for name in CHANGED_SINCE_RECORDING:  # outputs that must not be reused from a run of the older code
         if name in expected:
             assert keys.pop(name) != expected.pop(name), name
+    for name in ADDED_SINCE_RECORDING:  # stages the recorded code did not have
+        keys.pop(name, None)
     assert keys == expected
 
 
@@ -51,6 +54,12 @@ CHANGED_SINCE_RECORDING = {
     "analyze": "analysis v2: pair relations, seed variance and intervals over seeds (issue 12)",
     "policy-prefs": "policy pairs drawn in chunks as large as the sample stage's decode batches, keyed on the "
                     "label temperature and the K-wise option (issue 13)",
+}
+
+
+# Manifest names added after the recording (a recorded run gains them, and reruns what reads them).
+ADDED_SINCE_RECORDING = {
+    "evaluator-prefs": "the evaluator's own policy pairs on further posts (evaluator.extra_posts; issue 13)",
 }
 
 
@@ -73,7 +82,8 @@ BASE = ["reward.pairs=policy", "pretrain.seeds=[0, 1]", "reward.finetune_seeds=[
 
 def _fake_upstream(cfg: RunConfig) -> dict:
     """Fixed output hashes for every stage a config has, so that only direct key dependence shows."""
-    names = ["testbed", "policy", "policy-prefs", "sample", "score", "analyze", "evaluator/pretrain", "evaluator/rm"]
+    names = ["testbed", "policy", "policy-prefs", "evaluator-prefs", "sample", "score", "analyze", "evaluator/pretrain",
+             "evaluator/rm"]
     names += [f"pretrain/{p}" for p in cfg.pretrain.pretrain_ids()]
     from perm.stages.train_rm import grid_names
 
@@ -104,14 +114,14 @@ def _family(name: str) -> str:
     ("evaluator.lr=3e-4", {"evaluator/rm", "report"}),
     ("reward.max_length=128", {"rm/*", "evaluator/rm", "policy", "score/*", "report"}),
     ("policy.pool_size=32", {"sample", "report"}),
-    ("policy.seed=3", {"sample", "policy-prefs", "report"}),
+    ("policy.seed=3", {"sample", "policy-prefs", "evaluator-prefs", "report"}),
     ("pretrain.lr=1e-3", {"pretrain/*", "evaluator/pretrain", "report"}),
     ("evaluator.pretrain_steps=50", {"evaluator/pretrain", "report"}),
     ("testbed.seed=5", {"testbed", "report"}),
     ("analysis.anova_draws=5", {"analyze", "report"}),
     ("policy.sft_lr=3e-4", {"policy", "report"}),
-    ("reward.policy_pairs_per_post=2", {"policy-prefs", "report"}),
-    ("reward.policy_kwise=4", {"policy-prefs", "report"}),
+    ("reward.policy_pairs_per_post=2", {"policy-prefs", "evaluator-prefs", "report"}),
+    ("reward.policy_kwise=4", {"policy-prefs", "evaluator-prefs", "report"}),
     ("policy.batch_prompts=4", {"sample", "report"}),
     ("reward.center_coef=0.1", {"rm/*", "evaluator/rm", "report"}),
     ("reward.readout=sum", {"rm/*", "evaluator/rm", "report"}),
@@ -127,16 +137,24 @@ def test_invalidation_table(override, reruns):
 def test_evaluator_extra_posts_reruns_only_the_evaluator_and_adds_its_pairs_stage():
     """evaluator.extra_posts > 0 adds the `evaluator-prefs` stage (keyed like policy-prefs plus its posts and
     stream) and reruns the evaluator RM and what reads it; the grid keeps its keys. 0 adds nothing."""
-    a = config_from_overrides([*BASE, "precision=fp32"])
+    a = config_from_overrides([*BASE, "precision=fp32", "evaluator.extra_posts=0"])
     b = config_from_overrides([*BASE, "precision=fp32", "evaluator.extra_posts=50"])
     c = config_from_overrides([*BASE, "precision=fp32", "evaluator.extra_posts=60"])
-    up = {**_fake_upstream(a), "evaluator-prefs": "hash-of-evaluator-prefs"}
+    up = _fake_upstream(a)
     ka, kb, kc = _keys(a, up), _keys(b, up), _keys(c, up)
     assert "evaluator-prefs" not in ka and set(kb) == set(ka) | {"evaluator-prefs"}
     assert {n for n in ka if ka[n] != kb[n]} == {"evaluator/rm", "report"}
     assert kb["evaluator-prefs"] != kc["evaluator-prefs"] and kb["evaluator-prefs"] != kb["policy-prefs"]
     kb2 = _keys(b, {**up, "evaluator-prefs": "other-pairs"})  # new pairs retrain the evaluator
     assert {n for n in kb if kb[n] != kb2[n]} == {"evaluator/rm"}
+    # null (the default): as many posts as the grid's pairs come from (n_sft less the SFT's held-out twentieth)
+    d = config_from_overrides([*BASE, "precision=fp32", "evaluator.extra_posts=3800"])
+    kd, knull = _keys(d, up), _keys(config_from_overrides([*BASE, "precision=fp32"]), up)
+    assert {n for n in kd if kd[n] != knull[n]} == {"report"}  # the report keys on the config as written
+    small = config_from_overrides([*BASE, "precision=fp32", "testbed.n_sft=300", "testbed.n_prefs_train=100"])
+    assert _keys(small, up)["evaluator-prefs"] == _keys(config_from_overrides(
+        [*BASE, "precision=fp32", "testbed.n_sft=300", "testbed.n_prefs_train=100", "evaluator.extra_posts=100"]),
+        up)["evaluator-prefs"]  # capped at prefs_train's posts
     for off in (["reward.pairs=testbed"], ["evaluator.enabled=false"]):  # no policy pairs, or no evaluator
         cfg = config_from_overrides([*BASE, "precision=fp32", "evaluator.extra_posts=50", *off])
         assert "evaluator-prefs" not in _keys(cfg, up)
@@ -152,7 +170,7 @@ def test_resolved_precision_salts_training_keys_not_analysis():
     b = config_from_overrides([*BASE, "precision=bf16"])
     ka, kb = _keys(a, _fake_upstream(a)), _keys(b, _fake_upstream(b))
     changed = {_family(n) for n in ka if ka[n] != kb[n]}
-    assert changed == {"testbed", "pretrain/*", "evaluator/pretrain", "policy", "policy-prefs", "rm/*",
+    assert changed == {"testbed", "pretrain/*", "evaluator/pretrain", "policy", "policy-prefs", "evaluator-prefs", "rm/*",
                        "evaluator/rm", "sample", "score/*", "score", "report"} - {"testbed"}
 
 

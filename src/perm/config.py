@@ -367,18 +367,25 @@ class EvaluatorConfig:
     train_pairs: int | None = None
     """Preference pairs it is finetuned on: the first k (>= 1) of the training pairs `reward.pairs` selects
     then its `extra_posts` pairs (null = all, which may be more than the grid's `reward.max_train_pairs`)."""
-    extra_posts: int = 0
-    """More pairs than the grid: policy pairs on this many further testbed posts (the first of prefs_train's
-    posts, which neither the SFT policy nor any grid RM sees), drawn and labelled as the grid's (stage
-    policy-prefs, manifest name `evaluator-prefs`, file evaluator_prefs.parquet: `reward.policy_kwise` samples
-    per post and all their pairs) from a random stream of their own, and appended to the evaluator's training
-    pairs after the grid's. 0 = the grid's pairs only. Used with `reward.pairs: policy | mix` (unused with
-    `testbed` pairs, and so with `data.prefs`); at most `testbed.n_prefs_train`. Reruns the evaluator RM (and its
+    extra_posts: int | None = None
+    """More pairs than the grid: policy pairs on further testbed posts (the first of prefs_train's posts, which
+    neither the SFT policy nor any grid RM sees), drawn and labelled as the grid's (stage policy-prefs, manifest
+    name `evaluator-prefs`, file evaluator_prefs.parquet: `reward.policy_kwise` samples per post and all their
+    pairs) from a random stream of their own, and appended to the evaluator's training pairs after the grid's.
+    null = as many posts as the grid's pairs come from (sft_train's training posts: `testbed.n_sft` less the
+    SFT policy's held-out twentieth; 3,800 on the testbed), at most prefs_train's; 0 = the grid's pairs only; k
+    = k posts (at most `testbed.n_prefs_train`). Used with `reward.pairs: policy | mix` (unused with `testbed`
+    pairs, and so with `data.prefs`). Chosen by learnability alone (docs/results.md, 2026-12-04): at the same
+    finetuning steps and tokens, twice the posts at 1.5 epochs beat the grid's posts at 3 epochs (accuracy
+    +0.027, pool rho +0.036, best-of-64 gold +0.07 sd on the evaluator's own finetune seed; three times the posts
+    at one epoch: +0.036, +0.011, -0.01). Reruns the evaluator RM (and its
     scoring) only."""
-    epochs: float = 3.0
-    """The evaluator RM's passes over its training pairs (> 0), instead of `reward.epochs`. Three on the testbed:
-    the bigger evaluator still gained from a third pass (pool rho 0.563 -> 0.611) where a grid RM did not, and a
-    fourth did not help (experiments/rm_recipe_sweep.py)."""
+    epochs: float = 1.5
+    """The evaluator RM's passes over its training pairs (> 0), instead of `reward.epochs`. 1.5 on the testbed,
+    over twice the grid's posts (`extra_posts`): the optimizer steps and tokens of the three passes over the
+    grid's pairs that the bigger evaluator needed on its own (a third pass lifted pool rho 0.563 -> 0.611, a
+    fourth did not help; experiments/rm_recipe_sweep.py), spent on new posts instead. With `extra_posts: 0`
+    take 3."""
     lr: float = 5e-4
     """The evaluator RM's peak learning rate (> 0), instead of `reward.lr`; every other finetuning field is
     `reward`'s."""
@@ -399,7 +406,7 @@ class EvaluatorConfig:
                        "evaluator.checkpoint: null to pretrain the evaluator's backbone in the run with it")
         if self.train_pairs is not None:
             _check(self.train_pairs > 0, "evaluator.train_pairs", "must be > 0")
-        _check(self.extra_posts >= 0, "evaluator.extra_posts", "must be >= 0")
+        _check(self.extra_posts is None or self.extra_posts >= 0, "evaluator.extra_posts", "must be >= 0 (or null)")
 
 
 _RECIPE_EVALUATOR = EvaluatorConfig(checkpoint=None)
@@ -569,7 +576,7 @@ class RunConfig:
             _check(not self.evaluator.enabled or self.evaluator.checkpoint is not None, "evaluator.checkpoint",
                    "required with data.prefs (or evaluator.enabled: false)")
         elif self.reward.pairs != "testbed":
-            _check(self.evaluator.extra_posts <= self.testbed.n_prefs_train, "evaluator.extra_posts",
+            _check((self.evaluator.extra_posts or 0) <= self.testbed.n_prefs_train, "evaluator.extra_posts",
                    f"must be at most testbed.n_prefs_train ({self.testbed.n_prefs_train}): its posts are prefs_train's")
         seeds = set(self.pretrain.init_seeds or self.pretrain.seeds) | set(self.pretrain.data_seeds or self.pretrain.seeds)
         _check(not self.evaluator.enabled or self.evaluator.checkpoint is not None or self.pretrain.checkpoints

@@ -53,10 +53,14 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
 
 
 def extra_posts(cfg: RunConfig) -> int:
-    """Posts of the evaluator's own policy pairs (`evaluator.extra_posts`); 0 where it has none (testbed pairs,
-    no evaluator)."""
-    e = cfg.evaluator
-    return e.extra_posts if e.enabled and cfg.reward.pairs != "testbed" else 0
+    """Posts of the evaluator's own policy pairs (`evaluator.extra_posts`; null: as many as the grid's training
+    posts, at most prefs_train's); 0 where it has none (testbed pairs, no evaluator)."""
+    e, t = cfg.evaluator, cfg.testbed
+    if not e.enabled or cfg.reward.pairs == "testbed":
+        return 0
+    if e.extra_posts is None:
+        return min(t.n_sft - sft_heldout(t.n_sft), t.n_prefs_train)
+    return e.extra_posts
 
 
 def samples_per_post(cfg: RunConfig) -> int:
