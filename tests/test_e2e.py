@@ -164,7 +164,7 @@ def test_policy_pairs_train_the_grid_on_the_policys_own_samples(tmp_path, baseli
     assert ev0["n_train_pairs"] == rm["n_train_pairs"] + stages["evaluator-prefs"]["info"]["train_pairs"]
 
     # evaluator.extra_posts: the evaluator alone also trains on policy pairs of further posts (prefs_train's
-    # first k, which no SFT example and no grid pair uses), drawn from a stream of their own
+    # first k, which no SFT example uses), drawn from a stream of their own
     _run(out, "reward.pairs=mix", "reward.policy_pairs_per_post=1", "evaluator.extra_posts=50")
     extra = _finished(out)
     ev_pairs = pq.read_table(out / "evaluator_prefs.parquet").to_pandas()

@@ -369,7 +369,8 @@ class EvaluatorConfig:
     then its `extra_posts` pairs (null = all, which may be more than the grid's `reward.max_train_pairs`)."""
     extra_posts: int | None = None
     """More pairs than the grid: policy pairs on further testbed posts (the first of prefs_train's posts, which
-    neither the SFT policy nor any grid RM sees), drawn and labelled as the grid's (stage policy-prefs, manifest
+    neither the SFT policy nor, with `reward.pairs: policy`, any grid RM sees; under `mix` the grid
+    trains on those posts' perturbation pairs), drawn and labelled as the grid's (stage policy-prefs, manifest
     name `evaluator-prefs`, file evaluator_prefs.parquet: `reward.policy_kwise` samples per post and all their
     pairs) from a random stream of their own, and appended to the evaluator's training pairs after the grid's.
     null = as many posts as the grid's pairs come from (sft_train's training posts: `testbed.n_sft` less the

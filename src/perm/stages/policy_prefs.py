@@ -33,7 +33,7 @@ NAME = "policy-prefs"
 NEEDS = ("testbed", "sft")
 TESTBED_PAIRS = ("data/prefs_train.parquet",)
 EVALUATOR_PAIRS = "evaluator_prefs.parquet"
-EVALUATOR_POSTS = "data/prefs_train.parquet"  # posts no SFT example and no grid pair uses
+EVALUATOR_POSTS = "data/prefs_train.parquet"  # posts no SFT example (and, with policy pairs, no grid pair) uses
 CHUNK_ROWS = 576
 
 
