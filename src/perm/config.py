@@ -377,10 +377,9 @@ class EvaluatorConfig:
     SFT policy's held-out twentieth; 3,800 on the testbed), at most prefs_train's; 0 = the grid's pairs only; k
     = k posts (at most `testbed.n_prefs_train`). Used with `reward.pairs: policy | mix` (unused with `testbed`
     pairs, and so with `data.prefs`). Chosen by learnability alone (docs/results.md, 2026-12-04): at the same
-    finetuning steps and tokens, twice the posts at 1.5 epochs beat the grid's posts at 3 epochs (accuracy
-    +0.027, pool rho +0.036, best-of-64 gold +0.07 sd on the evaluator's own finetune seed; three times the posts
-    at one epoch: +0.036, +0.011, -0.01). Reruns the evaluator RM (and its
-    scoring) only."""
+    finetuning steps and tokens, twice the posts at 1.5 epochs beat the grid's posts at 3 epochs (paired over two
+    finetune seeds: accuracy +0.037, pool rho +0.052, best-of-64 gold +0.09 sd; three times the posts at one
+    epoch, one seed: accuracy +0.036, rho +0.011). Reruns the evaluator RM (and its scoring) only."""
     epochs: float = 1.5
     """The evaluator RM's passes over its training pairs (> 0), instead of `reward.epochs`. 1.5 on the testbed,
     over twice the grid's posts (`extra_posts`): the optimizer steps and tokens of the three passes over the
