@@ -7,6 +7,7 @@ upstream output hashes only) and `run(ctx)`; its jobs (`job_*`, flat picklable a
     pretrain      testbed                        pretrain/<pid>, evaluator/pretrain -> pretrain/<pid>/, evaluator/pretrain/
     sft           testbed, pretrain              policy -> policy/
     policy-prefs  testbed, sft                   policy-prefs -> policy_prefs.parquet, policy_prefs_eval.parquet
+                                                 evaluator-prefs -> evaluator_prefs.parquet (evaluator.extra_posts)
     train-rm      testbed, pretrain, policy-prefs  rm/<pid>-ft<seed>, evaluator/rm -> rm/<id>/, evaluator/rm/
     sample        testbed, sft                   sample -> samples.parquet
     score         train-rm, sample               score/<model_id>, score -> scores/, rewards.parquet, models.parquet
