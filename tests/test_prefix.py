@@ -9,6 +9,7 @@ from transformers import BertConfig, BertForMaskedLM
 
 from conftest import toy_pairs
 from perm.models import load_reward_backbone, save_model, use_attention
+from perm.packed import packs
 from perm.prefix import (
     merge_prefixes,
     pair_rewards_shared,
@@ -45,18 +46,21 @@ def _groups(seed=0):
 
 
 def _count_tokens(model):
-    """Number of input token positions the model's embedding sees, via a forward hook."""
+    """Number of input token positions the model's embedding sees, via a forward hook (after the model's one
+    packing probe, perm.packed.packs, which runs a tiny forward the first time)."""
+    packs(model)
     seen = []
     model.get_input_embeddings().register_forward_hook(lambda m, inp, out: seen.append(inp[0].numel()))
     return seen
 
 
-def test_shared_scoring_equals_full_sequence_scoring(rm):
+@pytest.mark.parametrize("pack", [None, False])  # packed rows (the default), or prefill + continuations
+def test_shared_scoring_equals_full_sequence_scoring(rm, pack):
     prompts, cands = _groups()
     assert len({len(p) for p in prompts}) > 3 and len({len(c) for cs in cands for c in cs}) > 3
     full = score_ids(rm, [p + c for p, cs in zip(prompts, cands, strict=True) for c in cs], PAD, "cpu")
     for batch_size in (3, 7, 64):  # several prompts per prefill / several chunks per prompt batch
-        got = score_prompt_groups(rm, prompts, cands, PAD, "cpu", batch_size=batch_size)
+        got = score_prompt_groups(rm, prompts, cands, PAD, "cpu", batch_size=batch_size, pack=pack)
         assert [len(g) for g in got] == [len(c) for c in cands]
         assert np.concatenate(got) == pytest.approx(full, abs=1e-5)
 
@@ -150,12 +154,14 @@ def test_sliding_window_cache_falls_back_to_full_sequences():
     assert state["share_prompt"] is False and len(state["train_loss"]) == 3
 
 
-def test_each_prompt_runs_once(rm):
-    """64 candidates of 3 tokens after a 40-token prompt: 40 + 64*3 token positions, not 64*43."""
+@pytest.mark.parametrize("pack", [None, False])
+def test_each_prompt_runs_once(rm, pack):
+    """64 candidates of 3 tokens after a 40-token prompt: 40 + 64*3 token positions, not 64*43 (packed: one
+    row of 232 tokens; prefill + continuations: 40, then 64 rows of 3)."""
     prompt = list(range(3, 43))
     cands = [[3 + i % 30, 4, EOS] for i in range(64)]
     seen = _count_tokens(rm)
-    got = score_prompt_groups(rm, [prompt], [cands], PAD, "cpu", batch_size=64)
+    got = score_prompt_groups(rm, [prompt], [cands], PAD, "cpu", batch_size=64, pack=pack)
     assert sum(seen) == 40 + 64 * 3
     assert got[0] == pytest.approx(score_ids(rm, [prompt + c for c in cands], PAD, "cpu"), abs=1e-5)
 
@@ -497,18 +503,22 @@ def test_distinct_maps_back():
     assert [out[w] for w in where] == items
 
 
-def test_score_pairs_scores_a_kwise_completion_once(rm):
+@pytest.mark.parametrize("pack", [None, False])
+def test_score_pairs_scores_a_kwise_completion_once(rm, pack):
     full_c, full_r = _kwise_pairs(seed=1)
     rm.eval()
+    packs(rm)
     rows = []
     hook = rm.get_input_embeddings().register_forward_hook(lambda m, i, o: rows.append(o.shape[0]))
     try:
-        rc, rr = score_pairs(rm, full_c, full_r, PAD, "cpu", batch_size=64)
+        rc, rr = score_pairs(rm, full_c, full_r, PAD, "cpu", batch_size=64, pack=pack)
     finally:
         hook.remove()
     assert rc == pytest.approx(score_ids(rm, full_c, PAD, "cpu"), abs=1e-5)
     assert rr == pytest.approx(score_ids(rm, full_r, PAD, "cpu"), abs=1e-5)
-    assert rows == [3, 12]  # 3 prompts, then their 12 distinct completions (not 36)
+    # packed: one row per prompt holding its 4 distinct completions; else 3 prompts, then their 12 distinct
+    # completions (not 36)
+    assert rows == ([3] if pack is None else [3, 12])
 
 
 def test_token_ids_tokenises_each_distinct_text_once_and_equals_the_tokenizer(tokenizer):

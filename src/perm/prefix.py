@@ -27,6 +27,11 @@ tokens alone; Bradley-Terry differences cancel the prompt's part exactly.
 Encoder models (BERT: bidirectional, reward at the first token) cannot share a prompt; they, and caches other
 than plain ``DynamicLayer`` s (sliding windows, linear attention), fall back to full-sequence scoring
 (:func:`score_ids`).
+
+Decoders whose attention takes a block-causal 4-D mask run a prompt and its completions packed into one
+sequence instead (:mod:`perm.packed`; :func:`score_prompt_groups` and ``perm.reward.train_reward_model``
+choose it per model): one dense forward, no gathered cache. The prefill + continuation path here is the
+fallback for the other decoders (an attention implementation that drops a user mask), and ``pack=False``.
 """
 
 from __future__ import annotations
@@ -259,14 +264,20 @@ def score_prompt_groups(
     device,
     batch_size: int = 64,
     progress: Callable[[int, int], None] | None = None,
+    pack: bool | None = None,
+    pack_tokens: int | None = None,
 ) -> list[np.ndarray]:
     """Reward of ``prompt_ids[g] + completion_ids[g][j]`` for every group g and candidate j.
 
     Returns one (len(completion_ids[g]),) float64 array per group, equal to :func:`score_ids` of
-    the concatenated sequences (within float rounding). Decoder models run each prompt once and its
-    candidates as continuations of its cache; encoder models are scored whole. Prompts are batched by length
-    (at most ``batch_size`` prompts and about ``batch_size`` candidates per prefill) and candidates in
-    length-sorted chunks of ``batch_size`` rows, so the gathered cache never exceeds ``batch_size`` rows.
+    the concatenated sequences (within float rounding). Prompts are batched by length (at most
+    ``batch_size`` prompts and about ``batch_size`` candidates per batch, :func:`_prompt_batches`). Decoder
+    models that pack (:func:`perm.packed.packs`) run each batch as one forward of packed rows, a prompt and
+    its candidates per row (rows of at most ``pack_tokens`` tokens or twice the prompt; None: the default of
+    :func:`perm.packed.pack_rows`); other decoders (or ``pack=False``) run each prompt once and its
+    candidates as continuations of its cache, in length-sorted chunks of ``batch_size`` rows, so the
+    gathered cache never exceeds ``batch_size`` rows; encoder models are scored whole.
+    pack: None = packed wherever the model packs; True requires it.
     """
     if len(prompt_ids) != len(completion_ids):
         raise ValueError(f"score_prompt_groups: {len(prompt_ids)} prompts but {len(completion_ids)} groups")
@@ -274,6 +285,14 @@ def score_prompt_groups(
     starts = np.concatenate([[0], np.cumsum(sizes)])
     flat_out = np.empty(int(starts[-1]), dtype=np.float64)
     split = lambda: [flat_out[starts[g] : starts[g + 1]] for g in range(len(sizes))]  # noqa: E731
+    from perm.packed import packs, score_packed  # perm.packed builds on this module
+
+    if pack or (pack is None and packs(model)):
+        if not packs(model):
+            raise ValueError(f"pack=True, but {type(model).__name__} cannot run packed prompt groups")
+        flat_out[:] = score_packed(model, prompt_ids, completion_ids, pad_id, device, batch_size=batch_size,
+                                   progress=progress, pack_tokens=pack_tokens)
+        return split()
     if not shares_prompt(model):
         whole = [list(p) + list(c) for p, cs in zip(prompt_ids, completion_ids, strict=True) for c in cs]
         flat_out[:] = score_ids(model, whole, pad_id, device, batch_size=batch_size, progress=progress)
@@ -435,9 +454,11 @@ def score_pairs(
     pad_id: int,
     device,
     batch_size: int = 64,
+    pack: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rewards (float64) of full chosen and rejected sequences; decoders run each pair's common prefix once, and
-    each distinct completion of a prompt once however many pairs it is in (K-wise comparisons)."""
+    each distinct completion of a prompt once however many pairs it is in (K-wise comparisons), packed or
+    through the prompt's cache (``pack``: as in :func:`score_prompt_groups`)."""
     if not shares_prompt(model):
         return (
             score_ids(model, chosen, pad_id, device, batch_size=batch_size),
@@ -452,7 +473,7 @@ def score_pairs(
         sc[i] = candidates[g].setdefault((*r, *ct[i]), len(candidates[g]))
         sr[i] = candidates[g].setdefault((*r, *rt[i]), len(candidates[g]))
     groups = score_prompt_groups(model, common, [[list(c) for c in cands] for cands in candidates], pad_id, device,
-                                 batch_size=batch_size)
+                                 batch_size=batch_size, pack=pack)
     if not groups:
         return np.empty(0), np.empty(0)
     rc = np.array([groups[g][s] for g, s in zip(owner, sc, strict=True)], dtype=np.float64)

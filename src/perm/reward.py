@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from perm.batching import distinct, pad_batch
 from perm.models import seeded
 from perm.optim import adamw_linear, optimizer_step
+from perm.packed import packs, pair_rewards_packed
 from perm.prefix import (
     UnsharableCache,
     merge_prefixes,
@@ -170,6 +171,7 @@ def train_reward_model(
     prompts: Sequence[Sequence[int]] | None = None,
     eval_prompts: Sequence[Sequence[int]] | None = None,
     share_prompt: bool | None = None,
+    pack: bool | None = None,
     group_by_prompt: bool = False,
     eval_gold_diff: Sequence[float] | None = None,
     accelerator=None,
@@ -180,8 +182,14 @@ def train_reward_model(
     Pairs are full sequences (``chosen[i]``, ``rejected[i]``), or, with ``prompts``, completions: the pair
     is then ``prompts[i] + chosen[i]`` vs ``prompts[i] + rejected[i]`` (likewise ``eval_prompts``).
     share_prompt: run each pair's common prefix (its prompt) once, forward and backward, under both
-    completions (:func:`perm.prefix.pair_rewards_shared`; same loss and gradients up to rounding, fewer
-    FLOPs). None = on for decoder models, off for encoders, which cannot share.
+    completions (same loss and gradients up to rounding, fewer FLOPs). None = on for decoder models, off for
+    encoders, which cannot share.
+    pack: how a shared prompt runs. Packed (:func:`perm.packed.pair_rewards_packed`: a batch's pairs grouped by
+    prompt, each group's prompt and distinct completions as one sequence under a block-causal mask, the
+    batch one dense forward), or a prefill and continuations on its gathered KV cache
+    (:func:`perm.prefix.pair_rewards_shared`). None = packed where the model packs
+    (:func:`perm.packed.packs`, decided once here), else the cache; True requires packing, False the cache.
+    The data order, batches and loss are the same either way.
     eval_gold_diff: gold(chosen) - gold(rejected) of the eval pairs, where known: every eval then reports
     ``gold_accuracy`` too (:func:`evaluate_pairs`); the last eval is of the final weights.
     group_by_prompt: shuffle whole prompts rather than pairs, so the pairs of one prompt (pairs sharing at
@@ -201,6 +209,10 @@ def train_reward_model(
             f"share_prompt=True, but {type(model).__name__} is not a decoder-only model with a KV cache"
         )
     share = can_share if share_prompt is None else share_prompt
+    packed = bool(share) and pack is not False and packs(model)
+    if pack and not packed:
+        raise ValueError(f"pack=True, but {type(model).__name__} cannot run packed prompt groups"
+                         + ("" if share else " (no shared prompt)"))
     split = (
         split_pairs(chosen, rejected, pad_id) if share or group_by_prompt else None
     )  # (prefixes, chosen tails, rejected tails)
@@ -220,7 +232,8 @@ def train_reward_model(
     model, opt, sched = acc.prepare(model, opt, sched)
     device = acc.device
     rng = np.random.default_rng(data_seed)
-    state = {"step": 0, "total_steps": total, "share_prompt": share, "group_by_prompt": group_by_prompt,
+    state = {"step": 0, "total_steps": total, "share_prompt": share, "packed": packed,
+             "group_by_prompt": group_by_prompt,
              "n_prompts": len(groups) if groups is not None else None, "train_loss": [], "evals": []}
 
     def shuffled():
@@ -242,7 +255,7 @@ def train_reward_model(
                 idx = np.array_split(idx, acc.num_processes)[acc.process_index]  # contiguous: keeps prompt groups
             try:
                 rc, rr = _batch_rewards(
-                    model, idx, split if share else None, chosen, rejected, pad_id, device
+                    model, idx, split if share else None, chosen, rejected, pad_id, device, packed
                 )
             except UnsharableCache:  # a cache whose rows cannot be gathered (sliding window, ...)
                 if share_prompt:
@@ -269,12 +282,14 @@ def train_reward_model(
     return state
 
 
-def _batch_rewards(model, idx, split, chosen, rejected, pad_id: int, device):
-    """(B,) chosen and rejected rewards of pairs ``idx``; through their shared prefixes when ``split`` is given."""
+def _batch_rewards(model, idx, split, chosen, rejected, pad_id: int, device, packed: bool = False):
+    """(B,) chosen and rejected rewards of pairs ``idx``; through their shared prefixes when ``split`` is given,
+    packed by prompt (``packed``) or through the prompts' KV cache."""
     if split is None:
         return pair_rewards(model, [chosen[i] for i in idx], [rejected[i] for i in idx], pad_id, device)
     prefixes, chosen_tails, rejected_tails = split
-    return pair_rewards_shared(
+    rewards = pair_rewards_packed if packed else pair_rewards_shared
+    return rewards(
         model,
         [prefixes[i] for i in idx],
         [chosen_tails[i] for i in idx],
