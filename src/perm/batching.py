@@ -48,3 +48,64 @@ def distinct(items: Sequence[Hashable]) -> tuple[list, np.ndarray]:
     first: dict = {}
     where = np.fromiter((first.setdefault(x, len(first)) for x in items), dtype=np.int64, count=len(items))
     return list(first), where
+
+
+def prompt_batches(order: np.ndarray, sizes: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Consecutive prompts of ``order`` (length-sorted), each batch with at most ``batch_size`` prompts and
+    closed as soon as it holds ``batch_size`` candidates or more; prompts without candidates are dropped."""
+    out, cur, n = [], [], 0
+    for g in order:
+        if sizes[g] == 0:
+            continue
+        cur.append(g)
+        n += int(sizes[g])
+        if n >= batch_size or len(cur) >= batch_size:
+            out.append(np.asarray(cur))
+            cur, n = [], 0
+    if cur:
+        out.append(np.asarray(cur))
+    return out
+
+
+def last_real(seq: Sequence[int], pad_id: int) -> int:
+    """Index of the last non-pad token of ``seq`` (0 when it has none)."""
+    return next((i for i in range(len(seq) - 1, -1, -1) if seq[i] != pad_id), 0)
+
+
+def merge_prefixes(
+    prefixes: Sequence[Sequence[int]], min_share: float = 0.5
+) -> tuple[list[list[int]], np.ndarray, list[list[int]]]:
+    """Group sequences that start alike (the same prompt) under one common prefix.
+
+    Returns ``(common, owner, rest)``: ``prefixes[i] == common[owner[i]] + rest[i]``. Sequences are sorted and
+    a run of neighbours joins one group while the group's common prefix stays non-empty and at least
+    ``min_share`` of its longest member, so pairs of one prompt share its forward pass and unrelated prompts
+    that happen to start with the same few tokens do not. Groups are numbered by their first member.
+    """
+    order = sorted(range(len(prefixes)), key=lambda i: tuple(prefixes[i]))
+    members: list[list[int]] = []
+    common_len: list[int] = []
+    longest: list[int] = []
+    for i in order:
+        p = prefixes[i]
+        if members:
+            head = prefixes[members[-1][0]]
+            n = min(common_len[-1], len(p))
+            k = next((j for j in range(n) if head[j] != p[j]), n)
+            if k >= 1 and k >= min_share * max(longest[-1], len(p)):
+                members[-1].append(i)
+                common_len[-1], longest[-1] = k, max(longest[-1], len(p))
+                continue
+        members.append([i])
+        common_len.append(len(p))
+        longest.append(len(p))
+    groups = sorted(range(len(members)), key=lambda g: min(members[g]))
+    owner = np.empty(len(prefixes), dtype=np.int64)
+    common, rest = [], [[] for _ in prefixes]
+    for new, g in enumerate(groups):
+        k = common_len[g]
+        common.append(list(prefixes[members[g][0]][:k]))
+        for i in members[g]:
+            owner[i] = new
+            rest[i] = list(prefixes[i][k:])
+    return common, owner, rest

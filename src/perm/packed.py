@@ -13,7 +13,7 @@ the prompt's tokens run once for all of them (forward and backward), and a batch
 dense forward, right-padded to its longest row (``tests/test_packed.py``: rewards, the Bradley-Terry loss and
 every parameter's gradient equal the full-sequence ones within 1e-5 in fp32).
 
-The read-outs are those of full-sequence scoring (:func:`perm.prefix.readout_of`): ``last`` reads the head at
+The read-outs are those of full-sequence scoring (:func:`perm.readout.readout_of`): ``last`` reads the head at
 the last token of ``prompt + completion`` that is not the config's pad token (in the prompt, where the
 completion has none: transformers' ``*ForSequenceClassification`` rule); ``sum`` / ``mean`` add the head's
 scores over every position of ``prompt + completion`` (the prompt's tokens count once per completion, pad
@@ -37,10 +37,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from perm.batching import distinct
+from perm.batching import distinct, merge_prefixes, prompt_batches
 from perm.kv_cache import forward_params
 from perm.models import reward_head
-from perm.prefix import merge_prefixes, readout_of, shares_prompt
+from perm.readout import readout_of, shares_prompt
 
 PACK_TOKENS = 512  # default cap of a packed row's length (raised to twice the prompt for long prompts)
 MASK_KINDS = {"sdpa": "bool", "eager": "additive"}  # attention implementations that take a user 4-D mask
@@ -295,7 +295,7 @@ def pair_rewards_packed(
     """(B,) rewards of ``prefix + chosen_tail`` and of ``prefix + rejected_tail``, the pairs of one prompt
     packed into one row.
 
-    Pairs whose prefixes start with the same prompt (:func:`perm.prefix.merge_prefixes`) form one group; each
+    Pairs whose prefixes start with the same prompt (:func:`perm.batching.merge_prefixes`) form one group; each
     distinct completion of a group (the rest of its prefix, then its tail) runs once however many pairs it
     is in (K-wise comparisons): the same rewards and, summed over its pairs, the same gradients as running
     every full sequence. With dropout on, one group's completions see its prompt under one dropout mask.
@@ -327,11 +327,10 @@ def score_packed(
 ) -> np.ndarray:
     """(total candidates,) float64 rewards of ``prompt_ids[g] + completion_ids[g][j]``, group-major.
 
-    The prompt batches of :func:`perm.prefix._prompt_batches` (by prompt length, about ``batch_size``
+    The prompt batches of :func:`perm.batching.prompt_batches` (by prompt length, about ``batch_size``
     candidates each), each one forward of packed rows, so that a process scoring a share of those batches
     (``perm.stages.score.job_score`` under several processes) gets the same floats as a single process.
     """
-    from perm.prefix import _prompt_batches
 
     model.eval()
     sizes = np.array([len(c) for c in completion_ids], dtype=np.int64)
@@ -340,7 +339,7 @@ def score_packed(
     flat_group = np.repeat(np.arange(len(sizes)), sizes)
     out = np.empty(len(flat), dtype=np.float64)
     done = 0
-    for group in _prompt_batches(np.argsort([len(p) for p in prompt_ids], kind="stable"), sizes, batch_size):
+    for group in prompt_batches(np.argsort([len(p) for p in prompt_ids], kind="stable"), sizes, batch_size):
         idx = np.concatenate([np.arange(starts[g], starts[g + 1]) for g in group])
         r = group_rewards(model, prompt_ids, flat_group[idx], [flat[k] for k in idx], pad_id, device,
                           PACK_TOKENS if pack_tokens is None else pack_tokens)

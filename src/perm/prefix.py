@@ -43,33 +43,18 @@ import numpy as np
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from perm.batching import distinct, left_padded_positions, length_batches, pad_batch
-from perm.kv_cache import cache_kwarg, cache_of, forward_params, plain_dynamic_layers
-from perm.models import is_encoder_only, reward_head
-
-READOUTS = ("last", "sum", "mean")
-READOUT_KEY = "perm_reward_readout"  # config.json attribute of a saved RM; absent = "last"
-
-
-def readout_of(model) -> str:
-    """How ``model`` turns hidden states into one reward: ``last`` (absent attribute), ``sum`` or ``mean``."""
-    cfg = getattr(model, "module", model).config
-    r = getattr(cfg, READOUT_KEY, None) or "last"
-    if r not in READOUTS:
-        raise ValueError(f"{type(model).__name__}: config {READOUT_KEY}={r!r}; expected one of {READOUTS}")
-    return r
-
-
-def set_readout(model, readout: str) -> None:
-    """Record the read-out in the model's config (saved with it); ``sum`` / ``mean`` need a decoder model."""
-    if readout not in READOUTS:
-        raise ValueError(f"readout {readout!r}: expected one of {READOUTS}")
-    if readout != "last" and not shares_prompt(model):
-        raise ValueError(f"readout {readout!r} needs a decoder-only model; {type(model).__name__} reads its reward "
-                         "at one token (use readout: last)")
-    cfg = getattr(model, "module", model).config
-    if readout != "last" or hasattr(cfg, READOUT_KEY):  # a plain RM's config.json stays as before
-        setattr(cfg, READOUT_KEY, readout)
+from perm.batching import (  # noqa: F401  (merge_prefixes re-exported)
+    distinct,
+    last_real,
+    left_padded_positions,
+    length_batches,
+    merge_prefixes,
+    pad_batch,
+    prompt_batches,
+)
+from perm.kv_cache import cache_kwarg, cache_of, plain_dynamic_layers
+from perm.models import reward_head
+from perm.readout import READOUT_KEY, READOUTS, readout_of, set_readout, shares_prompt  # noqa: F401
 
 
 def _forward(model, mask: torch.Tensor, **kw):
@@ -96,20 +81,6 @@ def sequence_rewards(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tens
     """(n,) rewards of right-padded full sequences ``ids`` (mask 1 on real tokens), by the model's read-out."""
     out, scores = _forward(model, mask, input_ids=ids, attention_mask=mask)
     return _pooled(model, out, scores, mask.sum(1))
-
-
-def shares_prompt(model) -> bool:
-    """True if ``model`` is a decoder-only reward model whose forward takes a KV cache and position ids."""
-    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
-    cfg = model.config
-    if (
-        is_encoder_only(cfg)
-        or getattr(cfg, "is_encoder_decoder", False)
-        or not getattr(cfg, "is_causal", True)
-    ):
-        return False
-    params = forward_params(model)
-    return "position_ids" in params and bool({"cache", "past_key_values"} & params)
 
 
 # ------------------------------------------------------------------------------------------ one forward
@@ -271,7 +242,7 @@ def score_prompt_groups(
 
     Returns one (len(completion_ids[g]),) float64 array per group, equal to :func:`score_ids` of
     the concatenated sequences (within float rounding). Prompts are batched by length (at most
-    ``batch_size`` prompts and about ``batch_size`` candidates per batch, :func:`_prompt_batches`). Decoder
+    ``batch_size`` prompts and about ``batch_size`` candidates per batch, :func:`perm.batching.prompt_batches`). Decoder
     models that pack (:func:`perm.packed.packs`) run each batch as one forward of packed rows, a prompt and
     its candidates per row (rows of at most ``pack_tokens`` tokens or twice the prompt; None: the default of
     :func:`perm.packed.pack_rows`); other decoders (or ``pack=False``) run each prompt once and its
@@ -305,7 +276,7 @@ def score_prompt_groups(
     whole = list(np.flatnonzero(~readable))  # flat indices scored as full sequences
     local = np.zeros(len(sizes), dtype=np.int64)
     done, total, can_share = 0, len(flat), True
-    for group in _prompt_batches(np.argsort([len(p) for p in prompt_ids], kind="stable"), sizes, batch_size):
+    for group in prompt_batches(np.argsort([len(p) for p in prompt_ids], kind="stable"), sizes, batch_size):
         idx = np.concatenate([np.arange(starts[g], starts[g + 1]) for g in group])
         idx = idx[readable[idx]]
         if len(idx) == 0:
@@ -333,23 +304,6 @@ def score_prompt_groups(
     return split()
 
 
-def _prompt_batches(order: np.ndarray, sizes: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Consecutive prompts of ``order`` (length-sorted), each batch with at most ``batch_size`` prompts and
-    closed as soon as it holds ``batch_size`` candidates or more; prompts without candidates are dropped."""
-    out, cur, n = [], [], 0
-    for g in order:
-        if sizes[g] == 0:
-            continue
-        cur.append(g)
-        n += int(sizes[g])
-        if n >= batch_size or len(cur) >= batch_size:
-            out.append(np.asarray(cur))
-            cur, n = [], 0
-    if cur:
-        out.append(np.asarray(cur))
-    return out
-
-
 # ------------------------------------------------------------------------------------------------ pairs
 
 
@@ -365,54 +319,11 @@ def split_pairs(
     for a, b in zip(chosen, rejected, strict=True):
         n = min(len(a), len(b))
         k = next((i for i in range(n) if a[i] != b[i]), n)
-        k = min(k, _last_real(a, pad_id), _last_real(b, pad_id))
+        k = min(k, last_real(a, pad_id), last_real(b, pad_id))
         prefixes.append(list(a[:k]))
         ct.append(list(a[k:]))
         rt.append(list(b[k:]))
     return prefixes, ct, rt
-
-
-def _last_real(seq: Sequence[int], pad_id: int) -> int:
-    return next((i for i in range(len(seq) - 1, -1, -1) if seq[i] != pad_id), 0)
-
-
-def merge_prefixes(
-    prefixes: Sequence[Sequence[int]], min_share: float = 0.5
-) -> tuple[list[list[int]], np.ndarray, list[list[int]]]:
-    """Group sequences that start alike (the same prompt) under one common prefix.
-
-    Returns ``(common, owner, rest)``: ``prefixes[i] == common[owner[i]] + rest[i]``. Sequences are sorted and
-    a run of neighbours joins one group while the group's common prefix stays non-empty and at least
-    ``min_share`` of its longest member, so pairs of one prompt share its forward pass and unrelated prompts
-    that happen to start with the same few tokens do not. Groups are numbered by their first member.
-    """
-    order = sorted(range(len(prefixes)), key=lambda i: tuple(prefixes[i]))
-    members: list[list[int]] = []
-    common_len: list[int] = []
-    longest: list[int] = []
-    for i in order:
-        p = prefixes[i]
-        if members:
-            head = prefixes[members[-1][0]]
-            n = min(common_len[-1], len(p))
-            k = next((j for j in range(n) if head[j] != p[j]), n)
-            if k >= 1 and k >= min_share * max(longest[-1], len(p)):
-                members[-1].append(i)
-                common_len[-1], longest[-1] = k, max(longest[-1], len(p))
-                continue
-        members.append([i])
-        common_len.append(len(p))
-        longest.append(len(p))
-    groups = sorted(range(len(members)), key=lambda g: min(members[g]))
-    owner = np.empty(len(prefixes), dtype=np.int64)
-    common, rest = [], [[] for _ in prefixes]
-    for new, g in enumerate(groups):
-        k = common_len[g]
-        common.append(list(prefixes[members[g][0]][:k]))
-        for i in members[g]:
-            owner[i] = new
-            rest[i] = list(prefixes[i][k:])
-    return common, owner, rest
 
 
 def pair_rewards_shared(
