@@ -182,13 +182,13 @@ def job_score(run_dir: str, out_rel: str, *, model_dir: str, model_id: str, max_
     else:
         from accelerate.utils import gather_object
 
-        from perm.batching import length_batches
-        from perm.prefix import _prompt_batches, score_ids, shares_prompt
+        from perm.batching import length_batches, prompt_batches
+        from perm.prefix import score_ids, shares_prompt
 
         none = np.empty(0, dtype=np.int64)
         if shares_prompt(model):  # the prompt batches score_prompt_groups forms; a rank's share re-forms them
             order = np.argsort([len(p) for p in p_ids], kind="stable")
-            plan = _prompt_batches(order, np.array([len(c) for c in c_ids], dtype=np.int64), batch_size)
+            plan = prompt_batches(order, np.array([len(c) for c in c_ids], dtype=np.int64), batch_size)
             mine = np.sort(np.concatenate([none, *plan[state.process_index :: state.num_processes]]))
             got = score_prompt_groups(model, [p_ids[g] for g in mine], [c_ids[g] for g in mine],
                                       tok.pad_token_id, dev, batch_size=batch_size, progress=bar)
