@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from perm.config import ConfigError, RunConfig, load_config
-from perm.progress import Progress
+from perm.progress import DEFAULT_EVERY, Progress
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Reward-model underspecification and pretrain-ensemble reward models.")
@@ -24,6 +24,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 Args = Annotated[list[str] | None, typer.Argument(help="[CONFIG.yaml] then key=value overrides")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print errors only.")]
 JsonLog = Annotated[bool, typer.Option("--json-log", help="One JSON object per progress event (stderr).")]
+ProgressEvery = Annotated[float, typer.Option(
+    "--progress-every", min=0.001, metavar="SECONDS",
+    help="Seconds of wall time between two progress lines of a long job (off a terminal; on one, bars).")]
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -55,14 +58,15 @@ def _resolve(args: list[str] | None) -> RunConfig:
     return load_config(path, args)
 
 
-def _progress(quiet: bool, json_log: bool) -> Progress:
-    return Progress("quiet" if quiet else "json" if json_log else "normal")
+def _progress(quiet: bool, json_log: bool, every: float = DEFAULT_EVERY) -> Progress:
+    return Progress("quiet" if quiet else "json" if json_log else "normal", every=every)
 
 
 INTERRUPTED = "interrupted: completed stages and jobs are kept; rerun the same command to resume"
 
 
-def _run(stage: str, args, quiet: bool, json_log: bool, rewards: str | None = None, models: str | None = None) -> None:
+def _run(stage: str, args, quiet: bool, json_log: bool, rewards: str | None = None, models: str | None = None,
+         every: float = DEFAULT_EVERY) -> None:
     """One writing command. Exit codes: 0 done; 2 bad input or the run directory locked by another process;
     130 interrupted (Ctrl-C); 1 a job failed (a worker died or a job raised; 2 if what it raised is bad input).
 
@@ -87,7 +91,7 @@ def _run(stage: str, args, quiet: bool, json_log: bool, rewards: str | None = No
             lock = _lock_run(cfg.out)
             from perm.pipeline import Pipeline
 
-            pipe = Pipeline(cfg, _progress(quiet, json_log))
+            pipe = Pipeline(cfg, _progress(quiet, json_log, every))
             if rewards is not None:
                 fn = pipe.analyze if stage == "analyze" else pipe.report
                 result = fn(Path(rewards), Path(models))
@@ -154,9 +158,10 @@ def _after_stop(lock) -> None:
 
 
 @app.command()
-def run(args: Args = None, quiet: Quiet = False, json_log: JsonLog = False) -> None:
+def run(args: Args = None, quiet: Quiet = False, json_log: JsonLog = False,
+        progress_every: ProgressEvery = DEFAULT_EVERY) -> None:
     """Run every stage (skipping those already complete) and print where the report is."""
-    _run("run", args, quiet, json_log)
+    _run("run", args, quiet, json_log, every=progress_every)
 
 
 @app.command()
@@ -166,33 +171,38 @@ def testbed(args: Args = None, quiet: Quiet = False, json_log: JsonLog = False) 
 
 
 @app.command()
-def pretrain(args: Args = None, quiet: Quiet = False, json_log: JsonLog = False) -> None:
+def pretrain(args: Args = None, quiet: Quiet = False, json_log: JsonLog = False,
+             progress_every: ProgressEvery = DEFAULT_EVERY) -> None:
     """Pretrain the seed-varied backbones (or register existing checkpoints)."""
-    _run("pretrain", args, quiet, json_log)
+    _run("pretrain", args, quiet, json_log, every=progress_every)
 
 
 @app.command("train-rm")
-def train_rm(args: Args = None, quiet: Quiet = False, json_log: JsonLog = False) -> None:
+def train_rm(args: Args = None, quiet: Quiet = False, json_log: JsonLog = False,
+             progress_every: ProgressEvery = DEFAULT_EVERY) -> None:
     """Finetune the reward-model grid and the evaluator."""
-    _run("train-rm", args, quiet, json_log)
+    _run("train-rm", args, quiet, json_log, every=progress_every)
 
 
 @app.command()
-def sft(args: Args = None, quiet: Quiet = False, json_log: JsonLog = False) -> None:
+def sft(args: Args = None, quiet: Quiet = False, json_log: JsonLog = False,
+        progress_every: ProgressEvery = DEFAULT_EVERY) -> None:
     """Train the SFT policy (summary tokens only), or register policy.checkpoint."""
-    _run("sft", args, quiet, json_log)
+    _run("sft", args, quiet, json_log, every=progress_every)
 
 
 @app.command()
-def sample(args: Args = None, quiet: Quiet = False, json_log: JsonLog = False) -> None:
+def sample(args: Args = None, quiet: Quiet = False, json_log: JsonLog = False,
+           progress_every: ProgressEvery = DEFAULT_EVERY) -> None:
     """Sample a pool of candidates (+ reference samples) per eval prompt into samples.parquet."""
-    _run("sample", args, quiet, json_log)
+    _run("sample", args, quiet, json_log, every=progress_every)
 
 
 @app.command()
-def score(args: Args = None, quiet: Quiet = False, json_log: JsonLog = False) -> None:
+def score(args: Args = None, quiet: Quiet = False, json_log: JsonLog = False,
+          progress_every: ProgressEvery = DEFAULT_EVERY) -> None:
     """Score every sample with every RM, the evaluator and the gold reward: rewards.parquet, models.parquet."""
-    _run("score", args, quiet, json_log)
+    _run("score", args, quiet, json_log, every=progress_every)
 
 
 Checkpoint = Annotated[str, typer.Argument(help="A checkpoint folder, or a hub id (org/name or org/name@revision)")]
@@ -230,16 +240,16 @@ Models = Annotated[str | None, typer.Option("--models", help="... and its models
 
 @app.command()
 def analyze(args: Args = None, rewards: Rewards = None, models: Models = None, quiet: Quiet = False,
-            json_log: JsonLog = False) -> None:
+            json_log: JsonLog = False, progress_every: ProgressEvery = DEFAULT_EVERY) -> None:
     """Compute the figures' and Table 1's numbers (this run's reward tensor, or --rewards/--models)."""
-    _run("analyze", args, quiet, json_log, rewards, models)
+    _run("analyze", args, quiet, json_log, rewards, models, every=progress_every)
 
 
 @app.command()
 def report(args: Args = None, rewards: Rewards = None, models: Models = None, quiet: Quiet = False,
-           json_log: JsonLog = False) -> None:
+           json_log: JsonLog = False, progress_every: ProgressEvery = DEFAULT_EVERY) -> None:
     """Write report/index.html, the figures and table1.md."""
-    _run("report", args, quiet, json_log, rewards, models)
+    _run("report", args, quiet, json_log, rewards, models, every=progress_every)
 
 
 @app.command()

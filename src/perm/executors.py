@@ -13,6 +13,8 @@ import signal
 import time
 import weakref
 
+from perm.progress import DEFAULT_EVERY, Forward, reporting
+
 RESUME = "completed jobs are kept; rerun the same perm command to resume"
 
 
@@ -71,10 +73,10 @@ class PoolExecutor:
     threads, seeds and accelerate state, as the sequential executor (all jobs in one process) relies on too,
     and the pool's results equal the sequential run's byte for byte (tests/test_e2e.py).
 
-    Workers report each job's start and end on an event queue (a ``multiprocessing.SimpleQueue``: a put is
-    written to its pipe before the job runs, so it reaches the driver before the job's result), which is how
-    the driver knows when a job really starts (``on_start``), and which job each worker process was running
-    when one dies. A dead worker's exit status is read from the pool's process objects after the pool shut
+    Workers report each job's start, progress and end on an event queue (a ``multiprocessing.SimpleQueue``: a
+    put is written to its pipe before the job goes on, so it reaches the driver before the job's result), which
+    is how the driver knows when a job really starts (``on_start``), how far it is (``on_progress``), and which
+    job each worker process was running when one dies. A dead worker's exit status is read from the pool's process objects after the pool shut
     down (``ProcessPoolExecutor._processes``, pid -> ``multiprocessing.Process``; the pool reaps them), so
     SIGKILL reads as -9. In a worker, SIGINT (Ctrl-C reaches the whole process group) or SIGTERM (the pool's
     terminate, :func:`stop_workers`) interrupts a running job, whose ``finally`` blocks run (atomic writes
@@ -84,13 +86,18 @@ class PoolExecutor:
     def __init__(self, workers: int):
         self.workers = workers
 
-    def map_as_completed(self, fn, kwargs_list: list[dict], on_start=None):
+    def map_as_completed(self, fn, kwargs_list: list[dict], on_start=None, on_progress=None,
+                         progress_every: float = DEFAULT_EVERY):
         """Yield (index, (info, wall_s)) as jobs finish.
 
         on_start: optional ``on_start(index)``, called in this process when job `index` starts in a worker
         (not when it is queued), always before that job's result is yielded, in the order the workers
         reported starts and ends (a job that starts after another ended is announced after that one's result
         is yielded).
+
+        on_progress: optional ``on_progress(index, tick)``, called in this process with each
+        :class:`perm.progress.Tick` job `index` reports (its bars from :func:`perm.progress.job_bar` send
+        one every `progress_every` seconds over the event queue), before that job's result is yielded.
 
         When a job raises, pending jobs are cancelled, running ones still finish and are yielded, then a
         :class:`JobFailedError` naming the job and its exception is raised (the exception is its cause).
@@ -117,7 +124,8 @@ class PoolExecutor:
         error: JobFailedError | None = None
         broken = False
         try:
-            futures = [ex.submit(_pool_call, fn, kw, i) for i, kw in enumerate(kwargs_list)]
+            every = progress_every if on_progress is not None else None
+            futures = [ex.submit(_pool_call, fn, kw, i, every) for i, kw in enumerate(kwargs_list)]
             pending = set(range(len(futures)))
 
             def announce(i: int) -> None:
@@ -151,8 +159,12 @@ class PoolExecutor:
             while pending and not broken:
                 wait([futures[i] for i in pending], timeout=0.2, return_when=FIRST_COMPLETED)
                 while not events.empty():
-                    kind, i, pid = events.get()
-                    if kind == "start":
+                    kind, i, pid, *tick = events.get()
+                    if kind == "progress":
+                        if i in pending:
+                            announce(i)
+                            on_progress(i, tick[0])
+                    elif kind == "start":
                         started[i] = pid
                         announce(i)
                     elif i in pending:  # "end": its result follows at once (or the pool broke)
@@ -262,9 +274,10 @@ def _on_stop_signal(signum, frame) -> None:
     raise _Stopped(signum)
 
 
-def _pool_call(fn, kw, index: int):
-    """A job in a pool worker: report its start and end on the event queue; a stop signal ends the worker
-    after the job's cleanup ran (it does not take another job)."""
+def _pool_call(fn, kw, index: int, progress_every: float | None = None):
+    """A job in a pool worker: report its start and end on the event queue, and, given `progress_every`, its
+    progress (``("progress", index, pid, tick)``); a stop signal ends the worker after the job's cleanup ran
+    (it does not take another job)."""
     import os
 
     global _RUNNING
@@ -272,7 +285,11 @@ def _pool_call(fn, kw, index: int):
         _EVENTS.put(("start", index, os.getpid()))
     _RUNNING = True
     try:
-        return _timed_call(fn, kw)
+        if _EVENTS is None or progress_every is None:
+            return _timed_call(fn, kw)
+        events, pid = _EVENTS, os.getpid()
+        with reporting(Forward(lambda tick: events.put(("progress", index, pid, tick)), progress_every)):
+            return _timed_call(fn, kw)
     except _Stopped as e:
         os._exit(128 + e.args[0])
     finally:
@@ -321,25 +338,49 @@ class RayExecutor:
                 ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
         self.opts = {"num_cpus": num_cpus, "num_gpus": num_gpus}
 
-    def map_as_completed(self, fn, kwargs_list: list[dict], on_start=None):
+    def map_as_completed(self, fn, kwargs_list: list[dict], on_start=None, on_progress=None,
+                         progress_every: float = DEFAULT_EVERY):
         """Yield (index, result) as tasks finish, so each finished job is recorded before a failure elsewhere.
 
         on_start(index) is called when a task is submitted: Ray's scheduler, not perm, decides when it runs
-        (on a cluster with room, all run at once). A task that raises (``RayTaskError``) or whose worker dies
-        (``WorkerCrashedError``, Ray's ``OutOfMemoryError``, a lost node) becomes a :class:`JobFailedError`
-        once the other tasks, already submitted, have finished and been yielded. On KeyboardInterrupt the
-        tasks are cancelled (interrupted, so their temp files are removed)."""
-        remote = self.ray.remote(**self.opts)(_timed_call)
+        (on a cluster with room, all run at once). on_progress(index, tick): each
+        :class:`perm.progress.Tick` task `index` reports (one every `progress_every` seconds), sent over a
+        ``ray.util.queue.Queue`` (the driver keeps ``log_to_driver`` off) and read here between waits. A task
+        that raises (``RayTaskError``) or whose worker dies (``WorkerCrashedError``, Ray's
+        ``OutOfMemoryError``, a lost node) becomes a :class:`JobFailedError` once the other tasks, already
+        submitted, have finished and been yielded. On KeyboardInterrupt the tasks are cancelled (interrupted,
+        so their temp files are removed)."""
+        queue = empty = None
+        if on_progress is not None:
+            queue, empty = self._progress_queue()
+            remote = self.ray.remote(**self.opts)(_ray_call)
+        else:
+            remote = self.ray.remote(**self.opts)(_timed_call)
         refs = {}
         for i, kw in enumerate(kwargs_list):
-            refs[remote.remote(fn, kw)] = i
+            refs[remote.remote(fn, kw) if queue is None else remote.remote(fn, kw, i, queue, progress_every)] = i
             if on_start is not None:
                 on_start(i)
         pending = list(refs)
         error: JobFailedError | None = None
+
+        def drain() -> None:
+            while True:
+                try:
+                    i, tick = queue.get_nowait()
+                except empty:
+                    return
+                on_progress(i, tick)
+
         try:
             while pending:
-                done, pending = self.ray.wait(pending, num_returns=1)
+                if queue is None:
+                    done, pending = self.ray.wait(pending, num_returns=1)
+                else:
+                    done, pending = self.ray.wait(pending, num_returns=1, timeout=1.0)
+                    drain()
+                    if not done:
+                        continue
                 i = refs[done[0]]
                 try:
                     result = self.ray.get(done[0])
@@ -356,8 +397,26 @@ class RayExecutor:
                 except Exception:  # noqa: BLE001 - best effort: the driver is stopping
                     pass
             raise
+        finally:
+            if queue is not None:
+                try:
+                    queue.shutdown()
+                except Exception:  # noqa: BLE001 - best effort: the queue's actor is only ours
+                    pass
         if error is not None:
             raise error
+
+    def _progress_queue(self):
+        """A Ray queue for the tasks' progress, and the exception its ``get_nowait`` raises when empty."""
+        from ray.util.queue import Empty, Queue
+
+        return Queue(), Empty
+
+
+def _ray_call(fn, kw, index: int, queue, progress_every: float):
+    """A job as a Ray task whose progress goes to the driver over `queue` as ``(index, tick)``."""
+    with reporting(Forward(lambda tick: queue.put_nowait((index, tick)), progress_every)):
+        return _timed_call(fn, kw)
 
 
 def _ray_failure(ray, e: Exception) -> str:

@@ -14,8 +14,9 @@ from pathlib import Path
 from perm.config import RunConfig, dump_config
 from perm.executors import LocalExecutor, PoolExecutor, RayExecutor
 from perm.progress import Progress
-from perm.stages import STAGES
+from perm.stages import MODULES, STAGES
 from perm.stages._context import Context
+from perm.stages._plan import Work, format_plan
 from perm.stages.policy_prefs import job_policy_prefs
 from perm.stages.pretrain import job_pretrain
 from perm.stages.sample import job_sample
@@ -78,14 +79,39 @@ class Pipeline:
         """report/index.html, figures and table1.md (from this run's tensor, or a user's)."""
         return self.ctx.need("report", rewards, models)
 
+    def plan(self, stage: str = "run") -> list[Work]:
+        """The planned work of `stage` and every stage it needs (``run``: all), in the stage graph's order: the
+        jobs of each stage with long jobs (perm.stages._plan), whether or not they are complete already, and
+        what a stage without jobs loads instead. A stage whose ``work`` is None runs nothing for this config,
+        and needs nothing through it (policy-prefs with the testbed's pairs)."""
+        works: dict[str, Work | None] = {}
+        todo = ["report" if stage == "run" else stage]
+        while todo:
+            name = todo.pop()
+            if name in works:
+                continue
+            module = STAGES[name]
+            works[name] = module.work(self.cfg, self.root) if hasattr(module, "work") else None
+            if works[name] is not None or not hasattr(module, "work"):
+                todo += module.NEEDS
+        return [w for m in MODULES if (w := works.get(m.NAME)) is not None and (w.jobs or w.note)]
+
     def run(self, stage: str = "run"):
-        """Run `stage` and everything it needs; returns a short human-readable result."""
+        """Run `stage` and everything it needs, after printing the work planned (:meth:`plan`); returns a short
+        human-readable result."""
+        if stage != "run" and stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; known: run, {', '.join(STAGES)}")
+        works = self.plan(stage)
+        if self.log.mode == "json":
+            for w in works:
+                self.log.event(w.stage, "plan", **w.fields())
+        else:
+            for line in format_plan(works, self.log.every):
+                self.log.note(line)
         if stage == "run":
             out = self.report()
             self.log.event("run", "done", report=str(out))
             return f"report: {out}"
-        if stage not in STAGES:
-            raise ValueError(f"unknown stage {stage!r}; known: run, {', '.join(STAGES)}")
         result = self.ctx.need(stage)
         if stage == "testbed":
             return self.root / "data"

@@ -22,8 +22,9 @@ from pathlib import Path
 
 from perm.config import RunConfig
 from perm.executors import LocalExecutor, PoolExecutor, RayExecutor, _usable_cpus
-from perm.progress import Progress
+from perm.progress import Progress, StageProgress, Watched, reporting
 from perm.stages._checkpoints import Checkpoints
+from perm.stages._plan import Work, format_work
 from perm.store import RunStore, hash_obj, read_column  # noqa: F401  (read_column: for the stages)
 
 
@@ -146,8 +147,10 @@ class Context:
     # ------------------------------------------------------------------------------------ job settings
 
     @property
-    def show_bars(self) -> bool:
-        return self.log.mode == "normal" and isinstance(self.executor, LocalExecutor)
+    def show_progress(self) -> bool:
+        """Whether jobs report their progress: in every mode but quiet, wherever they run (a worker's reports
+        reach this process, which prints them under the job's name)."""
+        return self.log.mode != "quiet"
 
     @property
     def job_threads(self) -> int | None:
@@ -159,7 +162,7 @@ class Context:
     def job_env(self, pooled: bool = True) -> dict:
         """The keyword arguments every training / sampling job takes; `pooled` jobs may run in workers."""
         return {"device": self.cfg.device, "threads": self.job_threads if pooled else self.cfg.threads,
-                "precision": self.cfg.precision, "attention": self.cfg.attention, "show_progress": self.show_bars}
+                "precision": self.cfg.precision, "attention": self.cfg.attention, "show_progress": self.show_progress}
 
     # ------------------------------------------------------------------------------------ bookkeeping
 
@@ -190,46 +193,63 @@ class Context:
         if announce:
             self.log.event(name, "start", **start)
         t0 = time.perf_counter()
-        info = fn() or None
+        with reporting(self.log):  # a job run here draws its bar (or prints its lines) in this run's mode
+            info = fn() or None
         self.done(name, key, outputs, t0, seeds=seeds(info or {}) if callable(seeds) else seeds, info=info)
         return True
 
-    def run_jobs(self, fn, todo: list[tuple[str, dict]], keys: Mapping[str, str], seeds_of,
+    def run_jobs(self, fn, todo: list[tuple[str, dict]], keys: Mapping[str, str], seeds_of, *, work: Work,
                  pool: bool = True) -> None:
         """Run the jobs of `todo` ((name, kwargs) each) and record each in the manifest as it finishes.
 
+        work: the stage's planned work (its module's ``work``): printed for the jobs left to run before they
+        start, and the totals of the stage's bar of all its jobs (perm.progress.StageProgress: its rate and
+        ETA are the stage's). Each job reports its own progress under its name: a job run here through this
+        run's Progress, a worker's or Ray task's over the executor's queue, printed here.
         pool=False keeps them in this process even with `workers` > 1 (short jobs that share a cache here)."""
         if not todo:
             return
-        if isinstance(self.executor, LocalExecutor) or (isinstance(self.executor, PoolExecutor) and not pool):
-            # one at a time, so that each finished job is recorded before the next starts (resume granularity)
-            for name, kw in todo:
-                self.store.mark_running(name, keys[name])
-                self.log.event(name, "start")
-                t0 = time.perf_counter()
-                info = fn(**kw)
-                self.done(name, keys[name], [kw["out_rel"]], t0, seeds=seeds_of(kw),
-                          info=info | {"threads": kw.get("threads")})
-            return
+        names = [name for name, _ in todo]
+        here = isinstance(self.executor, LocalExecutor) or (isinstance(self.executor, PoolExecutor) and not pool)
         ray = isinstance(self.executor, RayExecutor)
         executor = "ray" if ray else f"{self.cfg.workers} workers"
-        for name, _ in todo:
-            self.store.mark_running(name, keys[name])
-
-        def started(i: int) -> None:  # when a worker really starts job i (Ray: when it is submitted)
-            self.log.event(todo[i][0], "queued" if ray else "start", executor=executor)
-
-        bar = self.log.bar(f"{len(todo)} jobs", len(todo))  # a terminal only: ETA of the stage's jobs
-        finished = 0
+        left = work.only(names)
+        where = "in this process" if here else "as Ray tasks" if ray else f"on {executor}"
+        self.log.plan(left.stage, f"{left.stage}: {format_work(left)}, {where}", status="jobs", **left.fields(),
+                      where=where)
+        stage_bar = StageProgress(self.log, left.stage, work.planned(names), unit=work.unit, scale=work.scale)
         try:
-            for i, (info, wall) in self.executor.map_as_completed(fn, [kw for _, kw in todo], on_start=started):
+            if here:
+                # one at a time, so that each finished job is recorded before the next starts (resume granularity)
+                for i, (name, kw) in enumerate(todo):
+                    self.store.mark_running(name, keys[name])
+                    self.log.event(name, "start")
+                    t0 = time.perf_counter()
+                    with reporting(Watched(self.log, lambda done, total, i=i: stage_bar.update(i, done, total))):
+                        info = fn(**kw)
+                    self.done(name, keys[name], [kw["out_rel"]], t0, seeds=seeds_of(kw),
+                              info=info | {"threads": kw.get("threads")})
+                    stage_bar.job_done(i)
+                return
+            for name, _ in todo:
+                self.store.mark_running(name, keys[name])
+
+            def started(i: int) -> None:  # when a worker really starts job i (Ray: when it is submitted)
+                self.log.event(todo[i][0], "queued" if ray else "start", executor=executor)
+
+            def progressed(i: int, tick) -> None:  # a worker's job reports its progress
+                self.log.tick(todo[i][0], tick)
+                stage_bar.update(i, tick.done, tick.total)
+
+            for i, (info, wall) in self.executor.map_as_completed(fn, [kw for _, kw in todo], on_start=started,
+                                                                  on_progress=progressed,
+                                                                  progress_every=self.log.every):
                 name, kw = todo[i]
                 self.done(name, keys[name], [kw["out_rel"]], time.perf_counter() - wall, seeds=seeds_of(kw),
                           info=info | {"threads": kw.get("threads")})
-                finished += 1
-                bar(finished, len(todo))
+                stage_bar.job_done(i)
         finally:
-            bar.close()
+            stage_bar.close()
 
 
 def torch_setup(device: str, threads: int | None):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from perm.config import RunConfig
-from perm.progress import Progress
+from perm.progress import job_bar
 from perm.stages._context import (
     Context,
     autocast,
@@ -26,6 +26,7 @@ from perm.stages._context import (
     stage_key,
     torch_setup,
 )
+from perm.stages._plan import Work, parquet_rows
 from perm.stages.sft import sft_heldout
 from perm.store import derive_seed
 
@@ -67,6 +68,43 @@ def samples_per_post(cfg: RunConfig) -> int:
     """Samples the policy draws per sft_train post: K (K-wise) or two per disjoint pair."""
     c = cfg.reward
     return c.policy_kwise if c.policy_kwise else 2 * c.policy_pairs_per_post
+
+
+def pairs_per_post(cfg: RunConfig) -> int:
+    """Pairs drawn per post before ties are dropped: C(K, 2) K-wise, else `policy_pairs_per_post`."""
+    c = cfg.reward
+    return c.policy_kwise * (c.policy_kwise - 1) // 2 if c.policy_kwise else c.policy_pairs_per_post
+
+
+def pair_count(cfg: RunConfig, root: Path, files: tuple[str, ...]) -> tuple[int | None, str]:
+    """Training pairs in `files` together: their rows where every file exists; else, for files not written
+    yet, what the config draws, with why that is an upper bound (policy pairs: ties are dropped), or None
+    for pairs a user's data brings that are not imported yet."""
+    n, bound = 0, ""
+    t, undrawn = cfg.testbed, "policy pairs not drawn yet, ties are dropped"
+    for rel in files:
+        got = parquet_rows(root / rel)
+        if got is None and rel == "policy_prefs.parquet":
+            got, bound = (t.n_sft - sft_heldout(t.n_sft)) * pairs_per_post(cfg), undrawn
+        elif got is None and rel == EVALUATOR_PAIRS:
+            got, bound = extra_posts(cfg) * pairs_per_post(cfg), undrawn
+        elif got is None and rel in TESTBED_PAIRS and cfg.data.prefs is None:
+            got = t.n_prefs_train
+        if got is None:
+            return None, ""
+        n += got
+    return n, bound
+
+
+def work(cfg: RunConfig, root: Path) -> Work | None:
+    """The pair-drawing jobs (policy-prefs, and evaluator-prefs with `evaluator.extra_posts`): posts each,
+    K (or two per pair) samples a post; none with testbed pairs."""
+    if cfg.reward.pairs == "testbed":
+        return None
+    jobs = [("policy-prefs", parquet_rows(root / "data" / "sft_train.parquet") or cfg.testbed.n_sft)]
+    if extra_posts(cfg):
+        jobs.append(("evaluator-prefs", extra_posts(cfg)))
+    return Work(NAME, tuple(jobs), "posts", (samples_per_post(cfg), "samples"))
 
 
 def chunk_prompts(cfg: RunConfig) -> int:
@@ -186,7 +224,7 @@ def job_policy_prefs(run_dir: str, out_rel: str, *, policy: str, pairs_per_post:
     ia, ib = kwise_pairs(kwise) if kwise else (np.arange(0, n_per, 2), np.arange(1, n_per, 2))
     per_post = len(ia)
     t0 = time.perf_counter()
-    bar = Progress("normal" if show_progress else "quiet").bar(out_rel, len(prompts))
+    bar = job_bar(stream, len(prompts), show_progress, unit="posts", scale=(n_per, "samples"))
     first, second, sa, sb = [], [], [], []
     for i in range(0, len(prompts), batch_prompts):
         with autocast(dev, precision):

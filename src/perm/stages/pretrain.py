@@ -9,8 +9,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from perm.config import RunConfig, to_dict
-from perm.progress import Progress
+from perm.progress import job_bar
 from perm.stages._context import Context, data_identity, read_column, stage_key, torch_setup
+from perm.stages._plan import Work
 from perm.store import atomic_path
 
 NAME = "pretrain"
@@ -45,6 +46,19 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
+def work(cfg: RunConfig, root: Path) -> Work:
+    """The pretraining jobs (evaluator's first, as they run) and their optimizer steps of `batch_size`
+    sequences each; none where the backbones are checkpoints."""
+    c, e = cfg.pretrain, cfg.evaluator
+    jobs = [("evaluator/pretrain", e.pretrain_steps)] if e.enabled and not e.checkpoint else []
+    if not c.checkpoints:
+        jobs += [(f"pretrain/{pid}", c.steps) for pid in c.pretrain_ids()]
+    loaded = f"loads {len(c.checkpoints)} backbone checkpoints" if c.checkpoints else ""
+    if e.enabled and e.checkpoint:
+        loaded += (" and " if loaded else "loads ") + "the evaluator's"
+    return Work(NAME, tuple(jobs), "steps", (c.batch_size, "sequences"), note=loaded)
+
+
 def seeds_of(kw: dict) -> dict:
     """The seeds a pretrain job records in the manifest."""
     return {"init_seed": kw["init_seed"], "data_seed": kw["data_seed"]}
@@ -71,7 +85,7 @@ def run(ctx: Context) -> dict[str, str]:
         todo.insert(0, (name, dict(env, out_rel=name, init_seed=e.pretrain_seed, data_seed=e.pretrain_seed,
                                    backbone=to_dict(e.backbone), train=evaluator_train_args(cfg))))
     # the longest job (the evaluator's) first, so parallel workers finish together
-    ctx.run_jobs(job_pretrain, todo, all_keys, seeds_of=seeds_of)
+    ctx.run_jobs(job_pretrain, todo, all_keys, seeds_of=seeds_of, work=work(cfg, ctx.root))
     if c.checkpoints:
         return _registered(ctx)
     return {pid: str(ctx.root / f"pretrain/{pid}") for pid in c.pretrain_ids()}
@@ -102,7 +116,7 @@ def job_pretrain(run_dir: str, out_rel: str, *, init_seed: int, data_seed: int, 
     train_blocks, held = pack_corpus(texts, tok, train["seq_len"])
     cfg = gpt_neox_config(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                           **backbone)
-    bar = Progress("normal" if show_progress else "quiet").bar(out_rel, train["steps"])
+    bar = job_bar(out_rel, train["steps"], show_progress, scale=(train["batch_size"], "sequences"))
     ckpt = run / ".checkpoints" / out_rel
     model, info = pretrain(config=cfg, train_blocks=train_blocks, heldout_blocks=held, init_seed=init_seed,
                            data_seed=data_seed, device=dev, progress=bar, bf16=precision == "bf16",

@@ -11,8 +11,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from perm.config import RunConfig, to_dict
-from perm.progress import Progress
+from perm.progress import job_bar
 from perm.stages._context import Context, autocast, data_identity, policy_identity, stage_key, torch_setup
+from perm.stages._plan import Work, parquet_rows
 from perm.store import derive_seed
 
 NAME = "sample"
@@ -26,6 +27,24 @@ def sampling_args(cfg: RunConfig) -> dict:
 def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
     return {"sample": stage_key(cfg, {"sampling": sampling_args(cfg), "policy": policy_identity(cfg, upstream),
                                       "testbed": data_identity(cfg, upstream)})}
+
+
+def eval_prompts(cfg: RunConfig, root: Path) -> tuple[int, str]:
+    """Eval prompts the pools are sampled on: the file's rows where it exists, else the config's count and
+    why it is an upper bound ("" where it is exact: the testbed writes exactly that many)."""
+    n = parquet_rows(root / "data" / "eval_prompts.parquet")
+    if n is not None:
+        return n, ""
+    if cfg.data.prefs is None:
+        return cfg.testbed.n_eval_prompts, ""
+    return cfg.data.n_eval_prompts, "the eval pairs' distinct prompts, at most data.n_eval_prompts"
+
+
+def work(cfg: RunConfig, root: Path) -> Work:
+    """The sampling job: its eval prompts, `pool_size` + `n_reference` samples each."""
+    n, bound = eval_prompts(cfg, root)
+    return Work(NAME, (("sample", n),), "prompts", (cfg.policy.pool_size + cfg.policy.n_reference, "samples"),
+                bound=bound)
 
 
 def run(ctx: Context) -> Path:
@@ -61,7 +80,7 @@ def job_sample(run_dir: str, out_rel: str, *, policy: str, sampling: dict, devic
     n, k = sampling["pool_size"], sampling["n_reference"]
     t0 = time.perf_counter()
     pools = []
-    bar = Progress("normal" if show_progress else "quiet").bar("sample", len(t))
+    bar = job_bar("sample", len(t), show_progress, unit="prompts", scale=(n + k, "samples"))
     step = sampling["batch_prompts"]
     for i in range(0, len(t), step):
         # one seed per chunk of `batch_prompts` prompts (batch_prompts is part of the stage key)

@@ -13,8 +13,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from perm.config import RunConfig
-from perm.progress import Progress
+from perm.progress import job_bar
 from perm.stages._context import Context, stage_key, torch_setup
+from perm.stages._plan import Work, parquet_rows
+from perm.stages.sample import eval_prompts
 from perm.stages.train_rm import grid_names
 
 NAME = "score"
@@ -39,6 +41,17 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
+def work(cfg: RunConfig, root: Path) -> Work:
+    """The scoring jobs, one per model: every sample of samples.parquet (its rows where it exists, else the
+    eval prompts x (`pool_size` + `n_reference`))."""
+    n = parquet_rows(root / "samples.parquet")
+    bound = ""
+    if n is None:
+        prompts, bound = eval_prompts(cfg, root)
+        n = prompts * (cfg.policy.pool_size + cfg.policy.n_reference)
+    return Work(NAME, tuple((f"score/{mid}", n) for mid in model_names(cfg)), "samples", bound=bound)
+
+
 def run(ctx: Context) -> Path:
     cfg = ctx.cfg
     trained = ctx.need("train-rm")
@@ -52,9 +65,9 @@ def run(ctx: Context) -> Path:
             todo.append((name, dict(run_dir=str(ctx.root), out_rel=f"scores/{mid}.parquet",
                                     model_dir=str(ctx.root / model_name), model_id=mid,
                                     max_length=cfg.reward.max_length, batch_size=BATCH_SIZE, device=cfg.device,
-                                    threads=cfg.threads, show_progress=ctx.show_bars)))
+                                    threads=cfg.threads, show_progress=ctx.show_progress)))
     # scoring jobs are short and share this process's tokenised samples (one tokenisation for all models)
-    ctx.run_jobs(job_score, todo, all_keys, seeds_of=lambda kw: {}, pool=False)
+    ctx.run_jobs(job_score, todo, all_keys, seeds_of=lambda kw: {}, pool=False, work=work(cfg, ctx.root))
     key = keys(cfg, ctx.upstream())["score"]
     ctx.run_one("score", key, lambda: assemble_reward_tensor(ctx.root, records),
                 ["rewards.parquet", "models.parquet"], mark=False, announce=False)
@@ -170,7 +183,7 @@ def job_score(run_dir: str, out_rel: str, *, model_dir: str, model_id: str, max_
     (p_ids, c_ids, rows), prompt_ids, sample_ids, tok = encoded_samples(run, tok_dir, max_length)
     model = load_reward_model(model_dir).to(dev)
     t0 = time.perf_counter()
-    bar = Progress("normal" if show_progress and main else "quiet").bar(f"score {model_id}", len(prompt_ids))
+    bar = job_bar(f"score/{model_id}", len(prompt_ids), show_progress and main, unit="samples")
     rewards = np.full(len(prompt_ids), np.nan)
     # scoring stays in fp32 even in bf16 runs: a bf16 head rounds rewards into spurious ties (7-bit mantissa),
     # and ties go to the lower sample id for every RM alike, inflating agreement

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from perm.config import RunConfig, to_dict
-from perm.progress import Progress
+from perm.progress import job_bar
 from perm.stages._context import (
     Context,
     backbone_identity,
@@ -19,6 +19,7 @@ from perm.stages._context import (
     stage_key,
     torch_setup,
 )
+from perm.stages._plan import Work, optimizer_steps, parquet_rows
 from perm.store import atomic_path, derive_seed
 
 NAME = "sft"
@@ -61,6 +62,16 @@ def run(ctx: Context) -> str:
     return str(ctx.root / "policy")
 
 
+def work(cfg: RunConfig, root: Path) -> Work:
+    """The SFT job and its optimizer steps (of `sft_batch_size` sequences); none with `policy.checkpoint`."""
+    c = cfg.policy
+    if c.checkpoint:
+        return Work(NAME, note=f"loads the policy {c.checkpoint}")
+    n = parquet_rows(root / "data" / "sft_train.parquet") or cfg.testbed.n_sft
+    return Work(NAME, (("policy", optimizer_steps(n - sft_heldout(n), c.sft_epochs, c.sft_batch_size)),),
+                "steps", (c.sft_batch_size, "sequences"))
+
+
 def sft_heldout(n_posts: int) -> int:
     """How many of sft_train's first posts the SFT policy holds out (its eval loss); policy-prefs puts its
     pairs on those posts into policy_prefs_eval.parquet, so no RM trains on them either."""
@@ -96,7 +107,7 @@ def job_sft(run_dir: str, out_rel: str, *, init: str | None, backbone: dict, sft
     use_attention(model, attention_for(dev, precision, attention))
     prompts, completions = read_column(run / "data" / "sft_train.parquet", "prompt", "completion")
     n_eval = sft_heldout(len(prompts))
-    bar = Progress("normal" if show_progress else "quiet").bar(out_rel, 1)
+    bar = job_bar(out_rel, 1, show_progress, scale=(sft["sft_batch_size"], "sequences"))
     state = train_sft(model.to(dev), tok, prompts[n_eval:], completions[n_eval:], epochs=sft["sft_epochs"],
                       lr=sft["sft_lr"], batch_size=sft["sft_batch_size"], max_length=max_length, data_seed=data_seed,
                       eval_prompts=prompts[:n_eval], eval_completions=completions[:n_eval], progress=bar,

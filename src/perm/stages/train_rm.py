@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from perm.config import RunConfig, to_dict
-from perm.progress import Progress
+from perm.progress import job_bar
 from perm.stages._context import (
     Context,
     backbone_identity,
@@ -23,7 +23,15 @@ from perm.stages._context import (
     stage_key,
     torch_setup,
 )
-from perm.stages.policy_prefs import eval_pair_files, evaluator_pair_files, evaluator_pairs_key, pairs_key
+from perm.stages._plan import Work, optimizer_steps
+from perm.stages.policy_prefs import (
+    eval_pair_files,
+    evaluator_pair_files,
+    evaluator_pairs_key,
+    pair_count,
+    pair_files,
+    pairs_key,
+)
 from perm.store import atomic_path, derive_seed
 
 NAME = "train-rm"
@@ -97,6 +105,32 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
+def work(cfg: RunConfig, root: Path) -> Work:
+    """The RM jobs (the evaluator's first, as they run) and their optimizer steps of `batch_size` pairs:
+    the pairs each trains on (the pair files' rows, or what the config draws before they exist; at most
+    `max_train_pairs` / `evaluator.train_pairs`) over its epochs."""
+    c, e = cfg.reward, cfg.evaluator
+
+    def steps(files: tuple[str, ...], cap: int | None, epochs: float) -> tuple[int | None, str]:
+        n, bound = pair_count(cfg, root, files)
+        if n is None:
+            return None, ""
+        if cap is not None:
+            n = min(n, cap)
+        return optimizer_steps(n, epochs, c.batch_size), bound
+
+    jobs, bounds = [], set()
+    if e.enabled:
+        n, bound = steps(evaluator_pair_files(cfg), e.train_pairs, e.epochs)
+        jobs.append(("evaluator/rm", n))
+        bounds.add(bound)
+    n, bound = steps(pair_files(cfg), c.max_train_pairs, c.epochs)
+    jobs += [(name, n) for name in grid_names(cfg)]
+    bounds.add(bound)
+    return Work(NAME, tuple(jobs), "steps", (c.batch_size, "pairs"), bound=next((b for b in bounds if b), ""),
+                unknown="once the data's pairs are imported")
+
+
 def job_seeds(kw: dict) -> dict:
     """The finetuning seeds a job draws (recorded in the manifest)."""
     return rm_seeds(kw["finetune_seed"], kw["pretrain_id"] if kw.get("seed_scope") == "per_rm" else None)
@@ -124,7 +158,7 @@ def run(ctx: Context) -> dict:
             backbone=ctx.resolve_checkpoint(e.checkpoint) if e.checkpoint else str(ctx.root / "evaluator/pretrain"),
             pretrain_id=evaluator_ids(cfg)[0], finetune_seed=evaluator_ids(cfg)[1], seed_scope="per_rm",
             reward=evaluator_reward_args(cfg), n_pairs=e.train_pairs, role="evaluator")))
-    ctx.run_jobs(job_reward_model, todo, all_keys, seeds_of=job_seeds)
+    ctx.run_jobs(job_reward_model, todo, all_keys, seeds_of=job_seeds, work=work(cfg, ctx.root))
     rms = [json.loads((ctx.root / n / "rm.json").read_text()) for n in grid_names(cfg)]
     ev = json.loads((ctx.root / name / "rm.json").read_text()) if e.enabled else None
     return {"rms": rms, "evaluator": ev}
@@ -214,7 +248,7 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
         # (accelerate's default steps a prepared scheduler once per process)
         acc.dataloader_config.split_batches = True
     train_chosen, train_rejected = encode_pairs(tok, prompts, chosen, rejected, ml)
-    bar = Progress("normal" if show_progress and acc.is_main_process else "quiet").bar(out_rel, 1)
+    bar = job_bar(out_rel, 1, show_progress and acc.is_main_process, scale=(reward["batch_size"], "pairs"))
     state = train_reward_model(
         model, chosen=train_chosen, rejected=train_rejected,
         eval_chosen=ec, eval_rejected=er, eval_gold_diff=gold_diff, pad_id=tok.pad_token_id,

@@ -1,0 +1,109 @@
+"""The work of a stage's jobs before they run: each job's planned total in the unit its progress bar counts
+(pretraining or RM optimizer steps, posts, prompts, samples), from the config and, where they exist already,
+the run directory's data files. Each stage module with long jobs has ``work(cfg, root) -> Work | None`` (None:
+the stage runs nothing for this config); `perm run` prints every stage's work before it starts
+(:func:`format_plan`), and a stage's bar of its jobs together (perm.progress.StageProgress) starts from the
+planned totals."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
+
+@dataclasses.dataclass(frozen=True)
+class Work:
+    """The jobs of one stage: ``(manifest name, planned total)`` each (None where it is not known yet, see
+    `unknown`), in `unit`, each unit holding `scale` = (count, name) items of a second kind (64 pairs a
+    step). bound: why the totals are upper bounds ("" where they are exact), e.g. policy pairs not drawn yet, of
+    which ties are dropped. note: what the stage does without jobs (loads checkpoints)."""
+
+    stage: str
+    jobs: tuple[tuple[str, int | None], ...] = ()
+    unit: str = "steps"
+    scale: tuple[int, str] | None = None
+    bound: str = ""
+    unknown: str = ""
+    note: str = ""
+
+    def planned(self, names: Iterable[str]) -> list[int | None]:
+        """The planned totals of the jobs `names` (None for a job this work does not list)."""
+        by_name = dict(self.jobs)
+        return [by_name.get(n) for n in names]
+
+    def only(self, names: Iterable[str]) -> Work:
+        """This work restricted to the jobs `names` (those left to run), in their order."""
+        by_name = dict(self.jobs)
+        return dataclasses.replace(self, jobs=tuple((n, by_name.get(n)) for n in names))
+
+    def fields(self) -> dict:
+        """The work as JSON fields (`perm run --json-log`): ``jobs`` {name: planned total}, ``unit``,
+        ``total`` (None while a job's is unknown), and where they apply ``scale`` [count, name] per unit,
+        ``at_most`` (why the totals are upper bounds), ``note``."""
+        totals = [t for _, t in self.jobs]
+        out: dict = {"jobs": dict(self.jobs), "unit": self.unit,
+                     "total": None if None in totals else sum(totals)}
+        if self.scale is not None:
+            out["scale"] = list(self.scale)
+        if self.bound:
+            out["at_most"] = self.bound
+        if self.note:
+            out["note"] = self.note
+        return out
+
+
+def parquet_rows(path: Path) -> int | None:
+    """Rows of a Parquet file from its footer, or None where the file does not exist yet."""
+    import pyarrow.parquet as pq
+
+    return pq.read_metadata(path).num_rows if path.exists() else None
+
+
+def optimizer_steps(n: int, epochs: float, batch_size: int) -> int:
+    """Optimizer steps of `epochs` passes over `n` examples in batches of `batch_size`, as the training loops
+    count them (perm.reward.train_reward_model, perm.policy.train_sft): round(epochs * ceil(n / batch)), >= 1."""
+    return max(1, int(round(epochs * math.ceil(n / batch_size))))
+
+
+def format_work(work: Work) -> str:
+    """One line of a stage's work: its jobs, their totals (equal ones grouped, ``9 x 1,782``), the sum and the
+    second unit, e.g. ``10 jobs: evaluator/rm 2,673 + 9 x 1,782 = 18,711 steps x 64 pairs (1,197,504 pairs)``,
+    then ``at most (why)`` where the totals are upper bounds."""
+    n = len(work.jobs)
+    if not n:
+        return work.note or "no jobs"
+    head = f"{n} job{'s' if n != 1 else ''}"
+    totals = [t for _, t in work.jobs]
+    if any(t is None for t in totals):
+        return f"{head} ({work.unit} known {work.unknown or 'once their inputs exist'})"
+    groups: dict[int, list[str]] = {}
+    for name, t in work.jobs:
+        groups.setdefault(t, []).append(name)
+    parts = [f"{names[0]} {t:,}" if len(names) == 1 else f"{len(names)} x {t:,}" for t, names in groups.items()]
+    total = sum(totals)
+    text = f"{head}: {' + '.join(parts)}"
+    if len(work.jobs) > 1:
+        text += f" = {total:,}"
+    text += f" {work.unit}"
+    if work.scale is not None:
+        per, what = work.scale
+        text += f" x {per:,} {what} ({total * per:,} {what})"
+    if work.bound:
+        text += f", at most ({work.bound})"
+    return text
+
+
+def format_plan(works: Iterable[Work], every: float) -> list[str]:
+    """The lines `perm run` prints before its first stage: each stage's work, then how progress is reported
+    (the wall time is not guessed before any step is timed)."""
+    works = list(works)
+    if not works:
+        return []
+    width = max(len(w.stage) for w in works)
+    lines = ["plan (jobs already complete for their inputs are skipped):"]
+    lines += [f"  {w.stage:<{width}}  {format_work(w)}" for w in works]
+    lines.append(f"progress: each job, and a stage's jobs together, report their rate and ETA every {every:g} s "
+                 "(bars on a terminal), once their first steps are timed")
+    return lines
