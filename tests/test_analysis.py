@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from itertools import combinations
 
@@ -239,12 +240,14 @@ def _relation(t, i, k):
     return "same_pretrain" if same_p else "same_finetune" if same_f else "neither"
 
 
-def test_figure1_direct(small):
-    """Brute force: each (ranker, scorer) pair's expected pick reward, grouped by their relation; the prompt
-    se is the plain one over prompts of the pair-averaged values; the seed-aware interval contains the mean."""
-    df = analysis.figure1(small, ns=[1, 3], draws=200)
+@pytest.mark.parametrize("scale", [True, False])
+def test_figure1_direct(small, scale):
+    """Brute force: each (ranker, scorer) pair's expected pick reward (standardised per prompt by default;
+    centred only, the paper's raw rewards, with scale=False), grouped by their relation; the prompt se is the
+    plain one over prompts of the pair-averaged values; the seed-aware interval contains the mean."""
+    df = analysis.figure1(small, ns=[1, 3], draws=200, scale=scale)
     rm = small.rm_indices
-    centred = bon.standardize(small.pool)
+    centred = bon.standardize(small.pool, scale=scale)
     for n in (1, 3):
         groups = {"self": [], "same_pretrain": [], "same_finetune": [], "neither": []}
         for i in rm:
@@ -332,13 +335,29 @@ def test_seed_variance_recovers_a_planted_pretrain_share():
     assert set(sv[sv.weighting == "pick"].n) == {4, 16} and (sv.R == 6).all() and (sv.missing == "").all()
 
 
+def mom_share(x: np.ndarray) -> float:
+    """σ²_scorer / (σ²_scorer + σ²_res) of a prompts × scorers table by the textbook two-way random-effects
+    ANOVA (one observation per cell), with explicit sums."""
+    p, s = x.shape
+    grand = x.mean()
+    ss_scorer = p * sum((x[:, j].mean() - grand) ** 2 for j in range(s))
+    ss_prompt = s * sum((x[i].mean() - grand) ** 2 for i in range(p))
+    ss_res = sum((x[i, j] - x[i].mean() - x[:, j].mean() + grand) ** 2 for i in range(p) for j in range(s))
+    ms_res = ss_res / ((p - 1) * (s - 1))
+    sigma = (ss_scorer / (s - 1) - ms_res) / p
+    assert ss_scorer + ss_prompt + ss_res == pytest.approx(((x - grand) ** 2).sum())
+    return sigma / (sigma + ms_res)
+
+
+@pytest.mark.parametrize("method", ["mom", "paper"])
 @pytest.mark.parametrize("include_ranker", [False, True])
-def test_figure3_direct(small, include_ranker):
-    """Re-derive Figure 3 with explicit loops and the same random permutations."""
+def test_figure3_direct(small, include_ranker, method):
+    """Re-derive Figure 3 with explicit loops and the same random permutations: the method-of-moments share
+    on standardised scores (default) and the paper's SS fraction on centred rewards."""
     ns, draws, seed = [1, 2, 6], 3, 7
-    df = analysis.figure3(small, ns, draws=draws, seed=seed, include_ranker=include_ranker)
+    df = analysis.figure3(small, ns, draws=draws, seed=seed, include_ranker=include_ranker, method=method)
     rm = small.rm_indices
-    centred = bon.standardize(small.pool[rm])
+    centred = bon.standardize(small.pool[rm], scale=method == "mom")
     rng = np.random.default_rng(seed)
     p, size = small.n_prompts, small.pool_size
     values = {n: [] for n in ns}
@@ -353,11 +372,49 @@ def test_figure3_direct(small, include_ranker):
                     idx = np.array(subset)
                     pick = idx[np.argmax(small.pool[rm[m], q, idx])]
                     x[q] = centred[scorers, q, pick]
-                values[n].append(analysis.anova_model_fraction(x))
+                values[n].append(analysis.anova_model_fraction(x) if method == "paper" else mom_share(x))
     for n in ns:
         row = df[df.n == n].iloc[0]
-        assert row["mean"] == pytest.approx(np.mean(values[n]), rel=1e-10)
-        assert row.lo <= row["mean"] <= row.hi and row.R == 3
+        assert row["mean"] == pytest.approx(np.mean(values[n]), rel=1e-9, abs=1e-12)
+        assert row.lo <= row["mean"] <= row.hi and row.R == 3 and row.method == method
+
+
+def _rescaled(t, k: int, factor: float):
+    pool = t.pool.copy()
+    pool[t.rm_indices[k]] = pool[t.rm_indices[k]] * factor + 3.0
+    return dataclasses.replace(t, pool=pool)
+
+
+def test_figures_1_and_3_do_not_see_one_rms_reward_scale():
+    """Rescaling (and shifting) one RM's rewards changes neither Figure 1 nor Figure 3 (mom) by default; the
+    paper's raw versions do move."""
+    t = analysis.synthetic_reward_tensor(n_pretrains=3, n_finetune=2, n_prompts=30, pool_size=8, seed=3)
+    u = _rescaled(t, 0, 4.0)
+    cols = ["mean", "se", "lo", "hi"]
+    for scale in (True, False):
+        a, b = (analysis.figure1(x, ns=[1, 4], draws=50, scale=scale)[cols].to_numpy() for x in (t, u))
+        assert np.allclose(a, b, atol=1e-10) == scale
+    for method in ("mom", "paper"):
+        a, b = (analysis.figure3(x, [1, 4], draws=3, bootstrap=50, method=method)[cols + ["null"]].to_numpy()
+                for x in (t, u))
+        assert np.allclose(a, b, atol=1e-10) == (method == "mom")
+
+
+def test_figure3_exchangeable_rms_with_unequal_scales():
+    """Nine exchangeable RMs (no seed structure) whose reward scales differ from 0.5 to 2: the paper's SS
+    fraction grows with n (it measures scale), the default share stays near 0, as does its null."""
+    rng = np.random.default_rng(0)
+    p, n_pool = 150, 32
+    common = rng.standard_normal((p, n_pool))
+    pool = np.stack([s * (common + rng.standard_normal((p, n_pool))) for s in np.linspace(0.5, 2.0, 9)])
+    t = analysis.synthetic_reward_tensor(n_pretrains=3, n_finetune=3, n_prompts=p, pool_size=n_pool, seed=0)
+    grid = dataclasses.replace(t, pool=t.pool.copy())
+    assert len(grid.rm_indices) == 9
+    grid.pool[list(grid.rm_indices)] = pool
+    mom = analysis.figure3(grid, [1, 32], draws=3, bootstrap=50)
+    paper = analysis.figure3(grid, [1, 32], draws=3, bootstrap=50, method="paper")
+    assert paper["mean"].iloc[-1] > 5 * paper["mean"].iloc[0]
+    assert abs(mom["mean"].iloc[-1]) < 0.02 and abs(mom["null"].iloc[-1]) < 0.02
 
 
 def test_figure4_direct(small):
@@ -463,7 +520,7 @@ def test_planted_pretrain_effect_detected():
         gap, tol = _gap_ok(fig1, n, "same_pretrain", "neither")
         assert gap > tol
     fig3 = analysis.figure3(t, draws=5)
-    assert fig3.lo.iloc[-1] > fig3.hi.iloc[0]  # grows with n, beyond the seed-aware intervals
+    assert fig3["mean"].iloc[-1] > fig3.hi.iloc[0] and fig3["mean"].iloc[-1] > 10 * abs(fig3.null.iloc[-1])
 
 
 def test_no_pretrain_effect_no_gap():

@@ -228,18 +228,19 @@ def test_figure_arms_match_brute_force():
     tensor = analysis.synthetic_reward_tensor(n_pretrains=3, n_finetune=2, n_prompts=20, pool_size=8)
     pool, pre, fts = ss.rm_view(tensor)
     rel = ss.pair_relations(pre, fts)
-    centred = bon.standardize(pool)
     m = len(pre)
-    want1 = {"self": [], "same_pretrain": [], "different_pretrain": []}
-    for i in range(m):
-        for k in range(m):
-            g = "self" if i == k else "same_pretrain" if pre[i] == pre[k] else "different_pretrain"
-            want1[g].append(bon.expected_best_of_n(pool[i], centred[k], 4).mean())
-    arms = ss.relation_arms(ss.pick_rewards(pool, 4), rel, ordered=True, include_self=True,
-                            include_different=True)
-    out1 = ss.multi_bootstrap(arms, pre, draws=20).set_index("statistic")
-    for g, values in want1.items():
-        assert out1.loc[g, "estimate"] == pytest.approx(np.mean(values))
+    for scale in (True, False):  # standardised (the default) and the paper's centred raw rewards
+        centred = bon.standardize(pool, scale=scale)
+        want1 = {"self": [], "same_pretrain": [], "different_pretrain": []}
+        for i in range(m):
+            for k in range(m):
+                g = "self" if i == k else "same_pretrain" if pre[i] == pre[k] else "different_pretrain"
+                want1[g].append(bon.expected_best_of_n(pool[i], centred[k], 4).mean())
+        arms = ss.relation_arms(ss.pick_rewards(pool, 4, scale=scale), rel, ordered=True, include_self=True,
+                                include_different=True)
+        out1 = ss.multi_bootstrap(arms, pre, draws=20).set_index("statistic")
+        for g, values in want1.items():
+            assert out1.loc[g, "estimate"] == pytest.approx(np.mean(values))
     want2 = {"same_pretrain": [], "different_pretrain": []}
     for i, k in combinations(range(m), 2):
         want2["same_pretrain" if pre[i] == pre[k] else "different_pretrain"].append(

@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm
 
 from perm import bon, seedstats
 from perm.tensor import (  # noqa: F401  (re-exported: the tensor API has always been importable from here)
@@ -104,9 +103,9 @@ PAPER_GROUPS = {
     "different_pretrain": "different pretrain (same_finetune + neither pairs): the backbone differs, and in "
                           "neither pairs the finetuning too",
 }
-FIGURE_COLUMNS = ["n", "relation", "mean", "se", "lo", "hi", "se_prompt", "R", "n_pairs"]
+FIGURE_COLUMNS = ["n", "relation", "mean", "se", "lo", "hi", "df", "se_prompt", "R", "F", "n_pairs", "resamples"]
 CONTRAST_COLUMNS = ["figure", "contrast", "n", "target", "metric", "aggregator", "estimate", "se", "lo", "hi",
-                    "se_prompt", "p_le_0", "R", "note"]
+                    "df", "se_prompt", "p_le_0", "R", "F", "resamples", "note"]
 
 
 def _rm_meta(tensor: RewardTensor) -> tuple[np.ndarray, list, list]:
@@ -118,8 +117,9 @@ def _interval_rows(df: pd.DataFrame, **keys) -> dict[str, dict]:
     """multi_bootstrap rows by statistic, renamed to the figure tables' columns."""
     out = {}
     for r in df.itertuples(index=False):
-        out[r.statistic] = {**keys, "mean": r.estimate, "se": r.se, "lo": r.lo, "hi": r.hi,
-                            "se_prompt": r.se_prompt, "R": r.R, "p_le_0": r.p_le_0}
+        out[r.statistic] = {**keys, "mean": r.estimate, "se": r.se, "lo": r.lo, "hi": r.hi, "df": r.df,
+                            "se_prompt": r.se_prompt, "R": r.R, "F": r.F, "p_le_0": r.p_le_0,
+                            "resamples": r.resamples}
     return out
 
 
@@ -141,11 +141,13 @@ def same_pretrain_caveat(arm, pids) -> str:
 
 
 def pair_statistics(tensor: RewardTensor, ns=None, texts: np.ndarray | None = None, scope: str = "shared",
-                    draws: int = 500, level: float = 0.9, seed: int = 0) -> dict[str, pd.DataFrame]:
+                    draws: int = 500, level: float = 0.9, seed: int = 0, scale: bool = True) -> dict[str, pd.DataFrame]:
     """Figures 1 and 2 by pair relation, the paper's two groups, and the clean contrasts, with intervals over
     pretrain seeds and prompts (:func:`perm.seedstats.multi_bootstrap`).
 
-    Figure 1: for ranker m and scorer m′, ``Σ_i p_i^(m) r̃_m′(i)`` (r̃ centred per prompt), by relation of m′ to
+    Figure 1: for ranker m and scorer m′, ``Σ_i p_i^(m) r̃_m′(i)`` (r̃ standardised per prompt: in the scorer's
+    per-prompt sd, so no RM's reward scale counts; ``scale=False``: centred only, the paper's raw rewards,
+    :func:`perm.seedstats.pick_rewards`), by relation of m′ to
     m: ``self``, ``same_pretrain``, ``same_finetune``, ``neither`` (:func:`perm.seedstats.pair_relations`;
     no ``same_finetune`` under ``scope="per_rm"``). Figure 2: expected top-1 agreement of two distinct RMs by
     relation, with the chance agreement of two random scorers given the pool's duplicate ``texts`` ``(P, N)``
@@ -153,7 +155,9 @@ def pair_statistics(tensor: RewardTensor, ns=None, texts: np.ndarray | None = No
 
     Tables: ``figure1`` / ``figure2`` (:data:`FIGURE_COLUMNS`, figure2 + ``chance, kappa, kappa_lo,
     kappa_hi``): ``mean`` over pairs and prompts, ``se`` and the ``lo``-``hi`` interval at ``level`` over
-    pretrains (finetune seeds nested) and prompts, ``se_prompt`` over prompts only, ``R`` pretrains;
+    the seed design and prompts (:func:`perm.seedstats.multi_bootstrap`: pretrains and, under ``shared``
+    scope, finetune seeds as a crossed factor; ``resamples`` says which), ``df`` its t degrees of freedom,
+    ``se_prompt`` over prompts only, ``R`` pretrains, ``F`` finetune seed units (0: nested);
     ``paper_groups`` (the paper's grouping, :data:`PAPER_GROUPS`, with what each varies); ``contrasts``:
     ``same_pretrain - neither`` (the clean test: > 0 is the paper's finding) and the paper's ``same_pretrain
     - different_pretrain``, same draws for both arms. The intervals are conditional on the SFT policy, its
@@ -169,7 +173,7 @@ def pair_statistics(tensor: RewardTensor, ns=None, texts: np.ndarray | None = No
     agreement = seedstats.pick_agreement(pool, ns) if len(pids) > 1 else None
     rows = {"figure1": [], "figure2": [], "paper_groups": [], "contrasts": []}
     for i, n in enumerate(ns):
-        for fig, values, ordered in (("figure1", seedstats.pick_rewards(pool, n), True),
+        for fig, values, ordered in (("figure1", seedstats.pick_rewards(pool, n, scale=scale), True),
                                      ("figure2", None if agreement is None else agreement[i], False)):
             if values is None:
                 continue
@@ -180,7 +184,7 @@ def pair_statistics(tensor: RewardTensor, ns=None, texts: np.ndarray | None = No
             if not arms:
                 continue
             stats = seedstats.multi_bootstrap(arms, pids, contrasts=contrasts, draws=draws, level=level,
-                                              seed=seed + n)
+                                              seed=seed + n, finetune_seeds=fseeds, scope=scope)
             by = _interval_rows(stats, n=n)
             c = (chance[i] if chance is not None else 1.0 / n)
             for rel in ("self", *seedstats.RELATIONS):
@@ -201,15 +205,16 @@ def pair_statistics(tensor: RewardTensor, ns=None, texts: np.ndarray | None = No
                 r = by[f"{a} - {b}"]
                 rows["contrasts"].append({
                     "figure": fig, "contrast": f"{a} - {b}", "n": n, "target": None, "metric": None,
-                    "aggregator": None, "estimate": r["mean"], **{k: r[k] for k in ("se", "lo", "hi", "se_prompt",
-                                                                                 "p_le_0", "R")},
+                    "aggregator": None, "estimate": r["mean"],
+                    **{k: r[k] for k in ("se", "lo", "hi", "df", "se_prompt", "p_le_0", "R", "F", "resamples")},
                     "note": note})
     fig2_cols = FIGURE_COLUMNS + ["chance", "kappa", "kappa_lo", "kappa_hi"]
     return {
         "figure1": pd.DataFrame(rows["figure1"], columns=FIGURE_COLUMNS),
         "figure2": pd.DataFrame(rows["figure2"], columns=fig2_cols),
         "paper_groups": pd.DataFrame(rows["paper_groups"], columns=["figure", "n", "group", "varies", "mean", "se",
-                                                                    "lo", "hi", "se_prompt", "R", "n_pairs"]),
+                                                                    "lo", "hi", "df", "se_prompt", "R", "F",
+                                                                    "n_pairs", "resamples"]),
         "contrasts": pd.DataFrame(rows["contrasts"], columns=CONTRAST_COLUMNS),
     }
 
@@ -224,115 +229,182 @@ def figure2(tensor: RewardTensor, ns=None, **kwargs) -> pd.DataFrame:
     return pair_statistics(tensor, ns, **kwargs)["figure2"]
 
 
+PICK_RANKERS = ("auto", "evaluator", "gold", "grid")
+
+
+def pick_ranker(tensor: RewardTensor, ranker: str = "auto") -> tuple[str, np.ndarray | None]:
+    """The ranker whose best-of-n picks weight the pick-level decomposition: ``auto`` = the evaluator, else
+    gold, else ``grid``; ``grid`` = the other RMs of each pair (None scores), unbiased only where the layout
+    treats every relation alike (the full layout), not in the paper layout."""
+    if ranker not in PICK_RANKERS:
+        raise ValueError(f"pick ranker must be one of {PICK_RANKERS}, got {ranker!r}")
+    order = ("evaluator", "gold") if ranker == "auto" else (() if ranker == "grid" else (ranker,))
+    for role in order:
+        idx = tensor.role_index(role)
+        if idx is not None:
+            return role, tensor.pool[idx]
+    if ranker not in ("auto", "grid"):
+        raise ValueError(f"pick ranker {ranker!r}: the reward tensor has no {ranker} model")
+    return "grid", None
+
+
 def seed_variance(tensor: RewardTensor, ns=None, scope: str = "shared", draws: int = 500, level: float = 0.9,
-                  seed: int = 0) -> pd.DataFrame:
+                  seed: int = 0, ranker: str = "auto") -> pd.DataFrame:
     """How much of the RM-to-RM variation comes from the pretraining seed, the finetuning seed and neither.
 
     On per-prompt standardised scores, D_r = mean over prompts, candidates and pairs of relation r of
     ½(s_a − s_b)²; σ²_pt = D_neither − D_same_pretrain, σ²_ft = D_neither − D_same_finetune, σ²_res =
     D_same_pretrain + D_same_finetune − D_neither, shares = each / D_neither
     (:func:`perm.seedstats.variance_decomposition`), on the whole pool (``weighting = pool``) and at the
-    best-of-n picks of the other RMs for each n (``pick``). One row per (weighting, n, statistic) with the
-    multi-bootstrap interval (ratios bootstrapped whole). ``missing`` names relations without pairs: their
-    components are NaN (under ``per_rm`` scope only σ²_pt is identified).
+    best-of-n picks for each n (``pick``) of a ranker in no pair (:func:`pick_ranker`: the evaluator, else
+    gold; ``ranker="grid"``: the other RMs of each pair, which in the paper layout relate differently to
+    each relation and plant shares under a null). One row per (weighting, n, statistic) with the
+    multi-bootstrap interval over the seed design and prompts (ratios bootstrapped whole); ``ranker`` names
+    the picks' ranker. ``missing`` names relations without pairs: their components are NaN (under
+    ``per_rm`` scope only σ²_pt is identified).
     """
     ns = _check_ns(ns, tensor.pool_size)
     pool, pids, fseeds = _rm_meta(tensor)
-    columns = ["weighting", "n", "statistic", "estimate", "se", "lo", "hi", "se_prompt", "R", "missing"]
+    columns = ["weighting", "n", "ranker", "statistic", "estimate", "se", "lo", "hi", "df", "se_prompt", "R", "F",
+               "resamples", "missing"]
     if len(pids) < 2:
         return pd.DataFrame(columns=columns)
     counts = seedstats.relation_counts(seedstats.pair_relations(pids, fseeds, scope))
     missing = ",".join(r for r in seedstats.RELATIONS if not counts.get(r))
+    ranker_name, ranker_scores_ = pick_ranker(tensor, ranker)
     rows = []
     for weighting, n in [("pool", None)] + [("pick", n) for n in ns if n > 1]:
         df = seedstats.decomposition_intervals(pool, pids, fseeds, n=n, scope=scope, draws=draws, level=level,
-                                               seed=seed + (n or 0))
+                                               seed=seed + (n or 0), ranker=ranker_scores_)
         for r in df.itertuples(index=False):
-            rows.append({"weighting": weighting, "n": n, "statistic": r.statistic, "estimate": r.estimate,
-                         "se": r.se, "lo": r.lo, "hi": r.hi, "se_prompt": r.se_prompt, "R": r.R,
+            rows.append({"weighting": weighting, "n": n, "ranker": ranker_name if n else None,
+                         "statistic": r.statistic, "estimate": r.estimate, "se": r.se, "lo": r.lo, "hi": r.hi,
+                         "df": r.df, "se_prompt": r.se_prompt, "R": r.R, "F": r.F, "resamples": r.resamples,
                          "missing": missing})
     out = pd.DataFrame(rows, columns=columns)
     out["n"] = pd.array(out["n"].tolist(), dtype="Int64")
     return out
 
 
-def _weighted_fractions(x: np.ndarray, w: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """:func:`anova_model_fraction` of ``x`` ``(M, P, S)`` (ranker × prompts × scorers) under prompt weights
-    ``w`` ``(B, P)`` and scorer weights ``v`` ``(B, M, S)``, for B replicates at once: ``(B, M)``.
+FIGURE3_METHODS = {
+    "mom": "method-of-moments share of variance due to the scoring RM, on per-prompt standardised scores",
+    "paper": "the paper's: SS_RM / SS_total of a two-way ANOVA on rewards centred per prompt (raw scale)",
+}
 
-    Weighted two-way additive ANOVA (product weights w_p·v_s): x̄ = Σ w v x / (W V), column means
-    Σ_p w_p x_ps / W, SS_scorer = W Σ_s v_s (x̄_·s − x̄)², SS_total = Σ w_p v_s (x_ps − x̄)²; with unit
-    weights exactly the unweighted fraction."""
+
+def _weighted_fractions(x: np.ndarray, w: np.ndarray, v: np.ndarray, method: str = "paper") -> np.ndarray:
+    """The Figure 3 statistic of ``x`` ``(M, P, S)`` (ranker × prompts × scorers) under prompt weights
+    ``w`` ``(B, P)`` and scorer weights ``v`` ``(B, M, S)`` (bootstrap multiplicities: the statistic of the
+    resampled table), for B replicates at once: ``(B, M)``.
+
+    Weighted two-way additive ANOVA (product weights w_p·v_s, W = Σ w, V = Σ v): x̄ = Σ w v x / (W V),
+    SS_scorer = W Σ_s v_s (x̄_·s − x̄)², SS_prompt = V Σ_p w_p (x̄_p· − x̄)², SS_total = Σ w_p v_s (x_ps − x̄)².
+    ``paper``: SS_scorer / SS_total (:func:`anova_model_fraction` with unit weights). ``mom``: the random-
+    effects method of moments, MS_scorer = SS_scorer / (V − 1), MS_res = SS_res / ((W − 1)(V − 1)),
+    σ²_RM = (MS_scorer − MS_res) / W and the share σ²_RM / (σ²_RM + MS_res): ≈ 0 when the scorers are
+    exchangeable (SS_scorer / SS_total is then ≈ (S − 1)/(PS − 1) and grows with unequal scales); not
+    truncated at 0."""
     a1 = np.einsum("bp,mps->bms", w, x, optimize=True)
     a2 = np.einsum("bp,mps->bms", w, x * x, optimize=True)
     big_w = w.sum(axis=1)[:, None, None]
     col = a1 / big_w
-    with np.errstate(invalid="ignore"):  # a draw that leaves out every scorer of a ranker: NaN, dropped by the caller
-        grand = np.sum(v * col, axis=-1, keepdims=True) / v.sum(axis=-1, keepdims=True)
-    ss_model = big_w[..., 0] * np.sum(v * (col - grand) ** 2, axis=-1)
-    ss_total = np.sum(v * (a2 - 2 * grand * a1 + grand**2 * big_w), axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(ss_total > 1e-300, ss_model / np.where(ss_total > 1e-300, ss_total, 1.0), np.nan)
+    big_v = v.sum(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):  # every scorer of a ranker left out: NaN, dropped later
+        grand = np.sum(v * col, axis=-1, keepdims=True) / big_v
+        ss_model = big_w[..., 0] * np.sum(v * (col - grand) ** 2, axis=-1)
+        ss_total = np.sum(v * (a2 - 2 * grand * a1 + grand**2 * big_w), axis=-1)
+        if method == "paper":
+            return np.where(ss_total > 1e-300, ss_model / np.where(ss_total > 1e-300, ss_total, 1.0), np.nan)
+        r1 = np.einsum("bms,mps->bmp", v, x, optimize=True)  # Σ_s v_s x_ps
+        g, vv, ww = grand[..., 0], big_v[..., 0], big_w[..., 0]
+        ss_prompt = (np.einsum("bp,bmp->bm", w, r1 * r1, optimize=True) / vv - 2 * g * np.sum(v * a1, axis=-1)
+                     + g**2 * ww * vv)
+        ms_model = ss_model / (vv - 1)
+        ms_res = (ss_total - ss_model - ss_prompt) / ((ww - 1) * (vv - 1))
+        sigma_rm = (ms_model - ms_res) / ww
+        den = sigma_rm + ms_res
+        return np.where(np.abs(den) > 1e-300, sigma_rm / np.where(np.abs(den) > 1e-300, den, 1.0), np.nan)
 
 
 def figure3(
     tensor: RewardTensor, ns=None, draws: int = 20, seed: int = 0, include_ranker: bool = False,
-    bootstrap: int = 500, level: float = 0.9,
+    bootstrap: int = 500, level: float = 0.9, method: str = "mom", scope: str = "shared",
 ) -> pd.DataFrame:
-    """Fraction of the variance in the scores of best-of-n picks explained by which RM scores them.
+    """How much of the variance in the scores of best-of-n picks follows which RM scores them.
 
     For each draw, each prompt gets one uniformly random permutation of its pool; the n-subset is its
     first n entries (nested across n, which makes the curve smoother without biasing any point). For
-    ranker m, ``pick`` is its argmax on the subset (ties to the lower index) and
-    ``X[prompt, m′] = r̃_m′(pick)``, with r̃ centred per prompt over the pool (so a scorer's arbitrary
-    Bradley–Terry offset is not counted as disagreement). Scorers are the *other* RMs (as in the paper:
-    one RM reranks, the others score), or all RMs with ``include_ranker``. The fraction is
-    :func:`anova_model_fraction` of X, averaged over rankers and draws (``mean``).
+    ranker m, ``pick`` is its argmax on the subset (ties to the lower index) and ``X[prompt, m′]`` the
+    scorer m′'s score of it: standardised per prompt over the pool (``method="mom"``, the default: centred
+    and divided by the scorer's per-prompt sd, so no RM's reward scale counts) or only centred (``"paper"``:
+    the paper's raw rewards, where RMs with wider reward ranges explain more). Scorers are the *other* RMs
+    (as in the paper: one RM reranks, the others score), or all with ``include_ranker``. The statistic
+    (:func:`_weighted_fractions`, :data:`FIGURE3_METHODS`) is averaged over rankers and draws (``mean``);
+    ``null`` is the same with each prompt's scores permuted across scorers (an exchangeable null: no RM
+    differs from another), the value ``mean`` would take without any RM effect.
 
-    Interval: the whole statistic recomputed under ``bootstrap`` multi-bootstrap replicates
-    (:func:`perm.seedstats.draw_bootstrap_weights`): prompts weighted w_p, rankers c of their pretrain,
-    scorers c of theirs (1 for a scorer sharing the ranker's pretrain: a pair within one pretrain counts
-    once), the ANOVA weighted (:func:`_weighted_fractions`). The interval is normal, mean ± z·se: a
-    replicate that draws a pretrain twice has fewer distinct scorers, which biases the replicates of this
-    ratio upwards, so their percentiles would not bracket the estimate. Columns: ``n, mean, se, lo, hi,
-    se_prompt, R, n_rankers, draws``.
+    Interval over the seed design and prompts, as :func:`perm.seedstats.multi_bootstrap`: the whole
+    statistic recomputed under multiplicities of prompts, of pretrains and (``scope="shared"``, crossed) of
+    finetune seeds; a ranker weighted by its units, a scorer by those of its units it does not share with
+    the ranker; the variance of the mean over ``draws`` random subsets added (``se_draws``); the interval
+    :func:`perm.seedstats.corrected_interval`. Columns: ``n, mean, se, lo, hi, df, null, se_prompt,
+    se_draws, R, F, n_rankers, draws, method``.
     """
-    z = float(norm.ppf(0.5 + level / 2))
+    if method not in FIGURE3_METHODS:
+        raise ValueError(f"figure3 method must be one of {tuple(FIGURE3_METHODS)}, got {method!r}")
     ns = _check_ns(ns, tensor.pool_size)
     rm = tensor.rm_indices
     n_rm, n_prompts, pool_size = len(rm), tensor.n_prompts, tensor.pool_size
-    columns = ["n", "mean", "se", "lo", "hi", "se_prompt", "R", "n_rankers", "draws"]
+    columns = ["n", "mean", "se", "lo", "hi", "df", "null", "se_prompt", "se_draws", "R", "F", "n_rankers",
+               "draws", "method"]
     if draws < 1 or n_rm < (1 if include_ranker else 3):
         return pd.DataFrame(columns=columns)
     scores = tensor.pool[rm]
-    centred = bon.standardize(scores)  # (M, P, N)
+    values = bon.standardize(scores, scale=method == "mom")  # (M, P, N)
     beats = bon.beat_counts(scores)
     if include_ranker:
         scorer_idx = np.broadcast_to(np.arange(n_rm), (n_rm, n_rm))
     else:
         scorer_idx = np.array([[k for k in range(n_rm) if k != m] for m in range(n_rm)])
-    units, labels = seedstats.pretrain_units([tensor.pretrain_ids[i] for i in rm])
-    c, w = seedstats.draw_bootstrap_weights(len(labels), n_prompts, bootstrap, seed + 1)
-    ones = np.ones_like(c)
-    reps: dict[str, tuple] = {}
-    for name, cw, ww in (("point", np.ones((1, len(labels))), np.ones((1, n_prompts))), ("seed", c, w),
-                         ("prompt", ones, w)):
-        ranker_w = cw[:, units]  # (B, M)
-        scorer_w = np.where(units[scorer_idx][None] == units[:, None][None], 1.0, cw[:, units[scorer_idx]])
-        reps[name] = (ww, ranker_w, scorer_w)
-    rng = np.random.default_rng(seed)
+    design = seedstats.seed_design([tensor.pretrain_ids[i] for i in rm], [tensor.finetune_seeds[i] for i in rm],
+                                   scope)
+    bw = seedstats.draw_bootstrap_weights(design.n_pretrains, n_prompts, bootstrap, seed + 1, design.n_finetune)
+
+    def ranker_scorer(weights: seedstats.BootstrapWeights):
+        def part(units, c):
+            r = c[:, units]  # (B, M)
+            s = np.where(units[scorer_idx][None] == units[:, None][None], 1.0, c[:, units[scorer_idx]])
+            return r, s
+        r, s = part(design.pretrain, weights.pretrain)
+        if design.crossed:
+            rf, sf = part(design.finetune, weights.finetune)
+            r, s = r * rf, s * sf
+        return weights.prompt, r, s
+
+    ones = seedstats.BootstrapWeights(np.ones((1, design.n_pretrains)),
+                                      np.ones((1, design.n_finetune)) if design.crossed else None,
+                                      np.ones((1, n_prompts)))
+    reps = {"point": ranker_scorer(ones), "joint": ranker_scorer(bw)}
+    for factor in (*design.factors(), "prompt"):
+        reps[factor] = ranker_scorer(bw.only(factor))
+    rng, null_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
     prompt_idx = np.arange(n_prompts)[None, :]
     sums = {name: np.zeros((len(ns), r[0].shape[0], n_rm)) for name, r in reps.items()}
-    for _ in range(draws):
+    per_draw = np.zeros((len(ns), draws))
+    null = np.zeros(len(ns))
+    p1, r1, s1 = reps["point"]
+    for d in range(draws):
         perm = rng.permuted(np.broadcast_to(np.arange(pool_size), (n_prompts, pool_size)), axis=1)
         for i, n in enumerate(ns):
             subset = perm[:, :n]  # (P, n)
             sub_beats = np.take_along_axis(beats, np.broadcast_to(subset, (n_rm, n_prompts, n)), axis=-1)
             pick = np.take_along_axis(subset[None], sub_beats.argmax(axis=-1)[..., None], axis=-1)[..., 0]
-            x = centred[:, prompt_idx, pick].transpose(1, 2, 0)  # (ranker, P, scorer)
+            x = values[:, prompt_idx, pick].transpose(1, 2, 0)  # (ranker, P, scorer)
             x = np.take_along_axis(x, scorer_idx[:, None, :], axis=-1)
             for name, (ww, _, sw) in reps.items():
-                sums[name][i] += _weighted_fractions(x, ww, sw)
+                sums[name][i] += _weighted_fractions(x, ww, sw, method)
+            per_draw[i, d] = float(np.nanmean(_weighted_fractions(x, p1, s1, method)))
+            null[i] += float(np.nanmean(_weighted_fractions(null_rng.permuted(x, axis=-1), p1, s1, method)))
     rows = []
     for i, n in enumerate(ns):
         frac = {}
@@ -340,11 +412,15 @@ def figure3(
             per_ranker = sums[name][i] / draws  # (B, M)
             with np.errstate(invalid="ignore"):
                 frac[name] = np.nansum(rw * per_ranker, axis=1) / np.sum(rw * np.isfinite(per_ranker), axis=1)
-        seed_reps = frac["seed"][np.isfinite(frac["seed"])]
-        mean, se = float(frac["point"][0]), float(np.std(seed_reps, ddof=1))
-        rows.append({"n": n, "mean": mean, "se": se, "lo": mean - z * se, "hi": mean + z * se,
-                     "se_prompt": float(np.nanstd(frac["prompt"], ddof=1)),
-                     "R": len(labels), "n_rankers": n_rm, "draws": draws})
+        mean = float(frac["point"][0])
+        v_factor = {k: seedstats._var(frac[k]) for k in (*design.factors(), "prompt")}
+        v_draws = float(np.var(per_draw[i], ddof=1)) / draws if draws > 1 else 0.0
+        n_units = {**design.factors(), "prompt": n_prompts}
+        iv = seedstats.corrected_interval(mean, seedstats._var(frac["joint"]) + v_draws, v_factor, n_units, level)
+        rows.append({"n": n, "mean": mean, "se": iv["se"], "lo": iv["lo"], "hi": iv["hi"], "df": iv["df"],
+                     "null": null[i] / draws, "se_prompt": math.sqrt(v_factor["prompt"]),
+                     "se_draws": math.sqrt(v_draws), "R": design.n_pretrains, "F": design.n_finetune,
+                     "n_rankers": n_rm, "draws": draws, "method": method})
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -443,26 +519,27 @@ def _fmt(mean: float, se: float) -> str:
 
 def ensemble_intervals(tensor: RewardTensor, n: int | None = None, scale: bool = False, draws: int = 500,
                        level: float = 0.9, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Seed-aware intervals of Table 1's cells and contrasts at best-of-``n`` (default: the pool size).
+    """Seed-aware intervals of Table 1's cells and contrasts at best-of-``n`` (default: the pool size), over
+    every ensemble the layout has (:func:`perm.seedstats.grid_ensembles`: in the full layout one finetune
+    ensemble per pretrain and one pretrain ensemble per finetune seed; in the paper layout one of each).
 
-    For each target (evaluator, gold) and metric (reward, win rate): the single-RM mean (multi-bootstrap:
-    pretrains with their finetunes nested × prompts), each ensemble × aggregator by a leave-one-member-out
-    jackknife plus a prompt bootstrap (:func:`perm.seedstats.ensemble_interval`; a pretrain ensemble is never
-    resampled with replacement), and the contrasts ``<ensemble> - single`` (same deletions: removing a
-    pretrain removes its RMs from the single-RM mean too) and ``pretrain - finetune`` (the two jackknife
-    variances and the paired prompt-bootstrap variance of the difference added: their members are
-    different seeds, treated as independent). Returns ``(cells, contrasts)``: cells with columns
-    ``ensemble, aggregator, target, metric, estimate, se, lo, hi, se_prompt, R, note``; contrasts with
-    :data:`CONTRAST_COLUMNS` (figure ``table1``). Conditional on the SFT policy, its pool and the evaluator.
+    For each target (evaluator, gold) and metric (reward, win rate): the single-RM mean, each kind ×
+    aggregator averaged over its ensembles, ``<kind> - single`` and ``pretrain - finetune``, all from one
+    delete-one jackknife over pretrains and over finetune seeds plus a prompt bootstrap
+    (:func:`perm.seedstats.grid_ensemble_intervals`): every contrast is paired (the same deletions and prompt
+    draws for both sides, which share RMs). Returns ``(cells, contrasts)``: cells with columns ``ensemble,
+    aggregator, target, metric, estimate, se, lo, hi, df, se_prompt, R, n_ensembles, resamples, note``;
+    contrasts with :data:`CONTRAST_COLUMNS` (figure ``table1``). Conditional on the SFT policy, its pool and
+    the evaluator.
     """
     n = tensor.pool_size if n is None else int(n)
-    pool, pids, _ = _rm_meta(tensor)
-    members = ensemble_members(tensor)
-    rm = tensor.rm_indices
-    units, labels = seedstats.pretrain_units(pids)
-    z = float(norm.ppf(0.5 + level / 2))
-    _, prompt_w = seedstats.draw_bootstrap_weights(1, tensor.n_prompts, draws, seed)
+    pool, pids, fseeds = _rm_meta(tensor)
+    ensembles = seedstats.grid_ensembles(pids, fseeds)
     cells, contrasts = [], []
+    kind_note = {k: f"mean of {len(v)} {k} ensemble{'s' if len(v) != 1 else ''} ("
+                 + ("one per pretrain with several finetune seeds" if k == "finetune" else
+                    "one per finetune seed shared by several pretrains") + ")"
+                 for k, v in ensembles.items() if v}
     for role in ("gold", "evaluator"):
         idx = tensor.role_index(role)
         if idx is None:
@@ -472,51 +549,41 @@ def ensemble_intervals(tensor: RewardTensor, n: int | None = None, scale: bool =
             targets["win_rate"] = bon.win_probabilities(tensor.pool[idx], tensor.reference[idx])
         for metric, target in targets.items():
             single = np.sum(bon.selection_probabilities(pool, n) * target, axis=-1)  # (M, P)
-            s = seedstats.multi_bootstrap({"single": seedstats.single_rm_arm(single)}, pids, draws=draws,
-                                          level=level, seed=seed).iloc[0]
-            cells.append({"ensemble": "single", "aggregator": "none", "target": role, "metric": metric,
-                          "estimate": s.estimate, "se": s.se, "lo": s.lo, "hi": s.hi, "se_prompt": s.se_prompt,
-                          "R": len(labels), "note": "single RMs: pretrains (finetunes nested) x prompts"})
-            full = {}
-            for kind, mem in members.items():
-                if len(mem) < 2:
-                    continue
-                # which jackknife deletion removes each single RM from the baseline: its own seed (finetune
-                # ensemble) or its pretrain (pretrain ensemble); -1: never
-                if kind == "finetune":
-                    groups = np.array([mem.index(i) if i in mem else -1 for i in rm])
-                else:
-                    member_unit = [units[rm.index(i)] for i in mem]
-                    groups = np.array([member_unit.index(u) if u in member_unit else -1 for u in units])
-                for agg in bon.AGGREGATORS:
-                    res = seedstats.ensemble_interval(tensor.pool[mem], target, n, agg, scale, kind=kind,
-                                                      baseline=single, baseline_groups=groups, draws=draws,
-                                                      level=level, seed=seed).set_index("statistic")
-                    e, d = res.loc["ensemble"], res.loc["ensemble - baseline"]
-                    cells.append({"ensemble": kind, "aggregator": agg, "target": role, "metric": metric,
-                                  **{k: e[k] for k in ("estimate", "se", "lo", "hi", "se_prompt")}, "R": len(mem),
-                                  "note": e.note})
-                    contrasts.append({"figure": "table1", "contrast": f"{kind} - single", "n": n, "target": role,
-                                      "metric": metric, "aggregator": agg, "p_le_0": np.nan, "R": len(mem),
-                                      **{k: d[k] for k in ("estimate", "se", "lo", "hi", "se_prompt")},
-                                      "note": "> 0: the ensemble beats a single RM; " + e.note})
-                    full[(kind, agg)] = (seedstats.ensemble_pick_values(tensor.pool[mem], target, n, agg, scale),
-                                         float(e.se_jackknife))
             for agg in bon.AGGREGATORS:
-                if ("pretrain", agg) in full and ("finetune", agg) in full:
-                    (fp, jp), (ff, jf) = full[("pretrain", agg)], full[("finetune", agg)]
-                    diff = fp - ff
-                    var_prompt = float(np.var(prompt_w @ diff / len(diff), ddof=1))
-                    se = math.sqrt(jp**2 + jf**2 + var_prompt)
-                    est = float(diff.mean())
-                    contrasts.append({"figure": "table1", "contrast": "pretrain - finetune", "n": n, "target": role,
-                                      "metric": metric, "aggregator": agg, "estimate": est, "se": se,
-                                      "lo": est - z * se, "hi": est + z * se, "se_prompt": math.sqrt(var_prompt),
-                                      "p_le_0": np.nan, "R": len(members["pretrain"]),
-                                      "note": "> 0: the pretrain ensemble beats the finetune ensemble (the paper's "
-                                              "finding); jackknife over each ensemble's members + prompts"})
-    cell_cols = ["ensemble", "aggregator", "target", "metric", "estimate", "se", "lo", "hi", "se_prompt", "R", "note"]
+                res = seedstats.grid_ensemble_intervals(pool, target, n, ensembles, pids, fseeds, single=single,
+                                                        aggregator=agg, scale=scale, draws=draws, level=level,
+                                                        seed=seed).set_index("statistic")
+                if agg == bon.AGGREGATORS[0] and "single" in res.index:
+                    r = res.loc["single"]
+                    cells.append({"ensemble": "single", "aggregator": "none", "target": role, "metric": metric,
+                                  **{k: r[k] for k in ("estimate", "se", "lo", "hi", "df", "se_prompt", "R")},
+                                  "n_ensembles": len(pids), "resamples": r.resamples,
+                                  "note": f"mean of the {len(pids)} single RMs"})
+                for kind in ENSEMBLE_KINDS:
+                    if kind not in res.index:
+                        continue
+                    e = res.loc[kind]
+                    cells.append({"ensemble": kind, "aggregator": agg, "target": role, "metric": metric,
+                                  **{k: e[k] for k in ("estimate", "se", "lo", "hi", "df", "se_prompt", "R")},
+                                  "n_ensembles": int(e.n_ensembles), "resamples": e.resamples,
+                                  "note": kind_note[kind]})
+                for name, note in ((f"{k} - single", f"> 0: the {k} ensembles beat a single RM")
+                                   for k in ENSEMBLE_KINDS):
+                    if name in res.index:
+                        contrasts.append(_table1_contrast(res.loc[name], name, n, role, metric, agg, note))
+                if "pretrain - finetune" in res.index:
+                    contrasts.append(_table1_contrast(
+                        res.loc["pretrain - finetune"], "pretrain - finetune", n, role, metric, agg,
+                        "> 0: the pretrain ensembles beat the finetune ensembles (the paper's finding); paired"))
+    cell_cols = ["ensemble", "aggregator", "target", "metric", "estimate", "se", "lo", "hi", "df", "se_prompt", "R",
+                 "n_ensembles", "resamples", "note"]
     return pd.DataFrame(cells, columns=cell_cols), pd.DataFrame(contrasts, columns=CONTRAST_COLUMNS)
+
+
+def _table1_contrast(r, name: str, n: int, role: str, metric: str, agg: str, note: str) -> dict:
+    return {"figure": "table1", "contrast": name, "n": n, "target": role, "metric": metric, "aggregator": agg,
+            **{k: r[k] for k in ("estimate", "se", "lo", "hi", "df", "se_prompt", "R", "F", "resamples")},
+            "p_le_0": np.nan, "note": note}
 
 
 def table1(fig4: pd.DataFrame, n: int | None = None, target: str | None = None,
@@ -683,6 +750,8 @@ def run_analysis(
     scope: str = "shared",
     bootstrap: int = 500,
     level: float = 0.9,
+    figure3_method: str = "mom",
+    pick_ranker_name: str = "auto",
 ) -> dict[str, pd.DataFrame]:
     """All analyses of the reward tensor.
 
@@ -694,8 +763,10 @@ def run_analysis(
     ensemble members to unit variance; ``include_ranker`` keeps the ranker among Figure 3's scorers;
     ``scope`` is what a finetune seed means (``shared``: the same head init, data order and dropout on every
     backbone, so pairs of different pretrains with one finetune seed are ``same_finetune``; ``per_rm``: no
-    such pairs); ``bootstrap`` replicates give intervals at ``level`` over pretrain seeds and prompts. With
-    ``samples`` (texts), Figure 2's chance line knows the pool's duplicate texts.
+    such pairs, and finetune seeds are nested in pretrains for the intervals); ``bootstrap`` replicates give
+    intervals at ``level`` over the seed design and prompts; ``figure3_method`` (:data:`FIGURE3_METHODS`) and
+    ``pick_ranker_name`` (:func:`pick_ranker`) choose Figure 3's statistic and the pick-level decomposition's
+    ranker. With ``samples`` (texts), Figure 2's chance line knows the pool's duplicate texts.
     """
     ns = _check_ns(ns, tensor.pool_size)
     ev, gold = tensor.role_index("evaluator"), tensor.role_index("gold")
@@ -715,6 +786,11 @@ def run_analysis(
         "finetune_seed_scope": scope,
         "bootstrap": bootstrap,
         "level": level,
+        "figure3_method": figure3_method,
+        "pick_ranker": pick_ranker(tensor, pick_ranker_name)[0],
+        "resamples": seedstats.seed_design([tensor.pretrain_ids[i] for i in tensor.rm_indices],
+                                           [tensor.finetune_seeds[i] for i in tensor.rm_indices],
+                                           scope).describe(),
         "chance": "duplicate-aware (pool texts)" if samples is not None else "1/n (no texts: duplicates unknown)",
     }
     texts = pool_texts(tensor, samples) if samples is not None else None
@@ -731,9 +807,9 @@ def run_analysis(
         "figure2": pairs["figure2"],
         "paper_groups": pairs["paper_groups"],
         "contrasts": pd.concat(contrasts, ignore_index=True) if contrasts else ens_contrasts,
-        "seed_variance": seed_variance(tensor, ns, scope=scope, **iv),
+        "seed_variance": seed_variance(tensor, ns, scope=scope, ranker=pick_ranker_name, **iv),
         "figure3": figure3(tensor, ns, draws=anova_draws, seed=seed, include_ranker=include_ranker,
-                           bootstrap=bootstrap, level=level),
+                           bootstrap=bootstrap, level=level, method=figure3_method, scope=scope),
         "figure4": fig4,
         "table1": pd.concat(tables, ignore_index=True) if tables else table1(fig4),
     }

@@ -485,9 +485,20 @@ class AnalysisConfig:
     """Multi-bootstrap replicates behind every interval over pretrain seeds and prompts; >= 2."""
     level: float = 0.9
     """Coverage of the intervals (lo, hi); in (0, 1)."""
+    figure3: str = "mom"
+    """Figure 3's statistic: ``mom`` (share of variance due to the scoring RM, method of moments on per-prompt
+    standardised scores: free of reward scale, ~0 under exchangeable RMs) or ``paper`` (the paper's SS_RM /
+    SS_total on rewards centred per prompt, which unequal reward scales inflate; docs/results.md)."""
+    pick_ranker: str = "auto"
+    """Whose best-of-n picks weight the pick-level seed decomposition: ``auto`` (the evaluator, else gold),
+    ``evaluator``, ``gold``, or ``grid`` (the other RMs of each pair: biased in the paper layout, where they
+    relate differently to each relation; docs/results.md)."""
 
     def __post_init__(self) -> None:
         _check(self.anova_draws > 0, "analysis.anova_draws", "must be > 0")
+        _check(self.figure3 in ("mom", "paper"), "analysis.figure3", "must be mom or paper")
+        _check(self.pick_ranker in ("auto", "evaluator", "gold", "grid"), "analysis.pick_ranker",
+               "must be auto, evaluator, gold or grid")
         _check(self.bootstrap >= 2, "analysis.bootstrap", "must be >= 2")
         _check(0 < self.level < 1, "analysis.level", "must be in (0, 1)")
         if self.ns is not None:

@@ -25,6 +25,7 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 from scipy.stats import norm
+from scipy.stats import t as student_t
 
 from perm import bon
 
@@ -133,7 +134,7 @@ def _pick_probabilities(pool: np.ndarray, n: int) -> np.ndarray:
     return bon.selection_weights(pool.shape[-1], n)[bon.beat_counts(pool)]
 
 
-def half_sq_diffs(pool, n: int | None = None) -> np.ndarray:
+def half_sq_diffs(pool, n: int | None = None, ranker=None) -> np.ndarray:
     """``(M, M, P)``: per prompt, a weighted mean over candidates of ½(s_a − s_b)² for every RM pair.
 
     ``s`` = :func:`perm.bon.standardize` (``scale=True``) of ``pool`` (``(M, P, N)``): centred and scaled
@@ -141,7 +142,11 @@ def half_sq_diffs(pool, n: int | None = None) -> np.ndarray:
     whole-pool weighting. ``n=None``: every candidate weighted 1/N. ``n`` given: "at the best-of-n picks":
     for pair (a, b) candidate i gets the mean best-of-n selection probability of the *other* RMs as rankers
     (rankers ≠ a, b, so neither member selects its own high scores; with fewer than one other RM, all RMs
-    rank). The weights sum to 1 per prompt. The diagonal is 0.
+    rank). ``ranker`` ``(P, N)`` given: the best-of-n selection probabilities of that one ranker instead,
+    the same weights for every pair: a ranker in no pair (the evaluator, gold) relates to every relation
+    alike, whereas the other RMs of the grid do not in the paper layout (4 of the 7 rankers of each
+    ``neither`` pair there share ft0's effect with one member), which plants a seed share where there is
+    none (``tests/test_seedstats.py``). The weights sum to 1 per prompt. The diagonal is 0.
 
     Efficiently: Σ_i w_i(s_a − s_b)² with ``w = (Σ_k p_k − p_a − p_b)/(M − 2)`` splits into one sum over
     all rankers and two corrections, each a batched Gram-like product (cost M²·P·N, not M³·P·N).
@@ -156,6 +161,16 @@ def half_sq_diffs(pool, n: int | None = None) -> np.ndarray:
         sq = s2.sum(axis=-1)  # (M, P)
         gram = np.einsum("apn,bpn->abp", s, s)
         return np.maximum(0.5 * (sq[:, None] + sq[None, :] - 2.0 * gram) / size, 0.0)
+    if ranker is not None:
+        ranker = np.asarray(ranker, dtype=np.float64)
+        if ranker.shape != pool.shape[1:]:
+            raise ValueError(f"ranker must be (P, N) = {pool.shape[1:]}, got {ranker.shape}")
+        w = _pick_probabilities(ranker[None], n)[0]  # (P, N)
+        ws2 = np.einsum("pn,apn->ap", w, s2)
+        out = 0.5 * (ws2[:, None] + ws2[None, :] - 2.0 * np.einsum("apn,bpn->abp", s * w, s))
+        out = np.maximum(out, 0.0)
+        out[np.arange(m), np.arange(m)] = 0.0
+        return out
     p = _pick_probabilities(pool, n)
     total = p.sum(axis=0)  # (P, N): all rankers
     ts2 = np.einsum("pn,apn->ap", total, s2)
@@ -175,13 +190,16 @@ def half_sq_diffs(pool, n: int | None = None) -> np.ndarray:
     return out
 
 
-def pick_rewards(pool, n: int) -> np.ndarray:
+def pick_rewards(pool, n: int, scale: bool = True) -> np.ndarray:
     """Figure 1's values, ``(M, M, P)``: ``[ranker, scorer, prompt] = Σ_i p_i^(ranker) r̃_scorer(i)``.
 
-    ``r̃`` is the scorer's reward centred per prompt over the pool (as :func:`perm.analysis.figure1`).
+    ``r̃`` is the scorer's reward standardised per prompt over the pool (:func:`perm.bon.standardize`:
+    centred, and with ``scale`` divided by its sd there, so the value is in the scorer's own per-prompt sd
+    and rescaling one RM's rewards changes nothing); ``scale=False``: centred only (the paper's raw rewards,
+    where an RM with a wider reward range weighs more).
     """
     pool = np.asarray(pool, dtype=np.float64)
-    return np.einsum("mpn,kpn->mkp", _pick_probabilities(pool, n), bon.standardize(pool))
+    return np.einsum("mpn,kpn->mkp", _pick_probabilities(pool, n), bon.standardize(pool, scale=scale))
 
 
 def pick_agreement(pool, ns: Sequence[int]) -> np.ndarray:
@@ -270,9 +288,10 @@ def variance_decomposition(pair_values: np.ndarray, relations: np.ndarray) -> di
 
 def seed_variance_decomposition(
     pool, pretrain_ids: Sequence, finetune_seeds: Sequence, ns: Sequence[int] | None = None,
-    scope: str = "shared",
+    scope: str = "shared", ranker=None,
 ) -> pd.DataFrame:
-    """The decomposition on the whole pool and at the best-of-n picks for each n (:func:`half_sq_diffs`).
+    """The decomposition on the whole pool and at the best-of-n picks for each n (:func:`half_sq_diffs`, of
+    the other RMs or of ``ranker`` ``(P, N)``).
 
     Columns: ``weighting`` (``pool`` or ``pick``), ``n`` (Int64, NA for the pool row), ``D_same_pretrain,
     D_same_finetune, D_neither``, the :data:`COMPONENTS`, ``n_same_pretrain, n_same_finetune, n_neither``
@@ -284,7 +303,7 @@ def seed_variance_decomposition(
     ns = bon.default_ns(pool.shape[-1]) if ns is None else list(ns)
     rows = []
     for weighting, n in [("pool", None)] + [("pick", n) for n in ns]:
-        dec = variance_decomposition(half_sq_diffs(pool, n), relations)
+        dec = variance_decomposition(half_sq_diffs(pool, n, ranker), relations)
         dec.pop("per_prompt")
         rows.append({"weighting": weighting, "n": n, **dec, "missing": ",".join(dec["missing"])})
     df = pd.DataFrame(rows)
@@ -293,7 +312,7 @@ def seed_variance_decomposition(
 
 
 # ----------------------------------------------------------------------------------------------------
-# Multi-Bootstrap over pretrain seeds and prompts
+# Multi-Bootstrap over the seed design (pretrains, finetune seeds when crossed) and prompts
 
 
 @dataclass(frozen=True)
@@ -351,69 +370,227 @@ def single_rm_arm(values, weights=None) -> Arm:
     return Arm(values, tuple((m,) for m in range(values.shape[0])), weights)
 
 
-def draw_bootstrap_weights(n_pretrains: int, n_prompts: int, draws: int, seed: int) -> tuple:
-    """``(c, w)``: pretrain multiplicities ``(B, R)`` ~ Multinomial(R, 1/R) and prompt multiplicities
-    ``(B, P)`` ~ Multinomial(P, 1/P), float64, from ``numpy.random.default_rng(seed)``.
+@dataclass(frozen=True)
+class SeedDesign:
+    """The random seed factors behind a set of RMs, as the bootstrap resamples them.
+
+    ``pretrain``: ``(M,)`` unit index of each RM's pretrain (:func:`pretrain_units`); ``finetune``: ``(M,)``
+    unit index of its finetune seed when finetune seeds form a factor *crossed* with pretrains (scope
+    ``shared``: a finetune seed is the same head init, data order and dropout on every backbone), else None
+    (scope ``per_rm``: finetune seeds nested in their pretrain, which carries them, as MultiBERTs). An
+    unknown id is a unit of its own. ``n_pretrains`` / ``n_finetune``: number of units (``n_finetune`` = 0
+    when nested).
+    """
+
+    pretrain: np.ndarray
+    finetune: np.ndarray | None
+    n_pretrains: int
+    n_finetune: int
+
+    @property
+    def crossed(self) -> bool:
+        return self.finetune is not None
+
+    def factors(self) -> dict[str, int]:
+        """Number of units of each seed factor that varies (a factor with one unit cannot be resampled)."""
+        out = {"pretrain": self.n_pretrains}
+        if self.crossed:
+            out["finetune"] = self.n_finetune
+        return {k: v for k, v in out.items() if v >= 2}
+
+    def describe(self) -> str:
+        """What an interval over this design resamples, in words."""
+        parts = [f"pretrains (R={self.n_pretrains})"]
+        if self.crossed:
+            parts.append(f"finetune seeds (F={self.n_finetune}, crossed with pretrains)")
+        else:
+            parts[0] += " with their finetune seeds nested"
+        return " x ".join([*parts, "prompts"])
+
+
+def seed_design(pretrain_ids: Sequence, finetune_seeds: Sequence | None = None, scope: str = "shared") -> SeedDesign:
+    """The :class:`SeedDesign` of RMs with these pretrain ids and finetune seeds under ``scope``
+    (:data:`SCOPES`); ``finetune_seeds=None`` means nested (no finetune factor)."""
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    units, labels = pretrain_units(pretrain_ids)
+    if finetune_seeds is None or scope == "per_rm":
+        return SeedDesign(units, None, len(labels), 0)
+    if len(finetune_seeds) != len(units):
+        raise ValueError(f"pretrain_ids ({len(units)}) and finetune_seeds ({len(finetune_seeds)}) differ in length")
+    ft_units, ft_labels = pretrain_units(finetune_seeds)  # same grouping rule: equal known seeds share a unit
+    return SeedDesign(units, ft_units, len(labels), len(ft_labels))
+
+
+@dataclass(frozen=True)
+class BootstrapWeights:
+    """Multiplicities of one set of replicates: ``pretrain`` ``(B, R)``, ``finetune`` ``(B, F)`` or None
+    (nested design), ``prompt`` ``(B, P)``; float64."""
+
+    pretrain: np.ndarray
+    finetune: np.ndarray | None
+    prompt: np.ndarray
+
+    def only(self, factor: str) -> BootstrapWeights:
+        """The same draws with every factor but ``factor`` held at 1 (that factor's own variance)."""
+        def keep(name, x):
+            return x if (name == factor or x is None) else np.ones_like(x)
+        return BootstrapWeights(keep("pretrain", self.pretrain), keep("finetune", self.finetune),
+                                keep("prompt", self.prompt))
+
+
+def draw_bootstrap_weights(n_pretrains: int, n_prompts: int, draws: int, seed: int,
+                           n_finetune: int = 0) -> BootstrapWeights:
+    """Multiplicities ~ Multinomial(K, 1/K) for each factor: pretrains ``(B, R)``, finetune seeds ``(B, F)``
+    (only when ``n_finetune`` > 0: a crossed design) and prompts ``(B, P)``, from
+    ``numpy.random.default_rng(seed)``.
 
     Multinomial (the classic bootstrap, as MultiBERTs) rather than Poisson(1): the total weight is fixed,
-    so a replicate never loses every pretrain or every prompt.
+    so a replicate never loses every unit of a factor.
     """
     rng = np.random.default_rng(seed)
-    c = rng.multinomial(n_pretrains, np.full(n_pretrains, 1.0 / n_pretrains), size=draws)
-    w = rng.multinomial(n_prompts, np.full(n_prompts, 1.0 / n_prompts), size=draws)
-    return c.astype(np.float64), w.astype(np.float64)
+
+    def draw(k):
+        return rng.multinomial(k, np.full(k, 1.0 / k), size=draws).astype(np.float64)
+
+    c, w = draw(n_pretrains), draw(n_prompts)
+    d = draw(n_finetune) if n_finetune > 0 else None
+    return BootstrapWeights(c, d, w)
 
 
-def unit_weights(members: Sequence[Sequence[int]], units: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """``(B, K)`` seed weight of each unit: the product of ``c`` over the *distinct* pretrains it involves.
-
-    A single RM of pretrain p gets ``c_p`` (finetunes are nested in their pretrain and ride along with
-    it); a pair of two pretrains p ≠ q gets ``c_p·c_q`` (every drawn copy of p meets every drawn copy of
-    q); a pair within one pretrain p gets ``c_p``, not ``c_p²``: a copy of p meeting another copy of p
-    is the same pair again, never a "different-pretrain" pair, and pairs within p stay within p.
-    """
-    c = np.asarray(c, dtype=np.float64)
-    n_pre = c.shape[1]
+def _product_over_sets(members, units: np.ndarray, c: np.ndarray) -> np.ndarray:
     sets = [sorted({int(units[m]) for m in mem}) for mem in members]
-    idx = np.full((len(sets), max(map(len, sets))), n_pre)  # pad with a column of ones
+    idx = np.full((len(sets), max(map(len, sets))), c.shape[1])  # pad with a column of ones
     for k, s in enumerate(sets):
         idx[k, : len(s)] = s
     padded = np.concatenate([c, np.ones((c.shape[0], 1))], axis=1)
     return padded[:, idx].prod(axis=-1)
 
 
-def arm_means(arm: Arm, units: np.ndarray, c: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """``(B,)`` weighted means of ``arm`` under seed weights ``c`` ``(B, R)`` and prompt weights ``w``
-    ``(B, P)`` (NaN where the total weight is 0, e.g. a relation none of whose pretrains was drawn)."""
-    unit_w = unit_weights(arm.members, units, c)
+def unit_weights(members: Sequence[Sequence[int]], units, c, finetune_units=None, d=None) -> np.ndarray:
+    """``(B, K)`` seed weight of each unit: the product of ``c`` over the *distinct* pretrains it involves,
+    times (crossed design) the product of ``d`` over its distinct finetune seeds.
+
+    A single RM of pretrain p gets ``c_p`` (and ``d_f`` for its finetune seed f when crossed); a pair of two
+    pretrains p ≠ q gets ``c_p·c_q`` (every drawn copy of p meets every drawn copy of q); a pair within one
+    pretrain p gets ``c_p``, not ``c_p²``: a copy of p meeting another copy of p is the same pair again, never
+    a "different-pretrain" pair, and pairs within p stay within p. Finetune seeds likewise: a
+    ``same_finetune`` pair gets ``d_f`` once.
+    """
+    c = np.asarray(c, dtype=np.float64)
+    out = _product_over_sets(members, np.asarray(units), c)
+    if finetune_units is not None and d is not None:
+        out = out * _product_over_sets(members, np.asarray(finetune_units), np.asarray(d, dtype=np.float64))
+    return out
+
+
+def arm_means(arm: Arm, design: SeedDesign | np.ndarray, weights: BootstrapWeights | np.ndarray,
+              w: np.ndarray | None = None) -> np.ndarray:
+    """``(B,)`` weighted means of ``arm`` under one set of bootstrap weights (NaN where the total weight is 0,
+    e.g. a relation none of whose pretrains was drawn). Also accepts the nested form ``(units, c, w)``."""
+    if not isinstance(design, SeedDesign):
+        design = SeedDesign(np.asarray(design), None, int(np.max(design)) + 1, 0)
+        weights = BootstrapWeights(np.asarray(weights, dtype=np.float64), None, np.asarray(w, dtype=np.float64))
+    unit_w = unit_weights(arm.members, design.pretrain, weights.pretrain, design.finetune, weights.finetune)
     if arm.weights is not None:
         unit_w = unit_w * arm.weights
-    prompt_sums = w @ arm.values.T  # (B, K)
+    ww = weights.prompt
+    prompt_sums = ww @ arm.values.T  # (B, K)
     num = np.sum(unit_w * prompt_sums, axis=1)
-    den = unit_w.sum(axis=1) * w.sum(axis=1)
+    den = unit_w.sum(axis=1) * ww.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
-def _summary(name: str, point, reps, prompt_reps, level: float, draws: int, n_pre: int) -> dict:
+def corrected_interval(estimate: float, v_joint: float, v_factor: Mapping[str, float], n_units: Mapping[str, int],
+                       level: float, effective: Mapping[str, float] | None = None) -> dict:
+    """A bootstrap standard error corrected for few seeds, and its t interval.
+
+    The bootstrap variance of a mean over K units carries (K−1)/K; with K = 5 pretrains that, and normal
+    tails on a variance estimated from 5 units, make a nominal 90% interval cover ~78%. So: each factor's
+    own bootstrap variance ``v_factor[k]`` (the replicates with only that factor resampled) is scaled by
+    K/(K−1) and the difference added to the joint variance, ``V = v_joint + Σ_k v_k/(K_k − 1)``, and the
+    interval is ``estimate ± t_df · √V`` with Welch–Satterthwaite degrees of freedom
+    ``df = V² / Σ_k (v_k·K_k/(K_k−1))² / df_k`` (the joint variance's part not attributed to any factor
+    counts with the prompts' df). ``df_k = n_k − 1`` with ``n_k`` the factor's *effective* number of units
+    (``effective``, Kish's (Σe)²/Σe² of the units' exposures, :func:`effective_units`; at most K_k): in the
+    paper layout seed0 carries 5 of 9 RMs, so its 5 pretrains count as ~2.8. Chosen by simulation on perm's designs (tests/test_coverage.py).
+    Returns ``se, lo, hi, df``.
+    """
+    if not np.isfinite(v_joint):
+        return {"se": np.nan, "lo": np.nan, "hi": np.nan, "df": np.nan}
+    inflated = {k: v * n_units[k] / (n_units[k] - 1) for k, v in v_factor.items() if n_units.get(k, 0) >= 2
+                and np.isfinite(v)}
+    total = v_joint + sum(v / (n_units[k] - 1) for k, v in v_factor.items() if k in inflated)
+    dfs = {k: max(min(n_units[k], (effective or {}).get(k, np.inf)) - 1, 1.0) for k in inflated}
+    den = sum(v**2 / dfs[k] for k, v in inflated.items())
+    rest = max(total - sum(inflated.values()), 0.0)
+    if "prompt" in n_units and n_units["prompt"] >= 2:
+        den += rest**2 / (n_units["prompt"] - 1)
+    df = total**2 / den if den > 0 else np.inf
+    df = float(max(df, 1.0))
+    se = math.sqrt(max(total, 0.0))
+    q = float(student_t.ppf(0.5 + level / 2, df)) if np.isfinite(df) else float(norm.ppf(0.5 + level / 2))
+    return {"se": se, "lo": estimate - q * se, "hi": estimate + q * se, "df": df}
+
+
+def _var(x: np.ndarray) -> float:
+    x = np.asarray(x, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    return float(x.var(ddof=1)) if len(x) > 1 else np.nan
+
+
+def _summary(name: str, point, reps: Mapping[str, np.ndarray], design: SeedDesign, n_prompts: int, level: float,
+             draws: int, describe: str, effective: Mapping[str, float] | None = None) -> dict:
     point = float(np.asarray(point).reshape(-1)[0])
-    valid = reps[np.isfinite(reps)]
-    prompt_valid = prompt_reps[np.isfinite(prompt_reps)]
-    lo, hi = np.percentile(valid, [50 * (1 - level), 50 * (1 + level)]) if len(valid) else (np.nan, np.nan)
+    joint = reps["joint"]
+    valid = joint[np.isfinite(joint)]
+    lo_p, hi_p = (np.percentile(valid, [50 * (1 - level), 50 * (1 + level)]) if len(valid)
+                  else (np.nan, np.nan))
+    n_units = {**design.factors(), "prompt": n_prompts}
+    v_factor = {k: _var(reps[k]) for k in n_units if k in reps}
+    iv = corrected_interval(point, _var(joint), v_factor, n_units, level, effective)
     return {
         "statistic": name,
         "estimate": point,
-        "se": float(valid.std(ddof=1)) if len(valid) > 1 else np.nan,
-        "lo": float(lo),
-        "hi": float(hi),
-        "se_prompt": float(prompt_valid.std(ddof=1)) if len(prompt_valid) > 1 else np.nan,
+        "se": iv["se"],
+        "lo": iv["lo"],
+        "hi": iv["hi"],
+        "df": iv["df"],
+        "se_boot": math.sqrt(_var(joint)) if len(valid) > 1 else np.nan,
+        "lo_pct": float(lo_p),
+        "hi_pct": float(hi_p),
+        "se_prompt": math.sqrt(v_factor["prompt"]) if np.isfinite(v_factor.get("prompt", np.nan)) else np.nan,
+        "se_pretrain": math.sqrt(v_factor["pretrain"]) if np.isfinite(v_factor.get("pretrain", np.nan)) else np.nan,
+        "se_finetune": (math.sqrt(v_factor["finetune"]) if np.isfinite(v_factor.get("finetune", np.nan))
+                        else np.nan),
         # MultiBERTs' one-sided "p": share of replicates ≤ 0, floored at 1/B
         "p_le_0": max(float(np.mean(valid <= 0)), 1.0 / draws) if len(valid) else np.nan,
-        "R": n_pre,
+        "R": design.n_pretrains,
+        "F": design.n_finetune,
         "B": draws,
         "n_valid": len(valid),
         "level": level,
+        "resamples": describe,
     }
+
+
+def effective_units(arm: Arm, design: SeedDesign) -> dict[str, float]:
+    """Kish's effective number of units of each seed factor of ``design`` in ``arm``: a unit's exposure is
+    the arm's weight on it (a pair's weight split evenly over the distinct units it involves);
+    ``n_eff = (Σ e)² / Σ e²``, equal to the number of units when they are equally exposed."""
+    base = np.ones(len(arm.members)) if arm.weights is None else arm.weights
+    out = {}
+    for factor, units, k in (("pretrain", design.pretrain, design.n_pretrains),
+                             ("finetune", design.finetune, design.n_finetune)):
+        if units is None:
+            continue
+        exposure = np.zeros(k)
+        for wt, mem in zip(base, arm.members, strict=True):
+            s = sorted({int(units[m]) for m in mem})
+            exposure[s] += wt / len(s)
+        out[factor] = float(exposure.sum() ** 2 / np.sum(exposure**2)) if exposure.any() else 0.0
+    return out
 
 
 def multi_bootstrap(
@@ -424,25 +601,29 @@ def multi_bootstrap(
     draws: int = 500,
     level: float = 0.9,
     seed: int = 0,
+    finetune_seeds: Sequence | None = None,
+    scope: str = "shared",
 ) -> pd.DataFrame:
-    """Point estimates and intervals over pretrain seeds and prompts (MultiBERTs' Multi-Bootstrap).
+    """Point estimates and intervals over the seed design and prompts (MultiBERTs' Multi-Bootstrap,
+    extended to crossed finetune seeds, with a small-sample correction).
 
-    ``arms``: named :class:`Arm`, all with the same P; ``pretrain_ids``: ``(M,)`` for the RM indices in the
-    arms' members. Replicate b draws pretrain multiplicities c and prompt multiplicities w once
-    (:func:`draw_bootstrap_weights`) and shares them by every arm, statistic and contrast, so contrasts
-    are paired. Each arm's replicate is its weighted mean (:func:`arm_means`, seed weights by
+    ``arms``: named :class:`Arm`, all with the same P; ``pretrain_ids`` (and ``finetune_seeds``): ``(M,)`` for
+    the RM indices in the arms' members. The design (:func:`seed_design`): with ``finetune_seeds`` under
+    ``scope="shared"`` finetune seeds are a second factor crossed with pretrains and resampled too; without
+    them, or under ``per_rm``, they are nested in their pretrain. Replicate b draws multiplicities of every
+    factor once (:func:`draw_bootstrap_weights`) and shares them by every arm, statistic and contrast, so
+    contrasts are paired. Each arm's replicate is its weighted mean (:func:`arm_means`, seed weights by
     :func:`unit_weights`). ``statistics`` maps the dict of arm means (arrays of replicates) to a dict of
     named statistics, each a whole function of the means (ratios, shares: bootstrapped as a whole, never by
-    propagating standard errors); default: one statistic per arm. ``contrasts`` adds ``"a - b"`` for arm
-    (or statistic) names a, b.
+    propagating standard errors); default: one statistic per arm. ``contrasts`` adds ``"a - b"``.
 
-    Returns one row per statistic: ``statistic, estimate`` (every unit and prompt weighted once), ``se``
-    (std of the replicates), ``lo, hi`` (percentile interval at ``level``), ``se_prompt`` (the same with
-    pretrain weights fixed at 1: prompts only), ``p_le_0``, ``R`` (number of pretrains), ``B``,
-    ``n_valid`` (replicates where the statistic is defined: a relation whose pretrains were all left out
-    of a draw has no value there, and the interval is conditional on it being drawn; in the paper layout
-    every same_pretrain and neither pair involves seed0, so ≈ (4/5)⁵ = 33% of replicates drop), ``level``.
-    With R = 5 pretrains the seed part is coarse (bootstrap variance × (R−1)/R, lumpy tails): print R.
+    Returns one row per statistic: ``statistic, estimate`` (every unit and prompt weighted once), ``se`` and
+    ``lo, hi`` (:func:`corrected_interval`: the bootstrap variance corrected for few seeds, t quantile on
+    Satterthwaite ``df``), ``se_boot`` (raw bootstrap se), ``lo_pct, hi_pct`` (raw percentile interval),
+    ``se_prompt`` / ``se_pretrain`` / ``se_finetune`` (one factor resampled, the others held),
+    ``p_le_0``, ``R``, ``F`` (finetune seed units when crossed, else 0), ``B``, ``n_valid`` (replicates where
+    the statistic is defined: a relation whose units were all left out of a draw has no value there, and the
+    interval is conditional on it being drawn), ``level`` and ``resamples`` (in words).
     """
     if not arms:
         raise ValueError("need at least one arm")
@@ -450,24 +631,32 @@ def multi_bootstrap(
     if len(n_prompts) != 1:
         raise ValueError(f"arms disagree on the number of prompts: {sorted(n_prompts)}")
     n_prompts = n_prompts.pop()
-    units, labels = pretrain_units(pretrain_ids)
-    n_pre = len(labels)
+    design = seed_design(pretrain_ids, finetune_seeds, scope)
     top = max(max(m) for a in arms.values() for m in a.members)
-    if top >= len(units):
-        raise ValueError(f"arm members index RM {top}, but only {len(units)} pretrain_ids were given")
-    c, w = draw_bootstrap_weights(n_pre, n_prompts, draws, seed)
+    if top >= len(design.pretrain):
+        raise ValueError(f"arm members index RM {top}, but only {len(design.pretrain)} pretrain_ids were given")
+    weights = draw_bootstrap_weights(design.n_pretrains, n_prompts, draws, seed, design.n_finetune)
 
-    def stats(cw, ww):
-        means = {k: arm_means(a, units, cw, ww) for k, a in arms.items()}
+    def stats(bw: BootstrapWeights):
+        means = {k: arm_means(a, design, bw) for k, a in arms.items()}
         out = dict(statistics(means)) if statistics is not None else dict(means)
         for a, b in contrasts:
             out[f"{a} - {b}"] = {**means, **out}[a] - {**means, **out}[b]
         return out
 
-    point = stats(np.ones((1, n_pre)), np.ones((1, n_prompts)))
-    reps = stats(c, w)
-    prompt_reps = stats(np.ones_like(c), w)
-    rows = [_summary(k, point[k], reps[k], prompt_reps[k], level, draws, n_pre) for k in point]
+    ones = BootstrapWeights(np.ones((1, design.n_pretrains)),
+                            np.ones((1, design.n_finetune)) if design.crossed else None, np.ones((1, n_prompts)))
+    point = stats(ones)
+    reps = {"joint": stats(weights)}
+    for factor in (*design.factors(), "prompt"):
+        reps[factor] = stats(weights.only(factor))
+    describe = design.describe()
+    pooled = Arm(np.zeros((sum(len(a.members) for a in arms.values()), 1)),
+                 tuple(m for a in arms.values() for m in a.members),
+                 np.concatenate([np.ones(len(a.members)) if a.weights is None else a.weights for a in arms.values()]))
+    effective = effective_units(pooled, design)  # the units' exposure over every arm a statistic may combine
+    rows = [_summary(k, point[k], {f: r[k] for f, r in reps.items()}, design, n_prompts, level, draws, describe,
+                     effective) for k in point]
     return pd.DataFrame(rows)
 
 
@@ -481,16 +670,17 @@ def decomposition_statistics(means: Mapping[str, np.ndarray]) -> dict[str, np.nd
 
 def decomposition_intervals(
     pool, pretrain_ids: Sequence, finetune_seeds: Sequence, n: int | None = None, scope: str = "shared",
-    draws: int = 500, level: float = 0.9, seed: int = 0,
+    draws: int = 500, level: float = 0.9, seed: int = 0, ranker=None,
 ) -> pd.DataFrame:
     """:func:`multi_bootstrap` rows for the D's, σ²'s and shares, on the pool (``n=None``) or at the
-    best-of-n picks. Pair units are weighted by :func:`unit_weights`; the picks' ranker weights are held
-    fixed (computed once from the tensor)."""
+    best-of-n picks (of the other RMs, or of ``ranker`` ``(P, N)``: :func:`half_sq_diffs`). Pair units are
+    weighted by :func:`unit_weights`; the picks' ranker weights are held fixed (computed once)."""
     relations = pair_relations(pretrain_ids, finetune_seeds, scope)
-    arms = relation_arms(half_sq_diffs(pool, n), relations)
+    arms = relation_arms(half_sq_diffs(pool, n, ranker), relations)
     if not arms:
         raise ValueError("no pairs of RMs: need at least two RMs")
-    return multi_bootstrap(arms, pretrain_ids, decomposition_statistics, draws=draws, level=level, seed=seed)
+    return multi_bootstrap(arms, pretrain_ids, decomposition_statistics, draws=draws, level=level, seed=seed,
+                           finetune_seeds=finetune_seeds, scope=scope)
 
 
 def anova_mean_variance(y) -> dict[str, float]:
@@ -563,7 +753,7 @@ def jackknife_interval(
         if r < 2 or loo.shape[1:] != full.shape:
             raise ValueError(f"{name}: need loo (R ≥ 2, P) matching full (P,), got {loo.shape}, {full.shape}")
         if w is None:
-            _, w = draw_bootstrap_weights(1, full.shape[0], draws, seed)
+            w = draw_bootstrap_weights(1, full.shape[0], draws, seed).prompt
         theta = float(full.mean())
         theta_loo = loo.mean(axis=1)
         var_jk = (r - 1) / r * float(np.sum((theta_loo - theta_loo.mean()) ** 2))
@@ -706,3 +896,143 @@ def kappa(agreement, chance):
     with np.errstate(invalid="ignore", divide="ignore"):
         out = np.where(ch < 1, (a - ch) / np.where(ch < 1, 1 - ch, 1.0), np.nan)
     return float(out) if out.ndim == 0 else out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Planted structure on a run's own design: what the intervals' coverage is checked against
+
+
+def planted_pool(rng: np.random.Generator, pretrain_ids: Sequence, finetune_seeds: Sequence, n_prompts: int,
+                 pool_size: int, sigma_pt: float, sigma_ft: float, sigma_res: float = 1.0,
+                 sigma_common: float = 1.0, scale: Sequence[float] | None = None) -> np.ndarray:
+    """``(M, P, N)`` scores with planted seed structure on a design: per candidate,
+    ``s = σ_common·Q + σ_pt·A[pretrain] + σ_ft·F[finetune seed] + σ_res·E[rm]``, all standard normal and
+    independent (Q shared by every RM: the pool's quality; A by every RM of a pretrain, F by every RM of a
+    finetune seed, E its own), each RM's scores times ``scale[m]`` (Bradley–Terry rewards' arbitrary scales).
+    Unknown ids are units of their own. On per-prompt standardised scores the population half squared
+    differences are D_same_pretrain = σ²_ft + σ²_res, D_same_finetune = σ²_pt + σ²_res, D_neither = all three,
+    over the total σ²_common + σ²_pt + σ²_ft + σ²_res (:func:`planted_shares`).
+    """
+    pu, _ = pretrain_units(pretrain_ids)
+    fu, _ = pretrain_units(finetune_seeds)
+    m = len(pu)
+    shape = (n_prompts, pool_size)
+    q = rng.standard_normal(shape)
+    a = rng.standard_normal((pu.max() + 1, *shape))[pu]
+    f = rng.standard_normal((fu.max() + 1, *shape))[fu]
+    e = rng.standard_normal((m, *shape))
+    out = sigma_common * q[None] + sigma_pt * a + sigma_ft * f + sigma_res * e
+    if scale is not None:
+        out = out * np.asarray(scale, dtype=np.float64)[:, None, None]
+    return out
+
+
+def planted_shares(sigma_pt: float, sigma_ft: float, sigma_res: float = 1.0) -> dict[str, float]:
+    """The population shares of D_neither that :func:`planted_pool` plants."""
+    total = sigma_pt**2 + sigma_ft**2 + sigma_res**2
+    return {"share_pt": sigma_pt**2 / total, "share_ft": sigma_ft**2 / total, "share_res": sigma_res**2 / total}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Table 1 over every ensemble of a layout: a jackknife over both seed factors, shared by every statistic
+
+
+def grid_ensembles(pretrain_ids: Sequence, finetune_seeds: Sequence) -> dict[str, list[list[int]]]:
+    """Every ensemble a grid layout has, as RM indices: ``finetune``: the RMs of each pretrain with two or
+    more (one ensemble per pretrain); ``pretrain``: for each finetune seed shared by two or more pretrains,
+    one RM per pretrain with that seed (the first in order). The paper layout has one of each (seed0's
+    finetunes, ft0 across pretrains); the full layout R x F has R finetune and F pretrain ensembles."""
+    by_pretrain: dict = {}
+    by_seed: dict = {}
+    for i, (p, f) in enumerate(zip(pretrain_ids, finetune_seeds, strict=True)):
+        by_pretrain.setdefault(p, []).append(i)
+        if not _is_missing(f):
+            by_seed.setdefault(f, {}).setdefault(p, i)
+    finetune = [v for _, v in sorted(by_pretrain.items(), key=lambda kv: str(kv[0])) if len(v) >= 2]
+    pretrain = [sorted(v.values()) for _, v in sorted(by_seed.items(), key=lambda kv: str(kv[0])) if len(v) >= 2]
+    return {"finetune": finetune, "pretrain": pretrain}
+
+
+def grid_ensemble_intervals(
+    scores, target, n: int, ensembles: Mapping[str, Sequence[Sequence[int]]], pretrain_ids: Sequence,
+    finetune_seeds: Sequence, single=None, aggregator: str = "mean", scale: bool = False, draws: int = 500,
+    level: float = 0.9, seed: int = 0,
+) -> pd.DataFrame:
+    """Table 1's cells averaged over every ensemble of each kind, the single-RM mean and the contrasts
+    ``<kind> - single`` and ``pretrain - finetune``, with one interval machinery for all of them (paired).
+
+    ``scores`` ``(M, P, N)`` of the grid's RMs; ``ensembles``: kind → lists of RM indices
+    (:func:`grid_ensembles`); ``single`` ``(M, P)``: each RM's own best-of-n value (default: computed from
+    ``scores``). A kind's statistic is the mean over its ensembles of the prompt mean of
+    :func:`ensemble_pick_values`. Variance: a delete-one jackknife over each seed factor, pretrains and
+    finetune seeds (deleting a unit removes its RMs from every ensemble and from the single-RM mean; an
+    ensemble left with one member is dropped; deletions that leave a kind without ensembles are skipped for
+    it), ``(K−1)/K Σ (θ₋u − θ̄₋)²`` over the K usable deletions, plus a prompt bootstrap of the full
+    statistic; the interval is the estimate ± t·se with Satterthwaite df from the factors' K−1 and the
+    prompts'. Rows: ``statistic, estimate, se, lo, hi, df, se_pretrain, se_finetune, se_prompt,
+    n_ensembles, R, F, level, resamples``.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    m = scores.shape[0]
+    target = np.asarray(target, dtype=np.float64)
+    if single is None:
+        single = np.sum(bon.selection_probabilities(scores, n) * target, axis=-1)
+    single = np.asarray(single, dtype=np.float64)
+    cache: dict[tuple[int, ...], np.ndarray] = {}
+
+    def ens_value(members) -> np.ndarray:
+        key = tuple(sorted(members))
+        if key not in cache:
+            cache[key] = ensemble_pick_values(scores[list(key)], target, n, aggregator, scale)
+        return cache[key]
+
+    kinds = [k for k in ("finetune", "pretrain") if ensembles.get(k)]
+
+    def per_prompt(keep: np.ndarray) -> dict[str, np.ndarray | None]:
+        out: dict[str, np.ndarray | None] = {"single": single[keep].mean(axis=0) if keep.any() else None}
+        for k in kinds:
+            kept = [[i for i in e if keep[i]] for e in ensembles[k]]
+            kept = [e for e in kept if len(e) >= 2]
+            out[k] = np.mean([ens_value(e) for e in kept], axis=0) if kept else None
+        for k in kinds:
+            out[f"{k} - single"] = None if out[k] is None or out["single"] is None else out[k] - out["single"]
+        if len(kinds) == 2:
+            a, b = out["pretrain"], out["finetune"]
+            out["pretrain - finetune"] = None if a is None or b is None else a - b
+        return out
+
+    full = per_prompt(np.ones(m, dtype=bool))
+    design = seed_design(pretrain_ids, [None if _is_missing(f) else f for f in finetune_seeds], "shared")
+    factors = {"pretrain": design.pretrain}
+    if design.crossed:
+        factors["finetune"] = design.finetune
+    loo = {f: [per_prompt(units != u) for u in np.unique(units)] for f, units in factors.items()}
+    prompt_w = draw_bootstrap_weights(1, single.shape[1], draws, seed).prompt
+    n_prompts = single.shape[1]
+    rows = []
+    for name, values in full.items():
+        if values is None:
+            continue
+        est = float(values.mean())
+        v_f, k_f = {}, {}
+        for f, dels in loo.items():
+            th = np.array([d[name].mean() for d in dels if d[name] is not None])
+            k_f[f] = len(th)
+            v_f[f] = (len(th) - 1) / len(th) * float(np.sum((th - th.mean()) ** 2)) if len(th) >= 2 else 0.0
+        v_p = float(np.var(prompt_w @ values / n_prompts, ddof=1))
+        total = sum(v_f.values()) + v_p
+        den = sum(v**2 / (k_f[f] - 1) for f, v in v_f.items() if k_f[f] >= 2) + v_p**2 / max(n_prompts - 1, 1)
+        df = float(max(total**2 / den, 1.0)) if den > 0 else np.inf
+        se = math.sqrt(total)
+        q = float(student_t.ppf(0.5 + level / 2, df)) if np.isfinite(df) else float(norm.ppf(0.5 + level / 2))
+        kind = name.split(" ")[0]
+        rows.append({
+            "statistic": name, "estimate": est, "se": se, "lo": est - q * se, "hi": est + q * se, "df": df,
+            "se_pretrain": math.sqrt(v_f.get("pretrain", np.nan)), "se_finetune": math.sqrt(v_f.get("finetune", np.nan)),
+            "se_prompt": math.sqrt(v_p), "n_ensembles": len(ensembles.get(kind, [])) if kind in kinds else m,
+            "R": design.n_pretrains, "F": design.n_finetune, "level": level,
+            "resamples": "jackknife over " + " and ".join(
+                f"{f}s ({k_f[f]} deletions)" if f == "pretrain" else f"finetune seeds ({k_f[f]} deletions)"
+                for f in loo) + " + prompt bootstrap",
+        })
+    return pd.DataFrame(rows)

@@ -22,8 +22,9 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
         tensor = {"rewards": upstream["rewards"], "models": upstream["models"]}
     else:
         tensor = {"score": upstream["score"], "samples": upstream["sample"]}
-    # the scope says which RM pairs are `same_finetune`; v2: the seed-aware tables (issue 12)
-    return {"analyze": hash_obj({"analysis": to_dict(cfg.analysis), "tensor": tensor, "version": 2,
+    # the scope says which RM pairs are `same_finetune`; v2: the seed-aware tables (issue 12); v3: intervals
+    # over the crossed seed design, scale-free Figures 1 and 3, Table 1 over every ensemble (issue 27)
+    return {"analyze": hash_obj({"analysis": to_dict(cfg.analysis), "tensor": tensor, "version": 3,
                                  "scope": cfg.reward.finetune_seed_scope})}
 
 
@@ -45,7 +46,8 @@ def run(ctx: Context, rewards: Path | None = None, models: Path | None = None) -
         samples, posts = (None, None) if external else samples_and_posts(ctx.root)
         results = run_analysis(tensor, ns=list(a.ns) if a.ns else None, anova_draws=a.anova_draws, seed=a.seed,
                                samples=samples, posts=posts, scale=a.scale,
-                               scope=ctx.cfg.reward.finetune_seed_scope, bootstrap=a.bootstrap, level=a.level)
+                               scope=ctx.cfg.reward.finetune_seed_scope, bootstrap=a.bootstrap, level=a.level,
+                               figure3_method=a.figure3, pick_ranker_name=a.pick_ranker)
         with atomic_path(ctx.root / "analysis") as tmp:
             save_analysis(results, tmp)
         return {"prompts": tensor.n_prompts, "pool": tensor.pool_size}
