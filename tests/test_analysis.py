@@ -590,3 +590,54 @@ def test_run_and_save(tmp_path, small):
     assert set(summary["headline"]["seed_variance"]) == {"share_pt", "share_ft", "share_res"}
     again = analysis.run_analysis(small, anova_draws=2, seed=3)
     pd.testing.assert_frame_equal(again["figure3"], results["figure3"])  # seeded
+
+
+def test_table1_averages_every_ensemble_of_the_full_layout():
+    """Full layout 3 x 3: three finetune ensembles (one per pretrain) and three pretrain ensembles (one per
+    finetune seed); each cell is the mean over them, the contrast paired, the jackknife by brute force."""
+    from perm import seedstats
+
+    t = analysis.synthetic_reward_tensor(n_pretrains=3, n_finetune=3, n_prompts=30, pool_size=8, seed=4)
+    rm = list(t.rm_indices)
+    pids, fts = [t.pretrain_ids[i] for i in rm], [t.finetune_seeds[i] for i in rm]
+    ens = seedstats.grid_ensembles(pids, fts)
+    assert len(ens["finetune"]) == 3 and len(ens["pretrain"]) == 3
+    assert all(len({pids[i] for i in e}) == 1 for e in ens["finetune"])
+    assert all(len({fts[i] for i in e}) == 1 and len({pids[i] for i in e}) == 3 for e in ens["pretrain"])
+    cells, contrasts = analysis.ensemble_intervals(t, n=4, draws=50)
+    gold = t.role_index("gold")
+    target = bon.standardize(t.pool[gold])
+    pool = t.pool[rm]
+
+    def kind_mean(kind, keep):
+        vals = [seedstats.ensemble_pick_values(pool[[i for i in e if keep[i]]], target, 4, "mean").mean()
+                for e in ens[kind] if sum(keep[i] for i in e) >= 2]
+        return np.mean(vals)
+
+    keep_all = np.ones(len(rm), dtype=bool)
+    cell = cells[(cells.target == "gold") & (cells.metric == "reward") & (cells.aggregator == "mean")]
+    for kind in ("finetune", "pretrain"):
+        row = cell[cell.ensemble == kind].iloc[0]
+        assert row.estimate == pytest.approx(kind_mean(kind, keep_all)) and row.n_ensembles == 3
+    diff = contrasts[(contrasts.contrast == "pretrain - finetune") & (contrasts.target == "gold")
+                     & (contrasts.metric == "reward") & (contrasts.aggregator == "mean")].iloc[0]
+    assert diff.estimate == pytest.approx(kind_mean("pretrain", keep_all) - kind_mean("finetune", keep_all))
+    # jackknife over pretrains, by hand: delete each pretrain's RMs
+    thetas = []
+    for p in sorted(set(pids)):
+        keep = np.array([q != p for q in pids])
+        thetas.append(kind_mean("pretrain", keep) - kind_mean("finetune", keep))
+    thetas = np.array(thetas)
+    var_pt = 2 / 3 * np.sum((thetas - thetas.mean()) ** 2)
+    res = seedstats.grid_ensemble_intervals(pool, target, 4, ens, pids, fts, draws=50).set_index("statistic")
+    assert res.loc["pretrain - finetune", "se_pretrain"] == pytest.approx(np.sqrt(var_pt))
+    assert diff.lo < diff.estimate < diff.hi and diff.resamples.startswith("jackknife over pretrains")
+
+
+def test_table1_paper_layout_has_one_ensemble_of_each_kind():
+    from perm import seedstats
+
+    pids = ["s0"] * 5 + ["s1", "s2", "s3", "s4"]
+    fts = [0, 1, 2, 3, 4, 0, 0, 0, 0]
+    ens = seedstats.grid_ensembles(pids, fts)
+    assert ens == {"finetune": [[0, 1, 2, 3, 4]], "pretrain": [[0, 5, 6, 7, 8]]}

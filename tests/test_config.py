@@ -193,7 +193,7 @@ def test_quick_yaml_resolves_to_the_recorded_config():
     overrides = [f"{k}={recorded[k]}" for k in ("out", "threads", "device", "precision")]
     now = to_dict(load_config(configs_dir() / "quick.yaml", overrides))
     added = added_fields(now, recorded)
-    assert set(added) <= {"analysis.bootstrap", "analysis.figure3", "analysis.level", "analysis.pick_ranker", "data.bad_rows", "data.max_bad_fraction",
+    assert set(added) <= {"analysis.bootstrap", "analysis.coverage_sims", "analysis.figure3", "analysis.level", "analysis.pick_ranker", "data.bad_rows", "data.max_bad_fraction",
                           "evaluator.extra_posts", "evaluator.finetune_seed", "pretrain.convert_bin", "pretrain.checkpoint_every",
                           "reward.finetune_seed_scope", "reward.policy_kwise", "reward.readout"}, added
     defaults = to_dict(RunConfig())

@@ -752,6 +752,7 @@ def run_analysis(
     level: float = 0.9,
     figure3_method: str = "mom",
     pick_ranker_name: str = "auto",
+    coverage_sims: int = 0,
 ) -> dict[str, pd.DataFrame]:
     """All analyses of the reward tensor.
 
@@ -766,7 +767,9 @@ def run_analysis(
     such pairs, and finetune seeds are nested in pretrains for the intervals); ``bootstrap`` replicates give
     intervals at ``level`` over the seed design and prompts; ``figure3_method`` (:data:`FIGURE3_METHODS`) and
     ``pick_ranker_name`` (:func:`pick_ranker`) choose Figure 3's statistic and the pick-level decomposition's
-    ranker. With ``samples`` (texts), Figure 2's chance line knows the pool's duplicate texts.
+    ranker. With ``samples`` (texts), Figure 2's chance line knows the pool's duplicate texts. With
+    ``coverage_sims`` > 0, ``coverage``: the simulated coverage of the intervals on this tensor's seed design
+    (:func:`perm.coverage.simulate_coverage`).
     """
     ns = _check_ns(ns, tensor.pool_size)
     ev, gold = tensor.role_index("evaluator"), tensor.role_index("gold")
@@ -815,6 +818,14 @@ def run_analysis(
     }
     if samples is not None:
         results["hacking"] = reward_hacking(tensor, samples, posts, ns, scale=scale)
+    if coverage_sims > 0 and len(tensor.rm_indices) >= 2:
+        from perm.coverage import simulate_coverage
+
+        rm = tensor.rm_indices
+        results["coverage"] = simulate_coverage(
+            [tensor.pretrain_ids[i] for i in rm], [tensor.finetune_seeds[i] for i in rm], scope,
+            n_prompts=min(tensor.n_prompts, 60), pool_size=min(tensor.pool_size, 16), sims=coverage_sims,
+            draws=min(bootstrap, 200), level=level, seed=seed)
     return results
 
 

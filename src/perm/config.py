@@ -489,6 +489,9 @@ class AnalysisConfig:
     """Figure 3's statistic: ``mom`` (share of variance due to the scoring RM, method of moments on per-prompt
     standardised scores: free of reward scale, ~0 under exchangeable RMs) or ``paper`` (the paper's SS_RM /
     SS_total on rewards centred per prompt, which unequal reward scales inflate; docs/results.md)."""
+    coverage_sims: int = 100
+    """Simulated grids per scenario behind the report's coverage of its intervals on this run's seed design
+    (perm.coverage: planted seed effects, 4 scenarios); >= 0, 0 = skip (~1 min at 100 on the paper layout)."""
     pick_ranker: str = "auto"
     """Whose best-of-n picks weight the pick-level seed decomposition: ``auto`` (the evaluator, else gold),
     ``evaluator``, ``gold``, or ``grid`` (the other RMs of each pair: biased in the paper layout, where they
@@ -497,6 +500,7 @@ class AnalysisConfig:
     def __post_init__(self) -> None:
         _check(self.anova_draws > 0, "analysis.anova_draws", "must be > 0")
         _check(self.figure3 in ("mom", "paper"), "analysis.figure3", "must be mom or paper")
+        _check(self.coverage_sims >= 0, "analysis.coverage_sims", "must be >= 0")
         _check(self.pick_ranker in ("auto", "evaluator", "gold", "grid"), "analysis.pick_ranker",
                "must be auto, evaluator, gold or grid")
         _check(self.bootstrap >= 2, "analysis.bootstrap", "must be >= 2")

@@ -223,10 +223,12 @@ def _figure1(results) -> FigureResult:
         "Each RM reranks n samples of the SFT policy; its pick is then scored by the ranker itself (red "
         "squares), by RMs of the same pretrain and another finetune seed (blue circles), by RMs of another "
         "pretrain with the same finetune seed (purple, which differ from the ranker only in the backbone), "
-        "and by RMs that share neither (orange). Rewards are centred per prompt, so 0 is the average SFT "
-        "sample (n = 1). If the preference data pinned the reward down, the lines would coincide. The ranker "
-        "always likes its own pick best (winner's curse); blue above orange is the paper's claim that sharing "
-        "a pretrain makes RMs agree. Bands: 90% intervals over pretrain seeds and prompts.",
+        "and by RMs that share neither (orange). Each judge's rewards are standardised per prompt (centred, in "
+        "its own sd over the pool), so 0 is the average SFT sample (n = 1) and no RM's reward scale counts. If "
+        "the preference data pinned the reward down, the lines would coincide. The ranker always likes its own "
+        "pick best (winner's curse); blue above orange is the paper's claim that sharing a pretrain makes RMs "
+        "agree. Bands: 90% intervals over the seed design (pretrains, and finetune seeds where they are "
+        "crossed) and prompts.",
     )
     df = results.get("figure1")
     if df is None or df.empty:
@@ -242,7 +244,7 @@ def _figure1(results) -> FigureResult:
     out.notes += _relation_notes(df)
     _n_axis(ax, _ns(df))
     ax.axhline(0, color="#999999", linewidth=0.8, zorder=0)
-    ax.set_ylabel("reward of the best-of-n pick\n(centred per prompt)")
+    ax.set_ylabel("reward of the best-of-n pick\n(judge's sd, per prompt)")
     ax.legend(loc="upper left")
     out.figure = fig
     labels = {g: STYLE[g]["label"] for g in STYLE}
@@ -350,10 +352,13 @@ def _figure3(results) -> FigureResult:
     out = FigureResult(
         "fig3",
         "Figure 3 · Variance explained by the reward model",
-        "One RM picks the best of n; the other RMs score the picks. A two-way ANOVA of those scores "
-        "(prompts × scoring RM) gives the fraction of their variance explained by which RM is scoring. It "
-        "grows with n when stronger selection — further from the SFT policy — drives the RMs apart. "
-        "Averaged over rankers and random n-subsets; band: 90% interval over pretrain seeds and prompts.",
+        "One RM picks the best of n; the other RMs score the picks. A two-way random-effects ANOVA of those "
+        "scores (prompts × scoring RM), standardised per prompt so that no RM's reward scale counts, gives the "
+        "share of their variance due to which RM is scoring (method of moments). It grows with n when "
+        "stronger selection — further from the SFT policy — drives the RMs apart. Grey: the same with each "
+        "prompt's scores shuffled across RMs (no RM differs). Averaged over rankers and random n-subsets; band: "
+        "90% interval over the seed design and prompts, including the subsets' own noise. (analysis.figure3: "
+        "paper computes the paper's SS fraction on raw rewards, which unequal reward scales inflate.)",
     )
     df = results.get("figure3")
     if df is None or df.empty:
@@ -366,9 +371,14 @@ def _figure3(results) -> FigureResult:
     se = np.nan_to_num(band.se.to_numpy(float))
     lo, hi = (band.lo.to_numpy(float), band.hi.to_numpy(float)) if "lo" in band.columns else (mean - se, mean + se)
     ax.fill_between(x, lo, hi, color="#5b4a8b", alpha=0.18, linewidth=0)
-    ax.plot(x, mean, color="#5b4a8b", marker="o", label="fraction explained by the scoring RM")
+    paper = "method" in band.columns and str(band.method.iloc[0]) == "paper"
+    ax.plot(x, mean, color="#5b4a8b", marker="o",
+            label="SS fraction of the scoring RM (paper, raw rewards)" if paper else "share due to the scoring RM")
+    if "null" in band.columns:
+        ax.plot(x, band.null.to_numpy(float), color="#999999", linestyle="--", label="RMs exchangeable (null)")
     _n_axis(ax, _ns(df))
-    ax.set_ylim(bottom=0)
+    if paper or np.nanmin(lo) >= 0:
+        ax.set_ylim(bottom=0)
     ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
     ax.set_ylabel("variance explained by the RM")
     ax.legend(loc="upper left")
@@ -377,6 +387,7 @@ def _figure3(results) -> FigureResult:
         {
             "n": band.n.astype(int),
             "fraction": [_fmt(m, s) for m, s in zip(band["mean"], band.se, strict=True)],
+            **({"null": [f"{v:.3f}" for v in band.null]} if "null" in band.columns else {}),
         }
     )
     out.numbers.append(("fraction of variance", numbers))

@@ -229,13 +229,14 @@ def _card_seed(results) -> Card | None:
     pt, ft = pool.loc["share_pt"], pool.loc["share_ft"]
     if not (np.isfinite(pt.estimate) and np.isfinite(ft.estimate)):
         return None
-    r = int(pt.R)
     return (
         "Where RMs disagree: pretraining vs finetuning seed",
         f"{_pct(pt.estimate, digits=0)} vs {_pct(ft.estimate, digits=0)}",
         f"of the RM-to-RM variation on the policy's outputs, {_interval(pt.estimate, pt.lo, pt.hi)} comes from "
         f"the pretraining seed and {_interval(ft.estimate, ft.lo, ft.hi)} from the finetuning seed (90% "
-        f"intervals over R = {r} pretrains and the prompts{'; coarse with so few pretrains' if r < 10 else ''})",
+        f"intervals over {resamples_phrase(results)}"
+        + (f"; {coverage_range(results, 'share_pt')} for the pretrain share" if coverage_range(results, "share_pt")
+           else "") + ")",
     )
 
 
@@ -274,10 +275,12 @@ def _card_figure3(results) -> Card | None:
     if fig3 is None or fig3.empty:
         return None
     a, b = fig3.sort_values("n").iloc[[0, -1]].itertuples()
+    paper = "method" in fig3.columns and str(b.method) == "paper"
+    null = f"; {_pct(b.null)} with the RMs exchangeable" if "null" in fig3.columns and np.isfinite(b.null) else ""
     return (
-        "Variance explained by the RM",
+        "Variance explained by the RM" + (" (paper's raw rewards)" if paper else ""),
         f"{_pct(a.mean, digits=0)} → {_pct(b.mean, digits=0)}",
-        f"from n = {a.n} to n = {b.n} ({_pct(a.mean, a.se)} → {_pct(b.mean, b.se)})",
+        f"from n = {a.n} to n = {b.n} ({_pct(a.mean, a.se)} → {_pct(b.mean, b.se)}{null})",
     )
 
 
@@ -525,11 +528,13 @@ def _contrasts_html(results) -> str:
         rows.append([_e(where), _e(what), f'<span class="num">{_e(_interval(r.estimate, r.lo, r.hi, pct=False))}</span>',
                      _e(_num(r.se_prompt)), _e(int(r.R)), _e(verdict)])
     n = int(last.n.max())
+    cov = coverage_range(results, "single mean")
     intro = (f"At n = {n}. Each contrast is signed so that > 0 is the paper's finding; 'holds' means the 90% "
-             "interval over pretrain seeds (finetunes nested) and prompts excludes 0. The prompt-only se is what "
-             "an analysis that ignores training randomness would report. Ensembles are jackknifed over their "
-             "members. R: pretrains (or ensemble members) behind the interval. All of it is conditional on the "
-             "SFT policy, its pool and the evaluator.")
+             f"interval over {resamples_phrase(results)} excludes 0{f' ({cov} on this design)' if cov else ''}. "
+             "The prompt-only se is what an analysis that ignores training randomness would report. Table 1's "
+             "rows average every ensemble of a kind the layout has and are jackknifed over pretrains and finetune "
+             "seeds (paired: both sides from the same deletions). R: pretrains behind the interval. All of it is "
+             "conditional on the SFT policy, its pool and the evaluator.")
     if last.note.astype(str).str.contains(ONE_PRETRAIN, regex=False).any():
         intro += (" * Every same_pretrain pair here comes from one pretrain's finetunes (the paper layout), so "
                   "the interval cannot see how far their finetuning noise moves the contrast (on the embedded testbed, "
@@ -537,6 +542,51 @@ def _contrasts_html(results) -> str:
                   "replicate runs (perm compare) or reward.layout: full.")
     return f'<p class="note">{_e(intro)}</p>' + _table(
         ["where", "contrast", "estimate [90% interval]", "prompt-only se", "R", "verdict"], rows, "contrasts")
+
+
+COVERAGE_LABELS = {"single mean": "a mean over RMs and prompts (Figures 1, 2, Table 1's single RM)",
+                   "share_pt": "the pool's pretrain share (the seed decomposition)"}
+
+
+def coverage_range(results, statistic: str) -> str:
+    """``simulated coverage a–b%`` of the 90% intervals of ``statistic`` over the planted scenarios of
+    :mod:`perm.coverage` on this run's design, or "" without a coverage table."""
+    cov = results.get("coverage")
+    if cov is None or cov.empty or statistic not in set(cov.statistic):
+        return ""
+    c = cov[cov.statistic == statistic].coverage
+    lo, hi = float(c.min()), float(c.max())
+    return f"simulated coverage {lo:.0%}–{hi:.0%}" if round(lo, 2) != round(hi, 2) else f"simulated coverage {lo:.0%}"
+
+
+def resamples_phrase(results) -> str:
+    """What the run's seed-aware intervals resample, in words (from the analysis meta)."""
+    meta = results.get("meta")
+    if meta is None or meta.empty or "resamples" not in meta.columns:
+        return "pretrain seeds (finetunes nested) and prompts"
+    return str(meta.resamples.iloc[0])
+
+
+def _coverage_html(results) -> str:
+    """The simulated coverage of the intervals on this run's design, by planted scenario and statistic."""
+    cov = results.get("coverage")
+    if cov is None or cov.empty:
+        return ('<p class="missing">Not simulated (analysis.coverage_sims: 0): the intervals\' coverage on this '
+                "design is unknown.</p>")
+    level = float(cov.level.iloc[0])
+    intro = (f"Each interval resamples {resamples_phrase(results)}, with a small-sample t correction for few "
+             f"seeds. How often its nominal {level:.0%} interval holds the truth on this run's own seed design, in "
+             f"{int(cov.sims.iloc[0])} simulated grids per scenario with planted seed effects (sd of the pretrain "
+             "and finetune effects; seeds' effect sizes vary from seed to seed in the share scenarios; perm.coverage). "
+             "Coverage below the nominal level means the interval is too narrow for that kind of effect; a relation "
+             "whose pairs all come from one pretrain (the paper layout's same_pretrain) carries that pretrain's "
+             "idiosyncrasy, which no resampling of this design can see.")
+    rows = [[_e(COVERAGE_LABELS.get(r.statistic, r.statistic)), _e(f"{r.sigma_pt:g}"), _e(f"{r.sigma_ft:g}"),
+             f'<span class="num">{r.coverage:.0%} ± {r.mc_se:.0%}</span>', _e(f"{r.width:.3f}")]
+            for r in cov.itertuples()]
+    return f'<p class="note">{_e(intro)}</p>' + _table(
+        ["statistic", "pretrain effect sd", "finetune effect sd", f"coverage of {level:.0%} intervals",
+         "mean width"], rows, "coverage")
 
 
 def _chip_class(label: str) -> str:
@@ -758,6 +808,7 @@ def write_report(
     figs += "".join(_figure_html(res, None) for res in skipped)
     sections.append(("figures", "Figures", f'<div class="figs">{figs}</div>'))
     sections.append(("contrasts", "The paper's claims, with intervals over seeds", _contrasts_html(results)))
+    sections.append(("coverage", "How far to trust the intervals", _coverage_html(results)))
     sections.append(("table1", "Table 1 · Ensembles at the largest n", "".join(
         _table1_html(part, meta) for part in _by_target(table1))))
     if examples:

@@ -47,7 +47,8 @@ def run(ctx: Context, rewards: Path | None = None, models: Path | None = None) -
         results = run_analysis(tensor, ns=list(a.ns) if a.ns else None, anova_draws=a.anova_draws, seed=a.seed,
                                samples=samples, posts=posts, scale=a.scale,
                                scope=ctx.cfg.reward.finetune_seed_scope, bootstrap=a.bootstrap, level=a.level,
-                               figure3_method=a.figure3, pick_ranker_name=a.pick_ranker)
+                               figure3_method=a.figure3, pick_ranker_name=a.pick_ranker,
+                               coverage_sims=a.coverage_sims)
         with atomic_path(ctx.root / "analysis") as tmp:
             save_analysis(results, tmp)
         return {"prompts": tensor.n_prompts, "pool": tensor.pool_size}
