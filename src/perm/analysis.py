@@ -323,7 +323,9 @@ def _weighted_fractions(x: np.ndarray, w: np.ndarray, v: np.ndarray, method: str
         ms_res = (ss_total - ss_model - ss_prompt) / ((ww - 1) * (vv - 1))
         sigma_rm = (ms_model - ms_res) / ww
         den = sigma_rm + ms_res
-        return np.where(np.abs(den) > 1e-300, sigma_rm / np.where(np.abs(den) > 1e-300, den, 1.0), np.nan)
+        # a replicate with fewer than two distinct scorers (or prompts) has no between-scorer variance to share
+        ok = (np.abs(den) > 1e-300) & ((v > 0).sum(axis=-1) >= 2) & ((w > 0).sum(axis=-1) >= 2)[:, None]
+        return np.where(ok, sigma_rm / np.where(ok, den, 1.0), np.nan)
 
 
 def figure3(
