@@ -53,7 +53,9 @@ def main(root: Path) -> None:
         f = (lambda v: f"{100 * v:.1f}%") if pct else (lambda v: f"{v:.3f}")
         return f"{f(r['mean'])} [{f(r['lo'])}, {f(r['hi'])}] (se {f(r['se'])}, prompt-only {f(r['se_prompt'])})"
 
-    print("\n## seed effects (90% intervals over pretrain seeds and prompts; R pretrains)")
+    meta = pd.read_parquet(a / "meta.parquet").iloc[0]
+    over = meta.get("resamples", "pretrain seeds and prompts")
+    print(f"\n## seed effects (90% intervals over {over}; R pretrains)")
     sv = pd.read_parquet(a / "seed_variance.parquet")
     for w, n in (("pool", None), ("pick", 4), ("pick", 16), ("pick", 64)):
         rows = sv[(sv.weighting == w) & ((sv.n == n) if n else sv.n.isna())].set_index("statistic")

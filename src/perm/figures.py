@@ -301,8 +301,9 @@ def _figure_seed(results) -> FigureResult:
         "Of the variation between RMs' standardised scores, the share that follows the pretraining seed "
         "(orange), the finetuning seed (blue: head init, data order, dropout) and neither (grey: their "
         "interaction and the rest), from the mean squared differences of pairs that share a pretrain, a "
-        "finetune seed or neither. Dashed: on the whole pool; solid: at the best-of-n picks of the other RMs "
-        "(where the paper expects disagreement to grow). Bands: 90% intervals over pretrain seeds and prompts.",
+        "finetune seed or neither. Dashed: on the whole pool; solid: at the best-of-n picks of a ranker in no "
+        "pair (the evaluator, else gold: analysis.pick_ranker), where the paper expects disagreement to grow. "
+        "Bands: 90% intervals over the seed design (pretrains, and finetune seeds where crossed) and prompts.",
     )
     df = results.get("seed_variance")
     if df is None or df.empty:
