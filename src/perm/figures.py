@@ -381,7 +381,7 @@ def _figure3(results) -> FigureResult:
     if paper or np.nanmin(lo) >= 0:
         ax.set_ylim(bottom=0)
     ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
-    ax.set_ylabel("variance explained by the RM")
+    ax.set_ylabel("SS fraction of the scoring RM" if paper else "share of variance due to the scoring RM")
     ax.legend(loc="upper left")
     out.figure = fig
     numbers = pd.DataFrame(
