@@ -194,10 +194,13 @@ def test_quick_yaml_resolves_to_the_recorded_config():
     now = to_dict(load_config(configs_dir() / "quick.yaml", overrides))
     added = added_fields(now, recorded)
     assert set(added) <= {"analysis.bootstrap", "analysis.coverage_sims", "analysis.figure3", "analysis.level", "analysis.pick_ranker", "data.bad_rows", "data.max_bad_fraction",
-                          "evaluator.extra_posts", "evaluator.finetune_seed", "pretrain.convert_bin", "pretrain.checkpoint_every",
-                          "reward.finetune_seed_scope", "reward.policy_kwise", "reward.readout"}, added
+                          "evaluator.extra_posts", "evaluator.finetune_seed", "evaluator.rm_checkpoint", "pretrain.convert_bin",
+                          "pretrain.checkpoint_every", "reward.finetune_seed_scope", "reward.pairs_from", "reward.policy_kwise",
+                          "reward.readout"}, added
     defaults = to_dict(RunConfig())
-    for dotted in added:  # quick.yaml sets none of them
+    kit = {"evaluator.rm_checkpoint", "reward.pairs_from"}  # pinned to null: quick.yaml trains its world
+    assert all(now[f.split(".")[0]][f.split(".")[1]] is None for f in kit)
+    for dotted in set(added) - kit:  # quick.yaml sets none of them
         section, name = dotted.split(".")
         assert now[section][name] == defaults[section][name], dotted
 

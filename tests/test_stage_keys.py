@@ -29,7 +29,7 @@ def _keys(cfg: RunConfig, upstream: dict) -> dict[str, str]:
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_keys_reproduce_the_recorded_manifest(variant):
     fixture = json.loads((FIXTURES / f"{variant}.json").read_text())
-    cfg = _from_dict(RunConfig, fixture["config"])
+    cfg = _from_dict(RunConfig, _before_the_kit(fixture["config"]))
     stages = fixture["stages"]
     upstream = {name: hash_obj(rec["outputs"]) for name, rec in stages.items()}
     upstream |= {checkpoint_name(p): k for p, k in fixture["checkpoint_keys"].items()}
@@ -64,6 +64,15 @@ ADDED_SINCE_RECORDING = {
 }
 
 
+def _before_the_kit(config: dict) -> dict:
+    """A recorded config trained its world in the run: the kit fields added since keep that behaviour (null),
+    whatever the embedded default loads (perm.config.DEFAULT_KIT)."""
+    out = dict(config)
+    for section, name in (("policy", "checkpoint"), ("reward", "pairs_from"), ("evaluator", "rm_checkpoint")):
+        out[section] = {name: None} | dict(out.get(section, {}))
+    return out
+
+
 def test_the_four_recorded_variants_are_there():
     assert VARIANTS == ["bf16", "checkpoints", "default", "mix"]
 
@@ -78,7 +87,8 @@ def test_every_stage_names_its_needs():
 # --------------------------------------------------------------------------------------- invalidation
 
 BASE = ["reward.pairs=policy", "pretrain.seeds=[0, 1]", "reward.finetune_seeds=[0, 1]", "pretrain.checkpoints=[]",
-        "evaluator.checkpoint=null", "policy.init_from=pretrain"]  # the pretrain-in-the-run path
+        "evaluator.checkpoint=null", "policy.init_from=pretrain", "policy.checkpoint=null", "reward.pairs_from=null",
+        "evaluator.rm_checkpoint=null"]  # the pretrain-in-the-run path, the world trained in the run
 
 
 def _fake_upstream(cfg: RunConfig) -> dict:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from perm.config import RunConfig
-from perm.shipped import ShippedPretrainError, is_shipped, verify_for
+from perm.shipped import ShippedPretrainError, is_shipped, pairs_folder, verify_for
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # as perm.data decides a hub id
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model", "vocab.txt")
@@ -85,7 +85,9 @@ class CheckResult:
 def collect_refs(cfg: RunConfig) -> list[Ref]:
     """Every model and dataset the config names, in config order."""
     refs = [Ref(f"pretrain.checkpoints[{i}]", c, "model") for i, c in enumerate(cfg.pretrain.checkpoints)]
-    if cfg.evaluator.enabled and cfg.evaluator.checkpoint:
+    if cfg.evaluator.enabled and cfg.evaluator.rm_checkpoint:
+        refs.append(Ref("evaluator.rm_checkpoint", cfg.evaluator.rm_checkpoint, "model"))
+    elif cfg.evaluator.enabled and cfg.evaluator.checkpoint:
         refs.append(Ref("evaluator.checkpoint", cfg.evaluator.checkpoint, "model"))
     if cfg.policy.checkpoint:
         refs.append(Ref("policy.checkpoint", cfg.policy.checkpoint, "model"))
@@ -364,7 +366,9 @@ def disk_estimate(cfg: RunConfig, facts: dict[str, Facts | None]) -> tuple[int, 
         parts.append((f"{len(c.seeds)} pretrains × {_fmt_bytes(own)}", len(c.seeds) * own))
         parts.append((f"{n_rm} RMs × {_fmt_bytes(own)}", n_rm * own))
     e = cfg.evaluator
-    if e.enabled:
+    if e.enabled and e.rm_checkpoint:
+        parts.append(("the evaluator RM's record (its weights are loaded where they are)", 0))
+    elif e.enabled:
         if e.checkpoint:
             ev = size("evaluator.checkpoint") or 0
             parts.append((f"the evaluator RM {_fmt_bytes(ev)}" if ev else "the evaluator RM (size unknown)", ev))
@@ -456,6 +460,8 @@ def check_config(cfg: RunConfig, api=None) -> CheckResult:
         models.append((ref, f))
         shown = ref.spec if rev is None or path.exists() else f"{name}@{rev}"
         res.lines.append(f"  {ref.key:<{width}}  {shown}  {line}")
+    if cfg.reward.pairs_from and cfg.reward.pairs != "testbed":
+        res.lines.append(f"  reward.pairs_from  {cfg.reward.pairs_from}  {check_pairs_from(cfg, res.problems)}")
     if offline:
         res.hub_checked = False
         res.lines.append(f"hub: not reachable ({offline[0]}); only local paths were checked; not checked: "
@@ -477,6 +483,22 @@ def check_config(cfg: RunConfig, api=None) -> CheckResult:
                                 f"{_fmt_bytes(free[0])} free")
     res.lines.append(line)
     return res
+
+
+def check_pairs_from(cfg: RunConfig, problems: list[str]) -> str:
+    """`reward.pairs_from`: the pair files the run copies are there (the testbed kit's: with their recorded sha256
+    and the run's testbed); a problem names the file otherwise."""
+    from perm.config import to_dict
+    from perm.stages.policy_prefs import EVALUATOR_PAIRS, POLICY_PAIRS, extra_posts
+
+    files = POLICY_PAIRS + ((EVALUATOR_PAIRS,) if extra_posts(cfg) else ())
+    try:
+        pairs_folder(cfg.reward.pairs_from, files, to_dict(cfg.testbed) if cfg.data.prefs is None else None)
+    except ShippedPretrainError as e:
+        problems.append(f"reward.pairs_from: {e}")
+        return "unusable"
+    return ("the kit's pairs (sha256 and testbed match): " if is_shipped(cfg.reward.pairs_from) else "local: ") + \
+        ", ".join(files)
 
 
 def _fmt_bytes(n: float) -> str:

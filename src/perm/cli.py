@@ -294,6 +294,64 @@ def compare(runs: Runs, out: Out = None, n: AtN = None, quiet: Quiet = False) ->
         typer.echo(text, nl=False)
 
 
+kit_app = typer.Typer(no_args_is_help=True, help="The testbed kit: the SFT policy, its preference pairs and the "
+                      "trained evaluator, shipped in the package (perm.kit).")
+app.add_typer(kit_app, name="kit")
+Recipe = Annotated[str | None, typer.Argument(help="The kit's recipe (default: configs/testbed-kit.yaml)")]
+FromRun = Annotated[str | None, typer.Option("--from", help="A finished run directory of the recipe to ship from "
+                                             "(checked against the recipe) instead of training")]
+KitOut = Annotated[str | None, typer.Option("--out", help="The kit folder to write (default: the package's)")]
+KitDir = Annotated[str | None, typer.Argument(help="A kit folder (default: the package's)")]
+
+
+@kit_app.command("build")
+def kit_build(recipe: Recipe = None, from_run: FromRun = None, out: KitOut = None, quiet: Quiet = False,
+              json_log: JsonLog = False, progress_every: ProgressEvery = DEFAULT_EVERY) -> None:
+    """Regenerate the kit from its recipe: train the recipe's world (testbed, SFT policy, policy pairs, the
+    evaluator alone; resuming in the recipe's run directory), or reuse a finished run of it (--from), then copy
+    it into the kit with its hashes and verify it. Exits 2 naming what differs from the recipe."""
+    from pathlib import Path
+
+    from perm.executors import JobFailedError
+    from perm.kit import RECIPE, build, describe
+    from perm.store import RunLockedError
+
+    try:
+        rec = build(Path(recipe) if recipe else RECIPE, from_run=from_run, out=out,
+                    progress=_progress(quiet, json_log, progress_every))
+    except KeyboardInterrupt:
+        _after_stop(None)
+        typer.echo(INTERRUPTED, err=True)
+        raise typer.Exit(130) from None
+    except (ConfigError, RunLockedError, *_user_errors()) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    except JobFailedError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2 if isinstance(e.__cause__, _user_errors()) else 1) from None
+    if not quiet:
+        from perm.shipped import KIT_ROOT
+
+        typer.echo(describe(rec, Path(out) if out else KIT_ROOT))
+
+
+@kit_app.command("verify")
+def kit_verify(root: KitDir = None) -> None:
+    """Check a kit's every file against the sha256 its kit.json records (the package's kit: also that
+    configs/testbed-kit.yaml still describes it). Exits 2 naming the file and what differs."""
+    from pathlib import Path
+
+    from perm.kit import RECIPE, describe, verify
+    from perm.shipped import KIT_ROOT
+
+    try:
+        rec = verify(Path(root) if root else None, None if root else RECIPE)
+    except (ConfigError, *_user_errors()) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(describe(rec, Path(root) if root else KIT_ROOT))
+
+
 def main() -> None:
     try:
         app()

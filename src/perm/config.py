@@ -149,6 +149,43 @@ class BackboneConfig:
 
 
 SHIPPED = "testbed:"  # prefix of a shipped testbed backbone's checkpoint spec (perm.shipped)
+KIT = f"{SHIPPED}kit"  # the testbed kit shipped in the package (perm.kit): KIT/policy, KIT/evaluator, KIT's pairs
+KIT_POLICY, KIT_EVALUATOR = f"{KIT}/policy", f"{KIT}/evaluator"
+
+DEFAULT_KIT: str | None = None
+"""Where `auto` (the default of `policy.checkpoint`, `reward.pairs_from` and `evaluator.rm_checkpoint`) loads
+what the experiment holds fixed from: the SFT policy (<kit>/policy), its policy preference pairs (<kit>) and the
+trained evaluator RM (<kit>/evaluator), each where the config's world is the kit's (RunConfig resolves auto).
+None: every run trains its world itself. KIT ("testbed:kit"): the testbed kit shipped in the package (perm.kit;
+built by `perm kit build` from configs/testbed-kit.yaml), so that the embedded default trains only the grid.
+Switching the embedded default to the kit is this one line."""
+AUTO = "auto"  # the kit fields' default: resolved by RunConfig (see DEFAULT_KIT), never seen by a stage
+POLICY_KIT_FIELDS = ("init_from", "sft_epochs", "sft_lr", "sft_batch_size")  # what the kit's policy fixes
+PAIRS_KIT_FIELDS = ("policy_pairs_per_post", "policy_kwise")  # ... its pairs (beside the policy, the testbed)
+EVALUATOR_KIT_FIELDS = ("epochs", "lr", "train_pairs", "finetune_seed")  # ... its evaluator (finetuning)
+EVALUATOR_BACKBONE_FIELDS = ("checkpoint", "pretrain_seed", "backbone", "pretrain_steps", "extra_posts")
+
+
+def kit_part(kit: str | None, part: str | None = None) -> str | None:
+    """The spec of a kit's `part` (policy, evaluator; None: the kit itself, for its pairs), or None."""
+    return None if kit is None else f"{kit}/{part}" if part else kit
+
+
+def is_kit(spec: str | None) -> bool:
+    """A spec naming the shipped testbed kit or one of its parts (testbed:kit, testbed:kit/policy, ...)."""
+    return bool(spec) and (spec == KIT or str(spec).startswith(f"{KIT}/"))
+
+
+def _default(cls: type, name: str) -> Any:
+    """The declared default of field `name` of dataclass `cls` (no instance is built)."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _keep_defaults(obj: Any, names: tuple[str, ...], section: str, why: str) -> None:
+    """Each field of `names` must hold its declared default while `why` (what loads instead of training)."""
+    for name in names:
+        _check(getattr(obj, name) == _default(type(obj), name), f"{section}.{name}", f"has no effect while {why}")
 PRETRAIN_TRAIN_FIELDS = ("steps", "batch_size", "seq_len", "lr", "warmup_steps", "weight_decay")  # a pretrain job's
 
 
@@ -215,6 +252,9 @@ class PretrainConfig:
         for name in ("steps", "batch_size", "seq_len"):
             _check(getattr(self, name) > 0, f"pretrain.{name}", "must be > 0")
         _check(self.lr > 0, "pretrain.lr", "must be > 0")
+        kit = [c for c in self.checkpoints if is_kit(c)]
+        _check(not kit, "pretrain.checkpoints", f"{kit[0] if kit else ''} is part of the testbed kit, not a pretrained "
+               "backbone (the shipped backbones are testbed:seed0 ... testbed:seed5)")
         shipped = [c for c in self.checkpoints if c.startswith(f"{SHIPPED}seed")]
         if shipped and len(shipped) == len(self.checkpoints):  # the shipped testbed backbones: the recipe is theirs
             ship_seeds = tuple(int(c.split("seed", 1)[1]) for c in shipped if c.split("seed", 1)[1].isdigit())
@@ -331,6 +371,19 @@ class RewardConfig:
     """Shuffle whole prompts rather than pairs, so a prompt's pairs are neighbours in the data order and
     decoder RMs run that prompt once for all of them (policy pairs have `policy_pairs_per_post` per post).
     Batches still hold `batch_size` pairs; with one pair per prompt the order is the ungrouped one."""
+    pairs_from: str | None = AUTO
+    """Where the policy pairs of `pairs: policy | mix` come from (unused with `testbed` pairs). auto (the
+    default): the testbed kit's where the embedded default loads the kit (perm.config.DEFAULT_KIT) and they are
+    this config's (the kit's policy loaded, `policy_pairs_per_post` and `policy_kwise` at their defaults), else
+    null; resolved when the config is built. null: drawn in the
+    run (stage policy-prefs, from the SFT policy's samples). `testbed:kit`: the testbed kit's (perm.kit:
+    policy_prefs.parquet, policy_prefs_eval.parquet and evaluator_prefs.parquet, drawn once by
+    configs/testbed-kit.yaml, shipped in the package and checked against their recorded sha256 and testbed).
+    Or a folder holding those files (a kit folder written by `perm kit build --out`, a finished run directory).
+    They are copied into the run as the outputs of stage policy-prefs (keyed on the kit's recorded hash, or the
+    files' content), and the grid trains on them as on pairs drawn in the run. With the kit,
+    `policy_pairs_per_post` and `policy_kwise` keep their defaults (the kit's recipe); `evaluator.extra_posts`
+    is null (the source's evaluator_prefs.parquet, for an evaluator finetuned in the run) or 0."""
 
     def __post_init__(self) -> None:
         _check(len(self.finetune_seeds) > 0, "reward.finetune_seeds", "need at least one")
@@ -344,6 +397,12 @@ class RewardConfig:
         _check(self.policy_pairs_per_post >= 1, "reward.policy_pairs_per_post", "must be >= 1")
         _check(self.policy_kwise is None or self.policy_kwise >= 3, "reward.policy_kwise", "must be >= 3 or null")
         _check(self.finetune_seed_scope in ("shared", "per_rm"), "reward.finetune_seed_scope", "must be shared|per_rm")
+        if self.pairs_from == KIT:
+            _keep_defaults(self, PAIRS_KIT_FIELDS, "reward",
+                           "reward.pairs_from loads the testbed kit's pairs (drawn with the defaults, "
+                           "configs/testbed-kit.yaml); set reward.pairs_from: null to draw them in the run")
+        elif is_kit(self.pairs_from):
+            raise ConfigError(f"reward.pairs_from: {self.pairs_from} is not the kit's pairs (name {KIT}, or a folder)")
 
 
 @dataclass(frozen=True)
@@ -395,10 +454,44 @@ class EvaluatorConfig:
     checkpoint: str | None = "testbed:evaluator-seed1000"
     """Load this backbone (local dir, hub id or `id@revision`, or a shipped testbed backbone) instead of
     pretraining one; the default is the shipped evaluator backbone (seed 1000, this section's backbone and
-    pretrain_steps). null = pretrain it in the run."""
+    pretrain_steps). null = pretrain it in the run. Unused with `rm_checkpoint`."""
+    rm_checkpoint: str | None = AUTO
+    """A trained evaluator RM to load instead of finetuning one: a local folder, or a hub id (`id@revision`),
+    of an AutoModelForSequenceClassification with one label (safetensors only; its own modelling code only with
+    `pretrain.trust_remote_code`), e.g. an existing TL;DR reward model as the judge at real scale; or the testbed
+    kit's `testbed:kit/evaluator` (perm.kit: finetuned once by configs/testbed-kit.yaml, shipped in the package
+    and checked against its recorded sha256 and testbed). The run evaluates it on its held-out pairs
+    (evaluator/rm/rm.json; no weights are copied) and scores the pools with it, reading with the run's tokenizer
+    (which it must share). `checkpoint`, `pretrain_seed`, `backbone` and `pretrain_steps` are then unused, and
+    the fields that finetune it (epochs, lr, train_pairs, extra_posts, finetune_seed) keep their defaults.
+    null = finetune it in the run. auto (the default): the testbed kit's where the embedded default loads the
+    kit (perm.config.DEFAULT_KIT) and it is this config's evaluator (on the embedded testbed at its defaults,
+    every field of this section at its default), else null; resolved when the config is built."""
+
+    def trains(self) -> bool:
+        """Whether the run finetunes the evaluator RM (enabled, and no trained `rm_checkpoint` loaded)."""
+        return self.enabled and self.rm_checkpoint is None
+
+    def pretrains(self) -> bool:
+        """Whether the run pretrains the evaluator's backbone (it finetunes the evaluator, from no checkpoint)."""
+        return self.trains() and not self.checkpoint
 
     def __post_init__(self) -> None:
         _check(self.pretrain_steps > 0, "evaluator.pretrain_steps", "must be > 0")
+        if self.rm_checkpoint not in (None, AUTO) and self.enabled:
+            r = self.rm_checkpoint
+            _check(bool(r), "evaluator.rm_checkpoint", "must be a folder, hub id or testbed:kit/evaluator (or null)")
+            _check(not str(r).startswith(SHIPPED) or r == KIT_EVALUATOR, "evaluator.rm_checkpoint",
+                   f"{r} is not a trained evaluator RM (the testbed kit's is {KIT_EVALUATOR}; a shipped backbone such "
+                   "as testbed:evaluator-seed1000 is finetuned from evaluator.checkpoint)")
+            _keep_defaults(self, EVALUATOR_KIT_FIELDS, "evaluator",
+                           f"evaluator.rm_checkpoint loads a trained evaluator ({r}); set evaluator.rm_checkpoint: "
+                           "null to finetune one in the run")
+            _check(self.extra_posts in (None, 0), "evaluator.extra_posts",
+                   f"has no effect while evaluator.rm_checkpoint loads a trained evaluator ({r})")
+        _check(not is_kit(self.checkpoint), "evaluator.checkpoint",
+               f"{self.checkpoint} is part of the testbed kit, not a backbone (a trained evaluator RM goes in "
+               "evaluator.rm_checkpoint)")
         if self.checkpoint and self.checkpoint.startswith(SHIPPED):  # shipped: pretrained with the defaults
             for name in ("pretrain_seed", "backbone", "pretrain_steps"):
                 _check(getattr(self, name) == getattr(_RECIPE_EVALUATOR, name), f"evaluator.{name}",
@@ -409,7 +502,7 @@ class EvaluatorConfig:
         _check(self.extra_posts is None or self.extra_posts >= 0, "evaluator.extra_posts", "must be >= 0 (or null)")
 
 
-_RECIPE_EVALUATOR = EvaluatorConfig(checkpoint=None)
+_RECIPE_EVALUATOR = EvaluatorConfig(checkpoint=None, rm_checkpoint=None)
 
 
 @dataclass(frozen=True)
@@ -418,8 +511,14 @@ class PolicyConfig:
     candidate pools it samples (perm.policy.sample_pool). The sft_* fields rerun the policy and everything
     after it; the sampling fields rerun `sample` (and the scoring and analysis after it)."""
 
-    checkpoint: str | None = None
-    """Load an existing causal LM (local dir, hub id or `id@revision`) as the policy instead of training one."""
+    checkpoint: str | None = AUTO
+    """Load an existing causal LM (local dir, hub id or `id@revision`) as the policy instead of training one, or
+    the testbed kit's SFT policy `testbed:kit/policy` (perm.kit: trained once by configs/testbed-kit.yaml,
+    shipped in the package and checked against its recorded sha256 and testbed; `init_from` and the sft_*
+    fields then keep their defaults, its recipe). null = SFT in the run (see `init_from`). auto (the default):
+    the kit's where the embedded default loads the kit (perm.config.DEFAULT_KIT) and it is this config's policy
+    (on the embedded testbed at its defaults, `init_from` and the sft_* fields at theirs), else null; resolved
+    when the config is built."""
     init_from: str = "testbed:seed5"
     """What SFT starts from: a checkpoint of its own (local dir, hub id or `id@revision`, or a shipped testbed
     backbone `testbed:<name>`), `pretrain` (the grid's first backbone, which the finetune ensemble and every
@@ -461,6 +560,14 @@ class PolicyConfig:
 
     def __post_init__(self) -> None:
         _check(bool(self.init_from), "policy.init_from", "must be scratch, pretrain or a checkpoint")
+        if self.checkpoint == KIT_POLICY:
+            _keep_defaults(self, POLICY_KIT_FIELDS, "policy",
+                           "policy.checkpoint loads the testbed kit's policy (trained with the defaults, "
+                           "configs/testbed-kit.yaml); set policy.checkpoint: null to train it in the run")
+        _check(not is_kit(self.checkpoint) or self.checkpoint == KIT_POLICY, "policy.checkpoint",
+               f"{self.checkpoint} is not a policy (the testbed kit's is {KIT_POLICY})")
+        _check(not is_kit(self.init_from), "policy.init_from",
+               f"{self.init_from} is part of the testbed kit (load the kit's policy with policy.checkpoint: {KIT_POLICY})")
         _check(self.pool_size >= 1, "policy.pool_size", "must be >= 1")
         _check(self.n_reference >= 0, "policy.n_reference", "must be >= 0")
         _check(self.temperature > 0, "policy.temperature", "must be > 0")
@@ -583,20 +690,53 @@ class RunConfig:
         if self.reward.pairs == "auto":  # resolved here: to_dict, dump_config and the stage keys never see auto
             pairs = "policy" if self.data.prefs is None else "testbed"
             object.__setattr__(self, "reward", dataclasses.replace(self.reward, pairs=pairs))
+        self._resolve_kit_fields()
         if self.data.prefs is not None:
             # outside the testbed there is no corpus to pretrain on and no SFT data: checkpoints are needed
             _check(bool(self.pretrain.checkpoints), "pretrain.checkpoints", "required with data.prefs")
             _check(self.reward.pairs == "testbed", "reward.pairs", "policy pairs need the testbed's gold reward: set reward.pairs=testbed to train on your data.prefs pairs")
             _check(self.policy.checkpoint is not None, "policy.checkpoint", "required with data.prefs")
-            _check(not self.evaluator.enabled or self.evaluator.checkpoint is not None, "evaluator.checkpoint",
-                   "required with data.prefs (or evaluator.enabled: false)")
+            _check(not self.evaluator.enabled or self.evaluator.checkpoint is not None
+                   or self.evaluator.rm_checkpoint is not None, "evaluator.checkpoint",
+                   "required with data.prefs (or evaluator.rm_checkpoint, or evaluator.enabled: false)")
+            for key, spec in (("policy.checkpoint", self.policy.checkpoint),
+                              ("evaluator.rm_checkpoint", self.evaluator.rm_checkpoint if self.evaluator.enabled else None)):
+                _check(not is_kit(spec), key, f"{spec} is the testbed's, trained on its world: with data.prefs name a "
+                       "model for your data" + (" (or null: finetune one in the run)" if key.startswith("eval") else ""))
         elif self.reward.pairs != "testbed":
             _check((self.evaluator.extra_posts or 0) <= self.testbed.n_prefs_train, "evaluator.extra_posts",
                    f"must be at most testbed.n_prefs_train ({self.testbed.n_prefs_train}): its posts are prefs_train's")
+            _check(self.reward.pairs_from is None or self.evaluator.extra_posts in (None, 0), "evaluator.extra_posts",
+                   f"must be null (the evaluator's pairs of {self.reward.pairs_from}) or 0 while reward.pairs_from "
+                   "loads the policy pairs")
         seeds = set(self.pretrain.init_seeds or self.pretrain.seeds) | set(self.pretrain.data_seeds or self.pretrain.seeds)
-        _check(not self.evaluator.enabled or self.evaluator.checkpoint is not None or self.pretrain.checkpoints
+        _check(not self.evaluator.pretrains() or self.pretrain.checkpoints
                or self.evaluator.pretrain_seed not in seeds, "evaluator.pretrain_seed",
                "must differ from every grid pretrain's init and data seed (the evaluator shares no pretrain)")
+
+
+    def _resolve_kit_fields(self) -> None:
+        """Resolve `auto` in policy.checkpoint, evaluator.rm_checkpoint and reward.pairs_from: the part of
+        DEFAULT_KIT where it is this config's (on the embedded testbed at its defaults, the fields that part
+        fixes at theirs; the pairs only with the kit's policy), else null (trained in the run). None while
+        DEFAULT_KIT is None."""
+        kit = DEFAULT_KIT if self.data.prefs is None and self.testbed == TestbedConfig() else None
+        p, r, e = self.policy, self.reward, self.evaluator
+
+        def kept(obj, names) -> bool:
+            return all(getattr(obj, n) == _default(type(obj), n) for n in names)
+
+        if p.checkpoint == AUTO:
+            p = dataclasses.replace(p, checkpoint=kit_part(kit, "policy") if kept(p, POLICY_KIT_FIELDS) else None)
+        if e.rm_checkpoint == AUTO:
+            ours = e.enabled and kept(e, EVALUATOR_KIT_FIELDS + EVALUATOR_BACKBONE_FIELDS)
+            e = dataclasses.replace(e, rm_checkpoint=kit_part(kit, "evaluator") if ours else None)
+        if r.pairs_from == AUTO:
+            ours = (kit is not None and p.checkpoint == kit_part(kit, "policy") and r.pairs != "testbed"
+                    and kept(r, PAIRS_KIT_FIELDS) and (e.rm_checkpoint is not None or e.extra_posts in (None, 0)))
+            r = dataclasses.replace(r, pairs_from=kit_part(kit) if ours else None)
+        for name, value in (("policy", p), ("evaluator", e), ("reward", r)):
+            object.__setattr__(self, name, value)
 
 
 # ---------------------------------------------------------------------------------------------------------

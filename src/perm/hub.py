@@ -88,10 +88,12 @@ def dataset_ref(spec: str | None, revision: str | None, field: str) -> HubRef | 
 
 
 def model_specs(cfg: RunConfig) -> list[str]:
-    """Every checkpoint spec the run loads, each once: the grid's, the evaluator's (when enabled), the policy's
-    and the backbone its SFT starts from (`policy.init_from` naming a checkpoint)."""
+    """Every checkpoint spec the run loads, each once: the grid's, the evaluator's (when enabled: the trained RM
+    of `evaluator.rm_checkpoint`, else the backbone it finetunes), the policy's and the backbone its SFT starts
+    from (`policy.init_from` naming a checkpoint)."""
     c = cfg
-    specs = [*c.pretrain.checkpoints, c.evaluator.checkpoint if c.evaluator.enabled else None, c.policy.checkpoint,
+    e = c.evaluator
+    specs = [*c.pretrain.checkpoints, (e.rm_checkpoint or e.checkpoint) if e.enabled else None, c.policy.checkpoint,
              c.policy.init_checkpoint() if not c.policy.checkpoint else None]
     return list(dict.fromkeys(s for s in specs if s))
 

@@ -353,11 +353,14 @@ def init_reward_head(model: PreTrainedModel, head_seed: int) -> None:
 
 
 def load_reward_model(path: str | Path, *, trust_remote_code: bool = False) -> PreTrainedModel:
-    """A saved RM (from perm or any *ForSequenceClassification with one label), in eval mode, in fp32."""
+    """A saved RM (from perm or any *ForSequenceClassification with one label; a local dir, hub id or
+    ``id@revision``, safetensors only), in eval mode, in fp32."""
+    path, revision = split_revision(path)
     _check_safetensors(path)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            str(path), dtype=MASTER_DTYPE, use_safetensors=True, trust_remote_code=trust_remote_code
+            str(path), dtype=MASTER_DTYPE, use_safetensors=True, trust_remote_code=trust_remote_code,
+            revision=revision,
         )
     except OSError as e:
         raise ModelLoadError(f"{path}: cannot load reward model: {e}") from None

@@ -5,8 +5,9 @@ A stage's *input key* hashes its config slice and the identities of what it read
 output hash (``RunStore.output_hash``), or a local checkpoint's content hash / a hub id at the commit it is
 pinned to. ``keys(cfg, upstream)`` of every stage module is a pure function of the config and a mapping
 ``upstream`` from manifest names (``testbed``, ``pretrain/seed0``, ``policy``, ...) to output hashes, plus
-``checkpoint:<spec>`` entries for checkpoints and ``dataset:<field>`` entries for hub datasets pinned to a
-commit; :meth:`Context.upstream` builds that mapping from the run's manifest.
+``checkpoint:<spec>`` entries for checkpoints, ``dataset:<field>`` entries for hub datasets pinned to a
+commit and a ``pairs:<spec>`` entry for policy pairs loaded from a kit or folder (`reward.pairs_from`);
+:meth:`Context.upstream` builds that mapping from the run's manifest.
 
 Checkpoints are read through :meth:`Context.resolve_checkpoint` alone, once per run: a hub id is pinned to
 its commit (perm.hub; ``org/name@<sha>`` is what the stages load), and with ``pretrain.convert_bin`` a
@@ -54,6 +55,11 @@ def checkpoint_key(path: str) -> str:
 def checkpoint_name(path: str) -> str:
     """The name of a checkpoint's identity in an ``upstream`` mapping."""
     return f"checkpoint:{path}"
+
+
+def pairs_name(spec: str) -> str:
+    """The name of `reward.pairs_from`'s identity (perm.shipped.pairs_identity) in an ``upstream`` mapping."""
+    return f"pairs:{spec}"
 
 
 def dataset_name(field: str) -> str:
@@ -115,7 +121,8 @@ class Context:
     def checkpoint_key(self, path: str) -> str:
         """:func:`checkpoint_key` of the checkpoint `path` (a config spec) resolves to, once per checkpoint
         and run: a local checkpoint is hashed by content, and the same one keys several stages (every RM of
-        a pretrain, the evaluator's jobs, the policy's); a shipped backbone by its name and recorded weight hash."""
+        a pretrain, the evaluator's jobs, the policy's); a shipped backbone by its name and recorded weight hash, a
+        part of the testbed kit by its recorded hash."""
         if path not in self.checkpoint_keys:
             from perm.shipped import is_shipped, key
 
@@ -142,6 +149,13 @@ class Context:
         pins = self.hub_pins()
         out |= {dataset_name(r.field): r.key(pins[r.reference]) for r in config_refs(self.cfg)
                 if r.kind == "dataset" and pins.get(r.reference)}
+        spec = self.cfg.reward.pairs_from
+        if spec and self.cfg.reward.pairs != "testbed":
+            if pairs_name(spec) not in self.checkpoint_keys:  # once per run, as a checkpoint's key
+                from perm.shipped import pairs_identity
+
+                self.checkpoint_keys[pairs_name(spec)] = pairs_identity(spec)
+            out[pairs_name(spec)] = self.checkpoint_keys[pairs_name(spec)]
         return out
 
     # ------------------------------------------------------------------------------------ job settings

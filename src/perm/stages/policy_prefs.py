@@ -4,8 +4,10 @@ perm.testbed.candidates.bradley_terry_labels), for `reward.pairs: policy | mix`.
 `policy-prefs`; outputs policy_prefs.parquet (training) and policy_prefs_eval.parquet (pairs on the posts the
 SFT policy held out: the RMs' in-distribution eval set). With `evaluator.extra_posts`, manifest name
 `evaluator-prefs` too: the same kind of pairs on that many prefs_train posts, from a random stream of their own,
-in evaluator_prefs.parquet (the evaluator's training pairs after the grid's). Returns the grid RMs' training
-pair files."""
+in evaluator_prefs.parquet (the evaluator's training pairs after the grid's). With `reward.pairs_from` (the
+testbed kit's pairs, or a folder of them) the same files are copied into the run instead, under the same manifest
+names, keyed on the source's identity (the kit's recorded hash, or the files' content): nothing is sampled.
+Returns the grid RMs' training pair files."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from perm.stages._context import (
     Context,
     autocast,
     data_identity,
+    pairs_name,
     policy_identity,
     read_column,
     stage_key,
@@ -28,12 +31,13 @@ from perm.stages._context import (
 )
 from perm.stages._plan import Work, parquet_rows
 from perm.stages.sft import sft_heldout
-from perm.store import derive_seed
+from perm.store import derive_seed, hash_obj
 
 NAME = "policy-prefs"
 NEEDS = ("testbed", "sft")
 TESTBED_PAIRS = ("data/prefs_train.parquet",)
 EVALUATOR_PAIRS = "evaluator_prefs.parquet"
+POLICY_PAIRS = ("policy_prefs.parquet", "policy_prefs_eval.parquet")  # the outputs of manifest name policy-prefs
 EVALUATOR_POSTS = "data/prefs_train.parquet"  # posts no SFT example (and, with policy pairs, no grid pair) uses
 CHUNK_ROWS = 576
 
@@ -42,6 +46,12 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
     c, p = cfg.reward, cfg.policy
     if c.pairs == "testbed":
         return {}
+    if c.pairs_from:  # copied from a kit or folder: keyed on its identity alone (no precision: nothing is sampled)
+        source = upstream[pairs_name(c.pairs_from)]
+        out = {"policy-prefs": hash_obj({"pairs_from": source, "files": list(POLICY_PAIRS)})}
+        if extra_posts(cfg):
+            out["evaluator-prefs"] = hash_obj({"pairs_from": source, "files": [EVALUATOR_PAIRS]})
+        return out
     common = {"policy": policy_identity(cfg, upstream), "testbed": data_identity(cfg, upstream),
               "per_post": c.policy_pairs_per_post, "kwise": c.policy_kwise, "seed": p.seed,
               "max_new_tokens": p.max_new_tokens, "chunk": chunk_prompts(cfg),
@@ -55,9 +65,10 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
 
 def extra_posts(cfg: RunConfig) -> int:
     """Posts of the evaluator's own policy pairs (`evaluator.extra_posts`; null: as many as the grid's training
-    posts, at most prefs_train's); 0 where it has none (testbed pairs, no evaluator)."""
+    posts, at most prefs_train's); 0 where it has none (testbed pairs, no evaluator, or a trained evaluator
+    loaded from `evaluator.rm_checkpoint`). With `reward.pairs_from`, nonzero means the source's file is used."""
     e, t = cfg.evaluator, cfg.testbed
-    if not e.enabled or cfg.reward.pairs == "testbed":
+    if not e.trains() or cfg.reward.pairs == "testbed":
         return 0
     if e.extra_posts is None:
         return min(t.n_sft - sft_heldout(t.n_sft), t.n_prefs_train)
@@ -84,6 +95,8 @@ def pair_count(cfg: RunConfig, root: Path, files: tuple[str, ...]) -> tuple[int 
     t, undrawn = cfg.testbed, "policy pairs not drawn yet, ties are dropped"
     for rel in files:
         got = parquet_rows(root / rel)
+        if got is None and cfg.reward.pairs_from and rel in (*POLICY_PAIRS, EVALUATOR_PAIRS):
+            got = _source_rows(cfg.reward.pairs_from, rel)  # not copied yet: the source's
         if got is None and rel == "policy_prefs.parquet":
             got, bound = (t.n_sft - sft_heldout(t.n_sft)) * pairs_per_post(cfg), undrawn
         elif got is None and rel == EVALUATOR_PAIRS:
@@ -96,11 +109,22 @@ def pair_count(cfg: RunConfig, root: Path, files: tuple[str, ...]) -> tuple[int 
     return n, bound
 
 
+def _source_rows(spec: str, rel: str) -> int | None:
+    """Rows of pair file `rel` in `reward.pairs_from` (unverified: only a count for the plan), or None."""
+    from perm.config import is_kit
+    from perm.shipped import path_of
+
+    folder = path_of(spec) if is_kit(spec) else Path(spec).expanduser()
+    return parquet_rows(folder / rel) if folder.is_dir() else None
+
+
 def work(cfg: RunConfig, root: Path) -> Work | None:
     """The pair-drawing jobs (policy-prefs, and evaluator-prefs with `evaluator.extra_posts`): posts each,
     K (or two per pair) samples a post; none with testbed pairs."""
     if cfg.reward.pairs == "testbed":
         return None
+    if cfg.reward.pairs_from:
+        return Work(NAME, note=f"copies the policy pairs of {cfg.reward.pairs_from}")
     jobs = [("policy-prefs", parquet_rows(root / "data" / "sft_train.parquet") or cfg.testbed.n_sft)]
     if extra_posts(cfg):
         jobs.append(("evaluator-prefs", extra_posts(cfg)))
@@ -150,7 +174,9 @@ def evaluator_pairs_key(cfg: RunConfig, upstream: Mapping[str, str]) -> dict:
 def run(ctx: Context) -> tuple[str, ...]:
     cfg = ctx.cfg
     c, p = cfg.reward, cfg.policy
-    if c.pairs != "testbed":
+    if c.pairs != "testbed" and c.pairs_from:
+        _copy_pairs(ctx)
+    elif c.pairs != "testbed":
         ctx.need("testbed")
         policy = ctx.need("sft")
         all_keys = keys(cfg, ctx.upstream())
@@ -168,6 +194,35 @@ def run(ctx: Context) -> tuple[str, ...]:
                                                  **common),
                         [EVALUATOR_PAIRS], posts=extra_posts(cfg))
     return pair_files(cfg)
+
+
+def _copy_pairs(ctx: Context) -> None:
+    """`reward.pairs_from`: copy its pair files into the run (policy-prefs, and evaluator-prefs where the evaluator
+    finetuned in the run takes its pairs too), after checking the kit's files against their recorded sha256 and
+    testbed (perm.shipped.pairs_folder)."""
+    import shutil
+
+    from perm.config import to_dict
+    from perm.shipped import pairs_folder
+    from perm.store import atomic_path
+
+    cfg = ctx.cfg
+    spec = cfg.reward.pairs_from
+    ctx.need("testbed")
+    all_keys = keys(cfg, ctx.upstream())
+    testbed = to_dict(cfg.testbed) if cfg.data.prefs is None else None
+    jobs = [("policy-prefs", POLICY_PAIRS)] + ([("evaluator-prefs", (EVALUATOR_PAIRS,))] if extra_posts(cfg) else [])
+    for name, files in jobs:
+        def copy(files=files) -> dict:
+            folder = pairs_folder(spec, files, testbed)
+            info = {"pairs_from": spec}
+            for f in files:
+                with atomic_path(ctx.root / f) as tmp:
+                    shutil.copyfile(folder / f, tmp)
+                info[f"{f.removesuffix('.parquet')}_pairs"] = parquet_rows(ctx.root / f)
+            return info
+
+        ctx.run_one(name, all_keys[name], copy, list(files), announce=False)
 
 
 def kwise_pairs(k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -39,7 +39,7 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
                                        strict=True):
             out[f"pretrain/{pid}"] = stage_key(cfg, {"common": common, "init": init_s, "data": data_s,
                                                      "testbed": data})
-    if e.enabled and not e.checkpoint:
+    if e.pretrains():
         out["evaluator/pretrain"] = stage_key(cfg, {"backbone": to_dict(e.backbone),
                                                     "train": evaluator_train_args(cfg), "seed": e.pretrain_seed,
                                                     "testbed": data_identity(cfg, upstream)})
@@ -50,11 +50,11 @@ def work(cfg: RunConfig, root: Path) -> Work:
     """The pretraining jobs (evaluator's first, as they run) and their optimizer steps of `batch_size`
     sequences each; none where the backbones are checkpoints."""
     c, e = cfg.pretrain, cfg.evaluator
-    jobs = [("evaluator/pretrain", e.pretrain_steps)] if e.enabled and not e.checkpoint else []
+    jobs = [("evaluator/pretrain", e.pretrain_steps)] if e.pretrains() else []
     if not c.checkpoints:
         jobs += [(f"pretrain/{pid}", c.steps) for pid in c.pretrain_ids()]
     loaded = f"loads {len(c.checkpoints)} backbone checkpoints" if c.checkpoints else ""
-    if e.enabled and e.checkpoint:
+    if e.trains() and e.checkpoint:
         loaded += (" and " if loaded else "loads ") + "the evaluator's"
     return Work(NAME, tuple(jobs), "steps", (c.batch_size, "sequences"), note=loaded)
 
@@ -67,7 +67,7 @@ def seeds_of(kw: dict) -> dict:
 def run(ctx: Context) -> dict[str, str]:
     cfg = ctx.cfg
     c, e = cfg.pretrain, cfg.evaluator
-    if c.checkpoints and not (e.enabled and not e.checkpoint):
+    if c.checkpoints and not e.pretrains():
         return _registered(ctx)
     ctx.need("testbed")
     all_keys = keys(cfg, ctx.upstream())

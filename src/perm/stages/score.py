@@ -1,6 +1,7 @@
 """`perm score`: every pool and reference sample scored by every RM and the evaluator (perm.prefix.
 score_prompt_groups: a prompt runs once and its candidates continue its KV cache), then the reward tensor
-assembled with the gold reward: rewards.parquet and models.parquet (DESIGN step 5). Also the validation of
+assembled with the gold reward: rewards.parquet and models.parquet (DESIGN step 5). A trained evaluator loaded
+from `evaluator.rm_checkpoint` scores from where it is (the testbed kit's, a folder, a hub id). Also the validation of
 samples.parquet, which a user may bring. Manifest names `score/<model_id>` (scores/<model_id>.parquet) and
 `score`. Returns the path of rewards.parquet."""
 
@@ -63,15 +64,30 @@ def run(ctx: Context) -> Path:
         name = f"score/{mid}"
         if not ctx.skip(name, all_keys[name]):
             todo.append((name, dict(run_dir=str(ctx.root), out_rel=f"scores/{mid}.parquet",
-                                    model_dir=str(ctx.root / model_name), model_id=mid,
+                                    model_dir=model_dir(ctx, model_name), model_id=mid,
                                     max_length=cfg.reward.max_length, batch_size=BATCH_SIZE, device=cfg.device,
-                                    threads=cfg.threads, show_progress=ctx.show_progress)))
+                                    threads=cfg.threads, show_progress=ctx.show_progress,
+                                    trust_remote_code=loaded(cfg, model_name) and cfg.pretrain.trust_remote_code)))
     # scoring jobs are short and share this process's tokenised samples (one tokenisation for all models)
     ctx.run_jobs(job_score, todo, all_keys, seeds_of=lambda kw: {}, pool=False, work=work(cfg, ctx.root))
     key = keys(cfg, ctx.upstream())["score"]
     ctx.run_one("score", key, lambda: assemble_reward_tensor(ctx.root, records),
                 ["rewards.parquet", "models.parquet"], mark=False, announce=False)
     return ctx.root / "rewards.parquet"
+
+
+def loaded(cfg: RunConfig, model_name: str) -> bool:
+    """Whether the scoring model `model_name` is a trained RM loaded from a checkpoint (`evaluator.rm_checkpoint`)
+    rather than one the run finetuned."""
+    return model_name == "evaluator/rm" and bool(cfg.evaluator.rm_checkpoint)
+
+
+def model_dir(ctx: Context, model_name: str) -> str:
+    """What a scoring job loads: the RM the run finetuned (<run>/<model_name>), or the trained evaluator of
+    `evaluator.rm_checkpoint` where it was loaded (a kit part verified, a hub id at its pinned commit)."""
+    if loaded(ctx.cfg, model_name):
+        return ctx.resolve_checkpoint(ctx.cfg.evaluator.rm_checkpoint)
+    return str(ctx.root / model_name)
 
 
 _ENCODED: dict = {}  # (tokenizer hash, max_length, samples hash) -> token ids; one tokenisation per tokenizer
@@ -148,8 +164,10 @@ def validate_samples(path: Path):
 
 
 def job_score(run_dir: str, out_rel: str, *, model_dir: str, model_id: str, max_length: int, batch_size: int,
-              device: str, threads: int | None, show_progress: bool = True) -> dict | None:
-    """Score every sample with one RM into run_dir/out_rel (prompt_id, sample_id, reward).
+              device: str, threads: int | None, show_progress: bool = True,
+              trust_remote_code: bool = False) -> dict | None:
+    """Score every sample with one RM (a folder, or a hub id ``org/name@rev`` of a loaded evaluator) into
+    run_dir/out_rel (prompt_id, sample_id, reward).
 
     Decoder RMs run each prompt once and its candidates as continuations of its KV cache
     (``perm.prefix.score_prompt_groups``: the same rewards as full-sequence scoring); encoders score whole.
@@ -181,7 +199,7 @@ def job_score(run_dir: str, out_rel: str, *, model_dir: str, model_id: str, max_
     run = Path(run_dir)
     tok_dir = Path(model_dir) if (Path(model_dir) / "tokenizer.json").exists() else run / "tokenizer"
     (p_ids, c_ids, rows), prompt_ids, sample_ids, tok = encoded_samples(run, tok_dir, max_length)
-    model = load_reward_model(model_dir).to(dev)
+    model = load_reward_model(model_dir, trust_remote_code=trust_remote_code).to(dev)
     t0 = time.perf_counter()
     bar = job_bar(f"score/{model_id}", len(prompt_ids), show_progress and main, unit="samples")
     rewards = np.full(len(prompt_ids), np.nan)

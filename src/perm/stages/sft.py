@@ -1,6 +1,7 @@
 """`perm sft`: the SFT policy, trained on sft_train's reference summaries (perm.policy.train_sft, summary
 tokens only) from a backbone of its own (`policy.init_from` naming a checkpoint, by default the shipped testbed
-backbone of pretrain seed 5, which no grid RM shares), the first pretrained backbone or from scratch — or `policy.checkpoint` registered instead.
+backbone of pretrain seed 5, which no grid RM shares), the first pretrained backbone or from scratch — or `policy.checkpoint` registered instead
+(a local dir, a hub id, or the testbed kit's `testbed:kit/policy`, verified against its recorded hash and testbed).
 Manifest name `policy`; output policy/. Returns the policy's directory or hub id."""
 
 from __future__ import annotations

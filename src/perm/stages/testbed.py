@@ -147,8 +147,10 @@ def check_tokenizers(ctx: Context):
     cfg = ctx.cfg
     c = cfg.pretrain
     named = [(f"pretrain.checkpoints[{i}] ({s})", s) for i, s in enumerate(c.checkpoints)]
-    if cfg.evaluator.enabled and cfg.evaluator.checkpoint:
-        named.append((f"evaluator.checkpoint ({cfg.evaluator.checkpoint})", cfg.evaluator.checkpoint))
+    e = cfg.evaluator
+    if e.enabled and (e.rm_checkpoint or e.checkpoint):
+        field = "evaluator.rm_checkpoint" if e.rm_checkpoint else "evaluator.checkpoint"
+        named.append((f"{field} ({e.rm_checkpoint or e.checkpoint})", e.rm_checkpoint or e.checkpoint))
     if cfg.policy.checkpoint:
         named.append((f"policy.checkpoint ({cfg.policy.checkpoint})", cfg.policy.checkpoint))
     loaded: dict[str, object] = {}

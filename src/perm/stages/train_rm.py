@@ -1,12 +1,15 @@
 """`perm train-rm`: the reward-model grid (every RM of `reward.layout` over pretrains x finetune seeds) and
 the evaluator RM, finetuned with the Bradley-Terry + centering loss (perm.reward.train_reward_model), one job
 each, run together (evaluator first: the longest). Manifest names `rm/<pretrain_id>-ft<seed>` and
-`evaluator/rm`; outputs rm/<id>/ and evaluator/rm/ with rm.json. Returns {"rms": [rm.json, ...],
-"evaluator": rm.json or None}."""
+`evaluator/rm`; outputs rm/<id>/ and evaluator/rm/ with rm.json. A trained evaluator loaded from
+`evaluator.rm_checkpoint` (a folder, hub id or the testbed kit's) is evaluated on the run's held-out pairs
+instead of finetuned (:func:`job_evaluate_rm`): evaluator/rm/ then holds its rm.json alone. Returns
+{"rms": [rm.json, ...], "evaluator": rm.json or None}."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -37,7 +40,7 @@ from perm.store import atomic_path, derive_seed
 NAME = "train-rm"
 NEEDS = ("testbed", "pretrain", "policy-prefs")
 GRID_FIELDS = ("finetune_seeds", "layout", "pairs", "policy_pairs_per_post", "policy_kwise",
-               "finetune_seed_scope")  # keyed per RM or via pairs_key
+               "finetune_seed_scope", "pairs_from")  # keyed per RM or via pairs_key
 
 
 def rm_id(pretrain_id: str, finetune_seed: int) -> str:
@@ -96,13 +99,25 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
                                                       "backbone": backbone_identity(cfg, upstream, pid), **scope})
            for pid, seed in grid(cfg.pretrain.pretrain_ids(), c.finetune_seeds, c.layout)}
     if e.enabled:
-        backbone = upstream[checkpoint_name(e.checkpoint) if e.checkpoint else "evaluator/pretrain"]
-        grid_only = (*GRID_FIELDS, "max_train_pairs")
-        reward = _unkeyed_defaults({k: v for k, v in evaluator_reward_args(cfg).items() if k not in grid_only})
-        out["evaluator/rm"] = stage_key(cfg, {"reward": reward, "pairs": e.train_pairs, "backbone": backbone,
-                                              "testbed": data, **evaluator_pairs_key(cfg, upstream),
-                                              "seeds": evaluator_ids(cfg)})
+        out["evaluator/rm"] = evaluator_key(cfg, upstream)
     return out
+
+
+def evaluator_key(cfg: RunConfig, upstream: Mapping[str, str]) -> str:
+    """The evaluator RM's key: its finetuning (recipe, pairs, backbone, seeds), or for a trained one loaded from
+    `evaluator.rm_checkpoint` its checkpoint's identity (a kit part's recorded hash) and the held-out pairs it is
+    evaluated on."""
+    c, e = cfg.reward, cfg.evaluator
+    data = data_identity(cfg, upstream)
+    if e.rm_checkpoint:
+        return stage_key(cfg, {"loaded": upstream[checkpoint_name(e.rm_checkpoint)], "testbed": data,
+                               **pairs_key(cfg, upstream), "eval": list(eval_pair_files(cfg)),
+                               "max_length": c.max_length})
+    backbone = upstream[checkpoint_name(e.checkpoint) if e.checkpoint else "evaluator/pretrain"]
+    grid_only = (*GRID_FIELDS, "max_train_pairs")
+    reward = _unkeyed_defaults({k: v for k, v in evaluator_reward_args(cfg).items() if k not in grid_only})
+    return stage_key(cfg, {"reward": reward, "pairs": e.train_pairs, "backbone": backbone, "testbed": data,
+                           **evaluator_pairs_key(cfg, upstream), "seeds": evaluator_ids(cfg)})
 
 
 def work(cfg: RunConfig, root: Path) -> Work:
@@ -120,15 +135,16 @@ def work(cfg: RunConfig, root: Path) -> Work:
         return optimizer_steps(n, epochs, c.batch_size), bound
 
     jobs, bounds = [], set()
-    if e.enabled:
+    if e.trains():
         n, bound = steps(evaluator_pair_files(cfg), e.train_pairs, e.epochs)
         jobs.append(("evaluator/rm", n))
         bounds.add(bound)
     n, bound = steps(pair_files(cfg), c.max_train_pairs, c.epochs)
     jobs += [(name, n) for name in grid_names(cfg)]
     bounds.add(bound)
+    loads = f"loads the evaluator RM {e.rm_checkpoint}" if e.enabled and e.rm_checkpoint else ""
     return Work(NAME, tuple(jobs), "steps", (c.batch_size, "pairs"), bound=next((b for b in bounds if b), ""),
-                unknown="once the data's pairs are imported")
+                unknown="once the data's pairs are imported", note=loads)
 
 
 def job_seeds(kw: dict) -> dict:
@@ -152,16 +168,55 @@ def run(ctx: Context) -> dict:
                                     reward=to_dict(c), n_pairs=c.max_train_pairs, seed_scope=c.finetune_seed_scope,
                                     trust_remote_code=cfg.pretrain.trust_remote_code)))
     name = "evaluator/rm"
-    if e.enabled and not ctx.skip(name, all_keys[name]):
-        todo.insert(0, (name, dict(  # trained beside the grid: the longest job first
-            env, out_rel=name, pair_files=evaluator_pair_files(cfg),
-            backbone=ctx.resolve_checkpoint(e.checkpoint) if e.checkpoint else str(ctx.root / "evaluator/pretrain"),
-            pretrain_id=evaluator_ids(cfg)[0], finetune_seed=evaluator_ids(cfg)[1], seed_scope="per_rm",
-            reward=evaluator_reward_args(cfg), n_pairs=e.train_pairs, role="evaluator")))
+    if e.enabled and e.rm_checkpoint:  # a trained evaluator: evaluated here, before the grid's jobs (seconds)
+        _evaluate_loaded(ctx, all_keys[name], evals)
+    elif e.enabled and not ctx.skip(name, all_keys[name]):
+        todo.insert(0, (name, _evaluator_job(ctx, env)))  # trained beside the grid: the longest job first
     ctx.run_jobs(job_reward_model, todo, all_keys, seeds_of=job_seeds, work=work(cfg, ctx.root))
     rms = [json.loads((ctx.root / n / "rm.json").read_text()) for n in grid_names(cfg)]
     ev = json.loads((ctx.root / name / "rm.json").read_text()) if e.enabled else None
     return {"rms": rms, "evaluator": ev}
+
+
+def _evaluator_job(ctx: Context, env: dict) -> dict:
+    """The keyword arguments of the evaluator RM's finetuning job."""
+    cfg = ctx.cfg
+    e = cfg.evaluator
+    return dict(env, out_rel="evaluator/rm", pair_files=evaluator_pair_files(cfg),
+                backbone=ctx.resolve_checkpoint(e.checkpoint) if e.checkpoint else str(ctx.root / "evaluator/pretrain"),
+                pretrain_id=evaluator_ids(cfg)[0], finetune_seed=evaluator_ids(cfg)[1], seed_scope="per_rm",
+                reward=evaluator_reward_args(cfg), n_pairs=e.train_pairs, role="evaluator")
+
+
+def run_evaluator(ctx: Context) -> dict:
+    """Finetune the evaluator RM alone, without the grid (what `perm kit build` trains of the recipe's world),
+    with the key and job `perm train-rm` gives it; returns its rm.json."""
+    cfg = ctx.cfg
+    if not cfg.evaluator.trains():
+        raise ValueError("run_evaluator: this config finetunes no evaluator (evaluator.enabled: false, or "
+                         "evaluator.rm_checkpoint loads one)")
+    if cfg.evaluator.pretrains():
+        ctx.need("pretrain")
+    ctx.need("testbed")
+    files = ctx.need("policy-prefs")
+    name, key = "evaluator/rm", evaluator_key(cfg, ctx.upstream())
+    if not ctx.skip(name, key):
+        env = dict(run_dir=str(ctx.root), pair_files=files, eval_files=eval_pair_files(cfg), **ctx.job_env())
+        ctx.run_jobs(job_reward_model, [(name, _evaluator_job(ctx, env))], {name: key}, seeds_of=job_seeds,
+                     work=work(cfg, ctx.root))
+    return json.loads((ctx.root / name / "rm.json").read_text())
+
+
+def _evaluate_loaded(ctx: Context, key: str, eval_files: tuple[str, ...]) -> None:
+    """Evaluate the trained evaluator of `evaluator.rm_checkpoint` on the run's held-out pairs (in this process:
+    a forward over them), unless done for these inputs."""
+    cfg = ctx.cfg
+    spec = cfg.evaluator.rm_checkpoint
+    path = ctx.resolve_checkpoint(spec)  # a kit part is verified here; a hub id pinned to its commit
+    ctx.run_one("evaluator/rm", key, lambda: job_evaluate_rm(
+        str(ctx.root), "evaluator/rm", checkpoint=path, spec=spec, eval_files=eval_files,
+        max_length=cfg.reward.max_length, trust_remote_code=cfg.pretrain.trust_remote_code,
+        **ctx.job_env(pooled=False)), ["evaluator/rm"], loads=spec)
 
 
 def train_tokens(tokenizer, prompts, chosen, rejected, epochs: float) -> dict:
@@ -180,6 +235,82 @@ def train_tokens(tokenizer, prompts, chosen, rejected, epochs: float) -> dict:
     whole = sum(lp[p] + c + eos for (p, _), c in zip(seqs, lc, strict=True))
     return {"train_tokens": int(round(epochs * read)), "train_sequence_tokens": int(round(epochs * whole)),
             "n_train_completions": len(seqs)}
+
+
+def encoded_eval_pairs(run: Path, rel: str, tok, max_length: int):
+    """Held-out pairs `rel` of the run, encoded: (chosen ids, rejected ids, gold differences or None where the
+    file has no gold columns)."""
+    from perm.reward import encode_pairs
+
+    ep, ec, er = read_column(run / rel, "prompt", "chosen", "rejected")
+    gold_diff = None
+    if "gold_chosen" in pq.read_schema(run / rel).names:
+        gc, gr = read_column(run / rel, "gold_chosen", "gold_rejected")
+        gold_diff = [a - b for a, b in zip(gc, gr, strict=True)]
+    return *encode_pairs(tok, ep, ec, er, max_length), gold_diff
+
+
+EVAL_FIELDS = ("accuracy", "accuracy_se", "gold_accuracy", "mean_reward")  # recorded per other eval file
+
+
+def job_evaluate_rm(run_dir: str, out_rel: str, *, checkpoint: str, spec: str, eval_files: tuple[str, ...],
+                    max_length: int, device: str, threads: int | None, trust_remote_code: bool = False,
+                    precision: str = "fp32", attention: str = "auto", show_progress: bool = True) -> dict:
+    """Evaluate a trained RM (`evaluator.rm_checkpoint` `spec`, loaded from `checkpoint`) on the run's held-out
+    pairs, in fp32 as scoring is, and write its record (rm.json, no weights) to run_dir/out_rel: the fields a
+    finetuned evaluator's rm.json has (accuracy on the first eval file, `other_evals` on the rest), with what
+    the checkpoint's own rm.json says of its training where it has one (the testbed kit's evaluator), under
+    `trained` and in the fields the report reads (n_train_pairs, train_tokens, ...)."""
+    from perm.models import load_reward_model, load_tokenizer
+    from perm.readout import readout_of
+    from perm.reward import evaluate_pairs
+    from perm.shipped import is_shipped, path_of
+
+    dev = torch_setup(device, threads)
+    run = Path(run_dir)
+    t0 = time.perf_counter()
+    tok = load_tokenizer(run / "tokenizer" if (run / "tokenizer").exists() else checkpoint,
+                         trust_remote_code=trust_remote_code)
+    model = load_reward_model(checkpoint, trust_remote_code=trust_remote_code).to(dev)
+    evals = {}
+    for rel in eval_files:
+        ec, er, gold_diff = encoded_eval_pairs(run, rel, tok, max_length)
+        res = evaluate_pairs(model, ec, er, tok.pad_token_id, dev, gold_diff=gold_diff)
+        evals[rel] = {k: res[k] for k in EVAL_FIELDS if k in res} | {"n_pairs": len(ec)}
+    own = Path(checkpoint) / "rm.json"
+    trained = json.loads(own.read_text()) if own.is_file() else {}
+    backbone = trained.get("backbone")
+    if backbone and is_shipped(backbone):  # the kit records its evaluator's backbone by its testbed: name
+        backbone = str(path_of(backbone))
+    first = evals[eval_files[0]]
+    info = {
+        "model_id": Path(out_rel).name,
+        "role": "evaluator",
+        "loaded_from": spec,
+        "checkpoint": str(checkpoint),
+        "pretrain_id": trained.get("pretrain_id", spec),
+        "finetune_seed": trained.get("finetune_seed"),
+        "backbone": backbone or str(checkpoint),
+        "seeds": trained.get("seeds"),
+        "config": trained.get("config"),
+        **{k: trained.get(k) for k in ("n_train_pairs", "train_tokens", "train_sequence_tokens", "n_train_prompts")},
+        "eval_pairs": eval_files[0],
+        "n_eval_pairs": first["n_pairs"],
+        "accuracy": first["accuracy"],
+        "accuracy_se": first["accuracy_se"],
+        "gold_accuracy": first.get("gold_accuracy"),
+        "eval_mean_reward": first["mean_reward"],
+        "other_evals": {rel: {k: v for k, v in evals[rel].items() if k != "n_pairs"} for rel in eval_files[1:]},
+        "trained": {k: trained[k] for k in ("accuracy", "accuracy_se", "gold_accuracy", "eval_pairs", "steps",
+                                            "wall_s", "precision", "pairs_per_s") if k in trained},
+        "readout": readout_of(model),
+        "wall_s": time.perf_counter() - t0,
+        "precision": "fp32",
+    }
+    with atomic_path(run / out_rel) as tmp:  # the whole folder: no weights of an evaluator finetuned here before
+        tmp.mkdir(parents=True)
+        (tmp / "rm.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return info
 
 
 def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: str, finetune_seed: int,
@@ -229,12 +360,7 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
         prompts, chosen, rejected = prompts[:n_pairs], chosen[:n_pairs], rejected[:n_pairs]
 
     def eval_set(rel: str):
-        ep, ec, er = read_column(run / rel, "prompt", "chosen", "rejected")
-        gold_diff = None
-        if "gold_chosen" in pq.read_schema(run / rel).names:
-            gc, gr = read_column(run / rel, "gold_chosen", "gold_rejected")
-            gold_diff = [a - b for a, b in zip(gc, gr, strict=True)]
-        return *encode_pairs(tok, ep, ec, er, ml), gold_diff
+        return encoded_eval_pairs(run, rel, tok, ml)
 
     ec, er, gold_diff = eval_set(eval_files[0])
     acc = make_accelerator(dev, precision)
