@@ -58,9 +58,8 @@ class TestbedConfig:
     scoring time grow linearly with it."""
     label_temperature: float | None = None
     """Bradley-Terry temperature of the synthetic raters (> 0; lower = labels agree with gold more often);
-    null = the calibrated default (~70-75% agreement with gold, as human raters of TL;DR). Labels prefs_train
-    and prefs_eval; the policy pairs (stage policy-prefs) are labelled at the default temperature whatever
-    this says."""
+    null = the calibrated default (~70-75% agreement with gold, as human raters of TL;DR). Labels prefs_train,
+    prefs_eval and the policy pairs (stage policy-prefs keys on it); reruns everything downstream of them."""
     vocab_size: int = 2048
     """BPE vocabulary size of the tokenizer trained on the corpus; >= 300 (the byte-level base alphabet).
     Models built from scratch get one embedding per token of it."""
@@ -300,18 +299,13 @@ class RewardConfig:
     """alpha of the centering term alpha * mean((r+ + r-)^2); >= 0 (0 = plain Bradley-Terry)."""
     epochs: float = 2.0
     """Passes over the training pairs (> 0, fractions allowed): round(epochs * ceil(pairs / batch_size))
-    optimizer steps. Two on the testbed, chosen by learnability alone: after one pass the K-wise RMs still
-    underfit and their learning curves still rise; a second lifted pool rho by +0.11 on average (4 RMs) and
-    accuracy by +0.03, a third added nothing (experiments/rm_recipe_sweep.py). Each pass is ~110-130 s per grid
-    RM in fp32 on one AVX2 core."""
+    optimizer steps; reruns the grid RMs. Why 2: learnability alone (docs/history/results-2026-11.md, "two RM epochs")."""
     batch_size: int = 64
     """Preference pairs per optimizer step (> 0; the global batch when several processes train one RM). With
     K-wise pairs (`policy_kwise: 6`, 15 pairs per post) 64 pairs hold about four posts."""
     lr: float = 7e-4
     """Peak AdamW learning rate (> 0): linear warmup over `warmup_frac` of the steps, then linear decay to 0.
-    7e-4 on the testbed, chosen by learnability alone (docs/results.md, 2026-12-02): against 1e-3, paired over
-    the 9 grid RMs pool rho +0.037 +- 0.024 and gold-order agreement +0.018 +- 0.006; on the 16 further RMs of
-    the full layout, not used to pick it, +0.016; 5e-4 gave no gain over 1e-3."""
+    Reruns the grid RMs. Why 7e-4: learnability alone (docs/history/results-2026-11.md, "a lower RM learning rate")."""
     warmup_frac: float = 0.06
     """Fraction of the steps spent warming up to `lr`; in [0, 1)."""
     weight_decay: float = 0.0
@@ -326,9 +320,8 @@ class RewardConfig:
     RMs; any *ForSequenceClassification). sum / mean: the head on every token's final hidden state, summed or
     averaged over prompt + completion (decoder backbones only; a prompt's part is the same for all its
     candidates). Recorded in the saved RM's config.json as `perm_reward_readout`, which perm's scoring reads;
-    other tools that load the RM read the last token whatever it says. On the testbed `last` stays: `mean` gave
-    the same pool rho on average (paired over the 9 grid RMs), a weaker evaluator and RMs that agree more; `sum`
-    learned much less (docs/results.md, 2026-12-02)."""
+    other tools that load the RM read the last token whatever it says. Reruns the RMs. Why last: docs/history/results-2026-11.md
+    ("where the reward is read")."""
     eval_every: int = 200
     """Optimizer steps between evaluations on the held-out pairs (the learning curve `eval_curve` in rm.json);
     >= 1. The final weights are always evaluated. Changes no weights, but is part of the RMs' keys."""
@@ -435,16 +428,12 @@ class EvaluatorConfig:
     null = as many posts as the grid's pairs come from (sft_train's training posts: `testbed.n_sft` less the
     SFT policy's held-out twentieth; 3,800 on the testbed), at most prefs_train's; 0 = the grid's pairs only; k
     = k posts (at most `testbed.n_prefs_train`). Used with `reward.pairs: policy | mix` (unused with `testbed`
-    pairs, and so with `data.prefs`). Chosen by learnability alone (docs/results.md, 2026-12-04): at the same
-    finetuning steps and tokens, twice the posts at 1.5 epochs beat the grid's posts at 3 epochs (paired over two
-    finetune seeds: accuracy +0.037, pool rho +0.052, best-of-64 gold +0.09 sd; three times the posts at one
-    epoch, one seed: accuracy +0.036, rho +0.011). Reruns the evaluator RM (and its scoring) only."""
+    pairs, and so with `data.prefs`). Reruns the evaluator RM (and its scoring) only. Why null: learnability
+    alone (docs/history/results-2026-11.md, "the evaluator on more posts")."""
     epochs: float = 1.5
-    """The evaluator RM's passes over its training pairs (> 0), instead of `reward.epochs`. 1.5 on the testbed,
-    over twice the grid's posts (`extra_posts`): the optimizer steps and tokens of the three passes over the
-    grid's pairs that the bigger evaluator needed on its own (a third pass lifted pool rho 0.563 -> 0.611, a
-    fourth did not help; experiments/rm_recipe_sweep.py), spent on new posts instead. With `extra_posts: 0`
-    take 3."""
+    """The evaluator RM's passes over its training pairs (> 0), instead of `reward.epochs`; reruns the
+    evaluator RM. 1.5 over twice the grid's posts are the steps of 3 over the grid's (take 3 with
+    `extra_posts: 0`); why: docs/history/results-2026-11.md ("the evaluator on more posts")."""
     lr: float = 5e-4
     """The evaluator RM's peak learning rate (> 0), instead of `reward.lr`; every other finetuning field is
     `reward`'s."""
@@ -524,10 +513,8 @@ class PolicyConfig:
     backbone `testbed:<name>`), `pretrain` (the grid's first backbone, which the finetune ensemble and every
     same-pretrain pair also share) or `scratch`."""
     sft_epochs: float = 0.5
-    """Passes over sft_train (less its held-out 5 %); > 0, fractions allowed. Half an epoch by default: from the
-    shipped seed-5 backbone, which already summarises (its corpus has posts with their TL;DRs), two epochs made a
-    policy so close to the references that its samples tied and the RMs learned little (docs/results.md,
-    2026-12-02); chosen by the RMs' learnability alone."""
+    """Passes over sft_train (less its held-out 5 %); > 0, fractions allowed; reruns SFT and everything after.
+    Why 0.5: the RMs' learnability alone (docs/history/results-2026-11.md, "a policy on its own backbone")."""
     sft_lr: float = 1e-3
     """Peak AdamW learning rate of SFT (> 0)."""
     sft_batch_size: int = 32
@@ -595,14 +582,14 @@ class AnalysisConfig:
     figure3: str = "mom"
     """Figure 3's statistic: ``mom`` (share of variance due to the scoring RM, method of moments on per-prompt
     standardised scores: free of reward scale, ~0 under exchangeable RMs) or ``paper`` (the paper's SS_RM /
-    SS_total on rewards centred per prompt, which unequal reward scales inflate; docs/results.md)."""
+    SS_total on rewards centred per prompt, which unequal reward scales inflate; docs/results.md, "reward scale")."""
     coverage_sims: int = 100
     """Simulated grids per scenario behind the report's coverage of its intervals on this run's seed design
     (perm.coverage: planted seed effects, 4 scenarios); >= 0, 0 = skip (~1 min at 100 on the paper layout)."""
     pick_ranker: str = "auto"
     """Whose best-of-n picks weight the pick-level seed decomposition: ``auto`` (the evaluator, else gold),
     ``evaluator``, ``gold``, or ``grid`` (the other RMs of each pair: biased in the paper layout, where they
-    relate differently to each relation; docs/results.md)."""
+    relate differently to each relation; docs/results.md, "the pick-level decomposition")."""
 
     def __post_init__(self) -> None:
         _check(self.anova_draws > 0, "analysis.anova_draws", "must be > 0")
