@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from perm import run_layout as layout
 from perm.config import ConfigError, RunConfig, load_config
 from perm.progress import DEFAULT_EVERY, Progress
 
@@ -234,8 +235,8 @@ def convert(checkpoint: Checkpoint, out: ConvertOut, revision: Revision = None,
         typer.echo(str(path))
 
 
-Rewards = Annotated[str | None, typer.Option("--rewards", help="A reward tensor of your own: rewards.parquet")]
-Models = Annotated[str | None, typer.Option("--models", help="... and its models.parquet")]
+Rewards = Annotated[str | None, typer.Option("--rewards", help=f"A reward tensor of your own: {layout.REWARDS}")]
+Models = Annotated[str | None, typer.Option("--models", help=f"... and its {layout.MODELS}")]
 
 
 @app.command()

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from perm.run_layout import ANALYSIS
+
 FILES = ("figure1", "figure2", "figure3", "contrasts", "seed_variance", "table1")
 
 
@@ -32,12 +34,12 @@ class CompareError(ValueError):
 
 
 def _read(run: Path) -> dict[str, pd.DataFrame]:
-    a = run / "analysis"
+    a = run / ANALYSIS
     out = {}
     for name in FILES:
         path = a / f"{name}.parquet"
         if not path.exists():
-            raise CompareError(f"{run}: no analysis/{name}.parquet (run `perm analyze` on it first)")
+            raise CompareError(f"{run}: no {ANALYSIS}/{name}.parquet (run `perm analyze` on it first)")
         out[name] = pd.read_parquet(path)
     return out
 

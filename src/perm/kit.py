@@ -25,6 +25,7 @@ import json
 import shutil
 from pathlib import Path
 
+from perm import run_layout as layout
 from perm.config import ConfigError, RunConfig, configs_dir, load_config, to_dict
 from perm.shipped import (
     EVALUATOR,
@@ -42,8 +43,8 @@ from perm.shipped import (
 from perm.store import RunStore, hash_obj
 
 RECIPE = configs_dir() / "testbed-kit.yaml"
-SOURCES = {POLICY: "policy", EVALUATOR: "evaluator/rm"}  # a model part's folder in the recipe's run directory
-WORLD_STAGES = ("testbed", "policy", "policy-prefs", "evaluator-prefs", "evaluator/rm")  # what the kit is made of
+SOURCES = {POLICY: layout.POLICY, EVALUATOR: layout.EVALUATOR_RM}  # a model part's folder in the recipe's run directory
+WORLD_STAGES = ("testbed", layout.POLICY, "policy-prefs", "evaluator-prefs", layout.EVALUATOR_RM)  # what the kit is made of
 GRID_ONLY = ("finetune_seeds", "layout", "finetune_seed_scope", "max_train_pairs", "epochs", "lr", "pairs_from")
 """reward fields that only the grid reads (the evaluator has its own epochs and lr): not part of the world."""
 KIT_FIELDS = (("policy", "checkpoint"), ("reward", "pairs_from"), ("evaluator", "rm_checkpoint"))
@@ -121,7 +122,7 @@ def world_keys(cfg: RunConfig, upstream: dict[str, str]) -> dict[str, str]:
     keys: dict[str, str] = {}
     for module in (testbed, sft, policy_prefs):
         keys |= module.keys(cfg, upstream)
-    keys["evaluator/rm"] = evaluator_key(cfg, upstream)
+    keys[layout.EVALUATOR_RM] = evaluator_key(cfg, upstream)
     return {name: keys[name] for name in WORLD_STAGES if name in keys}
 
 
@@ -130,12 +131,12 @@ def check_run(run: Path, cfg: RunConfig, recipe: Path) -> dict[str, str]:
     each world stage finished with the key the recipe gives it (same inputs: shipped backbones, testbed, code)
     and intact outputs. Returns those keys; raises KitError naming the run, the stage or field and what differs."""
     run = Path(run)
-    if not (run / "manifest.json").is_file() or not (run / "config.yaml").is_file():
-        raise KitError(f"{run}: not a run directory (no manifest.json and config.yaml)")
+    if not (run / layout.MANIFEST).is_file() or not (run / layout.CONFIG).is_file():
+        raise KitError(f"{run}: not a run directory (no {layout.MANIFEST} and {layout.CONFIG})")
     try:
-        have = load_config(run / "config.yaml")
+        have = load_config(run / layout.CONFIG)
     except ConfigError as e:
-        raise KitError(f"{run / 'config.yaml'}: {e}") from None
+        raise KitError(f"{run / layout.CONFIG}: {e}") from None
     diff = world_diff(world(have), world(cfg))
     if diff:
         raise KitError(f"{run} was not run with the recipe {recipe} (run -> recipe): {'; '.join(diff)}")
@@ -197,9 +198,10 @@ def ship(run: Path, cfg: RunConfig, recipe: Path, keys: dict[str, str], out: Pat
     with atomic_path(out) as tmp:
         tmp.mkdir(parents=True)
         shutil.copytree(run / SOURCES[POLICY], tmp / KIT_FOLDERS[POLICY])
-        _rewrite_json(tmp / KIT_FOLDERS[POLICY] / "policy.json", init=cfg.policy.init_from)
+        _rewrite_json(tmp / KIT_FOLDERS[POLICY] / layout.POLICY_RECORD, init=cfg.policy.init_from)
         shutil.copytree(run / SOURCES[EVALUATOR], tmp / KIT_FOLDERS[EVALUATOR])
-        _rewrite_json(tmp / KIT_FOLDERS[EVALUATOR] / "rm.json", backbone=cfg.evaluator.checkpoint or "evaluator/pretrain")
+        _rewrite_json(tmp / KIT_FOLDERS[EVALUATOR] / layout.RM_RECORD,
+                      backbone=cfg.evaluator.checkpoint or layout.EVALUATOR_PRETRAIN)
         for f in pair_files:
             shutil.copyfile(run / f, tmp / f)
         artefacts = {}
@@ -207,8 +209,8 @@ def ship(run: Path, cfg: RunConfig, recipe: Path, keys: dict[str, str], out: Pat
             files = kit_files(tmp, part)
             artefacts[part] = {"files": files, "sha256": hash_obj(files)}
         recipe_world = world(cfg)
-        ev = json.loads((tmp / KIT_FOLDERS[EVALUATOR] / "rm.json").read_text())
-        pol = json.loads((tmp / KIT_FOLDERS[POLICY] / "policy.json").read_text())
+        ev = json.loads((tmp / KIT_FOLDERS[EVALUATOR] / layout.RM_RECORD).read_text())
+        pol = json.loads((tmp / KIT_FOLDERS[POLICY] / layout.POLICY_RECORD).read_text())
         stages = manifest["stages"]
         record = {
             "recipe_file": Path(recipe).name,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from perm import run_layout as layout
 from perm.config import RunConfig, dump_config
 from perm.executors import LocalExecutor, PoolExecutor, RayExecutor
 from perm.progress import Progress
@@ -60,7 +61,7 @@ class Pipeline:
         self.store = RunStore(cfg.out)
         self.root = self.store.root
         self.ctx = Context(cfg, self.log, self.store, make_executor(cfg), STAGES)
-        atomic_write_text(self.root / "config.yaml", dump_config(cfg))
+        atomic_write_text(self.root / layout.CONFIG, dump_config(cfg))
         self.store.record_run(hardware_record(self.precision, cfg.attention))
         self.log.note(f"device {self.precision.device_label}: precision {self.precision.value}"
                       + (" (auto)" if self.precision.requested == "auto" else ""))
@@ -114,7 +115,7 @@ class Pipeline:
             return f"report: {out}"
         result = self.ctx.need(stage)
         if stage == "testbed":
-            return self.root / "data"
+            return self.root / layout.DATA
         if stage == "pretrain":
             return "\n".join(f"{k}: {v}" for k, v in result.items())
         if stage == "train-rm":

@@ -39,6 +39,7 @@ from perm.figures import (  # noqa: F401  (re-exported)
     _write_figures,
     make_figures,
 )
+from perm.run_layout import REPORT_INDEX
 from perm.store import atomic_write_text
 
 REQUIRED_TABLES = ("meta", "models", "figure1", "figure2", "figure3", "figure4", "table1")
@@ -821,6 +822,6 @@ def write_report(
                 f"<details><summary>Resolved configuration of this run</summary><pre>{_e(config_yaml)}</pre></details>",
             )
         )
-    path = out / "index.html"
+    path = out / REPORT_INDEX
     atomic_write_text(path, _page(title, sections))
     return path

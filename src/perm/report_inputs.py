@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from perm import run_layout as layout
 from perm.store import read_column
 
 
 def samples_and_posts(root: Path):
     """samples.parquet texts and the eval prompts' posts, for the reward-hacking diagnostics (if present)."""
-    sp, ep = root / "samples.parquet", root / "data" / "eval_prompts.parquet"
+    sp, ep = root / layout.SAMPLES, root / layout.EVAL_PROMPTS
     if not sp.exists() or not ep.exists():
         return None, None
     samples = pq.read_table(sp, columns=["prompt_id", "sample_id", "text", "n_tokens"]).to_pandas()
@@ -27,7 +28,7 @@ def samples_and_posts(root: Path):
 
 def rm_records(root: Path) -> list[dict]:
     recs = []
-    for p in sorted(root.glob("rm/*/rm.json")) + sorted(root.glob("evaluator/rm/rm.json")):
+    for p in sorted(root.glob(layout.RM_RECORDS_GLOB)) + sorted(root.glob(layout.rm_record(layout.EVALUATOR_RM))):
         r = json.loads(p.read_text())
         recs.append({k: r.get(k) for k in ("model_id", "role", "pretrain_id", "finetune_seed", "accuracy",
                                            "accuracy_se", "gold_accuracy", "n_train_pairs", "wall_s", "eval_pairs",
@@ -53,11 +54,11 @@ def examples(root: Path, k: int = 3) -> list[dict]:
     from perm.analysis import ensemble_members, load_reward_tensor
     from perm.bon import aggregate, standardize
 
-    if not (root / "rewards.parquet").exists():
+    if not (root / layout.REWARDS).exists():
         return []
-    t = load_reward_tensor(root / "rewards.parquet", root / "models.parquet")
-    samples = pq.read_table(root / "samples.parquet").to_pandas().set_index(["prompt_id", "sample_id"])
-    prompts = pq.read_table(root / "data" / "eval_prompts.parquet").to_pandas().set_index("prompt_id")
+    t = load_reward_tensor(root / layout.REWARDS, root / layout.MODELS)
+    samples = pq.read_table(root / layout.SAMPLES).to_pandas().set_index(["prompt_id", "sample_id"])
+    prompts = pq.read_table(root / layout.EVAL_PROMPTS).to_pandas().set_index("prompt_id")
     members = ensemble_members(t)
     single = t.rm_indices[0]
     picks = {"SFT sample (n = 1)": np.zeros(t.n_prompts, dtype=int),
@@ -94,7 +95,7 @@ def learnability(root: Path, records: list[dict]) -> dict:
 
     rms = [r for r in records if r["role"] == "rm"]
     pretrain_of = {r["model_id"]: r.get("pretrain_id") for r in rms}  # by_pretrain leaves every other model out
-    ev_rel = (rms[0].get("eval_pairs") if rms else None) or "data/prefs_eval.parquet"  # older rm.json: none
+    ev_rel = (rms[0].get("eval_pairs") if rms else None) or layout.PREFS_EVAL  # older rm.json: none
     ev_path = root / ev_rel
     if ev_path.exists() and "label_agrees_gold" in pq.read_schema(ev_path).names:
         (agree,) = read_column(ev_path, "label_agrees_gold")
@@ -134,8 +135,8 @@ def learnability(root: Path, records: list[dict]) -> dict:
     ratio = pretraining_ratio(records)
     if ratio:
         put("backbone pretraining tokens / RM finetuning tokens, min", ratio["min"], ratio["description"])
-    if (root / "rewards.parquet").exists() and (root / "samples.parquet").exists():
-        rw = pq.read_table(root / "rewards.parquet").to_pandas()
+    if (root / layout.REWARDS).exists() and (root / layout.SAMPLES).exists():
+        rw = pq.read_table(root / layout.REWARDS).to_pandas()
         pool = rw[~rw.is_reference].pivot_table(index=["prompt_id", "sample_id"], columns="model_id", values="reward")
         if "gold" in pool.columns:
             rho_of = {}
@@ -163,12 +164,12 @@ def learnability(root: Path, records: list[dict]) -> dict:
             rising = best_of_n_shape(pool, rm_ids)
             if rising:
                 put("single RMs whose best-of-n gold rises to n = 16", rising["fraction"], rising["description"])
-            samples = pq.read_table(root / "samples.parquet").to_pandas()
+            samples = pq.read_table(root / layout.SAMPLES).to_pandas()
             pool_gold = samples[~samples.is_reference]
             put("SFT sample, mean gold", pool_gold.gold_reward.mean(), "gold reward of a random policy sample (n = 1)")
             put("gold best-of-pool, mean gold", pool_gold.groupby("prompt_id").gold_reward.max().mean(),
                 "gold reward of the gold-ranked best of the whole pool: the headroom best-of-n can reach")
-            prompts = pq.read_table(root / "data" / "eval_prompts.parquet").to_pandas()
+            prompts = pq.read_table(root / layout.EVAL_PROMPTS).to_pandas()
             if "post" in prompts.columns:
                 from perm.testbed.gold import gold_reward_batch
 
@@ -240,7 +241,7 @@ def pretraining_ratio(records: list[dict]) -> dict | None:
     held-out perplexity. None when no RM records both (a hub backbone, an older run)."""
     rows = []
     for r in records:
-        rec = Path(str(r.get("backbone", ""))) / "pretrain.json"
+        rec = Path(str(r.get("backbone", ""))) / layout.PRETRAIN_RECORD
         if not r.get("train_tokens") or not rec.is_file():
             continue
         pre = json.loads(rec.read_text())

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from perm import run_layout as layout
 from perm.config import KIT, KIT_EVALUATOR, KIT_POLICY, SHIPPED, is_kit
 from perm.store import hash_file, hash_obj
 
@@ -39,9 +40,9 @@ KIT_RECORD = "kit.json"
 POLICY, EVALUATOR, PAIRS = "policy", "evaluator", "pairs"  # the kit's parts
 KIT_SPECS = {KIT_POLICY: POLICY, KIT_EVALUATOR: EVALUATOR, KIT: PAIRS}
 KIT_FOLDERS = {POLICY: "policy", EVALUATOR: "evaluator"}  # a model part's folder in the kit (pairs: its files)
-PAIR_FILES = ("policy_prefs.parquet", "policy_prefs_eval.parquet", "evaluator_prefs.parquet")
+PAIR_FILES = (layout.POLICY_PREFS, layout.POLICY_PREFS_EVAL, layout.EVALUATOR_PREFS)  # as a run's
 WEIGHTS = "model.safetensors"
-RECORD = "pretrain.json"
+RECORD = layout.PRETRAIN_RECORD
 # testbed fields that shape the corpus and tokenizer the backbones saw (the posts of every split are drawn
 # from one stream, so all counts matter; the label temperature does not)
 TESTBED_FIELDS = ("seed", "n_corpus_docs", "n_sft", "n_prefs_train", "n_prefs_eval", "n_eval_prompts",
@@ -307,8 +308,8 @@ def heldout_perplexity(model_dir: Path, run_dir: Path, seq_len: int, batch_size:
     from perm.models import load_causal_lm, load_tokenizer
     from perm.pretrain import pack_corpus, perplexity
 
-    tok = load_tokenizer(run_dir / "tokenizer")
-    texts = pq.read_table(run_dir / "data" / "corpus.parquet", columns=["text"]).column("text").to_pylist()
+    tok = load_tokenizer(run_dir / layout.TOKENIZER)
+    texts = pq.read_table(run_dir / layout.CORPUS, columns=["text"]).column("text").to_pylist()
     _, held = pack_corpus(texts, tok, seq_len)
     return perplexity(load_causal_lm(model_dir), held, batch_size, torch.device("cpu"))
 
@@ -328,7 +329,7 @@ def ship(run_dir: Path, recipe: Path, out: Path = ROOT) -> list[str]:
     run_dir = Path(run_dir)
     shipped = []
     for name in recipe_names(cfg):
-        src = run_dir / ("evaluator/pretrain" if name.startswith("evaluator-") else f"pretrain/{name}")
+        src = run_dir / (layout.EVALUATOR_PRETRAIN if name.startswith("evaluator-") else layout.pretrain_dir(name))
         rec = json.loads((src / RECORD).read_text())
         model = load_causal_lm(src).to(torch.float16)
         want = recipe_of(cfg, name)
@@ -339,7 +340,7 @@ def ship(run_dir: Path, recipe: Path, out: Path = ROOT) -> list[str]:
         with atomic_path(Path(out) / name) as tmp:
             tmp.mkdir(parents=True)
             model.save_pretrained(str(tmp), safe_serialization=True)
-            load_tokenizer(run_dir / "tokenizer").save_pretrained(str(tmp))
+            load_tokenizer(run_dir / layout.TOKENIZER).save_pretrained(str(tmp))
             rec = dict(rec, name=name, recipe=want, recipe_hash=hash_obj(want), recipe_file=Path(recipe).name,
                        testbed=testbed_identity(to_dict(cfg.testbed)), sha256=hash_file(tmp / WEIGHTS),
                        stored_dtype="float16",

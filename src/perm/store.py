@@ -21,8 +21,7 @@ from typing import Any
 
 import numpy as np
 
-MANIFEST = "manifest.json"
-
+from perm.run_layout import MANIFEST
 
 # --------------------------------------------------------------------------------------------- atomic I/O
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from perm import run_layout as layout
 from perm.config import RunConfig
 from perm.progress import Progress
 from perm.shipped import is_shipped, verify_for
@@ -76,10 +77,10 @@ class Checkpoints:
         from perm.models import split_revision
 
         repo, revision = split_revision(spec)
-        out = conversion_dir(repo, self.store.root / "converted", revision)
+        out = conversion_dir(repo, self.store.root / layout.CONVERTED, revision)
         if _record_matches(out / RECORD, repo, revision):
             return str(out)
-        return ensure_safetensors(repo, self.store.root / "converted", revision,
+        return ensure_safetensors(repo, self.store.root / layout.CONVERTED, revision,
                                   trust_remote_code=self.cfg.pretrain.trust_remote_code)
 
     def _local_conversion(self, src: str) -> str:
@@ -90,10 +91,10 @@ class Checkpoints:
         p, trust = Path(src).expanduser(), self.cfg.pretrain.trust_remote_code
         if p.is_dir() and any(p.glob("*.safetensors")):
             return src
-        out = conversion_dir(src, self.store.root / "converted")
+        out = conversion_dir(src, self.store.root / layout.CONVERTED)
         if (out / RECORD).is_file() and not _inputs_unchanged(p, out / RECORD):
             return str(convert_checkpoint(src, out, trust_remote_code=trust))
-        return ensure_safetensors(src, self.store.root / "converted", None, trust_remote_code=trust)
+        return ensure_safetensors(src, self.store.root / layout.CONVERTED, None, trust_remote_code=trust)
 
 
 def _record_matches(record: Path, source: str, revision: str | None) -> bool:

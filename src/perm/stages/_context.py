@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from perm import run_layout as layout
 from perm.config import RunConfig
 from perm.executors import LocalExecutor, PoolExecutor, RayExecutor, _usable_cpus
 from perm.progress import Progress, StageProgress, Watched, reporting
@@ -78,7 +79,7 @@ def backbone_identity(cfg: RunConfig, upstream: Mapping[str, str], pretrain_id: 
     c = cfg.pretrain
     if c.checkpoints:
         return upstream[checkpoint_name(dict(zip(c.pretrain_ids(), c.checkpoints, strict=True))[pretrain_id])]
-    return upstream[f"pretrain/{pretrain_id}"]
+    return upstream[layout.pretrain_dir(pretrain_id)]
 
 
 def policy_identity(cfg: RunConfig, upstream: Mapping[str, str]) -> str:

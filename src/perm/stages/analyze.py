@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from perm import run_layout as layout
 from perm.config import RunConfig, to_dict
 from perm.stages._context import Context
 from perm.store import atomic_path, hash_obj
@@ -37,7 +38,7 @@ def run(ctx: Context, rewards: Path | None = None, models: Path | None = None) -
     if external:  # a user's tensor: nothing of this run's samples or data may leak into its analysis
         upstream = {"rewards": hash_path(rewards), "models": hash_path(models)}
     else:
-        rewards, models = ctx.need("score"), ctx.root / "models.parquet"
+        rewards, models = ctx.need("score"), ctx.root / layout.MODELS
         upstream = ctx.upstream()
     a = ctx.cfg.analysis
 
@@ -49,11 +50,11 @@ def run(ctx: Context, rewards: Path | None = None, models: Path | None = None) -
                                scope=ctx.cfg.reward.finetune_seed_scope, bootstrap=a.bootstrap, level=a.level,
                                figure3_method=a.figure3, pick_ranker_name=a.pick_ranker,
                                coverage_sims=a.coverage_sims)
-        with atomic_path(ctx.root / "analysis") as tmp:
+        with atomic_path(ctx.root / layout.ANALYSIS) as tmp:
             save_analysis(results, tmp)
         return {"prompts": tensor.n_prompts, "pool": tensor.pool_size}
 
-    ctx.run_one("analyze", keys(ctx.cfg, upstream)["analyze"], analyze, ["analysis"], announce=False)
-    return ctx.root / "analysis"
+    ctx.run_one("analyze", keys(ctx.cfg, upstream)["analyze"], analyze, [layout.ANALYSIS], announce=False)
+    return ctx.root / layout.ANALYSIS
 
 

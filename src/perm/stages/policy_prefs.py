@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from perm import run_layout as layout
 from perm.config import RunConfig
 from perm.progress import job_bar
 from perm.stages._context import (
@@ -35,10 +36,10 @@ from perm.store import derive_seed, hash_obj
 
 NAME = "policy-prefs"
 NEEDS = ("testbed", "sft")
-TESTBED_PAIRS = ("data/prefs_train.parquet",)
-EVALUATOR_PAIRS = "evaluator_prefs.parquet"
-POLICY_PAIRS = ("policy_prefs.parquet", "policy_prefs_eval.parquet")  # the outputs of manifest name policy-prefs
-EVALUATOR_POSTS = "data/prefs_train.parquet"  # posts no SFT example (and, with policy pairs, no grid pair) uses
+TESTBED_PAIRS = (layout.PREFS_TRAIN,)
+EVALUATOR_PAIRS = layout.EVALUATOR_PREFS
+POLICY_PAIRS = (layout.POLICY_PREFS, layout.POLICY_PREFS_EVAL)  # the outputs of manifest name policy-prefs
+EVALUATOR_POSTS = layout.PREFS_TRAIN  # posts no SFT example (and, with policy pairs, no grid pair) uses
 CHUNK_ROWS = 576
 
 
@@ -97,7 +98,7 @@ def pair_count(cfg: RunConfig, root: Path, files: tuple[str, ...]) -> tuple[int 
         got = parquet_rows(root / rel)
         if got is None and cfg.reward.pairs_from and rel in (*POLICY_PAIRS, EVALUATOR_PAIRS):
             got = _source_rows(cfg.reward.pairs_from, rel)  # not copied yet: the source's
-        if got is None and rel == "policy_prefs.parquet":
+        if got is None and rel == layout.POLICY_PREFS:
             got, bound = (t.n_sft - sft_heldout(t.n_sft)) * pairs_per_post(cfg), undrawn
         elif got is None and rel == EVALUATOR_PAIRS:
             got, bound = extra_posts(cfg) * pairs_per_post(cfg), undrawn
@@ -125,7 +126,7 @@ def work(cfg: RunConfig, root: Path) -> Work | None:
         return None
     if cfg.reward.pairs_from:
         return Work(NAME, note=f"copies the policy pairs of {cfg.reward.pairs_from}")
-    jobs = [("policy-prefs", parquet_rows(root / "data" / "sft_train.parquet") or cfg.testbed.n_sft)]
+    jobs = [("policy-prefs", parquet_rows(root / layout.SFT_TRAIN) or cfg.testbed.n_sft)]
     if extra_posts(cfg):
         jobs.append(("evaluator-prefs", extra_posts(cfg)))
     return Work(NAME, tuple(jobs), "posts", (samples_per_post(cfg), "samples"))
@@ -143,7 +144,7 @@ def pair_files(cfg: RunConfig) -> tuple[str, ...]:
     c = cfg.reward
     if c.pairs == "testbed":
         return TESTBED_PAIRS
-    return ("policy_prefs.parquet",) + (TESTBED_PAIRS if c.pairs == "mix" else ())
+    return (layout.POLICY_PREFS,) + (TESTBED_PAIRS if c.pairs == "mix" else ())
 
 
 def evaluator_pair_files(cfg: RunConfig) -> tuple[str, ...]:
@@ -155,8 +156,8 @@ def eval_pair_files(cfg: RunConfig) -> tuple[str, ...]:
     """Held-out pairs for the RMs: in distribution first (policy pairs on the SFT's held-out posts when the
     RMs train on policy pairs), then the testbed's prefs_eval."""
     if cfg.reward.pairs == "testbed":
-        return ("data/prefs_eval.parquet",)
-    return ("policy_prefs_eval.parquet", "data/prefs_eval.parquet")
+        return (layout.PREFS_EVAL,)
+    return (layout.POLICY_PREFS_EVAL, layout.PREFS_EVAL)
 
 
 def pairs_key(cfg: RunConfig, upstream: Mapping[str, str]) -> dict:
@@ -184,8 +185,8 @@ def run(ctx: Context) -> tuple[str, ...]:
                       max_new_tokens=p.max_new_tokens, seed=p.seed, batch_prompts=chunk_prompts(cfg),
                       label_temperature=cfg.testbed.label_temperature, **ctx.job_env(pooled=False))
         ctx.run_one("policy-prefs", all_keys["policy-prefs"],
-                    lambda: job_policy_prefs(str(ctx.root), "policy_prefs.parquet", **common),
-                    ["policy_prefs.parquet", "policy_prefs_eval.parquet"], pairs_per_post=c.policy_pairs_per_post,
+                    lambda: job_policy_prefs(str(ctx.root), layout.POLICY_PREFS, **common),
+                    list(POLICY_PAIRS), pairs_per_post=c.policy_pairs_per_post,
                     kwise=c.policy_kwise)
         if extra_posts(cfg):
             ctx.run_one("evaluator-prefs", all_keys["evaluator-prefs"],
@@ -234,8 +235,8 @@ def kwise_pairs(k: int) -> tuple[np.ndarray, np.ndarray]:
 def job_policy_prefs(run_dir: str, out_rel: str, *, policy: str, pairs_per_post: int, max_new_tokens: int,
                      seed: int, batch_prompts: int, device: str, threads: int | None, kwise: int | None = None,
                      label_temperature: float | None = None, precision: str = "fp32", attention: str = "auto",
-                     show_progress: bool = True, eval_rel: str = "policy_prefs_eval.parquet",
-                     posts_rel: str = "data/sft_train.parquet", n_posts: int | None = None, heldout: bool = True,
+                     show_progress: bool = True, eval_rel: str = layout.POLICY_PREFS_EVAL,
+                     posts_rel: str = layout.SFT_TRAIN, n_posts: int | None = None, heldout: bool = True,
                      stream: str = "policy-prefs") -> dict:
     """Preference pairs of the SFT policy's own samples on sft_train posts, labelled by the testbed's
     Bradley-Terry raters on the gold reward (ties dropped), as TL;DR comparisons were collected.
@@ -260,9 +261,9 @@ def job_policy_prefs(run_dir: str, out_rel: str, *, policy: str, pairs_per_post:
 
     dev = torch_setup(device, threads)
     run = Path(run_dir)
-    tok = load_tokenizer(run / "tokenizer")
+    tok = load_tokenizer(run / layout.TOKENIZER)
     model = use_attention(load_causal_lm(policy).to(dev).eval(), attention_for(dev, precision, attention))
-    if posts_rel == "data/sft_train.parquet":
+    if posts_rel == layout.SFT_TRAIN:
         prompts, posts = read_column(run / posts_rel, "prompt", "post")
     else:  # a pairs file (one or more rows per post): its distinct prompts, in order
         from perm.testbed import post_from_prompt

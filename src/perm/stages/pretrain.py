@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from perm import run_layout as layout
 from perm.config import RunConfig, to_dict
 from perm.progress import job_bar
 from perm.stages._context import Context, data_identity, read_column, stage_key, torch_setup
@@ -37,10 +38,10 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
                   if k not in ("seeds", "init_seeds", "data_seeds", "convert_bin", "checkpoint_every")}
         for pid, init_s, data_s in zip(c.pretrain_ids(), c.init_seeds or c.seeds, c.data_seeds or c.seeds,
                                        strict=True):
-            out[f"pretrain/{pid}"] = stage_key(cfg, {"common": common, "init": init_s, "data": data_s,
+            out[layout.pretrain_dir(pid)] = stage_key(cfg, {"common": common, "init": init_s, "data": data_s,
                                                      "testbed": data})
     if e.pretrains():
-        out["evaluator/pretrain"] = stage_key(cfg, {"backbone": to_dict(e.backbone),
+        out[layout.EVALUATOR_PRETRAIN] = stage_key(cfg, {"backbone": to_dict(e.backbone),
                                                     "train": evaluator_train_args(cfg), "seed": e.pretrain_seed,
                                                     "testbed": data_identity(cfg, upstream)})
     return out
@@ -50,9 +51,9 @@ def work(cfg: RunConfig, root: Path) -> Work:
     """The pretraining jobs (evaluator's first, as they run) and their optimizer steps of `batch_size`
     sequences each; none where the backbones are checkpoints."""
     c, e = cfg.pretrain, cfg.evaluator
-    jobs = [("evaluator/pretrain", e.pretrain_steps)] if e.pretrains() else []
+    jobs = [(layout.EVALUATOR_PRETRAIN, e.pretrain_steps)] if e.pretrains() else []
     if not c.checkpoints:
-        jobs += [(f"pretrain/{pid}", c.steps) for pid in c.pretrain_ids()]
+        jobs += [(layout.pretrain_dir(pid), c.steps) for pid in c.pretrain_ids()]
     loaded = f"loads {len(c.checkpoints)} backbone checkpoints" if c.checkpoints else ""
     if e.trains() and e.checkpoint:
         loaded += (" and " if loaded else "loads ") + "the evaluator's"
@@ -76,11 +77,11 @@ def run(ctx: Context) -> dict[str, str]:
     if not c.checkpoints:
         for pid, init_s, data_s in zip(c.pretrain_ids(), c.init_seeds or c.seeds, c.data_seeds or c.seeds,
                                        strict=True):
-            name = f"pretrain/{pid}"
+            name = layout.pretrain_dir(pid)
             if not ctx.skip(name, all_keys[name]):
                 todo.append((name, dict(env, out_rel=name, init_seed=init_s, data_seed=data_s,
                                         backbone=to_dict(c.backbone), train=train_args(cfg))))
-    name = "evaluator/pretrain"
+    name = layout.EVALUATOR_PRETRAIN
     if name in all_keys and not ctx.skip(name, all_keys[name]):
         todo.insert(0, (name, dict(env, out_rel=name, init_seed=e.pretrain_seed, data_seed=e.pretrain_seed,
                                    backbone=to_dict(e.backbone), train=evaluator_train_args(cfg))))
@@ -88,7 +89,7 @@ def run(ctx: Context) -> dict[str, str]:
     ctx.run_jobs(job_pretrain, todo, all_keys, seeds_of=seeds_of, work=work(cfg, ctx.root))
     if c.checkpoints:
         return _registered(ctx)
-    return {pid: str(ctx.root / f"pretrain/{pid}") for pid in c.pretrain_ids()}
+    return {pid: str(ctx.root / layout.pretrain_dir(pid)) for pid in c.pretrain_ids()}
 
 
 def _registered(ctx: Context) -> dict[str, str]:
@@ -111,13 +112,13 @@ def job_pretrain(run_dir: str, out_rel: str, *, init_seed: int, data_seed: int, 
 
     dev = torch_setup(device, threads)
     run = Path(run_dir)
-    tok = load_tokenizer(run / "tokenizer")
-    (texts,) = read_column(run / "data" / "corpus.parquet", "text")
+    tok = load_tokenizer(run / layout.TOKENIZER)
+    (texts,) = read_column(run / layout.CORPUS, "text")
     train_blocks, held = pack_corpus(texts, tok, train["seq_len"])
     cfg = gpt_neox_config(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                           **backbone)
     bar = job_bar(out_rel, train["steps"], show_progress, scale=(train["batch_size"], "sequences"))
-    ckpt = run / ".checkpoints" / out_rel
+    ckpt = run / layout.checkpoint_state(out_rel)
     model, info = pretrain(config=cfg, train_blocks=train_blocks, heldout_blocks=held, init_seed=init_seed,
                            data_seed=data_seed, device=dev, progress=bar, bf16=precision == "bf16",
                            attention=attention_for(dev, precision, attention), checkpoint_dir=ckpt,
@@ -127,6 +128,6 @@ def job_pretrain(run_dir: str, out_rel: str, *, init_seed: int, data_seed: int, 
     info.update(n_params=sum(p.numel() for p in model.parameters()), precision=precision,
                 attention=model.config._attn_implementation)
     with atomic_path(run / out_rel) as tmp:
-        save_model(model, tok, tmp, {"config": {"backbone": backbone, **train}, **info}, "pretrain.json")
+        save_model(model, tok, tmp, {"config": {"backbone": backbone, **train}, **info}, layout.PRETRAIN_RECORD)
     shutil.rmtree(ckpt, ignore_errors=True)
     return info

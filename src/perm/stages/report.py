@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from perm import run_layout as layout
 from perm.config import RunConfig, dump_config, to_dict
 from perm.stages._context import Context
 from perm.store import atomic_path, hash_obj
@@ -34,8 +35,8 @@ def run(ctx: Context, rewards: Path | None = None, models: Path | None = None) -
                       "config_yaml": dump_config(ctx.cfg)}
         else:  # a user's tensor: its own models table, no examples or checks from this run's files
             records, extras = records_from_models_table(models), {}
-        with atomic_path(ctx.root / "report") as tmp:
+        with atomic_path(ctx.root / layout.REPORT) as tmp:
             write_report(results, tmp, rm_records=records, **extras)
 
-    ctx.run_one("report", keys(ctx.cfg, ctx.upstream())["report"], report, ["report"], announce=False)
-    return ctx.root / "report" / "index.html"
+    ctx.run_one("report", keys(ctx.cfg, ctx.upstream())["report"], report, [layout.REPORT], announce=False)
+    return ctx.root / layout.REPORT / layout.REPORT_INDEX

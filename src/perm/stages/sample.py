@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from perm import run_layout as layout
 from perm.config import RunConfig, to_dict
 from perm.progress import job_bar
 from perm.stages._context import Context, autocast, data_identity, policy_identity, stage_key, torch_setup
@@ -32,7 +33,7 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
 def eval_prompts(cfg: RunConfig, root: Path) -> tuple[int, str]:
     """Eval prompts the pools are sampled on: the file's rows where it exists, else the config's count and
     why it is an upper bound ("" where it is exact: the testbed writes exactly that many)."""
-    n = parquet_rows(root / "data" / "eval_prompts.parquet")
+    n = parquet_rows(root / layout.EVAL_PROMPTS)
     if n is not None:
         return n, ""
     if cfg.data.prefs is None:
@@ -54,10 +55,10 @@ def run(ctx: Context) -> Path:
     ctx.need("testbed")
     key = keys(cfg, ctx.upstream())["sample"]
     ctx.run_one("sample", key, lambda: job_sample(
-        str(ctx.root), "samples.parquet", policy=policy, sampling=sampling_args(cfg),
+        str(ctx.root), layout.SAMPLES, policy=policy, sampling=sampling_args(cfg),
         trust_remote_code=cfg.pretrain.trust_remote_code, **ctx.job_env(pooled=False)),
-        ["samples.parquet"], seeds={"sampling_seed": c.seed}, pool=c.pool_size, references=c.n_reference)
-    return ctx.root / "samples.parquet"
+        [layout.SAMPLES], seeds={"sampling_seed": c.seed}, pool=c.pool_size, references=c.n_reference)
+    return ctx.root / layout.SAMPLES
 
 
 def job_sample(run_dir: str, out_rel: str, *, policy: str, sampling: dict, device: str, threads: int | None, precision: str = "fp32",
@@ -69,14 +70,14 @@ def job_sample(run_dir: str, out_rel: str, *, policy: str, sampling: dict, devic
 
     dev = torch_setup(device, threads)
     run = Path(run_dir)
-    tok = load_tokenizer(policy if (Path(policy) / "tokenizer.json").exists() else run / "tokenizer",
+    tok = load_tokenizer(policy if (Path(policy) / "tokenizer.json").exists() else run / layout.TOKENIZER,
                          trust_remote_code=trust_remote_code)
     model = load_causal_lm(policy, trust_remote_code=trust_remote_code).to(dev).eval()
     use_attention(model, attention_for(dev, precision, attention))
     if tok.pad_token_id >= model.get_input_embeddings().num_embeddings:
         # perm added a pad token the policy has no embedding for; padding is masked, so EOS can stand in
         tok.pad_token = tok.eos_token
-    t = pq.read_table(run / "data" / "eval_prompts.parquet").to_pandas()
+    t = pq.read_table(run / layout.EVAL_PROMPTS).to_pandas()
     n, k = sampling["pool_size"], sampling["n_reference"]
     t0 = time.perf_counter()
     pools = []

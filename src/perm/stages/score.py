@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from perm import run_layout as layout
 from perm.config import RunConfig
 from perm.progress import job_bar
 from perm.stages._context import Context, stage_key, torch_setup
@@ -28,7 +29,7 @@ BATCH_SIZE = 64
 def model_names(cfg: RunConfig) -> dict[str, str]:
     """model_id -> manifest name of every scoring model: the grid's RMs, then the evaluator."""
     out = {name.split("/", 1)[1]: name for name in grid_names(cfg)}
-    return out | ({"evaluator": "evaluator/rm"} if cfg.evaluator.enabled else {})
+    return out | ({"evaluator": layout.EVALUATOR_RM} if cfg.evaluator.enabled else {})
 
 
 def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
@@ -45,7 +46,7 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
 def work(cfg: RunConfig, root: Path) -> Work:
     """The scoring jobs, one per model: every sample of samples.parquet (its rows where it exists, else the
     eval prompts x (`pool_size` + `n_reference`))."""
-    n = parquet_rows(root / "samples.parquet")
+    n = parquet_rows(root / layout.SAMPLES)
     bound = ""
     if n is None:
         prompts, bound = eval_prompts(cfg, root)
@@ -63,7 +64,7 @@ def run(ctx: Context) -> Path:
     for mid, model_name in model_names(cfg).items():
         name = f"score/{mid}"
         if not ctx.skip(name, all_keys[name]):
-            todo.append((name, dict(run_dir=str(ctx.root), out_rel=f"scores/{mid}.parquet",
+            todo.append((name, dict(run_dir=str(ctx.root), out_rel=layout.scores_file(mid),
                                     model_dir=model_dir(ctx, model_name), model_id=mid,
                                     max_length=cfg.reward.max_length, batch_size=BATCH_SIZE, device=cfg.device,
                                     threads=cfg.threads, show_progress=ctx.show_progress,
@@ -72,14 +73,14 @@ def run(ctx: Context) -> Path:
     ctx.run_jobs(job_score, todo, all_keys, seeds_of=lambda kw: {}, pool=False, work=work(cfg, ctx.root))
     key = keys(cfg, ctx.upstream())["score"]
     ctx.run_one("score", key, lambda: assemble_reward_tensor(ctx.root, records),
-                ["rewards.parquet", "models.parquet"], mark=False, announce=False)
-    return ctx.root / "rewards.parquet"
+                [layout.REWARDS, layout.MODELS], mark=False, announce=False)
+    return ctx.root / layout.REWARDS
 
 
 def loaded(cfg: RunConfig, model_name: str) -> bool:
     """Whether the scoring model `model_name` is a trained RM loaded from a checkpoint (`evaluator.rm_checkpoint`)
     rather than one the run finetuned."""
-    return model_name == "evaluator/rm" and bool(cfg.evaluator.rm_checkpoint)
+    return model_name == layout.EVALUATOR_RM and bool(cfg.evaluator.rm_checkpoint)
 
 
 def model_dir(ctx: Context, model_name: str) -> str:
@@ -108,11 +109,11 @@ def encoded_samples(run: Path, tok_dir: Path, max_length: int) -> tuple[tuple[li
     from perm.store import hash_path
 
     key = (hash_path(tok_dir / "tokenizer.json") if (tok_dir / "tokenizer.json").exists() else str(tok_dir),
-           max_length, hash_path(run / "samples.parquet"))
+           max_length, hash_path(run / layout.SAMPLES))
     if key not in _ENCODED:
         tok = load_tokenizer(tok_dir)
-        samples = validate_samples(run / "samples.parquet")
-        prompts = pq.read_table(run / "data" / "eval_prompts.parquet", columns=["prompt_id", "prompt"]).to_pandas()
+        samples = validate_samples(run / layout.SAMPLES)
+        prompts = pq.read_table(run / layout.EVAL_PROMPTS, columns=["prompt_id", "prompt"]).to_pandas()
         prompt_of = dict(zip(prompts.prompt_id, prompts.prompt, strict=True))
         by_prompt = samples.groupby("prompt_id", sort=False).indices  # prompt_id -> row indices, in file order
         texts = samples.text.to_numpy()
@@ -197,7 +198,7 @@ def job_score(run_dir: str, out_rel: str, *, model_dir: str, model_id: str, max_
         dev = dev if dev.type == "cpu" else state.device  # one GPU per rank
     main = state is None or state.is_main_process
     run = Path(run_dir)
-    tok_dir = Path(model_dir) if (Path(model_dir) / "tokenizer.json").exists() else run / "tokenizer"
+    tok_dir = Path(model_dir) if (Path(model_dir) / "tokenizer.json").exists() else run / layout.TOKENIZER
     (p_ids, c_ids, rows), prompt_ids, sample_ids, tok = encoded_samples(run, tok_dir, max_length)
     model = load_reward_model(model_dir, trust_remote_code=trust_remote_code).to(dev)
     t0 = time.perf_counter()
@@ -256,12 +257,12 @@ def assemble_reward_tensor(root: Path, records: list[dict]) -> dict:
 
     from perm.store import atomic_write_parquet
 
-    samples = pq.read_table(root / "samples.parquet").to_pandas()
+    samples = pq.read_table(root / layout.SAMPLES).to_pandas()
     base = samples[["prompt_id", "sample_id", "is_reference"]]
     parts, models = [], []
     for rec in records:
         mid = "evaluator" if rec["role"] == "evaluator" else rec["model_id"]
-        scores = pq.read_table(root / "scores" / f"{mid}.parquet").to_pandas()
+        scores = pq.read_table(root / layout.scores_file(mid)).to_pandas()
         df = base.merge(scores, on=["prompt_id", "sample_id"], how="left", validate="one_to_one")
         df["model_id"] = mid
         parts.append(df)
@@ -276,7 +277,7 @@ def assemble_reward_tensor(root: Path, records: list[dict]) -> dict:
     rewards = pd.concat(parts, ignore_index=True)[["prompt_id", "sample_id", "model_id", "reward", "is_reference"]]
     models_df = pd.DataFrame(models).astype({"finetune_seed": "Int64", "accuracy": "float64",
                                              "accuracy_se": "float64", "gold_accuracy": "float64"})
-    atomic_write_parquet(root / "rewards.parquet", rewards)
-    atomic_write_parquet(root / "models.parquet", models_df)
+    atomic_write_parquet(root / layout.REWARDS, rewards)
+    atomic_write_parquet(root / layout.MODELS, models_df)
     return {"rows": len(rewards), "models": len(models)}
 

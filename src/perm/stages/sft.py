@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from perm import run_layout as layout
 from perm.config import RunConfig, to_dict
 from perm.progress import job_bar
 from perm.stages._context import (
@@ -57,10 +58,10 @@ def run(ctx: Context) -> str:
         init = next(iter(ctx.need("pretrain").values())) if c.init_from == "pretrain" else None
     key = keys(cfg, ctx.upstream())["policy"]
     ctx.run_one("policy", key, lambda: job_sft(
-        str(ctx.root), "policy", init=init, backbone=to_dict(cfg.pretrain.backbone), sft=sft_args(cfg),
+        str(ctx.root), layout.POLICY, init=init, backbone=to_dict(cfg.pretrain.backbone), sft=sft_args(cfg),
         max_length=cfg.reward.max_length, **ctx.job_env(pooled=False)),
-        ["policy"], seeds=lambda info: {"data_seed": info["data_seed"]}, init=c.init_from)
-    return str(ctx.root / "policy")
+        [layout.POLICY], seeds=lambda info: {"data_seed": info["data_seed"]}, init=c.init_from)
+    return str(ctx.root / layout.POLICY)
 
 
 def work(cfg: RunConfig, root: Path) -> Work:
@@ -68,7 +69,7 @@ def work(cfg: RunConfig, root: Path) -> Work:
     c = cfg.policy
     if c.checkpoint:
         return Work(NAME, note=f"loads the policy {c.checkpoint}")
-    n = parquet_rows(root / "data" / "sft_train.parquet") or cfg.testbed.n_sft
+    n = parquet_rows(root / layout.SFT_TRAIN) or cfg.testbed.n_sft
     return Work(NAME, (("policy", optimizer_steps(n - sft_heldout(n), c.sft_epochs, c.sft_batch_size)),),
                 "steps", (c.sft_batch_size, "sequences"))
 
@@ -97,7 +98,7 @@ def job_sft(run_dir: str, out_rel: str, *, init: str | None, backbone: dict, sft
 
     dev = torch_setup(device, threads)
     run = Path(run_dir)
-    tok = load_tokenizer(run / "tokenizer")
+    tok = load_tokenizer(run / layout.TOKENIZER)
     data_seed = derive_seed("sft-data-order", 0)
     if init is not None:
         model = load_causal_lm(init)
@@ -106,7 +107,7 @@ def job_sft(run_dir: str, out_rel: str, *, init: str | None, backbone: dict, sft
                               **backbone)
         model = new_causal_lm(cfg, derive_seed("sft-init", 0))
     use_attention(model, attention_for(dev, precision, attention))
-    prompts, completions = read_column(run / "data" / "sft_train.parquet", "prompt", "completion")
+    prompts, completions = read_column(run / layout.SFT_TRAIN, "prompt", "completion")
     n_eval = sft_heldout(len(prompts))
     bar = job_bar(out_rel, 1, show_progress, scale=(sft["sft_batch_size"], "sequences"))
     state = train_sft(model.to(dev), tok, prompts[n_eval:], completions[n_eval:], epochs=sft["sft_epochs"],
@@ -119,5 +120,5 @@ def job_sft(run_dir: str, out_rel: str, *, init: str | None, backbone: dict, sft
     info.update(data_seed=data_seed, init=init or "scratch", precision=precision,
                 attention=model.config._attn_implementation)
     with atomic_path(run / out_rel) as tmp:
-        save_model(model, tok, tmp, {"config": sft, **info}, "policy.json")
+        save_model(model, tok, tmp, {"config": sft, **info}, layout.POLICY_RECORD)
     return info

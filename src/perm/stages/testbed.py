@@ -12,6 +12,7 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
+from perm import run_layout as layout
 from perm.config import RunConfig, to_dict
 from perm.stages._context import Context, checkpoint_name, dataset_name
 from perm.store import atomic_path, hash_obj
@@ -41,21 +42,21 @@ def run(ctx: Context) -> str:
     key = keys(ctx.cfg, {})["testbed"]
 
     def build() -> None:
-        scratch = ctx.root / ".testbed.tmp"
+        scratch = ctx.root / layout.TESTBED_SCRATCH
         shutil.rmtree(scratch, ignore_errors=True)
         try:  # an interrupted build leaves no scratch folder behind
             build_testbed(scratch, seed=c.seed, n_corpus_docs=c.n_corpus_docs, n_sft=c.n_sft,
                           n_prefs_train=c.n_prefs_train, n_prefs_eval=c.n_prefs_eval,
                           n_eval_prompts=c.n_eval_prompts, label_temperature=c.label_temperature,
                           vocab_size=c.vocab_size)
-            with atomic_path(ctx.root / "tokenizer") as tmp:
-                shutil.move(scratch / "tokenizer", tmp)
-            with atomic_path(ctx.root / "data") as tmp:
+            with atomic_path(ctx.root / layout.TOKENIZER) as tmp:
+                shutil.move(scratch / layout.TOKENIZER, tmp)
+            with atomic_path(ctx.root / layout.DATA) as tmp:
                 shutil.move(scratch, tmp)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    ctx.run_one("testbed", key, build, ["data", "tokenizer"], seeds={"testbed": c.seed})
+    ctx.run_one("testbed", key, build, [layout.DATA, layout.TOKENIZER], seeds={"testbed": c.seed})
     return ctx.store.output_hash("testbed")
 
 
@@ -97,19 +98,19 @@ def _import_data(ctx: Context) -> str:
                                     **common)
         prompts = list(dict.fromkeys(p.prompt for p in held))[: d.n_eval_prompts]
         ctx.store.mark_running("data", key)  # only once the data are valid
-        with atomic_path(ctx.root / "data") as tmp:  # the whole folder: no leftovers of another source
+        with atomic_path(ctx.root / layout.DATA) as tmp:  # the whole folder: no leftovers of another source
             tmp.mkdir()
-            atomic_write_parquet(tmp / "prefs_train.parquet", _with_int_ids(preferences_to_table(train)))
-            atomic_write_parquet(tmp / "prefs_eval.parquet", _with_int_ids(preferences_to_table(held)))
-            atomic_write_parquet(tmp / "eval_prompts.parquet", pa.table({
+            atomic_write_parquet(tmp / layout.DATA_FILES["prefs_train"], _with_int_ids(preferences_to_table(train)))
+            atomic_write_parquet(tmp / layout.DATA_FILES["prefs_eval"], _with_int_ids(preferences_to_table(held)))
+            atomic_write_parquet(tmp / layout.DATA_FILES["eval_prompts"], pa.table({
                 "prompt_id": pa.array(range(len(prompts)), pa.int64()), "prompt": prompts}))
-        with atomic_path(ctx.root / "tokenizer") as tmp:
+        with atomic_path(ctx.root / layout.TOKENIZER) as tmp:
             tok.save_pretrained(str(tmp))
         skipped = {f"{part}_{k}": v for part, st in (("train", train_stats), ("eval", eval_stats))
                    for k, v in st.items() if v}
         return {"train_pairs": len(train), "eval_pairs": len(held)} | skipped | tokenizers
 
-    ctx.run_one("data", key, load, ["data", "tokenizer"], mark=False, source=d.prefs)
+    ctx.run_one("data", key, load, [layout.DATA, layout.TOKENIZER], mark=False, source=d.prefs)
     return ctx.store.output_hash("data")
 
 

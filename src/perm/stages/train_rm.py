@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from perm import run_layout as layout
 from perm.config import RunConfig, to_dict
 from perm.progress import job_bar
 from perm.stages._context import (
@@ -78,7 +79,7 @@ def grid(pretrain_ids: list[str], finetune_seeds: tuple[int, ...], layout: str) 
 def grid_names(cfg: RunConfig) -> list[str]:
     """Manifest names of the grid's RMs, in grid order."""
     c = cfg.reward
-    return [f"rm/{rm_id(p, s)}" for p, s in grid(cfg.pretrain.pretrain_ids(), c.finetune_seeds, c.layout)]
+    return [layout.rm_dir(rm_id(p, s)) for p, s in grid(cfg.pretrain.pretrain_ids(), c.finetune_seeds, c.layout)]
 
 
 def evaluator_reward_args(cfg: RunConfig) -> dict:
@@ -95,11 +96,11 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
     data, pairs = data_identity(cfg, upstream), pairs_key(cfg, upstream)
     common = _unkeyed_defaults({k: v for k, v in to_dict(c).items() if k not in GRID_FIELDS})
     scope = {} if c.finetune_seed_scope == "shared" else {"scope": c.finetune_seed_scope}  # shared: keys as before
-    out = {f"rm/{rm_id(pid, seed)}": stage_key(cfg, {"common": common, "seed": seed, "testbed": data, **pairs,
+    out = {layout.rm_dir(rm_id(pid, seed)): stage_key(cfg, {"common": common, "seed": seed, "testbed": data, **pairs,
                                                       "backbone": backbone_identity(cfg, upstream, pid), **scope})
            for pid, seed in grid(cfg.pretrain.pretrain_ids(), c.finetune_seeds, c.layout)}
     if e.enabled:
-        out["evaluator/rm"] = evaluator_key(cfg, upstream)
+        out[layout.EVALUATOR_RM] = evaluator_key(cfg, upstream)
     return out
 
 
@@ -113,7 +114,7 @@ def evaluator_key(cfg: RunConfig, upstream: Mapping[str, str]) -> str:
         return stage_key(cfg, {"loaded": upstream[checkpoint_name(e.rm_checkpoint)], "testbed": data,
                                **pairs_key(cfg, upstream), "eval": list(eval_pair_files(cfg)),
                                "max_length": c.max_length})
-    backbone = upstream[checkpoint_name(e.checkpoint) if e.checkpoint else "evaluator/pretrain"]
+    backbone = upstream[checkpoint_name(e.checkpoint) if e.checkpoint else layout.EVALUATOR_PRETRAIN]
     grid_only = (*GRID_FIELDS, "max_train_pairs")
     reward = _unkeyed_defaults({k: v for k, v in evaluator_reward_args(cfg).items() if k not in grid_only})
     return stage_key(cfg, {"reward": reward, "pairs": e.train_pairs, "backbone": backbone, "testbed": data,
@@ -137,7 +138,7 @@ def work(cfg: RunConfig, root: Path) -> Work:
     jobs, bounds = [], set()
     if e.trains():
         n, bound = steps(evaluator_pair_files(cfg), e.train_pairs, e.epochs)
-        jobs.append(("evaluator/rm", n))
+        jobs.append((layout.EVALUATOR_RM, n))
         bounds.add(bound)
     n, bound = steps(pair_files(cfg), c.max_train_pairs, c.epochs)
     jobs += [(name, n) for name in grid_names(cfg)]
@@ -162,19 +163,19 @@ def run(ctx: Context) -> dict:
     env = dict(run_dir=str(ctx.root), pair_files=files, eval_files=evals, **ctx.job_env())
     todo = []
     for pid, seed in grid(list(backbones), c.finetune_seeds, c.layout):
-        name = f"rm/{rm_id(pid, seed)}"
+        name = layout.rm_dir(rm_id(pid, seed))
         if not ctx.skip(name, all_keys[name]):
             todo.append((name, dict(env, out_rel=name, backbone=backbones[pid], pretrain_id=pid, finetune_seed=seed,
                                     reward=to_dict(c), n_pairs=c.max_train_pairs, seed_scope=c.finetune_seed_scope,
                                     trust_remote_code=cfg.pretrain.trust_remote_code)))
-    name = "evaluator/rm"
+    name = layout.EVALUATOR_RM
     if e.enabled and e.rm_checkpoint:  # a trained evaluator: evaluated here, before the grid's jobs (seconds)
         _evaluate_loaded(ctx, all_keys[name], evals)
     elif e.enabled and not ctx.skip(name, all_keys[name]):
         todo.insert(0, (name, _evaluator_job(ctx, env)))  # trained beside the grid: the longest job first
     ctx.run_jobs(job_reward_model, todo, all_keys, seeds_of=job_seeds, work=work(cfg, ctx.root))
-    rms = [json.loads((ctx.root / n / "rm.json").read_text()) for n in grid_names(cfg)]
-    ev = json.loads((ctx.root / name / "rm.json").read_text()) if e.enabled else None
+    rms = [json.loads((ctx.root / layout.rm_record(n)).read_text()) for n in grid_names(cfg)]
+    ev = json.loads((ctx.root / layout.rm_record(name)).read_text()) if e.enabled else None
     return {"rms": rms, "evaluator": ev}
 
 
@@ -182,8 +183,9 @@ def _evaluator_job(ctx: Context, env: dict) -> dict:
     """The keyword arguments of the evaluator RM's finetuning job."""
     cfg = ctx.cfg
     e = cfg.evaluator
-    return dict(env, out_rel="evaluator/rm", pair_files=evaluator_pair_files(cfg),
-                backbone=ctx.resolve_checkpoint(e.checkpoint) if e.checkpoint else str(ctx.root / "evaluator/pretrain"),
+    return dict(env, out_rel=layout.EVALUATOR_RM, pair_files=evaluator_pair_files(cfg),
+                backbone=(ctx.resolve_checkpoint(e.checkpoint) if e.checkpoint
+                          else str(ctx.root / layout.EVALUATOR_PRETRAIN)),
                 pretrain_id=evaluator_ids(cfg)[0], finetune_seed=evaluator_ids(cfg)[1], seed_scope="per_rm",
                 reward=evaluator_reward_args(cfg), n_pairs=e.train_pairs, role="evaluator")
 
@@ -199,12 +201,12 @@ def run_evaluator(ctx: Context) -> dict:
         ctx.need("pretrain")
     ctx.need("testbed")
     files = ctx.need("policy-prefs")
-    name, key = "evaluator/rm", evaluator_key(cfg, ctx.upstream())
+    name, key = layout.EVALUATOR_RM, evaluator_key(cfg, ctx.upstream())
     if not ctx.skip(name, key):
         env = dict(run_dir=str(ctx.root), pair_files=files, eval_files=eval_pair_files(cfg), **ctx.job_env())
         ctx.run_jobs(job_reward_model, [(name, _evaluator_job(ctx, env))], {name: key}, seeds_of=job_seeds,
                      work=work(cfg, ctx.root))
-    return json.loads((ctx.root / name / "rm.json").read_text())
+    return json.loads((ctx.root / layout.rm_record(name)).read_text())
 
 
 def _evaluate_loaded(ctx: Context, key: str, eval_files: tuple[str, ...]) -> None:
@@ -213,10 +215,10 @@ def _evaluate_loaded(ctx: Context, key: str, eval_files: tuple[str, ...]) -> Non
     cfg = ctx.cfg
     spec = cfg.evaluator.rm_checkpoint
     path = ctx.resolve_checkpoint(spec)  # a kit part is verified here; a hub id pinned to its commit
-    ctx.run_one("evaluator/rm", key, lambda: job_evaluate_rm(
-        str(ctx.root), "evaluator/rm", checkpoint=path, spec=spec, eval_files=eval_files,
+    ctx.run_one(layout.EVALUATOR_RM, key, lambda: job_evaluate_rm(
+        str(ctx.root), layout.EVALUATOR_RM, checkpoint=path, spec=spec, eval_files=eval_files,
         max_length=cfg.reward.max_length, trust_remote_code=cfg.pretrain.trust_remote_code,
-        **ctx.job_env(pooled=False)), ["evaluator/rm"], loads=spec)
+        **ctx.job_env(pooled=False)), [layout.EVALUATOR_RM], loads=spec)
 
 
 def train_tokens(tokenizer, prompts, chosen, rejected, epochs: float) -> dict:
@@ -269,7 +271,7 @@ def job_evaluate_rm(run_dir: str, out_rel: str, *, checkpoint: str, spec: str, e
     dev = torch_setup(device, threads)
     run = Path(run_dir)
     t0 = time.perf_counter()
-    tok = load_tokenizer(run / "tokenizer" if (run / "tokenizer").exists() else checkpoint,
+    tok = load_tokenizer(run / layout.TOKENIZER if (run / layout.TOKENIZER).exists() else checkpoint,
                          trust_remote_code=trust_remote_code)
     model = load_reward_model(checkpoint, trust_remote_code=trust_remote_code).to(dev)
     evals = {}
@@ -277,7 +279,7 @@ def job_evaluate_rm(run_dir: str, out_rel: str, *, checkpoint: str, spec: str, e
         ec, er, gold_diff = encoded_eval_pairs(run, rel, tok, max_length)
         res = evaluate_pairs(model, ec, er, tok.pad_token_id, dev, gold_diff=gold_diff)
         evals[rel] = {k: res[k] for k in EVAL_FIELDS if k in res} | {"n_pairs": len(ec)}
-    own = Path(checkpoint) / "rm.json"
+    own = Path(checkpoint) / layout.RM_RECORD
     trained = json.loads(own.read_text()) if own.is_file() else {}
     backbone = trained.get("backbone")
     if backbone and is_shipped(backbone):  # the kit records its evaluator's backbone by its testbed: name
@@ -309,14 +311,14 @@ def job_evaluate_rm(run_dir: str, out_rel: str, *, checkpoint: str, spec: str, e
     }
     with atomic_path(run / out_rel) as tmp:  # the whole folder: no weights of an evaluator finetuned here before
         tmp.mkdir(parents=True)
-        (tmp / "rm.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        (tmp / layout.RM_RECORD).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     return info
 
 
 def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: str, finetune_seed: int,
                      reward: dict, n_pairs: int | None,
-                     pair_files: tuple[str, ...] = ("data/prefs_train.parquet",),
-                     eval_files: tuple[str, ...] = ("data/prefs_eval.parquet",), device: str, threads: int | None,
+                     pair_files: tuple[str, ...] = (layout.PREFS_TRAIN,),
+                     eval_files: tuple[str, ...] = (layout.PREFS_EVAL,), device: str, threads: int | None,
                      precision: str = "fp32", attention: str = "auto",
                      trust_remote_code: bool = False, role: str = "rm", seed_scope: str = "shared",
                      show_progress: bool = True) -> dict | None:
@@ -342,7 +344,7 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
 
     dev = torch_setup(device, threads)
     run = Path(run_dir)
-    tok = load_tokenizer(backbone if not (run / "tokenizer").exists() else run / "tokenizer",
+    tok = load_tokenizer(backbone if not (run / layout.TOKENIZER).exists() else run / layout.TOKENIZER,
                          trust_remote_code=trust_remote_code)
     seeds = rm_seeds(finetune_seed, pretrain_id if seed_scope == "per_rm" else None)
     model = load_reward_backbone(backbone, pad_token_id=tok.pad_token_id, head_seed=seeds["head_seed"],
@@ -429,7 +431,7 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
     if world > 1:
         info["processes"] = world
     with atomic_path(run / out_rel) as tmp:
-        save_model(model, tok, tmp, info, "rm.json")
+        save_model(model, tok, tmp, info, layout.RM_RECORD)
     if world > 1:
         acc.wait_for_everyone()
     return info

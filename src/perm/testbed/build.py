@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from perm.run_layout import DATA_FILES, TOKENIZER
 from perm.store import atomic_path, atomic_write_json, atomic_write_parquet
 from perm.testbed import gold
 from perm.testbed.candidates import (
@@ -32,15 +33,7 @@ TESTBED_VERSION = 1
 """Bump when the world, the gold reward, the candidates or the labels change: it is part of the testbed
 stage's input key, so runs rebuild their data instead of silently reusing an older world."""
 
-FILES = {
-    "corpus": "corpus.parquet",
-    "sft_train": "sft_train.parquet",
-    "prefs_train": "prefs_train.parquet",
-    "prefs_eval": "prefs_eval.parquet",
-    "eval_prompts": "eval_prompts.parquet",
-    "tokenizer": "tokenizer",
-    "stats": "testbed.json",
-}
+FILES = {**DATA_FILES, "tokenizer": TOKENIZER}  # what build_testbed writes (a run's data/, and its tokenizer/)
 
 SCHEMAS = {
     "corpus": pa.schema([("text", pa.string())]),
