@@ -25,7 +25,7 @@ from perm.pipeline import Pipeline
 from perm.progress import Progress
 from perm.stages import MODULES
 from perm.stages._context import checkpoint_key, checkpoint_name
-from perm.stages.train_rm import grid_names
+from perm.stages._grid import grid_names
 from perm.store import hash_obj, hash_path
 
 SHA_A, SHA_B, SHA_C = "a" * 40, "b" * 40, "c" * 40

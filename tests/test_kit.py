@@ -295,7 +295,7 @@ def test_kit_parts_are_keyed_on_their_identity():
     the run), the evaluator on its checkpoint's, sampling on the policy's; nothing else of the world is keyed."""
     from perm.stages import policy_prefs
     from perm.stages._context import checkpoint_name, pairs_name
-    from perm.stages.train_rm import grid_names
+    from perm.stages._grid import grid_names
 
     cfg = config_from_overrides(["precision=fp32", f"reward.pairs_from={KIT}", f"policy.checkpoint={KIT_POLICY}",
                                  f"evaluator.rm_checkpoint={KIT_EVALUATOR}"])

@@ -8,7 +8,8 @@ import pytest
 
 from perm.config import ConfigError, config_from_overrides
 from perm.pipeline import Pipeline
-from perm.stages.train_rm import grid, rm_seeds
+from perm.stages._grid import grid
+from perm.stages.train_rm import rm_seeds
 
 
 def test_paper_layout_is_one_rm_per_pretrain_plus_seeds_of_the_first():
@@ -29,7 +30,7 @@ def test_finetune_seeds_are_separate_streams():
 def test_per_rm_scope_and_the_evaluator_share_no_finetuning_randomness():
     """shared: one finetune seed gives every backbone the same head init, data order and dropout; per_rm (and
     the evaluator, always) draws them from the pretrain id too, so no stream coincides with a grid RM's."""
-    from perm.stages.train_rm import evaluator_ids
+    from perm.stages._grid import evaluator_ids
 
     per_rm = [rm_seeds(0, p) for p in ("seed0", "seed1")]
     streams = [set(s.values()) for s in (rm_seeds(0), *per_rm)]

@@ -238,7 +238,7 @@ def test_planned_steps_are_the_steps_the_trainers_take(tmp_path, tokenizer, tiny
     """The plan (the files' rows, the caps, the epochs) against the RM and SFT jobs run on those files: each
     job's progress ends at its planned total, one report per optimizer step."""
     from perm.stages import sft, train_rm
-    from perm.stages.policy_prefs import eval_pair_files, evaluator_pair_files, pair_files
+    from perm.stages._grid import eval_pair_files, evaluator_pair_files, pair_files
 
     run = tmp_path / "run"
     tokenizer.save_pretrained(run / "tokenizer")

@@ -489,7 +489,7 @@ def check_pairs_from(cfg: RunConfig, problems: list[str]) -> str:
     """`reward.pairs_from`: the pair files the run copies are there (the testbed kit's: with their recorded sha256
     and the run's testbed); a problem names the file otherwise."""
     from perm.config import to_dict
-    from perm.stages.policy_prefs import EVALUATOR_PAIRS, POLICY_PAIRS, extra_posts
+    from perm.stages._grid import EVALUATOR_PAIRS, POLICY_PAIRS, extra_posts
 
     files = POLICY_PAIRS + ((EVALUATOR_PAIRS,) if extra_posts(cfg) else ())
     try:

@@ -30,16 +30,19 @@ from perm.stages._context import (
     stage_key,
     torch_setup,
 )
+from perm.stages._grid import (
+    EVALUATOR_PAIRS,
+    EVALUATOR_POSTS,
+    POLICY_PAIRS,
+    extra_posts,
+    pair_files,
+    sft_heldout,
+)
 from perm.stages._plan import Work, parquet_rows
-from perm.stages.sft import sft_heldout
 from perm.store import derive_seed, hash_obj
 
 NAME = "policy-prefs"
 NEEDS = ("testbed", "sft")
-TESTBED_PAIRS = (layout.PREFS_TRAIN,)
-EVALUATOR_PAIRS = layout.EVALUATOR_PREFS
-POLICY_PAIRS = (layout.POLICY_PREFS, layout.POLICY_PREFS_EVAL)  # the outputs of manifest name policy-prefs
-EVALUATOR_POSTS = layout.PREFS_TRAIN  # posts no SFT example (and, with policy pairs, no grid pair) uses
 CHUNK_ROWS = 576
 
 
@@ -64,59 +67,10 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
-def extra_posts(cfg: RunConfig) -> int:
-    """Posts of the evaluator's own policy pairs (`evaluator.extra_posts`; null: as many as the grid's training
-    posts, at most prefs_train's); 0 where it has none (testbed pairs, no evaluator, or a trained evaluator
-    loaded from `evaluator.rm_checkpoint`). With `reward.pairs_from`, nonzero means the source's file is used."""
-    e, t = cfg.evaluator, cfg.testbed
-    if not e.trains() or cfg.reward.pairs == "testbed":
-        return 0
-    if e.extra_posts is None:
-        return min(t.n_sft - sft_heldout(t.n_sft), t.n_prefs_train)
-    return e.extra_posts
-
-
 def samples_per_post(cfg: RunConfig) -> int:
     """Samples the policy draws per sft_train post: K (K-wise) or two per disjoint pair."""
     c = cfg.reward
     return c.policy_kwise if c.policy_kwise else 2 * c.policy_pairs_per_post
-
-
-def pairs_per_post(cfg: RunConfig) -> int:
-    """Pairs drawn per post before ties are dropped: C(K, 2) K-wise, else `policy_pairs_per_post`."""
-    c = cfg.reward
-    return c.policy_kwise * (c.policy_kwise - 1) // 2 if c.policy_kwise else c.policy_pairs_per_post
-
-
-def pair_count(cfg: RunConfig, root: Path, files: tuple[str, ...]) -> tuple[int | None, str]:
-    """Training pairs in `files` together: their rows where every file exists; else, for files not written
-    yet, what the config draws, with why that is an upper bound (policy pairs: ties are dropped), or None
-    for pairs a user's data brings that are not imported yet."""
-    n, bound = 0, ""
-    t, undrawn = cfg.testbed, "policy pairs not drawn yet, ties are dropped"
-    for rel in files:
-        got = parquet_rows(root / rel)
-        if got is None and cfg.reward.pairs_from and rel in (*POLICY_PAIRS, EVALUATOR_PAIRS):
-            got = _source_rows(cfg.reward.pairs_from, rel)  # not copied yet: the source's
-        if got is None and rel == layout.POLICY_PREFS:
-            got, bound = (t.n_sft - sft_heldout(t.n_sft)) * pairs_per_post(cfg), undrawn
-        elif got is None and rel == EVALUATOR_PAIRS:
-            got, bound = extra_posts(cfg) * pairs_per_post(cfg), undrawn
-        elif got is None and rel in TESTBED_PAIRS and cfg.data.prefs is None:
-            got = t.n_prefs_train
-        if got is None:
-            return None, ""
-        n += got
-    return n, bound
-
-
-def _source_rows(spec: str, rel: str) -> int | None:
-    """Rows of pair file `rel` in `reward.pairs_from` (unverified: only a count for the plan), or None."""
-    from perm.config import is_kit
-    from perm.shipped import path_of
-
-    folder = path_of(spec) if is_kit(spec) else Path(spec).expanduser()
-    return parquet_rows(folder / rel) if folder.is_dir() else None
 
 
 def work(cfg: RunConfig, root: Path) -> Work | None:
@@ -137,39 +91,6 @@ def chunk_prompts(cfg: RunConfig) -> int:
     default `sample` stage runs (8 prompts x 72 samples), so the pairs are drawn as fast as the pool. Depends on
     the samples per post alone, so resizing the pool does not redraw the RMs' training pairs."""
     return max(1, CHUNK_ROWS // samples_per_post(cfg))
-
-
-def pair_files(cfg: RunConfig) -> tuple[str, ...]:
-    """Training pair files for `reward.pairs`: the testbed's, the policy's own, or both (policy pairs first)."""
-    c = cfg.reward
-    if c.pairs == "testbed":
-        return TESTBED_PAIRS
-    return (layout.POLICY_PREFS,) + (TESTBED_PAIRS if c.pairs == "mix" else ())
-
-
-def evaluator_pair_files(cfg: RunConfig) -> tuple[str, ...]:
-    """The evaluator's training pair files: the grid's, then its own policy pairs on further posts."""
-    return pair_files(cfg) + ((EVALUATOR_PAIRS,) if extra_posts(cfg) else ())
-
-
-def eval_pair_files(cfg: RunConfig) -> tuple[str, ...]:
-    """Held-out pairs for the RMs: in distribution first (policy pairs on the SFT's held-out posts when the
-    RMs train on policy pairs), then the testbed's prefs_eval."""
-    if cfg.reward.pairs == "testbed":
-        return (layout.PREFS_EVAL,)
-    return (layout.POLICY_PREFS_EVAL, layout.PREFS_EVAL)
-
-
-def pairs_key(cfg: RunConfig, upstream: Mapping[str, str]) -> dict:
-    """What the RMs' training pairs depend on beyond the testbed (empty for the testbed's own pairs)."""
-    if cfg.reward.pairs == "testbed":
-        return {}
-    return {"pairs": cfg.reward.pairs, "policy_prefs": upstream["policy-prefs"]}
-
-
-def evaluator_pairs_key(cfg: RunConfig, upstream: Mapping[str, str]) -> dict:
-    """:func:`pairs_key` plus the evaluator's own pairs, where it has them (nothing added at 0: keys as before)."""
-    return pairs_key(cfg, upstream) | ({"evaluator_prefs": upstream["evaluator-prefs"]} if extra_posts(cfg) else {})
 
 
 def run(ctx: Context) -> tuple[str, ...]:

@@ -14,7 +14,8 @@ from perm import run_layout as layout
 from perm.config import RunConfig, to_dict
 from perm.progress import job_bar
 from perm.stages._context import Context, autocast, data_identity, policy_identity, stage_key, torch_setup
-from perm.stages._plan import Work, parquet_rows
+from perm.stages._grid import eval_prompts
+from perm.stages._plan import Work
 from perm.store import derive_seed
 
 NAME = "sample"
@@ -28,17 +29,6 @@ def sampling_args(cfg: RunConfig) -> dict:
 def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
     return {"sample": stage_key(cfg, {"sampling": sampling_args(cfg), "policy": policy_identity(cfg, upstream),
                                       "testbed": data_identity(cfg, upstream)})}
-
-
-def eval_prompts(cfg: RunConfig, root: Path) -> tuple[int, str]:
-    """Eval prompts the pools are sampled on: the file's rows where it exists, else the config's count and
-    why it is an upper bound ("" where it is exact: the testbed writes exactly that many)."""
-    n = parquet_rows(root / layout.EVAL_PROMPTS)
-    if n is not None:
-        return n, ""
-    if cfg.data.prefs is None:
-        return cfg.testbed.n_eval_prompts, ""
-    return cfg.data.n_eval_prompts, "the eval pairs' distinct prompts, at most data.n_eval_prompts"
 
 
 def work(cfg: RunConfig, root: Path) -> Work:

@@ -17,9 +17,8 @@ from perm import run_layout as layout
 from perm.config import RunConfig
 from perm.progress import job_bar
 from perm.stages._context import Context, stage_key, torch_setup
+from perm.stages._grid import eval_prompts, grid_names
 from perm.stages._plan import Work, parquet_rows
-from perm.stages.sample import eval_prompts
-from perm.stages.train_rm import grid_names
 
 NAME = "score"
 NEEDS = ("train-rm", "sample")

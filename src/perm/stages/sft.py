@@ -21,6 +21,7 @@ from perm.stages._context import (
     stage_key,
     torch_setup,
 )
+from perm.stages._grid import sft_heldout
 from perm.stages._plan import Work, optimizer_steps, parquet_rows
 from perm.store import atomic_path, derive_seed
 
@@ -72,12 +73,6 @@ def work(cfg: RunConfig, root: Path) -> Work:
     n = parquet_rows(root / layout.SFT_TRAIN) or cfg.testbed.n_sft
     return Work(NAME, (("policy", optimizer_steps(n - sft_heldout(n), c.sft_epochs, c.sft_batch_size)),),
                 "steps", (c.sft_batch_size, "sequences"))
-
-
-def sft_heldout(n_posts: int) -> int:
-    """How many of sft_train's first posts the SFT policy holds out (its eval loss); policy-prefs puts its
-    pairs on those posts into policy_prefs_eval.parquet, so no RM trains on them either."""
-    return max(1, n_posts // 20)
 
 
 def job_sft(run_dir: str, out_rel: str, *, init: str | None, backbone: dict, sft: dict, max_length: int,

@@ -27,25 +27,24 @@ from perm.stages._context import (
     stage_key,
     torch_setup,
 )
-from perm.stages._plan import Work, optimizer_steps
-from perm.stages.policy_prefs import (
+from perm.stages._grid import (
     eval_pair_files,
+    evaluator_ids,
     evaluator_pair_files,
-    evaluator_pairs_key,
+    extra_posts,
+    grid,
+    grid_names,
     pair_count,
     pair_files,
-    pairs_key,
+    rm_id,
 )
+from perm.stages._plan import Work, optimizer_steps
 from perm.store import atomic_path, derive_seed
 
 NAME = "train-rm"
 NEEDS = ("testbed", "pretrain", "policy-prefs")
 GRID_FIELDS = ("finetune_seeds", "layout", "pairs", "policy_pairs_per_post", "policy_kwise",
                "finetune_seed_scope", "pairs_from")  # keyed per RM or via pairs_key
-
-
-def rm_id(pretrain_id: str, finetune_seed: int) -> str:
-    return f"{pretrain_id}-ft{finetune_seed}"
 
 
 def rm_seeds(finetune_seed: int, pretrain_id: str | None = None) -> dict:
@@ -60,30 +59,20 @@ def rm_seeds(finetune_seed: int, pretrain_id: str | None = None) -> dict:
     }
 
 
-def evaluator_ids(cfg: RunConfig) -> tuple[str, int]:
-    """(pretrain_id, finetune_seed) of the evaluator: its own, never a grid RM's."""
-    e = cfg.evaluator
-    return f"evaluator-seed{e.pretrain_seed}", e.pretrain_seed if e.finetune_seed is None else e.finetune_seed
-
-
-def grid(pretrain_ids: list[str], finetune_seeds: tuple[int, ...], layout: str) -> list[tuple[str, int]]:
-    """(pretrain_id, finetune_seed) of every RM. paper: one RM per pretrain (first seed) + all seeds of the
-    first pretrain; full: the whole product."""
-    if layout == "full":
-        return [(p, s) for p in pretrain_ids for s in finetune_seeds]
-    first = [(pretrain_ids[0], s) for s in finetune_seeds]
-    return first + [(p, finetune_seeds[0]) for p in pretrain_ids[1:]]
-
-
-
-def grid_names(cfg: RunConfig) -> list[str]:
-    """Manifest names of the grid's RMs, in grid order."""
-    c = cfg.reward
-    return [layout.rm_dir(rm_id(p, s)) for p, s in grid(cfg.pretrain.pretrain_ids(), c.finetune_seeds, c.layout)]
-
-
 def evaluator_reward_args(cfg: RunConfig) -> dict:
     return dict(to_dict(cfg.reward), epochs=cfg.evaluator.epochs, lr=cfg.evaluator.lr)
+
+
+def pairs_key(cfg: RunConfig, upstream: Mapping[str, str]) -> dict:
+    """What the RMs' training pairs depend on beyond the testbed (empty for the testbed's own pairs)."""
+    if cfg.reward.pairs == "testbed":
+        return {}
+    return {"pairs": cfg.reward.pairs, "policy_prefs": upstream["policy-prefs"]}
+
+
+def evaluator_pairs_key(cfg: RunConfig, upstream: Mapping[str, str]) -> dict:
+    """:func:`pairs_key` plus the evaluator's own pairs, where it has them (nothing added at 0: keys as before)."""
+    return pairs_key(cfg, upstream) | ({"evaluator_prefs": upstream["evaluator-prefs"]} if extra_posts(cfg) else {})
 
 
 def _unkeyed_defaults(reward: dict) -> dict:

@@ -1,0 +1,138 @@
+"""Facts several stages share, computed from the config alone (and, for counts, the run directory's files where
+they exist already): the RM grid (ids, its (pretrain, finetune seed) members, the evaluator's ids), the pair
+files the RMs train and are evaluated on, the posts the SFT policy holds out, the evaluator's extra posts and
+the eval prompts. No stage module spells these itself, and none imports another stage module: they meet here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from perm import run_layout as layout
+from perm.config import RunConfig
+from perm.stages._plan import parquet_rows
+
+# ----------------------------------------------------------------------------------------------- the grid
+
+
+def rm_id(pretrain_id: str, finetune_seed: int) -> str:
+    return f"{pretrain_id}-ft{finetune_seed}"
+
+
+def grid(pretrain_ids: list[str], finetune_seeds: tuple[int, ...], layout: str) -> list[tuple[str, int]]:
+    """(pretrain_id, finetune_seed) of every RM. paper: one RM per pretrain (first seed) + all seeds of the
+    first pretrain; full: the whole product."""
+    if layout == "full":
+        return [(p, s) for p in pretrain_ids for s in finetune_seeds]
+    first = [(pretrain_ids[0], s) for s in finetune_seeds]
+    return first + [(p, finetune_seeds[0]) for p in pretrain_ids[1:]]
+
+
+def grid_names(cfg: RunConfig) -> list[str]:
+    """Manifest names (= folders) of the grid's RMs, in grid order."""
+    c = cfg.reward
+    return [layout.rm_dir(rm_id(p, s)) for p, s in grid(cfg.pretrain.pretrain_ids(), c.finetune_seeds, c.layout)]
+
+
+def evaluator_ids(cfg: RunConfig) -> tuple[str, int]:
+    """(pretrain_id, finetune_seed) of the evaluator: its own, never a grid RM's."""
+    e = cfg.evaluator
+    return f"evaluator-seed{e.pretrain_seed}", e.pretrain_seed if e.finetune_seed is None else e.finetune_seed
+
+
+# --------------------------------------------------------------------------------------------- the posts
+
+
+def sft_heldout(n_posts: int) -> int:
+    """How many of sft_train's first posts the SFT policy holds out (its eval loss); policy-prefs puts its
+    pairs on those posts into policy_prefs_eval.parquet, so no RM trains on them either."""
+    return max(1, n_posts // 20)
+
+
+def extra_posts(cfg: RunConfig) -> int:
+    """Posts of the evaluator's own policy pairs (`evaluator.extra_posts`; null: as many as the grid's training
+    posts, at most prefs_train's); 0 where it has none (testbed pairs, no evaluator, or a trained evaluator
+    loaded from `evaluator.rm_checkpoint`). With `reward.pairs_from`, nonzero means the source's file is used."""
+    e, t = cfg.evaluator, cfg.testbed
+    if not e.trains() or cfg.reward.pairs == "testbed":
+        return 0
+    if e.extra_posts is None:
+        return min(t.n_sft - sft_heldout(t.n_sft), t.n_prefs_train)
+    return e.extra_posts
+
+
+def eval_prompts(cfg: RunConfig, root: Path) -> tuple[int, str]:
+    """Eval prompts the pools are sampled on: the file's rows where it exists, else the config's count and
+    why it is an upper bound ("" where it is exact: the testbed writes exactly that many)."""
+    n = parquet_rows(root / layout.EVAL_PROMPTS)
+    if n is not None:
+        return n, ""
+    if cfg.data.prefs is None:
+        return cfg.testbed.n_eval_prompts, ""
+    return cfg.data.n_eval_prompts, "the eval pairs' distinct prompts, at most data.n_eval_prompts"
+
+
+# ---------------------------------------------------------------------------------------- the pair files
+
+TESTBED_PAIRS = (layout.PREFS_TRAIN,)
+EVALUATOR_PAIRS = layout.EVALUATOR_PREFS
+POLICY_PAIRS = (layout.POLICY_PREFS, layout.POLICY_PREFS_EVAL)  # the outputs of manifest name policy-prefs
+EVALUATOR_POSTS = layout.PREFS_TRAIN  # posts no SFT example (and, with policy pairs, no grid pair) uses
+
+
+def pair_files(cfg: RunConfig) -> tuple[str, ...]:
+    """Training pair files for `reward.pairs`: the testbed's, the policy's own, or both (policy pairs first)."""
+    c = cfg.reward
+    if c.pairs == "testbed":
+        return TESTBED_PAIRS
+    return (layout.POLICY_PREFS,) + (TESTBED_PAIRS if c.pairs == "mix" else ())
+
+
+def evaluator_pair_files(cfg: RunConfig) -> tuple[str, ...]:
+    """The evaluator's training pair files: the grid's, then its own policy pairs on further posts."""
+    return pair_files(cfg) + ((EVALUATOR_PAIRS,) if extra_posts(cfg) else ())
+
+
+def eval_pair_files(cfg: RunConfig) -> tuple[str, ...]:
+    """Held-out pairs for the RMs: in distribution first (policy pairs on the SFT's held-out posts when the
+    RMs train on policy pairs), then the testbed's prefs_eval."""
+    if cfg.reward.pairs == "testbed":
+        return (layout.PREFS_EVAL,)
+    return (layout.POLICY_PREFS_EVAL, layout.PREFS_EVAL)
+
+
+def pairs_per_post(cfg: RunConfig) -> int:
+    """Pairs drawn per post before ties are dropped: C(K, 2) K-wise, else `policy_pairs_per_post`."""
+    c = cfg.reward
+    return c.policy_kwise * (c.policy_kwise - 1) // 2 if c.policy_kwise else c.policy_pairs_per_post
+
+
+def pair_count(cfg: RunConfig, root: Path, files: tuple[str, ...]) -> tuple[int | None, str]:
+    """Training pairs in `files` together: their rows where every file exists; else, for files not written
+    yet, what the config draws, with why that is an upper bound (policy pairs: ties are dropped), or None
+    for pairs a user's data brings that are not imported yet."""
+    n, bound = 0, ""
+    t, undrawn = cfg.testbed, "policy pairs not drawn yet, ties are dropped"
+    for rel in files:
+        got = parquet_rows(root / rel)
+        if got is None and cfg.reward.pairs_from and rel in (*POLICY_PAIRS, EVALUATOR_PAIRS):
+            got = _source_rows(cfg.reward.pairs_from, rel)  # not copied yet: the source's
+        if got is None and rel == layout.POLICY_PREFS:
+            got, bound = (t.n_sft - sft_heldout(t.n_sft)) * pairs_per_post(cfg), undrawn
+        elif got is None and rel == EVALUATOR_PAIRS:
+            got, bound = extra_posts(cfg) * pairs_per_post(cfg), undrawn
+        elif got is None and rel in TESTBED_PAIRS and cfg.data.prefs is None:
+            got = t.n_prefs_train
+        if got is None:
+            return None, ""
+        n += got
+    return n, bound
+
+
+def _source_rows(spec: str, rel: str) -> int | None:
+    """Rows of pair file `rel` in `reward.pairs_from` (unverified: only a count for the plan), or None."""
+    from perm.config import is_kit
+    from perm.shipped import path_of
+
+    folder = path_of(spec) if is_kit(spec) else Path(spec).expanduser()
+    return parquet_rows(folder / rel) if folder.is_dir() else None
