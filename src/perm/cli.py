@@ -1,4 +1,5 @@
-"""`perm` command line: one command per stage, and `perm run` for all of them.
+"""`perm` command line: one command per stage (made from its declaration, perm.stages), and `perm run` for all
+of them.
 
 Every command takes an optional config file (default: the embedded configs/tiny.yaml) and dotted
 overrides, e.g. `perm testbed out=runs/x testbed.seed=3`. Bad input exits with code 2 and a message
@@ -11,6 +12,7 @@ stages and jobs are kept, and rerunning the same command resumes.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -18,6 +20,7 @@ import typer
 from perm import run_layout as layout
 from perm.config import ConfigError, RunConfig, load_config
 from perm.progress import DEFAULT_EVERY, Progress
+from perm.stages import MODULES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Reward-model underspecification and pretrain-ensemble reward models.")
@@ -165,45 +168,29 @@ def run(args: Args = None, quiet: Quiet = False, json_log: JsonLog = False,
     _run("run", args, quiet, json_log, every=progress_every)
 
 
-@app.command()
-def testbed(args: Args = None, quiet: Quiet = False, json_log: JsonLog = False) -> None:
-    """Write the embedded testbed (corpus, SFT data, preference pairs, eval prompts, tokenizer)."""
-    _run("testbed", args, quiet, json_log)
+Rewards = Annotated[str | None, typer.Option("--rewards", help=f"A reward tensor of your own: {layout.REWARDS}")]
+Models = Annotated[str | None, typer.Option("--models", help=f"... and its {layout.MODELS}")]
 
 
-@app.command()
-def pretrain(args: Args = None, quiet: Quiet = False, json_log: JsonLog = False,
-             progress_every: ProgressEvery = DEFAULT_EVERY) -> None:
-    """Pretrain the seed-varied backbones (or register existing checkpoints)."""
-    _run("pretrain", args, quiet, json_log, every=progress_every)
+def stage_command(stage) -> Callable[..., None]:
+    """The command `perm <stage.NAME>`, from the stage's declaration (perm.stages): its SUMMARY is the help,
+    TAKES_TENSOR adds `--rewards` / `--models`."""
+    name = stage.NAME
+    if stage.TAKES_TENSOR:
+        def command(args: Args = None, rewards: Rewards = None, models: Models = None, quiet: Quiet = False,
+                    json_log: JsonLog = False, progress_every: ProgressEvery = DEFAULT_EVERY) -> None:
+            _run(name, args, quiet, json_log, rewards, models, every=progress_every)
+    else:
+        def command(args: Args = None, quiet: Quiet = False, json_log: JsonLog = False,
+                    progress_every: ProgressEvery = DEFAULT_EVERY) -> None:
+            _run(name, args, quiet, json_log, every=progress_every)
+    command.__name__ = command.__qualname__ = name.replace("-", "_")
+    command.__doc__ = stage.SUMMARY
+    return command
 
 
-@app.command("train-rm")
-def train_rm(args: Args = None, quiet: Quiet = False, json_log: JsonLog = False,
-             progress_every: ProgressEvery = DEFAULT_EVERY) -> None:
-    """Finetune the reward-model grid and the evaluator."""
-    _run("train-rm", args, quiet, json_log, every=progress_every)
-
-
-@app.command()
-def sft(args: Args = None, quiet: Quiet = False, json_log: JsonLog = False,
-        progress_every: ProgressEvery = DEFAULT_EVERY) -> None:
-    """Train the SFT policy (summary tokens only), or register policy.checkpoint."""
-    _run("sft", args, quiet, json_log, every=progress_every)
-
-
-@app.command()
-def sample(args: Args = None, quiet: Quiet = False, json_log: JsonLog = False,
-           progress_every: ProgressEvery = DEFAULT_EVERY) -> None:
-    """Sample a pool of candidates (+ reference samples) per eval prompt into samples.parquet."""
-    _run("sample", args, quiet, json_log, every=progress_every)
-
-
-@app.command()
-def score(args: Args = None, quiet: Quiet = False, json_log: JsonLog = False,
-          progress_every: ProgressEvery = DEFAULT_EVERY) -> None:
-    """Score every sample with every RM, the evaluator and the gold reward: rewards.parquet, models.parquet."""
-    _run("score", args, quiet, json_log, every=progress_every)
+for _stage in MODULES:  # one command per stage, in the stage graph's order
+    app.command(_stage.NAME, help=_stage.SUMMARY)(stage_command(_stage))
 
 
 Checkpoint = Annotated[str, typer.Argument(help="A checkpoint folder, or a hub id (org/name or org/name@revision)")]
@@ -233,24 +220,6 @@ def convert(checkpoint: Checkpoint, out: ConvertOut, revision: Revision = None,
                    "branch)", err=True)
     if not quiet:
         typer.echo(str(path))
-
-
-Rewards = Annotated[str | None, typer.Option("--rewards", help=f"A reward tensor of your own: {layout.REWARDS}")]
-Models = Annotated[str | None, typer.Option("--models", help=f"... and its {layout.MODELS}")]
-
-
-@app.command()
-def analyze(args: Args = None, rewards: Rewards = None, models: Models = None, quiet: Quiet = False,
-            json_log: JsonLog = False, progress_every: ProgressEvery = DEFAULT_EVERY) -> None:
-    """Compute the figures' and Table 1's numbers (this run's reward tensor, or --rewards/--models)."""
-    _run("analyze", args, quiet, json_log, rewards, models, every=progress_every)
-
-
-@app.command()
-def report(args: Args = None, rewards: Rewards = None, models: Models = None, quiet: Quiet = False,
-           json_log: JsonLog = False, progress_every: ProgressEvery = DEFAULT_EVERY) -> None:
-    """Write report/index.html, the figures and table1.md."""
-    _run("report", args, quiet, json_log, rewards, models, every=progress_every)
 
 
 @app.command()

@@ -116,6 +116,8 @@ class Pipeline:
         result = self.ctx.need(stage)
         if stage == "testbed":
             return self.root / layout.DATA
+        if stage == "policy-prefs":
+            return "\n".join(result)  # the grid RMs' training pair files
         if stage == "pretrain":
             return "\n".join(f"{k}: {v}" for k, v in result.items())
         if stage == "train-rm":

@@ -1,24 +1,77 @@
-"""The stage graph on one screen. Each stage is a module named after its CLI command, with `NAME`, `NEEDS`
-(the upstream stages it may ask for), `keys(cfg, upstream) -> {manifest name: key}` (pure: the config and
-upstream output hashes only) and `run(ctx)`; its jobs (`job_*`, flat picklable arguments) live beside it.
+"""The stage graph. Each stage is a module named after its CLI command that declares what it is:
 
-    stage         needs                          manifest names -> outputs
-    testbed       -                              testbed | data -> data/, tokenizer/
-    pretrain      testbed                        pretrain/<pid>, evaluator/pretrain -> pretrain/<pid>/, evaluator/pretrain/
-    sft           testbed, pretrain              policy -> policy/
-    policy-prefs  testbed, sft                   policy-prefs -> policy_prefs.parquet, policy_prefs_eval.parquet
-                                                 evaluator-prefs -> evaluator_prefs.parquet (evaluator.extra_posts)
-    train-rm      testbed, pretrain, policy-prefs  rm/<pid>-ft<seed>, evaluator/rm -> rm/<id>/, evaluator/rm/
-    sample        testbed, sft                   sample -> samples.parquet
-    score         train-rm, sample               score/<model_id>, score -> scores/, rewards.parquet, models.parquet
-    analyze       score, sample                  analyze -> analysis/
-    report        analyze                        report -> report/
+    NAME          its name: `perm <NAME>` runs it (and what it needs), a `Context.need` argument
+    NEEDS         the stages it reads, as results (`ctx.need`) or output hashes (`ctx.upstream()`); `perm <NAME>`
+                  plans and runs these first
+    WRITES        {manifest name: outputs} (perm.run_layout paths; ``{field}`` patterns for one job per grid
+                  member)
+    SUMMARY       one line: the help of `perm <NAME>` and its row of the README's CLI table (:func:`cli_table`)
+    TAKES_TENSOR  whether `perm <NAME>` takes `--rewards R --models M` (a user's reward tensor: run(ctx, R, M))
+
+and what it does: ``keys(cfg, upstream) -> {manifest name: key}`` (pure: the config and upstream output hashes
+only), ``run(ctx)`` and, for stages with long jobs, ``work(cfg, root)`` (perm.stages._plan); its jobs (`job_*`,
+flat picklable arguments) live beside it. Stages meet through Context and the shared helpers (_context,
+_grid, _plan, _checkpoints), never by importing each other. The stage table below (:data:`STAGES`), the CLI's
+stage commands (perm.cli) and the README's CLI table derive from the declarations; :func:`describe` prints the
+graph (``python -m perm.stages``).
 """
 
 from __future__ import annotations
 
+from perm import run_layout as layout
 from perm.stages import analyze, policy_prefs, pretrain, report, sample, score, sft, testbed, train_rm
 
 MODULES = (testbed, pretrain, sft, policy_prefs, train_rm, sample, score, analyze, report)
+"""Every stage, each after the stages it needs (the order `perm run` and the plan list them in)."""
 STAGES = {m.NAME: m for m in MODULES}
 
+
+def _check(modules) -> None:
+    """The declarations are consistent: names unique, each stage after what it needs, no manifest name
+    declared by two stages."""
+    seen: set[str] = set()
+    owner: dict[str, str] = {}
+    for m in modules:
+        if m.NAME in seen:
+            raise ValueError(f"stage {m.NAME!r} declared twice")
+        late = [n for n in m.NEEDS if n not in seen]
+        if late:
+            raise ValueError(f"stage {m.NAME!r} needs {late}, which do not come before it in perm.stages.MODULES")
+        for name in m.WRITES:
+            if name in owner:
+                raise ValueError(f"manifest name {name!r} declared by stages {owner[name]!r} and {m.NAME!r}")
+            owner[name] = m.NAME
+        seen.add(m.NAME)
+
+
+_check(MODULES)
+
+
+def stage_of(manifest_name: str):
+    """The stage module that writes `manifest_name` (a name or a grid member's, e.g. ``rm/seed0-ft1``), or None
+    where no stage declares it."""
+    for m in MODULES:
+        if any(layout.match(pattern, manifest_name) is not None for pattern in m.WRITES):
+            return m
+    return None
+
+
+def describe() -> str:
+    """The stage graph as a table: each stage, what it needs, and its manifest names -> outputs."""
+    rows = [("stage", "needs", "manifest names -> outputs")]
+    for m in MODULES:
+        writes = [f"{layout.shown(n)} -> {', '.join(layout.shown(o) for o in outs)}" for n, outs in m.WRITES.items()]
+        rows.append((m.NAME, ", ".join(m.NEEDS) or "-", writes[0]))
+        rows += [("", "", w) for w in writes[1:]]
+    w0, w1 = (max(len(r[i]) for r in rows) for i in (0, 1))
+    return "\n".join(f"{a:<{w0}}  {b:<{w1}}  {c}".rstrip() for a, b, c in rows)
+
+
+def cli_command(m) -> str:
+    """How the README writes stage `m`'s command."""
+    return f"`perm {m.NAME}" + (" [--rewards R.parquet --models M.parquet]" if m.TAKES_TENSOR else "") + "`"
+
+
+def cli_table() -> list[str]:
+    """The rows of the README's CLI table for the stage commands (``| `perm sft` | summary |``), in stage order."""
+    return [f"| {cli_command(m)} | {m.SUMMARY.replace('|', chr(92) + '|')} |" for m in MODULES]

@@ -14,6 +14,9 @@ from perm.store import atomic_path, hash_obj
 
 NAME = "analyze"
 NEEDS = ("score", "sample")
+WRITES = {"analyze": (layout.ANALYSIS,)}
+SUMMARY = "Compute the figures' and Table 1's numbers (this run's reward tensor, or --rewards/--models)."
+TAKES_TENSOR = True  # --rewards/--models: a user's reward tensor instead of this run's (run's rewards, models)
 
 
 def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:

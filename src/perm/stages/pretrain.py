@@ -17,6 +17,9 @@ from perm.store import atomic_path
 
 NAME = "pretrain"
 NEEDS = ("testbed",)
+WRITES = {layout.PRETRAIN: (layout.PRETRAIN,), layout.EVALUATOR_PRETRAIN: (layout.EVALUATOR_PRETRAIN,)}
+SUMMARY = "Pretrain the seed-varied backbones (or register existing checkpoints)."
+TAKES_TENSOR = False
 
 
 def train_args(cfg: RunConfig) -> dict:

@@ -14,6 +14,9 @@ from perm.store import atomic_path, hash_obj
 
 NAME = "report"
 NEEDS = ("analyze",)
+WRITES = {"report": (layout.REPORT,)}
+SUMMARY = f"Write {layout.REPORT}/{layout.REPORT_INDEX}, the figures and table1.md."
+TAKES_TENSOR = True  # --rewards/--models: a user's reward tensor instead of this run's (run's rewards, models)
 
 
 def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:

@@ -20,6 +20,9 @@ from perm.store import derive_seed
 
 NAME = "sample"
 NEEDS = ("testbed", "sft")
+WRITES = {"sample": (layout.SAMPLES,)}
+SUMMARY = f"Sample a pool of candidates (+ reference samples) per eval prompt into {layout.SAMPLES}."
+TAKES_TENSOR = False
 
 
 def sampling_args(cfg: RunConfig) -> dict:

@@ -22,6 +22,10 @@ from perm.stages._plan import Work, parquet_rows
 
 NAME = "score"
 NEEDS = ("train-rm", "sample")
+WRITES = {"score/{model_id}": (layout.SCORES,), "score": (layout.REWARDS, layout.MODELS)}
+SUMMARY = (f"Score every sample with every RM, the evaluator and the gold reward: {layout.REWARDS}, "
+           f"{layout.MODELS}.")
+TAKES_TENSOR = False
 BATCH_SIZE = 64
 
 

@@ -27,6 +27,9 @@ from perm.store import atomic_path, derive_seed
 
 NAME = "sft"
 NEEDS = ("testbed", "pretrain")
+WRITES = {layout.POLICY: (layout.POLICY,)}
+SUMMARY = "Train the SFT policy (summary tokens only), or register policy.checkpoint."
+TAKES_TENSOR = False
 
 
 def sft_args(cfg: RunConfig) -> dict:

@@ -19,6 +19,9 @@ from perm.store import atomic_path, hash_obj
 
 NAME = "testbed"
 NEEDS: tuple[str, ...] = ()
+WRITES = {"testbed": (layout.DATA, layout.TOKENIZER), "data": (layout.DATA, layout.TOKENIZER)}  # data: data.prefs
+SUMMARY = "Write the embedded testbed (corpus, SFT data, preference pairs, eval prompts, tokenizer)."
+TAKES_TENSOR = False
 
 
 def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:

@@ -43,6 +43,9 @@ from perm.store import atomic_path, derive_seed
 
 NAME = "train-rm"
 NEEDS = ("testbed", "pretrain", "policy-prefs")
+WRITES = {layout.RM: (layout.RM,), layout.EVALUATOR_RM: (layout.EVALUATOR_RM,)}
+SUMMARY = "Finetune the reward-model grid and the evaluator."
+TAKES_TENSOR = False
 GRID_FIELDS = ("finetune_seeds", "layout", "pairs", "policy_pairs_per_post", "policy_kwise",
                "finetune_seed_scope", "pairs_from")  # keyed per RM or via pairs_key
 

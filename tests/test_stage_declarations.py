@@ -1,0 +1,68 @@
+"""Each stage module declares what it is (NAME, NEEDS, WRITES, SUMMARY, TAKES_TENSOR), and the stage table, the
+CLI's stage commands and the README's CLI rows derive from those declarations."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+from typer.testing import CliRunner
+
+from perm import run_layout as layout
+from perm.cli import app
+from perm.stages import MODULES, STAGES, _check, cli_table, describe, stage_of
+
+LAYOUT_PATHS = {v for k, v in vars(layout).items() if k.isupper() and isinstance(v, str)}
+
+
+@pytest.mark.parametrize("m", MODULES, ids=lambda m: m.NAME)
+def test_every_stage_declares_what_it_is(m):
+    assert isinstance(m.NAME, str) and m.__name__ == f"perm.stages.{m.NAME.replace('-', '_')}"
+    assert isinstance(m.NEEDS, tuple) and set(m.NEEDS) <= set(STAGES) - {m.NAME}
+    assert m.WRITES and all(isinstance(outs, tuple) and outs for outs in m.WRITES.values())
+    for outs in m.WRITES.values():
+        assert set(outs) <= LAYOUT_PATHS, f"{m.NAME}: outputs not named in perm.run_layout: {outs}"
+    assert m.SUMMARY.strip() == m.SUMMARY and "\n" not in m.SUMMARY and m.SUMMARY.endswith(".")
+    assert isinstance(m.TAKES_TENSOR, bool)
+    assert callable(m.keys) and callable(m.run)
+
+
+def test_manifest_names_belong_to_their_stage():
+    assert stage_of("rm/seed0-ft1").NAME == "train-rm" and stage_of("evaluator/rm").NAME == "train-rm"
+    assert stage_of("score/evaluator").NAME == "score" and stage_of("score").NAME == "score"
+    assert stage_of("data").NAME == "testbed" and stage_of("policy").NAME == "sft"
+    assert stage_of("evaluator-prefs").NAME == "policy-prefs" and stage_of("pretrain/seed3").NAME == "pretrain"
+    assert stage_of("nothing/here") is None
+
+
+def test_the_declarations_are_checked():
+    def stage(name, needs=(), writes=None):
+        return types.SimpleNamespace(NAME=name, NEEDS=needs, WRITES=writes or {name: (name,)})
+
+    _check([stage("a"), stage("b", ("a",))])
+    with pytest.raises(ValueError, match=r"stage 'b' needs \['c'\], which do not come before it"):
+        _check([stage("a"), stage("b", ("c",)), stage("c")])
+    with pytest.raises(ValueError, match="manifest name 'a' declared by stages 'a' and 'b'"):
+        _check([stage("a"), stage("b", writes={"a": ("x",)})])
+
+
+def test_every_stage_has_its_command_with_its_summary():
+    runner = CliRunner()
+    for m in MODULES:
+        r = runner.invoke(app, [m.NAME, "--help"])
+        assert r.exit_code == 0, (m.NAME, r.output)
+        assert " ".join(m.SUMMARY.split()[:4]) in " ".join(r.output.split()), m.NAME
+        assert ("--rewards" in r.output) == m.TAKES_TENSOR and "--progress-every" in r.output
+    commands = [c.name or c.callback.__name__ for c in app.registered_commands]
+    assert commands[: len(MODULES) + 1] == ["run", *STAGES]
+
+
+def test_the_readme_rows_and_the_graph_list_every_stage():
+    rows = cli_table()
+    assert [r.split("`")[1].split()[1] for r in rows] == list(STAGES)
+    assert all(r.count(" | ") == 1 for r in rows)  # a | in a summary is escaped
+    assert rows[list(STAGES).index("analyze")].startswith("| `perm analyze [--rewards R.parquet --models M.parquet]` |")
+    text = describe()
+    for m in MODULES:
+        assert f"\n{m.NAME} " in text
+    assert "score/<model_id> -> scores/<model_id>.parquet" in text
