@@ -66,3 +66,71 @@ def test_the_readme_rows_and_the_graph_list_every_stage():
     for m in MODULES:
         assert f"\n{m.NAME} " in text
     assert "score/<model_id> -> scores/<model_id>.parquet" in text
+
+
+# ------------------------------------------------------------------------------- Context keeps to them
+
+
+def _context(tmp_path, *stages):
+    from perm.config import config_from_overrides
+    from perm.executors import LocalExecutor
+    from perm.progress import Progress
+    from perm.stages._context import Context
+    from perm.store import RunStore
+
+    cfg = config_from_overrides([f"out={tmp_path}", "precision=fp32"])
+    ctx = Context(cfg, Progress("quiet"), RunStore(tmp_path), LocalExecutor(), {s.NAME: s for s in stages})
+    ctx._upstream = lambda: {"a": "hash-a", "b": "hash-b", "checkpoint:x": "key-x", "old-name": "hash-old"}
+    return ctx
+
+
+def _stage(name, needs=(), run=None, writes=None):
+    return types.SimpleNamespace(NAME=name, NEEDS=needs, WRITES=writes or {name: (name,)}, __name__=f"fake.{name}",
+                                 run=run or (lambda ctx: name))
+
+
+def test_context_hands_a_stage_only_what_it_needs(tmp_path):
+    from perm.stages._context import UndeclaredNeedError
+
+    a = _stage("a")
+    b = _stage("b", ("a",), run=lambda ctx: (ctx.need("a"), ctx.upstream()))
+    c = _stage("c", run=lambda ctx: ctx.need("a"))
+    d = _stage("d", run=lambda ctx: ctx.upstream()["a"])
+    ctx = _context(tmp_path, a, b, c, d)
+    result, upstream = ctx.need("b")
+    assert result == "a" and upstream == {"a": "hash-a", "b": "hash-b", "checkpoint:x": "key-x"}
+    with pytest.raises(UndeclaredNeedError, match=r"stage 'c' asked for stage 'a', which it does not declare in "
+                                                  r"NEEDS \(none; fake\.c\.NEEDS\)"):
+        ctx.need("c")
+    with pytest.raises(UndeclaredNeedError, match="stage 'd' reads 'a', an output of stage 'a', which it does not "
+                                                  "declare in NEEDS"):
+        ctx.need("d")
+    assert ctx.need("a") == "a" and "old-name" in ctx.upstream()  # outside a stage: everything
+    with ctx.as_stage("b"), pytest.raises(KeyError):  # an output not there (yet): a KeyError, as a dict's
+        ctx.upstream()["not-there"]
+
+
+def test_context_records_only_what_a_stage_writes(tmp_path):
+    from perm.stages._context import UndeclaredOutputError
+
+    ran = []
+    g = _stage("g", run=lambda ctx: ctx.run_one("g/x", "key", lambda: ran.append(1), ["g/x"]),
+               writes={"g/{part}": ("g/{part}",)})
+    h = _stage("h", run=lambda ctx: ctx.run_one("h", "key", lambda: ran.append(2), ["elsewhere"]))
+    i = _stage("i", run=lambda ctx: ctx.run_one("other", "key", lambda: ran.append(3), ["other"]))
+    ctx = _context(tmp_path, g, h, i)
+    assert ctx.need("g") is True and ran == [1]
+    with pytest.raises(UndeclaredOutputError, match=r"stage 'h' records outputs \['elsewhere'\] for 'h', but "
+                                                    r"declares \['h'\] \(fake\.h\.WRITES\)"):
+        ctx.need("h")
+    with pytest.raises(UndeclaredOutputError, match="stage 'i' records 'other', which its WRITES does not declare"):
+        ctx.need("i")
+    assert ran == [1]  # refused before anything ran
+
+
+def test_the_real_stages_are_held_to_their_needs(tmp_path):
+    from perm.stages._context import UndeclaredNeedError
+
+    ctx = _context(tmp_path, *MODULES)
+    with ctx.as_stage("sample"), pytest.raises(UndeclaredNeedError, match="stage 'sample' asked for stage 'train-rm'"):
+        ctx.need("train-rm")

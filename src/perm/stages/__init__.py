@@ -1,10 +1,10 @@
 """The stage graph. Each stage is a module named after its CLI command that declares what it is:
 
     NAME          its name: `perm <NAME>` runs it (and what it needs), a `Context.need` argument
-    NEEDS         the stages it reads, as results (`ctx.need`) or output hashes (`ctx.upstream()`); `perm <NAME>`
-                  plans and runs these first
+    NEEDS         the stages it reads, as results (`ctx.need`) or output hashes (`ctx.upstream()`): Context hands
+                  it no other (perm.stages._context.UndeclaredNeedError); `perm <NAME>` plans and runs these first
     WRITES        {manifest name: outputs} (perm.run_layout paths; ``{field}`` patterns for one job per grid
-                  member)
+                  member): Context records no other for it (UndeclaredOutputError)
     SUMMARY       one line: the help of `perm <NAME>` and its row of the README's CLI table (:func:`cli_table`)
     TAKES_TENSOR  whether `perm <NAME>` takes `--rewards R --models M` (a user's reward tensor: run(ctx, R, M))
 

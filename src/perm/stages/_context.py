@@ -17,8 +17,9 @@ and the conversion is loaded (and keyed by its content) instead.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from perm import run_layout as layout
@@ -93,26 +94,101 @@ def headline(info: dict) -> dict:
     return {k: round(info[k], 4) if isinstance(info[k], float) else info[k] for k in keys if k in info}
 
 
+class DeclarationError(RuntimeError):
+    """A stage did what its declaration (perm.stages) does not say: a programming error in the stage module."""
+
+
+class UndeclaredNeedError(DeclarationError):
+    """A stage asked for a stage (its result, or its output hashes) that its NEEDS does not name."""
+
+
+class UndeclaredOutputError(DeclarationError):
+    """A stage recorded a manifest name or outputs that its WRITES does not declare."""
+
+
+class Upstream(dict):
+    """The ``upstream`` mapping handed to a running stage: the output hashes of itself and of the stages it
+    NEEDS, and every identity (``checkpoint:``, ``dataset:``, ``pairs:``). Asking it for the output of a
+    stage the running stage does not need raises :class:`UndeclaredNeedError`; for one not finished yet,
+    KeyError as a dict does."""
+
+    def __init__(self, items: Mapping[str, str], stage: str = "", hidden: Mapping[str, str] | None = None):
+        super().__init__(items)
+        self.stage, self.hidden = stage, dict(hidden or {})  # manifest name -> the undeclared stage writing it
+
+    def __missing__(self, name: str):
+        if name in self.hidden:
+            raise UndeclaredNeedError(f"stage {self.stage!r} reads {name!r}, an output of stage {self.hidden[name]!r}, "
+                                      f"which it does not declare in NEEDS")
+        raise KeyError(name)
+
+
 class Context:
     """One run directory, its resolved config, its executor, and the results of the stages run so far.
 
     ``need(name)`` runs a stage (and what it needs) once per context and returns its result; stage modules
-    reach each other only through it."""
+    reach each other only through it, and only as they declare (perm.stages): a stage is handed the stages
+    of its NEEDS and no other (:class:`UndeclaredNeedError` naming both), and records the manifest names and
+    outputs of its WRITES and no other (:class:`UndeclaredOutputError`)."""
 
     def __init__(self, cfg: RunConfig, log: Progress, store: RunStore, executor, stages: Mapping):
         self.cfg, self.log, self.store, self.root = cfg, log, store, store.root
         self.executor = executor
         self._stages = stages
         self._memo: dict = {}
+        self._running: list[str] = []  # the stages running, innermost last
         self.checkpoint_keys: dict[str, str] = {}
         self.checkpoints = Checkpoints(cfg, store, log)
 
     def need(self, name: str, *args):
-        """Run stage `name` (memoised per context and arguments) and return its result."""
+        """Run stage `name` (memoised per context and arguments) and return its result. Inside a stage, only a
+        stage its NEEDS names (:class:`UndeclaredNeedError` otherwise)."""
+        if self._running:
+            caller = self._stages[self._running[-1]]
+            if name not in caller.NEEDS:
+                raise UndeclaredNeedError(
+                    f"stage {caller.NAME!r} asked for stage {name!r}, which it does not declare in NEEDS "
+                    f"({', '.join(caller.NEEDS) or 'none'}; {caller.__name__}.NEEDS)")
         memo = (name, args)
         if memo not in self._memo:
-            self._memo[memo] = self._stages[name].run(self, *args)
+            with self.as_stage(name):
+                self._memo[memo] = self._stages[name].run(self, *args)
         return self._memo[memo]
+
+    @contextlib.contextmanager
+    def as_stage(self, name: str) -> Iterator[None]:
+        """Run the block as stage `name`: what it needs and records is checked against `name`'s declaration
+        (:meth:`need` does this for a stage's run; a stage's other entry points, such as
+        perm.stages.train_rm.run_evaluator, use it directly)."""
+        self._running.append(name)
+        try:
+            yield
+        finally:
+            self._running.pop()
+
+    def _owner(self, manifest_name: str) -> str | None:
+        """The stage whose WRITES declares `manifest_name`, or None."""
+        for stage in self._stages.values():
+            if any(layout.match(pattern, manifest_name) is not None for pattern in stage.WRITES):
+                return stage.NAME
+        return None
+
+    def _check_outputs(self, name: str, outputs: list[str]) -> None:
+        """Inside a stage: `name` and its `outputs` are what the stage's WRITES declares."""
+        if not self._running:
+            return
+        stage = self._stages[self._running[-1]]
+        for pattern, outs in stage.WRITES.items():
+            fields = layout.match(pattern, name)
+            if fields is None:
+                continue
+            declared = sorted(o.format(**fields) for o in outs)
+            if sorted(outputs) != declared:
+                raise UndeclaredOutputError(f"stage {stage.NAME!r} records outputs {sorted(outputs)} for {name!r}, "
+                                            f"but declares {declared} ({stage.__name__}.WRITES)")
+            return
+        raise UndeclaredOutputError(f"stage {stage.NAME!r} records {name!r}, which its WRITES does not declare "
+                                    f"({', '.join(map(layout.shown, stage.WRITES))}; {stage.__name__}.WRITES)")
 
     # --------------------------------------------------------------------------------------- identities
 
@@ -141,7 +217,18 @@ class Context:
 
     def upstream(self) -> dict[str, str]:
         """Output hashes of every finished stage, the keys of the config's checkpoints and the identities of
-        its pinned hub datasets: the ``upstream`` argument of a stage's ``keys``."""
+        its pinned hub datasets: the ``upstream`` argument of a stage's ``keys``. Inside a stage, only the
+        output hashes of itself and of the stages it NEEDS (an :class:`Upstream`)."""
+        out = self._upstream()
+        if not self._running:
+            return out
+        stage = self._stages[self._running[-1]]
+        mine = {stage.NAME, *stage.NEEDS}
+        owners = {name: self._owner(name) for name in out if ":" not in name}
+        return Upstream({n: h for n, h in out.items() if ":" in n or owners[n] in mine}, stage.NAME,
+                        {n: owner for n, owner in owners.items() if owner is not None and owner not in mine})
+
+    def _upstream(self) -> dict[str, str]:
         from perm.hub import config_refs, model_specs
 
         out = {name: self.store.output_hash(name) for name, rec in self.store.manifest()["stages"].items()
@@ -188,6 +275,7 @@ class Context:
         return False
 
     def done(self, name: str, key: str, outputs: list[str], t0: float, seeds=None, info=None) -> None:
+        self._check_outputs(name, outputs)
         wall = time.perf_counter() - t0
         self.store.mark_done(name, key, outputs, seeds=seeds, wall_s=wall, info=info)
         self.log.event(name, "done", wall_s=round(wall, 1), **(headline(info) if info else {}))
@@ -201,6 +289,7 @@ class Context:
         mark=False: `fn` marks the stage running itself (after validating its input, so bad input leaves the
         manifest as it was), or the stage is short enough not to be marked. announce=False: no start line
         (short bookkeeping stages print only their done line)."""
+        self._check_outputs(name, outputs)
         if self.skip(name, key):
             return False
         if mark:
@@ -224,6 +313,8 @@ class Context:
         pool=False keeps them in this process even with `workers` > 1 (short jobs that share a cache here)."""
         if not todo:
             return
+        for name, kw in todo:
+            self._check_outputs(name, [kw["out_rel"]])
         names = [name for name, _ in todo]
         here = isinstance(self.executor, LocalExecutor) or (isinstance(self.executor, PoolExecutor) and not pool)
         ray = isinstance(self.executor, RayExecutor)

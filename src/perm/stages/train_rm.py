@@ -189,15 +189,16 @@ def run_evaluator(ctx: Context) -> dict:
     if not cfg.evaluator.trains():
         raise ValueError("run_evaluator: this config finetunes no evaluator (evaluator.enabled: false, or "
                          "evaluator.rm_checkpoint loads one)")
-    if cfg.evaluator.pretrains():
-        ctx.need("pretrain")
-    ctx.need("testbed")
-    files = ctx.need("policy-prefs")
-    name, key = layout.EVALUATOR_RM, evaluator_key(cfg, ctx.upstream())
-    if not ctx.skip(name, key):
-        env = dict(run_dir=str(ctx.root), pair_files=files, eval_files=eval_pair_files(cfg), **ctx.job_env())
-        ctx.run_jobs(job_reward_model, [(name, _evaluator_job(ctx, env))], {name: key}, seeds_of=job_seeds,
-                     work=work(cfg, ctx.root))
+    with ctx.as_stage(NAME):
+        if cfg.evaluator.pretrains():
+            ctx.need("pretrain")
+        ctx.need("testbed")
+        files = ctx.need("policy-prefs")
+        name, key = layout.EVALUATOR_RM, evaluator_key(cfg, ctx.upstream())
+        if not ctx.skip(name, key):
+            env = dict(run_dir=str(ctx.root), pair_files=files, eval_files=eval_pair_files(cfg), **ctx.job_env())
+            ctx.run_jobs(job_reward_model, [(name, _evaluator_job(ctx, env))], {name: key}, seeds_of=job_seeds,
+                         work=work(cfg, ctx.root))
     return json.loads((ctx.root / layout.rm_record(name)).read_text())
 
 
