@@ -22,7 +22,8 @@ from perm.stages._plan import Work, parquet_rows
 
 NAME = "score"
 NEEDS = ("train-rm", "sample")
-WRITES = {"score/{model_id}": (layout.SCORES,), "score": (layout.REWARDS, layout.MODELS)}
+JOB = "score/{model_id}"  # the manifest name of one model's scoring job
+WRITES = {JOB: (layout.SCORES,), "score": (layout.REWARDS, layout.MODELS)}
 SUMMARY = (f"Score every sample with every RM, the evaluator and the gold reward: {layout.REWARDS}, "
            f"{layout.MODELS}.")
 TAKES_TENSOR = False
@@ -38,7 +39,7 @@ def model_names(cfg: RunConfig) -> dict[str, str]:
 def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
     """`score/<model_id>` per model; `score` (the assembled tensor) once every model's scores exist."""
     samples = upstream["sample"]
-    out = {f"score/{mid}": stage_key(cfg, {"model": upstream[name], "samples": samples,
+    out = {JOB.format(model_id=mid): stage_key(cfg, {"model": upstream[name], "samples": samples,
                                            "max_length": cfg.reward.max_length})
            for mid, name in model_names(cfg).items()}
     if all(name in upstream for name in out):
@@ -54,7 +55,7 @@ def work(cfg: RunConfig, root: Path) -> Work:
     if n is None:
         prompts, bound = eval_prompts(cfg, root)
         n = prompts * (cfg.policy.pool_size + cfg.policy.n_reference)
-    return Work(NAME, tuple((f"score/{mid}", n) for mid in model_names(cfg)), "samples", bound=bound)
+    return Work(NAME, tuple((JOB.format(model_id=mid), n) for mid in model_names(cfg)), "samples", bound=bound)
 
 
 def run(ctx: Context) -> Path:
@@ -65,7 +66,7 @@ def run(ctx: Context) -> Path:
     all_keys = keys(cfg, ctx.upstream())
     todo = []
     for mid, model_name in model_names(cfg).items():
-        name = f"score/{mid}"
+        name = JOB.format(model_id=mid)
         if not ctx.skip(name, all_keys[name]):
             todo.append((name, dict(run_dir=str(ctx.root), out_rel=layout.scores_file(mid),
                                     model_dir=model_dir(ctx, model_name), model_id=mid,
@@ -205,7 +206,7 @@ def job_score(run_dir: str, out_rel: str, *, model_dir: str, model_id: str, max_
     (p_ids, c_ids, rows), prompt_ids, sample_ids, tok = encoded_samples(run, tok_dir, max_length)
     model = load_reward_model(model_dir, trust_remote_code=trust_remote_code).to(dev)
     t0 = time.perf_counter()
-    bar = job_bar(f"score/{model_id}", len(prompt_ids), show_progress and main, unit="samples")
+    bar = job_bar(JOB.format(model_id=model_id), len(prompt_ids), show_progress and main, unit="samples")
     rewards = np.full(len(prompt_ids), np.nan)
     # scoring stays in fp32 even in bf16 runs: a bf16 head rounds rewards into spurious ties (7-bit mantissa),
     # and ties go to the lower sample id for every RM alike, inflating agreement
