@@ -109,12 +109,13 @@ def test_the_sft_policy_does_not_import_the_reward_model_module():
 def stage_modules() -> set[str]:
     """The stage modules: perm.stages.<name> without a leading underscore (_context, _grid, _plan and
     _checkpoints are the helpers they share, not stages)."""
-    return {n for n in module_files() if n.startswith("perm.stages.") and not n.rpartition(".")[2].startswith("_")}
+    return {n for n in module_files()
+            if n.startswith("perm.stages.") and not n.rpartition(".")[2].startswith("_")}
 
 
 def test_no_stage_module_imports_another():
-    """Stages meet through Context.need and the shared helpers, never by importing each other, not even through
-    another module (the stage package itself imports every stage)."""
+    """Stages meet through Context.need and the shared helpers, never by importing each other, not even
+    through another module (the stage package itself imports every stage)."""
     graph, stages = import_graph(), stage_modules()
     assert "perm.stages.train_rm" in stages and "perm.stages._grid" not in stages
     found = {m: sorted(reachable(graph, m) & (stages | {"perm.stages"}) - {m}) for m in sorted(stages)}

@@ -1,5 +1,5 @@
-"""Every path of a run directory is named once, in perm.run_layout: no other module of src/perm spells one in a
-string literal (docstrings and comments may), read from the source with ``ast``."""
+"""Every path of a run directory is named once, in perm.run_layout: no other module of src/perm spells one in
+a string literal (docstrings and comments may), read from the source with ``ast``."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "perm"
 
 
 def _names() -> tuple[set[str], set[str], set[str]]:
-    """From the layout's own values: file names and hidden folders (flagged in any literal), the first segment
-    of nested paths with its slash (``rm/``, ``data/``: flagged in any literal), and bare folder names (flagged
-    as a path component: the right operand of ``/``)."""
+    """From the layout's own values: file names and hidden folders (flagged in any literal), the first
+    segment of nested paths with its slash (``rm/``, ``data/``: flagged in any literal), and bare folder names
+    (flagged as a path component: the right operand of ``/``)."""
     values = [v for k, v in vars(layout).items() if k.isupper() and isinstance(v, str)]
     values += list(layout.DATA_FILES.values())
     files = {Path(v).name for v in values if "{" not in Path(v).name and "." in Path(v).name}
@@ -33,8 +33,8 @@ def _pattern() -> re.Pattern:
 
 def _docstrings(tree: ast.AST) -> set[int]:
     """ids of the string statements: module, class and function docstrings, attribute docstrings."""
-    return {id(n.value) for n in ast.walk(tree)
-            if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str)}
+    return {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr)
+            and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str)}
 
 
 def stray_literals(source: str, filename: str = "<source>") -> list[tuple[int, str]]:
@@ -42,7 +42,8 @@ def stray_literals(source: str, filename: str = "<source>") -> list[tuple[int, s
     tree = ast.parse(source, filename=filename)
     docs, pattern = _docstrings(tree), _pattern()
     bare = _names()[2]
-    components = {id(n.right) for n in ast.walk(tree) if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Div)}
+    components = {id(n.right) for n in ast.walk(tree)
+                  if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Div)}
     out = []
     for n in ast.walk(tree):
         if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs:
@@ -64,8 +65,8 @@ def f(root, mid):
     g = root / "data" / "corpus.parquet"
     return a, b, c, d, e, g
 '''
-    assert stray_literals(src) == [(5, "samples.parquet"), (6, "rm/"), (7, "analysis"), (10, "corpus.parquet"),
-                                   (10, "data")]
+    assert stray_literals(src) == [(5, "samples.parquet"), (6, "rm/"), (7, "analysis"),
+                                   (10, "corpus.parquet"), (10, "data")]
 
 
 def test_no_run_directory_path_is_spelled_outside_the_layout():

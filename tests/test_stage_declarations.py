@@ -1,5 +1,6 @@
-"""Each stage module declares what it is (NAME, NEEDS, WRITES, SUMMARY, TAKES_TENSOR), and the stage table, the
-CLI's stage commands and the README's CLI rows derive from those declarations."""
+"""Each stage module declares what it is (NAME, NEEDS, WRITES, SUMMARY, TAKES_TENSOR), and the stage table,
+the CLI's stage commands and the README's CLI rows derive from those declarations; Context keeps a stage to
+them."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def test_manifest_names_belong_to_their_stage():
     assert stage_of("rm/seed0-ft1").NAME == "train-rm" and stage_of("evaluator/rm").NAME == "train-rm"
     assert stage_of("score/evaluator").NAME == "score" and stage_of("score").NAME == "score"
     assert stage_of("data").NAME == "testbed" and stage_of("policy").NAME == "sft"
-    assert stage_of("evaluator-prefs").NAME == "policy-prefs" and stage_of("pretrain/seed3").NAME == "pretrain"
+    assert stage_of("evaluator-prefs").NAME == "policy-prefs"
+    assert stage_of("pretrain/seed3").NAME == "pretrain"
     assert stage_of("nothing/here") is None
 
 
@@ -61,7 +63,8 @@ def test_the_readme_rows_and_the_graph_list_every_stage():
     rows = cli_table()
     assert [r.split("`")[1].split()[1] for r in rows] == list(STAGES)
     assert all(r.count(" | ") == 1 for r in rows)  # a | in a summary is escaped
-    assert rows[list(STAGES).index("analyze")].startswith("| `perm analyze [--rewards R.parquet --models M.parquet]` |")
+    analyze = rows[list(STAGES).index("analyze")]
+    assert analyze.startswith("| `perm analyze [--rewards R.parquet --models M.parquet]` |")
     text = describe()
     for m in MODULES:
         assert f"\n{m.NAME} " in text
@@ -85,8 +88,8 @@ def _context(tmp_path, *stages):
 
 
 def _stage(name, needs=(), run=None, writes=None):
-    return types.SimpleNamespace(NAME=name, NEEDS=needs, WRITES=writes or {name: (name,)}, __name__=f"fake.{name}",
-                                 run=run or (lambda ctx: name))
+    return types.SimpleNamespace(NAME=name, NEEDS=needs, WRITES=writes or {name: (name,)},
+                                 __name__=f"fake.{name}", run=run or (lambda ctx: name))
 
 
 def test_context_hands_a_stage_only_what_it_needs(tmp_path):
@@ -99,11 +102,11 @@ def test_context_hands_a_stage_only_what_it_needs(tmp_path):
     ctx = _context(tmp_path, a, b, c, d)
     result, upstream = ctx.need("b")
     assert result == "a" and upstream == {"a": "hash-a", "b": "hash-b", "checkpoint:x": "key-x"}
-    with pytest.raises(UndeclaredNeedError, match=r"stage 'c' asked for stage 'a', which it does not declare in "
-                                                  r"NEEDS \(none; fake\.c\.NEEDS\)"):
+    with pytest.raises(UndeclaredNeedError, match=r"stage 'c' asked for stage 'a', which it does not "
+                                                  r"declare in NEEDS \(none; fake\.c\.NEEDS\)"):
         ctx.need("c")
-    with pytest.raises(UndeclaredNeedError, match="stage 'd' reads 'a', an output of stage 'a', which it does not "
-                                                  "declare in NEEDS"):
+    with pytest.raises(UndeclaredNeedError, match="stage 'd' reads 'a', an output of stage 'a', which it "
+                                                  "does not declare in NEEDS"):
         ctx.need("d")
     assert ctx.need("a") == "a" and "old-name" in ctx.upstream()  # outside a stage: everything
     with ctx.as_stage("b"), pytest.raises(KeyError):  # an output not there (yet): a KeyError, as a dict's
@@ -123,7 +126,8 @@ def test_context_records_only_what_a_stage_writes(tmp_path):
     with pytest.raises(UndeclaredOutputError, match=r"stage 'h' records outputs \['elsewhere'\] for 'h', but "
                                                     r"declares \['h'\] \(fake\.h\.WRITES\)"):
         ctx.need("h")
-    with pytest.raises(UndeclaredOutputError, match="stage 'i' records 'other', which its WRITES does not declare"):
+    with pytest.raises(UndeclaredOutputError,
+                       match="stage 'i' records 'other', which its WRITES does not declare"):
         ctx.need("i")
     assert ran == [1]  # refused before anything ran
 
@@ -132,5 +136,6 @@ def test_the_real_stages_are_held_to_their_needs(tmp_path):
     from perm.stages._context import UndeclaredNeedError
 
     ctx = _context(tmp_path, *MODULES)
-    with ctx.as_stage("sample"), pytest.raises(UndeclaredNeedError, match="stage 'sample' asked for stage 'train-rm'"):
+    with ctx.as_stage("sample"), pytest.raises(UndeclaredNeedError,
+                                               match="stage 'sample' asked for stage 'train-rm'"):
         ctx.need("train-rm")

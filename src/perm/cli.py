@@ -168,7 +168,8 @@ def run(args: Args = None, quiet: Quiet = False, json_log: JsonLog = False,
     _run("run", args, quiet, json_log, every=progress_every)
 
 
-Rewards = Annotated[str | None, typer.Option("--rewards", help=f"A reward tensor of your own: {layout.REWARDS}")]
+Rewards = Annotated[str | None, typer.Option("--rewards",
+                                             help=f"A reward tensor of your own: {layout.REWARDS}")]
 Models = Annotated[str | None, typer.Option("--models", help=f"... and its {layout.MODELS}")]
 
 

@@ -43,8 +43,8 @@ from perm.shipped import (
 from perm.store import RunStore, hash_obj
 
 RECIPE = configs_dir() / "testbed-kit.yaml"
-SOURCES = {POLICY: layout.POLICY, EVALUATOR: layout.EVALUATOR_RM}  # a model part's folder in the recipe's run directory
-WORLD_STAGES = ("testbed", layout.POLICY, "policy-prefs", "evaluator-prefs", layout.EVALUATOR_RM)  # what the kit is made of
+SOURCES = {POLICY: layout.POLICY, EVALUATOR: layout.EVALUATOR_RM}  # a model part's folder in the recipe's run
+WORLD_STAGES = ("testbed", layout.POLICY, "policy-prefs", "evaluator-prefs", layout.EVALUATOR_RM)  # the kit's
 GRID_ONLY = ("finetune_seeds", "layout", "finetune_seed_scope", "max_train_pairs", "epochs", "lr", "pairs_from")
 """reward fields that only the grid reads (the evaluator has its own epochs and lr): not part of the world."""
 KIT_FIELDS = (("policy", "checkpoint"), ("reward", "pairs_from"), ("evaluator", "rm_checkpoint"))

@@ -28,7 +28,8 @@ def samples_and_posts(root: Path):
 
 def rm_records(root: Path) -> list[dict]:
     recs = []
-    for p in sorted(root.glob(layout.RM_RECORDS_GLOB)) + sorted(root.glob(layout.rm_record(layout.EVALUATOR_RM))):
+    evaluator = layout.rm_record(layout.EVALUATOR_RM)
+    for p in sorted(root.glob(layout.RM_RECORDS_GLOB)) + sorted(root.glob(evaluator)):
         r = json.loads(p.read_text())
         recs.append({k: r.get(k) for k in ("model_id", "role", "pretrain_id", "finetune_seed", "accuracy",
                                            "accuracy_se", "gold_accuracy", "n_train_pairs", "wall_s", "eval_pairs",

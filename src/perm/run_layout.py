@@ -1,5 +1,5 @@
-"""Every path of a run directory, named once: the stages write and read these, perm.report_inputs, perm.kit and
-perm.shipped read them, and nothing else in perm spells them (tests/test_run_layout.py greps for strays).
+"""Every path of a run directory, named once: the stages write and read these, perm.report_inputs, perm.kit
+and perm.shipped read them, and nothing else in perm spells them (tests/test_run_layout.py greps for strays).
 
 Paths are POSIX strings relative to the run directory (``root / SAMPLES``); those of a grid member are
 patterns (``RM = "rm/{rm_id}"``) with a function that fills them in (:func:`rm_dir`). A folder written by one
@@ -25,7 +25,7 @@ MANIFEST = "manifest.json"
 
 DATA = "data"
 TOKENIZER = "tokenizer"
-DATA_FILES = {  # the files of data/ (perm.testbed.build writes them; the data stage imports a user's pairs into them)
+DATA_FILES = {  # the files of data/ (perm.testbed.build writes them; the data stage imports a user's pairs)
     "corpus": "corpus.parquet",
     "sft_train": "sft_train.parquet",
     "prefs_train": "prefs_train.parquet",
@@ -104,8 +104,8 @@ def shown(pattern: str) -> str:
 
 
 def match(pattern: str, path: str) -> dict[str, str] | None:
-    """The fields that fill `pattern` in to `path` (``{}`` for a pattern without fields), or None where it does
-    not match; a field is one path segment."""
+    """The fields that fill `pattern` in to `path` (``{}`` for a pattern without fields), or None where it
+    does not match; a field is one path segment."""
     parts = re.split(r"\{(\w+)\}", pattern)
     regex = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>[^/]+)" for i, p in enumerate(parts))
     m = re.fullmatch(regex, path)

@@ -329,7 +329,8 @@ def ship(run_dir: Path, recipe: Path, out: Path = ROOT) -> list[str]:
     run_dir = Path(run_dir)
     shipped = []
     for name in recipe_names(cfg):
-        src = run_dir / (layout.EVALUATOR_PRETRAIN if name.startswith("evaluator-") else layout.pretrain_dir(name))
+        evaluator = name.startswith("evaluator-")
+        src = run_dir / (layout.EVALUATOR_PRETRAIN if evaluator else layout.pretrain_dir(name))
         rec = json.loads((src / RECORD).read_text())
         model = load_causal_lm(src).to(torch.float16)
         want = recipe_of(cfg, name)

@@ -1,19 +1,20 @@
 """The stage graph. Each stage is a module named after its CLI command that declares what it is:
 
     NAME          its name: `perm <NAME>` runs it (and what it needs), a `Context.need` argument
-    NEEDS         the stages it reads, as results (`ctx.need`) or output hashes (`ctx.upstream()`): Context hands
-                  it no other (perm.stages._context.UndeclaredNeedError); `perm <NAME>` plans and runs these first
+    NEEDS         the stages it reads, as results (`ctx.need`) or output hashes (`ctx.upstream()`): Context
+                  hands it no other (perm.stages._context.UndeclaredNeedError); `perm <NAME>` plans and runs
+                  these first
     WRITES        {manifest name: outputs} (perm.run_layout paths; ``{field}`` patterns for one job per grid
                   member): Context records no other for it (UndeclaredOutputError)
-    SUMMARY       one line: the help of `perm <NAME>` and its row of the README's CLI table (:func:`cli_table`)
-    TAKES_TENSOR  whether `perm <NAME>` takes `--rewards R --models M` (a user's reward tensor: run(ctx, R, M))
+    SUMMARY       one line: the help of `perm <NAME>`, its row of the README's CLI table (:func:`cli_table`)
+    TAKES_TENSOR  whether `perm <NAME>` takes `--rewards R --models M`: a user's reward tensor, run(ctx, R, M)
 
-and what it does: ``keys(cfg, upstream) -> {manifest name: key}`` (pure: the config and upstream output hashes
-only), ``run(ctx)`` and, for stages with long jobs, ``work(cfg, root)`` (perm.stages._plan); its jobs (`job_*`,
-flat picklable arguments) live beside it. Stages meet through Context and the shared helpers (_context,
-_grid, _plan, _checkpoints), never by importing each other. The stage table below (:data:`STAGES`), the CLI's
-stage commands (perm.cli) and the README's CLI table derive from the declarations; :func:`describe` prints the
-graph (``python -m perm.stages``).
+and what it does: ``keys(cfg, upstream) -> {manifest name: key}`` (pure: the config and upstream output
+hashes only), ``run(ctx)`` and, for stages with long jobs, ``work(cfg, root)`` (perm.stages._plan); its jobs
+(`job_*`, flat picklable arguments) live beside it. Stages meet through Context and the shared helpers
+(_context, _grid, _plan, _checkpoints), never by importing each other. The stage table below
+(:data:`STAGES`), the CLI's stage commands (perm.cli) and the README's CLI table derive from the
+declarations; :func:`describe` prints the graph (``python -m perm.stages``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def _check(modules) -> None:
             raise ValueError(f"stage {m.NAME!r} declared twice")
         late = [n for n in m.NEEDS if n not in seen]
         if late:
-            raise ValueError(f"stage {m.NAME!r} needs {late}, which do not come before it in perm.stages.MODULES")
+            raise ValueError(f"stage {m.NAME!r} needs {late}, which do not come before it in "
+                             "perm.stages.MODULES")
         for name in m.WRITES:
             if name in owner:
                 raise ValueError(f"manifest name {name!r} declared by stages {owner[name]!r} and {m.NAME!r}")
@@ -48,8 +50,8 @@ _check(MODULES)
 
 
 def stage_of(manifest_name: str):
-    """The stage module that writes `manifest_name` (a name or a grid member's, e.g. ``rm/seed0-ft1``), or None
-    where no stage declares it."""
+    """The stage module that writes `manifest_name` (a name or a grid member's, e.g. ``rm/seed0-ft1``), or
+    None where no stage declares it."""
     for m in MODULES:
         if any(layout.match(pattern, manifest_name) is not None for pattern in m.WRITES):
             return m
@@ -60,7 +62,8 @@ def describe() -> str:
     """The stage graph as a table: each stage, what it needs, and its manifest names -> outputs."""
     rows = [("stage", "needs", "manifest names -> outputs")]
     for m in MODULES:
-        writes = [f"{layout.shown(n)} -> {', '.join(layout.shown(o) for o in outs)}" for n, outs in m.WRITES.items()]
+        writes = [f"{layout.shown(n)} -> {', '.join(map(layout.shown, outs))}"
+                  for n, outs in m.WRITES.items()]
         rows.append((m.NAME, ", ".join(m.NEEDS) or "-", writes[0]))
         rows += [("", "", w) for w in writes[1:]]
     w0, w1 = (max(len(r[i]) for r in rows) for i in (0, 1))
@@ -73,5 +76,5 @@ def cli_command(m) -> str:
 
 
 def cli_table() -> list[str]:
-    """The rows of the README's CLI table for the stage commands (``| `perm sft` | summary |``), in stage order."""
+    """The README's CLI table rows of the stage commands (``| `perm sft` | summary |``), in stage order."""
     return [f"| {cli_command(m)} | {m.SUMMARY.replace('|', chr(92) + '|')} |" for m in MODULES]

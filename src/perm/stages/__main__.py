@@ -1,4 +1,5 @@
-"""``python -m perm.stages``: the stage graph (perm.stages.describe); ``--cli-table``: the README's CLI rows."""
+"""``python -m perm.stages``: the stage graph (perm.stages.describe); ``--cli-table``: the README's CLI
+rows."""
 
 import sys
 

@@ -95,7 +95,7 @@ def headline(info: dict) -> dict:
 
 
 class DeclarationError(RuntimeError):
-    """A stage did what its declaration (perm.stages) does not say: a programming error in the stage module."""
+    """A stage did what its declaration (perm.stages) does not say: a programming error in its module."""
 
 
 class UndeclaredNeedError(DeclarationError):
@@ -114,12 +114,13 @@ class Upstream(dict):
 
     def __init__(self, items: Mapping[str, str], stage: str = "", hidden: Mapping[str, str] | None = None):
         super().__init__(items)
-        self.stage, self.hidden = stage, dict(hidden or {})  # manifest name -> the undeclared stage writing it
+        self.stage = stage
+        self.hidden = dict(hidden or {})  # manifest name -> the undeclared stage writing it
 
     def __missing__(self, name: str):
         if name in self.hidden:
-            raise UndeclaredNeedError(f"stage {self.stage!r} reads {name!r}, an output of stage {self.hidden[name]!r}, "
-                                      f"which it does not declare in NEEDS")
+            raise UndeclaredNeedError(f"stage {self.stage!r} reads {name!r}, an output of stage "
+                                      f"{self.hidden[name]!r}, which it does not declare in NEEDS")
         raise KeyError(name)
 
 
@@ -184,11 +185,12 @@ class Context:
                 continue
             declared = sorted(o.format(**fields) for o in outs)
             if sorted(outputs) != declared:
-                raise UndeclaredOutputError(f"stage {stage.NAME!r} records outputs {sorted(outputs)} for {name!r}, "
-                                            f"but declares {declared} ({stage.__name__}.WRITES)")
+                raise UndeclaredOutputError(f"stage {stage.NAME!r} records outputs {sorted(outputs)} for "
+                                            f"{name!r}, but declares {declared} ({stage.__name__}.WRITES)")
             return
-        raise UndeclaredOutputError(f"stage {stage.NAME!r} records {name!r}, which its WRITES does not declare "
-                                    f"({', '.join(map(layout.shown, stage.WRITES))}; {stage.__name__}.WRITES)")
+        declared = ", ".join(map(layout.shown, stage.WRITES))
+        raise UndeclaredOutputError(f"stage {stage.NAME!r} records {name!r}, which its WRITES does not "
+                                    f"declare ({declared}; {stage.__name__}.WRITES)")
 
     # --------------------------------------------------------------------------------------- identities
 

@@ -1,7 +1,8 @@
-"""Facts several stages share, computed from the config alone (and, for counts, the run directory's files where
-they exist already): the RM grid (ids, its (pretrain, finetune seed) members, the evaluator's ids), the pair
-files the RMs train and are evaluated on, the posts the SFT policy holds out, the evaluator's extra posts and
-the eval prompts. No stage module spells these itself, and none imports another stage module: they meet here.
+"""Facts several stages share, computed from the config alone (and, for counts, the run directory's files
+where they exist already): the RM grid (ids, its (pretrain, finetune seed) members, the evaluator's ids),
+the pair files the RMs train and are evaluated on, the posts the SFT policy holds out, the evaluator's extra
+posts and the eval prompts. No stage module spells these itself, and none imports another stage module: they
+meet here.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def grid(pretrain_ids: list[str], finetune_seeds: tuple[int, ...], layout: str) 
 def grid_names(cfg: RunConfig) -> list[str]:
     """Manifest names (= folders) of the grid's RMs, in grid order."""
     c = cfg.reward
-    return [layout.rm_dir(rm_id(p, s)) for p, s in grid(cfg.pretrain.pretrain_ids(), c.finetune_seeds, c.layout)]
+    members = grid(cfg.pretrain.pretrain_ids(), c.finetune_seeds, c.layout)
+    return [layout.rm_dir(rm_id(p, s)) for p, s in members]
 
 
 def evaluator_ids(cfg: RunConfig) -> tuple[str, int]:
@@ -50,9 +52,10 @@ def sft_heldout(n_posts: int) -> int:
 
 
 def extra_posts(cfg: RunConfig) -> int:
-    """Posts of the evaluator's own policy pairs (`evaluator.extra_posts`; null: as many as the grid's training
-    posts, at most prefs_train's); 0 where it has none (testbed pairs, no evaluator, or a trained evaluator
-    loaded from `evaluator.rm_checkpoint`). With `reward.pairs_from`, nonzero means the source's file is used."""
+    """Posts of the evaluator's own policy pairs (`evaluator.extra_posts`; null: as many as the grid's
+    training posts, at most prefs_train's); 0 where it has none (testbed pairs, no evaluator, or a trained
+    evaluator loaded from `evaluator.rm_checkpoint`). With `reward.pairs_from`, nonzero means the source's
+    file is used."""
     e, t = cfg.evaluator, cfg.testbed
     if not e.trains() or cfg.reward.pairs == "testbed":
         return 0
@@ -81,7 +84,8 @@ EVALUATOR_POSTS = layout.PREFS_TRAIN  # posts no SFT example (and, with policy p
 
 
 def pair_files(cfg: RunConfig) -> tuple[str, ...]:
-    """Training pair files for `reward.pairs`: the testbed's, the policy's own, or both (policy pairs first)."""
+    """Training pair files for `reward.pairs`: the testbed's, the policy's own, or both (policy pairs
+    first)."""
     c = cfg.reward
     if c.pairs == "testbed":
         return TESTBED_PAIRS

@@ -16,7 +16,7 @@ NAME = "analyze"
 NEEDS = ("score", "sample")
 WRITES = {"analyze": (layout.ANALYSIS,)}
 SUMMARY = "Compute the figures' and Table 1's numbers (this run's reward tensor, or --rewards/--models)."
-TAKES_TENSOR = True  # --rewards/--models: a user's reward tensor instead of this run's (run's rewards, models)
+TAKES_TENSOR = True  # --rewards/--models: a user's reward tensor instead of this run's (run(ctx, R, M))
 
 
 def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:

@@ -44,8 +44,8 @@ from perm.store import derive_seed, hash_obj
 NAME = "policy-prefs"
 NEEDS = ("testbed", "sft")
 WRITES = {"policy-prefs": POLICY_PAIRS, "evaluator-prefs": (EVALUATOR_PAIRS,)}
-SUMMARY = ("Draw preference pairs of the SFT policy's own samples, labelled on the gold reward (reward.pairs: "
-           "policy | mix), or copy reward.pairs_from.")
+SUMMARY = ("Draw preference pairs of the SFT policy's own samples, labelled on the gold reward "
+           "(reward.pairs: policy | mix), or copy reward.pairs_from.")
 TAKES_TENSOR = False
 CHUNK_ROWS = 576
 

@@ -131,6 +131,7 @@ def job_pretrain(run_dir: str, out_rel: str, *, init_seed: int, data_seed: int, 
     info.update(n_params=sum(p.numel() for p in model.parameters()), precision=precision,
                 attention=model.config._attn_implementation)
     with atomic_path(run / out_rel) as tmp:
-        save_model(model, tok, tmp, {"config": {"backbone": backbone, **train}, **info}, layout.PRETRAIN_RECORD)
+        record = {"config": {"backbone": backbone, **train}, **info}
+        save_model(model, tok, tmp, record, layout.PRETRAIN_RECORD)
     shutil.rmtree(ckpt, ignore_errors=True)
     return info

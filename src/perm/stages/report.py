@@ -16,7 +16,7 @@ NAME = "report"
 NEEDS = ("analyze",)
 WRITES = {"report": (layout.REPORT,)}
 SUMMARY = f"Write {layout.REPORT}/{layout.REPORT_INDEX}, the figures and table1.md."
-TAKES_TENSOR = True  # --rewards/--models: a user's reward tensor instead of this run's (run's rewards, models)
+TAKES_TENSOR = True  # --rewards/--models: a user's reward tensor instead of this run's (run(ctx, R, M))
 
 
 def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:

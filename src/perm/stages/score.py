@@ -55,7 +55,8 @@ def work(cfg: RunConfig, root: Path) -> Work:
     if n is None:
         prompts, bound = eval_prompts(cfg, root)
         n = prompts * (cfg.policy.pool_size + cfg.policy.n_reference)
-    return Work(NAME, tuple((JOB.format(model_id=mid), n) for mid in model_names(cfg)), "samples", bound=bound)
+    jobs = tuple((JOB.format(model_id=mid), n) for mid in model_names(cfg))
+    return Work(NAME, jobs, "samples", bound=bound)
 
 
 def run(ctx: Context) -> Path:

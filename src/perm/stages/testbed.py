@@ -19,7 +19,8 @@ from perm.store import atomic_path, hash_obj
 
 NAME = "testbed"
 NEEDS: tuple[str, ...] = ()
-WRITES = {"testbed": (layout.DATA, layout.TOKENIZER), "data": (layout.DATA, layout.TOKENIZER)}  # data: data.prefs
+WRITES = {"testbed": (layout.DATA, layout.TOKENIZER),
+          "data": (layout.DATA, layout.TOKENIZER)}  # data: a user's pairs (data.prefs)
 SUMMARY = "Write the embedded testbed (corpus, SFT data, preference pairs, eval prompts, tokenizer)."
 TAKES_TENSOR = False
 
@@ -103,8 +104,9 @@ def _import_data(ctx: Context) -> str:
         ctx.store.mark_running("data", key)  # only once the data are valid
         with atomic_path(ctx.root / layout.DATA) as tmp:  # the whole folder: no leftovers of another source
             tmp.mkdir()
-            atomic_write_parquet(tmp / layout.DATA_FILES["prefs_train"], _with_int_ids(preferences_to_table(train)))
-            atomic_write_parquet(tmp / layout.DATA_FILES["prefs_eval"], _with_int_ids(preferences_to_table(held)))
+            for name, pairs in (("prefs_train", train), ("prefs_eval", held)):
+                table = _with_int_ids(preferences_to_table(pairs))
+                atomic_write_parquet(tmp / layout.DATA_FILES[name], table)
             atomic_write_parquet(tmp / layout.DATA_FILES["eval_prompts"], pa.table({
                 "prompt_id": pa.array(range(len(prompts)), pa.int64()), "prompt": prompts}))
         with atomic_path(ctx.root / layout.TOKENIZER) as tmp:

@@ -74,8 +74,10 @@ def pairs_key(cfg: RunConfig, upstream: Mapping[str, str]) -> dict:
 
 
 def evaluator_pairs_key(cfg: RunConfig, upstream: Mapping[str, str]) -> dict:
-    """:func:`pairs_key` plus the evaluator's own pairs, where it has them (nothing added at 0: keys as before)."""
-    return pairs_key(cfg, upstream) | ({"evaluator_prefs": upstream["evaluator-prefs"]} if extra_posts(cfg) else {})
+    """:func:`pairs_key` plus the evaluator's own pairs, where it has them (nothing added at 0: keys as
+    before)."""
+    own = {"evaluator_prefs": upstream["evaluator-prefs"]} if extra_posts(cfg) else {}
+    return pairs_key(cfg, upstream) | own
 
 
 def _unkeyed_defaults(reward: dict) -> dict:
@@ -88,9 +90,11 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
     data, pairs = data_identity(cfg, upstream), pairs_key(cfg, upstream)
     common = _unkeyed_defaults({k: v for k, v in to_dict(c).items() if k not in GRID_FIELDS})
     scope = {} if c.finetune_seed_scope == "shared" else {"scope": c.finetune_seed_scope}  # shared: keys as before
-    out = {layout.rm_dir(rm_id(pid, seed)): stage_key(cfg, {"common": common, "seed": seed, "testbed": data, **pairs,
-                                                      "backbone": backbone_identity(cfg, upstream, pid), **scope})
-           for pid, seed in grid(cfg.pretrain.pretrain_ids(), c.finetune_seeds, c.layout)}
+    out = {}
+    for pid, seed in grid(cfg.pretrain.pretrain_ids(), c.finetune_seeds, c.layout):
+        out[layout.rm_dir(rm_id(pid, seed))] = stage_key(cfg, {
+            "common": common, "seed": seed, "testbed": data, **pairs,
+            "backbone": backbone_identity(cfg, upstream, pid), **scope})
     if e.enabled:
         out[layout.EVALUATOR_RM] = evaluator_key(cfg, upstream)
     return out
@@ -196,9 +200,10 @@ def run_evaluator(ctx: Context) -> dict:
         files = ctx.need("policy-prefs")
         name, key = layout.EVALUATOR_RM, evaluator_key(cfg, ctx.upstream())
         if not ctx.skip(name, key):
-            env = dict(run_dir=str(ctx.root), pair_files=files, eval_files=eval_pair_files(cfg), **ctx.job_env())
-            ctx.run_jobs(job_reward_model, [(name, _evaluator_job(ctx, env))], {name: key}, seeds_of=job_seeds,
-                         work=work(cfg, ctx.root))
+            env = dict(run_dir=str(ctx.root), pair_files=files, eval_files=eval_pair_files(cfg),
+                       **ctx.job_env())
+            ctx.run_jobs(job_reward_model, [(name, _evaluator_job(ctx, env))], {name: key},
+                         seeds_of=job_seeds, work=work(cfg, ctx.root))
     return json.loads((ctx.root / layout.rm_record(name)).read_text())
 
 

@@ -33,7 +33,7 @@ TESTBED_VERSION = 1
 """Bump when the world, the gold reward, the candidates or the labels change: it is part of the testbed
 stage's input key, so runs rebuild their data instead of silently reusing an older world."""
 
-FILES = {**DATA_FILES, "tokenizer": TOKENIZER}  # what build_testbed writes (a run's data/, and its tokenizer/)
+FILES = {**DATA_FILES, "tokenizer": TOKENIZER}  # what build_testbed writes: a run's data/, and its tokenizer/
 
 SCHEMAS = {
     "corpus": pa.schema([("text", pa.string())]),
