@@ -12,7 +12,7 @@ tokens (EOS included; two values: lengths drawn uniformly between them). Methods
 
 - ``packed``: :func:`perm.prefix.score_prompt_groups` with ``pack=True`` (a prompt and its candidates as rows
   of at most ``--pack-tokens`` (512) tokens or twice the prompt, under a block-causal mask:
-  :mod:`perm.packed`; the library's default wherever a model packs);
+  :mod:`perm.packed`);
 - ``prefix``: ``score_prompt_groups`` with ``pack=False`` (each prompt once, its candidates as continuations
   of its KV cache, chunks of ``batch_size`` rows);
 - ``full``: :func:`perm.prefix.score_ids` on the concatenated sequences, ``batch_size`` per forward.
