@@ -1,6 +1,8 @@
-"""Shared helpers of the throughput benchmarks: the tiny model, the FLOP count, the matmul peak, isolation.
+"""Shared helpers of the throughput benchmarks: the models, the FLOP count, the matmul peak, isolation.
 
-- Model: a tiny GPT-NeoX (4 layers, hidden 128, 4 heads, MLP 512, vocab 1024), fp32, random tokens.
+- Model: a tiny GPT-NeoX (4 layers, hidden 128, 4 heads, MLP 512, vocab 1024), fp32, random tokens; or
+  (``--model seed0``) the shipped ``testbed:seed0`` backbone (2 layers, hidden 128, 4 heads, MLP 512) with a
+  fresh scalar head, as the default's grid RMs start: ``GPTNeoXForSequenceClassification``, fp32, ``sdpa``.
 - FLOPs are *model FLOPs* (the MFU convention): 2 per multiply-add of every matmul a method runs (the
   linear layers of every token it feeds the model, the head where its logits are read, and attention over
   the causal (query, key) pairs it computes); a training step counts 3x its forward. Each method is
@@ -53,14 +55,59 @@ def random_ids(rng, n: int) -> list[int]:
     return [int(x) for x in rng.integers(2, VOCAB, n)]
 
 
+MODELS = ("tiny", "seed0")
+
+
+def reward_model(kind: str = "tiny"):
+    """A fresh fp32 ``GPTNeoXForSequenceClassification`` with ``sdpa`` attention, the same weights every call:
+    ``tiny`` (random init, seed 0) or a shipped backbone (``seed0``: ``testbed:seed0``, the default's first
+    grid backbone, with a scalar head from head seed 0, dropout 0). Token ids 0 (EOS), 1 (pad) and
+    ``2 .. 1023`` mean the same to both (the shipped vocabulary has 1816 ids; EOS 0, pad 1)."""
+    from perm.models import seeded, use_attention
+
+    if kind == "tiny":
+        from transformers import GPTNeoXForSequenceClassification
+
+        cfg = tiny_config()
+        cfg.num_labels = 1
+        with seeded(0):
+            model = GPTNeoXForSequenceClassification(cfg)
+    else:
+        from transformers.utils import logging
+
+        from perm.models import load_reward_backbone
+        from perm.shipped import SCHEME, path_of
+
+        logging.set_verbosity_error()  # not the load report of a causal LM loaded as a classifier
+        logging.disable_progress_bar()
+        model = load_reward_backbone(path_of(SCHEME + kind), pad_token_id=PAD, head_seed=0, dropout=0.0)
+        assert model.config.eos_token_id == EOS and model.config.vocab_size >= VOCAB
+    return use_attention(model, "sdpa")
+
+
 # ----------------------------------------------------------------------------------------------- FLOPs
 
 
-def forward_flops(tokens: int, pairs: int, head_rows: int = 0, head_width: int = 1) -> float:
+def forward_flops(
+    tokens: int,
+    pairs: int,
+    head_rows: int = 0,
+    head_width: int = 1,
+    *,
+    layers: int = LAYERS,
+    hidden: int = HIDDEN,
+    mlp: int = MLP,
+) -> float:
     """Model FLOPs of a forward pass: ``tokens`` through every layer's linear maps, attention over ``pairs``
-    (query, key) pairs per layer, and a ``HIDDEN x head_width`` head on ``head_rows`` positions."""
-    per_token = LAYERS * (4 * HIDDEN * HIDDEN + 2 * HIDDEN * MLP)  # qkv, out-proj, MLP in and out
-    return 2.0 * per_token * tokens + 4.0 * LAYERS * HIDDEN * pairs + 2.0 * HIDDEN * head_width * head_rows
+    (query, key) pairs per layer, and a ``hidden x head_width`` head on ``head_rows`` positions (the tiny
+    model's sizes unless given: :func:`dims`)."""
+    per_token = layers * (4 * hidden * hidden + 2 * hidden * mlp)  # qkv, out-proj, MLP in and out
+    return 2.0 * per_token * tokens + 4.0 * layers * hidden * pairs + 2.0 * hidden * head_width * head_rows
+
+
+def dims(config) -> dict:
+    """The sizes :func:`forward_flops` counts, of a GPT-NeoX config."""
+    return {"layers": config.num_hidden_layers, "hidden": config.hidden_size, "mlp": config.intermediate_size}
 
 
 def causal_pairs(length: int, before: int = 0) -> int:
@@ -112,9 +159,20 @@ def isolated(fn, threads: int, **kwargs) -> dict:
 
 
 def machine(threads: int) -> str:
+    """The CPU (model name and PyTorch's capability, :func:`perm.hardware.cpu_info`), cores, threads, load,
+    torch and transformers versions."""
+    import torch
+    import transformers
+
+    from perm.hardware import cpu_info, cpu_label
+
     load = os.getloadavg()[0]
-    cpu = platform.processor() or platform.machine()
-    return f"{cpu}, {os.cpu_count()} cpus, {threads} torch thread(s), load average {load:.1f} at start"
+    info = cpu_info()
+    return (
+        f"{info['model'] or platform.machine()} ({cpu_label(info)}), {os.cpu_count()} cpus, {threads} torch "
+        f"thread(s), load average {load:.1f} at start; torch {torch.__version__}, "
+        f"transformers {transformers.__version__}"
+    )
 
 
 def report(name: str, res: dict, peak_flops: float) -> str:

@@ -19,9 +19,9 @@ def _job(out_rel: str, sleep: float = 0.0, die_after: str | None = None, raise_:
          marker: str | None = None, cleaned: str | None = None, running: str | None = None) -> dict:
     """A test job: touches `running`; sleeps; SIGKILLs its own process once `die_after` exists (as the OOM killer would);
     raises ValueError(raise_); touches `marker` when done; touches `cleaned` in its finally block."""
-    if running is not None:
-        Path(running).touch()
-    try:
+    try:  # `running` is touched inside the try, so a stop signal that arrives right after it still cleans up
+        if running is not None:
+            Path(running).touch()
         if die_after is not None:
             deadline = time.monotonic() + 60
             while not Path(die_after).exists() and time.monotonic() < deadline:

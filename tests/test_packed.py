@@ -137,8 +137,9 @@ def test_a_pool_prompt_runs_once_per_chunk(tiny_backbone_dir, tokenizer):
     shapes = []
     hook = rm.get_input_embeddings().register_forward_hook(lambda m, i, o: shapes.append(tuple(i[0].shape)))
     try:
-        one = score_prompt_groups(rm, [prompt], [cands], PAD, "cpu", batch_size=64)
-        chunked = score_prompt_groups(rm, [prompt], [cands], PAD, "cpu", batch_size=64, pack_tokens=100)
+        one = score_prompt_groups(rm, [prompt], [cands], PAD, "cpu", batch_size=64, pack=True)
+        chunked = score_prompt_groups(rm, [prompt], [cands], PAD, "cpu", batch_size=64, pack=True,
+                                      pack_tokens=100)
     finally:
         hook.remove()
     assert shapes == [(1, 232), (4, 100)]
@@ -337,7 +338,7 @@ def test_other_decoders_pack_exactly(arch):
     model.eval()
     assert packs(model)
     prompts, cands = _groups(3)
-    got = score_prompt_groups(model, prompts, cands, PAD, "cpu", batch_size=5, pack_tokens=10)
+    got = score_prompt_groups(model, prompts, cands, PAD, "cpu", batch_size=5, pack=True, pack_tokens=10)
     full = score_ids(model, [p + c for p, cs in zip(prompts, cands, strict=True) for c in cs], PAD, "cpu")
     assert np.concatenate(got) == pytest.approx(full, abs=1e-5)
 

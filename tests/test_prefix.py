@@ -503,7 +503,7 @@ def test_distinct_maps_back():
     assert [out[w] for w in where] == items
 
 
-@pytest.mark.parametrize("pack", [None, False])
+@pytest.mark.parametrize("pack", [True, None, False])
 def test_score_pairs_scores_a_kwise_completion_once(rm, pack):
     full_c, full_r = _kwise_pairs(seed=1)
     rm.eval()
@@ -516,9 +516,9 @@ def test_score_pairs_scores_a_kwise_completion_once(rm, pack):
         hook.remove()
     assert rc == pytest.approx(score_ids(rm, full_c, PAD, "cpu"), abs=1e-5)
     assert rr == pytest.approx(score_ids(rm, full_r, PAD, "cpu"), abs=1e-5)
-    # packed: one row per prompt holding its 4 distinct completions; else 3 prompts, then their 12 distinct
-    # completions (not 36)
-    assert rows == ([3] if pack is None else [3, 12])
+    # packed: one row per prompt holding its 4 distinct completions; else (the default) 3 prompts, then their
+    # 12 distinct completions (not 36)
+    assert rows == ([3] if pack else [3, 12])
 
 
 def test_token_ids_tokenises_each_distinct_text_once_and_equals_the_tokenizer(tokenizer):

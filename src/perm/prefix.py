@@ -242,13 +242,15 @@ def score_prompt_groups(
 
     Returns one (len(completion_ids[g]),) float64 array per group, equal to :func:`score_ids` of
     the concatenated sequences (within float rounding). Prompts are batched by length (at most
-    ``batch_size`` prompts and about ``batch_size`` candidates per batch, :func:`perm.batching.prompt_batches`). Decoder
-    models that pack (:func:`perm.packed.packs`) run each batch as one forward of packed rows, a prompt and
+    ``batch_size`` prompts and about ``batch_size`` candidates per batch, :func:`perm.batching.prompt_batches`).
+    Decoders run each prompt once and its candidates as continuations of its cache, in length-sorted chunks of
+    ``batch_size`` rows, so the gathered cache never exceeds ``batch_size`` rows; with ``pack=True`` (models
+    that pack, :func:`perm.packed.packs`) each batch runs as one forward of packed rows instead, a prompt and
     its candidates per row (rows of at most ``pack_tokens`` tokens or twice the prompt; None: the default of
-    :func:`perm.packed.pack_rows`); other decoders (or ``pack=False``) run each prompt once and its
-    candidates as continuations of its cache, in length-sorted chunks of ``batch_size`` rows, so the
-    gathered cache never exceeds ``batch_size`` rows; encoder models are scored whole.
-    pack: None = packed wherever the model packs; True requires it.
+    :func:`perm.packed.pack_rows`). Encoder models are scored whole. The cache path is the default because
+    it scored the default's pools faster (packed 0.76-0.92x of it, benchmarks/README.md): a packed row
+    repeats the prompt for every chunk of candidates and its masked attention computes the whole square.
+    pack: None or False = the cache path; True = packed (an error for a model that cannot pack).
     """
     if len(prompt_ids) != len(completion_ids):
         raise ValueError(f"score_prompt_groups: {len(prompt_ids)} prompts but {len(completion_ids)} groups")
@@ -258,7 +260,7 @@ def score_prompt_groups(
     split = lambda: [flat_out[starts[g] : starts[g + 1]] for g in range(len(sizes))]  # noqa: E731
     from perm.packed import packs, score_packed  # perm.packed builds on this module
 
-    if pack or (pack is None and packs(model)):
+    if pack:
         if not packs(model):
             raise ValueError(f"pack=True, but {type(model).__name__} cannot run packed prompt groups")
         flat_out[:] = score_packed(model, prompt_ids, completion_ids, pad_id, device, batch_size=batch_size,
