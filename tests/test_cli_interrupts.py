@@ -94,6 +94,21 @@ def test_ctrl_c_during_the_testbed_exits_130_says_how_to_resume_and_leaves_no_te
     assert RunStore(run).stage("testbed")["status"] == "running"  # not recorded done: a rerun builds it
 
 
+def test_sigterm_is_handled_as_ctrl_c(tmp_path):
+    """What a cluster scheduler sends: the same exit 130, message and cleanup as Ctrl-C, and a rerun resumes."""
+    run = tmp_path / "run"
+    p = _perm("testbed", QUICK, f"out={run}", "testbed.n_corpus_docs=40000", start_new_session=True)
+    seen: list[str] = []
+    _wait_for_line(p.stderr, r"testbed\s+start", seen)
+    time.sleep(1.0)
+    os.kill(p.pid, signal.SIGTERM)
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 130, "".join(seen) + err
+    assert INTERRUPTED in err and "Traceback" not in err
+    assert _leftovers(run) == []
+    assert RunStore(run).stage("testbed")["status"] == "running"
+
+
 @pytest.mark.slow
 def test_sigint_to_the_driver_stops_pool_workers_mid_job_within_seconds(tmp_path):
     run = tmp_path / "run"

@@ -5,7 +5,7 @@ Every command takes an optional config file (default: the embedded configs/tiny.
 overrides, e.g. `perm testbed out=runs/x testbed.seed=3`. Bad input exits with code 2 and a message
 naming the file, line and field; nothing half-written is left behind. A command that writes a run directory
 holds its lock (perm.store.RunLock): a second writer exits with code 2 naming the holder's pid. Ctrl-C exits
-with 130 and a failed job (a dead worker, a raising job) with 1, both after removing temp files; completed
+with 130 (SIGTERM too) and a failed job (a dead worker, a raising job) with 1, both after removing temp files; completed
 stages and jobs are kept, and rerunning the same command resumes.
 """
 
@@ -143,7 +143,7 @@ def _lock_run(out: str):
 def _after_stop(lock) -> None:
     """After an interrupt or a failed job: stop any pool workers still running (an interrupt outside the
     executor leaves its workers alive), then remove the temp files interrupted writes left, while the run
-    is still locked. A second Ctrl-C meanwhile is ignored, so the cleanup finishes."""
+    is still locked. A second Ctrl-C (or SIGTERM) meanwhile is ignored, so the cleanup finishes."""
     import signal
     import threading
 
@@ -151,14 +151,15 @@ def _after_stop(lock) -> None:
     from perm.store import remove_temp_paths
 
     main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    stops = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in stops} if main else {}
     try:
         stop_workers()
         if lock is not None and lock.held:
             remove_temp_paths(lock.root)
     finally:
-        if main:
-            signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 @app.command()
@@ -323,7 +324,19 @@ def kit_verify(root: KitDir = None) -> None:
     typer.echo(describe(rec, Path(root) if root else KIT_ROOT))
 
 
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM (what a cluster scheduler or `kill` sends) stops a command as Ctrl-C does: KeyboardInterrupt in
+    the main thread, so the same cleanup runs (workers stopped, temp files removed, exit 130, resumable)."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum} (SIGTERM)")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def main() -> None:
+    _sigterm_as_interrupt()
     try:
         app()
     except KeyboardInterrupt:  # before a command's own handler (at start-up)
