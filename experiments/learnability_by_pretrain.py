@@ -7,7 +7,7 @@ Per RM: in-distribution accuracy (rm.json) and the mean per-prompt Spearman rho 
 (perm.report_inputs.learnability, what the report shows). Prints the mean of each pretrain per run and, over all
 RMs, type-2 ANOVAs (statsmodels OLS) of ``y ~ run + pretrain`` and ``y ~ run + finetune_seed``, and the run x
 pretrain interaction (does the backbone effect change between worlds?). With one run the run term is dropped.
-Measured 2026-12-02 on runs/full and runs/full-bf16 (docs/history/results-2026-11.md, the full layout; 2-core AMD EPYC
+Measured 2026-12-02 on runs/full and runs/full-bf16 (docs/history/results.md, the full layout; 2-core AMD EPYC
 AVX512-BF16 VM): pretrain p = 0.0036 (rho) and 0.0022 (accuracy), finetune seed p = 0.59 and 0.38, run x
 pretrain interaction p = 0.78 and 0.67.
 """

@@ -28,7 +28,7 @@ with the run's own RM of the same backbone and finetune seed (readout last); two
   seed3 ft0  last (run)             0.592  0.730     0.326 ± 0.018   +0.12  -0.12
   seed3 ft0  readout=mean           0.626  0.763     0.436 ± 0.018   +0.35  +0.05  168
 
-The whole grid with readout=mean (docs/history/results-2026-11.md, fifth session) came out no better on average (pool rho
+The whole grid with readout=mean (docs/history/results.md, fifth session) came out no better on average (pool rho
 +0.002 ± 0.022 paired over the 9 RMs, accuracy -0.002 ± 0.007) and its evaluator worse, so the default keeps
 readout last.
 

@@ -130,7 +130,7 @@ def same_pretrain_caveat(arm, pids) -> str:
     """The clause a same_pretrain contrast's note gets when every same_pretrain pair comes from one pretrain
     (the paper layout: one pretrain's finetune seeds): the interval, over pretrain seeds and prompts, then
     cannot see how far that pretrain's finetuning noise moves the contrast, which replicate runs measured at
-    about twice its se (docs/history/results-2026-11.md, 2026-12-02). Empty otherwise."""
+    about twice its se (docs/history/results.md, 2026-12-02). Empty otherwise."""
     if arm is None:
         return ""
     held = sorted({str(pids[i]) for m in arm.members for i in m})

@@ -151,13 +151,13 @@ SHIPPED = "testbed:"  # prefix of a shipped testbed backbone's checkpoint spec (
 KIT = f"{SHIPPED}kit"  # the testbed kit shipped in the package (perm.kit): KIT/policy, KIT/evaluator, KIT's pairs
 KIT_POLICY, KIT_EVALUATOR = f"{KIT}/policy", f"{KIT}/evaluator"
 
-DEFAULT_KIT: str | None = None
+DEFAULT_KIT: str | None = KIT
 """Where `auto` (the default of `policy.checkpoint`, `reward.pairs_from` and `evaluator.rm_checkpoint`) loads
 what the experiment holds fixed from: the SFT policy (<kit>/policy), its policy preference pairs (<kit>) and the
 trained evaluator RM (<kit>/evaluator), each where the config's world is the kit's (RunConfig resolves auto).
-None: every run trains its world itself. KIT ("testbed:kit"): the testbed kit shipped in the package (perm.kit;
-built by `perm kit build` from configs/testbed-kit.yaml), so that the embedded default trains only the grid.
-Switching the embedded default to the kit is this one line."""
+KIT ("testbed:kit", the default): the testbed kit shipped in the package (perm.kit; built by `perm kit build` from
+configs/testbed-kit.yaml), so that the embedded default trains only the grid; None: every run trains its world
+itself."""
 AUTO = "auto"  # the kit fields' default: resolved by RunConfig (see DEFAULT_KIT), never seen by a stage
 POLICY_KIT_FIELDS = ("init_from", "sft_epochs", "sft_lr", "sft_batch_size")  # what the kit's policy fixes
 PAIRS_KIT_FIELDS = ("policy_pairs_per_post", "policy_kwise")  # ... its pairs (beside the policy, the testbed)
@@ -299,13 +299,13 @@ class RewardConfig:
     """alpha of the centering term alpha * mean((r+ + r-)^2); >= 0 (0 = plain Bradley-Terry)."""
     epochs: float = 2.0
     """Passes over the training pairs (> 0, fractions allowed): round(epochs * ceil(pairs / batch_size))
-    optimizer steps; reruns the grid RMs. Why 2: learnability alone (docs/history/results-2026-11.md, "two RM epochs")."""
+    optimizer steps; reruns the grid RMs. Why 2: learnability alone (docs/history/results.md, "two RM epochs")."""
     batch_size: int = 64
     """Preference pairs per optimizer step (> 0; the global batch when several processes train one RM). With
     K-wise pairs (`policy_kwise: 6`, 15 pairs per post) 64 pairs hold about four posts."""
     lr: float = 7e-4
     """Peak AdamW learning rate (> 0): linear warmup over `warmup_frac` of the steps, then linear decay to 0.
-    Reruns the grid RMs. Why 7e-4: learnability alone (docs/history/results-2026-11.md, "a lower RM learning rate")."""
+    Reruns the grid RMs. Why 7e-4: learnability alone (docs/history/results.md, "a lower RM learning rate")."""
     warmup_frac: float = 0.06
     """Fraction of the steps spent warming up to `lr`; in [0, 1)."""
     weight_decay: float = 0.0
@@ -320,7 +320,7 @@ class RewardConfig:
     RMs; any *ForSequenceClassification). sum / mean: the head on every token's final hidden state, summed or
     averaged over prompt + completion (decoder backbones only; a prompt's part is the same for all its
     candidates). Recorded in the saved RM's config.json as `perm_reward_readout`, which perm's scoring reads;
-    other tools that load the RM read the last token whatever it says. Reruns the RMs. Why last: docs/history/results-2026-11.md
+    other tools that load the RM read the last token whatever it says. Reruns the RMs. Why last: docs/history/results.md
     ("where the reward is read")."""
     eval_every: int = 200
     """Optimizer steps between evaluations on the held-out pairs (the learning curve `eval_curve` in rm.json);
@@ -429,11 +429,11 @@ class EvaluatorConfig:
     SFT policy's held-out twentieth; 3,800 on the testbed), at most prefs_train's; 0 = the grid's pairs only; k
     = k posts (at most `testbed.n_prefs_train`). Used with `reward.pairs: policy | mix` (unused with `testbed`
     pairs, and so with `data.prefs`). Reruns the evaluator RM (and its scoring) only. Why null: learnability
-    alone (docs/history/results-2026-11.md, "the evaluator on more posts")."""
+    alone (docs/history/results.md, "the evaluator on more posts")."""
     epochs: float = 1.5
     """The evaluator RM's passes over its training pairs (> 0), instead of `reward.epochs`; reruns the
     evaluator RM. 1.5 over twice the grid's posts are the steps of 3 over the grid's (take 3 with
-    `extra_posts: 0`); why: docs/history/results-2026-11.md ("the evaluator on more posts")."""
+    `extra_posts: 0`); why: docs/history/results.md ("the evaluator on more posts")."""
     lr: float = 5e-4
     """The evaluator RM's peak learning rate (> 0), instead of `reward.lr`; every other finetuning field is
     `reward`'s."""
@@ -514,7 +514,7 @@ class PolicyConfig:
     same-pretrain pair also share) or `scratch`."""
     sft_epochs: float = 0.5
     """Passes over sft_train (less its held-out 5 %); > 0, fractions allowed; reruns SFT and everything after.
-    Why 0.5: the RMs' learnability alone (docs/history/results-2026-11.md, "a policy on its own backbone")."""
+    Why 0.5: the RMs' learnability alone (docs/history/results.md, "a policy on its own backbone")."""
     sft_lr: float = 1e-3
     """Peak AdamW learning rate of SFT (> 0)."""
     sft_batch_size: int = 32
