@@ -641,3 +641,25 @@ def test_table1_paper_layout_has_one_ensemble_of_each_kind():
     fts = [0, 1, 2, 3, 4, 0, 0, 0, 0]
     ens = seedstats.grid_ensembles(pids, fts)
     assert ens == {"finetune": [[0, 1, 2, 3, 4]], "pretrain": [[0, 5, 6, 7, 8]]}
+
+
+def test_a_tensor_declares_its_seed_design():
+    """models.parquet's optional finetune_seed_scope column: a bring-your-own tensor says whether its finetune
+    seeds are crossed with its pretrains (shared) or nested (per_rm); it overrides the run's setting."""
+    t = analysis.synthetic_reward_tensor(n_pretrains=3, n_finetune=2, n_prompts=20, pool_size=6, seed=2)
+    rewards, models = analysis.reward_tensor_to_frames(t)
+    models["finetune_seed_scope"] = ["per_rm" if r == "rm" else None for r in models.role]
+    declared = analysis.reward_tensor_from_frames(rewards, models)
+    assert declared.seed_scope == "per_rm" and t.seed_scope is None
+    assert analysis.reward_tensor_to_frames(declared)[1]["finetune_seed_scope"].tolist() == models[
+        "finetune_seed_scope"].tolist()
+    res = analysis.run_analysis(declared, ns=[1, 3], bootstrap=20, anova_draws=2, scope="shared")
+    meta = res["meta"].iloc[0]
+    assert meta.finetune_seed_scope == "per_rm" and meta.scope_from.startswith("the tensor")
+    assert "same_finetune" not in set(res["figure2"].relation)
+    assert "nested" in meta.resamples
+    for bad in (["sometimes" if r == "rm" else None for r in models.role],
+                ["shared", "per_rm"] * (len(models) // 2) + ["shared"] * (len(models) % 2)):
+        models["finetune_seed_scope"] = bad
+        with pytest.raises(RewardTensorError, match="finetune_seed_scope"):
+            analysis.reward_tensor_from_frames(rewards, models, models_source="models.parquet")

@@ -766,7 +766,8 @@ def run_analysis(
     ensemble members to unit variance; ``include_ranker`` keeps the ranker among Figure 3's scorers;
     ``scope`` is what a finetune seed means (``shared``: the same head init, data order and dropout on every
     backbone, so pairs of different pretrains with one finetune seed are ``same_finetune``; ``per_rm``: no
-    such pairs, and finetune seeds are nested in pretrains for the intervals); ``bootstrap`` replicates give
+    such pairs, and finetune seeds are nested in pretrains for the intervals; a tensor that declares its scope
+    in models.parquet, ``tensor.seed_scope``, overrides it); ``bootstrap`` replicates give
     intervals at ``level`` over the seed design and prompts; ``figure3_method`` (:data:`FIGURE3_METHODS`) and
     ``pick_ranker_name`` (:func:`pick_ranker`) choose Figure 3's statistic and the pick-level decomposition's
     ranker. With ``samples`` (texts), Figure 2's chance line knows the pool's duplicate texts. With
@@ -774,6 +775,8 @@ def run_analysis(
     (:func:`perm.coverage.simulate_coverage`).
     """
     ns = _check_ns(ns, tensor.pool_size)
+    if tensor.seed_scope is not None:  # a tensor that declares its seed design overrides the run's setting
+        scope = tensor.seed_scope
     ev, gold = tensor.role_index("evaluator"), tensor.role_index("gold")
     meta = {
         "n_prompts": tensor.n_prompts,
@@ -789,6 +792,7 @@ def run_analysis(
         "scale": scale,
         "include_ranker": include_ranker,
         "finetune_seed_scope": scope,
+        "scope_from": "the tensor (models.parquet)" if tensor.seed_scope is not None else "the config",
         "bootstrap": bootstrap,
         "level": level,
         "figure3_method": figure3_method,

@@ -1,7 +1,9 @@
 """The reward tensor (DESIGN step 5), the hinge of the system: every analysis reads only this.
 
 ``rewards.parquet`` (long: ``prompt_id, sample_id, model_id, reward, is_reference``) and ``models.parquet``
-(``model_id, role, pretrain_id, finetune_seed``). :func:`load_reward_tensor` validates them — errors name the
+(``model_id, role, pretrain_id, finetune_seed``, and optionally ``finetune_seed_scope``: how its finetune seeds
+relate to its pretrains, ``shared`` = crossed or ``per_rm`` = nested, one value for every RM row).
+:func:`load_reward_tensor` validates them — errors name the
 file and the field or rows — and turns them into a dense :class:`RewardTensor`; :func:`reward_tensor_to_frames`
 is its inverse, and :func:`synthetic_reward_tensor` makes a known-answer tensor for checks and benchmarks.
 The pool of a prompt is ordered by ascending ``sample_id``.
@@ -18,6 +20,8 @@ import pandas as pd
 ROLES = ("rm", "evaluator", "gold")
 REWARD_COLUMNS = ("prompt_id", "sample_id", "model_id", "reward", "is_reference")
 MODEL_COLUMNS = ("model_id", "role", "pretrain_id", "finetune_seed")
+SCOPE_COLUMN = "finetune_seed_scope"  # optional: the tensor declares its seed design
+SCOPES = ("shared", "per_rm")
 
 
 class RewardTensorError(ValueError):
@@ -37,6 +41,8 @@ class RewardTensor:
         prompt_ids: ``(P,)`` int64, ascending.
         sample_ids: ``(P, N)`` int64, the pool's sample ids, ascending per prompt.
         reference_ids: ``(P, K)`` int64 or ``None``.
+        seed_scope: the seed design the tensor declares (``shared``: finetune seeds crossed with pretrains;
+            ``per_rm``: nested), or ``None`` when it declares none (the run's `reward.finetune_seed_scope`).
     """
 
     pool: np.ndarray
@@ -48,6 +54,7 @@ class RewardTensor:
     prompt_ids: np.ndarray
     sample_ids: np.ndarray
     reference_ids: np.ndarray | None = None
+    seed_scope: str | None = None
 
     def __post_init__(self):
         m = len(self.model_ids)
@@ -168,6 +175,13 @@ def _validate_models(models: pd.DataFrame, source: str) -> pd.DataFrame:
         raise RewardTensorError(
             f"{source}: field 'pretrain_id' is null for reward model(s) {list(no_pretrain.model_id)}"
         )
+    if SCOPE_COLUMN in models.columns:
+        values = set(models.loc[models.role == "rm", SCOPE_COLUMN].dropna().astype(str))
+        bad = sorted(values - set(SCOPES))
+        if bad or len(values) > 1:
+            raise RewardTensorError(
+                f"{source}: field '{SCOPE_COLUMN}' must hold one of {list(SCOPES)} for every reward model "
+                f"(the tensor's seed design), got {sorted(values)}")
     for role in ("evaluator", "gold"):
         if (models.role == role).sum() > 1:
             raise RewardTensorError(
@@ -299,7 +313,15 @@ def reward_tensor_from_frames(
         prompt_ids=prompt_ids,
         sample_ids=sample_ids,
         reference_ids=reference_ids,
+        seed_scope=_declared_scope(models),
     )
+
+
+def _declared_scope(models: pd.DataFrame) -> str | None:
+    if SCOPE_COLUMN not in models.columns:
+        return None
+    values = models.loc[models.role == "rm", SCOPE_COLUMN].dropna()
+    return str(values.iloc[0]) if len(values) else None
 
 
 def load_reward_tensor(rewards_path, models_path) -> RewardTensor:
@@ -344,6 +366,8 @@ def reward_tensor_to_frames(tensor: RewardTensor) -> tuple[pd.DataFrame, pd.Data
             "finetune_seed": pd.array(list(tensor.finetune_seeds), dtype="Int64"),
         }
     )
+    if tensor.seed_scope is not None:
+        models[SCOPE_COLUMN] = [tensor.seed_scope if r == "rm" else None for r in tensor.roles]
     return pd.concat(frames, ignore_index=True), models
 
 
