@@ -326,6 +326,14 @@ def test_learnability_by_pretrain_needs_replicates_and_finds_a_planted_backbone_
     assert hit["p"] < 1e-6 < 0.05 < null["p"]
     assert f"p3 {np.mean([planted[f'p3-f{f}'] for f in range(5)]):.3f}" in hit["means"]
     assert "5 pretrains with 5 RMs each" in hit["description"]
+    # crossed finetune seeds: a large finetune-seed effect on every backbone hides a small pretrain effect from
+    # the one-way test; the two-way additive ANOVA (pretrain + finetune seed) removes it and finds the backbone
+    seed_of = {m: int(m.split("-f")[1]) for m in noise}
+    crossed = {m: v + 0.1 * seed_of[m] - (0.05 if m.startswith("p3-") else 0.0) for m, v in noise.items()}
+    one, two = by_pretrain(crossed, owner), by_pretrain(crossed, owner, seed_of)
+    assert one["test"] == "one-way" and two["test"] == "two-way" and "two-way additive" in two["description"]
+    assert two["p"] < 0.01 < 0.05 < one["p"]
+    assert by_pretrain(noise, owner, seed_of)["p"] > 0.05
     owner["p4-f0"] = None  # an RM without a pretrain id, and a NaN, are left out
     partial = by_pretrain(noise | {"p4-f1": float("nan")}, owner)
     assert "5 pretrains with 3-5 RMs each" in partial["description"]

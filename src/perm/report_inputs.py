@@ -96,6 +96,8 @@ def learnability(root: Path, records: list[dict]) -> dict:
 
     rms = [r for r in records if r["role"] == "rm"]
     pretrain_of = {r["model_id"]: r.get("pretrain_id") for r in rms}  # by_pretrain leaves every other model out
+    finetune_of = ({r["model_id"]: r.get("finetune_seed") for r in rms}
+                   if all(r.get("seed_scope", "shared") == "shared" for r in rms) else None)
     ev_rel = (rms[0].get("eval_pairs") if rms else None) or layout.PREFS_EVAL  # older rm.json: none
     ev_path = root / ev_rel
     if ev_path.exists() and "label_agrees_gold" in pq.read_schema(ev_path).names:
@@ -118,9 +120,9 @@ def learnability(root: Path, records: list[dict]) -> dict:
             if all("gold_accuracy" in o for o in other):
                 put(f"RM agreement with gold order on {rel}, mean", np.mean([o["gold_accuracy"] for o in other]),
                     "fraction of these pairs the RM orders as the gold reward does")
-        split = by_pretrain({r["model_id"]: r["accuracy"] for r in rms}, pretrain_of)
+        split = by_pretrain({r["model_id"]: r["accuracy"] for r in rms}, pretrain_of, finetune_of)
         if split:
-            put("RM accuracy by pretrain, one-way ANOVA p", split["p"], "does the backbone change how well its RMs "
+            put(f"RM accuracy by pretrain, {split['test']} ANOVA p", split["p"], "does the backbone change how well its RMs "
                 f"learn? mean accuracy per pretrain: {split['means']}; {split['description']}")
     evaluators = [r for r in records if r["role"] == "evaluator"]
     if rms and evaluators:  # the judge should be clearly stronger than every grid RM, on more pairs
@@ -157,9 +159,9 @@ def learnability(root: Path, records: list[dict]) -> dict:
                 put("evaluator Spearman with gold - best grid RM's", rho_of["evaluator"] - grid_rho[top],
                     f"the evaluator's rank correlation with gold on the pool ({rho_of['evaluator']:.3f}) minus the "
                     f"best grid RM's ({top}, {grid_rho[top]:.3f})")
-            split = by_pretrain(rho_of, pretrain_of)  # the evaluator has no grid pretrain: left out
+            split = by_pretrain(rho_of, pretrain_of, finetune_of)  # the evaluator has no grid pretrain: left out
             if split:
-                put("Spearman with gold by pretrain, one-way ANOVA p", split["p"], "does the backbone change how well "
+                put(f"Spearman with gold by pretrain, {split['test']} ANOVA p", split["p"], "does the backbone change how well "
                     f"its RMs rank the pool? mean rho per pretrain: {split['means']}; {split['description']}")
             rm_ids = [r["model_id"] for r in rms if r.get("model_id") in pool.columns]
             rising = best_of_n_shape(pool, rm_ids)
@@ -179,27 +181,58 @@ def learnability(root: Path, records: list[dict]) -> dict:
     return out
 
 
-def by_pretrain(values: Mapping[str, float], pretrain_of: Mapping[str, str | None]) -> dict | None:
+def by_pretrain(values: Mapping[str, float], pretrain_of: Mapping[str, str | None],
+                finetune_of: Mapping[str, object] | None = None) -> dict | None:
     """A per-RM learnability number (accuracy, rho) split by pretrain: the mean of each pretrain with two RMs or
-    more and the p-value of a one-way ANOVA across them (scipy.stats.f_oneway; the finetune seeds within a
-    pretrain are its replicates). None unless two pretrains have two RMs each: the paper layout has one
-    pretrain with several, so only ``reward.layout: full`` (or a grid like it) can tell. A seed effect on
-    learnability is a different question from Figures 1-3's (do RMs of one backbone rank alike?)."""
+    more and the p-value of the pretrain effect. With ``finetune_of`` (each RM's finetune seed) and finetune
+    seeds crossed with the pretrains (a seed on two pretrains or more: `reward.finetune_seed_scope: shared`),
+    a two-way additive ANOVA, pretrain + finetune seed, by least squares (the pretrain's F test against the
+    model without it): a finetune seed's effect on every backbone is then not counted as noise within a
+    pretrain. Otherwise a one-way ANOVA (scipy.stats.f_oneway; the finetune seeds within a pretrain are its
+    replicates). None unless two pretrains have two RMs each: the paper layout has one pretrain with several,
+    so only ``reward.layout: full`` (or a grid like it) can tell. A seed effect on learnability is a different
+    question from Figures 1-3's (do RMs of one backbone rank alike?)."""
     import numpy as np
+    from scipy.stats import f as f_dist
     from scipy.stats import f_oneway
 
     groups: dict[str, list[float]] = {}
+    members: dict[str, list[str]] = {}
     for mid, v in values.items():
         if pretrain_of.get(mid) is not None and np.isfinite(v):
             groups.setdefault(str(pretrain_of[mid]), []).append(float(v))
+            members.setdefault(str(pretrain_of[mid]), []).append(mid)
     groups = {k: g for k, g in groups.items() if len(g) >= 2}
     if len(groups) < 2:
         return None
-    p = float(f_oneway(*groups.values()).pvalue)
     sizes = sorted({len(g) for g in groups.values()})
-    return {"p": p, "means": ", ".join(f"{k} {np.mean(g):.3f}" for k, g in sorted(groups.items())),
-            "description": f"one-way ANOVA over {len(groups)} pretrains with {'-'.join(map(str, sizes))} RMs each "
-                           "(a small p: the pretraining seed changes learnability)"}
+    shape = f"{len(groups)} pretrains with {'-'.join(map(str, sizes))} RMs each"
+    means = ", ".join(f"{k} {np.mean(g):.3f}" for k, g in sorted(groups.items()))
+    rows = [(k, finetune_of.get(m) if finetune_of else None, values[m]) for k in groups for m in members[k]]
+    seeds = {f for _, f, _ in rows if f is not None}
+    crossed = finetune_of is not None and all(f is not None for _, f, _ in rows) and len(seeds) >= 2 and any(
+        len({k for k, g, _ in rows if g == f}) >= 2 for f in seeds)
+    if crossed:
+        y = np.array([v for _, _, v in rows])
+        pre, fin = sorted(groups), sorted(seeds, key=str)
+        ones = np.ones((len(rows), 1))
+        dp = np.array([[k == q for q in pre[1:]] for k, _, _ in rows], dtype=float)
+        df_ = np.array([[f == q for q in fin[1:]] for _, f, _ in rows], dtype=float)
+
+        def rss(x):
+            beta, *_ = np.linalg.lstsq(x, y, rcond=None)
+            return float(np.sum((y - x @ beta) ** 2)), int(np.linalg.matrix_rank(x))
+
+        (full, r_full), (reduced, r_red) = rss(np.hstack([ones, dp, df_])), rss(np.hstack([ones, df_]))
+        d1, d2 = r_full - r_red, len(y) - r_full
+        if d1 >= 1 and d2 >= 1 and full > 0:
+            p = float(f_dist.sf(((reduced - full) / d1) / (full / d2), d1, d2))
+            return {"p": p, "means": means, "test": "two-way",
+                    "description": f"two-way additive ANOVA, pretrain + finetune seed (crossed), over {shape}: the "
+                                   "pretrain's F test (a small p: the pretraining seed changes learnability)"}
+    p = float(f_oneway(*groups.values()).pvalue)
+    return {"p": p, "means": means, "test": "one-way",
+            "description": f"one-way ANOVA over {shape} (a small p: the pretraining seed changes learnability)"}
 
 
 def best_of_n_shape(pool, rm_ids: list[str], upto: int = 16) -> dict | None:
