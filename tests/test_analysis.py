@@ -663,3 +663,19 @@ def test_a_tensor_declares_its_seed_design():
         models["finetune_seed_scope"] = bad
         with pytest.raises(RewardTensorError, match="finetune_seed_scope"):
             analysis.reward_tensor_from_frames(rewards, models, models_source="models.parquet")
+
+
+def test_contrast_notes_name_both_relations_tied_to_one_seed():
+    """The paper layout ties same_pretrain to one pretrain and same_finetune to one finetune seed; the notes
+    say both. The full layout ties neither."""
+    from perm.analysis import ONE_FINETUNE, ONE_PRETRAIN
+
+    paper = analysis.synthetic_reward_tensor(n_pretrains=3, n_finetune=3, n_prompts=20, pool_size=6, seed=5)
+    keep = [i for i in range(len(paper.model_ids)) if paper.roles[i] != "rm" or paper.pretrain_ids[i] ==
+            paper.pretrain_ids[paper.rm_indices[0]] or paper.finetune_seeds[i] == 0]
+    sub = analysis.reward_tensor_from_frames(*[f[f.model_id.isin([paper.model_ids[i] for i in keep])]
+                                              for f in analysis.reward_tensor_to_frames(paper)])
+    notes = " ".join(analysis.pair_statistics(sub, [2], draws=20)["contrasts"].note)
+    assert ONE_PRETRAIN in notes and ONE_FINETUNE in notes
+    notes = " ".join(analysis.pair_statistics(paper, [2], draws=20)["contrasts"].note)
+    assert ONE_PRETRAIN not in notes and ONE_FINETUNE not in notes

@@ -126,6 +126,21 @@ def _interval_rows(df: pd.DataFrame, **keys) -> dict[str, dict]:
 ONE_PRETRAIN = "same_pretrain pairs from one pretrain only"
 
 
+ONE_FINETUNE = "same_finetune pairs from one finetune seed only"
+
+
+def one_seed_caveat(arm, fseeds) -> str:
+    """The clause a contrast's note gets when every same_finetune pair shares one finetune seed (the paper
+    layout: ft0 across the pretrains), so that relation too is tied to one seed's draw. Empty otherwise."""
+    if arm is None:
+        return ""
+    held = sorted({str(fseeds[i]) for m in arm.members for i in m})
+    if len(held) != 1:
+        return ""
+    return (f"; {ONE_FINETUNE} (ft{held[0]} across pretrains): the different_pretrain group leans on that one "
+            "seed's draw")
+
+
 def same_pretrain_caveat(arm, pids) -> str:
     """The clause a same_pretrain contrast's note gets when every same_pretrain pair comes from one pretrain
     (the paper layout: one pretrain's finetune seeds): the interval, over pretrain seeds and prompts, then
@@ -200,7 +215,7 @@ def pair_statistics(tensor: RewardTensor, ns=None, texts: np.ndarray | None = No
                     rows["paper_groups"].append({"figure": fig, "group": group, "varies": varies,
                                                  "n_pairs": len(arms[group].members), **by[group]})
             note = "> 0: RMs sharing a pretrain agree more (the paper's finding)" + same_pretrain_caveat(
-                arms.get("same_pretrain"), pids)
+                arms.get("same_pretrain"), pids) + one_seed_caveat(arms.get("same_finetune"), fseeds)
             for a, b in contrasts:
                 r = by[f"{a} - {b}"]
                 rows["contrasts"].append({

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from perm.analysis import ONE_PRETRAIN
+from perm.analysis import ONE_FINETUNE, ONE_PRETRAIN
 from perm.figures import (  # noqa: F401  (re-exported)
     AGGREGATOR_LABELS,
     FIGURES,
@@ -541,6 +541,9 @@ def _contrasts_html(results) -> str:
                   "the interval cannot see how far their finetuning noise moves the contrast (on the embedded testbed, "
                   "reruns that differed only in that noise moved Figure 2's by about twice its se). Check with "
                   "replicate runs (perm compare) or reward.layout: full.")
+    if last.note.astype(str).str.contains(ONE_FINETUNE, regex=False).any():
+        intro += (" Likewise every same_finetune pair shares one finetune seed (across the pretrains), so the "
+                  "paper's different_pretrain group leans on that one seed's draw.")
     return f'<p class="note">{_e(intro)}</p>' + _table(
         ["where", "contrast", "estimate [90% interval]", "prompt-only se", "R", "verdict"], rows, "contrasts")
 
