@@ -188,3 +188,25 @@ def test_workers_and_threads_are_validated():
         config_from_overrides(["workers=0"])
     with pytest.raises(ConfigError, match="threads"):
         config_from_overrides(["threads=0"])
+
+
+def test_an_in_process_job_that_fails_names_itself_as_a_worker_job_does():
+    """workers: 1 (the GPU preset) runs jobs in the driver: an out-of-memory error there is a JobFailedError
+    naming the job (one line and exit 1 from the CLI, resumable), bad input stays what it is (exit 2)."""
+    from perm.executors import JobFailedError
+    from perm.stages._context import in_process
+
+    def oom():
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with pytest.raises(JobFailedError, match=r"job rm/seed0-ft0 failed: raised RuntimeError: CUDA out of memory"
+                       r".*rerun") as e:
+        in_process("rm/seed0-ft0", oom)
+    assert isinstance(e.value.__cause__, RuntimeError)
+
+    def bad():
+        raise ValueError("data/prefs_train.parquet: row 3: field 'prompt' is empty")
+
+    with pytest.raises(ValueError, match="row 3"):
+        in_process("policy-prefs", bad)
+    assert in_process("x", lambda a: a + 1, a=1) == 2

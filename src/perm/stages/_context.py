@@ -24,7 +24,7 @@ from pathlib import Path
 
 from perm import run_layout as layout
 from perm.config import RunConfig
-from perm.executors import LocalExecutor, PoolExecutor, RayExecutor, _usable_cpus
+from perm.executors import JobFailedError, LocalExecutor, PoolExecutor, RayExecutor, _usable_cpus
 from perm.progress import Progress, StageProgress, Watched, reporting
 from perm.stages._checkpoints import Checkpoints
 from perm.stages._plan import Work, format_work
@@ -122,6 +122,18 @@ class Upstream(dict):
             raise UndeclaredNeedError(f"stage {self.stage!r} reads {name!r}, an output of stage "
                                       f"{self.hidden[name]!r}, which it does not declare in NEEDS")
         raise KeyError(name)
+
+
+def in_process(name: str, fn, **kw):
+    """``fn(**kw)``, a job run in this process, failing as a pool or Ray job fails: an exception other than bad
+    input (ValueError and its kind, which the CLI reports as such) becomes a :class:`JobFailedError` naming the
+    job, e.g. a CUDA out-of-memory error: one line, exit 1, the job left unfinished so a rerun resumes there."""
+    try:
+        return fn(**kw)
+    except ValueError:
+        raise
+    except Exception as exc:
+        raise JobFailedError(name, f"raised {type(exc).__name__}: {exc}") from exc
 
 
 class Context:
@@ -300,7 +312,7 @@ class Context:
             self.log.event(name, "start", **start)
         t0 = time.perf_counter()
         with reporting(self.log):  # a job run here draws its bar (or prints its lines) in this run's mode
-            info = fn() or None
+            info = in_process(name, fn) or None
         self.done(name, key, outputs, t0, seeds=seeds(info or {}) if callable(seeds) else seeds, info=info)
         return True
 
@@ -334,7 +346,7 @@ class Context:
                     self.log.event(name, "start")
                     t0 = time.perf_counter()
                     with reporting(Watched(self.log, lambda done, total, i=i: stage_bar.update(i, done, total))):
-                        info = fn(**kw)
+                        info = in_process(name, fn, **kw)
                     self.done(name, keys[name], [kw["out_rel"]], t0, seeds=seeds_of(kw),
                               info=info | {"threads": kw.get("threads")})
                     stage_bar.job_done(i)
