@@ -807,7 +807,7 @@ def run_analysis(
         "scale": scale,
         "include_ranker": include_ranker,
         "finetune_seed_scope": scope,
-        "scope_from": "the tensor (models.parquet)" if tensor.seed_scope is not None else "the config",
+        "scope_from": "the tensor (its models table)" if tensor.seed_scope is not None else "the config",
         "bootstrap": bootstrap,
         "level": level,
         "figure3_method": figure3_method,
