@@ -129,15 +129,21 @@ ONE_PRETRAIN = "same_pretrain pairs from one pretrain only"
 ONE_FINETUNE = "same_finetune pairs from one finetune seed only"
 
 
+def _one_unit(arm, labels) -> str | None:
+    """The one label every member of ``arm``'s pairs carries (a pretrain id, a finetune seed), else None."""
+    if arm is None:
+        return None
+    held = {str(labels[i]) for m in arm.members for i in m}
+    return held.pop() if len(held) == 1 else None
+
+
 def one_seed_caveat(arm, fseeds) -> str:
     """The clause a contrast's note gets when every same_finetune pair shares one finetune seed (the paper
     layout: ft0 across the pretrains), so that relation too is tied to one seed's draw. Empty otherwise."""
-    if arm is None:
+    held = _one_unit(arm, fseeds)
+    if held is None:
         return ""
-    held = sorted({str(fseeds[i]) for m in arm.members for i in m})
-    if len(held) != 1:
-        return ""
-    return (f"; {ONE_FINETUNE} (ft{held[0]} across pretrains): the different_pretrain group leans on that one "
+    return (f"; {ONE_FINETUNE} (ft{held} across pretrains): the different_pretrain group leans on that one "
             "seed's draw")
 
 
@@ -146,12 +152,10 @@ def same_pretrain_caveat(arm, pids) -> str:
     (the paper layout: one pretrain's finetune seeds): the interval, over pretrain seeds and prompts, then
     cannot see how far that pretrain's finetuning noise moves the contrast, which replicate runs measured at
     about twice its se (docs/history/results.md, 2026-12-02). Empty otherwise."""
-    if arm is None:
+    held = _one_unit(arm, pids)
+    if held is None:
         return ""
-    held = sorted({str(pids[i]) for m in arm.members for i in m})
-    if len(held) != 1:
-        return ""
-    return (f"; {ONE_PRETRAIN} ({held[0]}'s finetunes): the interval cannot see how far their finetuning noise "
+    return (f"; {ONE_PRETRAIN} ({held}'s finetunes): the interval cannot see how far their finetuning noise "
             "moves it; check with replicate runs (perm compare) or reward.layout: full")
 
 

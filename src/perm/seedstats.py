@@ -484,13 +484,9 @@ def unit_weights(members: Sequence[Sequence[int]], units, c, finetune_units=None
     return out
 
 
-def arm_means(arm: Arm, design: SeedDesign | np.ndarray, weights: BootstrapWeights | np.ndarray,
-              w: np.ndarray | None = None) -> np.ndarray:
+def arm_means(arm: Arm, design: SeedDesign, weights: BootstrapWeights) -> np.ndarray:
     """``(B,)`` weighted means of ``arm`` under one set of bootstrap weights (NaN where the total weight is 0,
-    e.g. a relation none of whose pretrains was drawn). Also accepts the nested form ``(units, c, w)``."""
-    if not isinstance(design, SeedDesign):
-        design = SeedDesign(np.asarray(design), None, int(np.max(design)) + 1, 0)
-        weights = BootstrapWeights(np.asarray(weights, dtype=np.float64), None, np.asarray(w, dtype=np.float64))
+    e.g. a relation none of whose pretrains was drawn)."""
     unit_w = unit_weights(arm.members, design.pretrain, weights.pretrain, design.finetune, weights.finetune)
     if arm.weights is not None:
         unit_w = unit_w * arm.weights
@@ -523,12 +519,18 @@ def corrected_interval(estimate: float, v_joint: float, v_factor: Mapping[str, f
                 and np.isfinite(v)}
     total = v_joint + sum(v / (n_units[k] - 1) for k, v in v_factor.items() if k in inflated)
     dfs = {k: max(min(n_units[k], (effective or {}).get(k, np.inf)) - 1, 1.0) for k in inflated}
-    den = sum(v**2 / dfs[k] for k, v in inflated.items())
-    rest = max(total - sum(inflated.values()), 0.0)
+    parts = [(v, dfs[k]) for k, v in inflated.items()]
     if "prompt" in n_units and n_units["prompt"] >= 2:
-        den += rest**2 / (n_units["prompt"] - 1)
-    df = total**2 / den if den > 0 else np.inf
-    df = float(max(df, 1.0))
+        parts.append((max(total - sum(inflated.values()), 0.0), n_units["prompt"] - 1))
+    return t_interval(estimate, total, parts, level)
+
+
+def t_interval(estimate: float, total: float, parts, level: float) -> dict:
+    """``estimate ± t_df · √total``, ``df`` by Welch–Satterthwaite from the variance ``parts`` ((variance, its
+    df) each): ``df = total² / Σ v²/df_v``, at least 1 (a normal quantile when no part carries variance).
+    Returns ``se, lo, hi, df``."""
+    den = sum(v**2 / d for v, d in parts)
+    df = float(max(total**2 / den, 1.0)) if den > 0 else np.inf
     se = math.sqrt(max(total, 0.0))
     q = float(student_t.ppf(0.5 + level / 2, df)) if np.isfinite(df) else float(norm.ppf(0.5 + level / 2))
     return {"se": se, "lo": estimate - q * se, "hi": estimate + q * se, "df": df}
@@ -1020,14 +1022,11 @@ def grid_ensemble_intervals(
             k_f[f] = len(th)
             v_f[f] = (len(th) - 1) / len(th) * float(np.sum((th - th.mean()) ** 2)) if len(th) >= 2 else 0.0
         v_p = float(np.var(prompt_w @ values / n_prompts, ddof=1))
-        total = sum(v_f.values()) + v_p
-        den = sum(v**2 / (k_f[f] - 1) for f, v in v_f.items() if k_f[f] >= 2) + v_p**2 / max(n_prompts - 1, 1)
-        df = float(max(total**2 / den, 1.0)) if den > 0 else np.inf
-        se = math.sqrt(total)
-        q = float(student_t.ppf(0.5 + level / 2, df)) if np.isfinite(df) else float(norm.ppf(0.5 + level / 2))
+        parts = [(v, k_f[f] - 1) for f, v in v_f.items() if k_f[f] >= 2] + [(v_p, max(n_prompts - 1, 1))]
+        iv = t_interval(est, sum(v_f.values()) + v_p, parts, level)
         kind = name.split(" ")[0]
         rows.append({
-            "statistic": name, "estimate": est, "se": se, "lo": est - q * se, "hi": est + q * se, "df": df,
+            "statistic": name, "estimate": est, **iv,
             "se_pretrain": math.sqrt(v_f.get("pretrain", np.nan)), "se_finetune": math.sqrt(v_f.get("finetune", np.nan)),
             "se_prompt": math.sqrt(v_p), "n_ensembles": len(ensembles.get(kind, [])) if kind in kinds else m,
             "R": design.n_pretrains, "F": design.n_finetune, "level": level,
