@@ -49,6 +49,12 @@ TESTBED_FIELDS = ("seed", "n_corpus_docs", "n_sft", "n_prefs_train", "n_prefs_ev
                   "vocab_size")
 
 
+def testbed_difference(recorded: dict, have: dict) -> str:
+    """The fields of the run's testbed that differ from a shipped artefact's recorded one, as ``field recorded
+    -> run`` (comma-separated); "" when they agree."""
+    return ", ".join(f"{k} {recorded.get(k)} -> {v}" for k, v in have.items() if recorded.get(k) != v)
+
+
 class ShippedPretrainError(ValueError):
     """A shipped backbone is missing, corrupt, or was pretrained on another testbed than the run's."""
 
@@ -115,10 +121,8 @@ def verify(spec: str, testbed: dict | None = None) -> Path:
                                    f"recorded in {path / RECORD} (a corrupt or replaced file); reinstall perm or "
                                    "regenerate the shipped backbones (README, testbed)")
     if testbed is not None:
-        want, have = rec.get("testbed", {}), testbed_identity(testbed)
-        diff = {k: (want.get(k), have[k]) for k in have if want.get(k) != have[k]}
-        if diff:
-            what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in diff.items())
+        what = testbed_difference(rec.get("testbed", {}), testbed_identity(testbed))
+        if what:
             raise ShippedPretrainError(
                 f"{spec} ({path / RECORD}) was pretrained on another testbed than this run's ({what}): pretrain in the "
                 "run instead (pretrain.checkpoints: [], as configs/tiny-scratch.yaml does), or regenerate the "
@@ -232,10 +236,8 @@ def verify_kit(root: Path | None = None, parts: list[str] | None = None, testbed
             raise KitError(f"{where}: the {part} files' combined sha256 differs from the one recorded beside them (an "
                            "edited record); reinstall perm or rebuild the kit (`perm kit build`)")
     if testbed is not None:
-        want, have = rec.get("testbed", {}), kit_testbed_identity(testbed)
-        diff = {k: (want.get(k), have[k]) for k in have if want.get(k) != have[k]}
-        if diff:
-            what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in diff.items())
+        what = testbed_difference(rec.get("testbed", {}), kit_testbed_identity(testbed))
+        if what:
             raise KitError(f"the testbed kit ({where}) was built on another testbed than this run's ({what}): train "
                            "the world in the run instead (policy.checkpoint, reward.pairs_from and "
                            "evaluator.rm_checkpoint null, as configs/tiny-scratch.yaml does), or rebuild the kit "
