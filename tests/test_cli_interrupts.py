@@ -76,37 +76,28 @@ def _group_alive(pgid: int) -> list[int]:
     return alive
 
 
-def test_ctrl_c_during_the_testbed_exits_130_says_how_to_resume_and_leaves_no_temp_files(tmp_path):
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+def test_a_stop_during_the_testbed_exits_130_says_how_to_resume_and_leaves_no_temp_files(tmp_path, stop):
+    """Ctrl-C (the terminal signals the whole process group) and SIGTERM to the driver (what a cluster scheduler
+    or `kill` sends) end the same way."""
     run = tmp_path / "run"
-    # a bigger corpus than quick's, so the build is still running when Ctrl-C comes
+    # a bigger corpus than quick's, so the build is still running when the stop comes
     p = _perm("testbed", QUICK, f"out={run}", "testbed.n_corpus_docs=40000", start_new_session=True)
     seen: list[str] = []
     _wait_for_line(p.stderr, r"testbed\s+start", seen)
     time.sleep(1.0)
     assert (run / ".testbed.tmp").exists()  # mid-build: the stage's scratch folder is there
     t0 = time.monotonic()
-    os.killpg(p.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole process group
+    if stop == "ctrl-c":
+        os.killpg(p.pid, signal.SIGINT)
+    else:
+        os.kill(p.pid, signal.SIGTERM)
     _, err = p.communicate(timeout=30)
     assert time.monotonic() - t0 < 10
     assert p.returncode == 130, "".join(seen) + err
     assert INTERRUPTED in err and "Traceback" not in err
     assert _leftovers(run) == []
     assert RunStore(run).stage("testbed")["status"] == "running"  # not recorded done: a rerun builds it
-
-
-def test_sigterm_is_handled_as_ctrl_c(tmp_path):
-    """What a cluster scheduler sends: the same exit 130, message and cleanup as Ctrl-C, and a rerun resumes."""
-    run = tmp_path / "run"
-    p = _perm("testbed", QUICK, f"out={run}", "testbed.n_corpus_docs=40000", start_new_session=True)
-    seen: list[str] = []
-    _wait_for_line(p.stderr, r"testbed\s+start", seen)
-    time.sleep(1.0)
-    os.kill(p.pid, signal.SIGTERM)
-    _, err = p.communicate(timeout=30)
-    assert p.returncode == 130, "".join(seen) + err
-    assert INTERRUPTED in err and "Traceback" not in err
-    assert _leftovers(run) == []
-    assert RunStore(run).stage("testbed")["status"] == "running"
 
 
 @pytest.mark.slow
