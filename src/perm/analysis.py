@@ -413,7 +413,7 @@ def figure3(
     sums = {name: np.zeros((len(ns), r[0].shape[0], n_rm)) for name, r in reps.items()}
     per_draw = np.zeros((len(ns), draws))
     null = np.zeros(len(ns))
-    p1, r1, s1 = reps["point"]
+    p1, _, s1 = reps["point"]
     for d in range(draws):
         perm = rng.permuted(np.broadcast_to(np.arange(pool_size), (n_prompts, pool_size)), axis=1)
         for i, n in enumerate(ns):
@@ -423,8 +423,10 @@ def figure3(
             x = values[:, prompt_idx, pick].transpose(1, 2, 0)  # (ranker, P, scorer)
             x = np.take_along_axis(x, scorer_idx[:, None, :], axis=-1)
             for name, (ww, _, sw) in reps.items():
-                sums[name][i] += _weighted_fractions(x, ww, sw, method)
-            per_draw[i, d] = float(np.nanmean(_weighted_fractions(x, p1, s1, method)))
+                frac = _weighted_fractions(x, ww, sw, method)
+                sums[name][i] += frac
+                if name == "point":
+                    per_draw[i, d] = float(np.nanmean(frac))
             null[i] += float(np.nanmean(_weighted_fractions(null_rng.permuted(x, axis=-1), p1, s1, method)))
     rows = []
     for i, n in enumerate(ns):
