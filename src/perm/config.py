@@ -585,7 +585,8 @@ class AnalysisConfig:
     SS_total on rewards centred per prompt, which unequal reward scales inflate; docs/results.md, "reward scale")."""
     coverage_sims: int = 100
     """Simulated grids per scenario behind the report's coverage of its intervals on this run's seed design
-    (perm.coverage: planted seed effects, 4 scenarios); >= 0, 0 = skip (~1 min at 100 on the paper layout)."""
+    (perm.coverage: planted seed effects, 4 scenarios); >= 0, 0 = skip. Reruns analyze; at 100 it adds ~10 s
+    (paper layout) to ~40 s (full) on a 2-core AVX512-BF16 CPU (docs/results.md)."""
     pick_ranker: str = "auto"
     """Whose best-of-n picks weight the pick-level seed decomposition: ``auto`` (the evaluator, else gold),
     ``evaluator``, ``gold``, or ``grid`` (the other RMs of each pair: biased in the paper layout, where they
