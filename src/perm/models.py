@@ -271,8 +271,10 @@ def load_reward_backbone(
     dropout: float | None = None,
     trust_remote_code: bool = False,
     revision: str | None = None,
+    num_labels: int = 1,
 ) -> PreTrainedModel:
-    """A backbone (local dir, hub id or ``id@revision``) with a fresh scalar head initialised from `head_seed`.
+    """A backbone (local dir, hub id or ``id@revision``) with a fresh scalar head initialised from `head_seed`
+    (``num_labels`` > 1: H scalar heads, one row of the head's weight each, as a multi-head ensemble has).
 
     Only safetensors weights are accepted (`use_safetensors=True`); remote code only on request. Backbone and
     head are fp32 (`MASTER_DTYPE`) whatever the checkpoint stores.
@@ -280,7 +282,7 @@ def load_reward_backbone(
     path, revision = split_revision(path, revision)
     _check_safetensors(path)
     config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code, revision=revision)
-    config.num_labels = 1
+    config.num_labels = num_labels
     config.problem_type = "regression"
     if pad_token_id is not None:
         config.pad_token_id = pad_token_id
@@ -352,9 +354,10 @@ def init_reward_head(model: PreTrainedModel, head_seed: int) -> None:
                     m.bias.zero_()
 
 
-def load_reward_model(path: str | Path, *, trust_remote_code: bool = False) -> PreTrainedModel:
+def load_reward_model(path: str | Path, *, trust_remote_code: bool = False, heads: bool = False) -> PreTrainedModel:
     """A saved RM (from perm or any *ForSequenceClassification with one label; a local dir, hub id or
-    ``id@revision``, safetensors only), in eval mode, in fp32."""
+    ``id@revision``, safetensors only), in eval mode, in fp32. ``heads``: also a multi-head RM (several labels,
+    one reward each; perm.members)."""
     path, revision = split_revision(path)
     _check_safetensors(path)
     try:
@@ -364,7 +367,7 @@ def load_reward_model(path: str | Path, *, trust_remote_code: bool = False) -> P
         )
     except OSError as e:
         raise ModelLoadError(f"{path}: cannot load reward model: {e}") from None
-    if model.config.num_labels != 1:
+    if model.config.num_labels != 1 and not heads:
         raise ModelLoadError(f"{path}: num_labels is {model.config.num_labels}, a reward model has 1")
     return model.eval()
 

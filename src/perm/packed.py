@@ -40,7 +40,7 @@ import torch
 from perm.batching import distinct, merge_prefixes, prompt_batches
 from perm.kv_cache import forward_params
 from perm.models import reward_head
-from perm.readout import readout_of, shares_prompt
+from perm.readout import readout_of, reward_shape, shares_prompt
 
 PACK_TOKENS = 512  # default cap of a packed row's length (raised to twice the prompt for long prompts)
 MASK_KINDS = {"sdpa": "bool", "eager": "additive"}  # attention implementations that take a user 4-D mask
@@ -234,11 +234,12 @@ def _hidden(model, batch: PackedRows, device) -> torch.Tensor:
 
 
 def _head(model, h: torch.Tensor) -> torch.Tensor:
-    """(n,) the scalar head on hidden states (n, H), in the head's dtype (fp32 even under bf16 autocast when
-    the head is wrapped by :func:`perm.models.fp32_reward_head`)."""
+    """(n,) the scalar head on hidden states (n, D) ((n, H) for H heads), in the head's dtype (fp32 even under
+    bf16 autocast when the head is wrapped by :func:`perm.models.fp32_reward_head`)."""
     head = reward_head(getattr(model, "module", model))
     w = next(head.parameters())
-    return head(h.to(w.dtype) if h.dtype != w.dtype and not torch.is_autocast_enabled(h.device.type) else h)[:, 0]
+    out = head(h.to(w.dtype) if h.dtype != w.dtype and not torch.is_autocast_enabled(h.device.type) else h)
+    return out[:, 0] if out.shape[-1] == 1 else out  # (n,) or (n, H) heads
 
 
 def packed_rewards(model, batch: PackedRows, device) -> torch.Tensor:
@@ -337,7 +338,7 @@ def score_packed(
     starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     flat = [c for cs in completion_ids for c in cs]
     flat_group = np.repeat(np.arange(len(sizes)), sizes)
-    out = np.empty(len(flat), dtype=np.float64)
+    out = np.empty((len(flat), *reward_shape(model)), dtype=np.float64)
     done = 0
     for group in prompt_batches(np.argsort([len(p) for p in prompt_ids], kind="stable"), sizes, batch_size):
         idx = np.concatenate([np.arange(starts[g], starts[g + 1]) for g in group])

@@ -54,7 +54,14 @@ from perm.batching import (  # noqa: F401  (merge_prefixes re-exported)
 )
 from perm.kv_cache import cache_kwarg, cache_of, plain_dynamic_layers
 from perm.models import reward_head
-from perm.readout import READOUT_KEY, READOUTS, readout_of, set_readout, shares_prompt  # noqa: F401
+from perm.readout import (  # noqa: F401
+    READOUT_KEY,
+    READOUTS,
+    readout_of,
+    reward_shape,
+    set_readout,
+    shares_prompt,
+)
 
 
 def _forward(model, mask: torch.Tensor, **kw):
@@ -72,7 +79,7 @@ def _pooled(model, out, scores, lengths, prompt_sum=None) -> torch.Tensor:
     ``prompt_sum`` (the shared prompt's part, when only the continuations ran), and divided by ``lengths`` for
     ``mean``."""
     if scores is None:
-        return out.logits[:, 0]
+        return out.logits[:, 0] if out.logits.shape[-1] == 1 else out.logits  # (n,) or (n, H) heads
     total = scores.sum(1) if prompt_sum is None else scores.sum(1) + prompt_sum.to(scores.dtype)
     return total / lengths.to(total.dtype) if readout_of(model) == "mean" else total
 
@@ -207,15 +214,18 @@ def continuation_rewards(
 
 @torch.no_grad()
 def score_ids(
-    model, seqs: Sequence[Sequence[int]], pad_id: int, device, batch_size: int = 64, progress=None
+    model, seqs: Sequence[Sequence[int]], pad_id: int, device, batch_size: int = 64, progress=None,
+    mc_dropout: bool = False,
 ) -> np.ndarray:
     """Reward of each token sequence, (len(seqs),) float64, batched by length with dynamic padding.
 
     Full-sequence scoring, for any reward model: the reference the shared-prompt scoring equals, and its
-    fallback where a prompt cannot be shared.
+    fallback where a prompt cannot be shared. ``mc_dropout``: score in the model's train mode (dropout on: one
+    MC-dropout draw, perm.members.dropout_on) instead of eval mode.
     """
-    model.eval()
-    out = np.empty(len(seqs), dtype=np.float64)
+    if not mc_dropout:
+        model.eval()
+    out = np.empty((len(seqs), *reward_shape(model)), dtype=np.float64)
     done = 0
     for idx in length_batches([len(s) for s in seqs], batch_size):
         ids, mask = pad_batch([seqs[i] for i in idx], pad_id)
@@ -237,6 +247,7 @@ def score_prompt_groups(
     progress: Callable[[int, int], None] | None = None,
     pack: bool | None = None,
     pack_tokens: int | None = None,
+    mc_dropout: bool = False,
 ) -> list[np.ndarray]:
     """Reward of ``prompt_ids[g] + completion_ids[g][j]`` for every group g and candidate j.
 
@@ -251,15 +262,19 @@ def score_prompt_groups(
     it scored the default's pools faster (packed 0.76-0.92x of it, benchmarks/README.md): a packed row
     repeats the prompt for every chunk of candidates and its masked attention computes the whole square.
     pack: None or False = the cache path; True = packed (an error for a model that cannot pack).
+    mc_dropout: score in the model's train mode (one MC-dropout draw, perm.members.dropout_on; the cache path);
+    default eval mode. A multi-head model's arrays are (len, H).
     """
     if len(prompt_ids) != len(completion_ids):
         raise ValueError(f"score_prompt_groups: {len(prompt_ids)} prompts but {len(completion_ids)} groups")
     sizes = np.array([len(c) for c in completion_ids], dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(sizes)])
-    flat_out = np.empty(int(starts[-1]), dtype=np.float64)
+    flat_out = np.empty((int(starts[-1]), *reward_shape(model)), dtype=np.float64)
     split = lambda: [flat_out[starts[g] : starts[g + 1]] for g in range(len(sizes))]  # noqa: E731
     from perm.packed import packs, score_packed  # perm.packed builds on this module
 
+    if pack and mc_dropout:
+        raise ValueError("mc_dropout scores through the prompt cache: pack must be None or False")
     if pack:
         if not packs(model):
             raise ValueError(f"pack=True, but {type(model).__name__} cannot run packed prompt groups")
@@ -268,9 +283,11 @@ def score_prompt_groups(
         return split()
     if not shares_prompt(model):
         whole = [list(p) + list(c) for p, cs in zip(prompt_ids, completion_ids, strict=True) for c in cs]
-        flat_out[:] = score_ids(model, whole, pad_id, device, batch_size=batch_size, progress=progress)
+        flat_out[:] = score_ids(model, whole, pad_id, device, batch_size=batch_size, progress=progress,
+                                mc_dropout=mc_dropout)
         return split()
-    model.eval()
+    if not mc_dropout:
+        model.eval()
     flat = [c for cs in completion_ids for c in cs]
     flat_group = np.repeat(np.arange(len(sizes)), sizes)  # group of each flat candidate
     # a candidate made only of padding has no read-out of its own (full-sequence scoring reads in the prompt)
@@ -300,7 +317,7 @@ def score_prompt_groups(
                 progress(done, total)
     if whole:
         seqs = [list(prompt_ids[flat_group[k]]) + list(flat[k]) for k in whole]
-        flat_out[whole] = score_ids(model, seqs, pad_id, device, batch_size=batch_size)
+        flat_out[whole] = score_ids(model, seqs, pad_id, device, batch_size=batch_size, mc_dropout=mc_dropout)
         if progress is not None:
             progress(total, total)
     return split()

@@ -32,6 +32,18 @@ def set_readout(model, readout: str) -> None:
         setattr(cfg, READOUT_KEY, readout)
 
 
+def n_heads(model) -> int:
+    """Rewards ``model`` reads per sequence: 1 for a reward model, H for a multi-head one (``num_labels`` = H,
+    perm.members); every scoring and training path returns (n,) for 1 and (n, H) for H."""
+    return int(getattr(getattr(model, "module", model).config, "num_labels", 1) or 1)
+
+
+def reward_shape(model) -> tuple[int, ...]:
+    """The trailing shape of one sequence's rewards: () for one head, (H,) for H."""
+    h = n_heads(model)
+    return () if h == 1 else (h,)
+
+
 def shares_prompt(model) -> bool:
     """True if ``model`` is a decoder-only reward model whose forward takes a KV cache and position ids."""
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel

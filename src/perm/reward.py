@@ -31,18 +31,28 @@ from perm.prefix import (
 
 
 def bradley_terry_loss(
-    r_chosen: torch.Tensor, r_rejected: torch.Tensor, center_coef: float = 0.0
+    r_chosen: torch.Tensor, r_rejected: torch.Tensor, center_coef: float = 0.0, weights: torch.Tensor | None = None
 ) -> torch.Tensor:
     """mean(-log sigmoid(r+ - r-)) + center_coef * mean((r+ + r-)^2).
 
     r_chosen, r_rejected: (B,) rewards of the preferred and the other completion of each pair. The
     centering term (Eisenstein et al. 2023, eq. 1) pins the reward's free offset near zero; BT alone is
-    invariant to adding a constant.
+    invariant to adding a constant. (B, H) rewards of H heads (a multi-head ensemble): each head's loss is
+    its own pairs' weighted mean (``weights`` (B, H) >= 0, e.g. bootstrap counts; None = all 1), and the loss
+    is their mean over heads, so a head's loss reaches no other head's parameters.
     """
-    bt = -F.logsigmoid(r_chosen - r_rejected).mean()
-    if center_coef == 0.0:
-        return bt
-    return bt + center_coef * ((r_chosen + r_rejected) ** 2).mean()
+    if r_chosen.ndim == 1 and weights is None:
+        bt = -F.logsigmoid(r_chosen - r_rejected).mean()
+        if center_coef == 0.0:
+            return bt
+        return bt + center_coef * ((r_chosen + r_rejected) ** 2).mean()
+    per_pair = -F.logsigmoid(r_chosen - r_rejected)
+    if center_coef != 0.0:
+        per_pair = per_pair + center_coef * (r_chosen + r_rejected) ** 2
+    if weights is None:
+        return per_pair.mean(0).mean()
+    w = weights.to(per_pair.dtype).reshape(per_pair.shape)
+    return ((w * per_pair).sum(0) / w.sum(0).clamp_min(1e-12)).mean()
 
 
 # ------------------------------------------------------------------------------------------- tokenising
@@ -174,6 +184,7 @@ def train_reward_model(
     pack: bool | None = None,
     group_by_prompt: bool = False,
     eval_gold_diff: Sequence[float] | None = None,
+    pair_weights: np.ndarray | None = None,
     accelerator=None,
     progress=None,
 ) -> dict:
@@ -198,6 +209,8 @@ def train_reward_model(
     prompt's pairs may straddle two batches). With one pair per prompt the order equals the ungrouped one.
     Data order depends only on `data_seed`, dropout masks only on `dropout_seed` (the head was initialised
     by its own seed when the model was built).
+    pair_weights: (n_pairs, H) weights of each pair in each head's loss (a multi-head model's bootstrap counts,
+    perm.members); the model then reads H rewards per sequence (:func:`bradley_terry_loss`).
     """
     from perm.models import fp32_reward_head, make_accelerator
 
@@ -262,7 +275,8 @@ def train_reward_model(
                     raise
                 share = state["share_prompt"] = False
                 rc, rr = _batch_rewards(model, idx, None, chosen, rejected, pad_id, device)
-            loss = bradley_terry_loss(rc, rr, center_coef)
+            w = None if pair_weights is None else torch.as_tensor(pair_weights[idx], device=rc.device)
+            loss = bradley_terry_loss(rc, rr, center_coef, w)
             optimizer_step(acc, model, opt, sched, loss, max_grad_norm)
             state["step"] += 1
             seen += len(idx)
@@ -312,8 +326,18 @@ def evaluate_pairs(model, chosen, rejected, pad_id: int, device, step: int = 0, 
 
     gold_diff: optional (n_pairs,) gold(chosen) - gold(rejected); adds `gold_accuracy`, the fraction of pairs
     with a gold preference that the RM orders as gold does (no label noise, so no ceiling below 1).
+    A multi-head model (H rewards per sequence): each head is evaluated alone (``heads``: one dict per head)
+    and the top-level numbers are their means over heads.
     """
     rc, rr = score_pairs(model, chosen, rejected, pad_id, device)
+    if rc.ndim == 2:
+        heads = [_pair_metrics(rc[:, h], rr[:, h], gold_diff) for h in range(rc.shape[1])]
+        mean = {k: float(np.mean([m[k] for m in heads])) for k in heads[0]}
+        return mean | {"step": step, "heads": heads}
+    return {"step": step} | _pair_metrics(rc, rr, gold_diff)
+
+
+def _pair_metrics(rc: np.ndarray, rr: np.ndarray, gold_diff) -> dict:
     accuracy, se = pair_accuracy(rc, rr)
     extra = {}
     if gold_diff is not None:
@@ -321,7 +345,6 @@ def evaluate_pairs(model, chosen, rejected, pad_id: int, device, step: int = 0, 
         keep = gd != 0
         extra["gold_accuracy"] = float(np.mean(np.sign(rc - rr)[keep] == np.sign(gd[keep])))
     return extra | {
-        "step": step,
         "accuracy": accuracy,
         "accuracy_se": se,
         "mean_reward": float(np.mean(np.concatenate([rc, rr]))),
