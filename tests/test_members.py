@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import toy_pairs
 from perm import members
 from perm.models import load_reward_backbone, reward_head
 from perm.prefix import score_ids, score_prompt_groups
 from perm.reward import bradley_terry_loss, encode_pairs, train_reward_model
-from conftest import toy_pairs
 
 RECIPE = dict(center_coef=0.01, epochs=1, batch_size=8, lr=3e-3, warmup_frac=0.0, weight_decay=0.0,
               max_grad_norm=1.0, eval_every=100)
