@@ -78,8 +78,8 @@ def test_the_four_recorded_variants_are_there():
 
 
 def test_every_stage_names_its_needs():
-    assert list(STAGES) == ["testbed", "pretrain", "sft", "policy-prefs", "train-rm", "sample", "score", "analyze",
-                            "report"]
+    assert list(STAGES) == ["testbed", "pretrain", "sft", "policy-prefs", "train-rm", "train-members", "sample",
+                            "score", "analyze", "report"]
     for m in MODULES:
         assert set(m.NEEDS) <= set(STAGES) - {m.NAME}, m.NAME
 

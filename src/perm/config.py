@@ -11,6 +11,7 @@ field is documented where it is declared.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -562,6 +563,72 @@ class PolicyConfig:
         _check(self.max_new_tokens > 0, "policy.max_new_tokens", "must be > 0")
 
 
+MEMBER_KINDS = ("multihead", "lora", "warm", "mcdropout")
+
+
+@dataclass(frozen=True)
+class EnsemblesConfig:
+    """Ensembles built on one backbone beside the grid's finetune and pretrain ensembles (perm.members, the
+    `train-members` stage), each with its cost: how much of the pretrain ensemble's gain a cheaper ensemble
+    recovers. Members train with `reward`'s recipe on the grid's pairs. Each field reruns train-members (the
+    kinds it concerns), then score and analyze."""
+
+    kinds: tuple[str, ...] = ()
+    """Kinds to build, any of multihead (one finetune with `size` heads, each on its own bootstrap of the
+    pairs), lora (`size` peft adapters on the frozen backbone), warm (the weight average of `size` finetunes
+    from one linear-probed head, differing in data order and learning rate; plus the average of the grid's
+    finetune ensemble) and mcdropout (`size` dropout draws of one RM finetuned with dropout `mc_dropout`);
+    () = none."""
+    size: int = 5
+    """Members of each kind (heads, adapters, finetunes averaged, dropout draws); >= 2."""
+    backbone: str | None = None
+    """The pretrain id the members are built on (one of the grid's); null = the finetune ensemble's pretrain
+    (the first)."""
+    lora_rank: int = 8
+    """Rank of each LoRA adapter; >= 1."""
+    lora_alpha: float = 16.0
+    """LoRA scaling numerator (the update is alpha / rank x B A); > 0."""
+    lora_lr: float = 3e-3
+    """Peak learning rate of the LoRA members (adapters and head; the schedule is `reward`'s); > 0."""
+    warm_lr_scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5)
+    """WARM member m trains at `reward.lr` x warm_lr_scales[m mod len]; each > 0."""
+    warm_probe_epochs: float = 0.5
+    """Epochs of the linear probe (the head alone, on the frozen backbone) every WARM member starts from; > 0."""
+    warm_probe_lr: float = 1e-2
+    """Peak learning rate of that linear probe; > 0."""
+    mc_dropout: float = 0.1
+    """Dropout rate the MC-dropout RM is finetuned and scored with; in (0, 1)."""
+    named: tuple[str, ...] = ()
+    """Your own named ensembles over the run's scored models, each ``name=model_id+model_id+...`` (e.g.
+    ``top2=seed0-ft0+seed1-ft0``); reruns score and analyze only."""
+
+    def __post_init__(self) -> None:
+        bad = sorted(set(self.kinds) - set(MEMBER_KINDS))
+        _check(not bad, "ensembles.kinds", f"unknown {bad}; allowed: {', '.join(MEMBER_KINDS)}")
+        _check(len(set(self.kinds)) == len(self.kinds), "ensembles.kinds", "each kind at most once")
+        _check(self.size >= 2, "ensembles.size", "must be >= 2")
+        _check(self.lora_rank >= 1, "ensembles.lora_rank", "must be >= 1")
+        _check(self.lora_alpha > 0 and self.lora_lr > 0, "ensembles.lora_alpha", "lora_alpha and lora_lr must be > 0")
+        _check(bool(self.warm_lr_scales) and all(x > 0 for x in self.warm_lr_scales), "ensembles.warm_lr_scales",
+               "must be non-empty, each > 0")
+        _check(self.warm_probe_epochs > 0, "ensembles.warm_probe_epochs", "must be > 0")
+        _check(self.warm_probe_lr > 0, "ensembles.warm_probe_lr", "must be > 0")
+        _check(0 < self.mc_dropout < 1, "ensembles.mc_dropout", "must be in (0, 1)")
+        for spec in self.named:
+            name, _, ids = spec.partition("=")
+            _check(bool(re.fullmatch(r"[A-Za-z0-9_.-]+", name)) and bool(ids) and all(ids.split("+")),
+                   "ensembles.named", f"{spec!r}: expected name=model_id+model_id+... (name of letters, digits, _.-)")
+            _check(name not in RESERVED_ENSEMBLES, "ensembles.named", f"{name!r} is reserved")
+
+    def named_members(self) -> dict[str, tuple[str, ...]]:
+        """name -> model ids of `named`."""
+        return {n: tuple(ids.split("+")) for n, _, ids in (s.partition("=") for s in self.named)}
+
+
+RESERVED_ENSEMBLES = ("single", "finetune", "pretrain", "evaluator", "gold", "none", *MEMBER_KINDS,
+                      "warm-members", "grid-soup")
+
+
 @dataclass(frozen=True)
 class AnalysisConfig:
     """Best-of-n analyses over the reward tensor (perm.analysis); each field reruns only `analyze` (and the
@@ -663,6 +730,8 @@ class RunConfig:
     """The stronger evaluator RM."""
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     """The SFT policy and its candidate pools."""
+    ensembles: EnsemblesConfig = field(default_factory=EnsemblesConfig)
+    """Cheaper ensembles on one backbone (multi-head, LoRA, WARM, MC dropout) and your own named ones."""
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     """The best-of-n analyses."""
     ray: RayConfig = field(default_factory=RayConfig)

@@ -9,7 +9,7 @@ e.g. ``run_dir``, ``out_rel``, ``backbone``, ``reward``, ``device``, ``threads``
     torchrun --nproc_per_node N -m perm.launch job_score kw.json
     accelerate launch --multi_gpu --num_processes 2 -m perm.launch job_reward_model kw.json  # CPU: gloo
 
-- ``job_reward_model`` (perm.stages.train_rm): DDP. Each rank takes a contiguous slice of every global
+- ``job_reward_model`` (perm.rm_jobs): DDP. Each rank takes a contiguous slice of every global
   batch of ``reward.batch_size`` pairs and the gradients are averaged (allreduce), so the data order, the
   number of steps and the LR schedule are those of the single-process job; the main process writes the RM.
 - ``job_score`` (perm.stages.score): the ranks split the prompt batches of the single-process plan, score
@@ -32,7 +32,7 @@ import os
 import sys
 from pathlib import Path
 
-JOBS = {"job_reward_model": "perm.stages.train_rm", "job_score": "perm.stages.score"}
+JOBS = {"job_reward_model": "perm.rm_jobs", "job_score": "perm.stages.score"}
 
 
 def _one_process_cpu_launch() -> bool:

@@ -388,11 +388,13 @@ def load_causal_lm(path: str | Path, *, trust_remote_code: bool = False, revisio
         raise ModelLoadError(f"{path}: cannot load causal LM: {e}") from None
 
 
-def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, out: Path, meta: dict | None,
-               meta_name: str) -> None:
-    """save_pretrained (safetensors) + tokenizer + a JSON of provenance into `out` (caller makes it atomic)."""
+def save_model(model: PreTrainedModel | None, tokenizer: PreTrainedTokenizerBase | None, out: Path,
+               meta: dict | None, meta_name: str) -> None:
+    """save_pretrained (safetensors) + tokenizer + a JSON of provenance into `out` (caller makes it atomic);
+    ``model`` None: the tokenizer and the JSON alone (beside weights saved otherwise, e.g. a peft adapter)."""
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out), safe_serialization=True)
+    if model is not None:
+        model.save_pretrained(str(out), safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
     if meta is not None:

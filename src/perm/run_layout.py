@@ -11,6 +11,7 @@ job is also its manifest name (``rm/seed0-ft0``, ``evaluator/rm``, ``policy``).
     policy/                                  the SFT policy (+ policy.json)
     policy_prefs.parquet  policy_prefs_eval.parquet  evaluator_prefs.parquet   the policy's own pairs
     rm/<rm_id>/  evaluator/rm/               the RMs (+ rm.json)
+    members/<member_id>/                     ensemble members on one backbone (+ rm.json; perm.members)
     samples.parquet  scores/<model_id>.parquet  rewards.parquet  models.parquet
     analysis/  report/ (index.html)
     converted/  .checkpoints/<job>/  .testbed.tmp/   conversions, a killed pretrain's state, scratch
@@ -61,11 +62,13 @@ EVALUATOR_PREFS = "evaluator_prefs.parquet"
 RM = "rm/{rm_id}"
 EVALUATOR_RM = f"{EVALUATOR}/rm"
 RM_RECORD = "rm.json"
+MEMBER = "members/{member_id}"
 
 SAMPLES = "samples.parquet"
 SCORES = "scores/{model_id}.parquet"
 REWARDS = "rewards.parquet"
 MODELS = "models.parquet"
+ENSEMBLES = "ensembles.parquet"
 ANALYSIS = "analysis"
 REPORT = "report"
 REPORT_INDEX = "index.html"  # in report/
@@ -78,6 +81,10 @@ def pretrain_dir(pretrain_id: str) -> str:
 
 def rm_dir(rm_id: str) -> str:
     return RM.format(rm_id=rm_id)
+
+
+def member_dir(member_id: str) -> str:
+    return MEMBER.format(member_id=member_id)
 
 
 def scores_file(model_id: str) -> str:

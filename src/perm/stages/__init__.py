@@ -20,9 +20,20 @@ declarations; :func:`describe` prints the graph (``python -m perm.stages``).
 from __future__ import annotations
 
 from perm import run_layout as layout
-from perm.stages import analyze, policy_prefs, pretrain, report, sample, score, sft, testbed, train_rm
+from perm.stages import (
+    analyze,
+    policy_prefs,
+    pretrain,
+    report,
+    sample,
+    score,
+    sft,
+    testbed,
+    train_members,
+    train_rm,
+)
 
-MODULES = (testbed, pretrain, sft, policy_prefs, train_rm, sample, score, analyze, report)
+MODULES = (testbed, pretrain, sft, policy_prefs, train_rm, train_members, sample, score, analyze, report)
 """Every stage, each after the stages it needs (the order `perm run` and the plan list them in)."""
 STAGES = {m.NAME: m for m in MODULES}
 

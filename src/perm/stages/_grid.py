@@ -7,10 +7,11 @@ meet here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from perm import run_layout as layout
-from perm.config import RunConfig
+from perm.config import RunConfig, to_dict
 from perm.stages._plan import parquet_rows
 
 # ----------------------------------------------------------------------------------------------- the grid
@@ -40,6 +41,93 @@ def evaluator_ids(cfg: RunConfig) -> tuple[str, int]:
     """(pretrain_id, finetune_seed) of the evaluator: its own, never a grid RM's."""
     e = cfg.evaluator
     return f"evaluator-seed{e.pretrain_seed}", e.pretrain_seed if e.finetune_seed is None else e.finetune_seed
+
+
+# ---------------------------------------------------------------------------------- the finetuning recipe
+
+GRID_FIELDS = ("finetune_seeds", "layout", "pairs", "policy_pairs_per_post", "policy_kwise",
+               "finetune_seed_scope", "pairs_from")  # keyed per RM or via pairs_key
+
+
+def unkeyed_defaults(reward: dict) -> dict:
+    """Leave out of the keys the fields added after runs were made, at their old behaviour (keys as before)."""
+    return {k: v for k, v in reward.items() if not (k == "readout" and v == "last")}
+
+
+def recipe_key(cfg: RunConfig) -> dict:
+    """The part of `reward` every grid RM's key holds (the recipe; the grid's own fields are keyed per RM)."""
+    return unkeyed_defaults({k: v for k, v in to_dict(cfg.reward).items() if k not in GRID_FIELDS})
+
+
+def pairs_key(cfg: RunConfig, upstream: Mapping[str, str]) -> dict:
+    """What the RMs' training pairs depend on beyond the testbed (empty for the testbed's own pairs)."""
+    if cfg.reward.pairs == "testbed":
+        return {}
+    return {"pairs": cfg.reward.pairs, "policy_prefs": upstream["policy-prefs"]}
+
+
+# ------------------------------------------------------------------------------ the ensembles' members
+
+
+def member_backbone(cfg: RunConfig) -> str:
+    """The pretrain id the ensemble members are built on (`ensembles.backbone`, else the first: the finetune
+    ensemble's)."""
+    ids = cfg.pretrain.pretrain_ids()
+    b = cfg.ensembles.backbone or ids[0]
+    if b not in ids:
+        raise ValueError(f"ensembles.backbone: {b!r} is not one of the grid's pretrains {ids}")
+    return b
+
+
+def member_plan(cfg: RunConfig) -> dict[str, dict]:
+    """Every member folder `train-members` makes, by member id, in the order they can be made: ``kind``
+    (multihead, lora, probe, warm-member, warm, grid-soup, mcdropout-rm), ``member`` (the finetuning job's
+    member spec), ``reward`` (its recipe: `reward` with the kind's learning rate, epochs or dropout),
+    ``seeds`` (derived from the kind and the member's index alone, so every backbone would get the same),
+    ``from_members`` / ``from_rms`` (folders it starts from or averages) and a ``note``."""
+    from perm.store import derive_seed
+
+    e = cfg.ensembles
+    recipe = to_dict(cfg.reward)
+
+    def seeds(kind: str, i: int, *extra: str) -> dict:
+        names = ("head_seed", "data_seed", "dropout_seed", *extra)
+        return {n: derive_seed(f"{kind}-{n}", i) for n in names}
+
+    out: dict[str, dict] = {}
+    if "multihead" in e.kinds:
+        out["multihead"] = {"kind": "multihead", "member": {"kind": "multihead", "heads": e.size},
+                            "reward": recipe, "seeds": seeds("multihead", 0, "bootstrap_seed"),
+                            "note": f"one finetune with {e.size} heads, each on its own bootstrap of the pairs"}
+    if "lora" in e.kinds:
+        for h in range(e.size):
+            out[f"lora-{h}"] = {"kind": "lora", "member": {"kind": "lora", "rank": e.lora_rank,
+                                                           "alpha": e.lora_alpha},
+                                "reward": recipe | {"lr": e.lora_lr}, "seeds": seeds("lora", h, "adapter_seed"),
+                                "note": f"LoRA adapter (rank {e.lora_rank}) and head on the frozen backbone"}
+    if "warm" in e.kinds:
+        out["warm-probe"] = {"kind": "probe", "member": {"kind": "probe"},
+                             "reward": recipe | {"lr": e.warm_probe_lr, "epochs": e.warm_probe_epochs},
+                             "seeds": seeds("warm-probe", 0), "note": "linear probe: the head alone"}
+        for m in range(e.size):
+            scale = e.warm_lr_scales[m % len(e.warm_lr_scales)]
+            out[f"warm-{m}"] = {"kind": "warm-member", "member": {"kind": "warm"},
+                                "reward": recipe | {"lr": cfg.reward.lr * scale}, "seeds": seeds("warm", m),
+                                "from_members": ("warm-probe",),
+                                "note": f"finetune from the probe at {scale:g} x reward.lr"}
+        out["warm"] = {"kind": "warm", "from_members": tuple(f"warm-{m}" for m in range(e.size)),
+                       "note": f"weight average of the {e.size} finetunes of one initialisation (WARM)"}
+        soup = [layout.rm_dir(rm_id(p, s)) for p, s in grid(cfg.pretrain.pretrain_ids(), cfg.reward.finetune_seeds,
+                                                             cfg.reward.layout) if p == member_backbone(cfg)]
+        if len(soup) >= 2:
+            out["grid-soup"] = {"kind": "grid-soup", "from_rms": tuple(soup),
+                                "note": f"weight average of the grid's {len(soup)} finetune seeds of one pretrain "
+                                        "(different head initialisations)"}
+    if "mcdropout" in e.kinds:
+        out["mcdropout"] = {"kind": "mcdropout-rm", "member": {"kind": "mcdropout"},
+                            "reward": recipe | {"dropout": e.mc_dropout}, "seeds": seeds("mcdropout", 0),
+                            "note": f"one RM finetuned with dropout {e.mc_dropout:g}, scored {e.size} times"}
+    return out
 
 
 # --------------------------------------------------------------------------------------------- the posts

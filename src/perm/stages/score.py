@@ -7,23 +7,28 @@ samples.parquet, which a user may bring. Manifest names `score/<model_id>` (scor
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from perm import run_layout as layout
 from perm.config import RunConfig
 from perm.progress import job_bar
-from perm.stages._context import Context, stage_key, torch_setup
-from perm.stages._grid import eval_prompts, grid_names
+from perm.stages._context import Context, backbone_identity, stage_key, torch_setup
+from perm.stages._grid import eval_prompts, grid_names, member_backbone, member_plan
 from perm.stages._plan import Work, parquet_rows
 
 NAME = "score"
-NEEDS = ("train-rm", "sample")
+NEEDS = ("pretrain", "train-rm", "train-members", "sample")
 JOB = "score/{model_id}"  # the manifest name of one model's scoring job
-WRITES = {JOB: (layout.SCORES,), "score": (layout.REWARDS, layout.MODELS)}
+WRITES = {JOB: (layout.SCORES,), "score": (layout.REWARDS, layout.MODELS, layout.ENSEMBLES)}
 SUMMARY = (f"Score every sample with every RM, the evaluator and the gold reward: {layout.REWARDS}, "
            f"{layout.MODELS}.")
 TAKES_TENSOR = False
@@ -31,19 +36,62 @@ BATCH_SIZE = 64
 
 
 def model_names(cfg: RunConfig) -> dict[str, str]:
-    """model_id -> manifest name of every scoring model: the grid's RMs, then the evaluator."""
+    """scoring job id -> manifest name of the folder it loads: the grid's RMs, the evaluator, then the ensemble
+    members (:func:`member_scorers`)."""
     out = {name.split("/", 1)[1]: name for name in grid_names(cfg)}
-    return out | ({"evaluator": layout.EVALUATOR_RM} if cfg.evaluator.enabled else {})
+    out |= {"evaluator": layout.EVALUATOR_RM} if cfg.evaluator.enabled else {}
+    return out | {mid: spec["source"] for mid, spec in member_scorers(cfg).items()}
+
+
+def member_scorers(cfg: RunConfig) -> dict[str, dict]:
+    """The ensemble members' scoring jobs (perm.members), by job id: ``source`` (the member folder loaded),
+    ``load`` (how: ``rm``, ``multihead`` with its ``heads``, ``lora`` on the members' backbone, ``mcdropout``
+    with its rate and draw seed), ``ensemble`` and ``kind`` (the models.parquet columns of what it scores) and
+    ``model_ids`` (the models it scores: one, or a multi-head RM's heads)."""
+    from perm.store import derive_seed
+
+    e = cfg.ensembles
+    out = {}
+    for mid, spec in member_plan(cfg).items():
+        src = layout.member_dir(mid)
+        kind = spec["kind"]
+        if kind == "multihead":
+            out[mid] = {"source": src, "load": {"kind": "multihead", "heads": e.size}, "ensemble": "multihead",
+                        "kind": kind, "model_ids": [f"multihead-h{h}" for h in range(e.size)]}
+        elif kind == "lora":
+            out[mid] = {"source": src, "load": {"kind": "lora"}, "ensemble": "lora", "kind": kind,
+                        "model_ids": [mid]}
+        elif kind in ("warm-member", "warm", "grid-soup"):
+            out[mid] = {"source": src, "load": {"kind": "rm"}, "kind": kind, "model_ids": [mid],
+                        "ensemble": "warm-members" if kind == "warm-member" else kind}
+        elif kind == "mcdropout-rm":
+            for t in range(e.size):
+                out[f"mcdropout-{t}"] = {"source": src, "kind": "mcdropout", "ensemble": "mcdropout",
+                                         "load": {"kind": "mcdropout", "p": e.mc_dropout,
+                                                  "seed": derive_seed("mc-dropout-draw", t)},
+                                         "model_ids": [f"mcdropout-{t}"]}
+    return out
 
 
 def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
     """`score/<model_id>` per model; `score` (the assembled tensor) once every model's scores exist."""
     samples = upstream["sample"]
-    out = {JOB.format(model_id=mid): stage_key(cfg, {"model": upstream[name], "samples": samples,
-                                           "max_length": cfg.reward.max_length})
-           for mid, name in model_names(cfg).items()}
-    if all(name in upstream for name in out):
-        out["score"] = stage_key(cfg, {name: upstream[name] for name in sorted(out)} | {"samples": samples})
+    members = member_scorers(cfg)
+    out = {}
+    for mid, name in model_names(cfg).items():
+        if name not in upstream:
+            continue
+        obj = {"model": upstream[name], "samples": samples, "max_length": cfg.reward.max_length}
+        if mid in members:
+            load = members[mid]["load"]
+            obj |= {"load": load} | ({"backbone": backbone_identity(cfg, upstream, member_backbone(cfg))}
+                                     if load["kind"] == "lora" else {})
+        out[JOB.format(model_id=mid)] = stage_key(cfg, obj)
+    jobs = [JOB.format(model_id=mid) for mid in model_names(cfg)]
+    if all(name in upstream for name in jobs):
+        named = {"named": list(cfg.ensembles.named)} if cfg.ensembles.named else {}  # none: keys as before
+        out["score"] = stage_key(cfg, {name: upstream[name] for name in sorted(jobs)} | {"samples": samples}
+                                 | named)
     return out
 
 
@@ -62,24 +110,50 @@ def work(cfg: RunConfig, root: Path) -> Work:
 def run(ctx: Context) -> Path:
     cfg = ctx.cfg
     trained = ctx.need("train-rm")
+    member_records = ctx.need("train-members")
+    backbones = ctx.need("pretrain") if member_records else {}
     ctx.need("sample")
     records = trained["rms"] + ([trained["evaluator"]] if trained["evaluator"] else [])
     all_keys = keys(cfg, ctx.upstream())
+    members = member_scorers(cfg)
     todo = []
     for mid, model_name in model_names(cfg).items():
         name = JOB.format(model_id=mid)
         if not ctx.skip(name, all_keys[name]):
+            load = dict(members[mid]["load"]) if mid in members else {"kind": "rm"}
+            if load["kind"] == "lora":
+                load["backbone"] = backbones[member_backbone(cfg)]
             todo.append((name, dict(run_dir=str(ctx.root), out_rel=layout.scores_file(mid),
                                     model_dir=model_dir(ctx, model_name), model_id=mid,
                                     max_length=cfg.reward.max_length, batch_size=BATCH_SIZE, device=cfg.device,
-                                    threads=cfg.threads, show_progress=ctx.show_progress,
+                                    threads=cfg.threads, show_progress=ctx.show_progress, load=load,
                                     trust_remote_code=loaded(cfg, model_name) and cfg.pretrain.trust_remote_code)))
     # scoring jobs are short and share this process's tokenised samples (one tokenisation for all models)
     ctx.run_jobs(job_score, todo, all_keys, seeds_of=lambda kw: {}, pool=False, work=work(cfg, ctx.root))
     key = keys(cfg, ctx.upstream())["score"]
-    ctx.run_one("score", key, lambda: assemble_reward_tensor(ctx.root, records),
-                [layout.REWARDS, layout.MODELS], mark=False, announce=False)
+    score_s = {mid: (ctx.store.stage(JOB.format(model_id=mid)) or {}).get("wall_s") for mid in model_names(cfg)}
+    ensembles = {"members": members, "trained": member_records, "named": cfg.ensembles.named_members(),
+                 "score_s": score_s, "pretrains": _pretrain_records(ctx, cfg) if members else {}}
+    ctx.run_one("score", key, lambda: assemble_reward_tensor(ctx.root, records, ensembles),
+                [layout.REWARDS, layout.MODELS, layout.ENSEMBLES], mark=False, announce=False)
     return ctx.root / layout.REWARDS
+
+
+def _trained_member(mid: str, members: Mapping[str, dict]) -> str:
+    """The member id of the folder scoring job `mid` loads."""
+    return members[mid]["source"].split("/", 1)[1]
+
+
+def _pretrain_records(ctx: Context, cfg: RunConfig) -> dict[str, dict]:
+    """pretrain id -> its pretrain.json (wall seconds and parameters of its pretraining) where it has one."""
+    import json
+
+    out = {}
+    for pid, path in ctx.need("pretrain").items():
+        rec = Path(path) / layout.PRETRAIN_RECORD
+        if Path(path).is_dir() and rec.is_file():
+            out[pid] = json.loads(rec.read_text())
+    return out
 
 
 def loaded(cfg: RunConfig, model_name: str) -> bool:
@@ -171,7 +245,7 @@ def validate_samples(path: Path):
 
 def job_score(run_dir: str, out_rel: str, *, model_dir: str, model_id: str, max_length: int, batch_size: int,
               device: str, threads: int | None, show_progress: bool = True,
-              trust_remote_code: bool = False) -> dict | None:
+              trust_remote_code: bool = False, load: dict | None = None) -> dict | None:
     """Score every sample with one RM (a folder, or a hub id ``org/name@rev`` of a loaded evaluator) into
     run_dir/out_rel (prompt_id, sample_id, reward).
 
@@ -184,6 +258,10 @@ def job_score(run_dir: str, out_rel: str, *, model_dir: str, model_id: str, max_
     the main process writes the file and returns the info, the others return None once it is written.
     (Two rare fallbacks inside ``score_prompt_groups`` batch across the whole share and then equal the
     single process's rewards only up to rounding: all-padding candidates, and caches that cannot be shared.)
+
+    load: how an ensemble member is scored (perm.members; one process): ``{"kind": "multihead"}`` writes one
+    column ``reward_<h>`` per head, ``{"kind": "lora", "backbone": dir}`` merges the adapter at model_dir into
+    the backbone, ``{"kind": "mcdropout", "p": rate, "seed": s}`` is one seeded dropout draw; default a plain RM.
     """
     import numpy as np
     import pyarrow as pa
@@ -205,15 +283,36 @@ def job_score(run_dir: str, out_rel: str, *, model_dir: str, model_id: str, max_
     run = Path(run_dir)
     tok_dir = Path(model_dir) if (Path(model_dir) / "tokenizer.json").exists() else run / layout.TOKENIZER
     (p_ids, c_ids, rows), prompt_ids, sample_ids, tok = encoded_samples(run, tok_dir, max_length)
-    model = load_reward_model(model_dir, trust_remote_code=trust_remote_code).to(dev)
+    load = load or {"kind": "rm"}
+    if load["kind"] != "rm" and state is not None:
+        raise ValueError(f"{model_id}: ensemble members are scored in one process")
+    if load["kind"] == "lora":
+        from perm.members import load_lora_merged
+
+        model = load_lora_merged(load["backbone"], model_dir, pad_token_id=tok.pad_token_id,
+                                 trust_remote_code=trust_remote_code).to(dev)
+    else:
+        model = load_reward_model(model_dir, trust_remote_code=trust_remote_code,
+                                  heads=load["kind"] == "multihead").to(dev)
     t0 = time.perf_counter()
     bar = job_bar(JOB.format(model_id=model_id), len(prompt_ids), show_progress and main, unit="samples")
-    rewards = np.full(len(prompt_ids), np.nan)
+    from perm.readout import reward_shape
+
+    rewards = np.full((len(prompt_ids), *reward_shape(model)), np.nan)
     # scoring stays in fp32 even in bf16 runs: a bf16 head rounds rewards into spurious ties (7-bit mantissa),
     # and ties go to the lower sample id for every RM alike, inflating agreement
     if state is None:
-        groups = score_prompt_groups(model, p_ids, c_ids, tok.pad_token_id, dev, batch_size=batch_size,
-                                     progress=bar)
+        draw = contextlib.nullcontext()
+        if load["kind"] == "mcdropout":
+            from perm.members import dropout_on
+            from perm.models import seeded
+
+            draw = contextlib.ExitStack()
+            draw.enter_context(dropout_on(model, load["p"]))
+            draw.enter_context(seeded(load["seed"]))
+        with draw:
+            groups = score_prompt_groups(model, p_ids, c_ids, tok.pad_token_id, dev, batch_size=batch_size,
+                                         progress=bar, mc_dropout=load["kind"] == "mcdropout")
         for r, group in zip(rows, groups, strict=True):
             rewards[r] = group
     else:
@@ -241,11 +340,12 @@ def job_score(run_dir: str, out_rel: str, *, model_dir: str, model_id: str, max_
         for r, vals in shares:
             rewards[r] = vals
     bar.close()
-    check_finite(rewards, model_id)  # on every rank alike: none waits for a main process that raised
+    check_finite(rewards.reshape(-1), model_id)  # on every rank alike: none waits for a main process that raised
     if main:
+        columns = ({"reward": pa.array(rewards, pa.float64())} if rewards.ndim == 1 else
+                   {f"reward_{h}": pa.array(rewards[:, h], pa.float64()) for h in range(rewards.shape[1])})
         atomic_write_parquet(run / out_rel, pa.table({"prompt_id": pa.array(prompt_ids, pa.int64()),
-                                                      "sample_id": pa.array(sample_ids, pa.int64()),
-                                                      "reward": pa.array(rewards, pa.float64())}))
+                                                      "sample_id": pa.array(sample_ids, pa.int64()), **columns}))
     wall = time.perf_counter() - t0
     info = {"rows": len(prompt_ids), "wall_s": wall, "sequences_per_s": len(prompt_ids) / wall}
     if state is not None:
@@ -256,33 +356,164 @@ def job_score(run_dir: str, out_rel: str, *, model_dir: str, model_id: str, max_
     return info
 
 
-def assemble_reward_tensor(root: Path, records: list[dict]) -> dict:
-    """Concatenate scores/*.parquet (+ the gold reward) into rewards.parquet and models.parquet."""
+def assemble_reward_tensor(root: Path, records: list[dict], ensembles: Mapping | None = None) -> dict:
+    """Concatenate scores/*.parquet (+ the gold reward) into rewards.parquet and models.parquet, and the
+    ensembles' costs into ensembles.parquet (:func:`ensemble_costs`).
+
+    ensembles: ``members`` (:func:`member_scorers`), ``trained`` (the members' rm.json by member id),
+    ``named`` (name -> model ids, `ensembles.named`), ``score_s`` (scoring seconds by job id) and
+    ``pretrains`` (pretrain.json by pretrain id). With members or named ensembles models.parquet gets the
+    ``ensemble`` (comma-separated names) and ``kind`` columns; members have role ``member``."""
     import pandas as pd
 
     from perm.store import atomic_write_parquet
 
+    ens = dict(ensembles or {})
+    members, trained, named = ens.get("members", {}), ens.get("trained", {}), ens.get("named", {})
     samples = pq.read_table(root / layout.SAMPLES).to_pandas()
     base = samples[["prompt_id", "sample_id", "is_reference"]]
     parts, models = [], []
-    for rec in records:
-        mid = "evaluator" if rec["role"] == "evaluator" else rec["model_id"]
-        scores = pq.read_table(root / layout.scores_file(mid)).to_pandas()
-        df = base.merge(scores, on=["prompt_id", "sample_id"], how="left", validate="one_to_one")
+
+    def add(mid: str, scores, column: str, row: dict) -> None:
+        df = base.merge(scores[["prompt_id", "sample_id", column]].rename(columns={column: "reward"}),
+                        on=["prompt_id", "sample_id"], how="left", validate="one_to_one")
         df["model_id"] = mid
         parts.append(df)
-        models.append({"model_id": mid, "role": rec["role"], "pretrain_id": rec["pretrain_id"],
-                       "finetune_seed": rec["finetune_seed"], "accuracy": rec["accuracy"],
-                       "accuracy_se": rec["accuracy_se"], "gold_accuracy": rec.get("gold_accuracy")})
+        models.append({"model_id": mid, **row})
+
+    for rec in records:
+        mid = "evaluator" if rec["role"] == "evaluator" else rec["model_id"]
+        add(mid, pq.read_table(root / layout.scores_file(mid)).to_pandas(), "reward",
+            {"role": rec["role"], "pretrain_id": rec["pretrain_id"], "finetune_seed": rec["finetune_seed"],
+             "accuracy": rec["accuracy"], "accuracy_se": rec["accuracy_se"],
+             "gold_accuracy": rec.get("gold_accuracy"), "kind": "grid" if rec["role"] == "rm" else None,
+             "ensemble": None})
+    for job, spec in members.items():
+        rec = trained[spec["source"].split("/", 1)[1]]
+        scores = pq.read_table(root / layout.scores_file(job)).to_pandas()
+        for h, mid in enumerate(spec["model_ids"]):
+            acc = rec["heads"][h] if spec["load"]["kind"] == "multihead" else rec
+            add(mid, scores, f"reward_{h}" if spec["load"]["kind"] == "multihead" else "reward",
+                {"role": "member", "pretrain_id": rec["pretrain_id"], "finetune_seed": None,
+                 "accuracy": acc["accuracy"], "accuracy_se": acc["accuracy_se"],
+                 "gold_accuracy": acc.get("gold_accuracy"), "kind": spec["kind"], "ensemble": spec["ensemble"]})
+    known = {m["model_id"]: m for m in models}
+    for name, ids in named.items():
+        missing = [i for i in ids if i not in known or known[i]["role"] not in ("rm", "member")]
+        if missing:
+            raise ValueError(f"ensembles.named: {name}: no reward model or member {missing} in this run "
+                             f"(its models: {', '.join(m for m, r in known.items() if r['role'] != 'gold')})")
+        for i in ids:
+            known[i]["ensemble"] = ",".join(filter(None, [known[i]["ensemble"], name]))
     if "gold_reward" in samples.columns:
         df = base.assign(model_id="gold", reward=samples.gold_reward.astype("float64"))
         parts.append(df)
         models.append({"model_id": "gold", "role": "gold", "pretrain_id": None, "finetune_seed": None,
-                       "accuracy": None, "accuracy_se": None, "gold_accuracy": None})
+                       "accuracy": None, "accuracy_se": None, "gold_accuracy": None, "kind": None, "ensemble": None})
     rewards = pd.concat(parts, ignore_index=True)[["prompt_id", "sample_id", "model_id", "reward", "is_reference"]]
     models_df = pd.DataFrame(models).astype({"finetune_seed": "Int64", "accuracy": "float64",
                                              "accuracy_se": "float64", "gold_accuracy": "float64"})
+    if not members and not named:  # a run without ensembles of its own: models.parquet as it always was
+        models_df = models_df.drop(columns=["kind", "ensemble"])
+    costs = ensemble_costs(records, ens)
     atomic_write_parquet(root / layout.REWARDS, rewards)
     atomic_write_parquet(root / layout.MODELS, models_df)
-    return {"rows": len(rewards), "models": len(models)}
+    atomic_write_parquet(root / layout.ENSEMBLES, costs)
+    return {"rows": len(rewards), "models": len(models), "ensembles": len(costs)}
 
+
+COST_COLUMNS = ("ensemble", "kind", "n_members", "params_trained", "params_held", "forwards_per_candidate",
+                "train_s", "score_s", "note")
+
+
+def ensemble_costs(records: list[dict], ensembles: Mapping) -> pd.DataFrame:
+    """What each ensemble costs (the ensembles.parquet rows, :data:`COST_COLUMNS`): parameters trained
+    (pretraining included where an ensemble needs backbones of its own), parameters held while scoring, forward
+    passes per candidate, and the seconds its training and scoring took on the machine that ran them (NaN where
+    not recorded). Grid ensembles: ``single`` (one RM, the grid's mean), ``finetune`` (the finetune seeds of
+    one pretrain) and ``pretrain`` (one RM per pretrain, plus pretraining the other backbones: their
+    pretrain.json seconds, recorded where they were built)."""
+    import numpy as np
+    import pandas as pd
+
+    members, trained = ensembles.get("members", {}), ensembles.get("trained", {})
+    score_s, pretrains = ensembles.get("score_s", {}), ensembles.get("pretrains", {})
+    nan = float("nan")
+
+    def num(x) -> float:
+        return nan if x is None else float(x)
+
+    grid = [r for r in records if r["role"] == "rm"]
+    per_pretrain: dict[str, list[dict]] = {}
+    for r in grid:
+        per_pretrain.setdefault(r["pretrain_id"], []).append(r)
+    p = num(grid[0].get("params_total")) if grid else nan
+    wall = float(np.mean([num(r.get("wall_s")) for r in grid])) if grid else nan
+    sc = float(np.mean([num(score_s.get(r["model_id"])) for r in grid])) if grid else nan
+    f = max((len(v) for v in per_pretrain.values()), default=0)
+    k = len(per_pretrain)
+    rows = [{"ensemble": "single", "kind": "grid", "n_members": 1, "params_trained": p, "params_held": p,
+             "forwards_per_candidate": 1, "train_s": wall, "score_s": sc, "note": "one grid RM (their mean)"}]
+    if f >= 2:
+        rows.append({"ensemble": "finetune", "kind": "grid", "n_members": f, "params_trained": f * p,
+                     "params_held": f * p, "forwards_per_candidate": f, "train_s": f * wall, "score_s": f * sc,
+                     "note": f"{f} finetunes of one pretrain"})
+    if k >= 2:
+        first = sorted(per_pretrain)[0]
+        extra = [pretrains.get(pid, {}) for pid in sorted(per_pretrain) if pid != first]
+        pre_s = sum(num(x.get("wall_s")) for x in extra)
+        pre_p = sum(num(x.get("n_params")) for x in extra)
+        rows.append({"ensemble": "pretrain", "kind": "grid", "n_members": k, "params_trained": k * p + pre_p,
+                     "params_held": k * p, "forwards_per_candidate": k, "train_s": k * wall + pre_s,
+                     "score_s": k * sc, "note": f"{k} finetunes on {k} pretrains, with pretraining the other "
+                                                f"{k - 1} backbones (their recorded seconds, where they were built)"})
+    by_ensemble: dict[str, list[str]] = {}
+    for job, spec in members.items():
+        by_ensemble.setdefault(spec["ensemble"], []).append(job)
+    for name, jobs in by_ensemble.items():
+        specs = [members[j] for j in jobs]
+        recs = [trained[s["source"].split("/", 1)[1]] for s in specs]
+        kind = specs[0]["kind"]
+        n = sum(len(s["model_ids"]) for s in specs)
+        scored = sum(num(score_s.get(j)) for j in jobs)
+        if kind == "multihead":
+            r = recs[0]
+            row = (r["params_trained"], r["params_total"], 1, num(r["wall_s"]), r.get("note", "")
+                   or f"one finetune, {n} heads")
+        elif kind == "lora":
+            adapters = sum(r["params_trained"] for r in recs)
+            backbone = recs[0]["params_total"] - recs[0]["params_trained"]
+            row = (adapters, backbone + adapters, n, sum(num(r["wall_s"]) for r in recs),
+                   f"{n} adapters + heads on one frozen backbone")
+        elif kind in ("warm", "warm-member"):
+            probe = trained["warm-probe"]
+            fts = [trained[m] for m in sorted(trained) if m.startswith("warm-") and m != "warm-probe"]
+            t = num(probe["wall_s"]) + sum(num(r["wall_s"]) for r in fts)
+            pt = probe["params_trained"] + sum(r["params_trained"] for r in fts)
+            if kind == "warm":
+                row = (pt, recs[0]["params_total"], 1, t + num(recs[0]["wall_s"]),
+                       f"the weight average of {len(fts)} finetunes from one linear probe: one model")
+            else:
+                row = (pt, sum(r["params_total"] for r in fts), len(fts), t,
+                       f"the {len(fts)} WARM finetunes as a prediction ensemble")
+        elif kind == "grid-soup":
+            row = (f * p, recs[0]["params_total"], 1, f * wall + num(recs[0]["wall_s"]),
+                   f"the weight average of the grid's {f} finetune seeds (their training is the finetune ensemble's)")
+        else:  # mcdropout
+            r = recs[0]
+            row = (r["params_trained"], r["params_total"], n, num(r["wall_s"]),
+                   f"{n} dropout draws of one RM finetuned with dropout")
+        rows.append({"ensemble": name, "kind": kind, "n_members": n, "params_trained": row[0],
+                     "params_held": row[1], "forwards_per_candidate": row[2], "train_s": row[3],
+                     "score_s": scored, "note": row[4]})
+    for name, ids in ensembles.get("named", {}).items():
+        rows.append({"ensemble": name, "kind": "named", "n_members": len(ids), "params_trained": nan,
+                     "params_held": nan, "forwards_per_candidate": len(ids), "train_s": nan,
+                     "score_s": sum(num(score_s.get(i)) for i in ids), "note": "named in the config: "
+                     + "+".join(ids)})
+    df = pd.DataFrame(rows, columns=list(COST_COLUMNS))
+    for c in ("params_trained", "params_held", "train_s", "score_s"):
+        df[c] = df[c].astype("float64")
+    df["n_members"] = df.n_members.astype("int64")
+    df["forwards_per_candidate"] = df.forwards_per_candidate.astype("int64")
+    return df

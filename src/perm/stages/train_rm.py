@@ -13,21 +13,25 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from perm import run_layout as layout
 from perm.config import RunConfig, to_dict
-from perm.progress import job_bar
+from perm.rm_jobs import (  # noqa: F401  (re-exported: the jobs of this stage; tests and perm.launch name them here)
+    EVAL_FIELDS,
+    encoded_eval_pairs,
+    job_reward_model,
+    rm_seeds,
+    train_tokens,
+)
 from perm.stages._context import (
     Context,
     backbone_identity,
     checkpoint_name,
     data_identity,
-    read_column,
     stage_key,
     torch_setup,
 )
 from perm.stages._grid import (
+    GRID_FIELDS,
     eval_pair_files,
     evaluator_ids,
     evaluator_pair_files,
@@ -36,41 +40,24 @@ from perm.stages._grid import (
     grid_names,
     pair_count,
     pair_files,
+    pairs_key,
+    recipe_key,
     rm_id,
+    unkeyed_defaults,
 )
 from perm.stages._plan import Work, optimizer_steps
-from perm.store import atomic_path, derive_seed
+from perm.store import atomic_path
 
 NAME = "train-rm"
 NEEDS = ("testbed", "pretrain", "policy-prefs")
 WRITES = {layout.RM: (layout.RM,), layout.EVALUATOR_RM: (layout.EVALUATOR_RM,)}
 SUMMARY = "Finetune the reward-model grid and the evaluator."
 TAKES_TENSOR = False
-GRID_FIELDS = ("finetune_seeds", "layout", "pairs", "policy_pairs_per_post", "policy_kwise",
-               "finetune_seed_scope", "pairs_from")  # keyed per RM or via pairs_key
 
-
-def rm_seeds(finetune_seed: int, pretrain_id: str | None = None) -> dict:
-    """The three finetuning seeds, each its own stream. Derived from the finetune seed alone (scope `shared`:
-    the same head init, data order and dropout on every backbone), or, given `pretrain_id` (scope `per_rm`,
-    and always for the evaluator), from the pretrain id and finetune seed together."""
-    parts = (finetune_seed,) if pretrain_id is None else (pretrain_id, finetune_seed)
-    return {
-        "head_seed": derive_seed("rm-head", *parts),
-        "data_seed": derive_seed("rm-data-order", *parts),
-        "dropout_seed": derive_seed("rm-dropout", *parts),
-    }
 
 
 def evaluator_reward_args(cfg: RunConfig) -> dict:
     return dict(to_dict(cfg.reward), epochs=cfg.evaluator.epochs, lr=cfg.evaluator.lr)
-
-
-def pairs_key(cfg: RunConfig, upstream: Mapping[str, str]) -> dict:
-    """What the RMs' training pairs depend on beyond the testbed (empty for the testbed's own pairs)."""
-    if cfg.reward.pairs == "testbed":
-        return {}
-    return {"pairs": cfg.reward.pairs, "policy_prefs": upstream["policy-prefs"]}
 
 
 def evaluator_pairs_key(cfg: RunConfig, upstream: Mapping[str, str]) -> dict:
@@ -80,15 +67,10 @@ def evaluator_pairs_key(cfg: RunConfig, upstream: Mapping[str, str]) -> dict:
     return pairs_key(cfg, upstream) | own
 
 
-def _unkeyed_defaults(reward: dict) -> dict:
-    """Leave out of the keys the fields added after runs were made, at their old behaviour (keys as before)."""
-    return {k: v for k, v in reward.items() if not (k == "readout" and v == "last")}
-
-
 def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
     c, e = cfg.reward, cfg.evaluator
     data, pairs = data_identity(cfg, upstream), pairs_key(cfg, upstream)
-    common = _unkeyed_defaults({k: v for k, v in to_dict(c).items() if k not in GRID_FIELDS})
+    common = recipe_key(cfg)
     scope = {} if c.finetune_seed_scope == "shared" else {"scope": c.finetune_seed_scope}  # shared: keys as before
     out = {}
     for pid, seed in grid(cfg.pretrain.pretrain_ids(), c.finetune_seeds, c.layout):
@@ -112,7 +94,7 @@ def evaluator_key(cfg: RunConfig, upstream: Mapping[str, str]) -> str:
                                "max_length": c.max_length})
     backbone = upstream[checkpoint_name(e.checkpoint) if e.checkpoint else layout.EVALUATOR_PRETRAIN]
     grid_only = (*GRID_FIELDS, "max_train_pairs")
-    reward = _unkeyed_defaults({k: v for k, v in evaluator_reward_args(cfg).items() if k not in grid_only})
+    reward = unkeyed_defaults({k: v for k, v in evaluator_reward_args(cfg).items() if k not in grid_only})
     return stage_key(cfg, {"reward": reward, "pairs": e.train_pairs, "backbone": backbone, "testbed": data,
                            **evaluator_pairs_key(cfg, upstream), "seeds": evaluator_ids(cfg)})
 
@@ -219,40 +201,6 @@ def _evaluate_loaded(ctx: Context, key: str, eval_files: tuple[str, ...]) -> Non
         **ctx.job_env(pooled=False)), [layout.EVALUATOR_RM], loads=spec)
 
 
-def train_tokens(tokenizer, prompts, chosen, rejected, epochs: float) -> dict:
-    """Tokens an RM's finetuning reads (before any cut to max_length), the measure the testbed compares with
-    its backbones' pretraining tokens: ``train_tokens`` counts each distinct prompt once and each distinct
-    completion of it once per epoch (what a prompt-sharing forward runs); ``train_sequence_tokens`` counts every
-    distinct prompt + completion sequence whole."""
-    from perm.reward import token_ids
-
-    seqs = sorted({*zip(prompts, chosen, strict=True), *zip(prompts, rejected, strict=True)})
-    distinct_prompts = sorted({p for p, _ in seqs})
-    lp = dict(zip(distinct_prompts, map(len, token_ids(tokenizer, distinct_prompts)), strict=True))
-    lc = list(map(len, token_ids(tokenizer, [c for _, c in seqs])))
-    eos = 1 if tokenizer.eos_token_id is not None else 0
-    read = sum(lp.values()) + sum(c + eos for c in lc)
-    whole = sum(lp[p] + c + eos for (p, _), c in zip(seqs, lc, strict=True))
-    return {"train_tokens": int(round(epochs * read)), "train_sequence_tokens": int(round(epochs * whole)),
-            "n_train_completions": len(seqs)}
-
-
-def encoded_eval_pairs(run: Path, rel: str, tok, max_length: int):
-    """Held-out pairs `rel` of the run, encoded: (chosen ids, rejected ids, gold differences or None where the
-    file has no gold columns)."""
-    from perm.reward import encode_pairs
-
-    ep, ec, er = read_column(run / rel, "prompt", "chosen", "rejected")
-    gold_diff = None
-    if "gold_chosen" in pq.read_schema(run / rel).names:
-        gc, gr = read_column(run / rel, "gold_chosen", "gold_rejected")
-        gold_diff = [a - b for a, b in zip(gc, gr, strict=True)]
-    return *encode_pairs(tok, ep, ec, er, max_length), gold_diff
-
-
-EVAL_FIELDS = ("accuracy", "accuracy_se", "gold_accuracy", "mean_reward")  # recorded per other eval file
-
-
 def job_evaluate_rm(run_dir: str, out_rel: str, *, checkpoint: str, spec: str, eval_files: tuple[str, ...],
                     max_length: int, device: str, threads: int | None, trust_remote_code: bool = False,
                     precision: str = "fp32", attention: str = "auto", show_progress: bool = True) -> dict:
@@ -312,125 +260,4 @@ def job_evaluate_rm(run_dir: str, out_rel: str, *, checkpoint: str, spec: str, e
         (tmp / layout.RM_RECORD).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     return info
 
-
-def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: str, finetune_seed: int,
-                     reward: dict, n_pairs: int | None,
-                     pair_files: tuple[str, ...] = (layout.PREFS_TRAIN,),
-                     eval_files: tuple[str, ...] = (layout.PREFS_EVAL,), device: str, threads: int | None,
-                     precision: str = "fp32", attention: str = "auto",
-                     trust_remote_code: bool = False, role: str = "rm", seed_scope: str = "shared",
-                     show_progress: bool = True) -> dict | None:
-    """Finetune one RM from `backbone` (dir or hub id) on the pairs of `pair_files` (concatenated, first
-    `n_pairs` kept); save it + rm.json atomically.
-
-    Under several processes (``python -m perm.launch job_reward_model``, DDP) every rank trains on its slice
-    of each global batch; the main process writes the RM and returns the info, the others return None once
-    it is written.
-
-    eval_files: held-out pairs; the first is in distribution (the learning curve and `accuracy`), the others
-    are evaluated once at the end (`other_evals`). Gold accuracy wherever the file has gold columns."""
-    from perm.models import (
-        attention_for,
-        load_reward_backbone,
-        load_tokenizer,
-        make_accelerator,
-        save_model,
-        use_attention,
-    )
-    from perm.prefix import set_readout
-    from perm.reward import encode_pairs, evaluate_pairs, train_reward_model
-
-    dev = torch_setup(device, threads)
-    run = Path(run_dir)
-    tok = load_tokenizer(backbone if not (run / layout.TOKENIZER).exists() else run / layout.TOKENIZER,
-                         trust_remote_code=trust_remote_code)
-    seeds = rm_seeds(finetune_seed, pretrain_id if seed_scope == "per_rm" else None)
-    model = load_reward_backbone(backbone, pad_token_id=tok.pad_token_id, head_seed=seeds["head_seed"],
-                                 dropout=reward["dropout"], trust_remote_code=trust_remote_code)
-    set_readout(model, reward.get("readout", "last"))
-    if model.get_input_embeddings().num_embeddings < len(tok):
-        model.resize_token_embeddings(len(tok))
-    use_attention(model, attention_for(dev, precision, attention))
-    ml = reward["max_length"]
-    prompts, chosen, rejected = [], [], []
-    for rel in pair_files:  # e.g. policy_prefs.parquet then data/prefs_train.parquet
-        p, c, r = read_column(run / rel, "prompt", "chosen", "rejected")
-        prompts, chosen, rejected = prompts + p, chosen + c, rejected + r
-    if n_pairs is not None:
-        prompts, chosen, rejected = prompts[:n_pairs], chosen[:n_pairs], rejected[:n_pairs]
-
-    def eval_set(rel: str):
-        return encoded_eval_pairs(run, rel, tok, ml)
-
-    ec, er, gold_diff = eval_set(eval_files[0])
-    acc = make_accelerator(dev, precision)
-    world = acc.num_processes  # > 1 under `python -m perm.launch` (DDP): every rank trains, the main one saves
-    if world > 1:
-        short = len(chosen) % reward["batch_size"]
-        if 0 < short < world:
-            raise ValueError(f"{out_rel}: {len(chosen)} pairs in batches of {reward['batch_size']} leave a last "
-                             f"batch of {short} pairs, fewer than the {world} processes that split each batch")
-        # the loop splits each global batch over the ranks: one LR-schedule step per update, as in one process
-        # (accelerate's default steps a prepared scheduler once per process)
-        acc.dataloader_config.split_batches = True
-    train_chosen, train_rejected = encode_pairs(tok, prompts, chosen, rejected, ml)
-    bar = job_bar(out_rel, 1, show_progress and acc.is_main_process, scale=(reward["batch_size"], "pairs"))
-    state = train_reward_model(
-        model, chosen=train_chosen, rejected=train_rejected,
-        eval_chosen=ec, eval_rejected=er, eval_gold_diff=gold_diff, pad_id=tok.pad_token_id,
-        data_seed=seeds["data_seed"], dropout_seed=seeds["dropout_seed"], progress=bar,
-        accelerator=acc,
-        **{k: reward[k] for k in ("center_coef", "epochs", "batch_size", "lr", "warmup_frac", "weight_decay",
-                                  "max_grad_norm", "eval_every", "group_by_prompt")})
-    bar.close()
-    model = state.pop("model")
-    train_loss = state["train_loss"]
-    if world > 1:  # each rank's loss is of its slice: the global batch's is their mean (equal slices)
-        from accelerate.utils import gather_object
-
-        train_loss = [sum(step) / world for step in zip(*gather_object([train_loss]), strict=True)]
-        if not acc.is_main_process:
-            acc.wait_for_everyone()  # until the main process has written the RM
-            return None
-    final = state["evals"][-1]  # the loop's last eval is of the final weights (every rank evaluates all)
-    keep = ("accuracy", "accuracy_se", "gold_accuracy", "mean_reward")
-    others = {}
-    for rel in eval_files[1:]:
-        oc, orj, ogd = eval_set(rel)
-        res = evaluate_pairs(model, oc, orj, tok.pad_token_id, model.device, gold_diff=ogd)
-        others[rel] = {k: res[k] for k in keep if k in res}
-    info = {
-        "model_id": Path(out_rel).name,
-        "role": role,
-        "pretrain_id": pretrain_id,
-        "finetune_seed": finetune_seed,
-        "backbone": str(backbone),
-        "seeds": seeds,
-        "seed_scope": seed_scope,
-        "config": reward,
-        "n_train_pairs": len(chosen),
-        **train_tokens(tok, prompts, chosen, rejected, reward["epochs"]),
-        "n_train_prompts": state["n_prompts"],
-        "eval_pairs": eval_files[0],
-        "n_eval_pairs": len(ec),
-        "accuracy": final["accuracy"],
-        "accuracy_se": final["accuracy_se"],
-        "gold_accuracy": final.get("gold_accuracy"),
-        "eval_mean_reward": final["mean_reward"],
-        "other_evals": others,
-        "eval_curve": state["evals"],
-        "final_train_loss": float(sum(train_loss[-20:]) / len(train_loss[-20:])),
-        "steps": state["step"],
-        "wall_s": state["wall_s"],
-        "pairs_per_s": state["pairs_per_s"],
-        "attention": model.config._attn_implementation,
-        "precision": precision,
-    }
-    if world > 1:
-        info["processes"] = world
-    with atomic_path(run / out_rel) as tmp:
-        save_model(model, tok, tmp, info, layout.RM_RECORD)
-    if world > 1:
-        acc.wait_for_everyone()
-    return info
 
