@@ -86,8 +86,11 @@ def test_round_trip_with_ensembles_and_kinds(tmp_path, cheap):
     assert dict(again.ensembles) == dict(back.ensembles) and again.kinds == back.kinds
     with pytest.raises(TypeError):
         back.ensembles["x"] = (0,)  # read-only
-    plain = analysis.reward_tensor_to_frames(analysis.synthetic_reward_tensor(n_prompts=3, pool_size=4))[1]
+    plain_t = analysis.synthetic_reward_tensor(n_prompts=3, pool_size=4)
+    rewards, plain = analysis.reward_tensor_to_frames(plain_t)
     assert "ensemble" not in plain.columns and "kind" not in plain.columns  # nothing new where nothing is set
+    declared_none = analysis.reward_tensor_from_frames(rewards, plain.assign(ensemble=np.nan, kind=np.nan))
+    assert dict(declared_none.ensembles) == {} and set(declared_none.kinds) == {None}
 
 
 BAD_ENSEMBLES = {
@@ -229,6 +232,15 @@ def test_one_member_ensemble_is_its_own_best_of_n(cheap):
     tab = analysis.table1(fig4, target="gold")
     assert list(tab.ensemble) == ["finetune"] * 4 + ["pretrain"] * 4 + ["lora"] * 4 + ["warm", "single RM"]
     assert tab[tab.ensemble == "warm"].aggregator.tolist() == ["none"]
+    # the reward-hacking diagnostics rank by the same rankers
+    length = np.arange(cheap.n_prompts * cheap.pool_size) % 7 + 5
+    samples = pd.DataFrame({"prompt_id": np.repeat(cheap.prompt_ids, cheap.pool_size),
+                            "sample_id": cheap.sample_ids.reshape(-1), "n_tokens": length})
+    hack = analysis.reward_hacking(cheap, samples, ns=[8])
+    row = hack[hack.ranker == "warm"].iloc[0]
+    assert row.aggregator == "none" and row["mean"] == pytest.approx(
+        np.sum(bon.selection_probabilities(cheap.pool[warm], 8) * length.reshape(cheap.n_prompts, -1), axis=-1).mean())
+    assert list(hack[hack.ranker == "lora"].aggregator) == list(bon.AGGREGATORS)
 
 
 # ---------------------------------------------------------------------------------------------------

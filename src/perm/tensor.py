@@ -255,7 +255,11 @@ def _validate_ensembles(models: pd.DataFrame, source: str) -> None:
 
 def _validate_models(models: pd.DataFrame, source: str) -> pd.DataFrame:
     spec = {"model_id": "str", "role": "str", "pretrain_id": "nullable_str", "finetune_seed": "nullable_int"}
-    spec |= {c: "nullable_str" for c in (ENSEMBLE_COLUMN, KIND_COLUMN) if c in models.columns}
+    optional = [c for c in (ENSEMBLE_COLUMN, KIND_COLUMN) if c in models.columns]
+    spec |= {c: "nullable_str" for c in optional}
+    empty = [c for c in optional if models[c].isna().all()]  # e.g. all NaN as float: nothing declared
+    if empty:
+        models = models.assign(**{c: pd.Series([None] * len(models), index=models.index, dtype=object) for c in empty})
     models = _check_dtypes(models, spec, source)
     dup = models[models.model_id.duplicated(keep=False)]
     if len(dup):
