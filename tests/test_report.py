@@ -404,3 +404,36 @@ def test_learnability_says_how_far_the_evaluator_leads_the_best_grid_rm(tmp_path
     lead = out["evaluator Spearman with gold - best grid RM's"]
     assert lead["value"] == pytest.approx(rho["evaluator"] - rho["b-ft0"]) and "(b-ft0," in lead["description"]
     assert out["evaluator training pairs / grid RM's"]["value"] == 3.0
+
+
+def test_cheaper_ensembles_section_only_with_named_ensembles(tmp_path, full):
+    """A tensor with named ensembles gets the "Cheaper ensembles" section: its figure (reward against training
+    cost, log x), a table with the share of the pretrain ensemble's gain and the costs, and Table 1's named rows;
+    without them the page has no such section and no such figure."""
+    from test_named_ensembles import COSTS, with_members
+
+    assert "Cheaper ensembles" not in full["html"] and 'id="cheaper"' not in full["html"]
+    assert not (full["dir"] / "figures" / "fig_ensembles.png").exists()
+    t = analysis.synthetic_reward_tensor(n_pretrains=3, n_finetune=2, n_prompts=20, pool_size=8, n_reference=2)
+    named = with_members(t, [("lora", 3, "lora"), ("warm", 1, "warm")])
+    for costs, axis in ((COSTS, "train_s"), (COSTS.assign(train_s=np.nan), "params_trained"), (None, "no costs")):
+        out = tmp_path / axis.replace(" ", "_")
+        results = _save_and_load(out, analysis.run_analysis(named, anova_draws=2, bootstrap=30, costs=costs))
+        page = report.write_report(results, out / "report").read_text(encoding="utf-8")
+        section = page[page.index('<section id="cheaper"><h2>Cheaper ensembles</h2>'):]
+        section = section[: section.index("</section>")]
+        assert section.count("data:image/png;base64,") == 1 and 'id="fig_ensembles"' in section
+        assert (out / "report" / "figures" / "fig_ensembles.png").is_file()
+        assert page.count('id="fig_ensembles"') == 1  # not also among the figures
+        res = figures._figure_ensembles(results)
+        assert axis in res.figure.axes[0].get_xlabel()
+        assert (res.figure.axes[0].get_xscale() == "log") == (costs is not None)
+        assert "share of the pretrain ensemble&#x27;s gain recovered" in section
+        assert "lora ensemble" in section and "warm ensemble" in section and "lora - pretrain" in section
+        if costs is not None:
+            assert ">2<" in section and ">170<" in section  # lora's params trained and held
+        assert (">130<" in section) == (axis == "train_s")  # lora's train s
+        assert "lora - single" not in page[: page.index('id="cheaper"')]  # not among the paper's claims
+    md = (out / "report" / "table1.md").read_text(encoding="utf-8")
+    groups = [line.split("|")[1].strip() for line in md.split("\n\n")[1].splitlines()[2:]]
+    assert [g for g in groups if g] == ["finetune", "pretrain", "lora", "warm", "single RM"]

@@ -16,6 +16,10 @@ Conventions shared by every table:
   (:func:`perm.seedstats.multi_bootstrap`; ensembles: a jackknife over their members), with ``R`` the
   number of pretrains behind them; ``se_prompt`` is over prompts only. Figure 4's bands stay over prompts.
   Every interval is conditional on the SFT policy, its pool and the evaluator.
+* Named ensembles (models.parquet's ``ensemble`` column: cheap members on one backbone, or a user's own choice)
+  rank beside the finetune and pretrain ensembles; their intervals jackknife their members with the grid's
+  prompt draws and are conditional on their backbone. Grid statistics (Figures 1–3, the seed variance) use the
+  models of role ``rm`` only.
 * The pool of a prompt is ordered by ascending ``sample_id``; best-of-n ties go to the lower one.
 """
 
@@ -34,12 +38,14 @@ import pandas as pd
 
 from perm import bon, seedstats
 from perm.tensor import (  # noqa: F401  (re-exported: the tensor API has always been importable from here)
+    COST_COLUMNS,
     MODEL_COLUMNS,
     REWARD_COLUMNS,
     ROLES,
     RewardTensor,
     RewardTensorError,
     _example,
+    load_ensemble_costs,
     load_reward_tensor,
     reward_tensor_from_frames,
     reward_tensor_to_frames,
@@ -478,13 +484,18 @@ def ranker_scores(tensor: RewardTensor, scale: bool = False) -> list[tuple[str, 
     """The proxies whose best-of-n picks Figure 4 compares, as ``(ranker, aggregator, scores)``.
 
     ``scores`` is ``(R, P, N)``: R = number of RMs for ``single`` (results are averaged over them per
-    prompt), 1 otherwise. Ensembles: members standardised per prompt (:func:`perm.bon.standardize`,
-    ``scale`` for unit variance too), then each aggregator. ``evaluator`` and ``gold`` rank by
-    themselves, giving the ceilings for their own targets (aggregator ``none``).
+    prompt), 1 otherwise. Ensembles (``finetune``, ``pretrain``, then each named ensemble of the tensor under
+    its name): members standardised per prompt (:func:`perm.bon.standardize`, ``scale`` for unit variance
+    too), then each aggregator; a named ensemble of one member ranks by its own reward (aggregator ``none``).
+    ``evaluator`` and ``gold`` rank by themselves, giving the ceilings for their own targets (aggregator
+    ``none``).
     """
     out = [("single", "none", tensor.pool[tensor.rm_indices])]
-    for kind, members in ensemble_members(tensor).items():
-        if members:
+    groups = {**ensemble_members(tensor), **{k: list(v) for k, v in tensor.ensembles.items()}}
+    for kind, members in groups.items():
+        if len(members) == 1 and kind in tensor.ensembles:
+            out.append((kind, "none", tensor.pool[members]))
+        elif members:
             std = bon.standardize(tensor.pool[members], scale=scale)
             out += [(kind, agg, bon.aggregate(std, agg)[None]) for agg in bon.AGGREGATORS]
     for role in ("evaluator", "gold"):
@@ -509,7 +520,8 @@ def _expected_table(rankers, targets: Mapping[tuple[str, str], np.ndarray], ns, 
 
 
 def figure4(tensor: RewardTensor, ns=None, scale: bool = False) -> pd.DataFrame:
-    """Quality of best-of-n picks of single RMs and of the two ensembles × aggregators, vs n.
+    """Quality of best-of-n picks of single RMs and of the ensembles (the two of the paper, then each named
+    ensemble) × aggregators, vs n.
 
     Targets: ``evaluator`` and ``gold`` (whichever exist). Metrics: ``reward`` (the target's reward
     centred per prompt) and ``win_rate`` vs the reference samples (when the tensor has them). Rankers:
@@ -540,29 +552,82 @@ def _fmt(mean: float, se: float) -> str:
     return f"{mean:.3f} ± {se:.3f}" if np.isfinite(se) else f"{mean:.3f}"
 
 
+def named_ensembles(tensor: RewardTensor) -> dict[str, list[int]]:
+    """The tensor's named ensembles, name → model indices (:attr:`perm.tensor.RewardTensor.ensembles`)."""
+    return {name: list(idx) for name, idx in tensor.ensembles.items()}
+
+
+BACKBONE = "conditional on its backbone (one backbone cannot show pretrain-seed variation)"
+
+
+def named_condition(tensor: RewardTensor, members) -> str:
+    """What a named ensemble's interval is conditional on: its backbone when its members share one pretrain (or
+    name none: cheap members of one backbone); otherwise its members' pretrains, which the member jackknife
+    resamples as units."""
+    pids = {tensor.pretrain_ids[i] for i in members if tensor.pretrain_ids[i] is not None}
+    if len(pids) <= 1:
+        return BACKBONE
+    return f"its members come from {len(pids)} pretrains, resampled only as members"
+
+
+def _named_note(tensor: RewardTensor, name: str, members) -> str:
+    kinds = sorted({tensor.kinds[i] for i in members if tensor.kinds[i] is not None})
+    what = f"named ensemble {name}: {len(members)} member{'s' if len(members) != 1 else ''}"
+    what += f" ({', '.join(kinds)})" if kinds else ""
+    if len(members) == 1:
+        what += ", ranking by its own reward"
+    if any(tensor.roles[i] == "rm" for i in members):
+        what += ("; members that are grid RMs too are deleted independently of the grid's jackknife in its "
+                 "contrasts")
+    return what
+
+
+CELL_COLUMNS = ["ensemble", "aggregator", "target", "metric", "estimate", "se", "lo", "hi", "df", "se_prompt", "R",
+                "n_ensembles", "members", "resamples", "note", "share", "share_se", "share_lo", "share_hi",
+                "share_note"]
+
+
+def _share(iv: Mapping | None, value: float | None = None, note: str = "") -> dict:
+    """The share-of-pretrain-gain columns of a cell: from an interval, or a value that holds by definition."""
+    if iv is None:
+        v = np.nan if value is None else value
+        return {"share": v, "share_se": np.nan, "share_lo": np.nan, "share_hi": np.nan, "share_note": note}
+    return {"share": iv["estimate"], "share_se": iv["se"], "share_lo": iv["lo"], "share_hi": iv["hi"],
+            "share_note": iv.get("note", "")}
+
+
 def ensemble_intervals(tensor: RewardTensor, n: int | None = None, scale: bool = False, draws: int = 500,
                        level: float = 0.9, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Seed-aware intervals of Table 1's cells and contrasts at best-of-``n`` (default: the pool size), over
     every ensemble the layout has (:func:`perm.seedstats.grid_ensembles`: in the full layout one finetune
-    ensemble per pretrain and one pretrain ensemble per finetune seed; in the paper layout one of each).
+    ensemble per pretrain and one pretrain ensemble per finetune seed; in the paper layout one of each), and
+    over each named ensemble of the tensor.
 
     For each target (evaluator, gold) and metric (reward, win rate): the single-RM mean, each kind ×
     aggregator averaged over its ensembles, ``<kind> - single`` and ``pretrain - finetune``, all from one
     delete-one jackknife over pretrains and over finetune seeds plus a prompt bootstrap
     (:func:`perm.seedstats.grid_ensemble_intervals`): every contrast is paired (the same deletions and prompt
-    draws for both sides, which share RMs). Returns ``(cells, contrasts)``: cells with columns ``ensemble,
-    aggregator, target, metric, estimate, se, lo, hi, df, se_prompt, R, n_ensembles, resamples, note``;
-    contrasts with :data:`CONTRAST_COLUMNS` (figure ``table1``). Conditional on the SFT policy, its pool and
-    the evaluator.
+    draws for both sides, which share RMs). A named ensemble (:func:`perm.seedstats.named_ensemble_intervals`):
+    its value with a jackknife over its members plus the same prompt draws, and (figure ``ensembles``)
+    ``<name> - single``, ``<name> - pretrain`` and ``<name>: share of pretrain gain``; a one-member ensemble
+    (aggregator ``none``) is compared with the pretrain ensembles' ``mean`` aggregator. Every cell carries the
+    share of the pretrain ensembles' gain over a single RM it recovers, ``share`` (0 for the single RM and 1
+    for the pretrain ensembles by definition; NaN where that gain's interval includes 0) with its interval.
+    Returns ``(cells, contrasts)``: cells with :data:`CELL_COLUMNS` (``members``: models per ensemble, or RMs
+    averaged for ``single``); contrasts with :data:`CONTRAST_COLUMNS` (figure ``table1`` or ``ensembles``).
+    Conditional on the SFT policy, its pool and the evaluator.
     """
     n = tensor.pool_size if n is None else int(n)
     pool, pids, fseeds = _rm_meta(tensor)
     ensembles = seedstats.grid_ensembles(pids, fseeds)
+    named = named_ensembles(tensor)
+    prompt_w = seedstats.draw_bootstrap_weights(1, tensor.n_prompts, draws, seed).prompt
     cells, contrasts = [], []
     kind_note = {k: f"mean of {len(v)} {k} ensemble{'s' if len(v) != 1 else ''} ("
                  + ("one per pretrain with several finetune seeds" if k == "finetune" else
                     "one per finetune seed shared by several pretrains") + ")"
                  for k, v in ensembles.items() if v}
+    kind_members = {k: float(np.mean([len(e) for e in v])) for k, v in ensembles.items() if v}
     for role in ("gold", "evaluator"):
         idx = tensor.role_index(role)
         if idx is None:
@@ -572,24 +637,35 @@ def ensemble_intervals(tensor: RewardTensor, n: int | None = None, scale: bool =
             targets["win_rate"] = bon.win_probabilities(tensor.pool[idx], tensor.reference[idx])
         for metric, target in targets.items():
             single = np.sum(bon.selection_probabilities(pool, n) * target, axis=-1)  # (M, P)
+            grids = {}
             for agg in bon.AGGREGATORS:
-                res = seedstats.grid_ensemble_intervals(pool, target, n, ensembles, pids, fseeds, single=single,
-                                                        aggregator=agg, scale=scale, draws=draws, level=level,
-                                                        seed=seed).set_index("statistic")
+                grid = grids[agg] = seedstats.grid_ensemble_values(pool, target, n, ensembles, pids, fseeds,
+                                                                   single=single, aggregator=agg, scale=scale)
+                res = seedstats.grid_ensemble_intervals(pool, target, n, ensembles, pids, fseeds, draws=draws,
+                                                        level=level, seed=seed, values=grid).set_index("statistic")
+                gain = grid.stats.get("pretrain - single")
                 if agg == bon.AGGREGATORS[0] and "single" in res.index:
                     r = res.loc["single"]
                     cells.append({"ensemble": "single", "aggregator": "none", "target": role, "metric": metric,
                                   **{k: r[k] for k in ("estimate", "se", "lo", "hi", "df", "se_prompt", "R")},
-                                  "n_ensembles": len(pids), "resamples": r.resamples,
-                                  "note": f"mean of the {len(pids)} single RMs"})
+                                  "n_ensembles": len(pids), "members": len(pids), "resamples": r.resamples,
+                                  "note": f"mean of the {len(pids)} single RMs",
+                                  **(_share(None, 0.0, "by definition") if gain is not None else _share(None))})
                 for kind in ENSEMBLE_KINDS:
                     if kind not in res.index:
                         continue
                     e = res.loc[kind]
+                    if kind == "pretrain":
+                        share = _share(None, 1.0, "by definition")
+                    elif gain is not None and f"{kind} - single" in grid.stats:
+                        share = _share(seedstats.gain_share_interval(grid.stats[f"{kind} - single"], gain, prompt_w,
+                                                                     level))
+                    else:
+                        share = _share(None)
                     cells.append({"ensemble": kind, "aggregator": agg, "target": role, "metric": metric,
                                   **{k: e[k] for k in ("estimate", "se", "lo", "hi", "df", "se_prompt", "R")},
-                                  "n_ensembles": int(e.n_ensembles), "resamples": e.resamples,
-                                  "note": kind_note[kind]})
+                                  "n_ensembles": int(e.n_ensembles), "members": kind_members[kind],
+                                  "resamples": e.resamples, "note": kind_note[kind], **share})
                 for name, note in ((f"{k} - single", f"> 0: the {k} ensembles beat a single RM")
                                    for k in ENSEMBLE_KINDS):
                     if name in res.index:
@@ -598,9 +674,36 @@ def ensemble_intervals(tensor: RewardTensor, n: int | None = None, scale: bool =
                     contrasts.append(_table1_contrast(
                         res.loc["pretrain - finetune"], "pretrain - finetune", n, role, metric, agg,
                         "> 0: the pretrain ensembles beat the finetune ensembles (the paper's finding); paired"))
-    cell_cols = ["ensemble", "aggregator", "target", "metric", "estimate", "se", "lo", "hi", "df", "se_prompt", "R",
-                 "n_ensembles", "resamples", "note"]
-    return pd.DataFrame(cells, columns=cell_cols), pd.DataFrame(contrasts, columns=CONTRAST_COLUMNS)
+            for name, members in named.items():
+                note = _named_note(tensor, name, members)
+                for agg in bon.AGGREGATORS if len(members) >= 2 else ("none",):
+                    versus = agg if agg != "none" else "mean"
+                    res = seedstats.named_ensemble_intervals(
+                        tensor.pool[members], target, n, grids[versus], aggregator=versus, scale=scale, draws=draws,
+                        level=level, seed=seed, name=name, condition=named_condition(tensor, members),
+                    ).set_index("statistic")
+                    e = res.loc[name]
+                    share = res.loc["share of pretrain gain"] if "share of pretrain gain" in res.index else None
+                    cells.append({"ensemble": name, "aggregator": agg, "target": role, "metric": metric,
+                                  **{k: e[k] for k in ("estimate", "se", "lo", "hi", "df", "se_prompt")},
+                                  "R": len(members), "n_ensembles": 1, "members": len(members),
+                                  "resamples": e.resamples, "note": note,
+                                  **_share(None if share is None else share.to_dict())})
+                    vs = "" if agg != "none" else "; compared with the pretrain ensembles' mean aggregator"
+                    for stat, what in ((f"{name} - single", f"> 0: {name} beats a single RM"),
+                                       (f"{name} - pretrain", f"> 0: {name} beats the pretrain ensembles"),
+                                       ("share of pretrain gain", f"share of the pretrain ensembles' gain over a "
+                                                                  f"single RM that {name} recovers")):
+                        if stat in res.index:
+                            r = res.loc[stat]
+                            label = stat if stat != "share of pretrain gain" else f"{name}: {stat}"
+                            text = "; ".join(t for t in (what + vs, str(r.note or ""), note) if t)
+                            contrasts.append({"figure": "ensembles", "contrast": label, "n": n, "target": role,
+                                              "metric": metric, "aggregator": agg, "estimate": r.estimate,
+                                              **{k: r[k] for k in ("se", "lo", "hi", "df", "se_prompt", "R", "F",
+                                                                   "resamples")},
+                                              "p_le_0": np.nan, "note": text})
+    return pd.DataFrame(cells, columns=CELL_COLUMNS), pd.DataFrame(contrasts, columns=CONTRAST_COLUMNS)
 
 
 def _table1_contrast(r, name: str, n: int, role: str, metric: str, agg: str, note: str) -> dict:
@@ -613,8 +716,8 @@ def table1(fig4: pd.DataFrame, n: int | None = None, target: str | None = None,
            intervals: pd.DataFrame | None = None) -> pd.DataFrame:
     """Table 1 of the paper from :func:`figure4`'s table, at the largest n (or ``n``).
 
-    Paper layout: one row per (ensemble, aggregator) for ``finetune`` and ``pretrain``, then the
-    ``single RM`` baseline; columns ``reward`` and ``win rate`` as "mean ± se" strings, plus the numbers
+    Paper layout: one row per (ensemble, aggregator) for ``finetune`` and ``pretrain``, then each named
+    ensemble of the tensor (aggregator ``none`` for one of one member), then the ``single RM`` baseline; columns ``reward`` and ``win rate`` as "mean ± se" strings, plus the numbers
     (``reward_mean, reward_se, win_rate_mean, win_rate_se``) and ``n``, ``target``. The target is the
     evaluator, or the gold reward when there is no evaluator. With ``intervals`` (the cells of
     :func:`ensemble_intervals` at this n) the se is the seed-aware one, ``<metric>_lo/_hi`` give the
@@ -633,9 +736,11 @@ def table1(fig4: pd.DataFrame, n: int | None = None, target: str | None = None,
     cells = None if intervals is None else intervals[intervals.target == target].set_index(
         ["ensemble", "aggregator", "metric"])
     rows = []
-    for ranker in (*ENSEMBLE_KINDS, "single"):
+    named = [r for r in dict.fromkeys(sel.ranker) if r not in (*ENSEMBLE_KINDS, "single", "evaluator", "gold")]
+    for ranker in (*ENSEMBLE_KINDS, *named, "single"):
         part = sel[sel.ranker == ranker]
-        for agg in bon.AGGREGATORS if ranker != "single" else ("none",):
+        aggs = ("none",) if ranker == "single" else (*bon.AGGREGATORS, "none") if ranker in named else bon.AGGREGATORS
+        for agg in aggs:
             cell = part[part.aggregator == agg].set_index("metric")
             if cell.empty:
                 continue
@@ -734,18 +839,51 @@ def reward_hacking(
 
 
 def models_table(tensor: RewardTensor) -> pd.DataFrame:
-    """The models with their roles and ensemble membership (``in_finetune``, ``in_pretrain``)."""
+    """The models with their roles and ensemble membership (``in_finetune``, ``in_pretrain``; ``ensemble``: the
+    comma-separated named ensembles it belongs to, or None) and ``kind`` (what it is, or None)."""
     members = ensemble_members(tensor)
+    m = len(tensor.model_ids)
     return pd.DataFrame(
         {
             "model_id": list(tensor.model_ids),
             "role": list(tensor.roles),
             "pretrain_id": pd.Series(list(tensor.pretrain_ids), dtype=object),
             "finetune_seed": pd.array(list(tensor.finetune_seeds), dtype="Int64"),
-            "in_finetune": [i in members["finetune"] for i in range(len(tensor.model_ids))],
-            "in_pretrain": [i in members["pretrain"] for i in range(len(tensor.model_ids))],
+            "in_finetune": [i in members["finetune"] for i in range(m)],
+            "in_pretrain": [i in members["pretrain"] for i in range(m)],
+            "ensemble": pd.Series([",".join(tensor.ensembles_of(i)) or None for i in range(m)], dtype=object),
+            "kind": pd.Series(list(tensor.kinds), dtype=object),
         }
     )
+
+
+ENSEMBLE_TABLE_COLUMNS = ["ensemble", "aggregator", "target", "metric", "n", "estimate", "se", "lo", "hi", "df",
+                          "members", "resamples", "share", "share_lo", "share_hi", "share_note",
+                          *[c for c in COST_COLUMNS if c != "ensemble"]]
+
+
+def ensemble_table(cells: pd.DataFrame, costs: pd.DataFrame | None = None, n: int | None = None) -> pd.DataFrame:
+    """One row per ensemble (``single``, ``finetune``, ``pretrain``, each named ensemble) × aggregator × target
+    (gold first, then the evaluator) of the reward of the best-of-``n`` pick, from the cells of
+    :func:`ensemble_intervals`: ``estimate, se, lo, hi, df``, ``members`` (models per ensemble; RMs averaged
+    for ``single``), ``resamples``, the share of the pretrain ensembles' gain over a single RM it recovers
+    (``share, share_lo, share_hi, share_note``), joined on ``ensemble`` with the costs of ``ensembles.parquet``
+    (:func:`perm.tensor.load_ensemble_costs`: ``kind, n_members, params_trained, params_held,
+    forwards_per_candidate, train_s, score_s, note``; NaN where an ensemble has no costs). Columns
+    :data:`ENSEMBLE_TABLE_COLUMNS`; empty when there is neither a named ensemble nor a cost.
+    """
+    costs = costs if costs is not None else pd.DataFrame(columns=list(COST_COLUMNS))
+    has_named = bool(len(cells)) and not set(cells.ensemble) <= {"single", *ENSEMBLE_KINDS}
+    if cells.empty or (not has_named and costs.empty):
+        return pd.DataFrame(columns=ENSEMBLE_TABLE_COLUMNS)
+    rows = cells[cells.metric == "reward"].copy()
+    order = {"target": {"gold": 0, "evaluator": 1},
+             "ensemble": {e: i for i, e in enumerate(dict.fromkeys(["single", *ENSEMBLE_KINDS, *rows.ensemble]))},
+             "aggregator": {a: i for i, a in enumerate(("none", *bon.AGGREGATORS))}}
+    rows = rows.sort_values(list(order), key=lambda c: c.map(order[c.name]), kind="stable")
+    rows["n"] = n
+    out = rows.drop(columns=["note"]).merge(costs, on="ensemble", how="left")
+    return out[ENSEMBLE_TABLE_COLUMNS].reset_index(drop=True)
 
 
 def pool_texts(tensor: RewardTensor, samples: pd.DataFrame) -> np.ndarray:
@@ -776,13 +914,18 @@ def run_analysis(
     figure3_method: str = "mom",
     pick_ranker_name: str = "auto",
     coverage_sims: int = 0,
+    costs: pd.DataFrame | None = None,
 ) -> dict[str, pd.DataFrame]:
     """All analyses of the reward tensor.
 
     Returns tables ``meta`` (one row: sizes and settings), ``models`` (:func:`models_table`),
     ``figure1``, ``figure2`` (by pair relation), ``paper_groups``, ``contrasts``, ``seed_variance``,
     ``figure3``, ``figure4``, ``table1`` (under the gold reward first, then the evaluator, with seed-aware
-    intervals) and, with ``samples``, ``hacking``. ``ns`` defaults to :func:`perm.bon.default_ns`;
+    intervals), ``ensembles`` (:func:`ensemble_table`: every ensemble, named ones included, at the largest n
+    with the share of the pretrain ensembles' gain it recovers and its ``costs``, the table of
+    :func:`perm.tensor.load_ensemble_costs`) and, with ``samples``, ``hacking``. Named ensembles of the tensor
+    are rankers in Figure 4, Table 1, ``hacking`` and ``ensembles``; every grid statistic uses the RMs of
+    role ``rm`` only. ``ns`` defaults to :func:`perm.bon.default_ns`;
     ``anova_draws`` and ``seed`` drive Figure 3's random subsets and the bootstrap; ``scale`` also scales
     ensemble members to unit variance; ``include_ranker`` keeps the ranker among Figure 3's scorers;
     ``scope`` is what a finetune seed means (``shared``: the same head init, data order and dropout on every
@@ -823,6 +966,8 @@ def run_analysis(
                                            scope).describe(),
         "chance": "duplicate-aware (pool texts)" if samples is not None else "1/n (no texts: duplicates unknown)",
     }
+    if tensor.ensembles:
+        meta["named_ensembles"] = ",".join(f"{k}({len(v)})" for k, v in tensor.ensembles.items())
     texts = pool_texts(tensor, samples) if samples is not None else None
     iv = dict(draws=bootstrap, level=level, seed=seed)
     pairs = pair_statistics(tensor, ns, texts=texts, scope=scope, **iv)
@@ -842,6 +987,7 @@ def run_analysis(
                            bootstrap=bootstrap, level=level, method=figure3_method, scope=scope),
         "figure4": fig4,
         "table1": pd.concat(tables, ignore_index=True) if tables else table1(fig4),
+        "ensembles": ensemble_table(cells, costs, max(ns)),
     }
     if samples is not None:
         results["hacking"] = reward_hacking(tensor, samples, posts, ns, scale=scale)
@@ -910,6 +1056,8 @@ def summarize(results: Mapping[str, pd.DataFrame]) -> dict:
     summary["headline"] = headline
     if "table1" in results:
         summary["table1"] = results["table1"].to_dict("records")
+    if results.get("ensembles") is not None and not results["ensembles"].empty:
+        summary["ensembles"] = results["ensembles"].to_dict("records")
     return _jsonable(summary)
 
 

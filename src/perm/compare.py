@@ -62,7 +62,7 @@ def run_statistics(run: str | Path) -> pd.DataFrame:
     for r in t["figure3"].itertuples():
         put("variance explained by the RM", "fraction", r.n, r.mean, r.se, getattr(r, "se_prompt", np.nan))
     for r in t["contrasts"].itertuples():
-        what = {"figure1": "pick reward", "figure2": "agreement"}.get(r.figure, f"table1 {r.target} {r.metric}")
+        what = {"figure1": "pick reward", "figure2": "agreement"}.get(r.figure, f"{r.figure} {r.target} {r.metric}")
         put(f"{what}: {r.contrast}", r.aggregator if _present(r.aggregator) else "contrast", r.n, r.estimate,
             r.se, r.se_prompt)
     for r in t["seed_variance"].itertuples():

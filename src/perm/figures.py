@@ -23,12 +23,19 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import NullLocator, PercentFormatter
 
 from perm import bon
+from perm.run_layout import ENSEMBLES
 from perm.store import atomic_write_bytes
 
-FIGURES = ("fig_seed", "fig1", "fig2", "fig3", "fig4", "fig_gold", "fig_hacking")
+FIGURES = ("fig_seed", "fig1", "fig2", "fig3", "fig4", "fig_gold", "fig_hacking", "fig_ensembles")
+OPTIONAL_FIGURES = ("fig_ensembles",)  # drawn only when their data exists; never listed as "not drawn"
+GRID_ENSEMBLES = ("single", "finetune", "pretrain")
+# Named ensembles (cheap members on one backbone, or a user's own) take these colours in order.
+NAMED_COLORS = ("#2a9d8f", "#9b5de5", "#c44536", "#3d5a80", "#b8860b", "#6a994e", "#d1495b", "#00798c")
+AGGREGATOR_MARKERS = {"none": "P", "mean": "o", "median": "s", "min": "v", "mean_minus_std": "D"}
 
 # One colour and marker per ranker kind (and per relation to the ranker in Figures 1–2).
 STYLE = {
@@ -576,6 +583,113 @@ def _figure_hacking(results) -> FigureResult:
     return out
 
 
+def named_ensembles(table: pd.DataFrame | None) -> list[str]:
+    """The named ensembles of an ``ensembles`` table (:func:`perm.analysis.ensemble_table`), in its order."""
+    if table is None or table.empty:
+        return []
+    return [e for e in dict.fromkeys(table.ensemble) if e not in GRID_ENSEMBLES]
+
+
+def ensemble_color(name: str, named: Sequence[str]) -> str:
+    """The colour of an ensemble: the grid's kinds as everywhere, named ones from :data:`NAMED_COLORS`."""
+    if name in STYLE:
+        return STYLE[name]["color"]
+    return NAMED_COLORS[list(named).index(name) % len(NAMED_COLORS)] if name in named else "#555555"
+
+
+def ensemble_label(name: str) -> str:
+    """How the report names an ensemble of the ``ensembles`` table."""
+    return STYLE[name]["label"] if name in GRID_ENSEMBLES else f"{name} ensemble"
+
+
+def cost_axis(rows: pd.DataFrame) -> tuple[str | None, str]:
+    """The column that measures training cost (``train_s``, else ``params_trained`` when no ensemble has a
+    positive time), or None without either, and the axis label saying which."""
+    for col, label in (("train_s", "training cost: train_s (seconds, log scale)"),
+                       ("params_trained", "training cost: params_trained (parameters updated by training; "
+                                          "no training times; log scale)")):
+        if col in rows.columns:
+            v = pd.to_numeric(rows[col], errors="coerce").to_numpy(dtype=float)
+            if (np.isfinite(v) & (v > 0)).any():
+                return col, label
+    return None, f"ensemble (no costs: {ENSEMBLES} absent)"
+
+
+def _figure_ensembles(results) -> FigureResult:
+    out = FigureResult(
+        "fig_ensembles",
+        "Cheaper ensembles · quality against training cost",
+        "Reward of each ensemble's best-of-n pick at the largest n (centred per prompt, so 0 is the average SFT "
+        "sample) against what training it cost: one point per ensemble and aggregator (marker), the single RM "
+        "and the grid's finetune and pretrain ensembles beside the named ensembles (cheap members on one "
+        "backbone, or a user's own). Error bars: 90% intervals; a named ensemble's are over its members "
+        "(jackknife) and the prompts, conditional on its backbone, the grid's over the seed design and prompts.",
+        wide=True,
+    )
+    df = results.get("ensembles")
+    named = named_ensembles(df)
+    if not named:
+        out.skipped = "the tensor has no named ensembles."
+        return out
+    target = "gold" if (df.target == "gold").any() else "evaluator"
+    rows = df[df.target == target].reset_index(drop=True)
+    if target == "evaluator":
+        out.notes.append("There is no gold reward: the picks are judged by the evaluator.")
+    col, xlabel = cost_axis(rows)
+    order = list(dict.fromkeys(rows.ensemble))
+    if col is not None:
+        x = pd.to_numeric(rows[col], errors="coerce").to_numpy(dtype=float)
+        known = np.isfinite(x) & (x > 0)
+        lacking = sorted(set(rows.ensemble[~known]), key=order.index)
+        if lacking:
+            out.notes.append(f"No {col} for {', '.join(lacking)}: not placed on the cost axis.")
+    else:
+        x = np.array([order.index(e) for e in rows.ensemble], dtype=float)
+        known = np.ones(len(rows), dtype=bool)
+        out.notes.append(f"No {ENSEMBLES} costs: the ensembles are laid out side by side instead.")
+    aggs = [a for a in ("none", *bon.AGGREGATORS) if (rows.aggregator == a).any()]
+    spread = {a: i - (len(aggs) - 1) / 2 for i, a in enumerate(aggs)}
+    fig, axes = _new_figure(7.6, 4.4)
+    ax = axes[0, 0]
+    for name in order:
+        part = rows[(rows.ensemble == name) & known]
+        if part.empty:
+            continue
+        color = ensemble_color(name, named)
+        xs, tops = [], []
+        for r in part.itertuples():
+            xi = x[r.Index]
+            xi = xi * 1.07 ** spread[r.aggregator] if col is not None else xi + 0.08 * spread[r.aggregator]
+            lo, hi = float(r.lo), float(r.hi)
+            err = [[r.estimate - lo], [hi - r.estimate]] if np.isfinite(lo) and np.isfinite(hi) else None
+            ax.errorbar([xi], [r.estimate], yerr=err, color=color, marker=AGGREGATOR_MARKERS.get(r.aggregator, "o"),
+                        markersize=6, capsize=2.5, linewidth=1.2, linestyle="none")
+            xs.append(xi)
+            tops.append(hi if np.isfinite(hi) else r.estimate)
+        ax.annotate(ensemble_label(name), (min(xs), max(tops)), textcoords="offset points", xytext=(-4, 5),
+                    fontsize=8.5, color=color, ha="left", va="bottom")
+    if col is not None:
+        ax.set_xscale("log")
+    else:
+        ax.set_xticks(range(len(order)), labels=order)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"{target} reward of the best-of-{int(rows.n.iloc[0])} pick")
+    ax.axhline(0, color="#999999", linewidth=0.8, zorder=0)
+    handles = [Line2D([], [], color="#444444", marker=AGGREGATOR_MARKERS[a], linestyle="none",
+                      label="one model: its own reward" if a == "none" else AGGREGATOR_LABELS[a]) for a in aggs]
+    ax.legend(handles=handles, loc="lower right", fontsize=8.5, title="aggregator", title_fontsize=8.5)
+    out.figure = fig
+    numbers = pd.DataFrame({
+        "ensemble": rows.ensemble, "aggregator": [AGGREGATOR_LABELS.get(a, a) for a in rows.aggregator],
+        f"{target} reward [90% interval]": [_interval(e, lo, hi, pct=False)
+                                            for e, lo, hi in zip(rows.estimate, rows.lo, rows.hi, strict=True)],
+        "cost": [f"{v:.4g}" if np.isfinite(v) else "—" for v in
+                 (pd.to_numeric(rows[col], errors="coerce") if col else pd.Series(np.nan, index=rows.index))],
+    })
+    out.numbers.append((f"{target} reward and {col or 'cost'}", numbers))
+    return out
+
+
 _BUILDERS: dict[str, Callable[[Mapping[str, pd.DataFrame]], FigureResult]] = {
     "fig_seed": _figure_seed,
     "fig1": _figure1,
@@ -584,6 +698,7 @@ _BUILDERS: dict[str, Callable[[Mapping[str, pd.DataFrame]], FigureResult]] = {
     "fig4": _figure4,
     "fig_gold": _figure_gold,
     "fig_hacking": _figure_hacking,
+    "fig_ensembles": _figure_ensembles,
 }
 
 
@@ -601,6 +716,8 @@ def _draw_all(results: Mapping[str, pd.DataFrame]) -> list[tuple[FigureResult, b
     with rc_context(_RC):
         for build in _BUILDERS.values():
             res = build(results)
+            if res.figure is None and res.name in OPTIONAL_FIGURES:
+                continue
             drawn.append((res, _png_bytes(res.figure) if res.figure is not None else None))
     return drawn
 
@@ -611,7 +728,8 @@ def make_figures(results: Mapping[str, pd.DataFrame], out_dir: Path) -> dict[str
     Names: ``fig1`` (reward of the ranker's pick, the paper's Figure 1), ``fig2`` (top-1 agreement),
     ``fig3`` (variance explained by the RM), ``fig4`` (evaluator reward and win rate, one panel per
     aggregator), ``fig_gold`` (gold reward with the gold-ranked ceiling), ``fig_hacking`` (length and
-    copying of the picks). A figure whose data is absent is left out of the returned dict.
+    copying of the picks), ``fig_ensembles`` (named ensembles' quality against training cost). A figure whose
+    data is absent is left out of the returned dict.
     """
     return _write_figures(_draw_all(results), Path(out_dir))
 

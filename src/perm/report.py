@@ -7,8 +7,9 @@
 
 The page opens with the headline cards (the first says how much of the RM-to-RM variation follows the
 pretraining and the finetuning seed), then the learnability checks, the reward models, the figures, the
-paper's claims as contrasts with intervals over seeds, Table 1 under the gold reward and the evaluator, and
-example picks. It embeds the PNGs as ``data:`` URIs and has no script and no external asset: it can be
+paper's claims as contrasts with intervals over seeds, Table 1 under the gold reward and the evaluator, the
+cheaper ensembles (when the tensor has named ensembles: their quality against their cost beside the grid's
+ensembles) and example picks. It embeds the PNGs as ``data:`` URIs and has no script and no external asset: it can be
 mailed or archived as one file. Every piece of text on it goes through :func:`html.escape`.
 """
 
@@ -27,6 +28,7 @@ from perm.figures import (  # noqa: F401  (re-exported)
     AGGREGATOR_LABELS,
     FIGURES,
     JUDGES,
+    OPTIONAL_FIGURES,
     PAIR_LABELS,
     PAPER_AGGREGATOR_ORDER,
     STYLE,
@@ -37,9 +39,12 @@ from perm.figures import (  # noqa: F401  (re-exported)
     _pick_aggregator,
     _present,
     _write_figures,
+    cost_axis,
+    ensemble_label,
     make_figures,
+    named_ensembles,
 )
-from perm.run_layout import REPORT_INDEX
+from perm.run_layout import ENSEMBLES, REPORT_INDEX
 from perm.store import atomic_write_text
 
 REQUIRED_TABLES = ("meta", "models", "figure1", "figure2", "figure3", "figure4", "table1")
@@ -82,16 +87,19 @@ def load_analysis(analysis_dir: Path) -> dict[str, pd.DataFrame]:
 
 
 def _table1_rows(table1: pd.DataFrame) -> list[dict]:
-    """Table 1's rows in the paper's order (ensembles, each by method, then the single RM).
+    """Table 1's rows in the paper's order (ensembles, each by method, then the named ensembles, then the
+    single RM).
 
     Each row: ``ensemble`` (named on the first row of its group only, as in the paper), ``kind``
-    (``finetune``, ``pretrain`` or ``single``), ``method``, the ``reward`` / ``win rate`` strings and
+    (``finetune``, ``pretrain``, ``named`` or ``single``), ``method``, the ``reward`` / ``win rate`` strings and
     ``reward_mean`` / ``win_rate_mean``.
     """
     rows = []
-    for ensemble in ("finetune", "pretrain", "single RM"):
+    named = [e for e in dict.fromkeys(table1.ensemble) if e not in ("finetune", "pretrain", "single RM")]
+    for ensemble in ("finetune", "pretrain", *named, "single RM"):
         part = table1[table1.ensemble == ensemble]
-        order = ("single RM",) if ensemble == "single RM" else PAPER_AGGREGATOR_ORDER
+        order = (("single RM",) if ensemble == "single RM" else (*PAPER_AGGREGATOR_ORDER, "none") if ensemble in named
+                 else PAPER_AGGREGATOR_ORDER)
         for agg in order:
             cell = part[part.aggregator == agg]
             if cell.empty:
@@ -101,7 +109,7 @@ def _table1_rows(table1: pd.DataFrame) -> list[dict]:
                 {
                     "ensemble": "" if rows and rows[-1]["group"] == ensemble else ensemble,
                     "group": ensemble,
-                    "kind": ensemble.split()[0],
+                    "kind": "named" if ensemble in named else ensemble.split()[0],
                     "method": AGGREGATOR_LABELS.get(agg, agg),
                     "reward": str(row["reward"]),
                     "win rate": str(row["win rate"]),
@@ -403,6 +411,8 @@ def _models_html(results, rm_records, ceiling) -> str:
                 badges.append('<span class="chip finetune">finetune ens.</span>')
             if getattr(r, "in_pretrain", False):
                 badges.append('<span class="chip pretrain">pretrain ens.</span>')
+            if _present(getattr(r, "ensemble", None)):
+                badges += [f'<span class="chip named">{_e(name)}</span>' for name in str(r.ensemble).split(",")]
             member[str(r.model_id)] = " ".join(badges)
     if rm_records:
         has_gold = any(_is_number(r.get("gold_accuracy")) for r in rm_records)
@@ -501,6 +511,86 @@ def _table1_html(table1: pd.DataFrame, meta: Mapping) -> str:
     )
 
 
+def _count(value) -> str:
+    """A parameter count or a number of forwards, short: 1.2B, 350M, 12k, 3."""
+    if not _is_number(value):
+        return "—"
+    v = float(value)
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= div:
+            return f"{v / div:.3g}{unit}"
+    return f"{v:.0f}"
+
+
+def _seconds(value) -> str:
+    return f"{float(value):,.0f}" if _is_number(value) and abs(value) >= 100 else (
+        f"{float(value):.3g}" if _is_number(value) else "—")
+
+
+def _ensembles_table_html(part: pd.DataFrame) -> str:
+    target = str(part.target.iloc[0])
+    rows = []
+    for r in part.itertuples():
+        share = (_interval(r.share, r.share_lo, r.share_hi) if _present(r.share) and np.isfinite(r.share)
+                 else "—")
+        if _present(r.share_note) and str(r.share_note) and np.isfinite(r.share) and not np.isfinite(r.share_lo):
+            share += f" ({r.share_note})"
+        elif _present(r.share_note) and str(r.share_note) and not np.isfinite(r.share):
+            share = f"— ({r.share_note})"
+        kind = r.ensemble if r.ensemble in ("single", "finetune", "pretrain") else "named"
+        rows.append([
+            f'<span class="chip {kind}">{_e(ensemble_label(r.ensemble))}</span>',
+            _e(AGGREGATOR_LABELS.get(r.aggregator, r.aggregator) if r.aggregator != "none" else
+               ("single RM" if r.ensemble == "single" else "its own reward")),
+            f'<span class="num">{_e(_interval(r.estimate, r.lo, r.hi, pct=False))}</span>',
+            f'<span class="num">{_e(share)}</span>',
+            *[f'<span class="num">{_e(_count(getattr(r, c)))}</span>'
+              for c in ("params_trained", "params_held", "forwards_per_candidate")],
+            *[f'<span class="num">{_e(_seconds(getattr(r, c)))}</span>' for c in ("train_s", "score_s")],
+        ])
+    return _table(["ensemble", "aggregator", f"{target} reward [90% interval]",
+                   "share of the pretrain ensemble's gain recovered [90% interval]", "params trained",
+                   "params held", "forwards per candidate", "train s", "score s"], rows, "ensembles")
+
+
+def _ensembles_html(results, figure) -> str:
+    """The cheaper-ensembles section: the named ensembles' best-of-n quality against their cost, beside the
+    single RM and the grid's ensembles (figure, table per judge), and their contrasts with the grid."""
+    df = results["ensembles"]
+    n = int(df.n.iloc[0]) if _present(df.n.iloc[0]) else None
+    col, _ = cost_axis(df)
+    intro = (
+        f"Ensembles that are cheaper to train than the pretrain ensemble, because their members share one "
+        f"backbone (several heads, LoRA adapters, weight-averaged or MC-dropout members) or are a user's own "
+        f"choice of models, rerank the same pool as the grid's ensembles. Reward of the best-of-{n or 'n'} pick, "
+        "centred per prompt. The share of the pretrain ensemble's gain is (ensemble − single RM) / (pretrain "
+        "ensemble − single RM) with the same aggregator (a one-member ensemble, ranking by its own reward, against "
+        "the pretrain ensemble's mean); undefined where that gain's own interval includes 0. A named ensemble's "
+        "interval is a jackknife over its members plus the prompt bootstrap the grid's cells use, conditional on "
+        "its backbone: one backbone cannot show how much another pretraining seed would move it, which the "
+        "pretrain ensemble's interval includes. "
+        + (f"Costs come from {ENSEMBLES}." if col else f"There are no costs (no {ENSEMBLES}): the cost columns "
+           "are empty."))
+    parts = [f'<p class="note">{_e(intro)}</p>']
+    if figure is not None:
+        parts.append(_figure_html(*figure))
+    parts += [_ensembles_table_html(part) for part in _by_target(df)]
+    c = results.get("contrasts")
+    if c is not None and not c.empty and (c.figure == "ensembles").any():
+        c = c[(c.figure == "ensembles") & (c.metric == "reward") & c.aggregator.isin(["mean", "none"])]
+        rows = []
+        for r in c.itertuples():
+            verdict = ("> 0" if r.lo > 0 else "< 0" if r.hi < 0 else "undecided") if np.isfinite(r.lo) else "—"
+            shown = (_interval(r.estimate, r.lo, r.hi) if r.contrast.endswith("share of pretrain gain")
+                     else _interval(r.estimate, r.lo, r.hi, pct=False))
+            rows.append([_e(r.target), _e(r.contrast), _e(r.aggregator if r.aggregator != "none" else "own reward"),
+                         f'<span class="num">{_e(shown)}</span>', _e(verdict)])
+        if rows:
+            parts.append("<h4>Contrasts with the grid (reward, mean aggregator)</h4>" + _table(
+                ["judge", "contrast", "aggregator", "estimate [90% interval]", "interval"], rows, "contrasts"))
+    return "".join(parts)
+
+
 CONTRAST_LABELS = {
     "same_pretrain - neither": "RMs sharing a pretrain vs sharing neither seed (the clean test)",
     "same_pretrain - different_pretrain": "the paper's grouping: same vs different pretrain (mixes two causes)",
@@ -515,6 +605,9 @@ def _contrasts_html(results) -> str:
     interval over seeds and prompts and whether the interval excludes 0."""
     df = results.get("contrasts")
     if df is None or df.empty:
+        return '<p class="missing">No contrasts: the tensor lacks the pairs or ensembles they compare.</p>'
+    df = df[df.figure != "ensembles"]  # named ensembles' contrasts: in the cheaper-ensembles section
+    if df.empty:
         return '<p class="missing">No contrasts: the tensor lacks the pairs or ensembles they compare.</p>'
     last = df[df.n == df.n.max()]
     last = last[(last.figure != "table1") | (last.aggregator == "mean")]
@@ -641,7 +734,8 @@ def _examples_html(examples: Sequence[Mapping]) -> str:
 
 _CSS = """
 :root{--ink:#1d1f23;--mute:#5f6670;--line:#e3e5e8;--bg:#fafaf8;--card:#fff;
---single:#8a8a8a;--finetune:#2f6fb0;--pretrain:#e07b1f;--evaluator:#2a9a4a;--gold:#111;--self:#b2332b}
+--single:#8a8a8a;--finetune:#2f6fb0;--pretrain:#e07b1f;--evaluator:#2a9a4a;--gold:#111;--self:#b2332b;
+--named:#2a9d8f}
 *{box-sizing:border-box}
 body{margin:0;background:var(--bg);color:var(--ink);font:15px/1.55 -apple-system,BlinkMacSystemFont,
 "Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif}
@@ -679,7 +773,7 @@ code{font-size:12.5px}
 .chip{display:inline-block;padding:1px 8px;border-radius:999px;font-size:12px;color:#fff;white-space:nowrap;
 background:var(--single)}
 .chip.finetune{background:var(--finetune)}.chip.pretrain{background:var(--pretrain)}
-.chip.evaluator{background:var(--evaluator)}.chip.gold{background:var(--gold)}
+.chip.evaluator{background:var(--evaluator)}.chip.gold{background:var(--gold)}.chip.named{background:var(--named)}
 .chip.sft{background:#d9dce1;color:var(--ink)}
 .bar{display:inline-block;position:relative;width:140px;height:10px;background:#eceef1;border-radius:5px;
 vertical-align:middle}
@@ -807,6 +901,8 @@ def write_report(
             )
         )
     sections.append(("models", "Reward models", _models_html(results, rm_records, ceiling)))
+    own = {res.name: (res, png) for res, png in drawn if res.name in OPTIONAL_FIGURES}
+    drawn = [(res, png) for res, png in drawn if res.name not in OPTIONAL_FIGURES]
     skipped = [res for res, png in drawn if png is None]
     figs = "".join(_figure_html(res, png) for res, png in drawn if png is not None)
     figs += "".join(_figure_html(res, None) for res in skipped)
@@ -815,6 +911,8 @@ def write_report(
     sections.append(("coverage", "How far to trust the intervals", _coverage_html(results)))
     sections.append(("table1", "Table 1 · Ensembles at the largest n", "".join(
         _table1_html(part, meta) for part in _by_target(table1))))
+    if named_ensembles(results.get("ensembles")):
+        sections.append(("cheaper", "Cheaper ensembles", _ensembles_html(results, own.get("fig_ensembles"))))
     if examples:
         sections.append(("examples", "Example prompts", _examples_html(examples)))
     if config_yaml:

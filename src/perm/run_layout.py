@@ -12,7 +12,7 @@ job is also its manifest name (``rm/seed0-ft0``, ``evaluator/rm``, ``policy``).
     policy_prefs.parquet  policy_prefs_eval.parquet  evaluator_prefs.parquet   the policy's own pairs
     rm/<rm_id>/  evaluator/rm/               the RMs (+ rm.json)
     members/<member_id>/                     ensemble members on one backbone (+ rm.json; perm.members)
-    samples.parquet  scores/<model_id>.parquet  rewards.parquet  models.parquet
+    samples.parquet  scores/<model_id>.parquet  rewards.parquet  models.parquet  ensembles.parquet
     analysis/  report/ (index.html)
     converted/  .checkpoints/<job>/  .testbed.tmp/   conversions, a killed pretrain's state, scratch
 """
@@ -68,7 +68,7 @@ SAMPLES = "samples.parquet"
 SCORES = "scores/{model_id}.parquet"
 REWARDS = "rewards.parquet"
 MODELS = "models.parquet"
-ENSEMBLES = "ensembles.parquet"
+ENSEMBLES = "ensembles.parquet"  # beside models.parquet: what each ensemble cost (optional for a user's tensor)
 ANALYSIS = "analysis"
 REPORT = "report"
 REPORT_INDEX = "index.html"  # in report/

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import lru_cache
 from itertools import combinations
@@ -955,25 +955,96 @@ def grid_ensembles(pretrain_ids: Sequence, finetune_seeds: Sequence) -> dict[str
     return {"finetune": finetune, "pretrain": pretrain}
 
 
-def grid_ensemble_intervals(
-    scores, target, n: int, ensembles: Mapping[str, Sequence[Sequence[int]]], pretrain_ids: Sequence,
-    finetune_seeds: Sequence, single=None, aggregator: str = "mean", scale: bool = False, draws: int = 500,
-    level: float = 0.9, seed: int = 0,
-) -> pd.DataFrame:
-    """Table 1's cells averaged over every ensemble of each kind, the single-RM mean and the contrasts
-    ``<kind> - single`` and ``pretrain - finetune``, with one interval machinery for all of them (paired).
+@dataclass(frozen=True)
+class Jackknifed:
+    """Per-prompt values of a statistic whose point value is their prompt mean: ``full`` ``(P,)`` with every
+    unit, and ``parts``: seed factor (``pretrain``, ``finetune``, ``member``) → for each deletion of one unit of
+    that factor, the values without it ``(P,)``, or None where the statistic is undefined without it (a kind
+    left without ensembles). A statistic that does not depend on a factor has no entry for it."""
 
-    ``scores`` ``(M, P, N)`` of the grid's RMs; ``ensembles``: kind → lists of RM indices
-    (:func:`grid_ensembles`); ``single`` ``(M, P)``: each RM's own best-of-n value (default: computed from
-    ``scores``). A kind's statistic is the mean over its ensembles of the prompt mean of
-    :func:`ensemble_pick_values`. Variance: a delete-one jackknife over each seed factor, pretrains and
-    finetune seeds (deleting a unit removes its RMs from every ensemble and from the single-RM mean; an
-    ensemble left with one member is dropped; deletions that leave a kind without ensembles are skipped for
-    it), ``(K−1)/K Σ (θ₋u − θ̄₋)²`` over the K usable deletions, plus a prompt bootstrap of the full
-    statistic; the interval is the estimate ± t·se with Satterthwaite df from the factors' K−1 and the
-    prompts'. Rows: ``statistic, estimate, se, lo, hi, df, se_pretrain, se_finetune, se_prompt,
-    n_ensembles, R, F, level, resamples``.
-    """
+    full: np.ndarray
+    parts: Mapping[str, tuple[np.ndarray | None, ...]] = field(default_factory=dict)
+
+    def __sub__(self, other: Jackknifed) -> Jackknifed:
+        return combine(np.subtract, self, other)
+
+
+def combine(fn: Callable, *stats: Jackknifed) -> Jackknifed:
+    """``fn`` of per-prompt values applied to the full values and to each deletion's: a statistic without a
+    factor takes part in that factor's deletions with its full values (the parts are independent); None where
+    any operand is None. Statistics sharing a factor must list the same deletions of it."""
+    parts = {}
+    for f in dict.fromkeys(f for s in stats for f in s.parts):
+        sizes = {len(s.parts[f]) for s in stats if f in s.parts}
+        if len(sizes) != 1:
+            raise ValueError(f"factor {f!r}: the statistics list different deletions ({sorted(sizes)})")
+        dels = []
+        for d in range(sizes.pop()):
+            vals = [s.parts[f][d] if f in s.parts else s.full for s in stats]
+            dels.append(None if any(v is None for v in vals) else fn(*vals))
+        parts[f] = tuple(dels)
+    return Jackknifed(fn(*(s.full for s in stats)), parts)
+
+
+def jackknife_prompt_interval(num: Jackknifed, prompt_w, level: float, den: Jackknifed | None = None) -> dict:
+    """The interval of a prompt mean (of ``num``) or, with ``den``, of a ratio of prompt means
+    ``mean(num) / mean(den)``: for each seed factor a delete-one jackknife over its usable deletions,
+    ``(K−1)/K Σ (θ₋u − θ̄₋)²``, plus the variance of the statistic over the prompt-bootstrap multiplicities
+    ``prompt_w`` ``(B, P)`` (units fixed; a ratio is of the prompt-weighted means); the factors' parts and the
+    prompts' are summed as independent, and the interval is ``estimate ± t·se`` with Satterthwaite df from
+    each factor's K−1 and the prompts' P−1 (:func:`t_interval`). Returns ``estimate, se, lo, hi, df``,
+    ``var`` (factor → its variance, and ``prompt``) and ``k`` (factor → usable deletions)."""
+    stats = (num,) if den is None else (num, den)
+
+    def stat(*v) -> float:
+        return float(v[0].mean()) if den is None else float(v[0].mean() / v[1].mean())
+
+    est = stat(*(s.full for s in stats))
+    v_f, k_f = {}, {}
+    for f in dict.fromkeys(f for s in stats for f in s.parts):
+        n_del = len(next(s.parts[f] for s in stats if f in s.parts))
+        th = []
+        for d in range(n_del):
+            vals = [s.parts[f][d] if f in s.parts else s.full for s in stats]
+            if all(v is not None for v in vals):
+                th.append(stat(*vals))
+        th = np.array(th)
+        k_f[f] = len(th)
+        v_f[f] = (len(th) - 1) / len(th) * float(np.sum((th - th.mean()) ** 2)) if len(th) >= 2 else 0.0
+    n_prompts = num.full.shape[0]
+    if den is None:
+        reps = prompt_w @ num.full / n_prompts
+    else:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            reps = (prompt_w @ num.full) / (prompt_w @ den.full)
+    v_p = _var(reps) if den is not None else float(np.var(reps, ddof=1))
+    parts = [(v, k_f[f] - 1) for f, v in v_f.items() if k_f[f] >= 2] + [(v_p, max(n_prompts - 1, 1))]
+    iv = t_interval(est, sum(v_f.values()) + v_p, parts, level)
+    return {"estimate": est, **iv, "var": v_f | {"prompt": v_p}, "k": k_f}
+
+
+@dataclass(frozen=True)
+class GridValues:
+    """The grid's Table 1 statistics for one target, n and aggregator as :class:`Jackknifed` per-prompt values
+    (jackknifed over pretrains and, where crossed, finetune seeds): ``single``, each kind with ensembles
+    (``finetune``, ``pretrain``: the mean over its ensembles) and the contrasts ``<kind> - single`` and
+    ``pretrain - finetune``, in that order; with the ensembles, the kinds that have any, the seed design and
+    the number of RMs behind them."""
+
+    stats: Mapping[str, Jackknifed]
+    ensembles: Mapping[str, Sequence[Sequence[int]]]
+    kinds: tuple[str, ...]
+    design: SeedDesign
+    n_rms: int
+
+
+def grid_ensemble_values(
+    scores, target, n: int, ensembles: Mapping[str, Sequence[Sequence[int]]], pretrain_ids: Sequence,
+    finetune_seeds: Sequence, single=None, aggregator: str = "mean", scale: bool = False,
+) -> GridValues:
+    """The per-prompt values behind :func:`grid_ensemble_intervals`, with every RM and with each pretrain (and
+    crossed finetune seed) deleted: deleting a unit removes its RMs from every ensemble and from the single-RM
+    mean; an ensemble left with one member is dropped; a kind left without ensembles is None there."""
     scores = np.asarray(scores, dtype=np.float64)
     m = scores.shape[0]
     target = np.asarray(target, dtype=np.float64)
@@ -988,7 +1059,7 @@ def grid_ensemble_intervals(
             cache[key] = ensemble_pick_values(scores[list(key)], target, n, aggregator, scale)
         return cache[key]
 
-    kinds = [k for k in ("finetune", "pretrain") if ensembles.get(k)]
+    kinds = tuple(k for k in ("finetune", "pretrain") if ensembles.get(k))
 
     def per_prompt(keep: np.ndarray) -> dict[str, np.ndarray | None]:
         out: dict[str, np.ndarray | None] = {"single": single[keep].mean(axis=0) if keep.any() else None}
@@ -996,11 +1067,6 @@ def grid_ensemble_intervals(
             kept = [[i for i in e if keep[i]] for e in ensembles[k]]
             kept = [e for e in kept if len(e) >= 2]
             out[k] = np.mean([ens_value(e) for e in kept], axis=0) if kept else None
-        for k in kinds:
-            out[f"{k} - single"] = None if out[k] is None or out["single"] is None else out[k] - out["single"]
-        if len(kinds) == 2:
-            a, b = out["pretrain"], out["finetune"]
-            out["pretrain - finetune"] = None if a is None or b is None else a - b
         return out
 
     full = per_prompt(np.ones(m, dtype=bool))
@@ -1009,29 +1075,141 @@ def grid_ensemble_intervals(
     if design.crossed:
         factors["finetune"] = design.finetune
     loo = {f: [per_prompt(units != u) for u in np.unique(units)] for f, units in factors.items()}
-    prompt_w = draw_bootstrap_weights(1, single.shape[1], draws, seed).prompt
-    n_prompts = single.shape[1]
+    stats = {name: Jackknifed(values, {f: tuple(d[name] for d in dels) for f, dels in loo.items()})
+             for name, values in full.items() if values is not None}
+    for k in kinds:
+        if k in stats and "single" in stats:
+            stats[f"{k} - single"] = stats[k] - stats["single"]
+    if "pretrain" in stats and "finetune" in stats:
+        stats["pretrain - finetune"] = stats["pretrain"] - stats["finetune"]
+    return GridValues(stats, ensembles, kinds, design, m)
+
+
+def _deletions(k: Mapping[str, int]) -> str:
+    words = {"pretrain": "pretrains", "finetune": "finetune seeds", "member": "members"}
+    return " and ".join(f"{words.get(f, f)} ({n} deletions)" for f, n in k.items())
+
+
+def grid_ensemble_intervals(
+    scores, target, n: int, ensembles: Mapping[str, Sequence[Sequence[int]]], pretrain_ids: Sequence,
+    finetune_seeds: Sequence, single=None, aggregator: str = "mean", scale: bool = False, draws: int = 500,
+    level: float = 0.9, seed: int = 0, values: GridValues | None = None,
+) -> pd.DataFrame:
+    """Table 1's cells averaged over every ensemble of each kind, the single-RM mean and the contrasts
+    ``<kind> - single`` and ``pretrain - finetune``, with one interval machinery for all of them (paired).
+
+    ``scores`` ``(M, P, N)`` of the grid's RMs; ``ensembles``: kind → lists of RM indices
+    (:func:`grid_ensembles`); ``single`` ``(M, P)``: each RM's own best-of-n value (default: computed from
+    ``scores``); ``values``: the same already computed (:func:`grid_ensemble_values`). A kind's statistic is the
+    mean over its ensembles of the prompt mean of :func:`ensemble_pick_values`. Variance
+    (:func:`jackknife_prompt_interval`): a delete-one jackknife over each seed factor, pretrains and
+    finetune seeds (deleting a unit removes its RMs from every ensemble and from the single-RM mean; an
+    ensemble left with one member is dropped; deletions that leave a kind without ensembles are skipped for
+    it), ``(K−1)/K Σ (θ₋u − θ̄₋)²`` over the K usable deletions, plus a prompt bootstrap of the full
+    statistic; the interval is the estimate ± t·se with Satterthwaite df from the factors' K−1 and the
+    prompts'. Rows: ``statistic, estimate, se, lo, hi, df, se_pretrain, se_finetune, se_prompt,
+    n_ensembles, R, F, level, resamples``.
+    """
+    grid = values if values is not None else grid_ensemble_values(
+        scores, target, n, ensembles, pretrain_ids, finetune_seeds, single, aggregator, scale)
+    n_prompts = np.asarray(target).shape[0]
+    prompt_w = draw_bootstrap_weights(1, n_prompts, draws, seed).prompt
     rows = []
-    for name, values in full.items():
-        if values is None:
-            continue
-        est = float(values.mean())
-        v_f, k_f = {}, {}
-        for f, dels in loo.items():
-            th = np.array([d[name].mean() for d in dels if d[name] is not None])
-            k_f[f] = len(th)
-            v_f[f] = (len(th) - 1) / len(th) * float(np.sum((th - th.mean()) ** 2)) if len(th) >= 2 else 0.0
-        v_p = float(np.var(prompt_w @ values / n_prompts, ddof=1))
-        parts = [(v, k_f[f] - 1) for f, v in v_f.items() if k_f[f] >= 2] + [(v_p, max(n_prompts - 1, 1))]
-        iv = t_interval(est, sum(v_f.values()) + v_p, parts, level)
+    for name, stat in grid.stats.items():
+        iv = jackknife_prompt_interval(stat, prompt_w, level)
         kind = name.split(" ")[0]
         rows.append({
-            "statistic": name, "estimate": est, **iv,
-            "se_pretrain": math.sqrt(v_f.get("pretrain", np.nan)), "se_finetune": math.sqrt(v_f.get("finetune", np.nan)),
-            "se_prompt": math.sqrt(v_p), "n_ensembles": len(ensembles.get(kind, [])) if kind in kinds else m,
-            "R": design.n_pretrains, "F": design.n_finetune, "level": level,
-            "resamples": "jackknife over " + " and ".join(
-                f"{f}s ({k_f[f]} deletions)" if f == "pretrain" else f"finetune seeds ({k_f[f]} deletions)"
-                for f in loo) + " + prompt bootstrap",
+            "statistic": name, "estimate": iv["estimate"], **{k: iv[k] for k in ("se", "lo", "hi", "df")},
+            "se_pretrain": math.sqrt(iv["var"].get("pretrain", np.nan)),
+            "se_finetune": math.sqrt(iv["var"].get("finetune", np.nan)),
+            "se_prompt": math.sqrt(iv["var"]["prompt"]),
+            "n_ensembles": len(grid.ensembles.get(kind, [])) if kind in grid.kinds else grid.n_rms,
+            "R": grid.design.n_pretrains, "F": grid.design.n_finetune, "level": level,
+            "resamples": "jackknife over " + _deletions(iv["k"]) + " + prompt bootstrap",
+        })
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Named ensembles (cheap members on one backbone, or a user's own): a jackknife over their members
+
+
+UNRESOLVED_GAIN = ("the pretrain ensemble's gain over a single RM is not resolved (its interval includes 0): a "
+                   "share of it is undefined")
+
+
+def named_ensemble_values(member_scores, target, n: int, aggregator: str = "mean", scale: bool = False) -> Jackknifed:
+    """A named ensemble's per-prompt best-of-n values (:func:`ensemble_pick_values`) with all its K members and,
+    as factor ``member``, with each one deleted (the others stay). One member: its own best-of-n values
+    (``aggregator`` unused) and no member factor."""
+    scores = np.asarray(member_scores, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    if scores.shape[0] == 1:
+        return Jackknifed(np.sum(bon.selection_probabilities(scores[0], n) * target, axis=-1))
+    full = ensemble_pick_values(scores, target, n, aggregator, scale)
+    loo = tuple(ensemble_pick_values(np.delete(scores, a, axis=0), target, n, aggregator, scale)
+                for a in range(scores.shape[0]))
+    return Jackknifed(full, {"member": loo})
+
+
+def gain_share_interval(gain: Jackknifed, baseline_gain: Jackknifed, prompt_w, level: float) -> dict:
+    """``share = mean(gain) / mean(baseline_gain)`` (e.g. (named − single)/(pretrain − single)) with the interval
+    of :func:`jackknife_prompt_interval` for a ratio, or NaN with ``note`` :data:`UNRESOLVED_GAIN` when the
+    denominator's own interval includes 0. Returns ``estimate, se, lo, hi, df, var, k, note``."""
+    den = jackknife_prompt_interval(baseline_gain, prompt_w, level)
+    if not (den["lo"] > 0 or den["hi"] < 0):
+        nan = float("nan")
+        return {"estimate": nan, "se": nan, "lo": nan, "hi": nan, "df": nan, "var": {}, "k": den["k"],
+                "note": UNRESOLVED_GAIN}
+    return {**jackknife_prompt_interval(gain, prompt_w, level, den=baseline_gain), "note": ""}
+
+
+def named_ensemble_intervals(
+    member_scores, target, n: int, grid: GridValues | None = None, aggregator: str = "mean",
+    scale: bool = False, draws: int = 500, level: float = 0.9, seed: int = 0, name: str = "named",
+    condition: str = "conditional on its backbone",
+) -> pd.DataFrame:
+    """A named ensemble's best-of-n value and its contrasts with the grid, with intervals.
+
+    ``member_scores`` ``(K, P, N)``: its members (one member: ranks by its own reward, aggregator ``none``);
+    ``grid``: the grid's values for the same target and n (:func:`grid_ensemble_values`), with the aggregator
+    to compare against (the same as this one's; the caller picks ``mean`` for a one-member ensemble). Rows
+    (``statistic``): ``<name>``; with a grid ``<name> - single``, ``<name> - pretrain`` (the mean over the
+    grid's pretrain ensembles) and ``share of pretrain gain`` = (name − single)/(pretrain − single), NaN where
+    the denominator's interval includes 0 (:func:`gain_share_interval`). Variance
+    (:func:`jackknife_prompt_interval`): a delete-one jackknife over the K members (each member a unit with
+    its seeds; none with one member), the grid's jackknife over pretrains and finetune seeds for the grid side
+    (the parts independent, summed) and the same prompt-bootstrap draws as :func:`grid_ensemble_intervals`
+    with the same ``draws`` and ``seed`` (paired). ``condition`` says what the interval is conditional on (a
+    set of members on one backbone cannot show pretrain-seed variation). Columns: ``statistic, estimate, se,
+    lo, hi, df, se_member, se_pretrain, se_finetune, se_prompt, K, R, F, level, resamples, note``.
+    """
+    scores = np.asarray(member_scores, dtype=np.float64)
+    k = scores.shape[0]
+    named = named_ensemble_values(scores, target, n, aggregator, scale)
+    prompt_w = draw_bootstrap_weights(1, named.full.shape[0], draws, seed).prompt
+    stats: dict[str, tuple[Jackknifed, Jackknifed | None]] = {name: (named, None)}
+    if grid is not None and "single" in grid.stats:
+        stats[f"{name} - single"] = (named - grid.stats["single"], None)
+        if "pretrain" in grid.stats:
+            stats[f"{name} - pretrain"] = (named - grid.stats["pretrain"], None)
+            stats["share of pretrain gain"] = (named - grid.stats["single"], grid.stats["pretrain - single"])
+    members = f"jackknife over its {k} members" if k >= 2 else "no member jackknife (one member)"
+    rows = []
+    for stat_name, (num, den) in stats.items():
+        if den is None:
+            iv, note = jackknife_prompt_interval(num, prompt_w, level), ""
+        else:
+            iv = gain_share_interval(num, den, prompt_w, level)
+            note = iv["note"]
+        grid_part = {f: c for f, c in iv["k"].items() if f != "member"}
+        resamples = members + (", and the grid's " + _deletions(grid_part) if grid_part else "")
+        rows.append({
+            "statistic": stat_name, "estimate": iv["estimate"], **{c: iv[c] for c in ("se", "lo", "hi", "df")},
+            **{f"se_{f}": math.sqrt(iv["var"][f]) if f in iv["var"] else np.nan
+               for f in ("member", "pretrain", "finetune", "prompt")},
+            "K": k, "R": grid.design.n_pretrains if grid is not None else np.nan,
+            "F": grid.design.n_finetune if grid is not None else np.nan, "level": level,
+            "resamples": f"{resamples} + prompt bootstrap; {condition}", "note": note,
         })
     return pd.DataFrame(rows)

@@ -2,26 +2,49 @@
 
 ``rewards.parquet`` (long: ``prompt_id, sample_id, model_id, reward, is_reference``) and ``models.parquet``
 (``model_id, role, pretrain_id, finetune_seed``, and optionally ``finetune_seed_scope``: how its finetune seeds
-relate to its pretrains, ``shared`` = crossed or ``per_rm`` = nested, one value for every RM row).
+relate to its pretrains, ``shared`` = crossed or ``per_rm`` = nested, one value for every RM row; ``ensemble``:
+the comma-separated names of the named ensembles a model belongs to; ``kind``: what a model is, e.g. ``lora``).
+Roles: ``rm`` (a reward model of the seed grid), ``member`` (a model that only belongs to named ensembles, not
+to the grid: every grid statistic ignores it), ``evaluator`` and ``gold``.
 :func:`load_reward_tensor` validates them — errors name the
 file and the field or rows — and turns them into a dense :class:`RewardTensor`; :func:`reward_tensor_to_frames`
 is its inverse, and :func:`synthetic_reward_tensor` makes a known-answer tensor for checks and benchmarks.
-The pool of a prompt is ordered by ascending ``sample_id``.
+:func:`load_ensemble_costs` reads the optional ``ensembles.parquet`` beside models.parquet (what each ensemble
+cost to train and to score). The pool of a prompt is ordered by ascending ``sample_id``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import pandas as pd
 
-ROLES = ("rm", "evaluator", "gold")
+ROLES = ("rm", "member", "evaluator", "gold")
 REWARD_COLUMNS = ("prompt_id", "sample_id", "model_id", "reward", "is_reference")
 MODEL_COLUMNS = ("model_id", "role", "pretrain_id", "finetune_seed")
 SCOPE_COLUMN = "finetune_seed_scope"  # optional: the tensor declares its seed design
 SCOPES = ("shared", "per_rm")
+ENSEMBLE_COLUMN = "ensemble"  # optional: comma-separated names of the named ensembles a model belongs to
+KIND_COLUMN = "kind"  # optional: what a model is (multihead, lora, warm, ...); informational
+ENSEMBLE_NAME = re.compile(r"[A-Za-z0-9_.+-]+")
+RESERVED_ENSEMBLES = ("single", "finetune", "pretrain", "evaluator", "gold", "none")
+ENSEMBLE_ROLES = ("rm", "member")  # roles whose models may belong to a named ensemble
+COST_COLUMNS = {  # ensembles.parquet: one row per ensemble, what it cost
+    "ensemble": "str",
+    "kind": "nullable_str",
+    "n_members": "int",
+    "params_trained": "int",
+    "params_held": "int",
+    "forwards_per_candidate": "int",
+    "train_s": "float",
+    "score_s": "float",
+    "note": "nullable_str",
+}
 
 
 class RewardTensorError(ValueError):
@@ -43,6 +66,10 @@ class RewardTensor:
         reference_ids: ``(P, K)`` int64 or ``None``.
         seed_scope: the seed design the tensor declares (``shared``: finetune seeds crossed with pretrains;
             ``per_rm``: nested), or ``None`` when it declares none (the run's `reward.finetune_seed_scope`).
+        ensembles: the named ensembles, name → model indices (ascending), in the order the names first occur
+            in the models table; a read-only mapping (empty when there are none). Members have role ``rm`` or
+            ``member``; names match :data:`ENSEMBLE_NAME` and are not in :data:`RESERVED_ENSEMBLES`.
+        kinds: per model, what it is (``multihead``, ``lora``, ``warm``, ...) or ``None``; informational.
     """
 
     pool: np.ndarray
@@ -55,11 +82,29 @@ class RewardTensor:
     sample_ids: np.ndarray
     reference_ids: np.ndarray | None = None
     seed_scope: str | None = None
+    ensembles: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    kinds: tuple[str | None, ...] | None = None
 
     def __post_init__(self):
         m = len(self.model_ids)
         if self.pool.ndim != 3 or self.pool.shape[0] != m:
             raise ValueError(f"pool must be (M={m}, P, N), got {self.pool.shape}")
+        object.__setattr__(self, "kinds", (None,) * m if self.kinds is None else tuple(self.kinds))
+        if len(self.kinds) != m:
+            raise ValueError(f"kinds must have one entry per model ({m})")
+        ensembles = {}
+        for name, members in dict(self.ensembles).items():
+            problem = ensemble_name_problem(name)
+            if problem:
+                raise ValueError(f"ensemble {name!r}: {problem}")
+            idx = tuple(sorted({int(i) for i in members}))
+            if not idx or idx[0] < 0 or idx[-1] >= m:
+                raise ValueError(f"ensemble {name!r}: member indices must lie in 0..{m - 1}, got {list(members)}")
+            bad = [self.model_ids[i] for i in idx if self.roles[i] not in ENSEMBLE_ROLES]
+            if bad:
+                raise ValueError(f"ensemble {name!r}: members must have role {' or '.join(ENSEMBLE_ROLES)}, not {bad}")
+            ensembles[str(name)] = idx
+        object.__setattr__(self, "ensembles", MappingProxyType(ensembles))
         for name in ("roles", "pretrain_ids", "finetune_seeds"):
             if len(getattr(self, name)) != m:
                 raise ValueError(f"{name} must have one entry per model ({m})")
@@ -84,8 +129,12 @@ class RewardTensor:
 
     @property
     def rm_indices(self) -> list[int]:
-        """Indices of the reward models (role ``rm``), in model order."""
+        """Indices of the reward models of the grid (role ``rm``), in model order; ``member`` models are not."""
         return [i for i, r in enumerate(self.roles) if r == "rm"]
+
+    def ensembles_of(self, i: int) -> tuple[str, ...]:
+        """Names of the named ensembles model ``i`` belongs to, in :attr:`ensembles` order."""
+        return tuple(name for name, members in self.ensembles.items() if i in members)
 
     def role_index(self, role: str) -> int | None:
         """Index of the (single) model with this role, e.g. ``evaluator`` or ``gold``; None if absent."""
@@ -154,12 +203,64 @@ def _example(df: pd.DataFrame, cols: Sequence[str], limit: int = 3) -> str:
     return "; ".join(", ".join(f"{k}={v!r}" for k, v in r.items()) for r in rows)
 
 
+def ensemble_name_problem(name) -> str | None:
+    """Why ``name`` cannot name a named ensemble (bad characters, reserved), or None when it can."""
+    if not isinstance(name, str) or not ENSEMBLE_NAME.fullmatch(name):
+        return f"a name must match {ENSEMBLE_NAME.pattern} (letters, digits, _ . + -), got {name!r}"
+    if name in RESERVED_ENSEMBLES:
+        return f"{name!r} is reserved ({', '.join(RESERVED_ENSEMBLES)})"
+    return None
+
+
+def _ensemble_names(value) -> list[str]:
+    """The names of a models row's ``ensemble`` field (comma-separated; null or blank: none), unvalidated."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)) or not str(value).strip():
+        return []
+    return list(dict.fromkeys(part.strip() for part in str(value).split(",")))
+
+
+def _parse_ensembles(models: pd.DataFrame) -> dict[str, list[int]]:
+    """Name → row indices (model order) from the ``ensemble`` column, names in order of first occurrence."""
+    out: dict[str, list[int]] = {}
+    if ENSEMBLE_COLUMN in models.columns:
+        for i, value in enumerate(models[ENSEMBLE_COLUMN]):
+            for name in _ensemble_names(value):
+                out.setdefault(name, []).append(i)
+    return out
+
+
+def _validate_ensembles(models: pd.DataFrame, source: str) -> None:
+    field_ = f"field '{ENSEMBLE_COLUMN}'"
+    if ENSEMBLE_COLUMN in models.columns:
+        names = models[ENSEMBLE_COLUMN].map(_ensemble_names)
+        bad = models[[any(ensemble_name_problem(n) for n in v) for v in names]]
+        if len(bad):
+            problem = next(ensemble_name_problem(n) for v in names[bad.index] for n in v if ensemble_name_problem(n))
+            raise RewardTensorError(
+                f"{source}: {field_} holds comma-separated ensemble names; {problem}; bad rows: "
+                f"{_example(bad, ['model_id', ENSEMBLE_COLUMN])}")
+        judged = models[(names.map(len) > 0) & ~models.role.isin(ENSEMBLE_ROLES)]
+        if len(judged):
+            raise RewardTensorError(
+                f"{source}: {field_} is only for models of role {' or '.join(ENSEMBLE_ROLES)}, not the evaluator "
+                f"or gold; bad rows: {_example(judged, ['model_id', 'role', ENSEMBLE_COLUMN])}")
+        lone = models[(names.map(len) == 0) & (models.role == "member")]
+    else:
+        lone = models[models.role == "member"]
+    if len(lone):
+        raise RewardTensorError(
+            f"{source}: {field_} is null for model(s) of role 'member' {list(lone.model_id)}: a member belongs to "
+            "one or more named ensembles")
+
+
 def _validate_models(models: pd.DataFrame, source: str) -> pd.DataFrame:
-    models = _check_dtypes(
-        models,
-        {"model_id": "str", "role": "str", "pretrain_id": "nullable_str", "finetune_seed": "nullable_int"},
-        source,
-    )
+    spec = {"model_id": "str", "role": "str", "pretrain_id": "nullable_str", "finetune_seed": "nullable_int"}
+    optional = [c for c in (ENSEMBLE_COLUMN, KIND_COLUMN) if c in models.columns]
+    spec |= {c: "nullable_str" for c in optional}
+    empty = [c for c in optional if models[c].isna().all()]  # e.g. all NaN as float: nothing declared
+    if empty:
+        models = models.assign(**{c: pd.Series([None] * len(models), index=models.index, dtype=object) for c in empty})
+    models = _check_dtypes(models, spec, source)
     dup = models[models.model_id.duplicated(keep=False)]
     if len(dup):
         raise RewardTensorError(f"{source}: duplicate model_id {sorted(set(dup.model_id))}")
@@ -187,6 +288,7 @@ def _validate_models(models: pd.DataFrame, source: str) -> pd.DataFrame:
             raise RewardTensorError(
                 f"{source}: more than one model with role '{role}': {list(models.model_id[models.role == role])}"
             )
+    _validate_ensembles(models, source)
     return models.reset_index(drop=True)
 
 
@@ -314,6 +416,9 @@ def reward_tensor_from_frames(
         sample_ids=sample_ids,
         reference_ids=reference_ids,
         seed_scope=_declared_scope(models),
+        ensembles=_parse_ensembles(models),
+        kinds=tuple(None if pd.isna(v) else str(v) for v in models[KIND_COLUMN])
+        if KIND_COLUMN in models.columns else None,
     )
 
 
@@ -368,7 +473,42 @@ def reward_tensor_to_frames(tensor: RewardTensor) -> tuple[pd.DataFrame, pd.Data
     )
     if tensor.seed_scope is not None:
         models[SCOPE_COLUMN] = [tensor.seed_scope if r == "rm" else None for r in tensor.roles]
+    if tensor.ensembles:
+        models[ENSEMBLE_COLUMN] = pd.Series([",".join(tensor.ensembles_of(i)) or None for i in range(m)],
+                                            dtype=object)
+    if any(k is not None for k in tensor.kinds):
+        models[KIND_COLUMN] = pd.Series(list(tensor.kinds), dtype=object)
     return pd.concat(frames, ignore_index=True), models
+
+
+def load_ensemble_costs(path) -> pd.DataFrame:
+    """Read ``ensembles.parquet``: one row per ensemble (``single``, ``finetune``, ``pretrain`` for the grid, and
+    each named ensemble) with what it cost, columns :data:`COST_COLUMNS`: ``ensemble``, ``kind``,
+    ``n_members``, ``params_trained`` (parameters updated by training, summed over what training ran,
+    pretraining included where the run paid for it), ``params_held`` (parameters in memory while scoring),
+    ``forwards_per_candidate``, ``train_s`` and ``score_s`` (seconds, NaN unknown), ``note``.
+
+    Returns the table with those columns (int64, float64 and object dtypes), or an empty one when ``path``
+    does not exist. Raises :class:`RewardTensorError` naming the file and the field for a missing column, a
+    wrong dtype or a repeated ensemble name.
+    """
+    path = Path(path)
+    if not path.exists():
+        return pd.DataFrame({c: pd.Series(dtype=_COST_DTYPES[k]) for c, k in COST_COLUMNS.items()})
+    try:
+        df = pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise RewardTensorError(f"{path}: cannot read as Parquet ({exc})") from exc
+    df = _check_dtypes(df, COST_COLUMNS, str(path))
+    dup = df[df.ensemble.duplicated(keep=False)]
+    if len(dup):
+        raise RewardTensorError(f"{path}: field 'ensemble' repeats {sorted(set(dup.ensemble))}: one row per ensemble")
+    df = df.reset_index(drop=True)
+    return pd.DataFrame({c: pd.Series([None if pd.isna(v) else str(v) for v in df[c]], dtype=object)
+                         if k.endswith("str") else df[c].astype(_COST_DTYPES[k]) for c, k in COST_COLUMNS.items()})
+
+
+_COST_DTYPES = {"str": object, "nullable_str": object, "int": np.int64, "float": np.float64}
 
 
 def synthetic_reward_tensor(

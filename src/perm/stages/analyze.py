@@ -20,10 +20,13 @@ TAKES_TENSOR = True  # --rewards/--models: a user's reward tensor instead of thi
 
 
 def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
-    """Keyed on the tensor: this run's score and sample outputs, or a user's files (`rewards`, `models`), and
-    on `reward.finetune_seed_scope` (what a shared finetune seed means for the pair relations)."""
+    """Keyed on the tensor: this run's score and sample outputs, or a user's files (`rewards`, `models`, and
+    `ensembles`, the costs beside the models file, only where it exists), and on `reward.finetune_seed_scope`
+    (what a shared finetune seed means for the pair relations)."""
     if "rewards" in upstream:
         tensor = {"rewards": upstream["rewards"], "models": upstream["models"]}
+        if "ensembles" in upstream:
+            tensor["ensembles"] = upstream["ensembles"]
     else:
         tensor = {"score": upstream["score"], "samples": upstream["sample"]}
     # the scope says which RM pairs are `same_finetune`; v2: the seed-aware tables (issue 12); v3: intervals
@@ -33,26 +36,31 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
 
 
 def run(ctx: Context, rewards: Path | None = None, models: Path | None = None) -> Path:
-    from perm.analysis import load_reward_tensor, run_analysis, save_analysis
+    from perm.analysis import load_ensemble_costs, load_reward_tensor, run_analysis, save_analysis
     from perm.report_inputs import samples_and_posts
     from perm.store import hash_path
 
     external = rewards is not None
     if external:  # a user's tensor: nothing of this run's samples or data may leak into its analysis
         upstream = {"rewards": hash_path(rewards), "models": hash_path(models)}
+        costs_path = Path(models).parent / layout.ENSEMBLES
+        if costs_path.exists():
+            upstream["ensembles"] = hash_path(costs_path)
     else:
         rewards, models = ctx.need("score"), ctx.root / layout.MODELS
+        costs_path = Path(models).parent / layout.ENSEMBLES
         upstream = ctx.upstream()
     a = ctx.cfg.analysis
 
     def analyze() -> dict:
         tensor = load_reward_tensor(rewards, models)
+        costs = load_ensemble_costs(costs_path)
         samples, posts = (None, None) if external else samples_and_posts(ctx.root)
         results = run_analysis(tensor, ns=list(a.ns) if a.ns else None, anova_draws=a.anova_draws, seed=a.seed,
                                samples=samples, posts=posts, scale=a.scale,
                                scope=ctx.cfg.reward.finetune_seed_scope, bootstrap=a.bootstrap, level=a.level,
                                figure3_method=a.figure3, pick_ranker_name=a.pick_ranker,
-                               coverage_sims=a.coverage_sims)
+                               coverage_sims=a.coverage_sims, costs=costs)
         with atomic_path(ctx.root / layout.ANALYSIS) as tmp:
             save_analysis(results, tmp)
         return {"prompts": tensor.n_prompts, "pool": tensor.pool_size}
