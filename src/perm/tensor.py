@@ -38,8 +38,8 @@ COST_COLUMNS = {  # ensembles.parquet: one row per ensemble, what it cost
     "ensemble": "str",
     "kind": "nullable_str",
     "n_members": "int",
-    "params_trained": "int",
-    "params_held": "int",
+    "params_trained": "nullable_int",  # null: unknown (a named ensemble)
+    "params_held": "nullable_int",
     "forwards_per_candidate": "int",
     "train_s": "float",
     "score_s": "float",
@@ -508,7 +508,7 @@ def load_ensemble_costs(path) -> pd.DataFrame:
                          if k.endswith("str") else df[c].astype(_COST_DTYPES[k]) for c, k in COST_COLUMNS.items()})
 
 
-_COST_DTYPES = {"str": object, "nullable_str": object, "int": np.int64, "float": np.float64}
+_COST_DTYPES = {"str": object, "nullable_str": object, "int": np.int64, "nullable_int": np.float64, "float": np.float64}
 
 
 def synthetic_reward_tensor(
