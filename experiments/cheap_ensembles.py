@@ -1,0 +1,102 @@
+"""The cheaper-ensembles section of docs/results.md from a finished `configs/cheap-ensembles.yaml` run.
+
+    python experiments/cheap_ensembles.py runs/cheap-ensembles [--write]
+
+Prints (or, with --write, puts between ``<!-- cheap:begin -->`` and ``<!-- cheap:end -->`` of docs/results.md)
+the machine (CPU, precision, the fp32 matmul peak measured now), every ensemble's gold reward of the best-of-n
+pick at the largest n with its 90% interval and the share of the pretrain ensemble's gain it recovers, beside
+its costs (analysis/ensembles.parquet), and each member kind's held-out accuracy and pool rank correlation with
+the gold reward (WARM's average beside its members).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from _bench import matmul_peak  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results.md"
+BEGIN, END = "<!-- cheap:begin -->", "<!-- cheap:end -->"
+
+
+def pool_rho(run: Path) -> pd.Series:
+    """Per model: the mean over prompts of the Spearman correlation of its pool rewards with the gold reward."""
+    r = pd.read_parquet(run / "rewards.parquet")
+    r = r[~r.is_reference]
+    r["rank"] = r.groupby(["model_id", "prompt_id"]).reward.rank()
+    wide = r.pivot_table(index=["prompt_id", "sample_id"], columns="model_id", values="rank")
+    out = {}
+    for m in wide.columns:
+        if m == "gold":
+            continue
+        both = wide[[m, "gold"]]
+        out[m] = float(np.mean([g[m].corr(g["gold"]) for _, g in both.groupby(level=0)]))
+    return pd.Series(out)
+
+
+def _iv(est, lo, hi, digits=3) -> str:
+    if not np.isfinite(est):
+        return "—"
+    return f"{est:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+
+
+def section(run: Path) -> str:
+    hw = json.loads((run / "manifest.json").read_text())["hardware"]
+    peak = matmul_peak()
+    table = pd.read_parquet(run / "analysis" / "ensembles.parquet")
+    gold = table[(table.target == "gold") & (table.metric == "reward")]
+    n = int(gold.n.max())
+    models = pd.read_parquet(run / "models.parquet")
+    rho = pool_rho(run)
+    lines = [BEGIN, "", f"### `{run.name}` (`configs/cheap-ensembles.yaml`): best-of-{n}, 90% intervals", "",
+             f"Machine: {hw['cpu']['model']} ({hw['device']}), precision {hw['precision']}; fp32 matmul peak "
+             f"measured with this table: {peak['flops_per_s'] / 1e9:.0f} GFLOP/s. Seconds are this machine's; the pretrain "
+             "ensemble's include pretraining the other 4 backbones as recorded where the testbed's were built.", "",
+             "| ensemble | aggregator | gold reward [90%] | share of the pretrain gain [90%] | params trained | "
+             "params held | forwards | train s | score s |", "|---|---|---|---|---|---|---|---|---|"]
+    for _, r in gold.iterrows():
+        share = (_iv(r.share, r.share_lo, r.share_hi, 2) if np.isfinite(r.share) and np.isfinite(r.share_lo)
+                 else "1 (the reference)" if r.ensemble == "pretrain" else "0 (the reference)"
+                 if r.ensemble == "single" else "— (the pretrain gain is not resolved)")
+        lines.append(f"| {r.ensemble} | {r.aggregator} | {_iv(r.estimate, r.lo, r.hi)} | {share} | "
+                     f"{r.params_trained:,.0f} | {r.params_held:,.0f} | {r.forwards_per_candidate:.0f} | "
+                     f"{r.train_s:,.1f} | {r.score_s:,.1f} |")
+    lines += ["", "Members: held-out accuracy (policy pairs) and gold accuracy, mean over the kind's models, and "
+              "the pool's rank correlation with the gold reward (mean over prompts):", "",
+              "| models | n | accuracy | gold accuracy | pool ρ with gold |", "|---|---|---|---|---|"]
+    groups = models[models.role.isin(["rm", "member"])].copy()
+    groups["group"] = np.where(groups.role == "rm", "grid RMs", groups.kind)
+    for g, part in groups.groupby("group", sort=False):
+        lines.append(f"| {g} | {len(part)} | {part.accuracy.mean():.3f} | {part.gold_accuracy.mean():.3f} | "
+                     f"{rho[part.model_id].mean():.3f} |")
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--write", action="store_true", help="update docs/results.md")
+    args = ap.parse_args(argv)
+    new = section(args.run)
+    if not args.write:
+        print(new)
+        return
+    text = RESULTS.read_text()
+    if BEGIN in text:
+        text = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: new, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n## Cheaper ensembles (issue 31)\n\n" + new + "\n"
+    RESULTS.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
