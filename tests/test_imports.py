@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import ast
 from pathlib import Path
 
@@ -125,3 +127,14 @@ def test_no_stage_module_imports_another():
 def test_the_sibling_check_sees_a_sibling_import():
     graph = {"perm.stages.score": {"perm.stages._grid"}, "perm.stages._grid": {"perm.stages.sample"}}
     assert "perm.stages.sample" in reachable(graph, "perm.stages.score")
+
+
+@pytest.mark.parametrize("module", ["perm.rm_jobs", "perm.launch", "perm.members", "perm.stages.train_members"])
+def test_a_job_module_imports_first_in_a_fresh_process(module):
+    """`python -m perm.launch` imports a job's module first: no cycle through perm.stages' package init may
+    leave it partially initialised."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]

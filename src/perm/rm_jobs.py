@@ -12,8 +12,7 @@ import pyarrow.parquet as pq
 
 from perm import run_layout as layout
 from perm.progress import job_bar
-from perm.stages._context import read_column, torch_setup
-from perm.store import atomic_path, derive_seed
+from perm.store import atomic_path, derive_seed, read_column
 
 
 def rm_seeds(finetune_seed: int, pretrain_id: str | None = None) -> dict:
@@ -98,6 +97,7 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
     )
     from perm.prefix import set_readout
     from perm.reward import encode_pairs, evaluate_pairs, train_reward_model
+    from perm.stages._context import torch_setup  # (perm.stages imports this module)
 
     dev = torch_setup(device, threads)
     run = Path(run_dir)
@@ -233,6 +233,7 @@ def job_average(run_dir: str, out_rel: str, *, sources: tuple[str, ...], eval_fi
     from perm.members import average_state_dicts, parameter_counts
     from perm.models import load_reward_model, load_tokenizer, save_model
     from perm.reward import evaluate_pairs
+    from perm.stages._context import torch_setup  # (perm.stages imports this module)
 
     dev = torch_setup(device, threads)
     run = Path(run_dir)
