@@ -414,6 +414,7 @@ def test_cheaper_ensembles_section_only_with_named_ensembles(tmp_path, full):
 
     assert "Cheaper ensembles" not in full["html"] and 'id="cheaper"' not in full["html"]
     assert not (full["dir"] / "figures" / "fig_ensembles.png").exists()
+    assert not (full["dir"] / "figures" / "fig_ensembles_n.png").exists()
     t = analysis.synthetic_reward_tensor(n_pretrains=3, n_finetune=2, n_prompts=20, pool_size=8, n_reference=2)
     named = with_members(t, [("lora", 3, "lora"), ("warm", 1, "warm")])
     for costs, axis in ((COSTS, "train_s"), (COSTS.assign(train_s=np.nan), "params_trained"), (None, "no costs")):
@@ -422,9 +423,13 @@ def test_cheaper_ensembles_section_only_with_named_ensembles(tmp_path, full):
         page = report.write_report(results, out / "report").read_text(encoding="utf-8")
         section = page[page.index('<section id="cheaper"><h2>Cheaper ensembles</h2>'):]
         section = section[: section.index("</section>")]
-        assert section.count("data:image/png;base64,") == 1 and 'id="fig_ensembles"' in section
+        assert section.count("data:image/png;base64,") == 2 and 'id="fig_ensembles"' in section
+        assert 'id="fig_ensembles_n"' in section and page.count('id="fig_ensembles_n"') == 1
         assert (out / "report" / "figures" / "fig_ensembles.png").is_file()
         assert page.count('id="fig_ensembles"') == 1  # not also among the figures
+        by_n = figures._figure_ensembles_n(results)
+        assert {t.get_text() for t in by_n.figure.axes[0].get_legend().get_texts()} >= {
+            "lora ensemble", "warm ensemble", "pretrain ensemble", "single RM"}
         res = figures._figure_ensembles(results)
         assert axis in res.figure.axes[0].get_xlabel()
         assert (res.figure.axes[0].get_xscale() == "log") == (costs is not None)

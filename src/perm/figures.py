@@ -30,8 +30,9 @@ from perm import bon
 from perm.run_layout import ENSEMBLES
 from perm.store import atomic_write_bytes
 
-FIGURES = ("fig_seed", "fig1", "fig2", "fig3", "fig4", "fig_gold", "fig_hacking", "fig_ensembles")
-OPTIONAL_FIGURES = ("fig_ensembles",)  # drawn only when their data exists; never listed as "not drawn"
+FIGURES = ("fig_seed", "fig1", "fig2", "fig3", "fig4", "fig_gold", "fig_hacking", "fig_ensembles",
+           "fig_ensembles_n")
+OPTIONAL_FIGURES = ("fig_ensembles", "fig_ensembles_n")  # drawn only when their data exists; never listed as "not drawn"
 GRID_ENSEMBLES = ("single", "finetune", "pretrain")
 # Named ensembles (cheap members on one backbone, or a user's own) take these colours in order.
 NAMED_COLORS = ("#2a9d8f", "#9b5de5", "#c44536", "#3d5a80", "#b8860b", "#6a994e", "#d1495b", "#00798c")
@@ -690,6 +691,48 @@ def _figure_ensembles(results) -> FigureResult:
     return out
 
 
+def _figure_ensembles_n(results) -> FigureResult:
+    out = FigureResult(
+        "fig_ensembles_n",
+        "Cheaper ensembles · best-of-n quality at every n",
+        "Reward of the best-of-n pick (centred per prompt) against n, for the single RM (mean over the grid's RMs), "
+        "the grid's finetune and pretrain ensembles and every named ensemble, each with the mean aggregator (a "
+        "one-model ensemble ranks by its own reward). Bands: ± 1 se over prompts (the seed-aware intervals at the "
+        "largest n are in the cost figure and the table).",
+        wide=True,
+    )
+    fig4, table = results.get("figure4"), results.get("ensembles")
+    named = named_ensembles(table)
+    if not named or fig4 is None or fig4.empty:
+        out.skipped = "the tensor has no named ensembles."
+        return out
+    target = "gold" if (fig4.target == "gold").any() else "evaluator"
+    rows = fig4[(fig4.target == target) & (fig4.metric == "reward")]
+    fig, axes = _new_figure(7.6, 4.4)
+    ax = axes[0, 0]
+    lines = []
+    for name in (*GRID_ENSEMBLES, *named):
+        part = rows[(rows.ranker == name) & rows.aggregator.isin(["mean", "none"])].sort_values("n")
+        if part.empty:
+            continue
+        color = ensemble_color(name, named)
+        style = "-" if name in GRID_ENSEMBLES else "--"
+        ax.plot(part.n, part["mean"], style, color=color, marker=STYLE.get(name, {}).get("marker", "o"),
+                markersize=4, label=ensemble_label(name), linewidth=1.6 if name in GRID_ENSEMBLES else 1.2)
+        ax.fill_between(part.n, part["mean"] - part.se, part["mean"] + part.se, color=color, alpha=0.12,
+                        linewidth=0)
+        lines.append(part.assign(line=name))
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("n (candidates reranked)")
+    ax.set_ylabel(f"{target} reward of the best-of-n pick")
+    ax.legend(loc="upper left", fontsize=8, ncol=2)
+    out.figure = fig
+    both = pd.concat(lines, ignore_index=True)
+    out.numbers.append((f"{target} reward vs n", both.pivot_table(index="n", columns="line", values="mean")
+                        .round(4).reset_index()))
+    return out
+
+
 _BUILDERS: dict[str, Callable[[Mapping[str, pd.DataFrame]], FigureResult]] = {
     "fig_seed": _figure_seed,
     "fig1": _figure1,
@@ -699,6 +742,7 @@ _BUILDERS: dict[str, Callable[[Mapping[str, pd.DataFrame]], FigureResult]] = {
     "fig_gold": _figure_gold,
     "fig_hacking": _figure_hacking,
     "fig_ensembles": _figure_ensembles,
+    "fig_ensembles_n": _figure_ensembles_n,
 }
 
 

@@ -553,7 +553,7 @@ def _ensembles_table_html(part: pd.DataFrame) -> str:
                    "params held", "forwards per candidate", "train s", "score s"], rows, "ensembles")
 
 
-def _ensembles_html(results, figure) -> str:
+def _ensembles_html(results, figure, by_n=None) -> str:
     """The cheaper-ensembles section: the named ensembles' best-of-n quality against their cost, beside the
     single RM and the grid's ensembles (figure, table per judge), and their contrasts with the grid."""
     df = results["ensembles"]
@@ -572,8 +572,7 @@ def _ensembles_html(results, figure) -> str:
         + (f"Costs come from {ENSEMBLES}." if col else f"There are no costs (no {ENSEMBLES}): the cost columns "
            "are empty."))
     parts = [f'<p class="note">{_e(intro)}</p>']
-    if figure is not None:
-        parts.append(_figure_html(*figure))
+    parts += [_figure_html(*f) for f in (figure, by_n) if f is not None]
     parts += [_ensembles_table_html(part) for part in _by_target(df)]
     c = results.get("contrasts")
     if c is not None and not c.empty and (c.figure == "ensembles").any():
@@ -912,7 +911,8 @@ def write_report(
     sections.append(("table1", "Table 1 · Ensembles at the largest n", "".join(
         _table1_html(part, meta) for part in _by_target(table1))))
     if named_ensembles(results.get("ensembles")):
-        sections.append(("cheaper", "Cheaper ensembles", _ensembles_html(results, own.get("fig_ensembles"))))
+        sections.append(("cheaper", "Cheaper ensembles", _ensembles_html(
+            results, own.get("fig_ensembles"), own.get("fig_ensembles_n"))))
     if examples:
         sections.append(("examples", "Example prompts", _examples_html(examples)))
     if config_yaml:
