@@ -79,9 +79,11 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
     members = member_scorers(cfg)
     out = {}
     for mid, name in model_names(cfg).items():
-        if name not in upstream:
+        try:
+            model = upstream[name]
+        except KeyError:  # an ensemble member not made yet
             continue
-        obj = {"model": upstream[name], "samples": samples, "max_length": cfg.reward.max_length}
+        obj = {"model": model, "samples": samples, "max_length": cfg.reward.max_length}
         if mid in members:
             load = members[mid]["load"]
             obj |= {"load": load} | ({"backbone": backbone_identity(cfg, upstream, member_backbone(cfg))}

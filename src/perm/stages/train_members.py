@@ -38,10 +38,12 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
     for mid, spec in member_plan(cfg).items():
         name = layout.member_dir(mid)
         inputs = [layout.member_dir(s) for s in spec.get("from_members", ())] + list(spec.get("from_rms", ()))
-        if any(i not in upstream for i in inputs):
+        try:
+            hashes = {i: upstream[i] for i in inputs}
+        except KeyError:  # a member it is trained or averaged from is not made yet
             continue
         obj = {"member": {k: v for k, v in spec.items() if k not in ("from_members", "from_rms")},
-               "inputs": {i: upstream[i] for i in inputs}}
+               "inputs": hashes}
         out[name] = stage_key(cfg, obj if spec["kind"] in AVERAGES else obj | base)
     return out
 
