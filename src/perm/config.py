@@ -304,6 +304,16 @@ class RewardConfig:
     batch_size: int = 64
     """Preference pairs per optimizer step (> 0; the global batch when several processes train one RM). With
     K-wise pairs (`policy_kwise: 6`, 15 pairs per post) 64 pairs hold about four posts."""
+    micro_batch_size: int | None = None
+    """Gradient accumulation: the most preference pairs one forward and backward pass holds (>= 1; null = each
+    step's `batch_size` pairs in one pass). Each optimizer step's pairs (under several processes, each one's slice)
+    run in contiguous micro-batches of at most this many pairs, a prompt's pairs kept together where they fit,
+    each micro-batch's loss weighted by its share of the step's pairs (a multi-head member's: by each head's
+    share of its bootstrap weight), so the step's gradient is the whole batch's: the same data order, steps and
+    learning-rate schedule, activation memory of one micro-batch. Results equal the one-pass run's up to float
+    rounding (with `dropout`, masks are drawn per micro-batch), so a set value is part of the RMs' keys and
+    reruns the grid RMs, the evaluator RM and the ensemble members (null keeps the keys of runs made before it
+    existed); at or above the pairs a step holds it runs them in one pass anyway."""
     lr: float = 7e-4
     """Peak AdamW learning rate (> 0): linear warmup over `warmup_frac` of the steps, then linear decay to 0.
     Reruns the grid RMs. Why 7e-4: learnability alone (docs/history/results.md, "a lower RM learning rate")."""
@@ -386,6 +396,8 @@ class RewardConfig:
         _check(self.center_coef >= 0, "reward.center_coef", "must be >= 0")
         _check(self.epochs > 0 and self.batch_size > 0 and self.lr > 0, "reward", "epochs, batch_size, lr > 0")
         _check(0 <= self.warmup_frac < 1, "reward.warmup_frac", "must be in [0, 1)")
+        _check(self.micro_batch_size is None or self.micro_batch_size >= 1, "reward.micro_batch_size",
+               "must be >= 1 (or null)")
         _check(0 <= self.dropout < 1, "reward.dropout", "must be in [0, 1)")
         _check(self.pairs in ("auto", "testbed", "policy", "mix"), "reward.pairs", "must be auto|testbed|policy|mix")
         _check(self.policy_pairs_per_post >= 1, "reward.policy_pairs_per_post", "must be >= 1")
