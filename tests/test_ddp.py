@@ -104,6 +104,33 @@ def test_ddp_reward_model_equals_one_process_within_rounding(tmp_path, tokenizer
     assert np.ptp(ra) > 1e-2  # the RM moved: the comparison is not of two untrained heads
 
 
+@pytest.mark.slow  # ~35 s: three processes start, all train
+def test_ddp_with_micro_batches_equals_one_process_within_rounding(tmp_path, tokenizer, tiny_backbone_dir):
+    """Each rank's slice of 4 pairs in micro-batches of 3 and 1 (gradients synchronised once per step) against
+    one process training each batch of 8 in one pass: the DDP tolerances of the test above."""
+    from perm.config import RewardConfig, to_dict
+    from perm.models import load_reward_model
+
+    run = _run_dir(tmp_path, tokenizer)
+    prompts, chosen, rejected = toy_pairs(48, seed=0)
+    prompts[24:] = prompts[:24]
+    pq.write_table(pa.table({"prompt": prompts, "chosen": chosen, "rejected": rejected}),
+                   run / "data" / "prefs_train.parquet")
+    ep, ec, er = toy_pairs(16, seed=1)
+    pq.write_table(pa.table({"prompt": ep, "chosen": ec, "rejected": er}), run / "data" / "prefs_eval.parquet")
+    reward = to_dict(RewardConfig()) | {"batch_size": 8, "epochs": 2.0, "eval_every": 100, "max_length": 32}
+    kw = dict(run_dir=str(run), backbone=str(tiny_backbone_dir), pretrain_id="seed0", finetune_seed=0,
+              n_pairs=None, device="cpu", threads=1, precision="fp32", show_progress=False)
+    one = _info(_launch("job_reward_model", kw | {"out_rel": "rm/one", "reward": reward}, tmp_path / "one.json", 1))
+    two = _info(_launch("job_reward_model", kw | {"out_rel": "rm/two", "reward": reward | {"micro_batch_size": 3}},
+                        tmp_path / "two.json", 2))
+    assert one["steps"] == two["steps"] == 12
+    sa, sb = load_reward_model(run / "rm/one").state_dict(), load_reward_model(run / "rm/two").state_dict()
+    assert max(float((sa[k] - sb[k]).abs().max()) for k in sa) < 1e-4
+    assert abs(one["final_train_loss"] - two["final_train_loss"]) < 1e-4
+    assert abs(one["eval_mean_reward"] - two["eval_mean_reward"]) < 1e-4
+
+
 def _scoring_run(tmp_path, tokenizer, tiny_backbone_dir):
     from perm.models import load_reward_backbone
 

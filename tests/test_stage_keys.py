@@ -137,6 +137,8 @@ def _family(name: str) -> str:
     ("reward.center_coef=0.1", {"rm/*", "evaluator/rm", "report"}),
     ("reward.readout=sum", {"rm/*", "evaluator/rm", "report"}),
     ("workers=1", {"report"}),
+    ("workers=auto", {"report"}),
+    ("reward.micro_batch_size=8", {"rm/*", "evaluator/rm", "report"}),
     ("reward.finetune_seed_scope=per_rm", {"rm/*", "analyze", "report"}),
     ("evaluator.finetune_seed=7", {"evaluator/rm", "report"}),
     ("analysis.bootstrap=100", {"analyze", "report"}),

@@ -304,6 +304,14 @@ class RewardConfig:
     batch_size: int = 64
     """Preference pairs per optimizer step (> 0; the global batch when several processes train one RM). With
     K-wise pairs (`policy_kwise: 6`, 15 pairs per post) 64 pairs hold about four posts."""
+    micro_batch_size: int | None = None
+    """Gradient accumulation: at most this many preference pairs per forward and backward pass (>= 1; null = each
+    step's `batch_size` pairs in one pass). The same data order, steps and learning-rate schedule; each step's
+    gradient is the whole batch's up to float rounding, with one micro-batch's activations in memory. Set, it keys
+    and reruns the grid RMs, the evaluator RM and the ensemble members (null: keys as before). A step's pairs
+    (under several processes, each one's slice) run in contiguous micro-batches, a prompt's pairs together where
+    they fit, each micro-batch's loss weighted by its share of the step's pairs (a multi-head member's: by each
+    head's share of its bootstrap weight). With `dropout`, masks are drawn per micro-batch."""
     lr: float = 7e-4
     """Peak AdamW learning rate (> 0): linear warmup over `warmup_frac` of the steps, then linear decay to 0.
     Reruns the grid RMs. Why 7e-4: learnability alone (docs/history/results.md, "a lower RM learning rate")."""
@@ -386,6 +394,8 @@ class RewardConfig:
         _check(self.center_coef >= 0, "reward.center_coef", "must be >= 0")
         _check(self.epochs > 0 and self.batch_size > 0 and self.lr > 0, "reward", "epochs, batch_size, lr > 0")
         _check(0 <= self.warmup_frac < 1, "reward.warmup_frac", "must be in [0, 1)")
+        _check(self.micro_batch_size is None or self.micro_batch_size >= 1, "reward.micro_batch_size",
+               "must be >= 1 (or null)")
         _check(0 <= self.dropout < 1, "reward.dropout", "must be in [0, 1)")
         _check(self.pairs in ("auto", "testbed", "policy", "mix"), "reward.pairs", "must be auto|testbed|policy|mix")
         _check(self.policy_pairs_per_post >= 1, "reward.policy_pairs_per_post", "must be >= 1")
@@ -682,7 +692,10 @@ class RayConfig:
     num_cpus_per_task: float = 1.0
     """CPUs Ray reserves for each task (its `num_cpus`; fractions allowed)."""
     num_gpus_per_task: float = 0.0
-    """GPUs Ray reserves for each task (its `num_gpus`; 0 = CPU-only tasks, 0.5 = two tasks share a GPU)."""
+    """GPUs Ray reserves for each task (its `num_gpus`; >= 0, 0.5 = two tasks share a GPU). 0: none where `device`
+    resolves to cpu in the driver, but 1 where it resolves to cuda (auto on a driver with a GPU, cuda): the
+    stage keys and precision are then a GPU's, and a task that resolves its device to another kind (no GPU
+    visible to it) refuses to run, naming both, rather than run on the CPU."""
     local_num_cpus: int | None = None
     """CPUs of the local instance started when `address` is null (null = all)."""
 
@@ -697,7 +710,8 @@ class RunConfig:
     """Run directory (created if missing): every output, the resolved config.yaml and the manifest go there;
     an existing run there resumes."""
     device: str = "auto"
-    """auto (cuda if available), cpu, cuda or cuda:<index>."""
+    """auto (cuda if available), cpu, cuda or cuda:<index> (every job on that GPU; with auto or cuda the local
+    `workers` spread over the GPUs)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """auto: bf16 where the device multiplies it natively (CUDA with bf16 support; a CPU with AVX512-BF16, AMX
     or ARM BF16), fp32 elsewhere (an AVX2-only CPU emulates bf16, far slower than fp32: benchmarks/README.md),
@@ -714,11 +728,13 @@ class RunConfig:
     scoring jobs run as Ray tasks (see `ray`; needs the ray extra)."""
     threads: int | None = None
     """torch intra-op threads; null = torch's default (with `workers` > 1: the machine's cores / workers)."""
-    workers: int = 2
+    workers: int | Literal["auto"] = 2
     """Local executor: training jobs of a stage (pretrains, RM finetunes, the evaluator's) run in this many
-    worker processes at once (each runs several jobs in turn); 1 = one after another in this process. On a few CPU
-    cores two single-threaded jobs outrun one two-threaded job (small matmuls do not use two threads
-    fully). Results depend on the threads per job, so resume a run with the same `workers`."""
+    worker processes at once (each runs several jobs in turn); 1 = one after another in this process; auto = one
+    per GPU (1 with `device` cuda:N), 2 on CPU. With `device` auto or cuda and GPUs present, worker i runs all its
+    jobs on GPU i % GPUs. On a few CPU cores two single-threaded jobs outrun one two-threaded job (small matmuls
+    do not use two threads fully). Results depend on the threads per job, so resume a run with the same `workers`
+    (the run's config.yaml records the number auto became)."""
     testbed: TestbedConfig = field(default_factory=TestbedConfig)
     """The embedded testbed world (unused with `data.prefs`)."""
     data: DataConfig = field(default_factory=DataConfig)
@@ -743,7 +759,7 @@ class RunConfig:
         _check(self.precision in ("auto", "fp32", "bf16"), "precision", "auto|fp32|bf16")
         _check(self.attention in ("auto", "sdpa", "eager"), "attention", "auto|sdpa|eager")
         _check(self.executor in ("local", "ray"), "executor", "local|ray")
-        _check(self.workers >= 1, "workers", "must be >= 1")
+        _check(self.workers == "auto" or self.workers >= 1, "workers", "must be >= 1 or auto")
         _check(self.threads is None or self.threads >= 1, "threads", "must be >= 1 (or null)")
         if self.reward.pairs == "auto":  # resolved here: to_dict, dump_config and the stage keys never see auto
             pairs = "policy" if self.data.prefs is None else "testbed"

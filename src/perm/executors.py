@@ -81,10 +81,18 @@ class PoolExecutor:
     SIGKILL reads as -9. In a worker, SIGINT (Ctrl-C reaches the whole process group) or SIGTERM (the pool's
     terminate, :func:`stop_workers`) interrupts a running job, whose ``finally`` blocks run (atomic writes
     remove their temp files), and the worker exits with 128 + the signal number without taking another
-    job; an idle worker exits at once."""
+    job; an idle worker exits at once.
 
-    def __init__(self, workers: int):
+    devices: the device of each worker (:func:`perm.hardware.worker_devices`: worker i on ``cuda:{i % GPUs}``),
+    or None. Each worker process takes one slot as it starts and runs every job whose ``device`` keyword is
+    ``auto`` or ``cuda`` on its slot's device instead (the job's ``device`` keyword is rewritten), so the workers
+    spread over the GPUs and a worker's jobs stay on one."""
+
+    def __init__(self, workers: int, devices: tuple[str, ...] | None = None):
+        if devices is not None and len(devices) < workers:
+            raise ValueError(f"PoolExecutor: {workers} workers but devices for {len(devices)}")
         self.workers = workers
+        self.devices = devices
 
     def map_as_completed(self, fn, kwargs_list: list[dict], on_start=None, on_progress=None,
                          progress_every: float = DEFAULT_EVERY):
@@ -113,8 +121,14 @@ class PoolExecutor:
             return
         ctx = multiprocessing.get_context("spawn")
         events = ctx.SimpleQueue()
-        ex = ProcessPoolExecutor(max_workers=min(self.workers, len(kwargs_list)), mp_context=ctx,
-                                 initializer=_worker_init, initargs=(os.getpid(), events))
+        n = min(self.workers, len(kwargs_list))
+        slots = None
+        if self.devices is not None:  # one slot per worker process, taken as it starts
+            slots = ctx.SimpleQueue()
+            for i in range(n):
+                slots.put(self.devices[i])
+        ex = ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_worker_init,
+                                 initargs=(os.getpid(), events, slots))
         procs = getattr(ex, "_processes", None)
         procs = _POOLS[ex] = {} if procs is None else procs  # the same dict the pool fills as it spawns
         names = [job_name(kw, i) for i, kw in enumerate(kwargs_list)]
@@ -247,17 +261,21 @@ class _Stopped(BaseException):
 
 
 _EVENTS = None  # the worker's event queue (set by _worker_init)
+_DEVICE: str | None = None  # the worker's device slot (set by _worker_init; None: jobs keep their device)
 _RUNNING = False  # a job is running in this worker
 _STOPPING = False
+SLOTTED = ("auto", "cuda")
+"""Job ``device`` keywords a worker with a device slot replaces by its slot's device."""
 
 
-def _worker_init(driver: int, events=None) -> None:
+def _worker_init(driver: int, events=None, slots=None) -> None:
     """Linux: a worker gets SIGKILL when the driver dies (a killed `perm run` leaves no job running); a
     worker whose driver died before this ran exits at once. SIGINT / SIGTERM stop the worker (see
-    :class:`PoolExecutor`)."""
-    global _EVENTS
+    :class:`PoolExecutor`). ``slots``: a queue of device slots, one per worker; this worker takes one."""
+    global _EVENTS, _DEVICE
     _die_with_parent(driver)
     _EVENTS = events
+    _DEVICE = slots.get() if slots is not None else None
     signal.signal(signal.SIGINT, _on_stop_signal)
     signal.signal(signal.SIGTERM, _on_stop_signal)
 
@@ -281,6 +299,7 @@ def _pool_call(fn, kw, index: int, progress_every: float | None = None):
     import os
 
     global _RUNNING
+    kw = on_worker_device(kw, _DEVICE)
     if _EVENTS is not None:
         _EVENTS.put(("start", index, os.getpid()))
     _RUNNING = True
@@ -296,6 +315,14 @@ def _pool_call(fn, kw, index: int, progress_every: float | None = None):
         _RUNNING = False
         if _EVENTS is not None and not _STOPPING:
             _EVENTS.put(("end", index, os.getpid()))
+
+
+def on_worker_device(kw: dict, device: str | None) -> dict:
+    """A job's keyword arguments in a worker whose device slot is `device`: its ``device`` (auto or cuda) replaced
+    by the slot's; unchanged without a slot, or for a job on cpu or an explicit ``cuda:N``."""
+    if device is None or kw.get("device") not in SLOTTED:
+        return kw
+    return kw | {"device": device}
 
 
 def _die_with_parent(driver: int) -> None:
@@ -321,10 +348,57 @@ def _usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-class RayExecutor:
-    """Runs jobs as Ray tasks with declared CPU/GPU needs, on an existing cluster or a local instance."""
+class DeviceMismatchError(RuntimeError):
+    """A job would run on another kind of device than the one its stage keys (and precision) were made for."""
 
-    def __init__(self, address: str | None, num_cpus: float, num_gpus: float, local_num_cpus: int | None = None):
+
+def task_device_kind(device: str) -> str:
+    """The kind of device (cuda | cpu | ...) a job with keyword ``device`` runs on in this process: its resolved
+    device (perm.hardware.resolve_device), cpu for a cuda where no CUDA device is visible."""
+    import torch
+
+    from perm.hardware import resolve_device
+
+    kind = resolve_device(device).type
+    return "cpu" if kind == "cuda" and not torch.cuda.is_available() else kind
+
+
+def check_task_device(kw: dict, expected: str) -> None:
+    """Refuse (:class:`DeviceMismatchError`, one line naming both) a job whose ``device`` resolves here to another
+    kind than `expected`, the kind the driver resolved it to when it made the stage keys and chose the precision
+    (a task without a GPU would otherwise run a bf16/cuda-keyed job on the CPU, and its outputs would be
+    recorded under those keys). A job without a ``device`` keyword is not checked."""
+    if "device" not in kw:
+        return
+    here = task_device_kind(kw["device"])
+    if here != expected:
+        hint = " (no CUDA device visible to the task: give tasks GPUs, ray.num_gpus_per_task)" if expected == "cuda" else ""
+        raise DeviceMismatchError(f"job {job_name(kw, 0)}: device {kw['device']} resolved to {expected} in the driver "
+                                  f"(its keys and precision are {expected}'s) but to {here} in this Ray task{hint}")
+
+
+class DeviceChecked:
+    """A job function that first checks, where it runs, that its device is of the kind the driver keyed it for
+    (:func:`check_task_device`), then runs it: what a Ray task calls."""
+
+    def __init__(self, fn, device_kind: str):
+        self.fn, self.device_kind = fn, device_kind
+
+    def __call__(self, **kw):
+        check_task_device(kw, self.device_kind)
+        return self.fn(**kw)
+
+
+class RayExecutor:
+    """Runs jobs as Ray tasks with declared CPU/GPU needs, on an existing cluster or a local instance.
+
+    device_kind: the kind of device (cuda | cpu) the driver resolved the run's `device` to; each task checks
+    that its own resolution agrees before it runs its job (:class:`DeviceChecked`). None: no check."""
+
+    device_kind: str | None = None
+
+    def __init__(self, address: str | None, num_cpus: float, num_gpus: float, local_num_cpus: int | None = None,
+                 device_kind: str | None = None):
         try:
             import ray
         except ImportError as e:  # pragma: no cover - depends on the optional extra
@@ -337,6 +411,7 @@ class RayExecutor:
             else:
                 ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
         self.opts = {"num_cpus": num_cpus, "num_gpus": num_gpus}
+        self.device_kind = device_kind
 
     def map_as_completed(self, fn, kwargs_list: list[dict], on_start=None, on_progress=None,
                          progress_every: float = DEFAULT_EVERY):
@@ -356,9 +431,10 @@ class RayExecutor:
             remote = self.ray.remote(**self.opts)(_ray_call)
         else:
             remote = self.ray.remote(**self.opts)(_timed_call)
+        job = fn if self.device_kind is None else DeviceChecked(fn, self.device_kind)
         refs = {}
         for i, kw in enumerate(kwargs_list):
-            refs[remote.remote(fn, kw) if queue is None else remote.remote(fn, kw, i, queue, progress_every)] = i
+            refs[remote.remote(job, kw) if queue is None else remote.remote(job, kw, i, queue, progress_every)] = i
             if on_start is not None:
                 on_start(i)
         pending = list(refs)

@@ -24,6 +24,72 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def cuda_index(device: torch.device | str | None) -> int | None:
+    """The GPU an explicit ``cuda:N`` names (N); None for a device that names none (``cuda``, ``auto``, ``cpu``)."""
+    if device is None or device == "auto":
+        return None
+    dev = torch.device(device)
+    return dev.index if dev.type == "cuda" else None
+
+
+def _launched_processes() -> int:
+    """Processes of the distributed launch this process is part of (torchrun's WORLD_SIZE; 1 when none)."""
+    import os
+
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def use_device(device: torch.device | str | None) -> int | None:
+    """Put this process on the GPU an explicit ``cuda:N`` names: it becomes the current CUDA device, where a
+    bare ``cuda`` tensor, CUDA's context and accelerate's one-process device (``cuda``, no index) land. Returns
+    N, or None where `device` names no GPU (nothing changes). Refused (ValueError) where N is not a GPU of this
+    machine, and under a distributed launch (DDP), where each process takes its own local rank's GPU."""
+    index = cuda_index(device)
+    if index is None:
+        return None
+    processes = _launched_processes()
+    if processes > 1:
+        raise ValueError(f"device {device} names one GPU, but this is one of {processes} launched processes, each "
+                         "on the GPU of its local rank: pass device cuda (or auto)")
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise ValueError(f"device {device}: this machine has {count} CUDA device{'s' if count != 1 else ''}"
+                         + (f" (cuda:0 to cuda:{count - 1})" if count else ""))
+    torch.cuda.set_device(index)
+    return index
+
+
+def gpu_count(device: str) -> int:
+    """GPUs a run's jobs may spread over: every CUDA device for `device` auto or cuda (0 without CUDA), none for
+    cpu or an explicit ``cuda:N`` (its jobs all run there)."""
+    if device not in ("auto", "cuda") or not torch.cuda.is_available():
+        return 0
+    return torch.cuda.device_count()
+
+
+def resolve_workers(workers: int | str, device: str) -> int:
+    """`workers`, with ``auto`` resolved: one worker per GPU (:func:`gpu_count`), 1 on the one GPU of an
+    explicit ``cuda:N``, else 2 (CPU)."""
+    if workers != "auto":
+        return int(workers)
+    if cuda_index(device) is not None:
+        return 1
+    return gpu_count(device) or 2
+
+
+def worker_devices(device: str, workers: int) -> tuple[str, ...] | None:
+    """The device each local worker process runs its jobs on: worker i on ``cuda:{i % GPUs}`` where `device` is
+    auto or cuda and CUDA devices exist (:func:`gpu_count`), so every GPU is used and a worker keeps its GPU
+    for all its jobs; None elsewhere (cpu, an explicit ``cuda:N``, no GPU): jobs keep `device` as configured."""
+    n = gpu_count(device)
+    if n == 0:
+        return None
+    return tuple(f"cuda:{i % n}" for i in range(workers))
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -47,6 +47,8 @@ SOURCES = {POLICY: layout.POLICY, EVALUATOR: layout.EVALUATOR_RM}  # a model par
 WORLD_STAGES = ("testbed", layout.POLICY, "policy-prefs", "evaluator-prefs", layout.EVALUATOR_RM)  # the kit's
 GRID_ONLY = ("finetune_seeds", "layout", "finetune_seed_scope", "max_train_pairs", "epochs", "lr", "pairs_from")
 """reward fields that only the grid reads (the evaluator has its own epochs and lr): not part of the world."""
+KIT_SINCE = ("micro_batch_size",)
+"""reward fields added after the kit was recorded: out of its world at their old behaviour (null), like a key."""
 KIT_FIELDS = (("policy", "checkpoint"), ("reward", "pairs_from"), ("evaluator", "rm_checkpoint"))
 
 
@@ -54,12 +56,15 @@ def world(cfg: RunConfig) -> dict:
     """The recipe of a kit: every setting the world's stages read (the testbed, precision and attention, the SFT
     policy's training and initialisation, the pairs' drawing, the evaluator and the reward fields it finetunes
     with); the grid's own fields and the run's plumbing (out, workers, the pool) are left out."""
+    from perm.stages._grid import unkeyed_defaults
+
     p = cfg.policy
     return {"testbed": kit_testbed_identity(to_dict(cfg.testbed)), "precision": cfg.precision,
             "attention": cfg.attention,
             "policy": {"init_from": p.init_from, "sft_epochs": p.sft_epochs, "sft_lr": p.sft_lr,
                        "sft_batch_size": p.sft_batch_size, "max_new_tokens": p.max_new_tokens, "seed": p.seed},
-            "reward": {k: v for k, v in to_dict(cfg.reward).items() if k not in GRID_ONLY},
+            "reward": unkeyed_defaults({k: v for k, v in to_dict(cfg.reward).items() if k not in GRID_ONLY},
+                                       KIT_SINCE),
             "evaluator": {k: v for k, v in to_dict(cfg.evaluator).items() if k != "rm_checkpoint"}}
 
 

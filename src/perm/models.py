@@ -30,7 +30,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from perm.hardware import resolve_device  # noqa: F401  (re-exported: jobs resolve their device here)
+from perm.hardware import resolve_device, use_device  # noqa: F401  (resolve_device: re-exported for jobs)
 
 HEAD_NAMES = ("score", "classifier")
 MASTER_DTYPE = torch.float32
@@ -44,6 +44,10 @@ class ModelLoadError(ValueError):
 def make_accelerator(device: torch.device | str | None = None, precision: str = "fp32"):
     """An `accelerate.Accelerator` on `device` (None: CUDA if available) with bf16 mixed precision or none.
 
+    An explicit ``cuda:N`` puts the process on GPU N first (:func:`perm.hardware.use_device`): accelerate's
+    device in one process is the current CUDA device (``cuda``, no index), so the model, batches and optimizer
+    state land on GPU N; ``cuda``, ``auto`` and a distributed launch keep accelerate's choice.
+
     accelerate keeps one process-wide AcceleratorState and refuses an Accelerator whose `cpu` or
     `mixed_precision` differs from the first one made, so a run whose SFT and RM jobs share a process (the
     local executor), or a test suite, could not mix settings. A different setting resets that state (the
@@ -55,6 +59,8 @@ def make_accelerator(device: torch.device | str | None = None, precision: str = 
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
     cpu = (torch.device(device).type == "cpu") if device is not None else not torch.cuda.is_available()
+    if not cpu:
+        use_device(device)
     mixed = "bf16" if precision == "bf16" else "no"
     partial = PartialState._shared_state
     if partial and partial.get("num_processes", 1) == 1 and (partial["device"].type == "cpu") != cpu:

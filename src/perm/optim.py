@@ -32,6 +32,12 @@ def optimizer_step(acc, model, opt, sched, loss: torch.Tensor, max_grad_norm: fl
     """One update under accelerate: backward, optional gradient-norm clipping, optimizer and schedule step."""
     opt.zero_grad(set_to_none=True)
     acc.backward(loss)
+    apply_update(acc, model, opt, sched, max_grad_norm)
+
+
+def apply_update(acc, model, opt, sched, max_grad_norm: float) -> None:
+    """The update from the gradients the parameters hold (one backward, or several accumulated): optional
+    gradient-norm clipping, then the optimizer and schedule step."""
     if max_grad_norm > 0:
         acc.clip_grad_norm_(model.parameters(), max_grad_norm)
     opt.step()

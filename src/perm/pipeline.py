@@ -32,10 +32,27 @@ __all__ = ["Pipeline", "hardware_record", "job_policy_prefs", "job_pretrain", "j
 
 
 def make_executor(cfg: RunConfig):
+    """The executor of `cfg`'s jobs: Ray tasks, a pool of `workers` local processes (worker i on GPU
+    i % GPUs where `device` is auto or cuda on a machine with GPUs: perm.hardware.worker_devices), or this
+    process alone (one worker)."""
+    from perm.hardware import resolve_device, resolve_workers, worker_devices
+
     if cfg.executor == "ray":
         r = cfg.ray
-        return RayExecutor(r.address, r.num_cpus_per_task, r.num_gpus_per_task, r.local_num_cpus)
-    return PoolExecutor(cfg.workers) if cfg.workers > 1 else LocalExecutor()
+        return RayExecutor(r.address, r.num_cpus_per_task, ray_task_gpus(cfg), r.local_num_cpus,
+                           device_kind=resolve_device(cfg.device).type)
+    workers = resolve_workers(cfg.workers, cfg.device)
+    return PoolExecutor(workers, worker_devices(cfg.device, workers)) if workers > 1 else LocalExecutor()
+
+
+def ray_task_gpus(cfg: RunConfig) -> float:
+    """GPUs Ray reserves for each task: `ray.num_gpus_per_task`, or 1 where it is 0 and `device` resolves to
+    cuda in the driver (the run's keys and precision are then a GPU's: its tasks must get one)."""
+    from perm.hardware import resolve_device
+
+    if cfg.ray.num_gpus_per_task == 0 and resolve_device(cfg.device).type == "cuda":
+        return 1.0
+    return cfg.ray.num_gpus_per_task
 
 
 def hardware_record(precision, attention: str) -> dict:
@@ -52,12 +69,14 @@ class Pipeline:
     """One run directory driven by one resolved config."""
 
     def __init__(self, cfg: RunConfig, progress: Progress | None = None):
-        from perm.hardware import resolve_device, resolve_precision
+        from perm.hardware import resolve_device, resolve_precision, resolve_workers
 
         self.log = progress or Progress()
-        # `precision: auto` is resolved once, here: every key, job and record below sees fp32 or bf16
+        # `precision: auto` is resolved once, here: every key, job and record below sees fp32 or bf16;
+        # `workers: auto` too (one per GPU, else 2), recorded in the run's config.yaml as the number it became
         self.precision = resolve_precision(cfg.precision, resolve_device(cfg.device))
-        self.cfg = cfg = dataclasses.replace(cfg, precision=self.precision.value)
+        self.cfg = cfg = dataclasses.replace(cfg, precision=self.precision.value,
+                                             workers=resolve_workers(cfg.workers, cfg.device))
         self.store = RunStore(cfg.out)
         self.root = self.store.root
         self.ctx = Context(cfg, self.log, self.store, make_executor(cfg), STAGES)

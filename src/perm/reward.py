@@ -6,6 +6,7 @@ Batched scoring, full-sequence (:func:`perm.prefix.score_ids`) or sharing each p
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 
 from perm.batching import distinct, pad_batch
 from perm.models import seeded
-from perm.optim import adamw_linear, optimizer_step
+from perm.optim import adamw_linear, apply_update
 from perm.packed import packs, pair_rewards_packed
 from perm.prefix import (
     UnsharableCache,
@@ -31,7 +32,8 @@ from perm.prefix import (
 
 
 def bradley_terry_loss(
-    r_chosen: torch.Tensor, r_rejected: torch.Tensor, center_coef: float = 0.0, weights: torch.Tensor | None = None
+    r_chosen: torch.Tensor, r_rejected: torch.Tensor, center_coef: float = 0.0, weights: torch.Tensor | None = None,
+    *, of: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """mean(-log sigmoid(r+ - r-)) + center_coef * mean((r+ + r-)^2).
 
@@ -40,7 +42,20 @@ def bradley_terry_loss(
     invariant to adding a constant. (B, H) rewards of H heads (a multi-head ensemble): each head's loss is
     its own pairs' weighted mean (``weights`` (B, H) >= 0, e.g. bootstrap counts; None = all 1), and the loss
     is their mean over heads, so a head's loss reaches no other head's parameters.
+
+    of: these pairs are a micro-batch of a larger batch, and the loss returned is their part of that batch's
+    loss (the parts of its micro-batches sum to it, and so do their gradients): the pairs' terms are divided
+    by the larger batch's normaliser instead of their own: its number of pairs (no ``weights``), or its (H,)
+    per-head weight sums (with ``weights``), :func:`loss_normaliser`.
     """
+    if of is not None:
+        per_pair = -F.logsigmoid(r_chosen - r_rejected)
+        if center_coef != 0.0:
+            per_pair = per_pair + center_coef * (r_chosen + r_rejected) ** 2
+        if weights is None:
+            return (per_pair.sum(0) / of).mean()
+        w = weights.to(per_pair.dtype).reshape(per_pair.shape)
+        return ((w * per_pair).sum(0) / torch.as_tensor(of, dtype=per_pair.dtype).clamp_min(1e-12)).mean()
     if r_chosen.ndim == 1 and weights is None:
         bt = -F.logsigmoid(r_chosen - r_rejected).mean()
         if center_coef == 0.0:
@@ -53,6 +68,12 @@ def bradley_terry_loss(
         return per_pair.mean(0).mean()
     w = weights.to(per_pair.dtype).reshape(per_pair.shape)
     return ((w * per_pair).sum(0) / w.sum(0).clamp_min(1e-12)).mean()
+
+
+def loss_normaliser(n_pairs: int, weights: torch.Tensor | None) -> float | torch.Tensor:
+    """What :func:`bradley_terry_loss` divides a batch's summed terms by: its number of pairs, or with
+    ``weights`` ((B, H) or (B,)) its per-head weight sums; the ``of`` of its micro-batches."""
+    return float(n_pairs) if weights is None else weights.sum(0)
 
 
 # ------------------------------------------------------------------------------------------- tokenising
@@ -160,6 +181,64 @@ def pair_rewards(model, chosen, rejected, pad_id: int, device) -> tuple[torch.Te
     return r[: len(chosen)], r[len(chosen) :]
 
 
+def micro_batches(idx: np.ndarray, size: int | None, owner: np.ndarray | None = None) -> list[np.ndarray]:
+    """A step's pair indices ``idx`` as contiguous slices of at most ``size`` pairs, in order (None, or
+    ``size`` >= len(idx): ``[idx]``). ``owner``: each pair's prompt group (indexed by pair); a slice then ends at
+    the last group boundary that fits in it, so a prompt's pairs run in one slice unless the prompt alone has
+    more than ``size`` of the step's pairs."""
+    if size is None or len(idx) <= size:
+        return [idx]
+    if size < 1:
+        raise ValueError(f"micro-batch size must be >= 1, got {size}")
+    out, start = [], 0
+    while start < len(idx):
+        end = min(start + size, len(idx))
+        if owner is not None and end < len(idx):
+            g = owner[idx[start : end + 1]]
+            starts = np.flatnonzero(g[1:] != g[:-1]) + 1  # offsets (1..size) where a new group begins
+            if len(starts):
+                end = start + int(starts[-1])
+        out.append(idx[start:end])
+        start = end
+    return out
+
+
+def backward_pairs(acc, model, idx: np.ndarray, rewards, *, center_coef: float,
+                   pair_weights: np.ndarray | None = None, micro_batch_size: int | None = None,
+                   owner: np.ndarray | None = None) -> torch.Tensor:
+    """Forward and backward the Bradley-Terry + centering loss of pairs ``idx`` (one optimizer step's, or one
+    process's slice of it) into the parameters' gradients; returns the batch's loss (detached).
+
+    rewards: ``rewards(part) -> (r_chosen, r_rejected)`` of pair indices ``part``. micro_batch_size: run the
+    pairs in :func:`micro_batches` of at most that many (``owner``: keep prompt groups whole where they fit),
+    each backward on its part of the batch's loss (:func:`bradley_terry_loss` ``of``: its pairs' share, or
+    with ``pair_weights`` each head's weight share), so the gradients summed over the micro-batches are the
+    whole batch's up to float rounding, with one micro-batch's activations in memory at a time. Under DDP the
+    gradients are synchronised once, at the last micro-batch's backward (``acc.no_sync`` before it). None:
+    the batch in one forward and backward, the loss as :func:`bradley_terry_loss` of all its pairs."""
+    parts = micro_batches(idx, micro_batch_size, owner)
+
+    def weights_of(part, device):
+        return None if pair_weights is None else torch.as_tensor(pair_weights[part], device=device)
+
+    if len(parts) == 1:
+        rc, rr = rewards(idx)
+        loss = bradley_terry_loss(rc, rr, center_coef, weights_of(idx, rc.device))
+        acc.backward(loss)
+        return loss.detach()
+    of = loss_normaliser(len(idx), None if pair_weights is None else torch.as_tensor(pair_weights[idx]))
+    total = None
+    for k, part in enumerate(parts):
+        sync = contextlib.nullcontext() if k == len(parts) - 1 else acc.no_sync(model)
+        with sync:
+            rc, rr = rewards(part)
+            w = weights_of(part, rc.device)
+            loss = bradley_terry_loss(rc, rr, center_coef, w, of=of if w is None else of.to(rc.device))
+            acc.backward(loss)
+        total = loss.detach() if total is None else total + loss.detach()
+    return total
+
+
 def train_reward_model(
     model,
     *,
@@ -185,6 +264,7 @@ def train_reward_model(
     group_by_prompt: bool = False,
     eval_gold_diff: Sequence[float] | None = None,
     pair_weights: np.ndarray | None = None,
+    micro_batch_size: int | None = None,
     accelerator=None,
     progress=None,
 ) -> dict:
@@ -211,6 +291,10 @@ def train_reward_model(
     by its own seed when the model was built).
     pair_weights: (n_pairs, H) weights of each pair in each head's loss (a multi-head model's bootstrap counts,
     perm.members); the model then reads H rewards per sequence (:func:`bradley_terry_loss`).
+    micro_batch_size: gradient accumulation: each step's pairs (each process's slice under DDP) run forward and
+    backward in slices of at most this many (:func:`backward_pairs`; prompt groups kept whole where they fit),
+    their gradients summed into the step's; the same data order, steps and schedule, the same loss and gradients
+    up to float rounding (dropout masks are drawn per slice). None = each step's pairs in one pass.
     """
     from perm.models import fp32_reward_head, make_accelerator
 
@@ -229,7 +313,7 @@ def train_reward_model(
     split = (
         split_pairs(chosen, rejected, pad_id) if share or group_by_prompt else None
     )  # (prefixes, chosen tails, rejected tails)
-    groups = None
+    groups = owner = None
     if group_by_prompt:
         _, owner, _ = merge_prefixes(split[0])
         by_group = np.argsort(owner, kind="stable")  # members in index order, groups by first member
@@ -254,6 +338,11 @@ def train_reward_model(
             return rng.permutation(n)
         return np.concatenate([groups[g] for g in rng.permutation(len(groups))])
 
+    def rewards(part, shared: bool):
+        return _batch_rewards(model, part, split if shared else None, chosen, rejected, pad_id, device,
+                              packed and shared)
+
+    step = dict(center_coef=center_coef, pair_weights=pair_weights, micro_batch_size=micro_batch_size, owner=owner)
     t0 = time.perf_counter()
     with seeded(dropout_seed):
         model.train()
@@ -266,18 +355,16 @@ def train_reward_model(
             pos += batch_size
             if acc.num_processes > 1:  # `accelerate launch`: each DDP rank takes its slice of the global batch
                 idx = np.array_split(idx, acc.num_processes)[acc.process_index]  # contiguous: keeps prompt groups
+            opt.zero_grad(set_to_none=True)
             try:
-                rc, rr = _batch_rewards(
-                    model, idx, split if share else None, chosen, rejected, pad_id, device, packed
-                )
+                loss = backward_pairs(acc, model, idx, functools.partial(rewards, shared=share), **step)
             except UnsharableCache:  # a cache whose rows cannot be gathered (sliding window, ...)
                 if share_prompt:
                     raise
                 share = state["share_prompt"] = False
-                rc, rr = _batch_rewards(model, idx, None, chosen, rejected, pad_id, device)
-            w = None if pair_weights is None else torch.as_tensor(pair_weights[idx], device=rc.device)
-            loss = bradley_terry_loss(rc, rr, center_coef, w)
-            optimizer_step(acc, model, opt, sched, loss, max_grad_norm)
+                opt.zero_grad(set_to_none=True)  # the step again from its first pair, unshared
+                loss = backward_pairs(acc, model, idx, functools.partial(rewards, shared=False), **step)
+            apply_update(acc, model, opt, sched, max_grad_norm)
             state["step"] += 1
             seen += len(idx)
             state["train_loss"].append(loss.item())

@@ -153,7 +153,7 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
         model, chosen=train_chosen, rejected=train_rejected,
         eval_chosen=ec, eval_rejected=er, eval_gold_diff=gold_diff, pad_id=tok.pad_token_id,
         data_seed=seeds["data_seed"], dropout_seed=seeds["dropout_seed"], progress=bar,
-        accelerator=acc, pair_weights=(members.bootstrap_counts(len(chosen), member["heads"], seeds["bootstrap_seed"])
+        accelerator=acc, micro_batch_size=reward.get("micro_batch_size"), pair_weights=(members.bootstrap_counts(len(chosen), member["heads"], seeds["bootstrap_seed"])
                                        if kind == "multihead" else None),
         **{k: reward[k] for k in ("center_coef", "epochs", "batch_size", "lr", "warmup_frac", "weight_decay",
                                   "max_grad_norm", "eval_every", "group_by_prompt")})

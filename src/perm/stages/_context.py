@@ -270,10 +270,10 @@ class Context:
 
     @property
     def job_threads(self) -> int | None:
-        """torch threads of a training job: `threads`, else the cores shared among `workers`."""
+        """torch threads of a training job: `threads`, else the cores shared among the pool's workers."""
         if self.cfg.threads or not isinstance(self.executor, PoolExecutor):
             return self.cfg.threads
-        return max(1, _usable_cpus() // self.cfg.workers)
+        return max(1, _usable_cpus() // self.executor.workers)
 
     def job_env(self, pooled: bool = True) -> dict:
         """The keyword arguments every training / sampling job takes; `pooled` jobs may run in workers."""
@@ -332,7 +332,7 @@ class Context:
         names = [name for name, _ in todo]
         here = isinstance(self.executor, LocalExecutor) or (isinstance(self.executor, PoolExecutor) and not pool)
         ray = isinstance(self.executor, RayExecutor)
-        executor = "ray" if ray else f"{self.cfg.workers} workers"
+        executor = "ray" if ray else f"{getattr(self.executor, 'workers', 1)} workers"
         left = work.only(names)
         where = "in this process" if here else "as Ray tasks" if ray else f"on {executor}"
         self.log.plan(left.stage, f"{left.stage}: {format_work(left)}, {where}", status="jobs", **left.fields(),
@@ -373,11 +373,13 @@ class Context:
 
 
 def torch_setup(device: str, threads: int | None):
-    """A job's first step: quiet transformers, set threads, fix the global seeds, resolve the device."""
+    """A job's first step: quiet transformers, set threads, fix the global seeds, resolve the device (an explicit
+    ``cuda:N`` becomes the process's current CUDA device, before anything touches CUDA:
+    :func:`perm.hardware.use_device`)."""
     import torch
     from transformers.utils import logging as hf_logging
 
-    from perm.hardware import resolve_device
+    from perm.hardware import resolve_device, use_device
     from perm.store import seed_everything
 
     hf_logging.disable_progress_bar()  # perm draws its own bars; "Loading weights" x 20 is noise
@@ -387,7 +389,9 @@ def torch_setup(device: str, threads: int | None):
     # every draw perm makes uses an explicit, recorded seed; fixing the globals too makes any stray
     # library draw deterministic, independent of what ran before in this process
     seed_everything(0)
-    return resolve_device(device)
+    dev = resolve_device(device)
+    use_device(dev)
+    return dev
 
 
 def autocast(dev, precision: str):

@@ -49,9 +49,15 @@ GRID_FIELDS = ("finetune_seeds", "layout", "pairs", "policy_pairs_per_post", "po
                "finetune_seed_scope", "pairs_from")  # keyed per RM or via pairs_key
 
 
-def unkeyed_defaults(reward: dict) -> dict:
-    """Leave out of the keys the fields added after runs were made, at their old behaviour (keys as before)."""
-    return {k: v for k, v in reward.items() if not (k == "readout" and v == "last")}
+UNKEYED_AT = {"readout": "last", "micro_batch_size": None}
+"""`reward` fields added after runs were made -> the value that behaves as before, at which a key leaves them out."""
+
+
+def unkeyed_defaults(reward: dict, fields: tuple[str, ...] = tuple(UNKEYED_AT)) -> dict:
+    """Leave out of the keys the fields added after runs were made, at their old behaviour (keys as before):
+    those of `fields` (default: every field of :data:`UNKEYED_AT`; keys made after some of them existed, such as
+    the ensemble members', pass the later ones)."""
+    return {k: v for k, v in reward.items() if not (k in fields and v == UNKEYED_AT[k])}
 
 
 def recipe_key(cfg: RunConfig) -> dict:

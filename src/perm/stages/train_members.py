@@ -15,7 +15,15 @@ from perm import run_layout as layout
 from perm.config import RunConfig
 from perm.rm_jobs import job_average, job_reward_model
 from perm.stages._context import Context, backbone_identity, data_identity, stage_key
-from perm.stages._grid import eval_pair_files, member_backbone, member_plan, pair_files, pairs_key, recipe_key
+from perm.stages._grid import (
+    eval_pair_files,
+    member_backbone,
+    member_plan,
+    pair_files,
+    pairs_key,
+    recipe_key,
+    unkeyed_defaults,
+)
 from perm.stages._plan import Work, optimizer_steps
 
 NAME = "train-members"
@@ -23,6 +31,7 @@ NEEDS = ("testbed", "pretrain", "policy-prefs", "train-rm")
 WRITES = {layout.MEMBER: (layout.MEMBER,)}
 SUMMARY = "Train the cheaper ensembles' members on one backbone: multi-head, LoRA, WARM, MC dropout."
 TAKES_TENSOR = False
+MEMBERS_SINCE = ("micro_batch_size",)  # reward fields added after the members, left out of their keys at null
 AVERAGES = ("warm", "grid-soup")  # members made by averaging weights (no training job of their own)
 
 
@@ -42,8 +51,10 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
             hashes = {i: upstream[i] for i in inputs}
         except KeyError:  # a member it is trained or averaged from is not made yet
             continue
-        obj = {"member": {k: v for k, v in spec.items() if k not in ("from_members", "from_rms")},
-               "inputs": hashes}
+        member = {k: v for k, v in spec.items() if k not in ("from_members", "from_rms")}
+        if "reward" in member:  # keyed whole since members existed, less the fields added after them at null
+            member["reward"] = unkeyed_defaults(member["reward"], MEMBERS_SINCE)
+        obj = {"member": member, "inputs": hashes}
         out[name] = stage_key(cfg, obj if spec["kind"] in AVERAGES else obj | base)
     return out
 
