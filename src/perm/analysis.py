@@ -16,10 +16,10 @@ Conventions shared by every table:
   (:func:`perm.seedstats.multi_bootstrap`; ensembles: a jackknife over their members), with ``R`` the
   number of pretrains behind them; ``se_prompt`` is over prompts only. Figure 4's bands stay over prompts.
   Every interval is conditional on the SFT policy, its pool and the evaluator.
-* Named ensembles (models.parquet's ``ensemble`` column: cheap members on one backbone, or a user's own choice)
-  rank beside the finetune and pretrain ensembles; their intervals jackknife their members with the grid's
-  prompt draws and are conditional on their backbone. Grid statistics (Figures 1–3, the seed variance) use the
-  models of role ``rm`` only.
+* Named ensembles (models.parquet's ``ensemble`` column: cheap members on one backbone, or a user's own
+  choice) rank beside the finetune and pretrain ensembles; their intervals jackknife their members with the
+  grid's prompt draws and are conditional on their backbone. Grid statistics (Figures 1–3, the seed variance)
+  use the models of role ``rm`` only.
 * The pool of a prompt is ordered by ascending ``sample_id``; best-of-n ties go to the lower one.
 """
 
@@ -109,7 +109,8 @@ PAPER_GROUPS = {
     "different_pretrain": "different pretrain (same_finetune + neither pairs): the backbone differs, and in "
                           "neither pairs the finetuning too",
 }
-FIGURE_COLUMNS = ["n", "relation", "mean", "se", "lo", "hi", "df", "se_prompt", "R", "F", "n_pairs", "resamples"]
+FIGURE_COLUMNS = ["n", "relation", "mean", "se", "lo", "hi", "df", "se_prompt", "R", "F", "n_pairs",
+                  "resamples"]
 CONTRAST_COLUMNS = ["figure", "contrast", "n", "target", "metric", "aggregator", "estimate", "se", "lo", "hi",
                     "df", "se_prompt", "p_le_0", "R", "F", "resamples", "note"]
 
@@ -166,7 +167,8 @@ def same_pretrain_caveat(arm, pids) -> str:
 
 
 def pair_statistics(tensor: RewardTensor, ns=None, texts: np.ndarray | None = None, scope: str = "shared",
-                    draws: int = 500, level: float = 0.9, seed: int = 0, scale: bool = True) -> dict[str, pd.DataFrame]:
+                    draws: int = 500, level: float = 0.9, seed: int = 0,
+                    scale: bool = True) -> dict[str, pd.DataFrame]:
     """Figures 1 and 2 by pair relation, the paper's two groups, and the clean contrasts, with intervals over
     pretrain seeds and prompts (:func:`perm.seedstats.multi_bootstrap`).
 
@@ -204,7 +206,8 @@ def pair_statistics(tensor: RewardTensor, ns=None, texts: np.ndarray | None = No
                 continue
             arms = seedstats.relation_arms(values, relations, ordered=ordered, include_self=fig == "figure1",
                                            include_different=True)
-            contrasts = [(a, b) for a, b in (("same_pretrain", "neither"), ("same_pretrain", "different_pretrain"))
+            contrasts = [(a, b) for a, b in (("same_pretrain", "neither"),
+                                             ("same_pretrain", "different_pretrain"))
                          if a in arms and b in arms]
             if not arms:
                 continue
@@ -231,15 +234,16 @@ def pair_statistics(tensor: RewardTensor, ns=None, texts: np.ndarray | None = No
                 rows["contrasts"].append({
                     "figure": fig, "contrast": f"{a} - {b}", "n": n, "target": None, "metric": None,
                     "aggregator": None, "estimate": r["mean"],
-                    **{k: r[k] for k in ("se", "lo", "hi", "df", "se_prompt", "p_le_0", "R", "F", "resamples")},
+                    **{k: r[k] for k in ("se", "lo", "hi", "df", "se_prompt", "p_le_0", "R", "F",
+                                         "resamples")},
                     "note": note})
     fig2_cols = FIGURE_COLUMNS + ["chance", "kappa", "kappa_lo", "kappa_hi"]
     return {
         "figure1": pd.DataFrame(rows["figure1"], columns=FIGURE_COLUMNS),
         "figure2": pd.DataFrame(rows["figure2"], columns=fig2_cols),
-        "paper_groups": pd.DataFrame(rows["paper_groups"], columns=["figure", "n", "group", "varies", "mean", "se",
-                                                                    "lo", "hi", "df", "se_prompt", "R", "F",
-                                                                    "n_pairs", "resamples"]),
+        "paper_groups": pd.DataFrame(rows["paper_groups"],
+                                     columns=["figure", "n", "group", "varies", "mean", "se", "lo", "hi",
+                                              "df", "se_prompt", "R", "F", "n_pairs", "resamples"]),
         "contrasts": pd.DataFrame(rows["contrasts"], columns=CONTRAST_COLUMNS),
     }
 
@@ -290,8 +294,8 @@ def seed_variance(tensor: RewardTensor, ns=None, scope: str = "shared", draws: i
     """
     ns = _check_ns(ns, tensor.pool_size)
     pool, pids, fseeds = _rm_meta(tensor)
-    columns = ["weighting", "n", "ranker", "statistic", "estimate", "se", "lo", "hi", "df", "se_prompt", "R", "F",
-               "resamples", "missing"]
+    columns = ["weighting", "n", "ranker", "statistic", "estimate", "se", "lo", "hi", "df", "se_prompt", "R",
+               "F", "resamples", "missing"]
     if len(pids) < 2:
         return pd.DataFrame(columns=columns)
     counts = seedstats.relation_counts(seedstats.pair_relations(pids, fseeds, scope))
@@ -334,7 +338,8 @@ def _weighted_fractions(x: np.ndarray, w: np.ndarray, v: np.ndarray, method: str
     big_w = w.sum(axis=1)[:, None, None]
     col = a1 / big_w
     big_v = v.sum(axis=-1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):  # every scorer of a ranker left out: NaN, dropped later
+    # every scorer of a ranker left out: NaN, dropped later
+    with np.errstate(invalid="ignore", divide="ignore"):
         grand = np.sum(v * col, axis=-1, keepdims=True) / big_v
         ss_model = big_w[..., 0] * np.sum(v * (col - grand) ** 2, axis=-1)
         ss_total = np.sum(v * (a2 - 2 * grand * a1 + grand**2 * big_w), axis=-1)
@@ -348,7 +353,8 @@ def _weighted_fractions(x: np.ndarray, w: np.ndarray, v: np.ndarray, method: str
         ms_res = (ss_total - ss_model - ss_prompt) / ((ww - 1) * (vv - 1))
         sigma_rm = (ms_model - ms_res) / ww
         den = sigma_rm + ms_res
-        # a replicate with fewer than two distinct scorers (or prompts) has no between-scorer variance to share
+        # a replicate with fewer than two distinct scorers (or prompts) has no between-scorer
+        # variance to share
         ok = (np.abs(den) > 1e-300) & ((v > 0).sum(axis=-1) >= 2) & ((w > 0).sum(axis=-1) >= 2)[:, None]
         return np.where(ok, sigma_rm / np.where(ok, den, 1.0), np.nan)
 
@@ -393,9 +399,10 @@ def figure3(
         scorer_idx = np.broadcast_to(np.arange(n_rm), (n_rm, n_rm))
     else:
         scorer_idx = np.array([[k for k in range(n_rm) if k != m] for m in range(n_rm)])
-    design = seedstats.seed_design([tensor.pretrain_ids[i] for i in rm], [tensor.finetune_seeds[i] for i in rm],
-                                   scope)
-    bw = seedstats.draw_bootstrap_weights(design.n_pretrains, n_prompts, bootstrap, seed + 1, design.n_finetune)
+    design = seedstats.seed_design([tensor.pretrain_ids[i] for i in rm],
+                                   [tensor.finetune_seeds[i] for i in rm], scope)
+    bw = seedstats.draw_bootstrap_weights(design.n_pretrains, n_prompts, bootstrap, seed + 1,
+                                          design.n_finetune)
 
     def ranker_scorer(weights: seedstats.BootstrapWeights):
         def part(units, c):
@@ -445,7 +452,8 @@ def figure3(
         v_factor = {k: seedstats._var(frac[k]) for k in (*design.factors(), "prompt")}
         v_draws = float(np.var(per_draw[i], ddof=1)) / draws if draws > 1 else 0.0
         n_units = {**design.factors(), "prompt": n_prompts}
-        iv = seedstats.corrected_interval(mean, seedstats._var(frac["joint"]) + v_draws, v_factor, n_units, level)
+        iv = seedstats.corrected_interval(mean, seedstats._var(frac["joint"]) + v_draws, v_factor, n_units,
+                                          level)
         rows.append({"n": n, "mean": mean, "se": iv["se"], "lo": iv["lo"], "hi": iv["hi"], "df": iv["df"],
                      "null": null[i] / draws, "se_prompt": math.sqrt(v_factor["prompt"]),
                      "se_draws": math.sqrt(v_draws), "R": design.n_pretrains, "F": design.n_finetune,
@@ -561,9 +569,9 @@ BACKBONE = "conditional on its backbone (one backbone cannot show pretrain-seed 
 
 
 def named_condition(tensor: RewardTensor, members) -> str:
-    """What a named ensemble's interval is conditional on: its backbone when its members share one pretrain (or
-    name none: cheap members of one backbone); otherwise its members' pretrains, which the member jackknife
-    resamples as units."""
+    """What a named ensemble's interval is conditional on: its backbone when its members share one pretrain
+    (or name none: cheap members of one backbone); otherwise its members' pretrains, which the member
+    jackknife resamples as units."""
     pids = {tensor.pretrain_ids[i] for i in members if tensor.pretrain_ids[i] is not None}
     if len(pids) <= 1:
         return BACKBONE
@@ -582,9 +590,9 @@ def _named_note(tensor: RewardTensor, name: str, members) -> str:
     return what
 
 
-CELL_COLUMNS = ["ensemble", "aggregator", "target", "metric", "estimate", "se", "lo", "hi", "df", "se_prompt", "R",
-                "n_ensembles", "members", "resamples", "note", "share", "share_se", "share_lo", "share_hi",
-                "share_note"]
+CELL_COLUMNS = ["ensemble", "aggregator", "target", "metric", "estimate", "se", "lo", "hi", "df", "se_prompt",
+                "R", "n_ensembles", "members", "resamples", "note", "share", "share_se", "share_lo",
+                "share_hi", "share_note"]
 
 
 def _share(iv: Mapping | None, value: float | None = None, note: str = "") -> dict:
@@ -607,15 +615,16 @@ def ensemble_intervals(tensor: RewardTensor, n: int | None = None, scale: bool =
     aggregator averaged over its ensembles, ``<kind> - single`` and ``pretrain - finetune``, all from one
     delete-one jackknife over pretrains and over finetune seeds plus a prompt bootstrap
     (:func:`perm.seedstats.grid_ensemble_intervals`): every contrast is paired (the same deletions and prompt
-    draws for both sides, which share RMs). A named ensemble (:func:`perm.seedstats.named_ensemble_intervals`):
-    its value with a jackknife over its members plus the same prompt draws, and (figure ``ensembles``)
-    ``<name> - single``, ``<name> - pretrain`` and ``<name>: share of pretrain gain``; a one-member ensemble
-    (aggregator ``none``) is compared with the pretrain ensembles' ``mean`` aggregator. Every cell carries the
-    share of the pretrain ensembles' gain over a single RM it recovers, ``share`` (0 for the single RM and 1
-    for the pretrain ensembles by definition; NaN where that gain's interval includes 0) with its interval.
-    Returns ``(cells, contrasts)``: cells with :data:`CELL_COLUMNS` (``members``: models per ensemble, or RMs
-    averaged for ``single``); contrasts with :data:`CONTRAST_COLUMNS` (figure ``table1`` or ``ensembles``).
-    Conditional on the SFT policy, its pool and the evaluator.
+    draws for both sides, which share RMs). A named ensemble
+    (:func:`perm.seedstats.named_ensemble_intervals`): its value with a jackknife over its members plus the
+    same prompt draws, and (figure ``ensembles``) ``<name> - single``, ``<name> - pretrain`` and ``<name>:
+    share of pretrain gain``; a one-member ensemble (aggregator ``none``) is compared with the pretrain
+    ensembles' ``mean`` aggregator. Every cell carries the share of the pretrain ensembles' gain over a single
+    RM it recovers, ``share`` (0 for the single RM and 1 for the pretrain ensembles by definition; NaN where
+    that gain's interval includes 0) with its interval. Returns ``(cells, contrasts)``: cells with
+    :data:`CELL_COLUMNS` (``members``: models per ensemble, or RMs averaged for ``single``); contrasts with
+    :data:`CONTRAST_COLUMNS` (figure ``table1`` or ``ensembles``). Conditional on the SFT policy, its pool and
+    the evaluator.
     """
     n = tensor.pool_size if n is None else int(n)
     pool, pids, fseeds = _rm_meta(tensor)
@@ -641,16 +650,20 @@ def ensemble_intervals(tensor: RewardTensor, n: int | None = None, scale: bool =
             for agg in bon.AGGREGATORS:
                 grid = grids[agg] = seedstats.grid_ensemble_values(pool, target, n, ensembles, pids, fseeds,
                                                                    single=single, aggregator=agg, scale=scale)
-                res = seedstats.grid_ensemble_intervals(pool, target, n, ensembles, pids, fseeds, draws=draws,
-                                                        level=level, seed=seed, values=grid).set_index("statistic")
+                res = seedstats.grid_ensemble_intervals(
+                    pool, target, n, ensembles, pids, fseeds, draws=draws, level=level, seed=seed,
+                    values=grid,
+                ).set_index("statistic")
                 gain = grid.stats.get("pretrain - single")
                 if agg == bon.AGGREGATORS[0] and "single" in res.index:
                     r = res.loc["single"]
-                    cells.append({"ensemble": "single", "aggregator": "none", "target": role, "metric": metric,
+                    cells.append({"ensemble": "single", "aggregator": "none", "target": role,
+                                  "metric": metric,
                                   **{k: r[k] for k in ("estimate", "se", "lo", "hi", "df", "se_prompt", "R")},
                                   "n_ensembles": len(pids), "members": len(pids), "resamples": r.resamples,
                                   "note": f"mean of the {len(pids)} single RMs",
-                                  **(_share(None, 0.0, "by definition") if gain is not None else _share(None))})
+                                  **(_share(None, 0.0, "by definition") if gain is not None
+                                     else _share(None))})
                 for kind in ENSEMBLE_KINDS:
                     if kind not in res.index:
                         continue
@@ -658,8 +671,8 @@ def ensemble_intervals(tensor: RewardTensor, n: int | None = None, scale: bool =
                     if kind == "pretrain":
                         share = _share(None, 1.0, "by definition")
                     elif gain is not None and f"{kind} - single" in grid.stats:
-                        share = _share(seedstats.gain_share_interval(grid.stats[f"{kind} - single"], gain, prompt_w,
-                                                                     level))
+                        share = _share(seedstats.gain_share_interval(grid.stats[f"{kind} - single"], gain,
+                                                                     prompt_w, level))
                     else:
                         share = _share(None)
                     cells.append({"ensemble": kind, "aggregator": agg, "target": role, "metric": metric,
@@ -673,17 +686,20 @@ def ensemble_intervals(tensor: RewardTensor, n: int | None = None, scale: bool =
                 if "pretrain - finetune" in res.index:
                     contrasts.append(_table1_contrast(
                         res.loc["pretrain - finetune"], "pretrain - finetune", n, role, metric, agg,
-                        "> 0: the pretrain ensembles beat the finetune ensembles (the paper's finding); paired"))
+                        "> 0: the pretrain ensembles beat the finetune ensembles "
+                        "(the paper's finding); paired"))
             for name, members in named.items():
                 note = _named_note(tensor, name, members)
                 for agg in bon.AGGREGATORS if len(members) >= 2 else ("none",):
                     versus = agg if agg != "none" else "mean"
                     res = seedstats.named_ensemble_intervals(
-                        tensor.pool[members], target, n, grids[versus], aggregator=versus, scale=scale, draws=draws,
-                        level=level, seed=seed, name=name, condition=named_condition(tensor, members),
+                        tensor.pool[members], target, n, grids[versus], aggregator=versus, scale=scale,
+                        draws=draws, level=level, seed=seed, name=name,
+                        condition=named_condition(tensor, members),
                     ).set_index("statistic")
                     e = res.loc[name]
-                    share = res.loc["share of pretrain gain"] if "share of pretrain gain" in res.index else None
+                    share = (res.loc["share of pretrain gain"] if "share of pretrain gain" in res.index
+                             else None)
                     cells.append({"ensemble": name, "aggregator": agg, "target": role, "metric": metric,
                                   **{k: e[k] for k in ("estimate", "se", "lo", "hi", "df", "se_prompt")},
                                   "R": len(members), "n_ensembles": 1, "members": len(members),
@@ -692,16 +708,17 @@ def ensemble_intervals(tensor: RewardTensor, n: int | None = None, scale: bool =
                     vs = "" if agg != "none" else "; compared with the pretrain ensembles' mean aggregator"
                     for stat, what in ((f"{name} - single", f"> 0: {name} beats a single RM"),
                                        (f"{name} - pretrain", f"> 0: {name} beats the pretrain ensembles"),
-                                       ("share of pretrain gain", f"share of the pretrain ensembles' gain over a "
-                                                                  f"single RM that {name} recovers")):
+                                       ("share of pretrain gain", f"share of the pretrain ensembles' gain "
+                                                                  f"over a single RM that {name} recovers")):
                         if stat in res.index:
                             r = res.loc[stat]
                             label = stat if stat != "share of pretrain gain" else f"{name}: {stat}"
                             text = "; ".join(t for t in (what + vs, str(r.note or ""), note) if t)
-                            contrasts.append({"figure": "ensembles", "contrast": label, "n": n, "target": role,
-                                              "metric": metric, "aggregator": agg, "estimate": r.estimate,
-                                              **{k: r[k] for k in ("se", "lo", "hi", "df", "se_prompt", "R", "F",
-                                                                   "resamples")},
+                            contrasts.append({"figure": "ensembles", "contrast": label, "n": n,
+                                              "target": role, "metric": metric, "aggregator": agg,
+                                              "estimate": r.estimate,
+                                              **{k: r[k] for k in ("se", "lo", "hi", "df", "se_prompt", "R",
+                                                                   "F", "resamples")},
                                               "p_le_0": np.nan, "note": text})
     return pd.DataFrame(cells, columns=CELL_COLUMNS), pd.DataFrame(contrasts, columns=CONTRAST_COLUMNS)
 
@@ -717,14 +734,16 @@ def table1(fig4: pd.DataFrame, n: int | None = None, target: str | None = None,
     """Table 1 of the paper from :func:`figure4`'s table, at the largest n (or ``n``).
 
     Paper layout: one row per (ensemble, aggregator) for ``finetune`` and ``pretrain``, then each named
-    ensemble of the tensor (aggregator ``none`` for one of one member), then the ``single RM`` baseline; columns ``reward`` and ``win rate`` as "mean ± se" strings, plus the numbers
-    (``reward_mean, reward_se, win_rate_mean, win_rate_se``) and ``n``, ``target``. The target is the
-    evaluator, or the gold reward when there is no evaluator. With ``intervals`` (the cells of
-    :func:`ensemble_intervals` at this n) the se is the seed-aware one, ``<metric>_lo/_hi`` give the
-    interval, ``<metric>_se_prompt`` the prompt-only se and ``R`` the number of seeds behind it.
+    ensemble of the tensor (aggregator ``none`` for one of one member), then the ``single RM`` baseline;
+    columns ``reward`` and ``win rate`` as "mean ± se" strings, plus the numbers (``reward_mean, reward_se,
+    win_rate_mean, win_rate_se``) and ``n``, ``target``. The target is the evaluator, or the gold reward when
+    there is no evaluator. With ``intervals`` (the cells of :func:`ensemble_intervals` at this n) the se is
+    the seed-aware one, ``<metric>_lo/_hi`` give the interval, ``<metric>_se_prompt`` the prompt-only se and
+    ``R`` the number of seeds behind it.
     """
     numbers = ["reward_mean", "reward_se", "win_rate_mean", "win_rate_se"]
-    extra = ["reward_lo", "reward_hi", "reward_se_prompt", "win_rate_lo", "win_rate_hi", "win_rate_se_prompt", "R"]
+    extra = ["reward_lo", "reward_hi", "reward_se_prompt", "win_rate_lo", "win_rate_hi", "win_rate_se_prompt",
+             "R"]
     columns = ["ensemble", "aggregator", "reward", "win rate", "n", "target", *numbers]
     columns += extra if intervals is not None else []
     if fig4.empty:
@@ -736,10 +755,12 @@ def table1(fig4: pd.DataFrame, n: int | None = None, target: str | None = None,
     cells = None if intervals is None else intervals[intervals.target == target].set_index(
         ["ensemble", "aggregator", "metric"])
     rows = []
-    named = [r for r in dict.fromkeys(sel.ranker) if r not in (*ENSEMBLE_KINDS, "single", "evaluator", "gold")]
+    named = [r for r in dict.fromkeys(sel.ranker)
+             if r not in (*ENSEMBLE_KINDS, "single", "evaluator", "gold")]
     for ranker in (*ENSEMBLE_KINDS, *named, "single"):
         part = sel[sel.ranker == ranker]
-        aggs = ("none",) if ranker == "single" else (*bon.AGGREGATORS, "none") if ranker in named else bon.AGGREGATORS
+        aggs = (("none",) if ranker == "single"
+                else (*bon.AGGREGATORS, "none") if ranker in named else bon.AGGREGATORS)
         for agg in aggs:
             cell = part[part.aggregator == agg].set_index("metric")
             if cell.empty:
@@ -754,7 +775,8 @@ def table1(fig4: pd.DataFrame, n: int | None = None, target: str | None = None,
                     row.update({f"{metric}_se_prompt": se, f"{metric}_lo": np.nan, f"{metric}_hi": np.nan})
                     if iv is not None:
                         se = float(iv.se)
-                        row.update({f"{metric}_lo": float(iv.lo), f"{metric}_hi": float(iv.hi), "R": int(iv.R)})
+                        row.update({f"{metric}_lo": float(iv.lo), f"{metric}_hi": float(iv.hi),
+                                    "R": int(iv.R)})
                 row.update({label: _fmt(mean, se), f"{metric}_mean": mean, f"{metric}_se": se})
             rows.append(row)
     return pd.DataFrame(rows, columns=columns)
@@ -801,7 +823,8 @@ def hacking_features(
     lacking = merged[merged.n_tokens.isna()]
     if len(lacking):
         raise ValueError(
-            f"samples: {len(lacking)} pool sample(s) not found, e.g. {_example(lacking, ['prompt_id', 'sample_id'])}"
+            f"samples: {len(lacking)} pool sample(s) not found, e.g. "
+            f"{_example(lacking, ['prompt_id', 'sample_id'])}"
         )
     shape = (tensor.n_prompts, tensor.pool_size)
     out = {"n_tokens": merged.n_tokens.to_numpy(dtype=np.float64).reshape(shape)}
@@ -839,8 +862,8 @@ def reward_hacking(
 
 
 def models_table(tensor: RewardTensor) -> pd.DataFrame:
-    """The models with their roles and ensemble membership (``in_finetune``, ``in_pretrain``; ``ensemble``: the
-    comma-separated named ensembles it belongs to, or None) and ``kind`` (what it is, or None)."""
+    """The models with their roles and ensemble membership (``in_finetune``, ``in_pretrain``; ``ensemble``:
+    the comma-separated named ensembles it belongs to, or None) and ``kind`` (what it is, or None)."""
     members = ensemble_members(tensor)
     m = len(tensor.model_ids)
     return pd.DataFrame(
@@ -857,20 +880,21 @@ def models_table(tensor: RewardTensor) -> pd.DataFrame:
     )
 
 
-ENSEMBLE_TABLE_COLUMNS = ["ensemble", "aggregator", "target", "metric", "n", "estimate", "se", "lo", "hi", "df",
-                          "members", "resamples", "share", "share_lo", "share_hi", "share_note",
+ENSEMBLE_TABLE_COLUMNS = ["ensemble", "aggregator", "target", "metric", "n", "estimate", "se", "lo", "hi",
+                          "df", "members", "resamples", "share", "share_lo", "share_hi", "share_note",
                           *[c for c in COST_COLUMNS if c != "ensemble"]]
 
 
-def ensemble_table(cells: pd.DataFrame, costs: pd.DataFrame | None = None, n: int | None = None) -> pd.DataFrame:
-    """One row per ensemble (``single``, ``finetune``, ``pretrain``, each named ensemble) × aggregator × target
-    (gold first, then the evaluator) of the reward of the best-of-``n`` pick, from the cells of
+def ensemble_table(cells: pd.DataFrame, costs: pd.DataFrame | None = None,
+                   n: int | None = None) -> pd.DataFrame:
+    """One row per ensemble (``single``, ``finetune``, ``pretrain``, each named ensemble) × aggregator ×
+    target (gold first, then the evaluator) of the reward of the best-of-``n`` pick, from the cells of
     :func:`ensemble_intervals`: ``estimate, se, lo, hi, df``, ``members`` (models per ensemble; RMs averaged
     for ``single``), ``resamples``, the share of the pretrain ensembles' gain over a single RM it recovers
-    (``share, share_lo, share_hi, share_note``), joined on ``ensemble`` with the costs of ``ensembles.parquet``
-    (:func:`perm.tensor.load_ensemble_costs`: ``kind, n_members, params_trained, params_held,
-    forwards_per_candidate, train_s, score_s, note``; NaN where an ensemble has no costs). Columns
-    :data:`ENSEMBLE_TABLE_COLUMNS`; empty when there is neither a named ensemble nor a cost.
+    (``share, share_lo, share_hi, share_note``), joined on ``ensemble`` with the costs of
+    ``ensembles.parquet`` (:func:`perm.tensor.load_ensemble_costs`: ``kind, n_members, params_trained,
+    params_held, forwards_per_candidate, train_s, score_s, note``; NaN where an ensemble has no costs).
+    Columns :data:`ENSEMBLE_TABLE_COLUMNS`; empty when there is neither a named ensemble nor a cost.
     """
     costs = costs if costs is not None else pd.DataFrame(columns=list(COST_COLUMNS))
     has_named = bool(len(cells)) and not set(cells.ensemble) <= {"single", *ENSEMBLE_KINDS}
@@ -878,7 +902,8 @@ def ensemble_table(cells: pd.DataFrame, costs: pd.DataFrame | None = None, n: in
         return pd.DataFrame(columns=ENSEMBLE_TABLE_COLUMNS)
     rows = cells[cells.metric == "reward"].copy()
     order = {"target": {"gold": 0, "evaluator": 1},
-             "ensemble": {e: i for i, e in enumerate(dict.fromkeys(["single", *ENSEMBLE_KINDS, *rows.ensemble]))},
+             "ensemble": {e: i for i, e in
+                          enumerate(dict.fromkeys(["single", *ENSEMBLE_KINDS, *rows.ensemble]))},
              "aggregator": {a: i for i, a in enumerate(("none", *bon.AGGREGATORS))}}
     rows = rows.sort_values(list(order), key=lambda c: c.map(order[c.name]), kind="stable")
     rows["n"] = n
@@ -887,11 +912,13 @@ def ensemble_table(cells: pd.DataFrame, costs: pd.DataFrame | None = None, n: in
 
 
 def pool_texts(tensor: RewardTensor, samples: pd.DataFrame) -> np.ndarray:
-    """``(P, N)`` texts of the pool's candidates (object array) from a samples table, in the tensor's order."""
+    """``(P, N)`` texts of the pool's candidates (object array) from a samples table, in the tensor's
+    order."""
     pool = pd.DataFrame({"prompt_id": np.repeat(tensor.prompt_ids, tensor.pool_size),
                          "sample_id": tensor.sample_ids.reshape(-1)})
-    merged = pool.merge(samples[["prompt_id", "sample_id", "text"]].drop_duplicates(["prompt_id", "sample_id"]),
-                        how="left", validate="1:1")
+    merged = pool.merge(
+        samples[["prompt_id", "sample_id", "text"]].drop_duplicates(["prompt_id", "sample_id"]),
+        how="left", validate="1:1")
     if merged.text.isna().any():
         lacking = merged[merged.text.isna()]
         raise ValueError(f"samples: {len(lacking)} pool sample(s) without text, e.g. "
@@ -964,7 +991,8 @@ def run_analysis(
         "resamples": seedstats.seed_design([tensor.pretrain_ids[i] for i in tensor.rm_indices],
                                            [tensor.finetune_seeds[i] for i in tensor.rm_indices],
                                            scope).describe(),
-        "chance": "duplicate-aware (pool texts)" if samples is not None else "1/n (no texts: duplicates unknown)",
+        "chance": ("duplicate-aware (pool texts)" if samples is not None
+                   else "1/n (no texts: duplicates unknown)"),
     }
     if tensor.ensembles:
         meta["named_ensembles"] = ",".join(f"{k}({len(v)})" for k, v in tensor.ensembles.items())
@@ -973,7 +1001,8 @@ def run_analysis(
     pairs = pair_statistics(tensor, ns, texts=texts, scope=scope, **iv)
     fig4 = figure4(tensor, ns, scale=scale)
     cells, ens_contrasts = ensemble_intervals(tensor, max(ns), scale=scale, **iv)
-    tables = [table1(fig4, target=t, intervals=cells) for t in ("gold", "evaluator") if (fig4.target == t).any()]
+    tables = [table1(fig4, target=t, intervals=cells) for t in ("gold", "evaluator")
+              if (fig4.target == t).any()]
     contrasts = [c for c in (pairs["contrasts"], ens_contrasts) if not c.empty]
     results = {
         "meta": pd.DataFrame([meta]),
@@ -1040,7 +1069,8 @@ def summarize(results: Mapping[str, pd.DataFrame]) -> dict:
         if df is not None and not df.empty:
             last = df[df.n == df.n.max()]
             headline[name] = {"n": int(last.n.iloc[0]), **{
-                r.relation: {"mean": r.mean, "se": r.se, "lo": r.lo, "hi": r.hi, "se_prompt": r.se_prompt, "R": r.R}
+                r.relation: {"mean": r.mean, "se": r.se, "lo": r.lo, "hi": r.hi, "se_prompt": r.se_prompt,
+                             "R": r.R}
                 for r in last.itertuples()}}
     df = results.get("figure3")
     if df is not None and not df.empty:

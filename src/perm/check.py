@@ -37,7 +37,8 @@ from perm.config import RunConfig
 from perm.shipped import ShippedPretrainError, is_shipped, pairs_folder, verify_for
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # as perm.data decides a hub id
-TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model", "vocab.txt")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model",
+                   "vocab.txt")
 PICKLED = (".bin", ".pt", ".pth", ".ckpt")
 FP32_BYTES = 4  # every model comes up in fp32 master weights (perm.models.MASTER_DTYPE) and is saved so
 OPENAI_TLDR_ID, PARQUET_CONVERSION = "openai/summarize_from_feedback", "refs/convert/parquet"  # as perm.data
@@ -191,7 +192,8 @@ def check_local_model(ref: Ref, path: Path, problems: list[str]) -> tuple[Facts 
     if not weights:
         pickled = sorted(p.name for p in path.iterdir() if p.suffix in PICKLED)
         problems.append(f"{ref.key}: {ref.spec}: no *.safetensors weights" + (
-            f", only {', '.join(pickled)} (pickled weights perm refuses to load): {_convert_fix(ref)}" if pickled else ""))
+            f", only {', '.join(pickled)} (pickled weights perm refuses to load): {_convert_fix(ref)}"
+            if pickled else ""))
         ok = False
     if not (path / "config.json").is_file():
         problems.append(f"{ref.key}: {ref.spec}: no config.json")
@@ -199,8 +201,9 @@ def check_local_model(ref: Ref, path: Path, problems: list[str]) -> tuple[Facts 
     facts = Facts("local", weights_bytes=sum(p.stat().st_size for p in weights),
                   n_params=sum(safetensors_params(p) for p in weights) if weights else None,
                   tokenizer={n: _file_hashes(path / n) for n in TOKENIZER_FILES if (path / n).is_file()})
-    line = (f"local: {len(weights)} safetensors file(s), {_fmt_bytes(facts.weights_bytes)}"
-            + (f", {_fmt_params(facts.n_params)} parameters" if facts.n_params else "")) if ok else "local: unusable"
+    line = ((f"local: {len(weights)} safetensors file(s), {_fmt_bytes(facts.weights_bytes)}"
+             + (f", {_fmt_params(facts.n_params)} parameters" if facts.n_params else ""))
+            if ok else "local: unusable")
     return (facts if ok else None), line
 
 
@@ -212,7 +215,8 @@ def _convert_fix(ref: Ref) -> str:
 # -------------------------------------------------------------------------------------------------- hub
 
 
-def check_hub_model(api, ref: Ref, name: str, rev: str | None, problems: list[str]) -> tuple[Facts | None, str]:
+def check_hub_model(api, ref: Ref, name: str, rev: str | None,
+                    problems: list[str]) -> tuple[Facts | None, str]:
     from huggingface_hub import errors as hf_errors
 
     try:
@@ -229,7 +233,8 @@ def check_hub_model(api, ref: Ref, name: str, rev: str | None, problems: list[st
         pickled = sorted(n for n in files if n.endswith(PICKLED))
         if pickled:
             problems.append(f"{ref.key}: {ref.spec}: no *.safetensors weights at revision {at!r}, only "
-                            f"{', '.join(pickled)} (pickled weights perm refuses to load): {_convert_fix(ref)}")
+                            f"{', '.join(pickled)} (pickled weights perm refuses to load): "
+                            f"{_convert_fix(ref)}")
         else:
             problems.append(f"{ref.key}: {ref.spec}: no model weights at revision {at!r}")
         ok = False
@@ -246,8 +251,9 @@ def check_hub_model(api, ref: Ref, name: str, rev: str | None, problems: list[st
             sha = getattr(lfs, "sha256", None) if lfs is not None else None
             facts.tokenizer[n] = {"sha256": sha} if sha else ({"git": s.blob_id} if s.blob_id else {})
     commit = f", commit {info.sha[:10]}" if getattr(info, "sha", None) else ""
-    line = (f"hub: {len(weights)} safetensors file(s), {_fmt_bytes(facts.weights_bytes)}"
-            + (f", {_fmt_params(facts.n_params)} parameters" if facts.n_params else "") + commit) if ok else "hub: unusable"
+    line = ((f"hub: {len(weights)} safetensors file(s), {_fmt_bytes(facts.weights_bytes)}"
+             + (f", {_fmt_params(facts.n_params)} parameters" if facts.n_params else "") + commit)
+            if ok else "hub: unusable")
     return (facts if ok else None), line
 
 
@@ -291,28 +297,30 @@ def _same(a: dict[str, str], b: dict[str, str]) -> bool | None:
 
 def compare_tokenizers(models: list[tuple[Ref, Facts]], problems: list[str]) -> str:
     """One tokenizer for all `models`: each compared with the first (the run's tokenizer comes from the
-    first pretrain checkpoint), on tokenizer.json when both have it, else on the vocabulary files both have."""
+    first pretrain checkpoint), on tokenizer.json when both have it, else on the vocabulary files
+    both have."""
     models = [(r, f) for r, f in models if f is not None]
     if len(models) < 2:
         return "tokenizer: fewer than two checkpoints to compare"
     (ref0, f0), unknown, differ = models[0], [], []
     for ref, f in models[1:]:
-        names = ["tokenizer.json"] if "tokenizer.json" in f0.tokenizer and "tokenizer.json" in f.tokenizer else \
-            [n for n in TOKENIZER_FILES if n in f0.tokenizer and n in f.tokenizer]
+        names = (["tokenizer.json"] if "tokenizer.json" in f0.tokenizer and "tokenizer.json" in f.tokenizer
+                 else [n for n in TOKENIZER_FILES if n in f0.tokenizer and n in f.tokenizer])
         verdicts = [_same(f0.tokenizer[n], f.tokenizer[n]) for n in names]
         if not names or any(v is None for v in verdicts):
             unknown.append(ref)
         elif not all(verdicts):
             bad = [n for n, v in zip(names, verdicts, strict=True) if not v]
             differ.append(ref)
-            problems.append(f"tokenizer: {ref.key} ({ref.spec}) has another tokenizer than {ref0.key} ({ref0.spec}): "
-                            f"{', '.join(bad)} differ{'s' if len(bad) == 1 else ''}; the grid, the evaluator and "
-                            "the policy must share one tokenizer")
+            problems.append(f"tokenizer: {ref.key} ({ref.spec}) has another tokenizer than {ref0.key} "
+                            f"({ref0.spec}): {', '.join(bad)} differ{'s' if len(bad) == 1 else ''}; the "
+                            "grid, the evaluator and the policy must share one tokenizer")
     for ref in unknown:
-        problems.append(f"tokenizer: cannot compare {ref.key} ({ref.spec}) with {ref0.key}: no tokenizer file "
-                        "both have with a comparable hash")
+        problems.append(f"tokenizer: cannot compare {ref.key} ({ref.spec}) with {ref0.key}: no tokenizer "
+                        "file both have with a comparable hash")
     if differ or unknown:
-        return f"tokenizer: {len(models) - len(differ) - len(unknown)} of {len(models)} checkpoints share {ref0.key}'s"
+        return (f"tokenizer: {len(models) - len(differ) - len(unknown)} of {len(models)} checkpoints "
+                f"share {ref0.key}'s")
     first = "tokenizer.json" if "tokenizer.json" in f0.tokenizer else next(iter(f0.tokenizer), "?")
     digest = next((v for v in f0.tokenizer.get(first, {}).values() if v), "")
     return f"tokenizer: the {len(models)} checkpoints share one ({first} {digest[:12]})"
@@ -355,13 +363,15 @@ def disk_estimate(cfg: RunConfig, facts: dict[str, Facts | None]) -> tuple[int, 
     parts: list[tuple[str, int]] = []
     c = cfg.pretrain
     vocab = cfg.testbed.vocab_size + 1  # + the pad token perm adds
-    own = gpt_neox_params(vocab, c.backbone.hidden_size, c.backbone.num_layers, c.backbone.intermediate_size) * FP32_BYTES
+    own = gpt_neox_params(vocab, c.backbone.hidden_size, c.backbone.num_layers,
+                          c.backbone.intermediate_size) * FP32_BYTES
     n_rm = n_reward_models(cfg)
     if c.checkpoints:
         per = [size(f"pretrain.checkpoints[{i}]") for i in range(len(c.checkpoints))]
         known = [s for s in per if s is not None]
         rm_each = max(known) if known else 0
-        parts.append((f"{n_rm} RMs × {_fmt_bytes(rm_each)}" if known else f"{n_rm} RMs (size unknown)", n_rm * rm_each))
+        parts.append((f"{n_rm} RMs × {_fmt_bytes(rm_each)}" if known else f"{n_rm} RMs (size unknown)",
+                      n_rm * rm_each))
     else:
         parts.append((f"{len(c.seeds)} pretrains × {_fmt_bytes(own)}", len(c.seeds) * own))
         parts.append((f"{n_rm} RMs × {_fmt_bytes(own)}", n_rm * own))
@@ -371,7 +381,8 @@ def disk_estimate(cfg: RunConfig, facts: dict[str, Facts | None]) -> tuple[int, 
     elif e.enabled:
         if e.checkpoint:
             ev = size("evaluator.checkpoint") or 0
-            parts.append((f"the evaluator RM {_fmt_bytes(ev)}" if ev else "the evaluator RM (size unknown)", ev))
+            parts.append((f"the evaluator RM {_fmt_bytes(ev)}" if ev else "the evaluator RM (size unknown)",
+                          ev))
         else:
             b = e.backbone
             ev = gpt_neox_params(vocab, b.hidden_size, b.num_layers, b.intermediate_size) * FP32_BYTES
@@ -461,7 +472,8 @@ def check_config(cfg: RunConfig, api=None) -> CheckResult:
         shown = ref.spec if rev is None or path.exists() else f"{name}@{rev}"
         res.lines.append(f"  {ref.key:<{width}}  {shown}  {line}")
     if cfg.reward.pairs_from and cfg.reward.pairs != "testbed":
-        res.lines.append(f"  reward.pairs_from  {cfg.reward.pairs_from}  {check_pairs_from(cfg, res.problems)}")
+        res.lines.append(f"  reward.pairs_from  {cfg.reward.pairs_from}  "
+                         f"{check_pairs_from(cfg, res.problems)}")
     if offline:
         res.hub_checked = False
         res.lines.append(f"hub: not reachable ({offline[0]}); only local paths were checked; not checked: "
@@ -486,8 +498,8 @@ def check_config(cfg: RunConfig, api=None) -> CheckResult:
 
 
 def check_pairs_from(cfg: RunConfig, problems: list[str]) -> str:
-    """`reward.pairs_from`: the pair files the run copies are there (the testbed kit's: with their recorded sha256
-    and the run's testbed); a problem names the file otherwise."""
+    """`reward.pairs_from`: the pair files the run copies are there (the testbed kit's: with their recorded
+    sha256 and the run's testbed); a problem names the file otherwise."""
     from perm.config import to_dict
     from perm.stages._grid import EVALUATOR_PAIRS, POLICY_PAIRS, extra_posts
 
@@ -497,8 +509,8 @@ def check_pairs_from(cfg: RunConfig, problems: list[str]) -> str:
     except ShippedPretrainError as e:
         problems.append(f"reward.pairs_from: {e}")
         return "unusable"
-    return ("the kit's pairs (sha256 and testbed match): " if is_shipped(cfg.reward.pairs_from) else "local: ") + \
-        ", ".join(files)
+    return (("the kit's pairs (sha256 and testbed match): " if is_shipped(cfg.reward.pairs_from)
+             else "local: ") + ", ".join(files))
 
 
 def _fmt_bytes(n: float) -> str:

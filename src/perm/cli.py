@@ -5,8 +5,8 @@ Every command takes an optional config file (default: the embedded configs/tiny.
 overrides, e.g. `perm testbed out=runs/x testbed.seed=3`. Bad input exits with code 2 and a message
 naming the file, line and field; nothing half-written is left behind. A command that writes a run directory
 holds its lock (perm.store.RunLock): a second writer exits with code 2 naming the holder's pid. Ctrl-C exits
-with 130 (SIGTERM too) and a failed job (a dead worker, a raising job) with 1, both after removing temp files; completed
-stages and jobs are kept, and rerunning the same command resumes.
+with 130 (SIGTERM too) and a failed job (a dead worker, a raising job) with 1, both after removing temp files;
+completed stages and jobs are kept, and rerunning the same command resumes.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from perm.shipped import ShippedPretrainError
     from perm.stages.score import SamplesError
 
-    errors: list[type[Exception]] = [ConfigError, DataError, ModelLoadError, SamplesError, NonFiniteRewardError,
-                                     ShippedPretrainError]
+    errors: list[type[Exception]] = [ConfigError, DataError, ModelLoadError, SamplesError,
+                                     NonFiniteRewardError, ShippedPretrainError]
     try:
         from perm.analysis import RewardTensorError
 
@@ -72,7 +72,8 @@ INTERRUPTED = "interrupted: completed stages and jobs are kept; rerun the same c
 def _run(stage: str, args, quiet: bool, json_log: bool, rewards: str | None = None, models: str | None = None,
          every: float = DEFAULT_EVERY) -> None:
     """One writing command. Exit codes: 0 done; 2 bad input or the run directory locked by another process;
-    130 interrupted (Ctrl-C); 1 a job failed (a worker died or a job raised; 2 if what it raised is bad input).
+    130 interrupted (Ctrl-C); 1 a job failed (a worker died or a job raised; 2 if what it raised
+    is bad input).
 
     The run lock is taken on `out` right after the config resolves, before anything is written there
     (the Pipeline writes config.yaml and the manifest when it is built). `analyze` / `report` with
@@ -195,18 +196,21 @@ for _stage in MODULES:  # one command per stage, in the stage graph's order
     app.command(_stage.NAME, help=_stage.SUMMARY)(stage_command(_stage))
 
 
-Checkpoint = Annotated[str, typer.Argument(help="A checkpoint folder, or a hub id (org/name or org/name@revision)")]
+Checkpoint = Annotated[str, typer.Argument(
+    help="A checkpoint folder, or a hub id (org/name or org/name@revision)")]
 ConvertOut = Annotated[str, typer.Argument(help="The safetensors folder to write")]
-Revision = Annotated[str | None, typer.Option("--revision", help="Hub branch, tag or commit (e.g. step143000)")]
-TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code",
-                                               help="Also copy the model's *.py files and load its config with them")]
+Revision = Annotated[str | None, typer.Option("--revision",
+                                              help="Hub branch, tag or commit (e.g. step143000)")]
+TrustRemoteCode = Annotated[bool, typer.Option(
+    "--trust-remote-code", help="Also copy the model's *.py files and load its config with them")]
 
 
 @app.command()
 def convert(checkpoint: Checkpoint, out: ConvertOut, revision: Revision = None,
             trust_remote_code: TrustRemoteCode = False, quiet: Quiet = False) -> None:
-    """Convert a checkpoint with only pytorch_model.bin weights (PolyPythias' step branches) into a safetensors
-    folder with its config and tokenizer, unpickling only plain tensors (torch.load(weights_only=True))."""
+    """Convert a checkpoint with only pytorch_model.bin weights (PolyPythias' step branches) into a
+    safetensors folder with its config and tokenizer, unpickling only plain tensors
+    (torch.load(weights_only=True))."""
     import json
 
     from perm.convert import convert_checkpoint
@@ -218,8 +222,8 @@ def convert(checkpoint: Checkpoint, out: ConvertOut, revision: Revision = None,
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     if not json.loads((path / "convert.json").read_text())["tokenizer"]:
-        typer.echo(f"note: {checkpoint} has no tokenizer files; load its tokenizer from elsewhere (e.g. its main "
-                   "branch)", err=True)
+        typer.echo(f"note: {checkpoint} has no tokenizer files; load its tokenizer from elsewhere (e.g. its "
+                   "main branch)", err=True)
     if not quiet:
         typer.echo(str(path))
 
@@ -243,7 +247,8 @@ def check(args: Args = None) -> None:
 
 
 Runs = Annotated[list[str], typer.Argument(help="Two or more run directories with analysis/ (replicates)")]
-Out = Annotated[str | None, typer.Option("--out", help="Write per_run.parquet, summary.parquet, summary.md here")]
+Out = Annotated[str | None, typer.Option("--out",
+                                         help="Write per_run.parquet, summary.parquet, summary.md here")]
 AtN = Annotated[int | None, typer.Option("--n", help="The n of the printed table (default: the largest)")]
 
 
@@ -266,12 +271,12 @@ def compare(runs: Runs, out: Out = None, n: AtN = None, quiet: Quiet = False) ->
         typer.echo(text, nl=False)
 
 
-kit_app = typer.Typer(no_args_is_help=True, help="The testbed kit: the SFT policy, its preference pairs and the "
-                      "trained evaluator, shipped in the package (perm.kit).")
+kit_app = typer.Typer(no_args_is_help=True, help="The testbed kit: the SFT policy, its preference pairs and "
+                      "the trained evaluator, shipped in the package (perm.kit).")
 app.add_typer(kit_app, name="kit")
 Recipe = Annotated[str | None, typer.Argument(help="The kit's recipe (default: configs/testbed-kit.yaml)")]
-FromRun = Annotated[str | None, typer.Option("--from", help="A finished run directory of the recipe to ship from "
-                                             "(checked against the recipe) instead of training")]
+FromRun = Annotated[str | None, typer.Option("--from", help="A finished run directory of the recipe to ship "
+                                             "from (checked against the recipe) instead of training")]
 KitOut = Annotated[str | None, typer.Option("--out", help="The kit folder to write (default: the package's)")]
 KitDir = Annotated[str | None, typer.Argument(help="A kit folder (default: the package's)")]
 
@@ -280,8 +285,8 @@ KitDir = Annotated[str | None, typer.Argument(help="A kit folder (default: the p
 def kit_build(recipe: Recipe = None, from_run: FromRun = None, out: KitOut = None, quiet: Quiet = False,
               json_log: JsonLog = False, progress_every: ProgressEvery = DEFAULT_EVERY) -> None:
     """Regenerate the kit from its recipe: train the recipe's world (testbed, SFT policy, policy pairs, the
-    evaluator alone; resuming in the recipe's run directory), or reuse a finished run of it (--from), then copy
-    it into the kit with its hashes and verify it. Exits 2 naming what differs from the recipe."""
+    evaluator alone; resuming in the recipe's run directory), or reuse a finished run of it (--from), then
+    copy it into the kit with its hashes and verify it. Exits 2 naming what differs from the recipe."""
     from pathlib import Path
 
     from perm.executors import JobFailedError

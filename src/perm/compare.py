@@ -62,7 +62,8 @@ def run_statistics(run: str | Path) -> pd.DataFrame:
     for r in t["figure3"].itertuples():
         put("variance explained by the RM", "fraction", r.n, r.mean, r.se, getattr(r, "se_prompt", np.nan))
     for r in t["contrasts"].itertuples():
-        what = {"figure1": "pick reward", "figure2": "agreement"}.get(r.figure, f"{r.figure} {r.target} {r.metric}")
+        what = {"figure1": "pick reward", "figure2": "agreement"}.get(
+            r.figure, f"{r.figure} {r.target} {r.metric}")
         put(f"{what}: {r.contrast}", r.aggregator if _present(r.aggregator) else "contrast", r.n, r.estimate,
             r.se, r.se_prompt)
     for r in t["seed_variance"].itertuples():
@@ -135,13 +136,13 @@ def summary_markdown(summary: pd.DataFrame, runs: list[str | Path], n: int | Non
         "",
         "Runs: " + ", ".join(f"`{r}`" for r in runs),
         "",
-        "sd: between runs (ddof 1); se_between = sd / sqrt(runs); se_within: the mean of the runs' own seed-aware "
-        "se (pretrain seeds and prompts); se_prompt: the mean of their prompt-only se; positive: for a contrast "
-        "(signed so that > 0 is the paper's finding), the runs in which it is > 0. With the seed-aware se honest, "
-        "sd / se_within is about 1.",
+        "sd: between runs (ddof 1); se_between = sd / sqrt(runs); se_within: the mean of the runs' own "
+        "seed-aware se (pretrain seeds and prompts); se_prompt: the mean of their prompt-only se; positive: "
+        "for a contrast (signed so that > 0 is the paper's finding), the runs in which it is > 0. With the "
+        "seed-aware se honest, sd / se_within is about 1.",
         "",
-        "| statistic | key | mean | sd | se_between | se_within | sd / se_within | se_prompt | sd / se_prompt | "
-        "positive | range |",
+        "| statistic | key | mean | sd | se_between | se_within | sd / se_within | se_prompt | "
+        "sd / se_prompt | positive | range |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
 
@@ -149,9 +150,9 @@ def summary_markdown(summary: pd.DataFrame, runs: list[str | Path], n: int | Non
         return "—" if x != x else f"{x:.3f}"
 
     for _, r in s.iterrows():
-        lines.append(f"| {r['statistic']} | {r['key']} | {f(r['mean'])} | {f(r['sd'])} | {f(r['se_between'])} | "
-                     f"{f(r['se_within'])} | {f(r['sd_over_se_within'])} | {f(r['se_prompt'])} | "
-                     f"{f(r['sd_over_se_prompt'])} | "
+        lines.append(f"| {r['statistic']} | {r['key']} | {f(r['mean'])} | {f(r['sd'])} | "
+                     f"{f(r['se_between'])} | {f(r['se_within'])} | {f(r['sd_over_se_within'])} | "
+                     f"{f(r['se_prompt'])} | {f(r['sd_over_se_prompt'])} | "
                      f"{str(r['positive']) + '/' + str(r['runs']) if r['contrast'] else '—'} | "
                      f"{f(r['min'])} … {f(r['max'])} |")
     return "\n".join(lines) + "\n"

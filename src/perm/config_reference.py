@@ -26,7 +26,8 @@ def field_docs(cls) -> dict[str, str]:
     out = {}
     for node, nxt in zip(body, body[1:] + [None], strict=True):
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+            if (isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                    and isinstance(nxt.value.value, str)):
                 out[node.target.id] = " ".join(nxt.value.value.split())
     return out
 
@@ -74,7 +75,8 @@ def markdown() -> str:
         "# Configuration reference",
         "",
         "Generated from the field docstrings of `src/perm/config.py` by `python -m perm.config_reference`",
-        "(`tests/test_docs.py` checks it is current). A run's config is `configs/tiny.yaml` (= these defaults) or",
+        ("(`tests/test_docs.py` checks it is current). "
+         "A run's config is `configs/tiny.yaml` (= these defaults) or"),
         "your YAML, then `key=value` overrides on the command line, e.g. `perm run reward.layout=full`. Each",
         "field's docstring says which stages it reruns.",
         "",

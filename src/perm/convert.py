@@ -82,7 +82,8 @@ def _bin_files(folder: Path) -> list[str]:
         shards = sorted(set(weight_map.values()))
         for shard in shards:
             if "/" in shard or "\\" in shard or not shard.endswith(".bin"):
-                raise ModelLoadError(f"{index}: field 'weight_map': shard {shard!r} is not a .bin file in the folder")
+                raise ModelLoadError(f"{index}: field 'weight_map': shard {shard!r} "
+                                     "is not a .bin file in the folder")
             if not (folder / shard).is_file():
                 raise ModelLoadError(f"{index}: shard {shard} is missing from {folder}")
         return shards
@@ -103,17 +104,20 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except Exception as e:  # UnpicklingError for a refused global, RuntimeError/EOFError for a damaged file
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         # torch's message starts with advice to load the file unsafely; keep the line that names the problem
-        reason = next((line for line in lines if "Unsupported global" in line or "Unsupported operand" in line),
+        reason = next((line for line in lines
+                       if "Unsupported global" in line or "Unsupported operand" in line),
                       lines[0] if lines else "").split(" Please use")[0]
         raise ModelLoadError(
             f"{path}: refused: not a plain tensor state dict that torch.load(weights_only=True) can read "
             f"({type(e).__name__}: {reason})"
         ) from None
     if not isinstance(obj, dict):
-        raise ModelLoadError(f"{path}: refused: expected a dict of tensor name -> tensor, got {type(obj).__name__}")
+        raise ModelLoadError(f"{path}: refused: expected a dict of tensor name -> tensor, got "
+                             f"{type(obj).__name__}")
     for key, value in obj.items():
         if not isinstance(key, str):
-            raise ModelLoadError(f"{path}: refused: key {key!r} is a {type(key).__name__}, expected a tensor name")
+            raise ModelLoadError(f"{path}: refused: key {key!r} is a {type(key).__name__}, "
+                                 "expected a tensor name")
         if not isinstance(value, torch.Tensor):
             kind = type(value).__name__
             raise ModelLoadError(
@@ -121,7 +125,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
                 "tensors; nested or extra objects are not converted)"
             )
         if value.layout != torch.strided:
-            raise ModelLoadError(f"{path}: refused: entry '{key}' is a {value.layout} tensor, expected a dense one")
+            raise ModelLoadError(f"{path}: refused: entry '{key}' is a {value.layout} tensor, "
+                                 "expected a dense one")
     if not obj:
         raise ModelLoadError(f"{path}: refused: an empty state dict")
     return obj
@@ -175,8 +180,8 @@ def _convert_folder(src: Path, out: Path, *, trust_remote_code: bool) -> dict:
         for key in tensors:
             if expected is not None and expected.get(key) != shard:
                 raise ModelLoadError(
-                    f"{src / BIN_INDEX}: field 'weight_map': tensor '{key}' is in {shard}, but the index says "
-                    f"{expected.get(key)}"
+                    f"{src / BIN_INDEX}: field 'weight_map': tensor '{key}' is in {shard}, but the index "
+                    f"says {expected.get(key)}"
                 )
             if key in seen:
                 raise ModelLoadError(f"{path}: tensor '{key}' is also in an earlier shard")
@@ -200,7 +205,8 @@ def _convert_folder(src: Path, out: Path, *, trust_remote_code: bool) -> dict:
             shutil.copyfile(f, out / f.name)
             copied.append(f.name)
     return {
-        "tokenizer": any(name.startswith("tokenizer") or name in ("vocab.json", "vocab.txt") for name in copied),
+        "tokenizer": any(name.startswith("tokenizer") or name in ("vocab.json", "vocab.txt")
+                         for name in copied),
         "inputs": inputs,
         "dtype": next(iter(dtypes)) if len(dtypes) == 1 else sorted(dtypes),
         "outputs": names + ([SAFETENSORS_INDEX] if len(names) > 1 else []) + copied,
@@ -216,7 +222,8 @@ def _snapshot(repo_id: str, revision: str | None, *, trust_remote_code: bool) ->
         return Path(huggingface_hub.snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
     except Exception as e:  # offline, unknown repo or revision, gated: all about this checkpoint
         at = f"@{revision}" if revision else ""
-        raise ModelLoadError(f"{repo_id}{at}: cannot download from the Hugging Face Hub ({type(e).__name__}: {e})") from None
+        raise ModelLoadError(f"{repo_id}{at}: cannot download from the Hugging Face Hub "
+                             f"({type(e).__name__}: {e})") from None
 
 
 def convert_checkpoint(
@@ -234,12 +241,14 @@ def convert_checkpoint(
     loads with them; no code is ever run without it."""
     out = Path(out)
     if out.exists() and not (out / RECORD).is_file():
-        raise ModelLoadError(f"{out}: exists and is not an earlier conversion; remove it or choose another OUT")
+        raise ModelLoadError(f"{out}: exists and is not an earlier conversion; "
+                             "remove it or choose another OUT")
     local = _is_local(checkpoint)
     if local:
         if revision is not None:
             raise ModelLoadError(f"{checkpoint}: a local folder has no revisions (got --revision {revision})")
-        src, source, commit = Path(checkpoint).expanduser(), str(Path(checkpoint).expanduser().resolve()), None
+        src, source, commit = (Path(checkpoint).expanduser(), str(Path(checkpoint).expanduser().resolve()),
+                               None)
         if not src.is_dir():
             raise ModelLoadError(f"{src}: not a checkpoint folder")
     else:
@@ -257,7 +266,8 @@ def convert_checkpoint(
             try:
                 AutoConfig.from_pretrained(str(tmp), trust_remote_code=trust_remote_code)
             except Exception as e:
-                raise ModelLoadError(f"{src}: the converted config does not load ({type(e).__name__}: {e})") from None
+                raise ModelLoadError(f"{src}: the converted config does not load "
+                                     f"({type(e).__name__}: {e})") from None
         record = {"source": source, "revision": revision, "commit": commit, "format": "safetensors", **files}
         (tmp / RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return out
@@ -265,7 +275,8 @@ def convert_checkpoint(
 
 def conversion_dir(checkpoint: str, dest_dir: Path, revision: str | None = None) -> Path:
     """Where :func:`ensure_safetensors` converts `checkpoint` under `dest_dir`: ``<org>--<name>--<revision>``
-    for a hub id (``main`` when none is given), ``local--<name>--<hash of its absolute path>`` for a folder."""
+    for a hub id (``main`` when none is given), ``local--<name>--<hash of its absolute path>``
+    for a folder."""
     if _is_local(checkpoint):
         path = Path(checkpoint).expanduser().resolve()
         return Path(dest_dir) / f"local--{path.name}--{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
@@ -301,12 +312,14 @@ def ensure_safetensors(
             files = huggingface_hub.list_repo_files(source, revision=wanted)
         except Exception as e:
             at = f"@{wanted}" if wanted else ""
-            raise ModelLoadError(f"{source}{at}: cannot list its files on the Hugging Face Hub ({type(e).__name__}: {e})") from None
+            raise ModelLoadError(f"{source}{at}: cannot list its files on the Hugging Face Hub "
+                                 f"({type(e).__name__}: {e})") from None
         if _has_safetensors(files):
             return checkpoint
         if BIN not in files and BIN_INDEX not in files:
             at = f"@{wanted}" if wanted else ""
-            raise ModelLoadError(f"{source}{at}: no safetensors and no {BIN} weights (has {sorted(files)[:20]})")
+            raise ModelLoadError(f"{source}{at}: no safetensors and no {BIN} weights "
+                                 f"(has {sorted(files)[:20]})")
     out = conversion_dir(checkpoint, dest_dir, revision)
     record = out / RECORD
     if record.is_file():

@@ -56,7 +56,8 @@ def heterogeneous_share_pt(sigma_pt: float, sigma_ft: float, h: float = HETEROGE
 def simulate_coverage(
     pretrain_ids: Sequence, finetune_seeds: Sequence, scope: str = "shared", n_prompts: int = 100,
     pool_size: int = 16, sims: int = 300, draws: int = 200, level: float = 0.9, seed: int = 0,
-    scenarios: Sequence[tuple[float, float]] = SCENARIOS, statistics: Sequence[str] = ("single mean", "share_pt"),
+    scenarios: Sequence[tuple[float, float]] = SCENARIOS,
+    statistics: Sequence[str] = ("single mean", "share_pt"),
 ) -> pd.DataFrame:
     """Coverage of ``level`` intervals on this design: one row per (scenario, statistic) with ``sigma_pt,
     sigma_ft, statistic, coverage`` (share of ``sims`` simulated grids whose interval holds the truth),
@@ -72,7 +73,8 @@ def simulate_coverage(
         hits: dict[str, list[tuple[bool, float]]] = {s: [] for s in statistics}
         for i in range(sims):
             if "single mean" in statistics:
-                y = (sigma_pt * rng.standard_normal(pu.max() + 1)[pu] + sigma_ft * rng.standard_normal(fu.max() + 1)[fu]
+                y = (sigma_pt * rng.standard_normal(pu.max() + 1)[pu]
+                     + sigma_ft * rng.standard_normal(fu.max() + 1)[fu]
                      + 0.3 * rng.standard_normal(m))[:, None] + rng.standard_normal(n_prompts)[None]
                 y = y + rng.standard_normal((m, n_prompts))
                 r = seedstats.multi_bootstrap({"y": seedstats.single_rm_arm(y)}, pretrain_ids, draws=draws,
@@ -80,21 +82,25 @@ def simulate_coverage(
                                               scope=scope).iloc[0]
                 hits["single mean"].append((bool(r.lo <= 0.0 <= r.hi), float(r.hi - r.lo)))
             if "share_pt" in statistics:
-                pool = seedstats.planted_pool(rng, pretrain_ids, finetune_seeds, n_prompts, pool_size, 0.0, 0.0)
+                pool = seedstats.planted_pool(rng, pretrain_ids, finetune_seeds, n_prompts, pool_size, 0.0,
+                                              0.0)
                 a = rng.standard_normal((pu.max() + 1, n_prompts, pool_size))
                 f = rng.standard_normal((fu.max() + 1, n_prompts, pool_size))
-                ga, gf = _seed_gain(rng, pu.max() + 1, HETEROGENEITY), _seed_gain(rng, fu.max() + 1, HETEROGENEITY)
+                ga, gf = (_seed_gain(rng, pu.max() + 1, HETEROGENEITY),
+                          _seed_gain(rng, fu.max() + 1, HETEROGENEITY))
                 pool = pool + sigma_pt * (ga[:, None, None] * a)[pu] + sigma_ft * (gf[:, None, None] * f)[fu]
                 if (sigma_pt, sigma_ft) not in truths:
                     truths[(sigma_pt, sigma_ft)] = heterogeneous_share_pt(sigma_pt, sigma_ft)
                 truth = truths[(sigma_pt, sigma_ft)]
-                df = seedstats.decomposition_intervals(pool, pretrain_ids, finetune_seeds, scope=scope, draws=draws,
-                                                       level=level, seed=i).set_index("statistic")
+                df = seedstats.decomposition_intervals(
+                    pool, pretrain_ids, finetune_seeds, scope=scope, draws=draws, level=level, seed=i,
+                ).set_index("statistic")
                 r = df.loc["share_pt"]
                 hits["share_pt"].append((bool(r.lo <= truth <= r.hi), float(r.hi - r.lo)))
         for stat, h in hits.items():
             cov = float(np.mean([c for c, _ in h]))
             rows.append({"sigma_pt": sigma_pt, "sigma_ft": sigma_ft, "statistic": stat, "coverage": cov,
-                         "mc_se": float(np.sqrt(cov * (1 - cov) / len(h))), "width": float(np.mean([w for _, w in h])),
+                         "mc_se": float(np.sqrt(cov * (1 - cov) / len(h))),
+                         "width": float(np.mean([w for _, w in h])),
                          "sims": len(h), "level": level, "resamples": design.describe()})
     return pd.DataFrame(rows)

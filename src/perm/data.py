@@ -213,7 +213,8 @@ def _text(value: Any, field: str, loc: Location, attribute: str | None = None) -
     ``bad_rows="skip"`` may drop (reason ``empty_<attribute>``); a value of another type never is."""
     reason = f"empty_{attribute}" if attribute is not None else None
     if not isinstance(value, str):
-        raise loc.error(field, f"expected a string, got {_describe(value)}", reason if value is None else None)
+        raise loc.error(field, f"expected a string, got {_describe(value)}",
+                        reason if value is None else None)
     if not value.strip():
         raise loc.error(field, "empty or whitespace-only text", reason)
     return value
@@ -271,7 +272,8 @@ def _tldr_pair(record: Mapping[str, Any], loc: Location, position: int) -> tuple
     info = _get(record, "info", "info", loc)
     if not isinstance(info, Mapping):
         raise loc.error("info", f"expected an object, got {_describe(info)}")
-    post = _text(_get(info, "post", "info.post", loc), "info.post", loc, "prompt")  # CNN/DM rows never get here
+    # CNN/DM rows never get here
+    post = _text(_get(info, "post", "info.post", loc), "info.post", loc, "prompt")
     title = _text(_get(info, "title", "info.title", loc), "info.title", loc, "prompt")
     subreddit = _text(_get(info, "subreddit", "info.subreddit", loc), "info.subreddit", loc, "prompt")
 
@@ -357,15 +359,16 @@ class _BadRows:
         if self.bad and self.bad > max_bad_fraction * self.rows:
             reasons = ", ".join(f"{n} {r.replace('_', ' ')}" for r, n in self.counts.items() if n)
             raise DataError(
-                f"{source}: {self.bad} of {self.rows} rows are bad ({self.bad / self.rows:.3%}: {reasons}), more "
-                f"than max_bad_fraction = {max_bad_fraction:g} ({max_bad_fraction:.3%}) allows; the first: "
-                f"{self.first}",
+                f"{source}: {self.bad} of {self.rows} rows are bad ({self.bad / self.rows:.3%}: {reasons}), "
+                f"more than max_bad_fraction = {max_bad_fraction:g} ({max_bad_fraction:.3%}) allows; the "
+                f"first: {self.first}",
                 source=source,
             )
 
 
 def _to_pairs(
-    records: Iterable[tuple[Location, Any]], schema: str, stats: dict | None = None, bad: _BadRows | None = None
+    records: Iterable[tuple[Location, Any]], schema: str, stats: dict | None = None,
+    bad: _BadRows | None = None
 ) -> Iterator[tuple[Location, PreferencePair]]:
     """Records (JSON objects or Arrow rows as dicts) -> located pairs, detecting the schema on the first.
 
@@ -384,7 +387,8 @@ def _to_pairs(
             if not schema:
                 raise loc.error(
                     None,
-                    f"cannot detect the schema from fields {sorted(record)}: expected {{prompt, chosen, rejected}} "
+                    f"cannot detect the schema from fields {sorted(record)}: "
+                    "expected {prompt, chosen, rejected} "
                     "or summarize_from_feedback {info, summaries, choice}; pass schema='generic' or 'tldr'",
                 )
         if schema == "tldr" and _is_cnndm(record):
@@ -408,7 +412,8 @@ def _to_pairs(
 
 
 def _identical(loc: Location) -> DataError:
-    return loc.error(loc.field_name("rejected"), f"identical to '{loc.field_name('chosen')}'", "chosen_equals_rejected")
+    return loc.error(loc.field_name("rejected"), f"identical to '{loc.field_name('chosen')}'",
+                     "chosen_equals_rejected")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -618,7 +623,8 @@ def _hub_config(dataset_id: str, name: str | None, revision: str | None) -> dict
             raise _hub_failure(dataset_id, exc) from exc
         data = tuple(_PARQUET_SUFFIXES | _JSONL_SUFFIXES)
         # the conversion's layout: <config>/<split>/<file> (a mirror's data/<split>-*.parquet is not a config)
-        folders = sorted({f.split("/", 1)[0] for f in files if f.count("/") >= 2 and f.lower().endswith(data)})
+        folders = sorted({f.split("/", 1)[0] for f in files
+                          if f.count("/") >= 2 and f.lower().endswith(data)})
         if name in folders:
             return {"data_dir": name}
         if name in MIRROR_CONFIG_ALIASES:

@@ -32,7 +32,8 @@ from perm.store import atomic_write_bytes
 
 FIGURES = ("fig_seed", "fig1", "fig2", "fig3", "fig4", "fig_gold", "fig_hacking", "fig_ensembles",
            "fig_ensembles_n")
-OPTIONAL_FIGURES = ("fig_ensembles", "fig_ensembles_n")  # drawn only when their data exists; never listed as "not drawn"
+# drawn only when their data exists; never listed as "not drawn"
+OPTIONAL_FIGURES = ("fig_ensembles", "fig_ensembles_n")
 GRID_ENSEMBLES = ("single", "finetune", "pretrain")
 # Named ensembles (cheap members on one backbone, or a user's own) take these colours in order.
 NAMED_COLORS = ("#2a9d8f", "#9b5de5", "#c44536", "#3d5a80", "#b8860b", "#6a994e", "#d1495b", "#00798c")
@@ -215,7 +216,8 @@ def _seed_note(df: pd.DataFrame) -> list[str]:
         return []
     r = int(df.R.iloc[0])
     coarse = " With so few pretrains the seed part of the interval is coarse." if r < 10 else ""
-    return [f"Intervals resample the R = {r} pretrain seeds (their finetunes nested) and the prompts.{coarse}"]
+    return [f"Intervals resample the R = {r} pretrain seeds (their finetunes nested) "
+            f"and the prompts.{coarse}"]
 
 
 def _fmt(mean: float, se: float, digits: int = 3) -> str:
@@ -231,12 +233,12 @@ def _figure1(results) -> FigureResult:
         "Each RM reranks n samples of the SFT policy; its pick is then scored by the ranker itself (red "
         "squares), by RMs of the same pretrain and another finetune seed (blue circles), by RMs of another "
         "pretrain with the same finetune seed (purple, which differ from the ranker only in the backbone), "
-        "and by RMs that share neither (orange). Each judge's rewards are standardised per prompt (centred, in "
-        "its own sd over the pool), so 0 is the average SFT sample (n = 1) and no RM's reward scale counts. If "
-        "the preference data pinned the reward down, the lines would coincide. The ranker always likes its own "
-        "pick best (winner's curse); blue above orange is the paper's claim that sharing a pretrain makes RMs "
-        "agree. Bands: 90% intervals over the seed design (pretrains, and finetune seeds where they are "
-        "crossed) and prompts.",
+        "and by RMs that share neither (orange). Each judge's rewards are standardised per prompt (centred, "
+        "in its own sd over the pool), so 0 is the average SFT sample (n = 1) and no RM's reward scale "
+        "counts. If the preference data pinned the reward down, the lines would coincide. The ranker always "
+        "likes its own pick best (winner's curse); blue above orange is the paper's claim that sharing a "
+        "pretrain makes RMs agree. Bands: 90% intervals over the seed design (pretrains, and finetune seeds "
+        "where they are crossed) and prompts.",
     )
     df = results.get("figure1")
     if df is None or df.empty:
@@ -280,7 +282,8 @@ def _figure2(results) -> FigureResult:
     ax = axes[0, 0]
     ns = _ns(df)
     chance = df.groupby("n").chance.first() if "chance" in df.columns else pd.Series({n: 1.0 / n for n in ns})
-    ax.plot(ns, [float(chance[n]) for n in ns], color="#9a9a9a", linestyle="--", linewidth=1.2, label="chance")
+    ax.plot(ns, [float(chance[n]) for n in ns], color="#9a9a9a", linestyle="--", linewidth=1.2,
+            label="chance")
     for rel in RELATIONS:
         part = df[df.relation == rel]
         if not part.empty:
@@ -309,9 +312,10 @@ def _figure_seed(results) -> FigureResult:
         "Of the variation between RMs' standardised scores, the share that follows the pretraining seed "
         "(orange), the finetuning seed (blue: head init, data order, dropout) and neither (grey: their "
         "interaction and the rest), from the mean squared differences of pairs that share a pretrain, a "
-        "finetune seed or neither. Dashed: on the whole pool; solid: at the best-of-n picks of a ranker in no "
-        "pair (the evaluator, else gold: analysis.pick_ranker), where the paper expects disagreement to grow. "
-        "Bands: 90% intervals over the seed design (pretrains, and finetune seeds where crossed) and prompts.",
+        "finetune seed or neither. Dashed: on the whole pool; solid: at the best-of-n picks of a ranker in "
+        "no pair (the evaluator, else gold: analysis.pick_ranker), where the paper expects disagreement to "
+        "grow. Bands: 90% intervals over the seed design (pretrains, and finetune seeds where crossed) and "
+        "prompts.",
     )
     df = results.get("seed_variance")
     if df is None or df.empty:
@@ -332,7 +336,8 @@ def _figure_seed(results) -> FigureResult:
         part = picks[picks.statistic == key].rename(columns={"estimate": "mean"})
         _line(ax, part.assign(n=part.n.astype(int)), key)
         if key in pool.index and np.isfinite(pool.loc[key, "estimate"]):
-            ax.axhline(float(pool.loc[key, "estimate"]), color=STYLE[key]["color"], linestyle="--", linewidth=1)
+            ax.axhline(float(pool.loc[key, "estimate"]), color=STYLE[key]["color"], linestyle="--",
+                       linewidth=1)
     _n_axis(ax, ns)
     ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
     ax.set_ylabel("share of RM-to-RM variance")
@@ -340,9 +345,10 @@ def _figure_seed(results) -> FigureResult:
     out.figure = fig
     out.notes += _seed_note(picks)
     table = df[df.statistic.isin(["share_pt", "share_ft", "share_res"])].copy()
-    table["where"] = ["pool" if w == "pool" else f"picks, n = {int(n)}" for w, n in zip(table.weighting, table.n,
-                                                                                         strict=True)]
-    table["cell"] = [_interval(e, lo, hi) for e, lo, hi in zip(table.estimate, table.lo, table.hi, strict=True)]
+    table["where"] = ["pool" if w == "pool" else f"picks, n = {int(n)}"
+                      for w, n in zip(table.weighting, table.n, strict=True)]
+    table["cell"] = [_interval(e, lo, hi)
+                     for e, lo, hi in zip(table.estimate, table.lo, table.hi, strict=True)]
     numbers = table.pivot(index="where", columns="statistic", values="cell").reset_index()
     numbers = numbers.rename(columns={"share_pt": "pretraining seed", "share_ft": "finetuning seed",
                                       "share_res": "neither"})
@@ -362,12 +368,13 @@ def _figure3(results) -> FigureResult:
         "fig3",
         "Figure 3 · Variance explained by the reward model",
         "One RM picks the best of n; the other RMs score the picks. A two-way random-effects ANOVA of those "
-        "scores (prompts × scoring RM), standardised per prompt so that no RM's reward scale counts, gives the "
-        "share of their variance due to which RM is scoring (method of moments). It grows with n when "
+        "scores (prompts × scoring RM), standardised per prompt so that no RM's reward scale counts, gives "
+        "the share of their variance due to which RM is scoring (method of moments). It grows with n when "
         "stronger selection — further from the SFT policy — drives the RMs apart. Grey: the same with each "
-        "prompt's scores shuffled across RMs (no RM differs). Averaged over rankers and random n-subsets; band: "
-        "90% interval over the seed design and prompts, including the subsets' own noise. (analysis.figure3: "
-        "paper computes the paper's SS fraction on raw rewards, which unequal reward scales inflate.)",
+        "prompt's scores shuffled across RMs (no RM differs). Averaged over rankers and random n-subsets; "
+        "band: 90% interval over the seed design and prompts, including the subsets' own noise. "
+        "(analysis.figure3: paper computes the paper's SS fraction on raw rewards, which unequal reward "
+        "scales inflate.)",
     )
     df = results.get("figure3")
     if df is None or df.empty:
@@ -378,13 +385,16 @@ def _figure3(results) -> FigureResult:
     band = df.sort_values("n")
     x, mean = band.n.to_numpy(float), band["mean"].to_numpy(float)
     se = np.nan_to_num(band.se.to_numpy(float))
-    lo, hi = (band.lo.to_numpy(float), band.hi.to_numpy(float)) if "lo" in band.columns else (mean - se, mean + se)
+    lo, hi = ((band.lo.to_numpy(float), band.hi.to_numpy(float)) if "lo" in band.columns
+              else (mean - se, mean + se))
     ax.fill_between(x, lo, hi, color="#5b4a8b", alpha=0.18, linewidth=0)
     paper = "method" in band.columns and str(band.method.iloc[0]) == "paper"
     ax.plot(x, mean, color="#5b4a8b", marker="o",
-            label="SS fraction of the scoring RM (paper, raw rewards)" if paper else "share due to the scoring RM")
+            label=("SS fraction of the scoring RM (paper, raw rewards)" if paper
+                   else "share due to the scoring RM"))
     if "null" in band.columns:
-        ax.plot(x, band.null.to_numpy(float), color="#999999", linestyle="--", label="RMs exchangeable (null)")
+        ax.plot(x, band.null.to_numpy(float), color="#999999", linestyle="--",
+                label="RMs exchangeable (null)")
     _n_axis(ax, _ns(df))
     if paper or np.nanmin(lo) >= 0:
         ax.set_ylim(bottom=0)
@@ -620,11 +630,12 @@ def _figure_ensembles(results) -> FigureResult:
     out = FigureResult(
         "fig_ensembles",
         "Cheaper ensembles · quality against training cost",
-        "Reward of each ensemble's best-of-n pick at the largest n (centred per prompt, so 0 is the average SFT "
-        "sample) against what training it cost: one point per ensemble and aggregator (marker), the single RM "
-        "and the grid's finetune and pretrain ensembles beside the named ensembles (cheap members on one "
-        "backbone, or a user's own). Error bars: 90% intervals; a named ensemble's are over its members "
-        "(jackknife) and the prompts, conditional on its backbone, the grid's over the seed design and prompts.",
+        "Reward of each ensemble's best-of-n pick at the largest n (centred per prompt, so 0 is the average "
+        "SFT sample) against what training it cost: one point per ensemble and aggregator (marker), the "
+        "single RM and the grid's finetune and pretrain ensembles beside the named ensembles (cheap members "
+        "on one backbone, or a user's own). Error bars: 90% intervals; a named ensemble's are over its "
+        "members (jackknife) and the prompts, conditional on its backbone, the grid's over the seed design "
+        "and prompts.",
         wide=True,
     )
     df = results.get("ensembles")
@@ -663,7 +674,8 @@ def _figure_ensembles(results) -> FigureResult:
             xi = xi * 1.07 ** spread[r.aggregator] if col is not None else xi + 0.08 * spread[r.aggregator]
             lo, hi = float(r.lo), float(r.hi)
             err = [[r.estimate - lo], [hi - r.estimate]] if np.isfinite(lo) and np.isfinite(hi) else None
-            ax.errorbar([xi], [r.estimate], yerr=err, color=color, marker=AGGREGATOR_MARKERS.get(r.aggregator, "o"),
+            ax.errorbar([xi], [r.estimate], yerr=err, color=color,
+                        marker=AGGREGATOR_MARKERS.get(r.aggregator, "o"),
                         markersize=6, capsize=2.5, linewidth=1.2, linestyle="none")
             xs.append(xi)
             tops.append(hi if np.isfinite(hi) else r.estimate)
@@ -677,13 +689,15 @@ def _figure_ensembles(results) -> FigureResult:
     ax.set_ylabel(f"{target} reward of the best-of-{int(rows.n.iloc[0])} pick")
     ax.axhline(0, color="#999999", linewidth=0.8, zorder=0)
     handles = [Line2D([], [], color="#444444", marker=AGGREGATOR_MARKERS[a], linestyle="none",
-                      label="one model: its own reward" if a == "none" else AGGREGATOR_LABELS[a]) for a in aggs]
+                      label="one model: its own reward" if a == "none" else AGGREGATOR_LABELS[a])
+               for a in aggs]
     ax.legend(handles=handles, loc="lower right", fontsize=8.5, title="aggregator", title_fontsize=8.5)
     out.figure = fig
     numbers = pd.DataFrame({
         "ensemble": rows.ensemble, "aggregator": [AGGREGATOR_LABELS.get(a, a) for a in rows.aggregator],
         f"{target} reward [90% interval]": [_interval(e, lo, hi, pct=False)
-                                            for e, lo, hi in zip(rows.estimate, rows.lo, rows.hi, strict=True)],
+                                            for e, lo, hi in zip(rows.estimate, rows.lo, rows.hi,
+                                                                 strict=True)],
         "cost": [f"{v:.4g}" if np.isfinite(v) else "—" for v in
                  (pd.to_numeric(rows[col], errors="coerce") if col else pd.Series(np.nan, index=rows.index))],
     })
@@ -695,10 +709,10 @@ def _figure_ensembles_n(results) -> FigureResult:
     out = FigureResult(
         "fig_ensembles_n",
         "Cheaper ensembles · best-of-n quality at every n",
-        "Reward of the best-of-n pick (centred per prompt) against n, for the single RM (mean over the grid's RMs), "
-        "the grid's finetune and pretrain ensembles and every named ensemble, each with the mean aggregator (a "
-        "one-model ensemble ranks by its own reward). Bands: ± 1 se over prompts (the seed-aware intervals at the "
-        "largest n are in the cost figure and the table).",
+        "Reward of the best-of-n pick (centred per prompt) against n, for the single RM (mean over the "
+        "grid's RMs), the grid's finetune and pretrain ensembles and every named ensemble, each with the "
+        "mean aggregator (a one-model ensemble ranks by its own reward). Bands: ± 1 se over prompts (the "
+        "seed-aware intervals at the largest n are in the cost figure and the table).",
         wide=True,
     )
     fig4, table = results.get("figure4"), results.get("ensembles")

@@ -88,13 +88,13 @@ def dataset_ref(spec: str | None, revision: str | None, field: str) -> HubRef | 
 
 
 def model_specs(cfg: RunConfig) -> list[str]:
-    """Every checkpoint spec the run loads, each once: the grid's, the evaluator's (when enabled: the trained RM
-    of `evaluator.rm_checkpoint`, else the backbone it finetunes), the policy's and the backbone its SFT starts
-    from (`policy.init_from` naming a checkpoint)."""
+    """Every checkpoint spec the run loads, each once: the grid's, the evaluator's (when enabled: the trained
+    RM of `evaluator.rm_checkpoint`, else the backbone it finetunes), the policy's and the backbone its SFT
+    starts from (`policy.init_from` naming a checkpoint)."""
     c = cfg
     e = c.evaluator
-    specs = [*c.pretrain.checkpoints, (e.rm_checkpoint or e.checkpoint) if e.enabled else None, c.policy.checkpoint,
-             c.policy.init_checkpoint() if not c.policy.checkpoint else None]
+    specs = [*c.pretrain.checkpoints, (e.rm_checkpoint or e.checkpoint) if e.enabled else None,
+             c.policy.checkpoint, c.policy.init_checkpoint() if not c.policy.checkpoint else None]
     return list(dict.fromkeys(s for s in specs if s))
 
 
@@ -127,7 +127,8 @@ def _reason(e: Exception) -> str:
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
-def pin(refs: list[HubRef], api_factory: Callable[[], object] | None = None) -> tuple[dict[str, str | None], str | None]:
+def pin(refs: list[HubRef],
+        api_factory: Callable[[], object] | None = None) -> tuple[dict[str, str | None], str | None]:
     """The commit sha of every reference (None where it cannot be pinned) and the warning line to print when
     any could not be (None when all were).
 
@@ -160,7 +161,8 @@ def pin(refs: list[HubRef], api_factory: Callable[[], object] | None = None) -> 
                     import huggingface_hub
 
                     api = api_factory() if api_factory else huggingface_hub.HfApi()
-                info = (api.model_info if r.kind == "model" else api.dataset_info)(r.repo_id, revision=r.revision)
+                info = (api.model_info if r.kind == "model" else api.dataset_info)(
+                    r.repo_id, revision=r.revision)
                 sha = getattr(info, "sha", None)
                 if not isinstance(sha, str) or not COMMIT.match(sha):
                     raise ValueError(f"the hub gave no commit sha for {r.reference} (got {sha!r})")
@@ -178,8 +180,8 @@ def pin(refs: list[HubRef], api_factory: Callable[[], object] | None = None) -> 
         return shas, None
     names = ", ".join(r.reference for r in failed)
     one = len(failed) == 1
-    warning = (f"hub: could not pin {names} to a commit ({reason}); {'it is' if one else 'they are'} keyed and "
-               f"loaded by {'its' if one else 'their'} branch name, so a moved branch is not noticed")
+    warning = (f"hub: could not pin {names} to a commit ({reason}); {'it is' if one else 'they are'} keyed "
+               f"and loaded by {'its' if one else 'their'} branch name, so a moved branch is not noticed")
     return shas, warning
 
 

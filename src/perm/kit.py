@@ -1,8 +1,8 @@
 """The testbed kit: what the experiment holds fixed, trained once by a recipe in the repository and shipped in
 the package beside the testbed's backbones (src/perm/testbed/kit/).
 
-In the paper the SFT policy, the human comparisons and the T5-XXL evaluator are fixed inputs; the experiment is
-the grid of reward models. The kit makes the testbed's world the same kind of input: the SFT policy
+In the paper the SFT policy, the human comparisons and the T5-XXL evaluator are fixed inputs; the experiment
+is the grid of reward models. The kit makes the testbed's world the same kind of input: the SFT policy
 (``policy/``, ``policy.checkpoint: testbed:kit/policy``), its preference pairs (the grid's training pairs
 ``policy_prefs.parquet``, their held-out pairs ``policy_prefs_eval.parquet`` and the evaluator's extra posts
 ``evaluator_prefs.parquet``; ``reward.pairs_from: testbed:kit``) and the trained evaluator RM (``evaluator/``,
@@ -12,11 +12,11 @@ summary. perm.shipped verifies a part against that record before a run loads it,
 the part's recorded hash, so a kit-loading run has the same world on every CPU and trains only the grid.
 
 ``perm kit build [configs/testbed-kit.yaml] [--from RUN] [--out DIR]`` (or ``python -m perm.kit build``)
-regenerates it: it runs the recipe's world stages (testbed, SFT, policy pairs, the evaluator alone: no grid) in
-the recipe's run directory, or reuses a finished run of the recipe (``--from``), after checking that the run's
-config and recorded stage keys are the recipe's, then copies the parts into the kit atomically and records their
-hashes. ``perm kit verify [DIR]`` checks a kit against its record and, for the package's, the recipe against the
-one it records.
+regenerates it: it runs the recipe's world stages (testbed, SFT, policy pairs, the evaluator alone: no grid)
+in the recipe's run directory, or reuses a finished run of the recipe (``--from``), after checking that the
+run's config and recorded stage keys are the recipe's, then copies the parts into the kit atomically and
+records their hashes. ``perm kit verify [DIR]`` checks a kit against its record and, for the package's, the
+recipe against the one it records.
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ from perm.store import RunStore, hash_obj
 RECIPE = configs_dir() / "testbed-kit.yaml"
 SOURCES = {POLICY: layout.POLICY, EVALUATOR: layout.EVALUATOR_RM}  # a model part's folder in the recipe's run
 WORLD_STAGES = ("testbed", layout.POLICY, "policy-prefs", "evaluator-prefs", layout.EVALUATOR_RM)  # the kit's
-GRID_ONLY = ("finetune_seeds", "layout", "finetune_seed_scope", "max_train_pairs", "epochs", "lr", "pairs_from")
+GRID_ONLY = ("finetune_seeds", "layout", "finetune_seed_scope", "max_train_pairs", "epochs", "lr",
+             "pairs_from")
 """reward fields that only the grid reads (the evaluator has its own epochs and lr): not part of the world."""
 KIT_SINCE = ("micro_batch_size",)
 """reward fields added after the kit was recorded: out of its world at their old behaviour (null), like a key."""
@@ -53,24 +54,27 @@ KIT_FIELDS = (("policy", "checkpoint"), ("reward", "pairs_from"), ("evaluator", 
 
 
 def world(cfg: RunConfig) -> dict:
-    """The recipe of a kit: every setting the world's stages read (the testbed, precision and attention, the SFT
-    policy's training and initialisation, the pairs' drawing, the evaluator and the reward fields it finetunes
-    with); the grid's own fields and the run's plumbing (out, workers, the pool) are left out."""
+    """The recipe of a kit: every setting the world's stages read (the testbed, precision and attention, the
+    SFT policy's training and initialisation, the pairs' drawing, the evaluator and the reward fields it
+    finetunes with); the grid's own fields and the run's plumbing (out, workers, the pool) are left out."""
     from perm.stages._grid import unkeyed_defaults
 
     p = cfg.policy
     return {"testbed": kit_testbed_identity(to_dict(cfg.testbed)), "precision": cfg.precision,
             "attention": cfg.attention,
             "policy": {"init_from": p.init_from, "sft_epochs": p.sft_epochs, "sft_lr": p.sft_lr,
-                       "sft_batch_size": p.sft_batch_size, "max_new_tokens": p.max_new_tokens, "seed": p.seed},
+                       "sft_batch_size": p.sft_batch_size, "max_new_tokens": p.max_new_tokens,
+                       "seed": p.seed},
             "reward": unkeyed_defaults({k: v for k, v in to_dict(cfg.reward).items() if k not in GRID_ONLY},
                                        KIT_SINCE),
             "evaluator": {k: v for k, v in to_dict(cfg.evaluator).items() if k != "rm_checkpoint"}}
 
 
 def check_recipe(cfg: RunConfig, recipe: Path) -> None:
-    """A kit recipe trains the whole world on the testbed in a pinned precision; raises KitError naming the field."""
-    bad = [f"{section}.{name}" for section, name in KIT_FIELDS if getattr(getattr(cfg, section), name) is not None]
+    """A kit recipe trains the whole world on the testbed in a pinned precision; raises KitError naming
+    the field."""
+    bad = [f"{section}.{name}" for section, name in KIT_FIELDS
+           if getattr(getattr(cfg, section), name) is not None]
     problems = [f"{', '.join(bad)} must be null (a kit recipe trains what the kit ships)"] if bad else []
     if cfg.data.prefs is not None:
         problems.append("data.prefs must be null (the kit is the embedded testbed's)")
@@ -79,7 +83,8 @@ def check_recipe(cfg: RunConfig, recipe: Path) -> None:
     if cfg.reward.pairs == "testbed":
         problems.append("reward.pairs must be policy or mix (the kit ships the policy's pairs)")
     if cfg.precision == "auto":
-        problems.append("precision must be fp32 or bf16, not auto (the recipe builds the same world on every CPU)")
+        problems.append("precision must be fp32 or bf16, not auto "
+                        "(the recipe builds the same world on every CPU)")
     if problems:
         raise KitError(f"{recipe}: not a kit recipe: {'; '.join(problems)}")
 
@@ -103,7 +108,8 @@ def world_diff(have: dict, want: dict) -> list[str]:
 def upstream_of(run: Path, cfg: RunConfig) -> dict[str, str]:
     """The ``upstream`` mapping of stage keys (perm.stages._context) for run directory `run` read with config
     `cfg`, without writing there: its finished stages' output hashes and the keys of `cfg`'s checkpoints (a
-    shipped backbone by its recorded hash, a hub id at the commit the run's manifest pinned, a folder by content)."""
+    shipped backbone by its recorded hash, a hub id at the commit the run's manifest pinned, a
+    folder by content)."""
     from perm.hub import model_ref, model_specs
     from perm.shipped import is_shipped, key
     from perm.stages._context import checkpoint_key, checkpoint_name
@@ -114,7 +120,8 @@ def upstream_of(run: Path, cfg: RunConfig) -> dict[str, str]:
     pins = m.get("hub_refs", {})
     for spec in model_specs(cfg):
         ref = model_ref(spec)
-        up[checkpoint_name(spec)] = (key(spec) if is_shipped(spec) else ref.key(pins.get(ref.reference)) if ref
+        up[checkpoint_name(spec)] = (key(spec) if is_shipped(spec)
+                                     else ref.key(pins.get(ref.reference)) if ref
                                      else checkpoint_key(spec))
     return up
 
@@ -134,7 +141,8 @@ def world_keys(cfg: RunConfig, upstream: dict[str, str]) -> dict[str, str]:
 def check_run(run: Path, cfg: RunConfig, recipe: Path) -> dict[str, str]:
     """Check that run directory `run` holds the world of recipe `cfg`: its config's world is the recipe's, and
     each world stage finished with the key the recipe gives it (same inputs: shipped backbones, testbed, code)
-    and intact outputs. Returns those keys; raises KitError naming the run, the stage or field and what differs."""
+    and intact outputs. Returns those keys; raises KitError naming the run, the stage or
+    field and what differs."""
     run = Path(run)
     if not (run / layout.MANIFEST).is_file() or not (run / layout.CONFIG).is_file():
         raise KitError(f"{run}: not a run directory (no {layout.MANIFEST} and {layout.CONFIG})")
@@ -149,18 +157,19 @@ def check_run(run: Path, cfg: RunConfig, recipe: Path) -> dict[str, str]:
     try:
         keys = world_keys(cfg, upstream_of(run, cfg))
     except KeyError as e:
-        raise KitError(f"{run}: {e.args[0]} has not finished (finish the run, or build without --from)") from None
+        raise KitError(f"{run}: {e.args[0]} has not finished "
+                       "(finish the run, or build without --from)") from None
     for name, key in keys.items():
         rec = store.stage(name)
         if not rec or rec.get("status") != "done":
             raise KitError(f"{run}: {name} has not finished (finish the run, or build without --from)")
         if rec.get("key") != key:
-            raise KitError(f"{run}: {name} was made from other inputs than the recipe's (recorded key {rec.get('key', '')[:12]}, "
-                           f"the recipe's {key[:12]}): a shipped backbone, the testbed generator or perm's keys changed "
-                           "since; build without --from")
+            raise KitError(f"{run}: {name} was made from other inputs than the recipe's (recorded key "
+                           f"{rec.get('key', '')[:12]}, the recipe's {key[:12]}): a shipped backbone, the "
+                           "testbed generator or perm's keys changed since; build without --from")
         if not store.is_complete(name, key):
-            raise KitError(f"{run}: the outputs of {name} ({', '.join(rec.get('outputs', {}))}) changed since it "
-                           "finished; build without --from")
+            raise KitError(f"{run}: the outputs of {name} ({', '.join(rec.get('outputs', {}))}) changed "
+                           "since it finished; build without --from")
     return keys
 
 
@@ -190,15 +199,17 @@ def _rewrite_json(path: Path, **fields) -> None:
 
 
 def ship(run: Path, cfg: RunConfig, recipe: Path, keys: dict[str, str], out: Path) -> dict:
-    """Copy the world of finished run `run` (checked by :func:`check_run`) into the kit folder `out`, atomically:
-    policy/ (its policy.json naming the backbone it started from by spec, not by this machine's path), the pair
-    files, evaluator/ (the RM with its tokenizer and rm.json, its backbone named by spec), and kit.json with
-    every file's sha256 per part, the recipe, the testbed, the stage keys and a summary. Returns the record."""
+    """Copy the world of finished run `run` (checked by :func:`check_run`) into the kit folder `out`,
+    atomically: policy/ (its policy.json naming the backbone it started from by spec, not by this machine's
+    path), the pair files, evaluator/ (the RM with its tokenizer and rm.json, its backbone named by spec), and
+    kit.json with every file's sha256 per part, the recipe, the testbed, the stage keys and a summary. Returns
+    the record."""
     from perm.store import atomic_path
 
     run, out = Path(run), Path(out)
     manifest = RunStore(run).manifest()
-    pair_files = [f for f, stage in zip(PAIR_FILES, ("policy-prefs", "policy-prefs", "evaluator-prefs"), strict=True)
+    pair_files = [f for f, stage in zip(PAIR_FILES, ("policy-prefs", "policy-prefs", "evaluator-prefs"),
+                                        strict=True)
                   if stage in keys]
     with atomic_path(out) as tmp:
         tmp.mkdir(parents=True)
@@ -230,10 +241,11 @@ def ship(run: Path, cfg: RunConfig, recipe: Path, keys: dict[str, str], out: Pat
             "summary": {
                 POLICY: {k: pol[k] for k in ("eval_loss_before", "eval_loss", "step", "init") if k in pol},
                 PAIRS: {f: stages[s]["info"].get(k) for f, s, k in (
-                    ("train_pairs", "policy-prefs", "train_pairs"), ("eval_pairs", "policy-prefs", "eval_pairs"),
+                    ("train_pairs", "policy-prefs", "train_pairs"),
+                    ("eval_pairs", "policy-prefs", "eval_pairs"),
                     ("evaluator_pairs", "evaluator-prefs", "train_pairs")) if s in stages},
-                EVALUATOR: {k: ev.get(k) for k in ("accuracy", "accuracy_se", "gold_accuracy", "n_train_pairs",
-                                                   "eval_pairs", "other_evals", "steps")},
+                EVALUATOR: {k: ev.get(k) for k in ("accuracy", "accuracy_se", "gold_accuracy",
+                                                   "n_train_pairs", "eval_pairs", "other_evals", "steps")},
             },
         }
         (tmp / KIT_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
@@ -269,8 +281,9 @@ def verify(root: Path | str | None = None, recipe: Path | str | None = None) -> 
         want = world(load_config(recipe))
         diff = world_diff(rec.get("recipe", {}), want)
         if diff or rec.get("recipe_hash") != hash_obj(want):
-            raise KitError(f"{root / KIT_RECORD}: built with another recipe than {recipe} says now (kit -> recipe): "
-                           f"{'; '.join(diff) or 'the recorded recipe hash'}; rebuild it (`perm kit build {recipe}`)")
+            raise KitError(f"{root / KIT_RECORD}: built with another recipe than {recipe} says now "
+                           f"(kit -> recipe): {'; '.join(diff) or 'the recorded recipe hash'}; "
+                           f"rebuild it (`perm kit build {recipe}`)")
     return rec
 
 
@@ -279,8 +292,8 @@ def describe(rec: dict, root: Path) -> str:
     lines = [f"kit {root}: recipe {rec.get('recipe_file')} ({str(rec.get('recipe_hash', ''))[:12]}), testbed "
              + ", ".join(f"{k} {v}" for k, v in (rec.get("testbed") or {}).items())]
     for part, entry in rec["artefacts"].items():
-        lines.append(f"  {part:<9} {rec.get('specs', {}).get(part, ''):<22} {len(entry['files'])} files, sha256 "
-                     f"{entry['sha256'][:16]}...: verified")
+        lines.append(f"  {part:<9} {rec.get('specs', {}).get(part, ''):<22} {len(entry['files'])} files, "
+                     f"sha256 {entry['sha256'][:16]}...: verified")
     return "\n".join(lines)
 
 

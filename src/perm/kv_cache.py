@@ -27,7 +27,8 @@ def cache_kwarg(model) -> str:
 
 
 def cache_of(out):
-    """The KV cache of a forward's output: ``out.cache``, formerly ``out.past_key_values``; None if neither."""
+    """The KV cache of a forward's output: ``out.cache``, formerly ``out.past_key_values``; None
+    if neither."""
     cache = getattr(out, "cache", None)
     return cache if cache is not None else getattr(out, "past_key_values", None)
 

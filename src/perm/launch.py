@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"perm.launch: {args.kwargs}: expected a JSON object of keyword arguments", file=sys.stderr)
         return 2
     if _one_process_cpu_launch():
-        print("perm.launch: `accelerate launch --cpu --num_processes N` starts one process on CPU (several need "
-              "mpirun); use `accelerate launch --multi_gpu --num_processes N` (gloo on CPU) or torchrun",
+        print("perm.launch: `accelerate launch --cpu --num_processes N` starts one process on CPU (several "
+              "need mpirun); use `accelerate launch --multi_gpu --num_processes N` (gloo on CPU) or torchrun",
               file=sys.stderr)
         return 2
 

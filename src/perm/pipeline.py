@@ -26,9 +26,10 @@ from perm.stages.sft import job_sft
 from perm.stages.train_rm import job_reward_model
 from perm.store import RunStore, atomic_write_text
 
-# the jobs under their old names: scripts, Ray tasks and worker pools that name perm.pipeline.job_* keep working
-__all__ = ["Pipeline", "hardware_record", "job_policy_prefs", "job_pretrain", "job_reward_model", "job_sample",
-           "job_score", "job_sft", "make_executor"]
+# the jobs under their old names: scripts, Ray tasks and worker pools that name perm.pipeline.job_*
+# keep working
+__all__ = ["Pipeline", "hardware_record", "job_policy_prefs", "job_pretrain", "job_reward_model",
+           "job_sample", "job_score", "job_sft", "make_executor"]
 
 
 def make_executor(cfg: RunConfig):
@@ -100,10 +101,10 @@ class Pipeline:
         return self.ctx.need("report", rewards, models)
 
     def plan(self, stage: str = "run") -> list[Work]:
-        """The planned work of `stage` and every stage it needs (``run``: all), in the stage graph's order: the
-        jobs of each stage with long jobs (perm.stages._plan), whether or not they are complete already, and
-        what a stage without jobs loads instead. A stage whose ``work`` is None runs nothing for this config,
-        and needs nothing through it (policy-prefs with the testbed's pairs)."""
+        """The planned work of `stage` and every stage it needs (``run``: all), in the stage graph's order:
+        the jobs of each stage with long jobs (perm.stages._plan), whether or not they are complete already,
+        and what a stage without jobs loads instead. A stage whose ``work`` is None runs nothing for this
+        config, and needs nothing through it (policy-prefs with the testbed's pairs)."""
         works: dict[str, Work | None] = {}
         todo = ["report" if stage == "run" else stage]
         while todo:
@@ -117,8 +118,8 @@ class Pipeline:
         return [w for m in MODULES if (w := works.get(m.NAME)) is not None and (w.jobs or w.note)]
 
     def run(self, stage: str = "run"):
-        """Run `stage` and everything it needs, after printing the work planned (:meth:`plan`); returns a short
-        human-readable result."""
+        """Run `stage` and everything it needs, after printing the work planned (:meth:`plan`); returns a
+        short human-readable result."""
         if stage != "run" and stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}; known: run, {', '.join(STAGES)}")
         works = self.plan(stage)
@@ -140,7 +141,8 @@ class Pipeline:
         if stage == "pretrain":
             return "\n".join(f"{k}: {v}" for k, v in result.items())
         if stage == "train-rm":
-            lines = [f"{r['model_id']}: accuracy {r['accuracy']:.3f} ± {r['accuracy_se']:.3f}" for r in result["rms"]]
+            lines = [f"{r['model_id']}: accuracy {r['accuracy']:.3f} ± {r['accuracy_se']:.3f}"
+                     for r in result["rms"]]
             if ev := result["evaluator"]:
                 lines.append(f"evaluator: accuracy {ev['accuracy']:.3f} ± {ev['accuracy_se']:.3f}")
             return "\n".join(lines)

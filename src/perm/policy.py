@@ -52,7 +52,8 @@ class Completion(list):
 def encode_sft(
     tokenizer, prompts: Sequence[str], completions: Sequence[str], max_length: int
 ) -> list[tuple[list[int], int]]:
-    """Per example ``(ids, n_prompt)``: prompt ids + completion ids + EOS, and how many leading ids are prompt.
+    """Per example ``(ids, n_prompt)``: prompt ids + completion ids + EOS, and how many leading ids
+    are prompt.
 
     A too-long example loses prompt tokens from the left (the summary and the "TL;DR:" cue are kept); a
     completion longer than ``max_length - 1`` is cut from the right, keeping one prompt token.
@@ -97,7 +98,8 @@ def sft_batch(examples: Sequence[tuple[list[int], int]], pad_id: int) -> dict:
 def sft_batches(
     examples: Sequence[tuple[list[int], int]], *, batch_size: int, pad_id: int, steps: int, data_seed: int
 ) -> Iterator[dict]:
-    """``steps`` batches (see :func:`sft_batch`); a fresh permutation each epoch, drawn only from ``data_seed``."""
+    """``steps`` batches (see :func:`sft_batch`); a fresh permutation each epoch, drawn only from
+    ``data_seed``."""
     rng = np.random.default_rng(data_seed)
     order, pos = rng.permutation(len(examples)), 0
     for _ in range(steps):

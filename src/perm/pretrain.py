@@ -16,7 +16,8 @@ from perm.store import atomic_path, hash_obj
 CHECKPOINT_VERSION = 1
 
 
-def pack_corpus(texts: list[str], tokenizer, seq_len: int, heldout_frac: float = 0.02) -> tuple[torch.Tensor, torch.Tensor]:
+def pack_corpus(texts: list[str], tokenizer, seq_len: int,
+                heldout_frac: float = 0.02) -> tuple[torch.Tensor, torch.Tensor]:
     """Concatenate documents (each followed by EOS) and cut into (n_chunks, seq_len) token blocks.
 
     The held-out blocks are the last `heldout_frac` of the stream: fixed, independent of any seed, so every
@@ -95,8 +96,8 @@ def pretrain(
     pos = start = 0
     losses: list[float] = []
     elapsed = 0.0
-    recipe = hash_obj({"config": config.to_dict(), "init_seed": init_seed, "data_seed": data_seed, "steps": steps,
-                       "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
+    recipe = hash_obj({"config": config.to_dict(), "init_seed": init_seed, "data_seed": data_seed,
+                       "steps": steps, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
                        "weight_decay": weight_decay, "bf16": bf16, "n_blocks": n,
                        "blocks": hash_obj(train_blocks[:4].tolist()), "version": CHECKPOINT_VERSION})
     if checkpoint_dir is not None and (Path(checkpoint_dir) / "state.json").exists():
@@ -117,7 +118,8 @@ def pretrain(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         losses.append(loss.item())
-        if checkpoint_dir is not None and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+        if (checkpoint_dir is not None and checkpoint_every and (step + 1) % checkpoint_every == 0
+                and step + 1 < steps):
             save_training_state(checkpoint_dir, recipe, step + 1, pos, perm, losses,
                                 elapsed + time.perf_counter() - t0, model, opt, order_rng)
         if progress is not None:

@@ -4,7 +4,8 @@ Inside a long job (a step loop: pretraining, RM training, SFT, sampling, scoring
 ``update(done, total, loss=None)`` callable: on a terminal a tqdm bar with its ETA, elsewhere (a log file,
 CI, a pipe) a plain progress line at a steady interval of wall time (``every`` seconds, 30 by default)::
 
-    [perm] rm/seed0-ft0           progress 240/1,782 steps (13%)  4.02 steps/s  257 pairs/s  elapsed 1:00  eta 6:24  loss 0.6412
+    [perm] rm/seed0-ft0           progress 240/1,782 steps (13%)  4.02 steps/s  257 pairs/s  elapsed 1:00\
+  eta 6:24  loss 0.6412
 
 and in JSON mode the same numbers as an event with status ``progress``. Jobs get their bar from
 :func:`job_bar`, which reports wherever the process that runs them was told to (:func:`reporting`): the
@@ -96,8 +97,8 @@ class Progress:
         self._line(progress_line(name, tick))
 
     def bar(self, desc: str, total: int, unit: str = "steps", scale: tuple[float, str] | None = None):
-        """A callable `update(done, total, loss=None)` with `close()`: a tqdm bar with its ETA in normal mode on
-        a terminal; elsewhere a :class:`Ticker` printing a progress line (a JSON event in JSON mode) every
+        """A callable `update(done, total, loss=None)` with `close()`: a tqdm bar with its ETA in normal mode
+        on a terminal; elsewhere a :class:`Ticker` printing a progress line (a JSON event in JSON mode) every
         `every` seconds; nothing in quiet mode. unit: what `done` counts; scale: (items per unit, their name),
         a second rate, e.g. ``(64, "pairs")`` for steps of 64 pairs."""
         if self.mode == "quiet":
@@ -105,9 +106,10 @@ class Progress:
         if self.mode == "normal" and _isatty(self.stream):
             # a terminal that reports no size (a bare pty) gets a fixed one: tqdm draws nothing on 0 rows
             size = {} if _has_size(self.stream) else {"ncols": 100, "nrows": 40}
-            return _Bar(tqdm(total=total, desc=f"  {desc}", leave=False, file=self.stream, dynamic_ncols=not size,
-                             unit=f" {unit}", **size))
-        return Ticker(lambda t: self.tick(desc, t), every=self.every, clock=self.clock, unit=unit, scale=scale)
+            return _Bar(tqdm(total=total, desc=f"  {desc}", leave=False, file=self.stream,
+                             dynamic_ncols=not size, unit=f" {unit}", **size))
+        return Ticker(lambda t: self.tick(desc, t), every=self.every, clock=self.clock, unit=unit,
+                      scale=scale)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +135,8 @@ class Tick:
 
     def fields(self) -> dict:
         """The report as JSON fields."""
-        out = {"done": self.done, "total": self.total, "unit": self.unit, "elapsed_s": round(self.elapsed_s, 1),
+        out = {"done": self.done, "total": self.total, "unit": self.unit,
+               "elapsed_s": round(self.elapsed_s, 1),
                "rate": None if self.rate is None else round(self.rate, 4),
                "eta_s": None if self.eta_s is None else round(self.eta_s, 1)}
         if self.scale is not None and self.rate is not None:
@@ -238,7 +241,8 @@ class Forward:
     def __init__(self, send: Callable[[Tick], None], every: float = DEFAULT_EVERY):
         self.send, self.every = send, every
 
-    def bar(self, desc: str, total: int, unit: str = "steps", scale: tuple[float, str] | None = None) -> Ticker:
+    def bar(self, desc: str, total: int, unit: str = "steps",
+            scale: tuple[float, str] | None = None) -> Ticker:
         return Ticker(self.send, every=self.every, unit=unit, scale=scale)
 
 

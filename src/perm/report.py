@@ -9,8 +9,8 @@ The page opens with the headline cards (the first says how much of the RM-to-RM 
 pretraining and the finetuning seed), then the learnability checks, the reward models, the figures, the
 paper's claims as contrasts with intervals over seeds, Table 1 under the gold reward and the evaluator, the
 cheaper ensembles (when the tensor has named ensembles: their quality against their cost beside the grid's
-ensembles) and example picks. It embeds the PNGs as ``data:`` URIs and has no script and no external asset: it can be
-mailed or archived as one file. Every piece of text on it goes through :func:`html.escape`.
+ensembles) and example picks. It embeds the PNGs as ``data:`` URIs and has no script and no external asset: it
+can be mailed or archived as one file. Every piece of text on it goes through :func:`html.escape`.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ class AnalysisNotFoundError(FileNotFoundError):
 
 
 def load_analysis(analysis_dir: Path) -> dict[str, pd.DataFrame]:
-    """Read every ``<name>.parquet`` table that :func:`perm.analysis.save_analysis` wrote into ``analysis_dir``.
+    """Read every ``<name>.parquet`` table that :func:`perm.analysis.save_analysis` wrote into
+    ``analysis_dir``.
 
     The tables of :data:`REQUIRED_TABLES` must be there (they may be empty); others, such as
     ``hacking``, are read when present. Raises :class:`AnalysisNotFoundError` naming the directory and
@@ -91,14 +92,15 @@ def _table1_rows(table1: pd.DataFrame) -> list[dict]:
     single RM).
 
     Each row: ``ensemble`` (named on the first row of its group only, as in the paper), ``kind``
-    (``finetune``, ``pretrain``, ``named`` or ``single``), ``method``, the ``reward`` / ``win rate`` strings and
-    ``reward_mean`` / ``win_rate_mean``.
+    (``finetune``, ``pretrain``, ``named`` or ``single``), ``method``, the ``reward`` / ``win rate`` strings
+    and ``reward_mean`` / ``win_rate_mean``.
     """
     rows = []
     named = [e for e in dict.fromkeys(table1.ensemble) if e not in ("finetune", "pretrain", "single RM")]
     for ensemble in ("finetune", "pretrain", *named, "single RM"):
         part = table1[table1.ensemble == ensemble]
-        order = (("single RM",) if ensemble == "single RM" else (*PAPER_AGGREGATOR_ORDER, "none") if ensemble in named
+        order = (("single RM",) if ensemble == "single RM"
+                 else (*PAPER_AGGREGATOR_ORDER, "none") if ensemble in named
                  else PAPER_AGGREGATOR_ORDER)
         for agg in order:
             cell = part[part.aggregator == agg]
@@ -129,8 +131,8 @@ def _table1_caption(table1: pd.DataFrame, meta: Mapping) -> str:
     single = table1[table1.ensemble == "single RM"]
     if "R" in table1.columns and not single.empty and single.R.notna().any():
         prompts = prompts.replace(" over ", " and ") or " and the prompts"
-        seeds = (f" over R = {int(single.R.iloc[0])} pretrain seeds (finetunes nested; ensembles jackknifed over "
-                 f"their members){prompts}")
+        seeds = (f" over R = {int(single.R.iloc[0])} pretrain seeds (finetunes nested; ensembles jackknifed "
+                 f"over their members){prompts}")
     else:
         seeds = prompts
     return (
@@ -241,11 +243,11 @@ def _card_seed(results) -> Card | None:
     return (
         "Where RMs disagree: pretraining vs finetuning seed",
         f"{_pct(pt.estimate, digits=0)} vs {_pct(ft.estimate, digits=0)}",
-        f"of the RM-to-RM variation on the policy's outputs, {_interval(pt.estimate, pt.lo, pt.hi)} comes from "
-        f"the pretraining seed and {_interval(ft.estimate, ft.lo, ft.hi)} from the finetuning seed (90% "
+        f"of the RM-to-RM variation on the policy's outputs, {_interval(pt.estimate, pt.lo, pt.hi)} comes "
+        f"from the pretraining seed and {_interval(ft.estimate, ft.lo, ft.hi)} from the finetuning seed (90% "
         f"intervals over {resamples_phrase(results)}"
-        + (f"; {coverage_range(results, 'share_pt')} for the pretrain share" if coverage_range(results, "share_pt")
-           else "") + ")",
+        + (f"; {coverage_range(results, 'share_pt')} for the pretrain share"
+           if coverage_range(results, "share_pt") else "") + ")",
     )
 
 
@@ -270,7 +272,8 @@ def _card_figure1(results) -> Card | None:
         return None
     who = "RMs sharing neither seed" if rows["neither"] is not None else "RMs of the same pretrain"
     detail = "; ".join(
-        f"{STYLE[g]['label']} {_interval(r['mean'], r.lo, r.hi, pct=False)}" for g, r in rows.items() if r is not None
+        f"{STYLE[g]['label']} {_interval(r['mean'], r.lo, r.hi, pct=False)}"
+        for g, r in rows.items() if r is not None
     )
     return (
         f"Reward of the best-of-{int(fig1.n.max())} pick",
@@ -285,7 +288,8 @@ def _card_figure3(results) -> Card | None:
         return None
     a, b = fig3.sort_values("n").iloc[[0, -1]].itertuples()
     paper = "method" in fig3.columns and str(b.method) == "paper"
-    null = f"; {_pct(b.null)} with the RMs exchangeable" if "null" in fig3.columns and np.isfinite(b.null) else ""
+    null = (f"; {_pct(b.null)} with the RMs exchangeable" if "null" in fig3.columns and np.isfinite(b.null)
+            else "")
     return (
         "Variance explained by the RM" + (" (paper's raw rewards)" if paper else ""),
         f"{_pct(a.mean, digits=0)} → {_pct(b.mean, digits=0)}",
@@ -412,7 +416,8 @@ def _models_html(results, rm_records, ceiling) -> str:
             if getattr(r, "in_pretrain", False):
                 badges.append('<span class="chip pretrain">pretrain ens.</span>')
             if _present(getattr(r, "ensemble", None)):
-                badges += [f'<span class="chip named">{_e(name)}</span>' for name in str(r.ensemble).split(",")]
+                badges += [f'<span class="chip named">{_e(name)}</span>'
+                           for name in str(r.ensemble).split(",")]
             member[str(r.model_id)] = " ".join(badges)
     if rm_records:
         has_gold = any(_is_number(r.get("gold_accuracy")) for r in rm_records)
@@ -533,7 +538,8 @@ def _ensembles_table_html(part: pd.DataFrame) -> str:
     for r in part.itertuples():
         share = (_interval(r.share, r.share_lo, r.share_hi) if _present(r.share) and np.isfinite(r.share)
                  else "—")
-        if _present(r.share_note) and str(r.share_note) and np.isfinite(r.share) and not np.isfinite(r.share_lo):
+        if (_present(r.share_note) and str(r.share_note) and np.isfinite(r.share)
+                and not np.isfinite(r.share_lo)):
             share += f" ({r.share_note})"
         elif _present(r.share_note) and str(r.share_note) and not np.isfinite(r.share):
             share = f"— ({r.share_note})"
@@ -562,15 +568,15 @@ def _ensembles_html(results, figure, by_n=None) -> str:
     intro = (
         f"Ensembles that are cheaper to train than the pretrain ensemble, because their members share one "
         f"backbone (several heads, LoRA adapters, weight-averaged or MC-dropout members) or are a user's own "
-        f"choice of models, rerank the same pool as the grid's ensembles. Reward of the best-of-{n or 'n'} pick, "
-        "centred per prompt. The share of the pretrain ensemble's gain is (ensemble − single RM) / (pretrain "
-        "ensemble − single RM) with the same aggregator (a one-member ensemble, ranking by its own reward, against "
-        "the pretrain ensemble's mean); undefined where that gain's own interval includes 0. A named ensemble's "
-        "interval is a jackknife over its members plus the prompt bootstrap the grid's cells use, conditional on "
-        "its backbone: one backbone cannot show how much another pretraining seed would move it, which the "
-        "pretrain ensemble's interval includes. "
-        + (f"Costs come from {ENSEMBLES}." if col else f"There are no costs (no {ENSEMBLES}): the cost columns "
-           "are empty."))
+        f"choice of models, rerank the same pool as the grid's ensembles. Reward of the best-of-{n or 'n'} "
+        "pick, centred per prompt. The share of the pretrain ensemble's gain is (ensemble − single RM) / "
+        "(pretrain ensemble − single RM) with the same aggregator (a one-member ensemble, ranking by its own "
+        "reward, against the pretrain ensemble's mean); undefined where that gain's own interval includes 0. "
+        "A named ensemble's interval is a jackknife over its members plus the prompt bootstrap the grid's "
+        "cells use, conditional on its backbone: one backbone cannot show how much another pretraining seed "
+        "would move it, which the pretrain ensemble's interval includes. "
+        + (f"Costs come from {ENSEMBLES}." if col
+           else f"There are no costs (no {ENSEMBLES}): the cost columns are empty."))
     parts = [f'<p class="note">{_e(intro)}</p>']
     parts += [_figure_html(*f) for f in (figure, by_n) if f is not None]
     parts += [_ensembles_table_html(part) for part in _by_target(df)]
@@ -579,20 +585,24 @@ def _ensembles_html(results, figure, by_n=None) -> str:
         c = c[(c.figure == "ensembles") & (c.metric == "reward") & c.aggregator.isin(["mean", "none"])]
         rows = []
         for r in c.itertuples():
-            verdict = ("> 0" if r.lo > 0 else "< 0" if r.hi < 0 else "undecided") if np.isfinite(r.lo) else "—"
+            verdict = (("> 0" if r.lo > 0 else "< 0" if r.hi < 0 else "undecided") if np.isfinite(r.lo)
+                       else "—")
             shown = (_interval(r.estimate, r.lo, r.hi) if r.contrast.endswith("share of pretrain gain")
                      else _interval(r.estimate, r.lo, r.hi, pct=False))
-            rows.append([_e(r.target), _e(r.contrast), _e(r.aggregator if r.aggregator != "none" else "own reward"),
+            rows.append([_e(r.target), _e(r.contrast),
+                         _e(r.aggregator if r.aggregator != "none" else "own reward"),
                          f'<span class="num">{_e(shown)}</span>', _e(verdict)])
         if rows:
             parts.append("<h4>Contrasts with the grid (reward, mean aggregator)</h4>" + _table(
-                ["judge", "contrast", "aggregator", "estimate [90% interval]", "interval"], rows, "contrasts"))
+                ["judge", "contrast", "aggregator", "estimate [90% interval]", "interval"], rows,
+                "contrasts"))
     return "".join(parts)
 
 
 CONTRAST_LABELS = {
     "same_pretrain - neither": "RMs sharing a pretrain vs sharing neither seed (the clean test)",
-    "same_pretrain - different_pretrain": "the paper's grouping: same vs different pretrain (mixes two causes)",
+    "same_pretrain - different_pretrain": "the paper's grouping: same vs different pretrain "
+                                          "(mixes two causes)",
     "pretrain - single": "pretrain ensemble vs a single RM",
     "finetune - single": "finetune ensemble vs a single RM",
     "pretrain - finetune": "pretrain ensemble vs finetune ensemble",
@@ -615,27 +625,30 @@ def _contrasts_html(results) -> str:
         what = CONTRAST_LABELS.get(r.contrast, r.contrast)
         where = {"figure1": "Figure 1 (pick reward)", "figure2": "Figure 2 (agreement)"}.get(
             r.figure, f"Table 1: {r.target} {str(r.metric).replace('_', ' ')}, mean")
-        verdict = ("holds" if r.lo > 0 else "reversed" if r.hi < 0 else "undecided") if np.isfinite(r.lo) else "—"
+        verdict = (("holds" if r.lo > 0 else "reversed" if r.hi < 0 else "undecided") if np.isfinite(r.lo)
+                   else "—")
         if verdict != "—" and ONE_PRETRAIN in str(getattr(r, "note", "") or ""):
             verdict += ", one pretrain's pairs *"  # the interval cannot see that pretrain's finetuning noise
-        rows.append([_e(where), _e(what), f'<span class="num">{_e(_interval(r.estimate, r.lo, r.hi, pct=False))}</span>',
+        rows.append([_e(where), _e(what),
+                     f'<span class="num">{_e(_interval(r.estimate, r.lo, r.hi, pct=False))}</span>',
                      _e(_num(r.se_prompt)), _e(int(r.R)), _e(verdict)])
     n = int(last.n.max())
     cov = coverage_range(results, "single mean")
     intro = (f"At n = {n}. Each contrast is signed so that > 0 is the paper's finding; 'holds' means the 90% "
-             f"interval over {resamples_phrase(results)} excludes 0{f' ({cov} on this design)' if cov else ''}. "
-             "The prompt-only se is what an analysis that ignores training randomness would report. Table 1's "
-             "rows average every ensemble of a kind the layout has and are jackknifed over pretrains and finetune "
-             "seeds (paired: both sides from the same deletions). R: pretrains behind the interval. All of it is "
-             "conditional on the SFT policy, its pool and the evaluator.")
+             f"interval over {resamples_phrase(results)} excludes "
+             f"0{f' ({cov} on this design)' if cov else ''}. "
+             "The prompt-only se is what an analysis that ignores training randomness would report. "
+             "Table 1's rows average every ensemble of a kind the layout has and are jackknifed over "
+             "pretrains and finetune seeds (paired: both sides from the same deletions). R: pretrains behind "
+             "the interval. All of it is conditional on the SFT policy, its pool and the evaluator.")
     if last.note.astype(str).str.contains(ONE_PRETRAIN, regex=False).any():
-        intro += (" * Every same_pretrain pair here comes from one pretrain's finetunes (the paper layout), so "
-                  "the interval cannot see how far their finetuning noise moves the contrast (on the embedded testbed, "
-                  "reruns that differed only in that noise moved Figure 2's by about twice its se). Check with "
-                  "replicate runs (perm compare) or reward.layout: full.")
+        intro += (" * Every same_pretrain pair here comes from one pretrain's finetunes (the paper layout), "
+                  "so the interval cannot see how far their finetuning noise moves the contrast (on the "
+                  "embedded testbed, reruns that differed only in that noise moved Figure 2's by about twice "
+                  "its se). Check with replicate runs (perm compare) or reward.layout: full.")
     if last.note.astype(str).str.contains(ONE_FINETUNE, regex=False).any():
-        intro += (" Likewise every same_finetune pair shares one finetune seed (across the pretrains), so the "
-                  "paper's different_pretrain group leans on that one seed's draw.")
+        intro += (" Likewise every same_finetune pair shares one finetune seed (across the pretrains), so "
+                  "the paper's different_pretrain group leans on that one seed's draw.")
     return f'<p class="note">{_e(intro)}</p>' + _table(
         ["where", "contrast", "estimate [90% interval]", "prompt-only se", "R", "verdict"], rows, "contrasts")
 
@@ -652,7 +665,8 @@ def coverage_range(results, statistic: str) -> str:
         return ""
     c = cov[cov.statistic == statistic].coverage
     lo, hi = float(c.min()), float(c.max())
-    return f"simulated coverage {lo:.0%}–{hi:.0%}" if round(lo, 2) != round(hi, 2) else f"simulated coverage {lo:.0%}"
+    return (f"simulated coverage {lo:.0%}–{hi:.0%}" if round(lo, 2) != round(hi, 2)
+            else f"simulated coverage {lo:.0%}")
 
 
 def resamples_phrase(results) -> str:
@@ -667,16 +681,17 @@ def _coverage_html(results) -> str:
     """The simulated coverage of the intervals on this run's design, by planted scenario and statistic."""
     cov = results.get("coverage")
     if cov is None or cov.empty:
-        return ('<p class="missing">Not simulated (analysis.coverage_sims: 0): the intervals\' coverage on this '
-                "design is unknown.</p>")
+        return ('<p class="missing">Not simulated (analysis.coverage_sims: 0): the intervals\' coverage on '
+                "this design is unknown.</p>")
     level = float(cov.level.iloc[0])
     intro = (f"Each interval resamples {resamples_phrase(results)}, with a small-sample t correction for few "
-             f"seeds. How often its nominal {level:.0%} interval holds the truth on this run's own seed design, in "
-             f"{int(cov.sims.iloc[0])} simulated grids per scenario with planted seed effects (sd of the pretrain "
-             "and finetune effects; seeds' effect sizes vary from seed to seed in the share scenarios; perm.coverage). "
-             "Coverage below the nominal level means the interval is too narrow for that kind of effect; a relation "
-             "whose pairs all come from one pretrain (the paper layout's same_pretrain) carries that pretrain's "
-             "idiosyncrasy, which no resampling of this design can see.")
+             f"seeds. How often its nominal {level:.0%} interval holds the truth on this run's own seed "
+             f"design, in {int(cov.sims.iloc[0])} simulated grids per scenario with planted seed effects (sd "
+             "of the pretrain and finetune effects; seeds' effect sizes vary from seed to seed in the share "
+             "scenarios; perm.coverage). Coverage below the nominal level means the interval is too narrow "
+             "for that kind of effect; a relation whose pairs all come from one pretrain (the paper layout's "
+             "same_pretrain) carries that pretrain's idiosyncrasy, which no resampling of this "
+             "design can see.")
     rows = [[_e(COVERAGE_LABELS.get(r.statistic, r.statistic)), _e(f"{r.sigma_pt:g}"), _e(f"{r.sigma_ft:g}"),
              f'<span class="num">{r.coverage:.0%} ± {r.mc_se:.0%}</span>', _e(f"{r.width:.3f}")]
             for r in cov.itertuples()]
@@ -750,7 +765,8 @@ p.lead{font-size:16px;max-width:920px;color:#2b2f36}
 .card .k{font-size:12px;color:var(--mute);text-transform:uppercase;letter-spacing:.04em}
 .card .v{font-size:24px;font-weight:650;margin:4px 0;font-variant-numeric:tabular-nums}
 .card .d{font-size:12.5px;color:var(--mute)}
-.figs{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(500px,100%),1fr));gap:18px;grid-auto-flow:row dense}
+.figs{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(500px,100%),1fr));gap:18px;\
+grid-auto-flow:row dense}
 figure.fig{margin:0;background:var(--card);border:1px solid var(--line);border-radius:10px;padding:16px}
 figure.wide{grid-column:1/-1}
 figure img{max-width:100%;height:auto;display:block;margin:0 auto}
@@ -778,7 +794,8 @@ background:var(--single)}
 vertical-align:middle}
 .bar b{display:block;height:100%;background:var(--finetune);border-radius:5px;opacity:.8}
 .bar .ceil{position:absolute;top:-3px;width:2px;height:16px;background:#111}
-.example{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:14px 16px;margin:14px 0}
+.example{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:14px 16px;\
+margin:14px 0}
 .prompt{white-space:pre-wrap;font-size:13.5px;color:#3a3f47;background:#f6f6f3;border-radius:6px;
 padding:10px 12px;max-height:220px;overflow:auto}
 .example table{width:100%}
@@ -920,7 +937,8 @@ def write_report(
             (
                 "config",
                 "Configuration",
-                f"<details><summary>Resolved configuration of this run</summary><pre>{_e(config_yaml)}</pre></details>",
+                "<details><summary>Resolved configuration of this run</summary>"
+                f"<pre>{_e(config_yaml)}</pre></details>",
             )
         )
     path = out / REPORT_INDEX

@@ -32,8 +32,9 @@ def rm_records(root: Path) -> list[dict]:
     for p in sorted(root.glob(layout.RM_RECORDS_GLOB)) + sorted(root.glob(evaluator)):
         r = json.loads(p.read_text())
         recs.append({k: r.get(k) for k in ("model_id", "role", "pretrain_id", "finetune_seed", "accuracy",
-                                           "accuracy_se", "gold_accuracy", "n_train_pairs", "wall_s", "eval_pairs",
-                                           "n_eval_pairs", "backbone", "train_tokens", "train_sequence_tokens")})
+                                           "accuracy_se", "gold_accuracy", "n_train_pairs", "wall_s",
+                                           "eval_pairs", "n_eval_pairs", "backbone", "train_tokens",
+                                           "train_sequence_tokens")})
         recs[-1]["other_evals"] = r.get("other_evals") or {}
         if r.get("role") == "evaluator":
             recs[-1]["model_id"] = "evaluator"
@@ -92,38 +93,44 @@ def learnability(root: Path, records: list[dict]) -> dict:
 
     def put(name, value, description, se=None):
         if value is not None and np.isfinite(value):
-            out[name] = {"value": float(value), "description": description} | ({"se": float(se)} if se else {})
+            out[name] = ({"value": float(value), "description": description}
+                         | ({"se": float(se)} if se else {}))
 
     rms = [r for r in records if r["role"] == "rm"]
-    pretrain_of = {r["model_id"]: r.get("pretrain_id") for r in rms}  # by_pretrain leaves every other model out
+    # by_pretrain leaves every other model out
+    pretrain_of = {r["model_id"]: r.get("pretrain_id") for r in rms}
     finetune_of = ({r["model_id"]: r.get("finetune_seed") for r in rms}
                    if all(r.get("seed_scope", "shared") == "shared" for r in rms) else None)
     ev_rel = (rms[0].get("eval_pairs") if rms else None) or layout.PREFS_EVAL  # older rm.json: none
     ev_path = root / ev_rel
     if ev_path.exists() and "label_agrees_gold" in pq.read_schema(ev_path).names:
         (agree,) = read_column(ev_path, "label_agrees_gold")
-        put("label-noise ceiling", np.mean(agree), f"fraction of held-out labels ({ev_rel}) that agree with the "
+        put("label-noise ceiling", np.mean(agree),
+            f"fraction of held-out labels ({ev_rel}) that agree with the "
             "gold reward: the accuracy a perfect RM would get against these noisy labels")
     if rms:
         acc = np.array([r["accuracy"] for r in rms])
         put("RM accuracy, mean", acc.mean(), f"in-distribution pairwise accuracy on {ev_rel} "
-            f"({rms[0].get('n_eval_pairs') or 'all'} pairs) over {len(rms)} RMs (range {acc.min():.3f}-{acc.max():.3f}); "
-            "chance is 0.5")
+            f"({rms[0].get('n_eval_pairs') or 'all'} pairs) over {len(rms)} RMs "
+            f"(range {acc.min():.3f}-{acc.max():.3f}); chance is 0.5")
         gold = [r.get("gold_accuracy") for r in rms]
         if all(g is not None for g in gold):
-            put("RM agreement with gold order, mean", np.mean(gold), "fraction of held-out pairs the RM orders "
+            put("RM agreement with gold order, mean", np.mean(gold),
+                "fraction of held-out pairs the RM orders "
                 "as the gold reward does (no label noise: a perfect RM gets 1)")
         for rel in rms[0].get("other_evals", {}):
             other = [r["other_evals"][rel] for r in rms if rel in r.get("other_evals", {})]
             put(f"RM accuracy on {rel}, mean", np.mean([o["accuracy"] for o in other]),
                 "out-of-distribution pairwise accuracy against these pairs' labels")
             if all("gold_accuracy" in o for o in other):
-                put(f"RM agreement with gold order on {rel}, mean", np.mean([o["gold_accuracy"] for o in other]),
+                put(f"RM agreement with gold order on {rel}, mean",
+                    np.mean([o["gold_accuracy"] for o in other]),
                     "fraction of these pairs the RM orders as the gold reward does")
         split = by_pretrain({r["model_id"]: r["accuracy"] for r in rms}, pretrain_of, finetune_of)
         if split:
-            put(f"RM accuracy by pretrain, {split['test']} ANOVA p", split["p"], "does the backbone change how well its RMs "
-                f"learn? mean accuracy per pretrain: {split['means']}; {split['description']}")
+            put(f"RM accuracy by pretrain, {split['test']} ANOVA p", split["p"],
+                "does the backbone change how well its RMs learn? "
+                f"mean accuracy per pretrain: {split['means']}; {split['description']}")
     evaluators = [r for r in records if r["role"] == "evaluator"]
     if rms and evaluators:  # the judge should be clearly stronger than every grid RM, on more pairs
         ev = evaluators[0]
@@ -133,14 +140,15 @@ def learnability(root: Path, records: list[dict]) -> dict:
             f"{best['accuracy']:.3f}): > 0 where the judge is stronger than every RM it judges")
         if ev.get("n_train_pairs") and all(r.get("n_train_pairs") for r in rms):
             most = max(r["n_train_pairs"] for r in rms)
-            put("evaluator training pairs / grid RM's", ev["n_train_pairs"] / most, f"{ev['n_train_pairs']} pairs "
-                f"against at most {most} for a grid RM")
+            put("evaluator training pairs / grid RM's", ev["n_train_pairs"] / most,
+                f"{ev['n_train_pairs']} pairs against at most {most} for a grid RM")
     ratio = pretraining_ratio(records)
     if ratio:
         put("backbone pretraining tokens / RM finetuning tokens, min", ratio["min"], ratio["description"])
     if (root / layout.REWARDS).exists() and (root / layout.SAMPLES).exists():
         rw = pq.read_table(root / layout.REWARDS).to_pandas()
-        pool = rw[~rw.is_reference].pivot_table(index=["prompt_id", "sample_id"], columns="model_id", values="reward")
+        pool = rw[~rw.is_reference].pivot_table(index=["prompt_id", "sample_id"], columns="model_id",
+                                                values="reward")
         if "gold" in pool.columns:
             rho_of = {}
             for mid in [m for m in pool.columns if m != "gold"]:
@@ -150,48 +158,56 @@ def learnability(root: Path, records: list[dict]) -> dict:
                 rho = np.asarray(rho, dtype=float)
                 if len(rho) < 2:
                     continue
-                put(f"Spearman with gold on the pool: {mid}", rho.mean(), "rank correlation with the gold reward "
-                    "over each prompt's pool of policy samples, averaged over prompts", rho.std(ddof=1) / np.sqrt(len(rho)))
+                put(f"Spearman with gold on the pool: {mid}", rho.mean(),
+                    "rank correlation with the gold reward "
+                    "over each prompt's pool of policy samples, averaged over prompts",
+                    rho.std(ddof=1) / np.sqrt(len(rho)))
                 rho_of[mid] = rho.mean()
             grid_rho = {m: v for m, v in rho_of.items() if m in pretrain_of}
             if "evaluator" in rho_of and grid_rho:
                 top = max(grid_rho, key=grid_rho.get)
                 put("evaluator Spearman with gold - best grid RM's", rho_of["evaluator"] - grid_rho[top],
-                    f"the evaluator's rank correlation with gold on the pool ({rho_of['evaluator']:.3f}) minus the "
-                    f"best grid RM's ({top}, {grid_rho[top]:.3f})")
-            split = by_pretrain(rho_of, pretrain_of, finetune_of)  # the evaluator has no grid pretrain: left out
+                    f"the evaluator's rank correlation with gold on the pool ({rho_of['evaluator']:.3f}) "
+                    f"minus the best grid RM's ({top}, {grid_rho[top]:.3f})")
+            # the evaluator has no grid pretrain: left out
+            split = by_pretrain(rho_of, pretrain_of, finetune_of)
             if split:
-                put(f"Spearman with gold by pretrain, {split['test']} ANOVA p", split["p"], "does the backbone change how well "
-                    f"its RMs rank the pool? mean rho per pretrain: {split['means']}; {split['description']}")
+                put(f"Spearman with gold by pretrain, {split['test']} ANOVA p", split["p"],
+                    "does the backbone change how well its RMs rank the pool? "
+                    f"mean rho per pretrain: {split['means']}; {split['description']}")
             rm_ids = [r["model_id"] for r in rms if r.get("model_id") in pool.columns]
             rising = best_of_n_shape(pool, rm_ids)
             if rising:
-                put("single RMs whose best-of-n gold rises to n = 16", rising["fraction"], rising["description"])
+                put("single RMs whose best-of-n gold rises to n = 16", rising["fraction"],
+                    rising["description"])
             samples = pq.read_table(root / layout.SAMPLES).to_pandas()
             pool_gold = samples[~samples.is_reference]
-            put("SFT sample, mean gold", pool_gold.gold_reward.mean(), "gold reward of a random policy sample (n = 1)")
+            put("SFT sample, mean gold", pool_gold.gold_reward.mean(),
+                "gold reward of a random policy sample (n = 1)")
             put("gold best-of-pool, mean gold", pool_gold.groupby("prompt_id").gold_reward.max().mean(),
                 "gold reward of the gold-ranked best of the whole pool: the headroom best-of-n can reach")
             prompts = pq.read_table(root / layout.EVAL_PROMPTS).to_pandas()
             if "post" in prompts.columns:
                 from perm.testbed.gold import gold_reward_batch
 
-                put("reference summary, mean gold", gold_reward_batch(list(prompts.post), list(prompts.reference)).mean(),
+                put("reference summary, mean gold",
+                    gold_reward_batch(list(prompts.post), list(prompts.reference)).mean(),
                     "gold reward of the testbed's reference summaries of the eval posts")
     return out
 
 
 def by_pretrain(values: Mapping[str, float], pretrain_of: Mapping[str, str | None],
                 finetune_of: Mapping[str, object] | None = None) -> dict | None:
-    """A per-RM learnability number (accuracy, rho) split by pretrain: the mean of each pretrain with two RMs or
-    more and the p-value of the pretrain effect. With ``finetune_of`` (each RM's finetune seed) and finetune
-    seeds crossed with the pretrains (a seed on two pretrains or more: `reward.finetune_seed_scope: shared`),
-    a two-way additive ANOVA, pretrain + finetune seed, by least squares (the pretrain's F test against the
-    model without it): a finetune seed's effect on every backbone is then not counted as noise within a
-    pretrain. Otherwise a one-way ANOVA (scipy.stats.f_oneway; the finetune seeds within a pretrain are its
-    replicates). None unless two pretrains have two RMs each: the paper layout has one pretrain with several,
-    so only ``reward.layout: full`` (or a grid like it) can tell. A seed effect on learnability is a different
-    question from Figures 1-3's (do RMs of one backbone rank alike?)."""
+    """A per-RM learnability number (accuracy, rho) split by pretrain: the mean of each pretrain with two RMs
+    or more and the p-value of the pretrain effect. With ``finetune_of`` (each RM's finetune seed) and
+    finetune seeds crossed with the pretrains (a seed on two pretrains or more:
+    `reward.finetune_seed_scope: shared`), a two-way additive ANOVA, pretrain + finetune seed, by least
+    squares (the pretrain's F test against the model without it): a finetune seed's effect on every backbone
+    is then not counted as noise within a pretrain. Otherwise a one-way ANOVA (scipy.stats.f_oneway; the
+    finetune seeds within a pretrain are its replicates). None unless two pretrains have two RMs each: the
+    paper layout has one pretrain with several, so only ``reward.layout: full`` (or a grid like it) can tell.
+    A seed effect on learnability is a different question from Figures 1-3's (do RMs of one backbone rank
+    alike?)."""
     import numpy as np
     from scipy.stats import f as f_dist
     from scipy.stats import f_oneway
@@ -228,11 +244,13 @@ def by_pretrain(values: Mapping[str, float], pretrain_of: Mapping[str, str | Non
         if d1 >= 1 and d2 >= 1 and full > 0:
             p = float(f_dist.sf(((reduced - full) / d1) / (full / d2), d1, d2))
             return {"p": p, "means": means, "test": "two-way",
-                    "description": f"two-way additive ANOVA, pretrain + finetune seed (crossed), over {shape}: the "
-                                   "pretrain's F test (a small p: the pretraining seed changes learnability)"}
+                    "description": "two-way additive ANOVA, pretrain + finetune seed (crossed), over "
+                                   f"{shape}: the pretrain's F test (a small p: the pretraining seed changes "
+                                   "learnability)"}
     p = float(f_oneway(*groups.values()).pvalue)
     return {"p": p, "means": means, "test": "one-way",
-            "description": f"one-way ANOVA over {shape} (a small p: the pretraining seed changes learnability)"}
+            "description": f"one-way ANOVA over {shape} "
+                           "(a small p: the pretraining seed changes learnability)"}
 
 
 def best_of_n_shape(pool, rm_ids: list[str], upto: int = 16) -> dict | None:
@@ -259,20 +277,21 @@ def best_of_n_shape(pool, rm_ids: list[str], upto: int = 16) -> dict | None:
         rises += ok
         peak = int(np.argmax(curve))
         fall = curve[peak] - curve[-1]
-        notes.append(f"{mid}: peak {curve[peak]:+.2f} at n = {ns[peak]}" + (f", {fall:.2f} lower at n = {ns[-1]}"
-                                                                            if fall > 0 else "")
+        notes.append(f"{mid}: peak {curve[peak]:+.2f} at n = {ns[peak]}"
+                     + (f", {fall:.2f} lower at n = {ns[-1]}" if fall > 0 else "")
                      + ("" if ok else f" (not rising to n = {upto})"))
     return {"fraction": rises / len(rm_ids),
-            "description": f"fraction of the {len(rm_ids)} grid RMs whose best-of-n gold (gold reward, centred per "
-                           f"prompt) rises at every n up to {upto}; a fall at larger n is over-optimisation. "
+            "description": f"fraction of the {len(rm_ids)} grid RMs whose best-of-n gold (gold reward, "
+                           f"centred per prompt) rises at every n up to {upto}; a fall at larger n is "
+                           "over-optimisation. "
                            + "; ".join(notes)}
 
 
 def pretraining_ratio(records: list[dict]) -> dict | None:
     """How far each RM's backbone was pretrained beyond its finetuning: the backbone's pretraining tokens
-    (its pretrain.json) over the tokens the RM's finetuning read (rm.json ``train_tokens``: each distinct prompt
-    and completion once per epoch; ``train_sequence_tokens`` counts whole sequences), with the backbone's
-    held-out perplexity. None when no RM records both (a hub backbone, an older run)."""
+    (its pretrain.json) over the tokens the RM's finetuning read (rm.json ``train_tokens``: each distinct
+    prompt and completion once per epoch; ``train_sequence_tokens`` counts whole sequences), with the
+    backbone's held-out perplexity. None when no RM records both (a hub backbone, an older run)."""
     rows = []
     for r in records:
         rec = Path(str(r.get("backbone", ""))) / layout.PRETRAIN_RECORD
@@ -281,13 +300,15 @@ def pretraining_ratio(records: list[dict]) -> dict | None:
         pre = json.loads(rec.read_text())
         if not pre.get("tokens"):
             continue
-        rows.append((r["model_id"], pre["tokens"] / r["train_tokens"], pre["tokens"] / r["train_sequence_tokens"],
+        rows.append((r["model_id"], pre["tokens"] / r["train_tokens"],
+                     pre["tokens"] / r["train_sequence_tokens"],
                      pre.get("heldout_perplexity_shipped", pre.get("heldout_perplexity")), pre["tokens"]))
     if not rows:
         return None
-    notes = "; ".join(f"{m}: {a:.1f}x ({b:.1f}x whole sequences), {t / 1e6:.1f} M tokens, held-out ppl {p:.3f}"
+    notes = "; ".join(f"{m}: {a:.1f}x ({b:.1f}x whole sequences), {t / 1e6:.1f} M tokens, "
+                      f"held-out ppl {p:.3f}"
                       for m, a, b, p, t in rows)
     return {"min": min(a for _, a, _, _, _ in rows),
-            "description": "each RM's backbone pretraining tokens over the tokens its finetuning read (each distinct "
-                           "prompt and completion once per epoch; in brackets, counting whole prompt + completion "
-                           f"sequences): {notes}"}
+            "description": "each RM's backbone pretraining tokens over the tokens its finetuning read (each "
+                           "distinct prompt and completion once per epoch; in brackets, counting whole "
+                           f"prompt + completion sequences): {notes}"}

@@ -68,7 +68,8 @@ SAMPLES = "samples.parquet"
 SCORES = "scores/{model_id}.parquet"
 REWARDS = "rewards.parquet"
 MODELS = "models.parquet"
-ENSEMBLES = "ensembles.parquet"  # beside models.parquet: what each ensemble cost (optional for a user's tensor)
+# beside models.parquet: what each ensemble cost (optional for a user's tensor)
+ENSEMBLES = "ensembles.parquet"
 ANALYSIS = "analysis"
 REPORT = "report"
 REPORT_INDEX = "index.html"  # in report/

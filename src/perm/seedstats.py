@@ -408,7 +408,8 @@ class SeedDesign:
         return " x ".join([*parts, "prompts"])
 
 
-def seed_design(pretrain_ids: Sequence, finetune_seeds: Sequence | None = None, scope: str = "shared") -> SeedDesign:
+def seed_design(pretrain_ids: Sequence, finetune_seeds: Sequence | None = None,
+                scope: str = "shared") -> SeedDesign:
     """The :class:`SeedDesign` of RMs with these pretrain ids and finetune seeds under ``scope``
     (:data:`SCOPES`); ``finetune_seeds=None`` means nested (no finetune factor)."""
     if scope not in SCOPES:
@@ -417,7 +418,8 @@ def seed_design(pretrain_ids: Sequence, finetune_seeds: Sequence | None = None, 
     if finetune_seeds is None or scope == "per_rm":
         return SeedDesign(units, None, len(labels), 0)
     if len(finetune_seeds) != len(units):
-        raise ValueError(f"pretrain_ids ({len(units)}) and finetune_seeds ({len(finetune_seeds)}) differ in length")
+        raise ValueError(f"pretrain_ids ({len(units)}) and finetune_seeds ({len(finetune_seeds)}) "
+                         "differ in length")
     ft_units, ft_labels = pretrain_units(finetune_seeds)  # same grouping rule: equal known seeds share a unit
     return SeedDesign(units, ft_units, len(labels), len(ft_labels))
 
@@ -498,8 +500,9 @@ def arm_means(arm: Arm, design: SeedDesign, weights: BootstrapWeights) -> np.nda
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
-def corrected_interval(estimate: float, v_joint: float, v_factor: Mapping[str, float], n_units: Mapping[str, int],
-                       level: float, effective: Mapping[str, float] | None = None) -> dict:
+def corrected_interval(estimate: float, v_joint: float, v_factor: Mapping[str, float],
+                       n_units: Mapping[str, int], level: float,
+                       effective: Mapping[str, float] | None = None) -> dict:
     """A bootstrap standard error corrected for few seeds, and its t interval.
 
     The bootstrap variance of a mean over K units carries (K−1)/K; with K = 5 pretrains that, and normal
@@ -510,7 +513,8 @@ def corrected_interval(estimate: float, v_joint: float, v_factor: Mapping[str, f
     ``df = V² / Σ_k (v_k·K_k/(K_k−1))² / df_k`` (the joint variance's part not attributed to any factor
     counts with the prompts' df). ``df_k = n_k − 1`` with ``n_k`` the factor's *effective* number of units
     (``effective``, Kish's (Σe)²/Σe² of the units' exposures, :func:`effective_units`; at most K_k): in the
-    paper layout seed0 carries 5 of 9 RMs, so its 5 pretrains count as ~2.8. Chosen by simulation on perm's designs (tests/test_coverage.py).
+    paper layout seed0 carries 5 of 9 RMs, so its 5 pretrains count as ~2.8. Chosen by simulation on perm's
+    designs (tests/test_coverage.py).
     Returns ``se, lo, hi, df``.
     """
     if not np.isfinite(v_joint):
@@ -542,8 +546,8 @@ def _var(x: np.ndarray) -> float:
     return float(x.var(ddof=1)) if len(x) > 1 else np.nan
 
 
-def _summary(name: str, point, reps: Mapping[str, np.ndarray], design: SeedDesign, n_prompts: int, level: float,
-             draws: int, describe: str, effective: Mapping[str, float] | None = None) -> dict:
+def _summary(name: str, point, reps: Mapping[str, np.ndarray], design: SeedDesign, n_prompts: int,
+             level: float, draws: int, describe: str, effective: Mapping[str, float] | None = None) -> dict:
     point = float(np.asarray(point).reshape(-1)[0])
     joint = reps["joint"]
     valid = joint[np.isfinite(joint)]
@@ -563,7 +567,8 @@ def _summary(name: str, point, reps: Mapping[str, np.ndarray], design: SeedDesig
         "lo_pct": float(lo_p),
         "hi_pct": float(hi_p),
         "se_prompt": math.sqrt(v_factor["prompt"]) if np.isfinite(v_factor.get("prompt", np.nan)) else np.nan,
-        "se_pretrain": math.sqrt(v_factor["pretrain"]) if np.isfinite(v_factor.get("pretrain", np.nan)) else np.nan,
+        "se_pretrain": (math.sqrt(v_factor["pretrain"]) if np.isfinite(v_factor.get("pretrain", np.nan))
+                        else np.nan),
         "se_finetune": (math.sqrt(v_factor["finetune"]) if np.isfinite(v_factor.get("finetune", np.nan))
                         else np.nan),
         # MultiBERTs' one-sided "p": share of replicates ≤ 0, floored at 1/B
@@ -636,7 +641,8 @@ def multi_bootstrap(
     design = seed_design(pretrain_ids, finetune_seeds, scope)
     top = max(max(m) for a in arms.values() for m in a.members)
     if top >= len(design.pretrain):
-        raise ValueError(f"arm members index RM {top}, but only {len(design.pretrain)} pretrain_ids were given")
+        raise ValueError(f"arm members index RM {top}, but only {len(design.pretrain)} pretrain_ids "
+                         "were given")
     weights = draw_bootstrap_weights(design.n_pretrains, n_prompts, draws, seed, design.n_finetune)
 
     def stats(bw: BootstrapWeights):
@@ -647,7 +653,8 @@ def multi_bootstrap(
         return out
 
     ones = BootstrapWeights(np.ones((1, design.n_pretrains)),
-                            np.ones((1, design.n_finetune)) if design.crossed else None, np.ones((1, n_prompts)))
+                            np.ones((1, design.n_finetune)) if design.crossed else None,
+                            np.ones((1, n_prompts)))
     point = stats(ones)
     reps = {"joint": stats(weights)}
     for factor in (*design.factors(), "prompt"):
@@ -655,10 +662,11 @@ def multi_bootstrap(
     describe = design.describe()
     pooled = Arm(np.zeros((sum(len(a.members) for a in arms.values()), 1)),
                  tuple(m for a in arms.values() for m in a.members),
-                 np.concatenate([np.ones(len(a.members)) if a.weights is None else a.weights for a in arms.values()]))
+                 np.concatenate([np.ones(len(a.members)) if a.weights is None else a.weights
+                                 for a in arms.values()]))
     effective = effective_units(pooled, design)  # the units' exposure over every arm a statistic may combine
-    rows = [_summary(k, point[k], {f: r[k] for f, r in reps.items()}, design, n_prompts, level, draws, describe,
-                     effective) for k in point]
+    rows = [_summary(k, point[k], {f: r[k] for f, r in reps.items()}, design, n_prompts, level, draws,
+                     describe, effective) for k in point]
     return pd.DataFrame(rows)
 
 
@@ -932,7 +940,8 @@ def planted_pool(rng: np.random.Generator, pretrain_ids: Sequence, finetune_seed
 def planted_shares(sigma_pt: float, sigma_ft: float, sigma_res: float = 1.0) -> dict[str, float]:
     """The population shares of D_neither that :func:`planted_pool` plants."""
     total = sigma_pt**2 + sigma_ft**2 + sigma_res**2
-    return {"share_pt": sigma_pt**2 / total, "share_ft": sigma_ft**2 / total, "share_res": sigma_res**2 / total}
+    return {"share_pt": sigma_pt**2 / total, "share_ft": sigma_ft**2 / total,
+            "share_res": sigma_res**2 / total}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -951,16 +960,17 @@ def grid_ensembles(pretrain_ids: Sequence, finetune_seeds: Sequence) -> dict[str
         if not _is_missing(f):
             by_seed.setdefault(f, {}).setdefault(p, i)
     finetune = [v for _, v in sorted(by_pretrain.items(), key=lambda kv: str(kv[0])) if len(v) >= 2]
-    pretrain = [sorted(v.values()) for _, v in sorted(by_seed.items(), key=lambda kv: str(kv[0])) if len(v) >= 2]
+    pretrain = [sorted(v.values()) for _, v in sorted(by_seed.items(), key=lambda kv: str(kv[0]))
+                if len(v) >= 2]
     return {"finetune": finetune, "pretrain": pretrain}
 
 
 @dataclass(frozen=True)
 class Jackknifed:
     """Per-prompt values of a statistic whose point value is their prompt mean: ``full`` ``(P,)`` with every
-    unit, and ``parts``: seed factor (``pretrain``, ``finetune``, ``member``) → for each deletion of one unit of
-    that factor, the values without it ``(P,)``, or None where the statistic is undefined without it (a kind
-    left without ensembles). A statistic that does not depend on a factor has no entry for it."""
+    unit, and ``parts``: seed factor (``pretrain``, ``finetune``, ``member``) → for each deletion of one unit
+    of that factor, the values without it ``(P,)``, or None where the statistic is undefined without it (a
+    kind left without ensembles). A statistic that does not depend on a factor has no entry for it."""
 
     full: np.ndarray
     parts: Mapping[str, tuple[np.ndarray | None, ...]] = field(default_factory=dict)
@@ -1100,8 +1110,8 @@ def grid_ensemble_intervals(
 
     ``scores`` ``(M, P, N)`` of the grid's RMs; ``ensembles``: kind → lists of RM indices
     (:func:`grid_ensembles`); ``single`` ``(M, P)``: each RM's own best-of-n value (default: computed from
-    ``scores``); ``values``: the same already computed (:func:`grid_ensemble_values`). A kind's statistic is the
-    mean over its ensembles of the prompt mean of :func:`ensemble_pick_values`. Variance
+    ``scores``); ``values``: the same already computed (:func:`grid_ensemble_values`). A kind's statistic is
+    the mean over its ensembles of the prompt mean of :func:`ensemble_pick_values`. Variance
     (:func:`jackknife_prompt_interval`): a delete-one jackknife over each seed factor, pretrains and
     finetune seeds (deleting a unit removes its RMs from every ensemble and from the single-RM mean; an
     ensemble left with one member is dropped; deletions that leave a kind without ensembles are skipped for
@@ -1134,13 +1144,14 @@ def grid_ensemble_intervals(
 # Named ensembles (cheap members on one backbone, or a user's own): a jackknife over their members
 
 
-UNRESOLVED_GAIN = ("the pretrain ensemble's gain over a single RM is not resolved (its interval includes 0): a "
-                   "share of it is undefined")
+UNRESOLVED_GAIN = ("the pretrain ensemble's gain over a single RM is not resolved (its interval includes 0): "
+                   "a share of it is undefined")
 
 
-def named_ensemble_values(member_scores, target, n: int, aggregator: str = "mean", scale: bool = False) -> Jackknifed:
-    """A named ensemble's per-prompt best-of-n values (:func:`ensemble_pick_values`) with all its K members and,
-    as factor ``member``, with each one deleted (the others stay). One member: its own best-of-n values
+def named_ensemble_values(member_scores, target, n: int, aggregator: str = "mean",
+                          scale: bool = False) -> Jackknifed:
+    """A named ensemble's per-prompt best-of-n values (:func:`ensemble_pick_values`) with all its K members
+    and, as factor ``member``, with each one deleted (the others stay). One member: its own best-of-n values
     (``aggregator`` unused) and no member factor."""
     scores = np.asarray(member_scores, dtype=np.float64)
     target = np.asarray(target, dtype=np.float64)
@@ -1153,9 +1164,9 @@ def named_ensemble_values(member_scores, target, n: int, aggregator: str = "mean
 
 
 def gain_share_interval(gain: Jackknifed, baseline_gain: Jackknifed, prompt_w, level: float) -> dict:
-    """``share = mean(gain) / mean(baseline_gain)`` (e.g. (named − single)/(pretrain − single)) with the interval
-    of :func:`jackknife_prompt_interval` for a ratio, or NaN with ``note`` :data:`UNRESOLVED_GAIN` when the
-    denominator's own interval includes 0. Returns ``estimate, se, lo, hi, df, var, k, note``."""
+    """``share = mean(gain) / mean(baseline_gain)`` (e.g. (named − single)/(pretrain − single)) with the
+    interval of :func:`jackknife_prompt_interval` for a ratio, or NaN with ``note`` :data:`UNRESOLVED_GAIN`
+    when the denominator's own interval includes 0. Returns ``estimate, se, lo, hi, df, var, k, note``."""
     den = jackknife_prompt_interval(baseline_gain, prompt_w, level)
     if not (den["lo"] > 0 or den["hi"] < 0):
         nan = float("nan")
@@ -1205,7 +1216,8 @@ def named_ensemble_intervals(
         grid_part = {f: c for f, c in iv["k"].items() if f != "member"}
         resamples = members + (", and the grid's " + _deletions(grid_part) if grid_part else "")
         rows.append({
-            "statistic": stat_name, "estimate": iv["estimate"], **{c: iv[c] for c in ("se", "lo", "hi", "df")},
+            "statistic": stat_name, "estimate": iv["estimate"],
+            **{c: iv[c] for c in ("se", "lo", "hi", "df")},
             **{f"se_{f}": math.sqrt(iv["var"][f]) if f in iv["var"] else np.nan
                for f in ("member", "pretrain", "finetune", "prompt")},
             "K": k, "R": grid.design.n_pretrains if grid is not None else np.nan,

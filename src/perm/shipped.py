@@ -18,10 +18,10 @@ regenerating them (`perm pretrain configs/testbed-pretrains.yaml`, then `python 
 The testbed kit (src/perm/testbed/kit/, built by perm.kit from configs/testbed-kit.yaml) holds what the
 experiment holds fixed: the SFT policy (``testbed:kit/policy``, folder policy/), the policy preference pairs
 (``testbed:kit``: policy_prefs.parquet, policy_prefs_eval.parquet, evaluator_prefs.parquet) and the trained
-evaluator RM (``testbed:kit/evaluator``, folder evaluator/). Its record kit.json lists the sha256 of every file,
-per part, with the recipe and the testbed it was built on; :func:`verify_kit` checks them before anything
-loads a part (a :class:`KitError` names the file and what differs), and a part is keyed on its recorded hash
-(:func:`key`). This module only reads the kit; perm.kit builds it.
+evaluator RM (``testbed:kit/evaluator``, folder evaluator/). Its record kit.json lists the sha256 of every
+file, per part, with the recipe and the testbed it was built on; :func:`verify_kit` checks them before
+anything loads a part (a :class:`KitError` names the file and what differs), and a part is keyed on its
+recorded hash (:func:`key`). This module only reads the kit; perm.kit builds it.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ KIT_ROOT = Path(__file__).parent / "testbed" / "kit"
 KIT_RECORD = "kit.json"
 POLICY, EVALUATOR, PAIRS = "policy", "evaluator", "pairs"  # the kit's parts
 KIT_SPECS = {KIT_POLICY: POLICY, KIT_EVALUATOR: EVALUATOR, KIT: PAIRS}
-KIT_FOLDERS = {POLICY: "policy", EVALUATOR: "evaluator"}  # a model part's folder in the kit (pairs: its files)
+# a model part's folder in the kit (pairs: its files)
+KIT_FOLDERS = {POLICY: "policy", EVALUATOR: "evaluator"}
 PAIR_FILES = (layout.POLICY_PREFS, layout.POLICY_PREFS_EVAL, layout.EVALUATOR_PREFS)  # as a run's
 WEIGHTS = "model.safetensors"
 RECORD = layout.PRETRAIN_RECORD
@@ -117,17 +118,18 @@ def verify(spec: str, testbed: dict | None = None) -> Path:
         raise ShippedPretrainError(f"{weights}: missing (the record {path / RECORD} names it)")
     got = hash_file(weights)
     if got != rec.get("sha256"):
-        raise ShippedPretrainError(f"{weights}: sha256 {got[:16]}... differs from {rec.get('sha256', '?')[:16]}... "
-                                   f"recorded in {path / RECORD} (a corrupt or replaced file); reinstall perm or "
-                                   "regenerate the shipped backbones (README, testbed)")
+        raise ShippedPretrainError(f"{weights}: sha256 {got[:16]}... differs from "
+                                   f"{rec.get('sha256', '?')[:16]}... recorded in {path / RECORD} (a corrupt "
+                                   "or replaced file); reinstall perm or regenerate the shipped backbones "
+                                   "(README, testbed)")
     if testbed is not None:
         what = testbed_difference(rec.get("testbed", {}), testbed_identity(testbed))
         if what:
             raise ShippedPretrainError(
-                f"{spec} ({path / RECORD}) was pretrained on another testbed than this run's ({what}): pretrain in the "
-                "run instead (pretrain.checkpoints: [], as configs/tiny-scratch.yaml does), or regenerate the "
-                "shipped backbones for this testbed (`perm pretrain configs/testbed-pretrains.yaml`, then "
-                "python -m perm.shipped)")
+                f"{spec} ({path / RECORD}) was pretrained on another testbed than this run's ({what}): "
+                "pretrain in the run instead (pretrain.checkpoints: [], as configs/tiny-scratch.yaml does), "
+                "or regenerate the shipped backbones for this testbed "
+                "(`perm pretrain configs/testbed-pretrains.yaml`, then python -m perm.shipped)")
     return path
 
 
@@ -140,8 +142,8 @@ def verify_for(spec: str, cfg) -> Path:
 
 
 def key(spec: str) -> str:
-    """A shipped backbone's identity in stage keys: its name and recorded weight hash (verified on load); a kit
-    part's: ``kit:<part>@<its recorded sha256>``."""
+    """A shipped backbone's identity in stage keys: its name and recorded weight hash (verified on load); a
+    kit part's: ``kit:<part>@<its recorded sha256>``."""
     if is_kit(spec):
         part = kit_part(spec)
         return f"kit:{part}@{_kit_entry(kit_record(KIT_ROOT), part, KIT_ROOT)['sha256']}"
@@ -171,9 +173,9 @@ def kit_record(root: Path | None = None) -> dict:
     """The kit's record (kit.json) in `root` (default: the package's kit)."""
     path = Path(root or KIT_ROOT) / KIT_RECORD
     if not path.is_file():
-        raise KitError(f"{path}: no testbed kit there (build it with `perm kit build`, README: the testbed kit; or "
-                       "train the world in the run: policy.checkpoint, reward.pairs_from and evaluator.rm_checkpoint "
-                       "null)")
+        raise KitError(f"{path}: no testbed kit there (build it with `perm kit build`, README: the testbed "
+                       "kit; or train the world in the run: policy.checkpoint, reward.pairs_from and "
+                       "evaluator.rm_checkpoint null)")
     try:
         rec = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -214,7 +216,8 @@ def verify_kit(root: Path | None = None, parts: list[str] | None = None, testbed
     """Check the kit in `root` (default: the package's) against its record: every file of `parts` (default:
     all) exists with its recorded sha256, a model part's folder holds no other file, and each part's recorded
     hash is of its recorded files; given the run's testbed config (a dict of perm.config.TestbedConfig), that
-    the kit was built on this testbed. Returns the record; raises KitError naming the file and what differs."""
+    the kit was built on this testbed. Returns the record; raises KitError naming the file and what differs.
+    """
     root = Path(root or KIT_ROOT)
     rec = kit_record(root)
     where = root / KIT_RECORD
@@ -226,22 +229,23 @@ def verify_kit(root: Path | None = None, parts: list[str] | None = None, testbed
                 raise KitError(f"{path}: missing (the record {where} lists it for the kit's {part})")
             got = hash_file(path)
             if got != want:
-                raise KitError(f"{path}: sha256 {got[:16]}... differs from {str(want)[:16]}... recorded in {where} (a "
-                               "corrupt or replaced file); reinstall perm or rebuild the kit (`perm kit build`)")
+                raise KitError(f"{path}: sha256 {got[:16]}... differs from {str(want)[:16]}... recorded in "
+                               f"{where} (a corrupt or replaced file); reinstall perm or rebuild the kit "
+                               "(`perm kit build`)")
         extra = sorted(set(kit_files(root, part)) - set(entry["files"])) if part in KIT_FOLDERS else []
         if extra:
-            raise KitError(f"{root / extra[0]}: not in the record {where} (a file added to the kit's {part}); remove "
-                           "it or rebuild the kit (`perm kit build`)")
+            raise KitError(f"{root / extra[0]}: not in the record {where} (a file added to the kit's "
+                           f"{part}); remove it or rebuild the kit (`perm kit build`)")
         if hash_obj(entry["files"]) != entry["sha256"]:
-            raise KitError(f"{where}: the {part} files' combined sha256 differs from the one recorded beside them (an "
-                           "edited record); reinstall perm or rebuild the kit (`perm kit build`)")
+            raise KitError(f"{where}: the {part} files' combined sha256 differs from the one recorded beside "
+                           "them (an edited record); reinstall perm or rebuild the kit (`perm kit build`)")
     if testbed is not None:
         what = testbed_difference(rec.get("testbed", {}), kit_testbed_identity(testbed))
         if what:
-            raise KitError(f"the testbed kit ({where}) was built on another testbed than this run's ({what}): train "
-                           "the world in the run instead (policy.checkpoint, reward.pairs_from and "
-                           "evaluator.rm_checkpoint null, as configs/tiny-scratch.yaml does), or rebuild the kit "
-                           "for this testbed (`perm kit build`)")
+            raise KitError(f"the testbed kit ({where}) was built on another testbed than this run's "
+                           f"({what}): train the world in the run instead (policy.checkpoint, "
+                           "reward.pairs_from and evaluator.rm_checkpoint null, as configs/tiny-scratch.yaml "
+                           "does), or rebuild the kit for this testbed (`perm kit build`)")
     return rec
 
 
@@ -255,8 +259,8 @@ def pairs_identity(spec: str) -> str:
 
 
 def pairs_folder(spec: str, files: tuple[str, ...], testbed: dict | None = None) -> Path:
-    """The folder holding the pair `files` of `reward.pairs_from`: the package's kit (verified: hashes and, given
-    it, the run's testbed) or a local folder; raises KitError naming a missing file."""
+    """The folder holding the pair `files` of `reward.pairs_from`: the package's kit (verified: hashes and,
+    given it, the run's testbed) or a local folder; raises KitError naming a missing file."""
     if is_kit(spec):
         folder = verify(spec, testbed)
         listed = _kit_entry(kit_record(KIT_ROOT), PAIRS, KIT_ROOT)["files"]
@@ -264,12 +268,12 @@ def pairs_folder(spec: str, files: tuple[str, ...], testbed: dict | None = None)
     else:
         folder = Path(spec).expanduser()
         if not folder.is_dir():
-            raise KitError(f"reward.pairs_from: {spec}: no such folder (a kit folder or a run directory holding "
-                           f"{', '.join(files)})")
+            raise KitError(f"reward.pairs_from: {spec}: no such folder (a kit folder or a run directory "
+                           f"holding {', '.join(files)})")
         missing = [f for f in files if not (folder / f).is_file()]
     if missing:
-        hint = (" (its evaluator's pairs: set evaluator.extra_posts: 0 to finetune the evaluator on the grid's "
-                "pairs alone)" if PAIR_FILES[2] in missing else "")
+        hint = (" (its evaluator's pairs: set evaluator.extra_posts: 0 to finetune the evaluator on the "
+                "grid's pairs alone)" if PAIR_FILES[2] in missing else "")
         raise KitError(f"{folder / missing[0]}: missing, and reward.pairs_from ({spec}) needs it{hint}")
     return folder
 
@@ -288,12 +292,13 @@ def recipe_of(cfg, name: str) -> dict:
         return {"backbone": to_dict(e.backbone), "train": dict(train, steps=e.pretrain_steps),
                 "init_seed": e.pretrain_seed, "data_seed": e.pretrain_seed, "precision": cfg.precision}
     c = cfg.pretrain
-    for pid, init_s, data_s in zip(c.pretrain_ids(), c.init_seeds or c.seeds, c.data_seeds or c.seeds, strict=True):
+    for pid, init_s, data_s in zip(c.pretrain_ids(), c.init_seeds or c.seeds, c.data_seeds or c.seeds,
+                                   strict=True):
         if pid == name:
             return {"backbone": to_dict(c.backbone), "train": train, "init_seed": init_s,
                     "data_seed": data_s, "precision": cfg.precision}
-    raise ShippedPretrainError(f"{name}: not a backbone of this recipe (pretrain.seeds {list(c.seeds)}, evaluator "
-                               f"seed {cfg.evaluator.pretrain_seed})")
+    raise ShippedPretrainError(f"{name}: not a backbone of this recipe (pretrain.seeds {list(c.seeds)}, "
+                               f"evaluator seed {cfg.evaluator.pretrain_seed})")
 
 
 def recipe_names(cfg) -> list[str]:
@@ -336,7 +341,8 @@ def ship(run_dir: Path, recipe: Path, out: Path = ROOT) -> list[str]:
         rec = json.loads((src / RECORD).read_text())
         model = load_causal_lm(src).to(torch.float16)
         want = recipe_of(cfg, name)
-        got = {"backbone": rec["config"]["backbone"], "train": {k: v for k, v in rec["config"].items() if k != "backbone"},
+        got = {"backbone": rec["config"]["backbone"],
+               "train": {k: v for k, v in rec["config"].items() if k != "backbone"},
                "init_seed": rec["init_seed"], "data_seed": rec["data_seed"], "precision": rec["precision"]}
         if got != want:
             raise ShippedPretrainError(f"{src / RECORD}: trained with {got}, but {recipe} now says {want}")

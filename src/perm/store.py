@@ -240,7 +240,8 @@ class RunStore:
         ctx: dict = {"outputs": [], "info": {}}
         t0 = time.perf_counter()
         yield ctx
-        self.mark_done(name, key, ctx["outputs"], seeds=seeds, wall_s=time.perf_counter() - t0, info=ctx["info"])
+        self.mark_done(name, key, ctx["outputs"], seeds=seeds, wall_s=time.perf_counter() - t0,
+                       info=ctx["info"])
 
     def lock(self) -> RunLock:
         """The run directory's writer lock (:class:`RunLock`), not yet taken: ``with store.lock(): ...``."""
@@ -292,8 +293,8 @@ class RunLock:
             holder = _lock_holder(fd)
             os.close(fd)
             raise RunLockedError(
-                f"{self.root}: the run directory is locked by another perm process ({holder}); wait for it to "
-                "finish or stop it, then rerun (two writers of one run would corrupt it)") from None
+                f"{self.root}: the run directory is locked by another perm process ({holder}); wait for it "
+                "to finish or stop it, then rerun (two writers of one run would corrupt it)") from None
         except BaseException:
             os.close(fd)
             raise

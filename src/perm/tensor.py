@@ -1,14 +1,14 @@
 """The reward tensor (DESIGN step 5), the hinge of the system: every analysis reads only this.
 
 ``rewards.parquet`` (long: ``prompt_id, sample_id, model_id, reward, is_reference``) and ``models.parquet``
-(``model_id, role, pretrain_id, finetune_seed``, and optionally ``finetune_seed_scope``: how its finetune seeds
-relate to its pretrains, ``shared`` = crossed or ``per_rm`` = nested, one value for every RM row; ``ensemble``:
-the comma-separated names of the named ensembles a model belongs to; ``kind``: what a model is, e.g. ``lora``).
-Roles: ``rm`` (a reward model of the seed grid), ``member`` (a model that only belongs to named ensembles, not
-to the grid: every grid statistic ignores it), ``evaluator`` and ``gold``.
-:func:`load_reward_tensor` validates them — errors name the
-file and the field or rows — and turns them into a dense :class:`RewardTensor`; :func:`reward_tensor_to_frames`
-is its inverse, and :func:`synthetic_reward_tensor` makes a known-answer tensor for checks and benchmarks.
+(``model_id, role, pretrain_id, finetune_seed``, and optionally ``finetune_seed_scope``: how its finetune
+seeds relate to its pretrains, ``shared`` = crossed or ``per_rm`` = nested, one value for every RM row;
+``ensemble``: the comma-separated names of the named ensembles a model belongs to; ``kind``: what a model is,
+e.g. ``lora``). Roles: ``rm`` (a reward model of the seed grid), ``member`` (a model that only belongs to
+named ensembles, not to the grid: every grid statistic ignores it), ``evaluator`` and ``gold``.
+:func:`load_reward_tensor` validates them — errors name the file and the field or rows — and turns them into a
+dense :class:`RewardTensor`; :func:`reward_tensor_to_frames` is its inverse, and
+:func:`synthetic_reward_tensor` makes a known-answer tensor for checks and benchmarks.
 :func:`load_ensemble_costs` reads the optional ``ensembles.parquet`` beside models.parquet (what each ensemble
 cost to train and to score). The pool of a prompt is ordered by ascending ``sample_id``.
 """
@@ -99,10 +99,12 @@ class RewardTensor:
                 raise ValueError(f"ensemble {name!r}: {problem}")
             idx = tuple(sorted({int(i) for i in members}))
             if not idx or idx[0] < 0 or idx[-1] >= m:
-                raise ValueError(f"ensemble {name!r}: member indices must lie in 0..{m - 1}, got {list(members)}")
+                raise ValueError(f"ensemble {name!r}: member indices must lie in 0..{m - 1}, "
+                                 f"got {list(members)}")
             bad = [self.model_ids[i] for i in idx if self.roles[i] not in ENSEMBLE_ROLES]
             if bad:
-                raise ValueError(f"ensemble {name!r}: members must have role {' or '.join(ENSEMBLE_ROLES)}, not {bad}")
+                raise ValueError(f"ensemble {name!r}: members must have role {' or '.join(ENSEMBLE_ROLES)}, "
+                                 f"not {bad}")
             ensembles[str(name)] = idx
         object.__setattr__(self, "ensembles", MappingProxyType(ensembles))
         for name in ("roles", "pretrain_ids", "finetune_seeds"):
@@ -129,7 +131,8 @@ class RewardTensor:
 
     @property
     def rm_indices(self) -> list[int]:
-        """Indices of the reward models of the grid (role ``rm``), in model order; ``member`` models are not."""
+        """Indices of the reward models of the grid (role ``rm``), in model order; ``member`` models
+        are not."""
         return [i for i, r in enumerate(self.roles) if r == "rm"]
 
     def ensembles_of(self, i: int) -> tuple[str, ...]:
@@ -235,22 +238,23 @@ def _validate_ensembles(models: pd.DataFrame, source: str) -> None:
         names = models[ENSEMBLE_COLUMN].map(_ensemble_names)
         bad = models[[any(ensemble_name_problem(n) for n in v) for v in names]]
         if len(bad):
-            problem = next(ensemble_name_problem(n) for v in names[bad.index] for n in v if ensemble_name_problem(n))
+            problem = next(ensemble_name_problem(n) for v in names[bad.index] for n in v
+                           if ensemble_name_problem(n))
             raise RewardTensorError(
                 f"{source}: {field_} holds comma-separated ensemble names; {problem}; bad rows: "
                 f"{_example(bad, ['model_id', ENSEMBLE_COLUMN])}")
         judged = models[(names.map(len) > 0) & ~models.role.isin(ENSEMBLE_ROLES)]
         if len(judged):
             raise RewardTensorError(
-                f"{source}: {field_} is only for models of role {' or '.join(ENSEMBLE_ROLES)}, not the evaluator "
-                f"or gold; bad rows: {_example(judged, ['model_id', 'role', ENSEMBLE_COLUMN])}")
+                f"{source}: {field_} is only for models of role {' or '.join(ENSEMBLE_ROLES)}, not the "
+                f"evaluator or gold; bad rows: {_example(judged, ['model_id', 'role', ENSEMBLE_COLUMN])}")
         lone = models[(names.map(len) == 0) & (models.role == "member")]
     else:
         lone = models[models.role == "member"]
     if len(lone):
         raise RewardTensorError(
-            f"{source}: {field_} is null for model(s) of role 'member' {list(lone.model_id)}: a member belongs to "
-            "one or more named ensembles")
+            f"{source}: {field_} is null for model(s) of role 'member' {list(lone.model_id)}: a member "
+            "belongs to one or more named ensembles")
 
 
 def _validate_models(models: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -259,7 +263,8 @@ def _validate_models(models: pd.DataFrame, source: str) -> pd.DataFrame:
     spec |= {c: "nullable_str" for c in optional}
     empty = [c for c in optional if models[c].isna().all()]  # e.g. all NaN as float: nothing declared
     if empty:
-        models = models.assign(**{c: pd.Series([None] * len(models), index=models.index, dtype=object) for c in empty})
+        models = models.assign(**{c: pd.Series([None] * len(models), index=models.index, dtype=object)
+                                  for c in empty})
     models = _check_dtypes(models, spec, source)
     dup = models[models.model_id.duplicated(keep=False)]
     if len(dup):
@@ -267,7 +272,8 @@ def _validate_models(models: pd.DataFrame, source: str) -> pd.DataFrame:
     bad = models[~models.role.isin(ROLES)]
     if len(bad):
         raise RewardTensorError(
-            f"{source}: field 'role' must be one of {list(ROLES)}; bad rows: {_example(bad, ['model_id', 'role'])}"
+            f"{source}: field 'role' must be one of {list(ROLES)}; "
+            f"bad rows: {_example(bad, ['model_id', 'role'])}"
         )
     if not (models.role == "rm").any():
         raise RewardTensorError(f"{source}: no reward models (no row with role 'rm')")
@@ -286,7 +292,8 @@ def _validate_models(models: pd.DataFrame, source: str) -> pd.DataFrame:
     for role in ("evaluator", "gold"):
         if (models.role == role).sum() > 1:
             raise RewardTensorError(
-                f"{source}: more than one model with role '{role}': {list(models.model_id[models.role == role])}"
+                f"{source}: more than one model with role '{role}': "
+                f"{list(models.model_id[models.role == role])}"
             )
     _validate_ensembles(models, source)
     return models.reset_index(drop=True)
@@ -482,8 +489,8 @@ def reward_tensor_to_frames(tensor: RewardTensor) -> tuple[pd.DataFrame, pd.Data
 
 
 def load_ensemble_costs(path) -> pd.DataFrame:
-    """Read ``ensembles.parquet``: one row per ensemble (``single``, ``finetune``, ``pretrain`` for the grid, and
-    each named ensemble) with what it cost, columns :data:`COST_COLUMNS`: ``ensemble``, ``kind``,
+    """Read ``ensembles.parquet``: one row per ensemble (``single``, ``finetune``, ``pretrain`` for the grid,
+    and each named ensemble) with what it cost, columns :data:`COST_COLUMNS`: ``ensemble``, ``kind``,
     ``n_members``, ``params_trained`` (parameters updated by training, summed over what training ran,
     pretraining included where the run paid for it), ``params_held`` (parameters in memory while scoring),
     ``forwards_per_candidate``, ``train_s`` and ``score_s`` (seconds, NaN unknown), ``note``.
@@ -502,13 +509,16 @@ def load_ensemble_costs(path) -> pd.DataFrame:
     df = _check_dtypes(df, COST_COLUMNS, str(path))
     dup = df[df.ensemble.duplicated(keep=False)]
     if len(dup):
-        raise RewardTensorError(f"{path}: field 'ensemble' repeats {sorted(set(dup.ensemble))}: one row per ensemble")
+        raise RewardTensorError(f"{path}: field 'ensemble' repeats {sorted(set(dup.ensemble))}: "
+                                "one row per ensemble")
     df = df.reset_index(drop=True)
     return pd.DataFrame({c: pd.Series([None if pd.isna(v) else str(v) for v in df[c]], dtype=object)
-                         if k.endswith("str") else df[c].astype(_COST_DTYPES[k]) for c, k in COST_COLUMNS.items()})
+                         if k.endswith("str") else df[c].astype(_COST_DTYPES[k])
+                         for c, k in COST_COLUMNS.items()})
 
 
-_COST_DTYPES = {"str": object, "nullable_str": object, "int": np.int64, "nullable_int": np.float64, "float": np.float64}
+_COST_DTYPES = {"str": object, "nullable_str": object, "int": np.int64, "nullable_int": np.float64,
+                "float": np.float64}
 
 
 def synthetic_reward_tensor(

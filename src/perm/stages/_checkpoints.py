@@ -54,10 +54,11 @@ class Checkpoints:
     def resolve(self, spec: str) -> str:
         """What to load for the checkpoint `spec` of the config (``pretrain.checkpoints[i]``,
         ``evaluator.checkpoint``, ``policy.checkpoint``), once per run; every stage reads checkpoints
-        through it. A shipped testbed backbone (``testbed:<name>``, perm.shipped) becomes its folder in the package
-        once its weights match their recorded hash and it was pretrained on this run's testbed. A hub id pinned to a commit becomes ``org/name@<sha>``; with ``pretrain.convert_bin``
-        a checkpoint whose weights are only ``pytorch_model.bin`` becomes its safetensors conversion in
-        ``<run>/converted/`` (a local path, keyed by its content). Otherwise `spec` itself."""
+        through it. A shipped testbed backbone (``testbed:<name>``, perm.shipped) becomes its folder in the
+        package once its weights match their recorded hash and it was pretrained on this run's testbed. A hub
+        id pinned to a commit becomes ``org/name@<sha>``; with ``pretrain.convert_bin`` a checkpoint whose
+        weights are only ``pytorch_model.bin`` becomes its safetensors conversion in ``<run>/converted/`` (a
+        local path, keyed by its content). Otherwise `spec` itself."""
         if spec not in self._resolved and is_shipped(spec):  # a testbed backbone shipped in the package
             self._resolved[spec] = str(verify_for(spec, self.cfg))
         if spec not in self._resolved:

@@ -17,8 +17,8 @@ from pathlib import Path
 class Work:
     """The jobs of one stage: ``(manifest name, planned total)`` each (None where it is not known yet, see
     `unknown`), in `unit`, each unit holding `scale` = (count, name) items of a second kind (64 pairs a
-    step). bound: why the totals are upper bounds ("" where they are exact), e.g. policy pairs not drawn yet, of
-    which ties are dropped. note: what the stage does without jobs (loads checkpoints)."""
+    step). bound: why the totals are upper bounds ("" where they are exact), e.g. policy pairs not drawn yet,
+    of which ties are dropped. note: what the stage does without jobs (loads checkpoints)."""
 
     stage: str
     jobs: tuple[tuple[str, int | None], ...] = ()
@@ -63,7 +63,8 @@ def parquet_rows(path: Path) -> int | None:
 
 def optimizer_steps(n: int, epochs: float, batch_size: int) -> int:
     """Optimizer steps of `epochs` passes over `n` examples in batches of `batch_size`, as the training loops
-    count them (perm.reward.train_reward_model, perm.policy.train_sft): round(epochs * ceil(n / batch)), >= 1."""
+    count them (perm.reward.train_reward_model, perm.policy.train_sft): round(epochs * ceil(n / batch)),
+    >= 1."""
     return max(1, int(round(epochs * math.ceil(n / batch_size))))
 
 
@@ -81,7 +82,8 @@ def format_work(work: Work) -> str:
     groups: dict[int, list[str]] = {}
     for name, t in work.jobs:
         groups.setdefault(t, []).append(name)
-    parts = [f"{names[0]} {t:,}" if len(names) == 1 else f"{len(names)} x {t:,}" for t, names in groups.items()]
+    parts = [f"{names[0]} {t:,}" if len(names) == 1 else f"{len(names)} x {t:,}"
+             for t, names in groups.items()]
     total = sum(totals)
     text = f"{head}: {' + '.join(parts)}"
     if len(work.jobs) > 1:
@@ -104,6 +106,6 @@ def format_plan(works: Iterable[Work], every: float) -> list[str]:
     width = max(len(w.stage) for w in works)
     lines = ["plan (jobs already complete for their inputs are skipped):"]
     lines += [f"  {w.stage:<{width}}  {format_work(w)}" for w in works]
-    lines.append(f"progress: each job, and a stage's jobs together, report their rate and ETA every {every:g} s "
-                 "(bars on a terminal), once their first steps are timed")
+    lines.append("progress: each job, and a stage's jobs together, report their rate and ETA every "
+                 f"{every:g} s (bars on a terminal), once their first steps are timed")
     return lines

@@ -56,8 +56,8 @@ def run(ctx: Context, rewards: Path | None = None, models: Path | None = None) -
         tensor = load_reward_tensor(rewards, models)
         costs = load_ensemble_costs(costs_path)
         samples, posts = (None, None) if external else samples_and_posts(ctx.root)
-        results = run_analysis(tensor, ns=list(a.ns) if a.ns else None, anova_draws=a.anova_draws, seed=a.seed,
-                               samples=samples, posts=posts, scale=a.scale,
+        results = run_analysis(tensor, ns=list(a.ns) if a.ns else None, anova_draws=a.anova_draws,
+                               seed=a.seed, samples=samples, posts=posts, scale=a.scale,
                                scope=ctx.cfg.reward.finetune_seed_scope, bootstrap=a.bootstrap, level=a.level,
                                figure3_method=a.figure3, pick_ranker_name=a.pick_ranker,
                                coverage_sims=a.coverage_sims, costs=costs)

@@ -3,11 +3,11 @@ the testbed's Bradley-Terry raters on the gold reward (perm.policy.sample_pool, 
 perm.testbed.candidates.bradley_terry_labels), for `reward.pairs: policy | mix`. Manifest name
 `policy-prefs`; outputs policy_prefs.parquet (training) and policy_prefs_eval.parquet (pairs on the posts the
 SFT policy held out: the RMs' in-distribution eval set). With `evaluator.extra_posts`, manifest name
-`evaluator-prefs` too: the same kind of pairs on that many prefs_train posts, from a random stream of their own,
-in evaluator_prefs.parquet (the evaluator's training pairs after the grid's). With `reward.pairs_from` (the
-testbed kit's pairs, or a folder of them) the same files are copied into the run instead, under the same manifest
-names, keyed on the source's identity (the kit's recorded hash, or the files' content): nothing is sampled.
-Returns the grid RMs' training pair files."""
+`evaluator-prefs` too: the same kind of pairs on that many prefs_train posts, from a random stream of their
+own, in evaluator_prefs.parquet (the evaluator's training pairs after the grid's). With `reward.pairs_from`
+(the testbed kit's pairs, or a folder of them) the same files are copied into the run instead, under the same
+manifest names, keyed on the source's identity (the kit's recorded hash, or the files' content): nothing is
+sampled. Returns the grid RMs' training pair files."""
 
 from __future__ import annotations
 
@@ -54,7 +54,8 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
     c, p = cfg.reward, cfg.policy
     if c.pairs == "testbed":
         return {}
-    if c.pairs_from:  # copied from a kit or folder: keyed on its identity alone (no precision: nothing is sampled)
+    # copied from a kit or folder: keyed on its identity alone (no precision: nothing is sampled)
+    if c.pairs_from:
         source = upstream[pairs_name(c.pairs_from)]
         out = {"policy-prefs": hash_obj({"pairs_from": source, "files": list(POLICY_PAIRS)})}
         if extra_posts(cfg):
@@ -66,8 +67,8 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
               "label_temperature": cfg.testbed.label_temperature}
     out = {"policy-prefs": stage_key(cfg, {**common, "heldout": "sft"})}
     if extra_posts(cfg):
-        out["evaluator-prefs"] = stage_key(cfg, {**common, "posts": EVALUATOR_POSTS, "n_posts": extra_posts(cfg),
-                                                 "stream": "evaluator-prefs"})
+        out["evaluator-prefs"] = stage_key(cfg, {**common, "posts": EVALUATOR_POSTS,
+                                                 "n_posts": extra_posts(cfg), "stream": "evaluator-prefs"})
     return out
 
 
@@ -92,8 +93,8 @@ def work(cfg: RunConfig, root: Path) -> Work | None:
 
 def chunk_prompts(cfg: RunConfig) -> int:
     """Posts sampled together (one seed each chunk): about CHUNK_ROWS rows per decode batch, as many as the
-    default `sample` stage runs (8 prompts x 72 samples), so the pairs are drawn as fast as the pool. Depends on
-    the samples per post alone, so resizing the pool does not redraw the RMs' training pairs."""
+    default `sample` stage runs (8 prompts x 72 samples), so the pairs are drawn as fast as the pool. Depends
+    on the samples per post alone, so resizing the pool does not redraw the RMs' training pairs."""
     return max(1, CHUNK_ROWS // samples_per_post(cfg))
 
 
@@ -116,16 +117,16 @@ def run(ctx: Context) -> tuple[str, ...]:
         if extra_posts(cfg):
             ctx.run_one("evaluator-prefs", all_keys["evaluator-prefs"],
                         lambda: job_policy_prefs(str(ctx.root), EVALUATOR_PAIRS, posts_rel=EVALUATOR_POSTS,
-                                                 n_posts=extra_posts(cfg), heldout=False, stream="evaluator-prefs",
-                                                 **common),
+                                                 n_posts=extra_posts(cfg), heldout=False,
+                                                 stream="evaluator-prefs", **common),
                         [EVALUATOR_PAIRS], posts=extra_posts(cfg))
     return pair_files(cfg)
 
 
 def _copy_pairs(ctx: Context) -> None:
-    """`reward.pairs_from`: copy its pair files into the run (policy-prefs, and evaluator-prefs where the evaluator
-    finetuned in the run takes its pairs too), after checking the kit's files against their recorded sha256 and
-    testbed (perm.shipped.pairs_folder)."""
+    """`reward.pairs_from`: copy its pair files into the run (policy-prefs, and evaluator-prefs where the
+    evaluator finetuned in the run takes its pairs too), after checking the kit's files against their recorded
+    sha256 and testbed (perm.shipped.pairs_folder)."""
     import shutil
 
     from perm.config import to_dict
@@ -137,7 +138,8 @@ def _copy_pairs(ctx: Context) -> None:
     ctx.need("testbed")
     all_keys = keys(cfg, ctx.upstream())
     testbed = to_dict(cfg.testbed) if cfg.data.prefs is None else None
-    jobs = [("policy-prefs", POLICY_PAIRS)] + ([("evaluator-prefs", (EVALUATOR_PAIRS,))] if extra_posts(cfg) else [])
+    jobs = [("policy-prefs", POLICY_PAIRS)] + ([("evaluator-prefs", (EVALUATOR_PAIRS,))]
+                                               if extra_posts(cfg) else [])
     for name, files in jobs:
         def copy(files=files) -> dict:
             folder = pairs_folder(spec, files, testbed)
@@ -158,24 +160,26 @@ def kwise_pairs(k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def job_policy_prefs(run_dir: str, out_rel: str, *, policy: str, pairs_per_post: int, max_new_tokens: int,
-                     seed: int, batch_prompts: int, device: str, threads: int | None, kwise: int | None = None,
-                     label_temperature: float | None = None, precision: str = "fp32", attention: str = "auto",
+                     seed: int, batch_prompts: int, device: str, threads: int | None,
+                     kwise: int | None = None, label_temperature: float | None = None,
+                     precision: str = "fp32", attention: str = "auto",
                      show_progress: bool = True, eval_rel: str = layout.POLICY_PREFS_EVAL,
                      posts_rel: str = layout.SFT_TRAIN, n_posts: int | None = None, heldout: bool = True,
                      stream: str = "policy-prefs") -> dict:
     """Preference pairs of the SFT policy's own samples on sft_train posts, labelled by the testbed's
     Bradley-Terry raters on the gold reward (ties dropped), as TL;DR comparisons were collected.
 
-    Disjoint (`kwise` None): 2 x pairs_per_post samples per post, paired (0, 1), (2, 3), ...; K-wise: K samples
-    per post and every one of their C(K, 2) pairs, each labelled by its own rater draw (InstructGPT's
+    Disjoint (`kwise` None): 2 x pairs_per_post samples per post, paired (0, 1), (2, 3), ...; K-wise: K
+    samples per post and every one of their C(K, 2) pairs, each labelled by its own rater draw (InstructGPT's
     comparisons), with `sample_a` / `sample_b` naming the two samples so a completion can be scored once for
-    all its pairs. `batch_prompts` posts are sampled together, each chunk with its own seed. Pairs on the posts
-    the SFT policy held out go to `eval_rel` (in-distribution accuracy), the rest to `out_rel` (training).
+    all its pairs. `batch_prompts` posts are sampled together, each chunk with its own seed. Pairs on the
+    posts the SFT policy held out go to `eval_rel` (in-distribution accuracy), the rest to
+    `out_rel` (training).
 
     posts_rel, n_posts: the distinct prompts of another testbed file (in file order, the first `n_posts`; its
-    posts are read back from the prompts), e.g. prefs_train's for the evaluator's own pairs; heldout=False then
-    writes every pair to `out_rel` and no eval file. stream: the name the sampling and label seeds are derived
-    from (another stream, other samples and labels)."""
+    posts are read back from the prompts), e.g. prefs_train's for the evaluator's own pairs; heldout=False
+    then writes every pair to `out_rel` and no eval file. stream: the name the sampling and label seeds are
+    derived from (another stream, other samples and labels)."""
     import pyarrow as pa
 
     from perm.models import attention_for, load_causal_lm, load_tokenizer, use_attention
@@ -242,8 +246,8 @@ def job_policy_prefs(run_dir: str, out_rel: str, *, policy: str, pairs_per_post:
     held = sel // per_post < (sft_heldout(len(prompts)) if heldout else 0)  # posts the SFT policy held out
     if heldout and (not held.any() or held.all()):
         raise ValueError(f"policy-prefs: {int(held.sum())} held-out and {int((~held).sum())} training pairs "
-                         f"({sft_heldout(len(prompts))} held-out posts x {per_post} pairs, ties dropped); raise "
-                         "testbed.n_sft or reward.policy_pairs_per_post")
+                         f"({sft_heldout(len(prompts))} held-out posts x {per_post} pairs, ties dropped); "
+                         "raise testbed.n_sft or reward.policy_pairs_per_post")
     wall = time.perf_counter() - t0
     info = {"wall_s": wall, "sample_s": sample_s, "samples": len(prompts) * n_per,
             "samples_per_s": len(prompts) * n_per / sample_s, "kwise": kwise, "chunk_prompts": batch_prompts,

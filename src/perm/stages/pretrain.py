@@ -45,7 +45,8 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
                                                      "testbed": data})
     if e.pretrains():
         out[layout.EVALUATOR_PRETRAIN] = stage_key(cfg, {"backbone": to_dict(e.backbone),
-                                                    "train": evaluator_train_args(cfg), "seed": e.pretrain_seed,
+                                                    "train": evaluator_train_args(cfg),
+                                                    "seed": e.pretrain_seed,
                                                     "testbed": data_identity(cfg, upstream)})
     return out
 
@@ -99,7 +100,8 @@ def _registered(ctx: Context) -> dict[str, str]:
     """pretrain_id -> what to load for each of `pretrain.checkpoints` (Context.resolve_checkpoint: a hub id
     at its pinned commit, a .bin-only checkpoint's conversion with convert_bin)."""
     c = ctx.cfg.pretrain
-    return {pid: ctx.resolve_checkpoint(spec) for pid, spec in zip(c.pretrain_ids(), c.checkpoints, strict=True)}
+    return {pid: ctx.resolve_checkpoint(spec)
+            for pid, spec in zip(c.pretrain_ids(), c.checkpoints, strict=True)}
 
 
 def job_pretrain(run_dir: str, out_rel: str, *, init_seed: int, data_seed: int, backbone: dict, train: dict,
@@ -126,7 +128,8 @@ def job_pretrain(run_dir: str, out_rel: str, *, init_seed: int, data_seed: int, 
                            data_seed=data_seed, device=dev, progress=bar, bf16=precision == "bf16",
                            attention=attention_for(dev, precision, attention), checkpoint_dir=ckpt,
                            checkpoint_every=checkpoint_every,
-                           **{k: train[k] for k in ("steps", "batch_size", "lr", "warmup_steps", "weight_decay")})
+                            **{k: train[k]
+                               for k in ("steps", "batch_size", "lr", "warmup_steps", "weight_decay")})
     bar.close()
     info.update(n_params=sum(p.numel() for p in model.parameters()), precision=precision,
                 attention=model.config._attn_implementation)

@@ -30,7 +30,8 @@ def sampling_args(cfg: RunConfig) -> dict:
 
 
 def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
-    return {"sample": stage_key(cfg, {"sampling": sampling_args(cfg), "policy": policy_identity(cfg, upstream),
+    return {"sample": stage_key(cfg, {"sampling": sampling_args(cfg),
+                                      "policy": policy_identity(cfg, upstream),
                                       "testbed": data_identity(cfg, upstream)})}
 
 
@@ -54,9 +55,11 @@ def run(ctx: Context) -> Path:
     return ctx.root / layout.SAMPLES
 
 
-def job_sample(run_dir: str, out_rel: str, *, policy: str, sampling: dict, device: str, threads: int | None, precision: str = "fp32",
-               attention: str = "auto", show_progress: bool = True, trust_remote_code: bool = False) -> dict:
-    """Pool of N + K reference samples per eval prompt -> samples.parquet (with gold reward on the testbed)."""
+def job_sample(run_dir: str, out_rel: str, *, policy: str, sampling: dict, device: str, threads: int | None,
+               precision: str = "fp32", attention: str = "auto", show_progress: bool = True,
+               trust_remote_code: bool = False) -> dict:
+    """Pool of N + K reference samples per eval prompt -> samples.parquet (with gold reward on the testbed).
+    """
     from perm.models import attention_for, load_causal_lm, load_tokenizer, use_attention
     from perm.policy import build_samples_table, sample_pool
     from perm.store import atomic_write_parquet
@@ -82,7 +85,8 @@ def job_sample(run_dir: str, out_rel: str, *, policy: str, sampling: dict, devic
             pools += sample_pool(model, tok, list(t.prompt[i : i + step]), n_samples=n + k,
                                  temperature=sampling["temperature"], top_p=sampling["top_p"],
                                  max_new_tokens=sampling["max_new_tokens"],
-                                 seed=derive_seed("sample", sampling["seed"], i), batch_prompts=step, device=dev)
+                                 seed=derive_seed("sample", sampling["seed"], i), batch_prompts=step,
+                                 device=dev)
         bar(min(i + step, len(t)), len(t))
     bar.close()
     gold_fn = None
@@ -93,8 +97,8 @@ def job_sample(run_dir: str, out_rel: str, *, policy: str, sampling: dict, devic
                                 max_new_tokens=sampling["max_new_tokens"])
     atomic_write_parquet(run / out_rel, table)
     wall = time.perf_counter() - t0
-    info = {"rows": table.num_rows, "wall_s": wall, "samples_per_s": table.num_rows / wall, "precision": precision,
-            "attention": model.config._attn_implementation}
+    info = {"rows": table.num_rows, "wall_s": wall, "samples_per_s": table.num_rows / wall,
+            "precision": precision, "attention": model.config._attn_implementation}
     if gold_fn:
         df = table.to_pandas()
         info["mean_gold"] = float(df[~df.is_reference].gold_reward.mean())

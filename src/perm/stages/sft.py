@@ -1,8 +1,9 @@
 """`perm sft`: the SFT policy, trained on sft_train's reference summaries (perm.policy.train_sft, summary
-tokens only) from a backbone of its own (`policy.init_from` naming a checkpoint, by default the shipped testbed
-backbone of pretrain seed 5, which no grid RM shares), the first pretrained backbone or from scratch — or `policy.checkpoint` registered instead
-(a local dir, a hub id, or the testbed kit's `testbed:kit/policy`, verified against its recorded hash and testbed).
-Manifest name `policy`; output policy/. Returns the policy's directory or hub id."""
+tokens only) from a backbone of its own (`policy.init_from` naming a checkpoint, by default the shipped
+testbed backbone of pretrain seed 5, which no grid RM shares), the first pretrained backbone or from scratch —
+or `policy.checkpoint` registered instead (a local dir, a hub id, or the testbed kit's `testbed:kit/policy`,
+verified against its recorded hash and testbed). Manifest name `policy`; output policy/. Returns the policy's
+directory or hub id."""
 
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
         init = backbone_identity(cfg, upstream, cfg.pretrain.pretrain_ids()[0])
     else:
         init = to_dict(cfg.pretrain.backbone)
-    return {"policy": stage_key(cfg, {"sft": sft_args(cfg), "init": init, "testbed": data_identity(cfg, upstream),
+    return {"policy": stage_key(cfg, {"sft": sft_args(cfg), "init": init,
+                                      "testbed": data_identity(cfg, upstream),
                                       "max_length": cfg.reward.max_length})}
 
 
@@ -81,7 +83,8 @@ def work(cfg: RunConfig, root: Path) -> Work:
 def job_sft(run_dir: str, out_rel: str, *, init: str | None, backbone: dict, sft: dict, max_length: int,
             device: str, threads: int | None, precision: str = "fp32", attention: str = "auto",
             show_progress: bool = True) -> dict:
-    """Train the SFT policy on sft_train (summary tokens only) from `init` (a backbone dir) or from scratch."""
+    """Train the SFT policy on sft_train (summary tokens only) from `init` (a backbone dir)
+    or from scratch."""
     from perm.models import (
         attention_for,
         gpt_neox_config,
@@ -101,15 +104,16 @@ def job_sft(run_dir: str, out_rel: str, *, init: str | None, backbone: dict, sft
     if init is not None:
         model = load_causal_lm(init)
     else:
-        cfg = gpt_neox_config(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                              **backbone)
+        cfg = gpt_neox_config(vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+                              eos_token_id=tok.eos_token_id, **backbone)
         model = new_causal_lm(cfg, derive_seed("sft-init", 0))
     use_attention(model, attention_for(dev, precision, attention))
     prompts, completions = read_column(run / layout.SFT_TRAIN, "prompt", "completion")
     n_eval = sft_heldout(len(prompts))
     bar = job_bar(out_rel, 1, show_progress, scale=(sft["sft_batch_size"], "sequences"))
     state = train_sft(model.to(dev), tok, prompts[n_eval:], completions[n_eval:], epochs=sft["sft_epochs"],
-                      lr=sft["sft_lr"], batch_size=sft["sft_batch_size"], max_length=max_length, data_seed=data_seed,
+                      lr=sft["sft_lr"], batch_size=sft["sft_batch_size"], max_length=max_length,
+                      data_seed=data_seed,
                       eval_prompts=prompts[:n_eval], eval_completions=completions[:n_eval], progress=bar,
                       accelerator=make_accelerator(dev, precision))
     bar.close()

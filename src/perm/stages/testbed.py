@@ -77,7 +77,8 @@ def _import_data(ctx: Context) -> str:
     the tokenizer comes from the first pretrain checkpoint. Nothing is written if the data are invalid."""
     d, c = ctx.cfg.data, ctx.cfg.pretrain
     if not c.checkpoints:
-        raise ValueError("data.prefs needs pretrain.checkpoints (the testbed tokenizer only fits testbed data)")
+        raise ValueError("data.prefs needs pretrain.checkpoints "
+                         "(the testbed tokenizer only fits testbed data)")
     key = keys(ctx.cfg, ctx.upstream())["data"]
     tok, tokenizers = check_tokenizers(ctx)  # every invocation: a changed policy.checkpoint is checked too
     revisions = _pinned_revisions(ctx)
@@ -191,8 +192,8 @@ def check_tokenizers(ctx: Context):
         info["tokenizer_pad_ignored"] = pads
     if unchecked:
         info["tokenizer_unchecked"] = unchecked
-        ctx.log.warn(f"tokenizer: not checked for {', '.join(unchecked)} (no tokenizer to load there); the run "
-                     f"uses {named[0][0]}'s")
+        ctx.log.warn(f"tokenizer: not checked for {', '.join(unchecked)} (no tokenizer to load there); the "
+                     f"run uses {named[0][0]}'s")
     return run_tok, info
 
 
