@@ -8,6 +8,7 @@ samples.parquet, which a user may bring. Manifest names `score/<model_id>` (scor
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -417,7 +418,7 @@ def assemble_reward_tensor(root: Path, records: list[dict], ensembles: Mapping |
                                              "accuracy_se": "float64", "gold_accuracy": "float64"})
     if not members and not named:  # a run without ensembles of its own: models.parquet as it always was
         models_df = models_df.drop(columns=["kind", "ensemble"])
-    costs = ensemble_costs(records, ens)
+    costs = ensemble_costs(records, ens | {"grid_params": _saved_parameters(root, records)})
     atomic_write_parquet(root / layout.REWARDS, rewards)
     atomic_write_parquet(root / layout.MODELS, models_df)
     atomic_write_parquet(root / layout.ENSEMBLES, costs)
@@ -426,6 +427,19 @@ def assemble_reward_tensor(root: Path, records: list[dict], ensembles: Mapping |
 
 COST_COLUMNS = ("ensemble", "kind", "n_members", "params_trained", "params_held", "forwards_per_candidate",
                 "train_s", "score_s", "note")
+
+
+def _saved_parameters(root: Path, records: list[dict]) -> int | None:
+    """Parameters of the first grid RM as saved (its safetensors header; for RMs whose rm.json predates
+    ``params_total``), or None without one."""
+    from safetensors import safe_open
+
+    grid = [r for r in records if r["role"] == "rm"]
+    path = root / layout.rm_dir(grid[0]["model_id"]) / "model.safetensors" if grid else None
+    if path is None or not path.is_file():
+        return None
+    with safe_open(str(path), "pt") as f:
+        return int(sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys()))
 
 
 def ensemble_costs(records: list[dict], ensembles: Mapping) -> pd.DataFrame:
@@ -449,7 +463,7 @@ def ensemble_costs(records: list[dict], ensembles: Mapping) -> pd.DataFrame:
     per_pretrain: dict[str, list[dict]] = {}
     for r in grid:
         per_pretrain.setdefault(r["pretrain_id"], []).append(r)
-    p = num(grid[0].get("params_total")) if grid else nan
+    p = num(grid[0].get("params_total", ensembles.get("grid_params"))) if grid else nan
     wall = float(np.mean([num(r.get("wall_s")) for r in grid])) if grid else nan
     sc = float(np.mean([num(score_s.get(r["model_id"])) for r in grid])) if grid else nan
     f = max((len(v) for v in per_pretrain.values()), default=0)
