@@ -50,7 +50,10 @@ class FakeHub:
 
         class HfApi:
             def model_info(self, repo_id, *, revision=None, **kw):
-                return ModelInfo(id=repo_id, sha=hub._sha("model_info", repo_id, revision))
+                sha = hub._sha("model_info", repo_id, revision)
+                folder = hub.folders.get((repo_id, sha))  # the hub lists a repo's files with its info
+                siblings = None if folder is None else [{"rfilename": f.name} for f in sorted(folder.iterdir())]
+                return ModelInfo(id=repo_id, sha=sha, siblings=siblings)
 
             def dataset_info(self, repo_id, *, revision=None, **kw):
                 return DatasetInfo(id=repo_id, sha=hub._sha("dataset_info", repo_id, revision))
@@ -361,6 +364,33 @@ def test_convert_bin_converts_a_hub_branch_at_its_pinned_commit(tmp_path, tokeni
     keys_b = keys_of(pipe)
     assert pipe.ctx.resolve_checkpoint(spec).endswith(SHA_B)
     assert {n for n in keys_a if keys_a[n] != keys_b[n]} == {"rm/ckpt1-ft0"}
+
+
+@pytest.mark.parametrize("weights", ["bin", "none"])
+def test_a_pinned_branch_the_run_cannot_load_fails_at_pinning_before_any_training(tmp_path, tokenizer, hub, prefs,
+                                                                                   tiny_backbone_dir, weights):
+    repo = "EleutherAI/pythia-160m-seed3"
+    folder = bin_only(tmp_path / "at-a", tokenizer, seed=3)
+    if weights == "none":
+        (folder / "pytorch_model.bin").unlink()
+    hub.folders[repo, SHA_A] = folder
+    hub.refs[repo, BRANCH] = SHA_A
+    over = external(prefs, [tiny_backbone_dir, f"{repo}@{BRANCH}"], policy=tiny_backbone_dir)
+    pipe, _ = pipeline(over, tmp_path)
+    with pytest.raises(ModelLoadError) as err:
+        pipe.run("train-rm")
+    msg = str(err.value)
+    assert f"pretrain.checkpoints[1]: {repo}@{BRANCH}" in msg
+    if weights == "bin":
+        assert "holds only pytorch_model.bin weights" in msg and "pretrain.convert_bin: true" in msg
+    else:
+        assert "no safetensors or pytorch_model.bin weights" in msg
+    assert hub.calls == [("model_info", repo, BRANCH)]  # nothing downloaded
+    stages = manifest(tmp_path).get("stages", {})
+    assert not any(s.startswith(("rm/", "pretrain", "evaluator", "policy")) for s in stages), stages
+    if weights == "bin":  # with the conversion on, the same branch is fine
+        pipe, _ = pipeline([*over, "pretrain.convert_bin=true"], tmp_path)
+        assert pipe.ctx.checkpoints.pins()[f"{repo}@{BRANCH}"] == SHA_A
 
 
 # --------------------------------------------------------------------------------------------- tokenizers

@@ -111,6 +111,27 @@ def config_refs(cfg: RunConfig) -> list[HubRef]:
     return list(out.values())
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")
+
+
+def weights_problem(reference: str, field: str, files: list[str], convert_bin: bool) -> str | None:
+    """What stops a run loading the checkpoint `reference` (config field `field`) whose repository holds
+    `files` at its pinned commit, or None: no weight file at all, or only ``pytorch_model.bin``-style weights
+    while `pretrain.convert_bin` is off (perm loads safetensors only)."""
+    names = [f.rsplit("/", 1)[-1] for f in files]
+    if any(n.endswith(".safetensors") for n in names):
+        return None
+    if any(n.endswith(".bin") and n.startswith("pytorch_model") for n in names):
+        if convert_bin:
+            return None
+        return (f"{field}: {reference} holds only pytorch_model.bin weights at its pinned commit and perm loads "
+                "safetensors only: set pretrain.convert_bin: true (a weights-only conversion into "
+                f"<run>/converted/), or convert it first with `perm convert {reference} OUT`")
+    found = sorted(n for n in names if n.endswith(WEIGHT_SUFFIXES))
+    return (f"{field}: {reference} has no safetensors or pytorch_model.bin weights at its pinned commit"
+            + (f" (found {', '.join(found)})" if found else ""))
+
+
 def offline() -> bool:
     """HF_HUB_OFFLINE set (as huggingface_hub reads it)."""
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
@@ -127,10 +148,11 @@ def _reason(e: Exception) -> str:
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
-def pin(refs: list[HubRef],
-        api_factory: Callable[[], object] | None = None) -> tuple[dict[str, str | None], str | None]:
+def pin(refs: list[HubRef], api_factory: Callable[[], object] | None = None,
+        files: dict[str, list[str]] | None = None) -> tuple[dict[str, str | None], str | None]:
     """The commit sha of every reference (None where it cannot be pinned) and the warning line to print when
-    any could not be (None when all were).
+    any could not be (None when all were). ``files``: filled with each model reference's files at that commit
+    where the hub's answer lists them (its ``siblings``), so the weights can be checked before any training.
 
     A revision that is a commit sha already is kept without a call. Otherwise ``model_info`` /
     ``dataset_info`` at the revision: an answer from the hub that refuses one reference (unknown repo or
@@ -167,6 +189,9 @@ def pin(refs: list[HubRef],
                 if not isinstance(sha, str) or not COMMIT.match(sha):
                     raise ValueError(f"the hub gave no commit sha for {r.reference} (got {sha!r})")
                 shas[r.reference] = sha
+                siblings = getattr(info, "siblings", None)
+                if files is not None and r.kind == "model" and siblings is not None:
+                    files[r.reference] = [f.rfilename for f in siblings]
             except Exception as e:
                 reason = reason or _reason(e)
                 if isinstance(e, HfHubHTTPError | ValueError):

@@ -30,12 +30,38 @@ class Checkpoints:
         if self._pins is None:
             from perm.hub import config_refs, pin
 
-            refs = config_refs(self.cfg)
-            self._pins, warning = pin(refs) if refs else ({}, None)
+            refs, files = config_refs(self.cfg), {}
+            self._pins, warning = pin(refs, files=files) if refs else ({}, None)
             if warning:
                 self.log.warn(warning)
             self._record_pins({r: s for r, s in self._pins.items() if s})
+            self._check_weights(files)
         return self._pins
+
+    def _check_weights(self, files: dict[str, list[str]]) -> None:
+        """Refuse, before any training, a pinned checkpoint the run could not load (perm.hub.weights_problem:
+        no weights, or .bin-only weights without `pretrain.convert_bin`); every such checkpoint is named."""
+        from perm.hub import weights_problem
+        from perm.models import ModelLoadError
+
+        problems = [p for ref, names in files.items()
+                    if (p := weights_problem(ref, self.fields().get(ref, "checkpoint"), names,
+                                             self.cfg.pretrain.convert_bin))]
+        if problems:
+            raise ModelLoadError("; ".join(problems))
+
+    def fields(self) -> dict[str, str]:
+        """Checkpoint spec -> the config field that names it (the first, where several do)."""
+        c = self.cfg
+        named = [(f"pretrain.checkpoints[{i}]", s) for i, s in enumerate(c.pretrain.checkpoints)]
+        named += [("evaluator.rm_checkpoint", c.evaluator.rm_checkpoint), ("evaluator.checkpoint",
+                  c.evaluator.checkpoint), ("policy.checkpoint", c.policy.checkpoint),
+                  ("policy.init_from", c.policy.init_checkpoint())]
+        out: dict[str, str] = {}
+        for field, spec in named:
+            if spec:
+                out.setdefault(str(spec), field)
+        return out
 
     def _record_pins(self, pinned: dict[str, str]) -> None:
         if not pinned:
