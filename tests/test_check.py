@@ -4,11 +4,12 @@ side on real checkpoints saved with save_pretrained."""
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import huggingface_hub
 import pytest
 from huggingface_hub import errors as hf_errors
-from huggingface_hub.hf_api import DatasetInfo, ModelInfo
+from huggingface_hub.hf_api import DatasetInfo, ModelInfo, RepoSibling
 from typer.testing import CliRunner
 
 from conftest import make_tokenizer
@@ -85,6 +86,17 @@ def hub(monkeypatch):
         ("other/policy", None): _model("other/policy", tokenizer_sha=TOK_B),
     }
     FakeHfApi.datasets = {("openai/summarize_from_feedback", "refs/convert/parquet"): DatasetInfo(id="openai/summarize_from_feedback", sha="9" * 40)}
+    FakeHfApi.files = {}  # (repo, file name) -> a local file hf_hub_download serves; others are not found
+
+    def download(repo_id, filename, *, revision=None, local_dir=None, **kw):
+        FakeHfApi.calls.append(("download", repo_id, filename))
+        if (repo_id, filename) not in FakeHfApi.files:
+            raise hf_errors.EntryNotFoundError(f"404 {repo_id}/{filename}")
+        target = Path(local_dir) / filename
+        target.write_bytes(FakeHfApi.files[repo_id, filename].read_bytes())
+        return str(target)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
     return FakeHfApi
 
 
@@ -209,6 +221,32 @@ def test_local_and_hub_tokenizers_compare_by_content_hash(tmp_path, hub):
     hub.repos[("org/policy", None)] = _model("org/policy", tokenizer_sha=TOK_B)
     res = check_config(_local_cfg(tmp_path, [a], "org/policy"))
     assert [p for p in res.problems if p.startswith("tokenizer: policy.checkpoint (org/policy)")]
+
+
+def test_a_policy_tokenizer_that_only_adds_a_pad_token_passes_as_the_run_passes_it(tmp_path, hub):
+    """TRL's TL;DR SFT policy adds [PAD] to Pythia's tokenizer: its tokenizer.json differs by hash, the run
+    accepts it (perm.tokenizer_rule), and so does the check, fetching only the tokenizer files to compare."""
+    a, _ = _save(tmp_path, "seed0")
+    padded = tmp_path / "padded"
+    tok = make_tokenizer()
+    tok.add_special_tokens({"pad_token": "[PAD]"})
+    tok.save_pretrained(padded)
+    sha = hashlib.sha256((padded / "tokenizer.json").read_bytes()).hexdigest()
+    info = _model("org/policy", tokenizer_sha=sha)
+    info.siblings.append(RepoSibling(rfilename="tokenizer_config.json"))  # listed as the hub lists it
+    hub.repos[("org/policy", None)] = info
+    hub.files = {("org/policy", f.name): f for f in padded.iterdir()}
+    res = check_config(_local_cfg(tmp_path, [a], "org/policy"))
+    assert res.problems == [], res.text()
+    assert "policy.checkpoint by the run's rule" in res.text()
+    assert ("download", "org/policy", "tokenizer.json") in hub.calls
+    other = tmp_path / "other"
+    tok = make_tokenizer()
+    tok.add_tokens(["extra"])
+    tok.save_pretrained(other)
+    hub.files = {("org/policy", f.name): f for f in other.iterdir()}
+    res = check_config(_local_cfg(tmp_path, [a], "org/policy"))
+    assert any("by the run's rule too" in p for p in res.problems), res.text()
 
 
 def test_without_network_only_local_parts_are_checked_and_it_says_so(tmp_path, hub, monkeypatch):

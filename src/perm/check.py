@@ -1,5 +1,5 @@
 """`perm check`: a preflight of a config before a long (real-scale) run, without downloading or loading
-any model.
+any model's weights.
 
 It lists every model and dataset the config names (``pretrain.checkpoints``, ``evaluator.checkpoint``,
 ``policy.checkpoint``, ``data.prefs``, ``data.prefs_eval``; a hub id may pin a revision after ``@``) and
@@ -11,10 +11,12 @@ checks, for each:
 - a **local checkpoint**: the directory exists with ``*.safetensors`` and ``config.json``;
 - a **dataset**: a local file or folder exists; a hub id resolves (``HfApi.dataset_info`` at the revision
   perm will load: ``data.revision``, for openai/summarize_from_feedback its Parquet conversion);
-- **one tokenizer**: the checkpoints of the grid, the evaluator and the policy have the same tokenizer
-  files (``tokenizer.json`` when there is one, else vocab/merges/sentencepiece files), compared by content
-  hash: sha256 for local files and for the hub's LFS files, the git blob id for the hub's other files (a
-  local file's git blob id is computed too, so local and hub files compare);
+- **one tokenizer**, by the rule the run applies (perm.tokenizer_rule): the checkpoints of the grid, the
+  evaluator and the policy have the same tokenizer files (``tokenizer.json`` when there is one, else
+  vocab/merges/sentencepiece files), compared by content hash (sha256 for local files and the hub's LFS
+  files, the git blob id for the hub's other files; a local file's git blob id is computed too); where the
+  hashes differ, both tokenizers are loaded (a hub model's tokenizer files alone fetched) and compared with
+  the pad token left out, as the run compares them;
 - the **disk** the run will write (see :func:`disk_estimate`) against the free space where ``out`` lives.
 
 Without network (``HF_HUB_OFFLINE=1``, or the first hub call fails to connect) it says so, checks the
@@ -30,6 +32,7 @@ import os
 import re
 import shutil
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +43,7 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # as perm.data decides 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model",
                    "vocab.txt")
 PICKLED = (".bin", ".pt", ".pth", ".ckpt")
+TOKENIZER_CONFIGS = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
 FP32_BYTES = 4  # every model comes up in fp32 master weights (perm.models.MASTER_DTYPE) and is saved so
 OPENAI_TLDR_ID, PARQUET_CONVERSION = "openai/summarize_from_feedback", "refs/convert/parquet"  # as perm.data
 
@@ -62,6 +66,9 @@ class Facts:
     weights_bytes: int = 0
     n_params: int | None = None
     tokenizer: dict[str, dict[str, str]] = field(default_factory=dict)
+    load_tokenizer: Callable[[], object] | None = field(default=None, repr=False, compare=False)
+    """Loads its tokenizer (a hub model's tokenizer files fetched, small), for the run's rule where the files'
+    hashes differ (perm.tokenizer_rule)."""
 
 
 @dataclass
@@ -200,7 +207,8 @@ def check_local_model(ref: Ref, path: Path, problems: list[str]) -> tuple[Facts 
         ok = False
     facts = Facts("local", weights_bytes=sum(p.stat().st_size for p in weights),
                   n_params=sum(safetensors_params(p) for p in weights) if weights else None,
-                  tokenizer={n: _file_hashes(path / n) for n in TOKENIZER_FILES if (path / n).is_file()})
+                  tokenizer={n: _file_hashes(path / n) for n in TOKENIZER_FILES if (path / n).is_file()},
+                  load_tokenizer=lambda: _load_tokenizer(path))
     line = ((f"local: {len(weights)} safetensors file(s), {_fmt_bytes(facts.weights_bytes)}"
              + (f", {_fmt_params(facts.n_params)} parameters" if facts.n_params else ""))
             if ok else "local: unusable")
@@ -250,6 +258,9 @@ def check_hub_model(api, ref: Ref, name: str, rev: str | None,
             lfs = getattr(s, "lfs", None)
             sha = getattr(lfs, "sha256", None) if lfs is not None else None
             facts.tokenizer[n] = {"sha256": sha} if sha else ({"git": s.blob_id} if s.blob_id else {})
+    sha = getattr(info, "sha", None)
+    wanted = [n for n in (*TOKENIZER_FILES, *TOKENIZER_CONFIGS) if n in files]
+    facts.load_tokenizer = lambda: _hub_tokenizer(name, sha or rev, wanted)
     commit = f", commit {info.sha[:10]}" if getattr(info, "sha", None) else ""
     line = ((f"hub: {len(weights)} safetensors file(s), {_fmt_bytes(facts.weights_bytes)}"
              + (f", {_fmt_params(facts.n_params)} parameters" if facts.n_params else "") + commit)
@@ -295,35 +306,89 @@ def _same(a: dict[str, str], b: dict[str, str]) -> bool | None:
     return a[common[0]] == b[common[0]]
 
 
+def _load_tokenizer(path: Path):
+    from perm.models import load_tokenizer
+
+    return load_tokenizer(path)
+
+
+def _hub_tokenizer(repo: str, revision: str | None, names: list[str]):
+    """A hub model's tokenizer from its tokenizer files alone (fetched into a temporary folder)."""
+    import tempfile
+
+    import huggingface_hub
+    from huggingface_hub import errors as hf_errors
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in names:
+            try:
+                huggingface_hub.hf_hub_download(repo, n, revision=revision, local_dir=tmp)
+            except hf_errors.EntryNotFoundError:
+                if n not in TOKENIZER_CONFIGS:  # an optional config file listed but not served: left out
+                    raise
+        return _load_tokenizer(Path(tmp))
+
+
+def _same_by_rule(f0: Facts, f: Facts) -> tuple[bool | None, str]:
+    """Whether two checkpoints' tokenizers give every text the same ids by the run's rule
+    (perm.tokenizer_rule: the pad token left out), loading both; None with the reason where one cannot be
+    loaded."""
+    from perm.models import ModelLoadError
+    from perm.tokenizer_rule import check_run_tokenizers
+
+    if f0.load_tokenizer is None or f.load_tokenizer is None:
+        return None, "no tokenizer to load"
+    try:
+        a, b = f0.load_tokenizer(), f.load_tokenizer()
+    except Exception as e:  # noqa: BLE001 - offline, a gated repo, unreadable files: said, not raised
+        return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    try:
+        check_run_tokenizers({"a": a, "b": b})
+    except ModelLoadError:
+        return False, ""
+    return True, ""
+
+
 def compare_tokenizers(models: list[tuple[Ref, Facts]], problems: list[str]) -> str:
-    """One tokenizer for all `models`: each compared with the first (the run's tokenizer comes from the
-    first pretrain checkpoint), on tokenizer.json when both have it, else on the vocabulary files
-    both have."""
+    """One tokenizer for all `models`, by the rule the run applies (perm.tokenizer_rule): each compared with
+    the first (the run's tokenizer comes from the first pretrain checkpoint), on tokenizer.json when both have
+    it, else on the vocabulary files both have, by content hash; where the hashes differ or cannot be compared,
+    both tokenizers are loaded (a hub model's tokenizer files fetched) and compared with the pad token left
+    out, as the run does."""
     models = [(r, f) for r, f in models if f is not None]
     if len(models) < 2:
         return "tokenizer: fewer than two checkpoints to compare"
-    (ref0, f0), unknown, differ = models[0], [], []
+    (ref0, f0), unknown, differ, by_rule = models[0], [], [], []
     for ref, f in models[1:]:
         names = (["tokenizer.json"] if "tokenizer.json" in f0.tokenizer and "tokenizer.json" in f.tokenizer
                  else [n for n in TOKENIZER_FILES if n in f0.tokenizer and n in f.tokenizer])
         verdicts = [_same(f0.tokenizer[n], f.tokenizer[n]) for n in names]
-        if not names or any(v is None for v in verdicts):
-            unknown.append(ref)
-        elif not all(verdicts):
+        if names and all(v is True for v in verdicts):
+            continue
+        same, why = _same_by_rule(f0, f)
+        if same:
+            by_rule.append(ref)
+        elif same is None and (not names or any(v is None for v in verdicts)):
+            unknown.append((ref, why))
+        else:
             bad = [n for n, v in zip(names, verdicts, strict=True) if not v]
             differ.append(ref)
             problems.append(f"tokenizer: {ref.key} ({ref.spec}) has another tokenizer than {ref0.key} "
-                            f"({ref0.spec}): {', '.join(bad)} differ{'s' if len(bad) == 1 else ''}; the "
-                            "grid, the evaluator and the policy must share one tokenizer")
-    for ref in unknown:
+                            f"({ref0.spec}): {', '.join(bad) or 'its tokenizer'} differ{'s' if len(bad) <= 1 else ''}"
+                            + (f" (not loaded to compare by the run's rule: {why})" if same is None else
+                               " by the run's rule too (pad token left out)")
+                            + "; the grid, the evaluator and the policy must share one tokenizer")
+    for ref, why in unknown:
         problems.append(f"tokenizer: cannot compare {ref.key} ({ref.spec}) with {ref0.key}: no tokenizer "
-                        "file both have with a comparable hash")
+                        f"file both have with a comparable hash ({why})")
     if differ or unknown:
         return (f"tokenizer: {len(models) - len(differ) - len(unknown)} of {len(models)} checkpoints "
                 f"share {ref0.key}'s")
     first = "tokenizer.json" if "tokenizer.json" in f0.tokenizer else next(iter(f0.tokenizer), "?")
     digest = next((v for v in f0.tokenizer.get(first, {}).values() if v), "")
-    return f"tokenizer: the {len(models)} checkpoints share one ({first} {digest[:12]})"
+    extra = (f"; {', '.join(r.key for r in by_rule)} by the run's rule (files differ, the same ids with the "
+             "pad token left out)" if by_rule else "")
+    return f"tokenizer: the {len(models)} checkpoints share one ({first} {digest[:12]}){extra}"
 
 
 # ------------------------------------------------------------------------------------------------ disk

@@ -131,9 +131,6 @@ def _pinned_revisions(ctx: Context) -> dict[str, str]:
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "tokenizer.model",
                    "spiece.model", "vocab.txt")
-_SPECIAL = ("bos_token", "eos_token", "unk_token", "sep_token", "cls_token", "mask_token")
-
-
 def check_tokenizers(ctx: Context):
     """Load the tokenizer of every grid backbone, the evaluator and the policy (their resolved checkpoints,
     through perm.models.load_tokenizer) and check that they agree (perm.models.check_same_tokenizer); a
@@ -143,13 +140,14 @@ def check_tokenizers(ctx: Context):
     such as a converted step branch that has none) and ``tokenizer_pad_ignored`` (models whose own pad
     token differs from the run's) where there are any.
 
-    The pad token is left out of the comparison (:func:`_without_pad`): padding is masked everywhere, RMs
+    The pad token is left out of the comparison (:func:`perm.tokenizer_rule.without_pad`): padding is masked everywhere, RMs
     and the evaluator pad with the run's tokenizer, and the policy pads only its own prompts, so a model
     whose tokenizer adds a pad token of its own (TRL's TL;DR SFT policy may), or uses EOS as pad, gives
     every text the same ids as the grid's. Any other difference (vocabulary, merges, normaliser,
     pre-tokeniser, post-processor, other special tokens or added tokens) is an error."""
     from perm.hub import model_ref, offline
-    from perm.models import check_same_tokenizer, load_tokenizer, tokenizer_fingerprint
+    from perm.models import load_tokenizer, tokenizer_fingerprint
+    from perm.tokenizer_rule import check_run_tokenizers
 
     cfg = ctx.cfg
     c = cfg.pretrain
@@ -185,7 +183,7 @@ def check_tokenizers(ctx: Context):
         else:
             toks[name] = loaded[path]
     run_tok = toks[named[0][0]]
-    check_same_tokenizer({name: _without_pad(t) for name, t in toks.items()})
+    check_run_tokenizers(toks)
     info: dict = {"tokenizer_fingerprint": tokenizer_fingerprint(run_tok)}
     pads = {name: str(t.pad_token) for name, t in toks.items() if t.pad_token != run_tok.pad_token}
     if pads:
@@ -195,24 +193,3 @@ def check_tokenizers(ctx: Context):
         ctx.log.warn(f"tokenizer: not checked for {', '.join(unchecked)} (no tokenizer to load there); the "
                      f"run uses {named[0][0]}'s")
     return run_tok, info
-
-
-def _without_pad(tok):
-    """`tok` with its pad token taken out, for comparing: the pad attribute dropped, and the pad's added-token
-    entry too when the pad is a token of its own (not a word of the base vocabulary nor another special
-    token). A tokenizer without a fast backend is returned as it is (compared whole)."""
-    import json
-
-    from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    backend = getattr(tok, "backend_tokenizer", None)
-    if tok.pad_token is None or backend is None:
-        return tok
-    pad = str(tok.pad_token)
-    specials = {a: str(getattr(tok, a)) for a in _SPECIAL if getattr(tok, a, None) is not None}
-    spec = json.loads(backend.to_str())
-    if pad not in backend.get_vocab(with_added_tokens=False) and pad not in specials.values():
-        spec["added_tokens"] = [t for t in spec.get("added_tokens") or [] if t.get("content") != pad]
-    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)), **specials)
-
