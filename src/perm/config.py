@@ -268,8 +268,8 @@ class PretrainConfig:
             ship_seeds = tuple(int(c.split("seed", 1)[1]) for c in shipped if c.split("seed", 1)[1].isdigit())
             _check(self.seeds == ship_seeds or self.seeds == PretrainConfig.seeds, "pretrain.seeds",
                    f"{list(self.seeds)} is not what pretrain.checkpoints loads ({', '.join(shipped)}); to "
-                   "pretrain these seeds in the run set pretrain.checkpoints: [] (as configs/tiny-scratch.yaml "
-                   "does), or name shipped ones (testbed:seed0 ... testbed:seed5)")
+                   "pretrain these seeds in the run set pretrain.checkpoints: [] (as "
+                   "configs/tiny-scratch.yaml does), or name shipped ones (testbed:seed0 ... testbed:seed5)")
             for name in (*PRETRAIN_TRAIN_FIELDS, "backbone"):
                 _check(getattr(self, name) == getattr(_RECIPE_PRETRAIN, name), f"pretrain.{name}",
                        "has no effect while pretrain.checkpoints loads the shipped testbed backbones "
@@ -423,8 +423,8 @@ class RewardConfig:
                            "reward.pairs_from loads the testbed kit's pairs (drawn with the defaults, "
                            "configs/testbed-kit.yaml); set reward.pairs_from: null to draw them in the run")
         elif is_kit(self.pairs_from):
-            raise ConfigError(f"reward.pairs_from: {self.pairs_from} is not the kit's pairs (name {KIT}, or a "
-                              "folder)")
+            raise ConfigError(f"reward.pairs_from: {self.pairs_from} is not the kit's pairs (name {KIT}, or "
+                              "a folder)")
 
 
 @dataclass(frozen=True)
@@ -503,8 +503,8 @@ class EvaluatorConfig:
             _check(bool(r), "evaluator.rm_checkpoint",
                    "must be a folder, hub id or testbed:kit/evaluator (or null)")
             _check(not str(r).startswith(SHIPPED) or r == KIT_EVALUATOR, "evaluator.rm_checkpoint",
-                   f"{r} is not a trained evaluator RM (the testbed kit's is {KIT_EVALUATOR}; a shipped backbone "
-                   "such as testbed:evaluator-seed1000 is finetuned from evaluator.checkpoint)")
+                   f"{r} is not a trained evaluator RM (the testbed kit's is {KIT_EVALUATOR}; a shipped "
+                   "backbone such as testbed:evaluator-seed1000 is finetuned from evaluator.checkpoint)")
             _keep_defaults(self, EVALUATOR_KIT_FIELDS, "evaluator",
                            f"evaluator.rm_checkpoint loads a trained evaluator ({r}); set "
                            "evaluator.rm_checkpoint: null to finetune one in the run")
@@ -808,8 +808,8 @@ class RunConfig:
             for key, spec in (("policy.checkpoint", self.policy.checkpoint),
                               ("evaluator.rm_checkpoint",
                                self.evaluator.rm_checkpoint if self.evaluator.enabled else None)):
-                _check(not is_kit(spec), key, f"{spec} is the testbed's, trained on its world: with data.prefs "
-                       "name a model for your data"
+                _check(not is_kit(spec), key, f"{spec} is the testbed's, trained on its world: with "
+                       "data.prefs name a model for your data"
                        + (" (or null: finetune one in the run)" if key.startswith("eval") else ""))
         elif self.reward.pairs != "testbed":
             _check((self.evaluator.extra_posts or 0) <= self.testbed.n_prefs_train, "evaluator.extra_posts",

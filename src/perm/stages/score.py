@@ -58,7 +58,8 @@ def member_scorers(cfg: RunConfig) -> dict[str, dict]:
         kind = spec["kind"]
         if kind == "multihead":
             out[mid] = {"source": src, "load": {"kind": "multihead", "heads": e.size},
-                        "ensemble": "multihead", "kind": kind, "model_ids": [f"multihead-h{h}" for h in range(e.size)]}
+                        "ensemble": "multihead", "kind": kind,
+                        "model_ids": [f"multihead-h{h}" for h in range(e.size)]}
         elif kind == "lora":
             out[mid] = {"source": src, "load": {"kind": "lora"}, "ensemble": "lora", "kind": kind,
                         "model_ids": [mid]}
