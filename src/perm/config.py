@@ -46,11 +46,13 @@ class TestbedConfig:
     n_sft: int = 4000
     """(post, reference summary) examples in sft_train; > 0. The SFT policy trains on them (holding out the
     first n_sft // 20 for its eval loss), and `reward.pairs: policy | mix` samples its pairs on these posts
-    (`reward.policy_pairs_per_post` per post; the held-out posts' pairs are the RMs' in-distribution eval set)."""
+    (`reward.policy_pairs_per_post` per post; the held-out posts' pairs are the RMs' in-distribution eval
+    set)."""
     n_prefs_train: int = 16000
     """Perturbation preference pairs in prefs_train (a candidate summary vs a degraded one, labelled by the
-    Bradley-Terry raters on the gold reward); > 0. The RMs train on them only with `reward.pairs: testbed | mix`
-    (within `reward.max_train_pairs` / `evaluator.train_pairs`); with `policy` they are built but unused."""
+    Bradley-Terry raters on the gold reward); > 0. The RMs train on them only with `reward.pairs: testbed |
+    mix` (within `reward.max_train_pairs` / `evaluator.train_pairs`); with `policy` they are built but
+    unused."""
     n_prefs_eval: int = 1000
     """Held-out perturbation pairs in prefs_eval; > 0. Every RM's accuracy on them is reported (the
     in-distribution accuracy for `reward.pairs: testbed`, an extra eval for policy | mix)."""
@@ -81,8 +83,8 @@ class DataConfig:
     prefs: str | None = None
     """null = the embedded testbed. Otherwise a JSONL/Parquet file, a local `datasets` directory, or a hub id
     (e.g. openai/summarize_from_feedback), in the generic {prompt, chosen, rejected} or TL;DR schema. Needs
-    `pretrain.checkpoints`, `policy.checkpoint` and `evaluator.checkpoint` (or `evaluator.enabled: false`): there
-    is no corpus to pretrain on and no SFT data; `reward.pairs` (auto) then trains on these pairs."""
+    `pretrain.checkpoints`, `policy.checkpoint` and `evaluator.checkpoint` (or `evaluator.enabled: false`):
+    there is no corpus to pretrain on and no SFT data; `reward.pairs` (auto) then trains on these pairs."""
     schema: Literal["auto", "generic", "tldr"] = "auto"
     """Record format of `prefs` and `prefs_eval`. auto: detected from the fields of the first record; generic:
     {prompt, chosen, rejected} strings; tldr: summarize_from_feedback comparisons (info, summaries, choice),
@@ -107,11 +109,11 @@ class DataConfig:
     """Import only the first k training pairs of `prefs` (>= 1; null = all). This limits what is read; the
     RMs may use fewer still (`reward.max_train_pairs`, `evaluator.train_pairs`)."""
     max_eval_pairs: int | None = 2000
-    """Import only the first k held-out pairs (>= 1; null = all): the RMs' accuracy is measured on them and the
-    eval prompts are taken from them."""
+    """Import only the first k held-out pairs (>= 1; null = all): the RMs' accuracy is measured on them and
+    the eval prompts are taken from them."""
     n_eval_prompts: int = 200
-    """Eval prompts for best-of-n (> 0): the first k distinct prompts of the held-out pairs (fewer if there are
-    fewer). The counterpart of `testbed.n_eval_prompts`."""
+    """Eval prompts for best-of-n (> 0): the first k distinct prompts of the held-out pairs (fewer if there
+    are fewer). The counterpart of `testbed.n_eval_prompts`."""
     bad_rows: Literal["error", "skip"] = "error"
     """error: the first bad row stops the import, naming its file, row and field. skip: rows with an empty
     (null or blank) prompt, chosen or rejected, or with chosen equal to rejected, are dropped and counted by
@@ -149,16 +151,17 @@ class BackboneConfig:
 
 
 SHIPPED = "testbed:"  # prefix of a shipped testbed backbone's checkpoint spec (perm.shipped)
-KIT = f"{SHIPPED}kit"  # the testbed kit shipped in the package (perm.kit): KIT/policy, KIT/evaluator, KIT's pairs
+# the testbed kit shipped in the package (perm.kit): KIT/policy, KIT/evaluator, KIT's pairs
+KIT = f"{SHIPPED}kit"
 KIT_POLICY, KIT_EVALUATOR = f"{KIT}/policy", f"{KIT}/evaluator"
 
 DEFAULT_KIT: str | None = KIT
 """Where `auto` (the default of `policy.checkpoint`, `reward.pairs_from` and `evaluator.rm_checkpoint`) loads
-what the experiment holds fixed from: the SFT policy (<kit>/policy), its policy preference pairs (<kit>) and the
-trained evaluator RM (<kit>/evaluator), each where the config's world is the kit's (RunConfig resolves auto).
-KIT ("testbed:kit", the default): the testbed kit shipped in the package (perm.kit; built by `perm kit build` from
-configs/testbed-kit.yaml), so that the embedded default trains only the grid; None: every run trains its world
-itself."""
+what the experiment holds fixed from: the SFT policy (<kit>/policy), its policy preference pairs (<kit>) and
+the trained evaluator RM (<kit>/evaluator), each where the config's world is the kit's (RunConfig resolves
+auto). KIT ("testbed:kit", the default): the testbed kit shipped in the package (perm.kit; built by `perm kit
+build` from configs/testbed-kit.yaml), so that the embedded default trains only the grid; None: every run
+trains its world itself."""
 AUTO = "auto"  # the kit fields' default: resolved by RunConfig (see DEFAULT_KIT), never seen by a stage
 POLICY_KIT_FIELDS = ("init_from", "sft_epochs", "sft_lr", "sft_batch_size")  # what the kit's policy fixes
 PAIRS_KIT_FIELDS = ("policy_pairs_per_post", "policy_kwise")  # ... its pairs (beside the policy, the testbed)
@@ -185,16 +188,18 @@ def _default(cls: type, name: str) -> Any:
 def _keep_defaults(obj: Any, names: tuple[str, ...], section: str, why: str) -> None:
     """Each field of `names` must hold its declared default while `why` (what loads instead of training)."""
     for name in names:
-        _check(getattr(obj, name) == _default(type(obj), name), f"{section}.{name}", f"has no effect while {why}")
-PRETRAIN_TRAIN_FIELDS = ("steps", "batch_size", "seq_len", "lr", "warmup_steps", "weight_decay")  # a pretrain job's
+        _check(getattr(obj, name) == _default(type(obj), name), f"{section}.{name}",
+               f"has no effect while {why}")
+# a pretrain job's
+PRETRAIN_TRAIN_FIELDS = ("steps", "batch_size", "seq_len", "lr", "warmup_steps", "weight_decay")
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """Seed-varied causal-LM pretraining (perm.pretrain) of the grid's backbones, or existing checkpoints to load
-    instead. The training fields (batch_size, seq_len, lr, warmup_steps, weight_decay) are also the evaluator
-    backbone's recipe, with `evaluator.pretrain_steps` for `steps`: changing one reruns every pretrain from
-    scratch, the evaluator's too, and everything after them."""
+    """Seed-varied causal-LM pretraining (perm.pretrain) of the grid's backbones, or existing checkpoints to
+    load instead. The training fields (batch_size, seq_len, lr, warmup_steps, weight_decay) are also the
+    evaluator backbone's recipe, with `evaluator.pretrain_steps` for `steps`: changing one reruns every
+    pretrain from scratch, the evaluator's too, and everything after them."""
 
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     """One backbone per seed (at least one, distinct); pretrain_id is `seed<k>`. Each seed sets both the
@@ -222,10 +227,11 @@ class PretrainConfig:
     """AdamW weight decay (>= 0)."""
     checkpoints: tuple[str, ...] = tuple(f"testbed:seed{i}" for i in range(5))
     """Instead of pretraining: local directories or hub ids (e.g. EleutherAI/pythia-160m-seed1), one per
-    pretrain; a hub id may pin a revision after `@` (EleutherAI/pythia-160m-seed4@step143000); or the testbed's
-    shipped backbones `testbed:seed0` ... `testbed:seed4` (the default: pretrained once with this section's
-    recipe, configs/testbed-pretrains.yaml, and checked against their recorded hashes on load; perm.shipped).
-    Non-empty overrides `seeds`; `[]` pretrains `seeds` in the run (configs/tiny-scratch.yaml)."""
+    pretrain; a hub id may pin a revision after `@` (EleutherAI/pythia-160m-seed4@step143000); or the
+    testbed's shipped backbones `testbed:seed0` ... `testbed:seed4` (the default: pretrained once with this
+    section's recipe, configs/testbed-pretrains.yaml, and checked against their recorded hashes on load;
+    perm.shipped). Non-empty overrides `seeds`; `[]` pretrains `seeds` in the run
+    (configs/tiny-scratch.yaml)."""
     trust_remote_code: bool = False
     """Passed to transformers as trust_remote_code where perm loads the configured checkpoints (their
     tokenizers, the grid RMs' backbones, the policy for sampling): lets a checkpoint run its own modelling
@@ -237,9 +243,10 @@ class PretrainConfig:
     dicts only), and the conversion is loaded instead; checkpoints with safetensors are used as they are.
     False: such a checkpoint is refused (convert it yourself with `perm convert CHECKPOINT OUT`)."""
     checkpoint_every: int = 100
-    """Steps between resumable training checkpoints of a pretrain from scratch (weights, optimiser, data position,
-    RNG; <run>/.checkpoints/pretrain/<id>/, removed once the backbone is saved): a killed pretrain continues
-    from its last checkpoint to exactly the weights of an uninterrupted run. 0 = none. Not in any stage key."""
+    """Steps between resumable training checkpoints of a pretrain from scratch (weights, optimiser, data
+    position, RNG; <run>/.checkpoints/pretrain/<id>/, removed once the backbone is saved): a killed pretrain
+    continues from its last checkpoint to exactly the weights of an uninterrupted run. 0 = none. Not in any
+    stage key."""
 
     def __post_init__(self) -> None:
         _check(len(self.seeds) > 0 or len(self.checkpoints) > 0, "pretrain.seeds", "need at least one")
@@ -253,24 +260,26 @@ class PretrainConfig:
             _check(getattr(self, name) > 0, f"pretrain.{name}", "must be > 0")
         _check(self.lr > 0, "pretrain.lr", "must be > 0")
         kit = [c for c in self.checkpoints if is_kit(c)]
-        _check(not kit, "pretrain.checkpoints", f"{kit[0] if kit else ''} is part of the testbed kit, not a pretrained "
-               "backbone (the shipped backbones are testbed:seed0 ... testbed:seed5)")
+        _check(not kit, "pretrain.checkpoints", f"{kit[0] if kit else ''} is part of the testbed kit, not a "
+               "pretrained backbone (the shipped backbones are testbed:seed0 ... testbed:seed5)")
         shipped = [c for c in self.checkpoints if c.startswith(f"{SHIPPED}seed")]
-        if shipped and len(shipped) == len(self.checkpoints):  # the shipped testbed backbones: the recipe is theirs
+        # the shipped testbed backbones: the recipe is theirs
+        if shipped and len(shipped) == len(self.checkpoints):
             ship_seeds = tuple(int(c.split("seed", 1)[1]) for c in shipped if c.split("seed", 1)[1].isdigit())
             _check(self.seeds == ship_seeds or self.seeds == PretrainConfig.seeds, "pretrain.seeds",
-                   f"{list(self.seeds)} is not what pretrain.checkpoints loads ({', '.join(shipped)}); to pretrain "
-                   "these seeds in the run set pretrain.checkpoints: [] (as configs/tiny-scratch.yaml does), or "
-                   "name shipped ones (testbed:seed0 ... testbed:seed5)")
+                   f"{list(self.seeds)} is not what pretrain.checkpoints loads ({', '.join(shipped)}); to "
+                   "pretrain these seeds in the run set pretrain.checkpoints: [] (as "
+                   "configs/tiny-scratch.yaml does), or name shipped ones (testbed:seed0 ... testbed:seed5)")
             for name in (*PRETRAIN_TRAIN_FIELDS, "backbone"):
                 _check(getattr(self, name) == getattr(_RECIPE_PRETRAIN, name), f"pretrain.{name}",
-                       "has no effect while pretrain.checkpoints loads the shipped testbed backbones (pretrained "
-                       "with this section's defaults, configs/testbed-pretrains.yaml); set pretrain.checkpoints: [] "
-                       "to pretrain in the run with it")
+                       "has no effect while pretrain.checkpoints loads the shipped testbed backbones "
+                       "(pretrained with this section's defaults, configs/testbed-pretrains.yaml); set "
+                       "pretrain.checkpoints: [] to pretrain in the run with it")
 
     def pretrain_ids(self) -> list[str]:
         if self.checkpoints:  # a shipped testbed backbone keeps its name (testbed:seed3 -> seed3)
-            ids = [c[len(SHIPPED):] if c.startswith(SHIPPED) else f"ckpt{i}" for i, c in enumerate(self.checkpoints)]
+            ids = [c[len(SHIPPED):] if c.startswith(SHIPPED) else f"ckpt{i}"
+                   for i, c in enumerate(self.checkpoints)]
             return ids if len(set(ids)) == len(ids) else [f"ckpt{i}" for i in range(len(self.checkpoints))]
         return [f"seed{s}" for s in self.seeds]
 
@@ -285,10 +294,10 @@ _RECIPE_PRETRAIN = PretrainConfig(checkpoints=())  # the shipped backbones' reci
 @dataclass(frozen=True)
 class RewardConfig:
     """Reward-model finetuning (perm.reward.train_reward_model: Bradley-Terry + centering loss, AdamW, linear
-    warmup and decay) and the pretrain x finetune-seed grid. The evaluator RM uses the same recipe with its own
-    `evaluator.epochs`, `evaluator.lr` and `evaluator.train_pairs`. A field reruns the grid RMs, the scoring
-    and the analysis; all but finetune_seeds, layout, finetune_seed_scope, max_train_pairs, epochs and lr
-    rerun the evaluator RM too."""
+    warmup and decay) and the pretrain x finetune-seed grid. The evaluator RM uses the same recipe with its
+    own `evaluator.epochs`, `evaluator.lr` and `evaluator.train_pairs`. A field reruns the grid RMs, the
+    scoring and the analysis; all but finetune_seeds, layout, finetune_seed_scope, max_train_pairs, epochs and
+    lr rerun the evaluator RM too."""
 
     finetune_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     """Finetune seeds (at least one, distinct): each fixes an RM's head initialisation, data order and dropout
@@ -300,21 +309,24 @@ class RewardConfig:
     """alpha of the centering term alpha * mean((r+ + r-)^2); >= 0 (0 = plain Bradley-Terry)."""
     epochs: float = 2.0
     """Passes over the training pairs (> 0, fractions allowed): round(epochs * ceil(pairs / batch_size))
-    optimizer steps; reruns the grid RMs. Why 2: learnability alone (docs/history/results.md, "two RM epochs")."""
+    optimizer steps; reruns the grid RMs. Why 2: learnability alone (docs/history/results.md, "two RM
+    epochs")."""
     batch_size: int = 64
     """Preference pairs per optimizer step (> 0; the global batch when several processes train one RM). With
     K-wise pairs (`policy_kwise: 6`, 15 pairs per post) 64 pairs hold about four posts."""
     micro_batch_size: int | None = None
-    """Gradient accumulation: at most this many preference pairs per forward and backward pass (>= 1; null = each
-    step's `batch_size` pairs in one pass). The same data order, steps and learning-rate schedule; each step's
-    gradient is the whole batch's up to float rounding, with one micro-batch's activations in memory. Set, it keys
-    and reruns the grid RMs, the evaluator RM and the ensemble members (null: keys as before). A step's pairs
-    (under several processes, each one's slice) run in contiguous micro-batches, a prompt's pairs together where
-    they fit, each micro-batch's loss weighted by its share of the step's pairs (a multi-head member's: by each
-    head's share of its bootstrap weight). With `dropout`, masks are drawn per micro-batch."""
+    """Gradient accumulation: at most this many preference pairs per forward and backward pass (>= 1; null =
+    each step's `batch_size` pairs in one pass). The same data order, steps and learning-rate schedule; each
+    step's gradient is the whole batch's up to float rounding, with one micro-batch's activations in memory.
+    Set, it keys and reruns the grid RMs, the evaluator RM and the ensemble members (null: keys as before). A
+    step's pairs (under several processes, each one's slice) run in contiguous micro-batches, a prompt's pairs
+    together where they fit, each micro-batch's loss weighted by its share of the step's pairs (a multi-head
+    member's: by each head's share of its bootstrap weight). With `dropout`, masks are drawn per
+    micro-batch."""
     lr: float = 7e-4
     """Peak AdamW learning rate (> 0): linear warmup over `warmup_frac` of the steps, then linear decay to 0.
-    Reruns the grid RMs. Why 7e-4: learnability alone (docs/history/results.md, "a lower RM learning rate")."""
+    Reruns the grid RMs. Why 7e-4: learnability alone (docs/history/results.md, "a lower RM learning
+    rate")."""
     warmup_frac: float = 0.06
     """Fraction of the steps spent warming up to `lr`; in [0, 1)."""
     weight_decay: float = 0.0
@@ -329,8 +341,8 @@ class RewardConfig:
     RMs; any *ForSequenceClassification). sum / mean: the head on every token's final hidden state, summed or
     averaged over prompt + completion (decoder backbones only; a prompt's part is the same for all its
     candidates). Recorded in the saved RM's config.json as `perm_reward_readout`, which perm's scoring reads;
-    other tools that load the RM read the last token whatever it says. Reruns the RMs. Why last: docs/history/results.md
-    ("where the reward is read")."""
+    other tools that load the RM read the last token whatever it says. Reruns the RMs. Why last:
+    docs/history/results.md ("where the reward is read")."""
     eval_every: int = 200
     """Optimizer steps between evaluations on the held-out pairs (the learning curve `eval_curve` in rm.json);
     >= 1. The final weights are always evaluated. Changes no weights, but is part of the RMs' keys."""
@@ -341,9 +353,9 @@ class RewardConfig:
     and the scoring."""
     max_train_pairs: int | None = None
     """The grid RMs train on only the first k training pairs (>= 1; null = all); policy pairs come first under
-    `pairs: mix`, and K-wise pairs are in post order, so k keeps the first posts whole. The evaluator ignores it
-    (`evaluator.train_pairs`). On the testbed, `pairs: policy` with `policy_kwise: 6` yields ~46k pairs (the
-    3,800 training posts x 15, less ties)."""
+    `pairs: mix`, and K-wise pairs are in post order, so k keeps the first posts whole. The evaluator ignores
+    it (`evaluator.train_pairs`). On the testbed, `pairs: policy` with `policy_kwise: 6` yields ~46k pairs
+    (the 3,800 training posts x 15, less ties)."""
     pairs: Literal["auto", "testbed", "policy", "mix"] = "auto"
     """Training pairs (grid and evaluator). testbed: the data's own pairs: the testbed's perturbation pairs
     (prefs_train), or with `data.prefs` your pairs. policy: pairs of the SFT policy's own samples on sft_train
@@ -355,8 +367,8 @@ class RewardConfig:
     kind: prefs_eval for testbed pairs, policy_prefs_eval (policy pairs on the sft_train posts the SFT policy
     held out, which no RM trains on) for policy and mix, where prefs_eval is reported as well."""
     policy_pairs_per_post: int = 3
-    """Disjoint pairs sampled per sft_train post for `pairs: policy|mix` when `policy_kwise` is null (>= 1; two
-    fresh samples each, ties dropped). Reruns policy-prefs and everything after it."""
+    """Disjoint pairs sampled per sft_train post for `pairs: policy|mix` when `policy_kwise` is null (>= 1;
+    two fresh samples each, ties dropped). Reruns policy-prefs and everything after it."""
     policy_kwise: int | None = 6
     """K-wise comparisons, as InstructGPT collected them: K (>= 3) policy samples per sft_train post and every
     one of their C(K, 2) pairs, each labelled by its own rater draw (ties dropped), so each completion sits in
@@ -364,49 +376,55 @@ class RewardConfig:
     pairs per completion scored, against 1/2 for disjoint pairs. null = `policy_pairs_per_post` disjoint
     pairs (two fresh samples each). Reruns policy-prefs and everything after it."""
     finetune_seed_scope: Literal["shared", "per_rm"] = "shared"
-    """What a finetune seed fixes. shared: head init, data order and dropout are derived from the finetune seed
-    alone, so RMs of different pretrains with one finetune seed differ only in the backbone (the pair relation
-    `same_finetune`, which lets the analysis separate the pretraining seed's share of the disagreement from
-    the finetuning seed's). per_rm: each RM draws them from its pretrain id and finetune seed together (no two
-    RMs share finetuning randomness; no `same_finetune` pairs)."""
+    """What a finetune seed fixes. shared: head init, data order and dropout are derived from the finetune
+    seed alone, so RMs of different pretrains with one finetune seed differ only in the backbone (the pair
+    relation `same_finetune`, which lets the analysis separate the pretraining seed's share of the
+    disagreement from the finetuning seed's). per_rm: each RM draws them from its pretrain id and finetune
+    seed together (no two RMs share finetuning randomness; no `same_finetune` pairs)."""
     group_by_prompt: bool = True
     """Shuffle whole prompts rather than pairs, so a prompt's pairs are neighbours in the data order and
     decoder RMs run that prompt once for all of them (policy pairs have `policy_pairs_per_post` per post).
     Batches still hold `batch_size` pairs; with one pair per prompt the order is the ungrouped one."""
     pairs_from: str | None = AUTO
     """Where the policy pairs of `pairs: policy | mix` come from (unused with `testbed` pairs). auto (the
-    default): the testbed kit's where the embedded default loads the kit (perm.config.DEFAULT_KIT) and they are
-    this config's (the kit's policy loaded, `policy_pairs_per_post` and `policy_kwise` at their defaults), else
-    null; resolved when the config is built. null: drawn in the
-    run (stage policy-prefs, from the SFT policy's samples). `testbed:kit`: the testbed kit's (perm.kit:
-    policy_prefs.parquet, policy_prefs_eval.parquet and evaluator_prefs.parquet, drawn once by
-    configs/testbed-kit.yaml, shipped in the package and checked against their recorded sha256 and testbed).
-    Or a folder holding those files (a kit folder written by `perm kit build --out`, a finished run directory).
-    They are copied into the run as the outputs of stage policy-prefs (keyed on the kit's recorded hash, or the
-    files' content), and the grid trains on them as on pairs drawn in the run. With the kit,
-    `policy_pairs_per_post` and `policy_kwise` keep their defaults (the kit's recipe); `evaluator.extra_posts`
-    is null (the source's evaluator_prefs.parquet, for an evaluator finetuned in the run) or 0."""
+    default): the testbed kit's where the embedded default loads the kit (perm.config.DEFAULT_KIT) and they
+    are this config's (the kit's policy loaded, `policy_pairs_per_post` and `policy_kwise` at their defaults),
+    else null; resolved when the config is built. null: drawn in the run (stage policy-prefs, from the SFT
+    policy's samples). `testbed:kit`: the testbed kit's (perm.kit: policy_prefs.parquet,
+    policy_prefs_eval.parquet and evaluator_prefs.parquet, drawn once by configs/testbed-kit.yaml, shipped in
+    the package and checked against their recorded sha256 and testbed). Or a folder holding those files (a kit
+    folder written by `perm kit build --out`, a finished run directory). They are copied into the run as the
+    outputs of stage policy-prefs (keyed on the kit's recorded hash, or the files' content), and the grid
+    trains on them as on pairs drawn in the run. With the kit, `policy_pairs_per_post` and `policy_kwise` keep
+    their defaults (the kit's recipe); `evaluator.extra_posts` is null (the source's evaluator_prefs.parquet,
+    for an evaluator finetuned in the run) or 0."""
 
     def __post_init__(self) -> None:
         _check(len(self.finetune_seeds) > 0, "reward.finetune_seeds", "need at least one")
-        _check(len(set(self.finetune_seeds)) == len(self.finetune_seeds), "reward.finetune_seeds", "must be distinct")
+        _check(len(set(self.finetune_seeds)) == len(self.finetune_seeds), "reward.finetune_seeds",
+               "must be distinct")
         _check(self.layout in ("paper", "full"), "reward.layout", "must be 'paper' or 'full'")
         _check(self.center_coef >= 0, "reward.center_coef", "must be >= 0")
-        _check(self.epochs > 0 and self.batch_size > 0 and self.lr > 0, "reward", "epochs, batch_size, lr > 0")
+        _check(self.epochs > 0 and self.batch_size > 0 and self.lr > 0, "reward",
+               "epochs, batch_size, lr > 0")
         _check(0 <= self.warmup_frac < 1, "reward.warmup_frac", "must be in [0, 1)")
         _check(self.micro_batch_size is None or self.micro_batch_size >= 1, "reward.micro_batch_size",
                "must be >= 1 (or null)")
         _check(0 <= self.dropout < 1, "reward.dropout", "must be in [0, 1)")
-        _check(self.pairs in ("auto", "testbed", "policy", "mix"), "reward.pairs", "must be auto|testbed|policy|mix")
+        _check(self.pairs in ("auto", "testbed", "policy", "mix"), "reward.pairs",
+               "must be auto|testbed|policy|mix")
         _check(self.policy_pairs_per_post >= 1, "reward.policy_pairs_per_post", "must be >= 1")
-        _check(self.policy_kwise is None or self.policy_kwise >= 3, "reward.policy_kwise", "must be >= 3 or null")
-        _check(self.finetune_seed_scope in ("shared", "per_rm"), "reward.finetune_seed_scope", "must be shared|per_rm")
+        _check(self.policy_kwise is None or self.policy_kwise >= 3, "reward.policy_kwise",
+               "must be >= 3 or null")
+        _check(self.finetune_seed_scope in ("shared", "per_rm"), "reward.finetune_seed_scope",
+               "must be shared|per_rm")
         if self.pairs_from == KIT:
             _keep_defaults(self, PAIRS_KIT_FIELDS, "reward",
                            "reward.pairs_from loads the testbed kit's pairs (drawn with the defaults, "
                            "configs/testbed-kit.yaml); set reward.pairs_from: null to draw them in the run")
         elif is_kit(self.pairs_from):
-            raise ConfigError(f"reward.pairs_from: {self.pairs_from} is not the kit's pairs (name {KIT}, or a folder)")
+            raise ConfigError(f"reward.pairs_from: {self.pairs_from} is not the kit's pairs (name {KIT}, or "
+                              "a folder)")
 
 
 @dataclass(frozen=True)
@@ -421,26 +439,27 @@ class EvaluatorConfig:
     """Initialisation and data-order seed of the evaluator's backbone (pretrain id `evaluator-seed<k>`); must
     differ from every grid pretrain's init and data seed. Unused with `checkpoint`."""
     backbone: BackboneConfig = field(
-        default_factory=lambda: BackboneConfig(hidden_size=192, num_layers=3, num_heads=6, intermediate_size=768)
+        default_factory=lambda: BackboneConfig(hidden_size=192, num_layers=3, num_heads=6,
+                                               intermediate_size=768)
     )
-    """Architecture of the evaluator's backbone, pretrained from scratch with the grid's recipe (`pretrain.*`);
-    unused with `checkpoint`."""
+    """Architecture of the evaluator's backbone, pretrained from scratch with the grid's recipe
+    (`pretrain.*`); unused with `checkpoint`."""
     pretrain_steps: int = 1500
     """Pretraining steps of the evaluator's backbone (> 0); the other pretraining fields are `pretrain`'s."""
     train_pairs: int | None = None
     """Preference pairs it is finetuned on: the first k (>= 1) of the training pairs `reward.pairs` selects
     then its `extra_posts` pairs (null = all, which may be more than the grid's `reward.max_train_pairs`)."""
     extra_posts: int | None = None
-    """More pairs than the grid: policy pairs on further testbed posts (the first of prefs_train's posts, which
-    neither the SFT policy nor, with `reward.pairs: policy`, any grid RM sees; under `mix` the grid
+    """More pairs than the grid: policy pairs on further testbed posts (the first of prefs_train's posts,
+    which neither the SFT policy nor, with `reward.pairs: policy`, any grid RM sees; under `mix` the grid
     trains on those posts' perturbation pairs), drawn and labelled as the grid's (stage policy-prefs, manifest
     name `evaluator-prefs`, file evaluator_prefs.parquet: `reward.policy_kwise` samples per post and all their
     pairs) from a random stream of their own, and appended to the evaluator's training pairs after the grid's.
     null = as many posts as the grid's pairs come from (sft_train's training posts: `testbed.n_sft` less the
-    SFT policy's held-out twentieth; 3,800 on the testbed), at most prefs_train's; 0 = the grid's pairs only; k
-    = k posts (at most `testbed.n_prefs_train`). Used with `reward.pairs: policy | mix` (unused with `testbed`
-    pairs, and so with `data.prefs`). Reruns the evaluator RM (and its scoring) only. Why null: learnability
-    alone (docs/history/results.md, "the evaluator on more posts")."""
+    SFT policy's held-out twentieth; 3,800 on the testbed), at most prefs_train's; 0 = the grid's pairs only;
+    k = k posts (at most `testbed.n_prefs_train`). Used with `reward.pairs: policy | mix` (unused with
+    `testbed` pairs, and so with `data.prefs`). Reruns the evaluator RM (and its scoring) only. Why null:
+    learnability alone (docs/history/results.md, "the evaluator on more posts")."""
     epochs: float = 1.5
     """The evaluator RM's passes over its training pairs (> 0), instead of `reward.epochs`; reruns the
     evaluator RM. 1.5 over twice the grid's posts are the steps of 3 over the grid's (take 3 with
@@ -449,49 +468,51 @@ class EvaluatorConfig:
     """The evaluator RM's peak learning rate (> 0), instead of `reward.lr`; every other finetuning field is
     `reward`'s."""
     finetune_seed: int | None = None
-    """Seed of the evaluator's finetuning randomness (head init, data order, dropout), drawn with its own pretrain
-    id, never shared with a grid RM; null = its pretrain_seed."""
+    """Seed of the evaluator's finetuning randomness (head init, data order, dropout), drawn with its own
+    pretrain id, never shared with a grid RM; null = its pretrain_seed."""
     checkpoint: str | None = "testbed:evaluator-seed1000"
     """Load this backbone (local dir, hub id or `id@revision`, or a shipped testbed backbone) instead of
     pretraining one; the default is the shipped evaluator backbone (seed 1000, this section's backbone and
     pretrain_steps). null = pretrain it in the run. Unused with `rm_checkpoint`."""
     rm_checkpoint: str | None = AUTO
     """A trained evaluator RM to load instead of finetuning one: a local folder, or a hub id (`id@revision`),
-    of an AutoModelForSequenceClassification with one label (safetensors only; its own modelling code only with
-    `pretrain.trust_remote_code`), e.g. an existing TL;DR reward model as the judge at real scale; or the testbed
-    kit's `testbed:kit/evaluator` (perm.kit: finetuned once by configs/testbed-kit.yaml, shipped in the package
-    and checked against its recorded sha256 and testbed). The run evaluates it on its held-out pairs
-    (evaluator/rm/rm.json; no weights are copied) and scores the pools with it, reading with the run's tokenizer
-    (which it must share). `checkpoint`, `pretrain_seed`, `backbone` and `pretrain_steps` are then unused, and
-    the fields that finetune it (epochs, lr, train_pairs, extra_posts, finetune_seed) keep their defaults.
-    null = finetune it in the run. auto (the default): the testbed kit's where the embedded default loads the
-    kit (perm.config.DEFAULT_KIT) and it is this config's evaluator (on the embedded testbed at its defaults,
-    every field of this section at its default), else null; resolved when the config is built."""
+    of an AutoModelForSequenceClassification with one label (safetensors only; its own modelling code only
+    with `pretrain.trust_remote_code`), e.g. an existing TL;DR reward model as the judge at real scale; or the
+    testbed kit's `testbed:kit/evaluator` (perm.kit: finetuned once by configs/testbed-kit.yaml, shipped in
+    the package and checked against its recorded sha256 and testbed). The run evaluates it on its held-out
+    pairs (evaluator/rm/rm.json; no weights are copied) and scores the pools with it, reading with the run's
+    tokenizer (which it must share). `checkpoint`, `pretrain_seed`, `backbone` and `pretrain_steps` are then
+    unused, and the fields that finetune it (epochs, lr, train_pairs, extra_posts, finetune_seed) keep their
+    defaults. null = finetune it in the run. auto (the default): the testbed kit's where the embedded default
+    loads the kit (perm.config.DEFAULT_KIT) and it is this config's evaluator (on the embedded testbed at its
+    defaults, every field of this section at its default), else null; resolved when the config is built."""
 
     def trains(self) -> bool:
         """Whether the run finetunes the evaluator RM (enabled, and no trained `rm_checkpoint` loaded)."""
         return self.enabled and self.rm_checkpoint is None
 
     def pretrains(self) -> bool:
-        """Whether the run pretrains the evaluator's backbone (it finetunes the evaluator, from no checkpoint)."""
+        """Whether the run pretrains the evaluator's backbone (it finetunes the evaluator, from no
+        checkpoint)."""
         return self.trains() and not self.checkpoint
 
     def __post_init__(self) -> None:
         _check(self.pretrain_steps > 0, "evaluator.pretrain_steps", "must be > 0")
         if self.rm_checkpoint not in (None, AUTO) and self.enabled:
             r = self.rm_checkpoint
-            _check(bool(r), "evaluator.rm_checkpoint", "must be a folder, hub id or testbed:kit/evaluator (or null)")
+            _check(bool(r), "evaluator.rm_checkpoint",
+                   "must be a folder, hub id or testbed:kit/evaluator (or null)")
             _check(not str(r).startswith(SHIPPED) or r == KIT_EVALUATOR, "evaluator.rm_checkpoint",
-                   f"{r} is not a trained evaluator RM (the testbed kit's is {KIT_EVALUATOR}; a shipped backbone such "
-                   "as testbed:evaluator-seed1000 is finetuned from evaluator.checkpoint)")
+                   f"{r} is not a trained evaluator RM (the testbed kit's is {KIT_EVALUATOR}; a shipped "
+                   "backbone such as testbed:evaluator-seed1000 is finetuned from evaluator.checkpoint)")
             _keep_defaults(self, EVALUATOR_KIT_FIELDS, "evaluator",
-                           f"evaluator.rm_checkpoint loads a trained evaluator ({r}); set evaluator.rm_checkpoint: "
-                           "null to finetune one in the run")
+                           f"evaluator.rm_checkpoint loads a trained evaluator ({r}); set "
+                           "evaluator.rm_checkpoint: null to finetune one in the run")
             _check(self.extra_posts in (None, 0), "evaluator.extra_posts",
                    f"has no effect while evaluator.rm_checkpoint loads a trained evaluator ({r})")
         _check(not is_kit(self.checkpoint), "evaluator.checkpoint",
-               f"{self.checkpoint} is part of the testbed kit, not a backbone (a trained evaluator RM goes in "
-               "evaluator.rm_checkpoint)")
+               f"{self.checkpoint} is part of the testbed kit, not a backbone (a trained evaluator RM goes "
+               "in evaluator.rm_checkpoint)")
         if self.checkpoint and self.checkpoint.startswith(SHIPPED):  # shipped: pretrained with the defaults
             for name in ("pretrain_seed", "backbone", "pretrain_steps"):
                 _check(getattr(self, name) == getattr(_RECIPE_EVALUATOR, name), f"evaluator.{name}",
@@ -499,7 +520,8 @@ class EvaluatorConfig:
                        "evaluator.checkpoint: null to pretrain the evaluator's backbone in the run with it")
         if self.train_pairs is not None:
             _check(self.train_pairs > 0, "evaluator.train_pairs", "must be > 0")
-        _check(self.extra_posts is None or self.extra_posts >= 0, "evaluator.extra_posts", "must be >= 0 (or null)")
+        _check(self.extra_posts is None or self.extra_posts >= 0, "evaluator.extra_posts",
+               "must be >= 0 (or null)")
 
 
 _RECIPE_EVALUATOR = EvaluatorConfig(checkpoint=None, rm_checkpoint=None)
@@ -512,13 +534,13 @@ class PolicyConfig:
     after it; the sampling fields rerun `sample` (and the scoring and analysis after it)."""
 
     checkpoint: str | None = AUTO
-    """Load an existing causal LM (local dir, hub id or `id@revision`) as the policy instead of training one, or
-    the testbed kit's SFT policy `testbed:kit/policy` (perm.kit: trained once by configs/testbed-kit.yaml,
+    """Load an existing causal LM (local dir, hub id or `id@revision`) as the policy instead of training one,
+    or the testbed kit's SFT policy `testbed:kit/policy` (perm.kit: trained once by configs/testbed-kit.yaml,
     shipped in the package and checked against its recorded sha256 and testbed; `init_from` and the sft_*
     fields then keep their defaults, its recipe). null = SFT in the run (see `init_from`). auto (the default):
-    the kit's where the embedded default loads the kit (perm.config.DEFAULT_KIT) and it is this config's policy
-    (on the embedded testbed at its defaults, `init_from` and the sft_* fields at theirs), else null; resolved
-    when the config is built."""
+    the kit's where the embedded default loads the kit (perm.config.DEFAULT_KIT) and it is this config's
+    policy (on the embedded testbed at its defaults, `init_from` and the sft_* fields at theirs), else null;
+    resolved when the config is built."""
     init_from: str = "testbed:seed5"
     """What SFT starts from: a checkpoint of its own (local dir, hub id or `id@revision`, or a shipped testbed
     backbone `testbed:<name>`), `pretrain` (the grid's first backbone, which the finetune ensemble and every
@@ -543,14 +565,15 @@ class PolicyConfig:
     """Nucleus sampling of the pool and the references: sample from the smallest set of tokens whose
     probability reaches top_p; in (0, 1], 1 = no truncation. The policy pairs always use 1."""
     max_new_tokens: int = 32
-    """Most tokens per sample (> 0; a sample also ends at EOS), pool, references and policy pairs alike; reruns
-    sample and policy-prefs."""
+    """Most tokens per sample (> 0; a sample also ends at EOS), pool, references and policy pairs alike;
+    reruns sample and policy-prefs."""
     seed: int = 0
     """Sampling seed of the pool and references and of the policy pairs (sampling and labels); reruns sample
     and policy-prefs."""
     batch_prompts: int = 8
-    """Prompts sampled together (>= 1): memory and speed, and each chunk of this many prompts gets its own seed,
-    so it changes the samples (part of the sample key; the policy pairs are drawn in chunks of their own)."""
+    """Prompts sampled together (>= 1): memory and speed, and each chunk of this many prompts gets its own
+    seed, so it changes the samples (part of the sample key; the policy pairs are drawn in chunks of their
+    own)."""
 
     def init_checkpoint(self) -> str | None:
         """The checkpoint SFT starts from, when `init_from` names one (not `scratch` or `pretrain`)."""
@@ -565,7 +588,8 @@ class PolicyConfig:
         _check(not is_kit(self.checkpoint) or self.checkpoint == KIT_POLICY, "policy.checkpoint",
                f"{self.checkpoint} is not a policy (the testbed kit's is {KIT_POLICY})")
         _check(not is_kit(self.init_from), "policy.init_from",
-               f"{self.init_from} is part of the testbed kit (load the kit's policy with policy.checkpoint: {KIT_POLICY})")
+               f"{self.init_from} is part of the testbed kit (load the kit's policy with policy.checkpoint: "
+               f"{KIT_POLICY})")
         _check(self.pool_size >= 1, "policy.pool_size", "must be >= 1")
         _check(self.n_reference >= 0, "policy.n_reference", "must be >= 0")
         _check(self.temperature > 0, "policy.temperature", "must be > 0")
@@ -604,7 +628,8 @@ class EnsemblesConfig:
     warm_lr_scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5)
     """WARM member m trains at `reward.lr` x warm_lr_scales[m mod len]; each > 0."""
     warm_probe_epochs: float = 0.5
-    """Epochs of the linear probe (the head alone, on the frozen backbone) every WARM member starts from; > 0."""
+    """Epochs of the linear probe (the head alone, on the frozen backbone) every WARM member starts from; >
+    0."""
     warm_probe_lr: float = 1e-2
     """Peak learning rate of that linear probe; > 0."""
     mc_dropout: float = 0.1
@@ -619,16 +644,18 @@ class EnsemblesConfig:
         _check(len(set(self.kinds)) == len(self.kinds), "ensembles.kinds", "each kind at most once")
         _check(self.size >= 2, "ensembles.size", "must be >= 2")
         _check(self.lora_rank >= 1, "ensembles.lora_rank", "must be >= 1")
-        _check(self.lora_alpha > 0 and self.lora_lr > 0, "ensembles.lora_alpha", "lora_alpha and lora_lr must be > 0")
-        _check(bool(self.warm_lr_scales) and all(x > 0 for x in self.warm_lr_scales), "ensembles.warm_lr_scales",
-               "must be non-empty, each > 0")
+        _check(self.lora_alpha > 0 and self.lora_lr > 0, "ensembles.lora_alpha",
+               "lora_alpha and lora_lr must be > 0")
+        _check(bool(self.warm_lr_scales) and all(x > 0 for x in self.warm_lr_scales),
+               "ensembles.warm_lr_scales", "must be non-empty, each > 0")
         _check(self.warm_probe_epochs > 0, "ensembles.warm_probe_epochs", "must be > 0")
         _check(self.warm_probe_lr > 0, "ensembles.warm_probe_lr", "must be > 0")
         _check(0 < self.mc_dropout < 1, "ensembles.mc_dropout", "must be in (0, 1)")
         for spec in self.named:
             name, _, ids = spec.partition("=")
             _check(bool(re.fullmatch(r"[A-Za-z0-9_.-]+", name)) and bool(ids) and all(ids.split("+")),
-                   "ensembles.named", f"{spec!r}: expected name=model_id+model_id+... (name of letters, digits, _.-)")
+                   "ensembles.named",
+                   f"{spec!r}: expected name=model_id+model_id+... (name of letters, digits, _.-)")
             _check(name not in RESERVED_ENSEMBLES, "ensembles.named", f"{name!r} is reserved")
 
     def named_members(self) -> dict[str, tuple[str, ...]]:
@@ -660,7 +687,8 @@ class AnalysisConfig:
     figure3: str = "mom"
     """Figure 3's statistic: ``mom`` (share of variance due to the scoring RM, method of moments on per-prompt
     standardised scores: free of reward scale, ~0 under exchangeable RMs) or ``paper`` (the paper's SS_RM /
-    SS_total on rewards centred per prompt, which unequal reward scales inflate; docs/results.md, "reward scale")."""
+    SS_total on rewards centred per prompt, which unequal reward scales inflate; docs/results.md, "reward
+    scale")."""
     coverage_sims: int = 100
     """Simulated grids per scenario behind the report's coverage of its intervals on this run's seed design
     (perm.coverage: planted seed effects, 4 scenarios); >= 0, 0 = skip. Reruns analyze; at 100 it adds ~10 s
@@ -684,18 +712,18 @@ class AnalysisConfig:
 
 @dataclass(frozen=True)
 class RayConfig:
-    """The Ray executor (`executor: ray`): pretrain, RM and scoring jobs run as Ray tasks; SFT, policy pairs and
-    sampling stay in the driver. No stage key but the report's holds these fields."""
+    """The Ray executor (`executor: ray`): pretrain, RM and scoring jobs run as Ray tasks; SFT, policy pairs
+    and sampling stay in the driver. No stage key but the report's holds these fields."""
 
     address: str | None = None
     """Existing cluster address (e.g. ray://head:10001 or auto); null = start a local instance."""
     num_cpus_per_task: float = 1.0
     """CPUs Ray reserves for each task (its `num_cpus`; fractions allowed)."""
     num_gpus_per_task: float = 0.0
-    """GPUs Ray reserves for each task (its `num_gpus`; >= 0, 0.5 = two tasks share a GPU). 0: none where `device`
-    resolves to cpu in the driver, but 1 where it resolves to cuda (auto on a driver with a GPU, cuda): the
-    stage keys and precision are then a GPU's, and a task that resolves its device to another kind (no GPU
-    visible to it) refuses to run, naming both, rather than run on the CPU."""
+    """GPUs Ray reserves for each task (its `num_gpus`; >= 0, 0.5 = two tasks share a GPU). 0: none where
+    `device` resolves to cpu in the driver, but 1 where it resolves to cuda (auto on a driver with a GPU,
+    cuda): the stage keys and precision are then a GPU's, and a task that resolves its device to another kind
+    (no GPU visible to it) refuses to run, naming both, rather than run on the CPU."""
     local_num_cpus: int | None = None
     """CPUs of the local instance started when `address` is null (null = all)."""
 
@@ -730,11 +758,11 @@ class RunConfig:
     """torch intra-op threads; null = torch's default (with `workers` > 1: the machine's cores / workers)."""
     workers: int | Literal["auto"] = 2
     """Local executor: training jobs of a stage (pretrains, RM finetunes, the evaluator's) run in this many
-    worker processes at once (each runs several jobs in turn); 1 = one after another in this process; auto = one
-    per GPU (1 with `device` cuda:N), 2 on CPU. With `device` auto or cuda and GPUs present, worker i runs all its
-    jobs on GPU i % GPUs. On a few CPU cores two single-threaded jobs outrun one two-threaded job (small matmuls
-    do not use two threads fully). Results depend on the threads per job, so resume a run with the same `workers`
-    (the run's config.yaml records the number auto became)."""
+    worker processes at once (each runs several jobs in turn); 1 = one after another in this process; auto =
+    one per GPU (1 with `device` cuda:N), 2 on CPU. With `device` auto or cuda and GPUs present, worker i runs
+    all its jobs on GPU i % GPUs. On a few CPU cores two single-threaded jobs outrun one two-threaded job
+    (small matmuls do not use two threads fully). Results depend on the threads per job, so resume a run with
+    the same `workers` (the run's config.yaml records the number auto became)."""
     testbed: TestbedConfig = field(default_factory=TestbedConfig)
     """The embedded testbed world (unused with `data.prefs`)."""
     data: DataConfig = field(default_factory=DataConfig)
@@ -755,35 +783,44 @@ class RunConfig:
     """The Ray executor's cluster and task resources."""
 
     def __post_init__(self) -> None:
-        _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", "auto|cpu|cuda")
+        _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device",
+               "auto|cpu|cuda")
         _check(self.precision in ("auto", "fp32", "bf16"), "precision", "auto|fp32|bf16")
         _check(self.attention in ("auto", "sdpa", "eager"), "attention", "auto|sdpa|eager")
         _check(self.executor in ("local", "ray"), "executor", "local|ray")
         _check(self.workers == "auto" or self.workers >= 1, "workers", "must be >= 1 or auto")
         _check(self.threads is None or self.threads >= 1, "threads", "must be >= 1 (or null)")
-        if self.reward.pairs == "auto":  # resolved here: to_dict, dump_config and the stage keys never see auto
+        # resolved here: to_dict, dump_config and the stage keys never see auto
+        if self.reward.pairs == "auto":
             pairs = "policy" if self.data.prefs is None else "testbed"
             object.__setattr__(self, "reward", dataclasses.replace(self.reward, pairs=pairs))
         self._resolve_kit_fields()
         if self.data.prefs is not None:
             # outside the testbed there is no corpus to pretrain on and no SFT data: checkpoints are needed
             _check(bool(self.pretrain.checkpoints), "pretrain.checkpoints", "required with data.prefs")
-            _check(self.reward.pairs == "testbed", "reward.pairs", "policy pairs need the testbed's gold reward: set reward.pairs=testbed to train on your data.prefs pairs")
+            _check(self.reward.pairs == "testbed", "reward.pairs",
+                   "policy pairs need the testbed's gold reward: set reward.pairs=testbed to train on your "
+                   "data.prefs pairs")
             _check(self.policy.checkpoint is not None, "policy.checkpoint", "required with data.prefs")
             _check(not self.evaluator.enabled or self.evaluator.checkpoint is not None
                    or self.evaluator.rm_checkpoint is not None, "evaluator.checkpoint",
                    "required with data.prefs (or evaluator.rm_checkpoint, or evaluator.enabled: false)")
             for key, spec in (("policy.checkpoint", self.policy.checkpoint),
-                              ("evaluator.rm_checkpoint", self.evaluator.rm_checkpoint if self.evaluator.enabled else None)):
-                _check(not is_kit(spec), key, f"{spec} is the testbed's, trained on its world: with data.prefs name a "
-                       "model for your data" + (" (or null: finetune one in the run)" if key.startswith("eval") else ""))
+                              ("evaluator.rm_checkpoint",
+                               self.evaluator.rm_checkpoint if self.evaluator.enabled else None)):
+                _check(not is_kit(spec), key, f"{spec} is the testbed's, trained on its world: with "
+                       "data.prefs name a model for your data"
+                       + (" (or null: finetune one in the run)" if key.startswith("eval") else ""))
         elif self.reward.pairs != "testbed":
             _check((self.evaluator.extra_posts or 0) <= self.testbed.n_prefs_train, "evaluator.extra_posts",
-                   f"must be at most testbed.n_prefs_train ({self.testbed.n_prefs_train}): its posts are prefs_train's")
-            _check(self.reward.pairs_from is None or self.evaluator.extra_posts in (None, 0), "evaluator.extra_posts",
-                   f"must be null (the evaluator's pairs of {self.reward.pairs_from}) or 0 while reward.pairs_from "
-                   "loads the policy pairs")
-        seeds = set(self.pretrain.init_seeds or self.pretrain.seeds) | set(self.pretrain.data_seeds or self.pretrain.seeds)
+                   f"must be at most testbed.n_prefs_train ({self.testbed.n_prefs_train}): its posts are "
+                   "prefs_train's")
+            _check(self.reward.pairs_from is None or self.evaluator.extra_posts in (None, 0),
+                   "evaluator.extra_posts",
+                   f"must be null (the evaluator's pairs of {self.reward.pairs_from}) or 0 while "
+                   "reward.pairs_from loads the policy pairs")
+        seeds = (set(self.pretrain.init_seeds or self.pretrain.seeds)
+                 | set(self.pretrain.data_seeds or self.pretrain.seeds))
         _check(not self.evaluator.pretrains() or self.pretrain.checkpoints
                or self.evaluator.pretrain_seed not in seeds, "evaluator.pretrain_seed",
                "must differ from every grid pretrain's init and data seed (the evaluator shares no pretrain)")
@@ -801,13 +838,15 @@ class RunConfig:
             return all(getattr(obj, n) == _default(type(obj), n) for n in names)
 
         if p.checkpoint == AUTO:
-            p = dataclasses.replace(p, checkpoint=kit_part(kit, "policy") if kept(p, POLICY_KIT_FIELDS) else None)
+            p = dataclasses.replace(p, checkpoint=kit_part(kit, "policy") if kept(p, POLICY_KIT_FIELDS)
+                                    else None)
         if e.rm_checkpoint == AUTO:
             ours = e.enabled and kept(e, EVALUATOR_KIT_FIELDS + EVALUATOR_BACKBONE_FIELDS)
             e = dataclasses.replace(e, rm_checkpoint=kit_part(kit, "evaluator") if ours else None)
         if r.pairs_from == AUTO:
             ours = (kit is not None and p.checkpoint == kit_part(kit, "policy") and r.pairs != "testbed"
-                    and kept(r, PAIRS_KIT_FIELDS) and (e.rm_checkpoint is not None or e.extra_posts in (None, 0)))
+                    and kept(r, PAIRS_KIT_FIELDS)
+                    and (e.rm_checkpoint is not None or e.extra_posts in (None, 0)))
             r = dataclasses.replace(r, pairs_from=kit_part(kit) if ours else None)
         for name, value in (("policy", p), ("evaluator", e), ("reward", r)):
             object.__setattr__(self, name, value)
@@ -957,8 +996,8 @@ def _fix_floats(obj: Any) -> Any:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML file (None: the embedded default, configs/tiny.yaml, which is `RunConfig()`) and apply dotted
-    overrides; fields the file does not set keep their dataclass defaults."""
+    """Read a YAML file (None: the embedded default, configs/tiny.yaml, which is `RunConfig()`) and apply
+    dotted overrides; fields the file does not set keep their dataclass defaults."""
     if path is None:
         path = default_config_path()
     path = Path(path)

@@ -51,7 +51,8 @@ def describe_exit(exitcode: int | None) -> str:
         how = "killed" if exitcode < 0 else "stopped"
         text = f"its worker process was {how} by signal {sig} ({name})"
         if sig == signal.SIGKILL:
-            text += ", likely out of memory (the kernel's OOM killer sends SIGKILL: see `dmesg`; fewer `workers` or a smaller batch need less)"
+            text += (", likely out of memory (the kernel's OOM killer sends SIGKILL: see `dmesg`; fewer "
+                     "`workers` or a smaller batch need less)")
         return text
     return f"its worker process exited with code {exitcode}"
 
@@ -74,19 +75,19 @@ class PoolExecutor:
     and the pool's results equal the sequential run's byte for byte (tests/test_e2e.py).
 
     Workers report each job's start, progress and end on an event queue (a ``multiprocessing.SimpleQueue``: a
-    put is written to its pipe before the job goes on, so it reaches the driver before the job's result), which
-    is how the driver knows when a job really starts (``on_start``), how far it is (``on_progress``), and which
-    job each worker process was running when one dies. A dead worker's exit status is read from the pool's process objects after the pool shut
-    down (``ProcessPoolExecutor._processes``, pid -> ``multiprocessing.Process``; the pool reaps them), so
-    SIGKILL reads as -9. In a worker, SIGINT (Ctrl-C reaches the whole process group) or SIGTERM (the pool's
-    terminate, :func:`stop_workers`) interrupts a running job, whose ``finally`` blocks run (atomic writes
-    remove their temp files), and the worker exits with 128 + the signal number without taking another
-    job; an idle worker exits at once.
+    put is written to its pipe before the job goes on, so it reaches the driver before the job's result),
+    which is how the driver knows when a job really starts (``on_start``), how far it is (``on_progress``),
+    and which job each worker process was running when one dies. A dead worker's exit status is read from the
+    pool's process objects after the pool shut down (``ProcessPoolExecutor._processes``, pid ->
+    ``multiprocessing.Process``; the pool reaps them), so SIGKILL reads as -9. In a worker, SIGINT (Ctrl-C
+    reaches the whole process group) or SIGTERM (the pool's terminate, :func:`stop_workers`) interrupts a
+    running job, whose ``finally`` blocks run (atomic writes remove their temp files), and the worker exits
+    with 128 + the signal number without taking another job; an idle worker exits at once.
 
-    devices: the device of each worker (:func:`perm.hardware.worker_devices`: worker i on ``cuda:{i % GPUs}``),
-    or None. Each worker process takes one slot as it starts and runs every job whose ``device`` keyword is
-    ``auto`` or ``cuda`` on its slot's device instead (the job's ``device`` keyword is rewritten), so the workers
-    spread over the GPUs and a worker's jobs stay on one."""
+    devices: the device of each worker (:func:`perm.hardware.worker_devices`: worker i on
+    ``cuda:{i % GPUs}``), or None. Each worker process takes one slot as it starts and runs every job whose
+    ``device`` keyword is ``auto`` or ``cuda`` on its slot's device instead (the job's ``device`` keyword is
+    rewritten), so the workers spread over the GPUs and a worker's jobs stay on one."""
 
     def __init__(self, workers: int, devices: tuple[str, ...] | None = None):
         if devices is not None and len(devices) < workers:
@@ -202,7 +203,8 @@ class PoolExecutor:
             raise error
 
 
-def _broken_pool_error(procs: dict, names: list[str], started: dict[int, int], ended: set[int]) -> BaseException:
+def _broken_pool_error(procs: dict, names: list[str], started: dict[int, int],
+                       ended: set[int]) -> BaseException:
     """The JobFailedError for a pool a worker died in (call after ``ex.shutdown(wait=True)``, which reaps
     the workers; `procs`: the pool's pid -> Process dict): the job that worker was running and how it ended.
     The pool terminates (SIGTERM) the other workers when one dies, so the dying one is the worker whose
@@ -318,8 +320,8 @@ def _pool_call(fn, kw, index: int, progress_every: float | None = None):
 
 
 def on_worker_device(kw: dict, device: str | None) -> dict:
-    """A job's keyword arguments in a worker whose device slot is `device`: its ``device`` (auto or cuda) replaced
-    by the slot's; unchanged without a slot, or for a job on cpu or an explicit ``cuda:N``."""
+    """A job's keyword arguments in a worker whose device slot is `device`: its ``device`` (auto or cuda)
+    replaced by the slot's; unchanged without a slot, or for a job on cpu or an explicit ``cuda:N``."""
     if device is None or kw.get("device") not in SLOTTED:
         return kw
     return kw | {"device": device}
@@ -353,8 +355,8 @@ class DeviceMismatchError(RuntimeError):
 
 
 def task_device_kind(device: str) -> str:
-    """The kind of device (cuda | cpu | ...) a job with keyword ``device`` runs on in this process: its resolved
-    device (perm.hardware.resolve_device), cpu for a cuda where no CUDA device is visible."""
+    """The kind of device (cuda | cpu | ...) a job with keyword ``device`` runs on in this process: its
+    resolved device (perm.hardware.resolve_device), cpu for a cuda where no CUDA device is visible."""
     import torch
 
     from perm.hardware import resolve_device
@@ -364,17 +366,19 @@ def task_device_kind(device: str) -> str:
 
 
 def check_task_device(kw: dict, expected: str) -> None:
-    """Refuse (:class:`DeviceMismatchError`, one line naming both) a job whose ``device`` resolves here to another
-    kind than `expected`, the kind the driver resolved it to when it made the stage keys and chose the precision
-    (a task without a GPU would otherwise run a bf16/cuda-keyed job on the CPU, and its outputs would be
-    recorded under those keys). A job without a ``device`` keyword is not checked."""
+    """Refuse (:class:`DeviceMismatchError`, one line naming both) a job whose ``device`` resolves here to
+    another kind than `expected`, the kind the driver resolved it to when it made the stage keys and chose the
+    precision (a task without a GPU would otherwise run a bf16/cuda-keyed job on the CPU, and its outputs
+    would be recorded under those keys). A job without a ``device`` keyword is not checked."""
     if "device" not in kw:
         return
     here = task_device_kind(kw["device"])
     if here != expected:
-        hint = " (no CUDA device visible to the task: give tasks GPUs, ray.num_gpus_per_task)" if expected == "cuda" else ""
-        raise DeviceMismatchError(f"job {job_name(kw, 0)}: device {kw['device']} resolved to {expected} in the driver "
-                                  f"(its keys and precision are {expected}'s) but to {here} in this Ray task{hint}")
+        hint = (" (no CUDA device visible to the task: give tasks GPUs, ray.num_gpus_per_task)"
+                if expected == "cuda" else "")
+        raise DeviceMismatchError(f"job {job_name(kw, 0)}: device {kw['device']} resolved to {expected} "
+                                  f"in the driver (its keys and precision are {expected}'s) but to {here} in "
+                                  f"this Ray task{hint}")
 
 
 class DeviceChecked:
@@ -397,8 +401,8 @@ class RayExecutor:
 
     device_kind: str | None = None
 
-    def __init__(self, address: str | None, num_cpus: float, num_gpus: float, local_num_cpus: int | None = None,
-                 device_kind: str | None = None):
+    def __init__(self, address: str | None, num_cpus: float, num_gpus: float,
+                 local_num_cpus: int | None = None, device_kind: str | None = None):
         try:
             import ray
         except ImportError as e:  # pragma: no cover - depends on the optional extra
@@ -434,7 +438,8 @@ class RayExecutor:
         job = fn if self.device_kind is None else DeviceChecked(fn, self.device_kind)
         refs = {}
         for i, kw in enumerate(kwargs_list):
-            refs[remote.remote(job, kw) if queue is None else remote.remote(job, kw, i, queue, progress_every)] = i
+            refs[remote.remote(job, kw) if queue is None
+                 else remote.remote(job, kw, i, queue, progress_every)] = i
             if on_start is not None:
                 on_start(i)
         pending = list(refs)

@@ -25,7 +25,8 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def cuda_index(device: torch.device | str | None) -> int | None:
-    """The GPU an explicit ``cuda:N`` names (N); None for a device that names none (``cuda``, ``auto``, ``cpu``)."""
+    """The GPU an explicit ``cuda:N`` names (N); None for a device that names none (``cuda``, ``auto``,
+    ``cpu``)."""
     if device is None or device == "auto":
         return None
     dev = torch.device(device)
@@ -44,16 +45,17 @@ def _launched_processes() -> int:
 
 def use_device(device: torch.device | str | None) -> int | None:
     """Put this process on the GPU an explicit ``cuda:N`` names: it becomes the current CUDA device, where a
-    bare ``cuda`` tensor, CUDA's context and accelerate's one-process device (``cuda``, no index) land. Returns
-    N, or None where `device` names no GPU (nothing changes). Refused (ValueError) where N is not a GPU of this
-    machine, and under a distributed launch (DDP), where each process takes its own local rank's GPU."""
+    bare ``cuda`` tensor, CUDA's context and accelerate's one-process device (``cuda``, no index) land.
+    Returns N, or None where `device` names no GPU (nothing changes). Refused (ValueError) where N is not a
+    GPU of this machine, and under a distributed launch (DDP), where each process takes its own local rank's
+    GPU."""
     index = cuda_index(device)
     if index is None:
         return None
     processes = _launched_processes()
     if processes > 1:
-        raise ValueError(f"device {device} names one GPU, but this is one of {processes} launched processes, each "
-                         "on the GPU of its local rank: pass device cuda (or auto)")
+        raise ValueError(f"device {device} names one GPU, but this is one of {processes} launched processes, "
+                         "each on the GPU of its local rank: pass device cuda (or auto)")
     count = torch.cuda.device_count()
     if index >= count:
         raise ValueError(f"device {device}: this machine has {count} CUDA device{'s' if count != 1 else ''}"
@@ -63,8 +65,8 @@ def use_device(device: torch.device | str | None) -> int | None:
 
 
 def gpu_count(device: str) -> int:
-    """GPUs a run's jobs may spread over: every CUDA device for `device` auto or cuda (0 without CUDA), none for
-    cpu or an explicit ``cuda:N`` (its jobs all run there)."""
+    """GPUs a run's jobs may spread over: every CUDA device for `device` auto or cuda (0 without CUDA), none
+    for cpu or an explicit ``cuda:N`` (its jobs all run there)."""
     if device not in ("auto", "cuda") or not torch.cuda.is_available():
         return 0
     return torch.cuda.device_count()
@@ -81,9 +83,10 @@ def resolve_workers(workers: int | str, device: str) -> int:
 
 
 def worker_devices(device: str, workers: int) -> tuple[str, ...] | None:
-    """The device each local worker process runs its jobs on: worker i on ``cuda:{i % GPUs}`` where `device` is
-    auto or cuda and CUDA devices exist (:func:`gpu_count`), so every GPU is used and a worker keeps its GPU
-    for all its jobs; None elsewhere (cpu, an explicit ``cuda:N``, no GPU): jobs keep `device` as configured."""
+    """The device each local worker process runs its jobs on: worker i on ``cuda:{i % GPUs}`` where `device`
+    is auto or cuda and CUDA devices exist (:func:`gpu_count`), so every GPU is used and a worker keeps its
+    GPU for all its jobs; None elsewhere (cpu, an explicit ``cuda:N``, no GPU): jobs keep `device` as
+    configured."""
     n = gpu_count(device)
     if n == 0:
         return None

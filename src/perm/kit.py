@@ -49,7 +49,8 @@ GRID_ONLY = ("finetune_seeds", "layout", "finetune_seed_scope", "max_train_pairs
              "pairs_from")
 """reward fields that only the grid reads (the evaluator has its own epochs and lr): not part of the world."""
 KIT_SINCE = ("micro_batch_size",)
-"""reward fields added after the kit was recorded: out of its world at their old behaviour (null), like a key."""
+"""reward fields added after the kit was recorded: out of its world at their old behaviour (null), like
+a key."""
 KIT_FIELDS = (("policy", "checkpoint"), ("reward", "pairs_from"), ("evaluator", "rm_checkpoint"))
 
 

@@ -1,5 +1,5 @@
-"""Ensemble members built on one backbone, the cheaper alternatives to a pretrain ensemble (issue 31): what each
-kind *is*, as models; the `train-members` stage trains them and `score` scores them.
+"""Ensemble members built on one backbone, the cheaper alternatives to a pretrain ensemble (issue 31): what
+each kind *is*, as models; the `train-members` stage trains them and `score` scores them.
 
 * **multi-head** (:func:`multihead_model`): one finetune of the backbone with H scalar heads (one row each of
   the head's weight, each from its own initialisation) trained jointly, each head on its own bootstrap

@@ -85,7 +85,8 @@ def attention_for(device: torch.device | str, precision: str, choice: str = "aut
 
 
 def use_attention(model, implementation: str | None):
-    """Switch `model` to an attention implementation (transformers' ``set_attn_implementation``); None: keep."""
+    """Switch `model` to an attention implementation (transformers' ``set_attn_implementation``); None:
+    keep."""
     if implementation is not None and model.config._attn_implementation != implementation:
         model.set_attn_implementation(implementation)
     return model
@@ -163,7 +164,8 @@ def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> PreT
     return tok
 
 
-_SPECIAL_ATTRIBUTES = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
+_SPECIAL_ATTRIBUTES = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token",
+                       "mask_token")
 
 
 def _tokenizer_parts(tokenizer: PreTrainedTokenizerBase) -> dict[str, str]:
@@ -293,7 +295,8 @@ def load_reward_backbone(
     if pad_token_id is not None:
         config.pad_token_id = pad_token_id
     if dropout is not None:
-        for name in ("hidden_dropout", "attention_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob"):
+        for name in ("hidden_dropout", "attention_dropout", "hidden_dropout_prob",
+                     "attention_probs_dropout_prob"):
             if hasattr(config, name):
                 setattr(config, name, dropout)
     try:
@@ -337,8 +340,8 @@ class _Fp32Head(torch.nn.Module):
 @contextlib.contextmanager
 def fp32_reward_head(model: PreTrainedModel) -> Iterator[None]:
     """Inside: the scalar head computes in fp32 under autocast, so bf16 training keeps rewards (and the
-    Bradley-Terry differences between them) at full precision instead of bf16's 8 bits; the backbone's
-    matmuls stay bf16. The head's parameters are the same objects (the optimizer and checkpoint see no change)."""
+    Bradley-Terry differences between them) at full precision instead of bf16's 8 bits; the backbone's matmuls
+    stay bf16. The head's parameters are the same objects (the optimizer and checkpoint see no change)."""
     name = _reward_head_name(model)
     head = getattr(model, name)
     setattr(model, name, _Fp32Head(head))
@@ -360,10 +363,11 @@ def init_reward_head(model: PreTrainedModel, head_seed: int) -> None:
                     m.bias.zero_()
 
 
-def load_reward_model(path: str | Path, *, trust_remote_code: bool = False, heads: bool = False) -> PreTrainedModel:
+def load_reward_model(path: str | Path, *, trust_remote_code: bool = False,
+                      heads: bool = False) -> PreTrainedModel:
     """A saved RM (from perm or any *ForSequenceClassification with one label; a local dir, hub id or
-    ``id@revision``, safetensors only), in eval mode, in fp32. ``heads``: also a multi-head RM (several labels,
-    one reward each; perm.members)."""
+    ``id@revision``, safetensors only), in eval mode, in fp32. ``heads``: also a multi-head RM (several
+    labels, one reward each; perm.members)."""
     path, revision = split_revision(path)
     _check_safetensors(path)
     try:

@@ -20,9 +20,11 @@ def lr_schedule(step: int, total: int, warmup: int) -> float:
 def adamw_linear(
     model, *, lr: float, weight_decay: float, total: int, warmup_frac: float
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over ``model``'s trainable parameters (a LoRA model's adapters and head; every parameter of a plain
-    one) and its :func:`lr_schedule` over ``total`` steps, the first ``int(warmup_frac * total)`` of them warmup."""
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+    """AdamW over ``model``'s trainable parameters (a LoRA model's adapters and head; every parameter of a
+    plain one) and its :func:`lr_schedule` over ``total`` steps, the first ``int(warmup_frac * total)`` of
+    them warmup."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
+                            weight_decay=weight_decay)
     warmup = int(warmup_frac * total)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_schedule(s, total, warmup))
     return opt, sched

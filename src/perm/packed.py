@@ -100,7 +100,8 @@ def _probe(model) -> bool:
         got = torch.cat([h[:3], h[3:5], h[5:6]])
         want = torch.cat([ref[0, :5], ref[1, 3:4]])
         tol = 1e-3 if h.dtype == torch.float32 else 5e-2
-        return bool(torch.allclose(got.float(), want.float(), atol=tol * (1 + want.abs().max().item()), rtol=0))
+        return bool(torch.allclose(got.float(), want.float(), atol=tol * (1 + want.abs().max().item()),
+                                   rtol=0))
     except (TypeError, ValueError, RuntimeError, NotImplementedError):  # the mask or positions refused
         return False
     finally:
@@ -296,9 +297,9 @@ def pair_rewards_packed(
     """(B,) rewards of ``prefix + chosen_tail`` and of ``prefix + rejected_tail``, the pairs of one prompt
     packed into one row.
 
-    Pairs whose prefixes start with the same prompt (:func:`perm.batching.merge_prefixes`) form one group; each
-    distinct completion of a group (the rest of its prefix, then its tail) runs once however many pairs it
-    is in (K-wise comparisons): the same rewards and, summed over its pairs, the same gradients as running
+    Pairs whose prefixes start with the same prompt (:func:`perm.batching.merge_prefixes`) form one group;
+    each distinct completion of a group (the rest of its prefix, then its tail) runs once however many pairs
+    it is in (K-wise comparisons): the same rewards and, summed over its pairs, the same gradients as running
     every full sequence. With dropout on, one group's completions see its prompt under one dropout mask.
     """
     common, owner, rest = merge_prefixes(prefixes)

@@ -7,9 +7,11 @@ runs a pair's prompt once, with gradient, under both the chosen and the rejected
 (:func:`pair_rewards_shared`). Both equal full-sequence computation up to float rounding
 (``tests/test_prefix.py``: within 1e-5 in fp32, rewards and every parameter's gradient).
 
-One shared forward, for ``b`` prompts and ``n`` continuation rows where row ``i`` continues prompt ``owner[i]``:
+One shared forward, for ``b`` prompts and ``n`` continuation rows where row ``i`` continues prompt
+``owner[i]``:
 
-- prompts are left-padded to ``(b, P)`` with positions ``cumsum(mask) - 1``: each prompt ends at column P - 1;
+- prompts are left-padded to ``(b, P)`` with positions ``cumsum(mask) - 1``: each prompt ends at
+  column P - 1;
 - each layer's prompt keys/values ``(b, H, P, D)`` are gathered to ``(n, H, P, D)`` (rows ``owner``);
 - continuations are right-padded to ``(n, R)`` with positions ``len(prompt) + 0..R-1`` and attention mask
   ``[prompt mask | own mask]`` of shape ``(n, P + R)``;
@@ -85,7 +87,8 @@ def _pooled(model, out, scores, lengths, prompt_sum=None) -> torch.Tensor:
 
 
 def sequence_rewards(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(n,) rewards of right-padded full sequences ``ids`` (mask 1 on real tokens), by the model's read-out."""
+    """(n,) rewards of right-padded full sequences ``ids`` (mask 1 on real tokens), by the model's
+    read-out."""
     out, scores = _forward(model, mask, input_ids=ids, attention_mask=mask)
     return _pooled(model, out, scores, mask.sum(1))
 
@@ -94,15 +97,16 @@ def sequence_rewards(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tens
 
 
 class UnsharableCache(ValueError):
-    """The model's KV cache is not made of plain ``DynamicLayer`` s (sliding windows, linear attention, ...)."""
+    """The model's KV cache is not made of plain ``DynamicLayer`` s (sliding windows, linear attention,
+    ...)."""
 
 
 @dataclass
 class PromptCache:
     """Keys and values of a batch of left-padded prompts.
 
-    keys, values: per layer (b, H, P + spare, D), positions P.. free for continuations; mask: (b, P) long, 1 on
-    real prompt tokens; lengths: (b,) long. Empty lists when P == 0 (every prompt empty): the continuations
+    keys, values: per layer (b, H, P + spare, D), positions P.. free for continuations; mask: (b, P) long, 1
+    on real prompt tokens; lengths: (b,) long. Empty lists when P == 0 (every prompt empty): the continuations
     then run on their own. score_sum: (b,) the head's scores summed over each prompt's tokens, for a pooled
     read-out (``sum`` / ``mean``); None for ``last``.
     """
@@ -153,8 +157,8 @@ def prefill(
     if ids.shape[1] == 0:
         zeros = torch.zeros(len(prompts), device=device) if pooled else None
         return PromptCache([], [], mask, mask.sum(1), zeros)
-    out, scores = _forward(model, mask, input_ids=ids, attention_mask=mask, position_ids=left_padded_positions(mask),
-                           use_cache=True)
+    out, scores = _forward(model, mask, input_ids=ids, attention_mask=mask,
+                           position_ids=left_padded_positions(mask), use_cache=True)
     cache = cache_of(out)
     if not plain_dynamic_layers(cache):
         return None
@@ -251,19 +255,19 @@ def score_prompt_groups(
 ) -> list[np.ndarray]:
     """Reward of ``prompt_ids[g] + completion_ids[g][j]`` for every group g and candidate j.
 
-    Returns one (len(completion_ids[g]),) float64 array per group, equal to :func:`score_ids` of
-    the concatenated sequences (within float rounding). Prompts are batched by length (at most
-    ``batch_size`` prompts and about ``batch_size`` candidates per batch, :func:`perm.batching.prompt_batches`).
-    Decoders run each prompt once and its candidates as continuations of its cache, in length-sorted chunks of
+    Returns one (len(completion_ids[g]),) float64 array per group, equal to :func:`score_ids` of the
+    concatenated sequences (within float rounding). Prompts are batched by length (at most ``batch_size``
+    prompts and about ``batch_size`` candidates per batch, :func:`perm.batching.prompt_batches`). Decoders run
+    each prompt once and its candidates as continuations of its cache, in length-sorted chunks of
     ``batch_size`` rows, so the gathered cache never exceeds ``batch_size`` rows; with ``pack=True`` (models
     that pack, :func:`perm.packed.packs`) each batch runs as one forward of packed rows instead, a prompt and
     its candidates per row (rows of at most ``pack_tokens`` tokens or twice the prompt; None: the default of
-    :func:`perm.packed.pack_rows`). Encoder models are scored whole. The cache path is the default because
-    it scored the default's pools faster (packed 0.76-0.92x of it, benchmarks/README.md): a packed row
-    repeats the prompt for every chunk of candidates and its masked attention computes the whole square.
+    :func:`perm.packed.pack_rows`). Encoder models are scored whole. The cache path is the default because it
+    scored the default's pools faster (packed 0.76-0.92x of it, benchmarks/README.md): a packed row repeats
+    the prompt for every chunk of candidates and its masked attention computes the whole square.
     pack: None or False = the cache path; True = packed (an error for a model that cannot pack).
-    mc_dropout: score in the model's train mode (one MC-dropout draw, perm.members.dropout_on; the cache path);
-    default eval mode. A multi-head model's arrays are (len, H).
+    mc_dropout: score in the model's train mode (one MC-dropout draw, perm.members.dropout_on; the cache
+    path); default eval mode. A multi-head model's arrays are (len, H).
     """
     if len(prompt_ids) != len(completion_ids):
         raise ValueError(f"score_prompt_groups: {len(prompt_ids)} prompts but {len(completion_ids)} groups")
@@ -329,7 +333,8 @@ def score_prompt_groups(
 def split_pairs(
     chosen: Sequence[Sequence[int]], rejected: Sequence[Sequence[int]], pad_id: int
 ) -> tuple[list[list[int]], list[list[int]], list[list[int]]]:
-    """Split each pair of full sequences at their longest common prefix: (prefixes, chosen tails, rejected tails).
+    """Split each pair of full sequences at their longest common prefix: (prefixes, chosen tails, rejected
+    tails).
 
     The prefix (the prompt, and any leading tokens the two completions share) is computed once; each tail
     keeps at least its last non-pad token, where the reward is read.
@@ -386,8 +391,8 @@ def score_pairs(
     batch_size: int = 64,
     pack: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Rewards (float64) of full chosen and rejected sequences; decoders run each pair's common prefix once, and
-    each distinct completion of a prompt once however many pairs it is in (K-wise comparisons), packed or
+    """Rewards (float64) of full chosen and rejected sequences; decoders run each pair's common prefix once,
+    and each distinct completion of a prompt once however many pairs it is in (K-wise comparisons), packed or
     through the prompt's cache (``pack``: as in :func:`score_prompt_groups`)."""
     if not shares_prompt(model):
         return (
@@ -402,8 +407,8 @@ def score_pairs(
     for i, (g, r) in enumerate(zip(owner, rest, strict=True)):
         sc[i] = candidates[g].setdefault((*r, *ct[i]), len(candidates[g]))
         sr[i] = candidates[g].setdefault((*r, *rt[i]), len(candidates[g]))
-    groups = score_prompt_groups(model, common, [[list(c) for c in cands] for cands in candidates], pad_id, device,
-                                 batch_size=batch_size, pack=pack)
+    groups = score_prompt_groups(model, common, [[list(c) for c in cands] for cands in candidates], pad_id,
+                                 device, batch_size=batch_size, pack=pack)
     if not groups:
         return np.empty(0), np.empty(0)
     rc = np.array([groups[g][s] for g, s in zip(owner, sc, strict=True)], dtype=np.float64)

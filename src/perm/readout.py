@@ -25,8 +25,8 @@ def set_readout(model, readout: str) -> None:
     if readout not in READOUTS:
         raise ValueError(f"readout {readout!r}: expected one of {READOUTS}")
     if readout != "last" and not shares_prompt(model):
-        raise ValueError(f"readout {readout!r} needs a decoder-only model; {type(model).__name__} reads its reward "
-                         "at one token (use readout: last)")
+        raise ValueError(f"readout {readout!r} needs a decoder-only model; {type(model).__name__} reads its "
+                         "reward at one token (use readout: last)")
     cfg = getattr(model, "module", model).config
     if readout != "last" or hasattr(cfg, READOUT_KEY):  # a plain RM's config.json stays as before
         setattr(cfg, READOUT_KEY, readout)

@@ -32,8 +32,8 @@ from perm.prefix import (
 
 
 def bradley_terry_loss(
-    r_chosen: torch.Tensor, r_rejected: torch.Tensor, center_coef: float = 0.0, weights: torch.Tensor | None = None,
-    *, of: float | torch.Tensor | None = None,
+    r_chosen: torch.Tensor, r_rejected: torch.Tensor, center_coef: float = 0.0,
+    weights: torch.Tensor | None = None, *, of: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """mean(-log sigmoid(r+ - r-)) + center_coef * mean((r+ + r-)^2).
 
@@ -114,9 +114,10 @@ def encode_groups(
     """Candidates grouped by prompt, each prompt tokenised once: ``(prompt_ids, completion_ids, source)``.
 
     ``completions[i]`` are prompt i's candidates; flat candidate k is the k-th of them all, prompt-major.
-    Group g holds ``prompt_ids[g]`` and its candidates ``completion_ids[g]`` (each with EOS), the flat indices of
-    which are ``source[g]``, such that ``prompt_ids[g] + completion_ids[g][j] == encode(...)`` of flat candidate
-    ``source[g][j]`` exactly. A prompt yields one group, or one per prompt cut when long candidates cut it.
+    Group g holds ``prompt_ids[g]`` and its candidates ``completion_ids[g]`` (each with EOS), the flat indices
+    of which are ``source[g]``, such that ``prompt_ids[g] + completion_ids[g][j] == encode(...)`` of flat
+    candidate ``source[g][j]`` exactly. A prompt yields one group, or one per prompt cut when long candidates
+    cut it.
     """
     if len(prompts) != len(completions):
         raise ValueError(f"encode_groups: {len(prompts)} prompts but {len(completions)} candidate lists")
@@ -181,11 +182,12 @@ def pair_rewards(model, chosen, rejected, pad_id: int, device) -> tuple[torch.Te
     return r[: len(chosen)], r[len(chosen) :]
 
 
-def micro_batches(idx: np.ndarray, size: int | None, owner: np.ndarray | None = None) -> list[np.ndarray]:
+def micro_batches(idx: np.ndarray, size: int | None,
+                  owner: np.ndarray | None = None) -> list[np.ndarray]:
     """A step's pair indices ``idx`` as contiguous slices of at most ``size`` pairs, in order (None, or
-    ``size`` >= len(idx): ``[idx]``). ``owner``: each pair's prompt group (indexed by pair); a slice then ends at
-    the last group boundary that fits in it, so a prompt's pairs run in one slice unless the prompt alone has
-    more than ``size`` of the step's pairs."""
+    ``size`` >= len(idx): ``[idx]``). ``owner``: each pair's prompt group (indexed by pair); a slice then ends
+    at the last group boundary that fits in it, so a prompt's pairs run in one slice unless the prompt alone
+    has more than ``size`` of the step's pairs."""
     if size is None or len(idx) <= size:
         return [idx]
     if size < 1:
@@ -275,12 +277,12 @@ def train_reward_model(
     share_prompt: run each pair's common prefix (its prompt) once, forward and backward, under both
     completions (same loss and gradients up to rounding, fewer FLOPs). None = on for decoder models, off for
     encoders, which cannot share.
-    pack: how a shared prompt runs. Packed (:func:`perm.packed.pair_rewards_packed`: a batch's pairs grouped by
-    prompt, each group's prompt and distinct completions as one sequence under a block-causal mask, the
+    pack: how a shared prompt runs. Packed (:func:`perm.packed.pair_rewards_packed`: a batch's pairs grouped
+    by prompt, each group's prompt and distinct completions as one sequence under a block-causal mask, the
     batch one dense forward), or a prefill and continuations on its gathered KV cache
-    (:func:`perm.prefix.pair_rewards_shared`). None = packed where the model packs
-    (:func:`perm.packed.packs`, decided once here), else the cache; True requires packing, False the cache.
-    The data order, batches and loss are the same either way.
+    (:func:`perm.prefix.pair_rewards_shared`). None = packed where the model packs (:func:`perm.packed.packs`,
+    decided once here), else the cache; True requires packing, False the cache. The data order, batches and
+    loss are the same either way.
     eval_gold_diff: gold(chosen) - gold(rejected) of the eval pairs, where known: every eval then reports
     ``gold_accuracy`` too (:func:`evaluate_pairs`); the last eval is of the final weights.
     group_by_prompt: shuffle whole prompts rather than pairs, so the pairs of one prompt (pairs sharing at
@@ -289,12 +291,12 @@ def train_reward_model(
     prompt's pairs may straddle two batches). With one pair per prompt the order equals the ungrouped one.
     Data order depends only on `data_seed`, dropout masks only on `dropout_seed` (the head was initialised
     by its own seed when the model was built).
-    pair_weights: (n_pairs, H) weights of each pair in each head's loss (a multi-head model's bootstrap counts,
-    perm.members); the model then reads H rewards per sequence (:func:`bradley_terry_loss`).
-    micro_batch_size: gradient accumulation: each step's pairs (each process's slice under DDP) run forward and
-    backward in slices of at most this many (:func:`backward_pairs`; prompt groups kept whole where they fit),
-    their gradients summed into the step's; the same data order, steps and schedule, the same loss and gradients
-    up to float rounding (dropout masks are drawn per slice). None = each step's pairs in one pass.
+    pair_weights: (n_pairs, H) weights of each pair in each head's loss (a multi-head model's bootstrap
+    counts, perm.members); the model then reads H rewards per sequence (:func:`bradley_terry_loss`).
+    micro_batch_size: gradient accumulation: each step's pairs (each process's slice under DDP) run forward
+    and backward in slices of at most this many (:func:`backward_pairs`; prompt groups kept whole where they
+    fit), their gradients summed into the step's; the same data order, steps and schedule, the same loss and
+    gradients up to float rounding (dropout masks are drawn per slice). None = each step's pairs in one pass.
     """
     from perm.models import fp32_reward_head, make_accelerator
 
@@ -342,7 +344,8 @@ def train_reward_model(
         return _batch_rewards(model, part, split if shared else None, chosen, rejected, pad_id, device,
                               packed and shared)
 
-    step = dict(center_coef=center_coef, pair_weights=pair_weights, micro_batch_size=micro_batch_size, owner=owner)
+    step = dict(center_coef=center_coef, pair_weights=pair_weights, micro_batch_size=micro_batch_size,
+                owner=owner)
     t0 = time.perf_counter()
     with seeded(dropout_seed):
         model.train()
@@ -353,8 +356,10 @@ def train_reward_model(
                 order, pos = shuffled(), 0
             idx = order[pos : pos + batch_size]
             pos += batch_size
-            if acc.num_processes > 1:  # `accelerate launch`: each DDP rank takes its slice of the global batch
-                idx = np.array_split(idx, acc.num_processes)[acc.process_index]  # contiguous: keeps prompt groups
+            # `accelerate launch`: each DDP rank takes its slice of the global batch
+            if acc.num_processes > 1:
+                # contiguous: keeps prompt groups
+                idx = np.array_split(idx, acc.num_processes)[acc.process_index]
             opt.zero_grad(set_to_none=True)
             try:
                 loss = backward_pairs(acc, model, idx, functools.partial(rewards, shared=share), **step)
@@ -378,14 +383,15 @@ def train_reward_model(
                 progress(state["step"], total, loss.item())
     state["wall_s"] = time.perf_counter() - t0
     state["pairs_per_s"] = seen * acc.num_processes / state["wall_s"]  # pairs trained on, all ranks
-    head_ctx.close()  # the head as it was (same parameters), so the saved RM is a plain *ForSequenceClassification
+    # the head as it was (same parameters), so the saved RM is a plain *ForSequenceClassification
+    head_ctx.close()
     state["model"] = acc.unwrap_model(model).eval()
     return state
 
 
 def _batch_rewards(model, idx, split, chosen, rejected, pad_id: int, device, packed: bool = False):
-    """(B,) chosen and rejected rewards of pairs ``idx``; through their shared prefixes when ``split`` is given,
-    packed by prompt (``packed``) or through the prompts' KV cache."""
+    """(B,) chosen and rejected rewards of pairs ``idx``; through their shared prefixes when ``split`` is
+    given, packed by prompt (``packed``) or through the prompts' KV cache."""
     if split is None:
         return pair_rewards(model, [chosen[i] for i in idx], [rejected[i] for i in idx], pad_id, device)
     prefixes, chosen_tails, rejected_tails = split

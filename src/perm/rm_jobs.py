@@ -30,8 +30,8 @@ def rm_seeds(finetune_seed: int, pretrain_id: str | None = None) -> dict:
 def train_tokens(tokenizer, prompts, chosen, rejected, epochs: float) -> dict:
     """Tokens an RM's finetuning reads (before any cut to max_length), the measure the testbed compares with
     its backbones' pretraining tokens: ``train_tokens`` counts each distinct prompt once and each distinct
-    completion of it once per epoch (what a prompt-sharing forward runs); ``train_sequence_tokens`` counts every
-    distinct prompt + completion sequence whole."""
+    completion of it once per epoch (what a prompt-sharing forward runs); ``train_sequence_tokens`` counts
+    every distinct prompt + completion sequence whole."""
     from perm.reward import token_ids
 
     seqs = sorted({*zip(prompts, chosen, strict=True), *zip(prompts, rejected, strict=True)})
@@ -80,11 +80,12 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
     are evaluated once at the end (`other_evals`). Gold accuracy wherever the file has gold columns.
 
     member: an ensemble member of perm.members instead of a plain RM, by ``member["kind"]``: ``multihead``
-    (``heads`` scalar heads, each on its own bootstrap counts drawn from ``seeds["bootstrap_seed"]``), ``lora``
-    (a peft adapter of ``rank`` / ``alpha`` on the frozen backbone, A drawn from ``seeds["adapter_seed"]``;
-    saved in peft's format), ``probe`` (the head alone trained: WARM's shared linear probe), ``warm`` (every
-    weight trained from the probe's RM at ``backbone``, its head kept). seeds: the job's head, data-order and
-    dropout seeds (+ the kind's) where the caller derives them (default: :func:`rm_seeds`)."""
+    (``heads`` scalar heads, each on its own bootstrap counts drawn from ``seeds["bootstrap_seed"]``),
+    ``lora`` (a peft adapter of ``rank`` / ``alpha`` on the frozen backbone, A drawn from
+    ``seeds["adapter_seed"]``; saved in peft's format), ``probe`` (the head alone trained: WARM's shared
+    linear probe), ``warm`` (every weight trained from the probe's RM at ``backbone``, its head kept). seeds:
+    the job's head, data-order and dropout seeds (+ the kind's) where the caller derives them (default:
+    :func:`rm_seeds`)."""
     from perm import members
     from perm.models import (
         attention_for,
@@ -120,7 +121,8 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
     use_attention(model, attention_for(dev, precision, attention))
     peft = None
     if kind == "lora":
-        peft = members.lora_model(model, rank=member["rank"], alpha=member["alpha"], seed=seeds["adapter_seed"])
+        peft = members.lora_model(model, rank=member["rank"], alpha=member["alpha"],
+                                  seed=seeds["adapter_seed"])
         model = members.trainable(peft)
     elif kind == "probe":
         members.head_only(model)
@@ -138,12 +140,14 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
 
     ec, er, gold_diff = eval_set(eval_files[0])
     acc = make_accelerator(dev, precision)
-    world = acc.num_processes  # > 1 under `python -m perm.launch` (DDP): every rank trains, the main one saves
+    # > 1 under `python -m perm.launch` (DDP): every rank trains, the main one saves
+    world = acc.num_processes
     if world > 1:
         short = len(chosen) % reward["batch_size"]
         if 0 < short < world:
-            raise ValueError(f"{out_rel}: {len(chosen)} pairs in batches of {reward['batch_size']} leave a last "
-                             f"batch of {short} pairs, fewer than the {world} processes that split each batch")
+            raise ValueError(f"{out_rel}: {len(chosen)} pairs in batches of {reward['batch_size']} leave a "
+                             f"last batch of {short} pairs, fewer than the {world} processes that split each "
+                             "batch")
         # the loop splits each global batch over the ranks: one LR-schedule step per update, as in one process
         # (accelerate's default steps a prepared scheduler once per process)
         acc.dataloader_config.split_batches = True
@@ -153,8 +157,9 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
         model, chosen=train_chosen, rejected=train_rejected,
         eval_chosen=ec, eval_rejected=er, eval_gold_diff=gold_diff, pad_id=tok.pad_token_id,
         data_seed=seeds["data_seed"], dropout_seed=seeds["dropout_seed"], progress=bar,
-        accelerator=acc, micro_batch_size=reward.get("micro_batch_size"), pair_weights=(members.bootstrap_counts(len(chosen), member["heads"], seeds["bootstrap_seed"])
-                                       if kind == "multihead" else None),
+        accelerator=acc, micro_batch_size=reward.get("micro_batch_size"),
+        pair_weights=(members.bootstrap_counts(len(chosen), member["heads"], seeds["bootstrap_seed"])
+                      if kind == "multihead" else None),
         **{k: reward[k] for k in ("center_coef", "epochs", "batch_size", "lr", "warmup_frac", "weight_decay",
                                   "max_grad_norm", "eval_every", "group_by_prompt")})
     bar.close()
@@ -250,8 +255,8 @@ def job_average(run_dir: str, out_rel: str, *, sources: tuple[str, ...], eval_fi
             res = evaluate_pairs(model, ec, er, tok.pad_token_id, dev, gold_diff=gold_diff)
         evals[rel] = {k: res[k] for k in EVAL_FIELDS if k in res}
     first = evals[eval_files[0]]
-    info = {"model_id": Path(out_rel).name, "role": "member", "pretrain_id": pretrain_id, "finetune_seed": None,
-            "averaged": list(sources), "note": note, "eval_pairs": eval_files[0],
+    info = {"model_id": Path(out_rel).name, "role": "member", "pretrain_id": pretrain_id,
+            "finetune_seed": None, "averaged": list(sources), "note": note, "eval_pairs": eval_files[0],
             "accuracy": first["accuracy"], "accuracy_se": first["accuracy_se"],
             "gold_accuracy": first.get("gold_accuracy"), "eval_mean_reward": first["mean_reward"],
             "other_evals": {rel: evals[rel] for rel in eval_files[1:]},

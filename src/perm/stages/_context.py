@@ -125,9 +125,10 @@ class Upstream(dict):
 
 
 def in_process(name: str, fn, **kw):
-    """``fn(**kw)``, a job run in this process, failing as a pool or Ray job fails: an exception other than bad
-    input (ValueError and its kind, which the CLI reports as such) becomes a :class:`JobFailedError` naming the
-    job, e.g. a CUDA out-of-memory error: one line, exit 1, the job left unfinished so a rerun resumes there."""
+    """``fn(**kw)``, a job run in this process, failing as a pool or Ray job fails: an exception other than
+    bad input (ValueError and its kind, which the CLI reports as such) becomes a :class:`JobFailedError`
+    naming the job, e.g. a CUDA out-of-memory error: one line, exit 1, the job left unfinished so a rerun
+    resumes there."""
     try:
         return fn(**kw)
     except ValueError:
@@ -211,9 +212,9 @@ class Context:
 
     def checkpoint_key(self, path: str) -> str:
         """:func:`checkpoint_key` of the checkpoint `path` (a config spec) resolves to, once per checkpoint
-        and run: a local checkpoint is hashed by content, and the same one keys several stages (every RM of
-        a pretrain, the evaluator's jobs, the policy's); a shipped backbone by its name and recorded weight hash, a
-        part of the testbed kit by its recorded hash."""
+        and run: a local checkpoint is hashed by content, and the same one keys several stages (every RM of a
+        pretrain, the evaluator's jobs, the policy's); a shipped backbone by its name and recorded weight
+        hash, a part of the testbed kit by its recorded hash."""
         if path not in self.checkpoint_keys:
             from perm.shipped import is_shipped, key
 
@@ -278,7 +279,8 @@ class Context:
     def job_env(self, pooled: bool = True) -> dict:
         """The keyword arguments every training / sampling job takes; `pooled` jobs may run in workers."""
         return {"device": self.cfg.device, "threads": self.job_threads if pooled else self.cfg.threads,
-                "precision": self.cfg.precision, "attention": self.cfg.attention, "show_progress": self.show_progress}
+                "precision": self.cfg.precision, "attention": self.cfg.attention,
+                "show_progress": self.show_progress}
 
     # ------------------------------------------------------------------------------------ bookkeeping
 
@@ -330,22 +332,25 @@ class Context:
         for name, kw in todo:
             self._check_outputs(name, [kw["out_rel"]])
         names = [name for name, _ in todo]
-        here = isinstance(self.executor, LocalExecutor) or (isinstance(self.executor, PoolExecutor) and not pool)
+        here = (isinstance(self.executor, LocalExecutor)
+                or (isinstance(self.executor, PoolExecutor) and not pool))
         ray = isinstance(self.executor, RayExecutor)
         executor = "ray" if ray else f"{getattr(self.executor, 'workers', 1)} workers"
         left = work.only(names)
         where = "in this process" if here else "as Ray tasks" if ray else f"on {executor}"
-        self.log.plan(left.stage, f"{left.stage}: {format_work(left)}, {where}", status="jobs", **left.fields(),
-                      where=where)
+        self.log.plan(left.stage, f"{left.stage}: {format_work(left)}, {where}", status="jobs",
+                      **left.fields(), where=where)
         stage_bar = StageProgress(self.log, left.stage, work.planned(names), unit=work.unit, scale=work.scale)
         try:
             if here:
-                # one at a time, so that each finished job is recorded before the next starts (resume granularity)
+                # one at a time, so that each finished job is recorded before the next starts (resume
+                # granularity)
                 for i, (name, kw) in enumerate(todo):
                     self.store.mark_running(name, keys[name])
                     self.log.event(name, "start")
                     t0 = time.perf_counter()
-                    with reporting(Watched(self.log, lambda done, total, i=i: stage_bar.update(i, done, total))):
+                    with reporting(Watched(self.log,
+                                           lambda done, total, i=i: stage_bar.update(i, done, total))):
                         info = in_process(name, fn, **kw)
                     self.done(name, keys[name], [kw["out_rel"]], t0, seeds=seeds_of(kw),
                               info=info | {"threads": kw.get("threads")})
@@ -361,8 +366,8 @@ class Context:
                 self.log.tick(todo[i][0], tick)
                 stage_bar.update(i, tick.done, tick.total)
 
-            for i, (info, wall) in self.executor.map_as_completed(fn, [kw for _, kw in todo], on_start=started,
-                                                                  on_progress=progressed,
+            for i, (info, wall) in self.executor.map_as_completed(fn, [kw for _, kw in todo],
+                                                                  on_start=started, on_progress=progressed,
                                                                   progress_every=self.log.every):
                 name, kw = todo[i]
                 self.done(name, keys[name], [kw["out_rel"]], time.perf_counter() - wall, seeds=seeds_of(kw),
@@ -373,8 +378,8 @@ class Context:
 
 
 def torch_setup(device: str, threads: int | None):
-    """A job's first step: quiet transformers, set threads, fix the global seeds, resolve the device (an explicit
-    ``cuda:N`` becomes the process's current CUDA device, before anything touches CUDA:
+    """A job's first step: quiet transformers, set threads, fix the global seeds, resolve the device (an
+    explicit ``cuda:N`` becomes the process's current CUDA device, before anything touches CUDA:
     :func:`perm.hardware.use_device`)."""
     import torch
     from transformers.utils import logging as hf_logging

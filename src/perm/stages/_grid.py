@@ -50,13 +50,14 @@ GRID_FIELDS = ("finetune_seeds", "layout", "pairs", "policy_pairs_per_post", "po
 
 
 UNKEYED_AT = {"readout": "last", "micro_batch_size": None}
-"""`reward` fields added after runs were made -> the value that behaves as before, at which a key leaves them out."""
+"""`reward` fields added after runs were made -> the value that behaves as before, at which a key
+leaves them out."""
 
 
 def unkeyed_defaults(reward: dict, fields: tuple[str, ...] = tuple(UNKEYED_AT)) -> dict:
     """Leave out of the keys the fields added after runs were made, at their old behaviour (keys as before):
-    those of `fields` (default: every field of :data:`UNKEYED_AT`; keys made after some of them existed, such as
-    the ensemble members', pass the later ones)."""
+    those of `fields` (default: every field of :data:`UNKEYED_AT`; keys made after some of them existed, such
+    as the ensemble members', pass the later ones)."""
     return {k: v for k, v in reward.items() if not (k in fields and v == UNKEYED_AT[k])}
 
 
@@ -104,12 +105,14 @@ def member_plan(cfg: RunConfig) -> dict[str, dict]:
     if "multihead" in e.kinds:
         out["multihead"] = {"kind": "multihead", "member": {"kind": "multihead", "heads": e.size},
                             "reward": recipe, "seeds": seeds("multihead", 0, "bootstrap_seed"),
-                            "note": f"one finetune with {e.size} heads, each on its own bootstrap of the pairs"}
+                            "note": f"one finetune with {e.size} heads, each on its own bootstrap of the "
+                                    "pairs"}
     if "lora" in e.kinds:
         for h in range(e.size):
             out[f"lora-{h}"] = {"kind": "lora", "member": {"kind": "lora", "rank": e.lora_rank,
                                                            "alpha": e.lora_alpha},
-                                "reward": recipe | {"lr": e.lora_lr}, "seeds": seeds("lora", h, "adapter_seed"),
+                                "reward": recipe | {"lr": e.lora_lr},
+                                "seeds": seeds("lora", h, "adapter_seed"),
                                 "note": f"LoRA adapter (rank {e.lora_rank}) and head on the frozen backbone"}
     if "warm" in e.kinds:
         out["warm-probe"] = {"kind": "probe", "member": {"kind": "probe"},
@@ -123,12 +126,13 @@ def member_plan(cfg: RunConfig) -> dict[str, dict]:
                                 "note": f"finetune from the probe at {scale:g} x reward.lr"}
         out["warm"] = {"kind": "warm", "from_members": tuple(f"warm-{m}" for m in range(e.size)),
                        "note": f"weight average of the {e.size} finetunes of one initialisation (WARM)"}
-        soup = [layout.rm_dir(rm_id(p, s)) for p, s in grid(cfg.pretrain.pretrain_ids(), cfg.reward.finetune_seeds,
-                                                             cfg.reward.layout) if p == member_backbone(cfg)]
+        soup = [layout.rm_dir(rm_id(p, s))
+                for p, s in grid(cfg.pretrain.pretrain_ids(), cfg.reward.finetune_seeds, cfg.reward.layout)
+                if p == member_backbone(cfg)]
         if len(soup) >= 2:
             out["grid-soup"] = {"kind": "grid-soup", "from_rms": tuple(soup),
-                                "note": f"weight average of the grid's {len(soup)} finetune seeds of one pretrain "
-                                        "(different head initialisations)"}
+                                "note": f"weight average of the grid's {len(soup)} finetune seeds of one "
+                                        "pretrain (different head initialisations)"}
     if "mcdropout" in e.kinds:
         out["mcdropout"] = {"kind": "mcdropout-rm", "member": {"kind": "mcdropout"},
                             "reward": recipe | {"dropout": e.mc_dropout}, "seeds": seeds("mcdropout", 0),

@@ -1,9 +1,9 @@
 """`perm score`: every pool and reference sample scored by every RM and the evaluator (perm.prefix.
 score_prompt_groups: a prompt runs once and its candidates continue its KV cache), then the reward tensor
 assembled with the gold reward: rewards.parquet and models.parquet (DESIGN step 5). A trained evaluator loaded
-from `evaluator.rm_checkpoint` scores from where it is (the testbed kit's, a folder, a hub id). Also the validation of
-samples.parquet, which a user may bring. Manifest names `score/<model_id>` (scores/<model_id>.parquet) and
-`score`. Returns the path of rewards.parquet."""
+from `evaluator.rm_checkpoint` scores from where it is (the testbed kit's, a folder, a hub id). Also the
+validation of samples.parquet, which a user may bring. Manifest names `score/<model_id>`
+(scores/<model_id>.parquet) and `score`. Returns the path of rewards.parquet."""
 
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ BATCH_SIZE = 64
 
 
 def model_names(cfg: RunConfig) -> dict[str, str]:
-    """scoring job id -> manifest name of the folder it loads: the grid's RMs, the evaluator, then the ensemble
-    members (:func:`member_scorers`)."""
+    """scoring job id -> manifest name of the folder it loads: the grid's RMs, the evaluator, then the
+    ensemble members (:func:`member_scorers`)."""
     out = {name.split("/", 1)[1]: name for name in grid_names(cfg)}
     out |= {"evaluator": layout.EVALUATOR_RM} if cfg.evaluator.enabled else {}
     return out | {mid: spec["source"] for mid, spec in member_scorers(cfg).items()}
@@ -57,8 +57,9 @@ def member_scorers(cfg: RunConfig) -> dict[str, dict]:
         src = layout.member_dir(mid)
         kind = spec["kind"]
         if kind == "multihead":
-            out[mid] = {"source": src, "load": {"kind": "multihead", "heads": e.size}, "ensemble": "multihead",
-                        "kind": kind, "model_ids": [f"multihead-h{h}" for h in range(e.size)]}
+            out[mid] = {"source": src, "load": {"kind": "multihead", "heads": e.size},
+                        "ensemble": "multihead", "kind": kind,
+                        "model_ids": [f"multihead-h{h}" for h in range(e.size)]}
         elif kind == "lora":
             out[mid] = {"source": src, "load": {"kind": "lora"}, "ensemble": "lora", "kind": kind,
                         "model_ids": [mid]}
@@ -128,13 +129,15 @@ def run(ctx: Context) -> Path:
                 load["backbone"] = backbones[member_backbone(cfg)]
             todo.append((name, dict(run_dir=str(ctx.root), out_rel=layout.scores_file(mid),
                                     model_dir=model_dir(ctx, model_name), model_id=mid,
-                                    max_length=cfg.reward.max_length, batch_size=BATCH_SIZE, device=cfg.device,
-                                    threads=cfg.threads, show_progress=ctx.show_progress, load=load,
-                                    trust_remote_code=loaded(cfg, model_name) and cfg.pretrain.trust_remote_code)))
+                                    max_length=cfg.reward.max_length, batch_size=BATCH_SIZE,
+                                    device=cfg.device, threads=cfg.threads, show_progress=ctx.show_progress,
+                                    load=load, trust_remote_code=(loaded(cfg, model_name)
+                                                                  and cfg.pretrain.trust_remote_code))))
     # scoring jobs are short and share this process's tokenised samples (one tokenisation for all models)
     ctx.run_jobs(job_score, todo, all_keys, seeds_of=lambda kw: {}, pool=False, work=work(cfg, ctx.root))
     key = keys(cfg, ctx.upstream())["score"]
-    score_s = {mid: (ctx.store.stage(JOB.format(model_id=mid)) or {}).get("wall_s") for mid in model_names(cfg)}
+    score_s = {mid: (ctx.store.stage(JOB.format(model_id=mid)) or {}).get("wall_s")
+               for mid in model_names(cfg)}
     ensembles = {"members": members, "trained": member_records, "named": cfg.ensembles.named_members(),
                  "score_s": score_s, "pretrains": _pretrain_records(ctx, cfg) if members else {}}
     ctx.run_one("score", key, lambda: assemble_reward_tensor(ctx.root, records, ensembles),
@@ -160,8 +163,8 @@ def _pretrain_records(ctx: Context, cfg: RunConfig) -> dict[str, dict]:
 
 
 def loaded(cfg: RunConfig, model_name: str) -> bool:
-    """Whether the scoring model `model_name` is a trained RM loaded from a checkpoint (`evaluator.rm_checkpoint`)
-    rather than one the run finetuned."""
+    """Whether the scoring model `model_name` is a trained RM loaded from a checkpoint
+    (`evaluator.rm_checkpoint`) rather than one the run finetuned."""
     return model_name == layout.EVALUATOR_RM and bool(cfg.evaluator.rm_checkpoint)
 
 
@@ -176,8 +179,8 @@ def model_dir(ctx: Context, model_name: str) -> str:
 _ENCODED: dict = {}  # (tokenizer hash, max_length, samples hash) -> token ids; one tokenisation per tokenizer
 
 
-def encoded_samples(run: Path, tok_dir: Path, max_length: int) -> tuple[tuple[list, list, list], object, object,
-                                                                          object]:
+def encoded_samples(run: Path, tok_dir: Path,
+                    max_length: int) -> tuple[tuple[list, list, list], object, object, object]:
     """samples.parquet as token ids grouped by prompt, cached per tokenizer within a process.
 
     Returns ``((prompt_ids, completion_ids, rows), prompt_id, sample_id, tokenizer)``: group g is one prompt
@@ -197,7 +200,8 @@ def encoded_samples(run: Path, tok_dir: Path, max_length: int) -> tuple[tuple[li
         samples = validate_samples(run / layout.SAMPLES)
         prompts = pq.read_table(run / layout.EVAL_PROMPTS, columns=["prompt_id", "prompt"]).to_pandas()
         prompt_of = dict(zip(prompts.prompt_id, prompts.prompt, strict=True))
-        by_prompt = samples.groupby("prompt_id", sort=False).indices  # prompt_id -> row indices, in file order
+        # prompt_id -> row indices, in file order
+        by_prompt = samples.groupby("prompt_id", sort=False).indices
         texts = samples.text.to_numpy()
         p_ids, c_ids, source = encode_groups(tok, [prompt_of[p] for p in by_prompt],
                                              [list(texts[r]) for r in by_prompt.values()], max_length)
@@ -230,7 +234,8 @@ def validate_samples(path: Path):
         if col not in df.columns:
             if col in OPTIONAL_SAMPLES_COLUMNS:
                 continue
-            raise SamplesError(f"{path}: missing column '{col}' (expected columns: {', '.join(SAMPLES_COLUMNS)})")
+            raise SamplesError(f"{path}: missing column '{col}' "
+                               f"(expected columns: {', '.join(SAMPLES_COLUMNS)})")
         ok = {"integer": pd.api.types.is_integer_dtype, "bool": pd.api.types.is_bool_dtype,
               "string": lambda s: pd.api.types.is_string_dtype(s) or pd.api.types.is_object_dtype(s)}[kind]
         if not ok(df[col]):
@@ -262,9 +267,10 @@ def job_score(run_dir: str, out_rel: str, *, model_dir: str, model_id: str, max_
     (Two rare fallbacks inside ``score_prompt_groups`` batch across the whole share and then equal the
     single process's rewards only up to rounding: all-padding candidates, and caches that cannot be shared.)
 
-    load: how an ensemble member is scored (perm.members; one process): ``{"kind": "multihead"}`` writes one
-    column ``reward_<h>`` per head, ``{"kind": "lora", "backbone": dir}`` merges the adapter at model_dir into
-    the backbone, ``{"kind": "mcdropout", "p": rate, "seed": s}`` is one seeded dropout draw; default a plain RM.
+    load: how an ensemble member is scored (perm.members; one process): ``{"kind": "multihead"}`` writes
+    one column ``reward_<h>`` per head, ``{"kind": "lora", "backbone": dir}`` merges the adapter at
+    model_dir into the backbone, ``{"kind": "mcdropout", "p": rate, "seed": s}`` is one seeded dropout
+    draw; default a plain RM.
     """
     import numpy as np
     import pyarrow as pa
@@ -343,12 +349,14 @@ def job_score(run_dir: str, out_rel: str, *, model_dir: str, model_id: str, max_
         for r, vals in shares:
             rewards[r] = vals
     bar.close()
-    check_finite(rewards.reshape(-1), model_id)  # on every rank alike: none waits for a main process that raised
+    # on every rank alike: none waits for a main process that raised
+    check_finite(rewards.reshape(-1), model_id)
     if main:
         columns = ({"reward": pa.array(rewards, pa.float64())} if rewards.ndim == 1 else
                    {f"reward_{h}": pa.array(rewards[:, h], pa.float64()) for h in range(rewards.shape[1])})
         atomic_write_parquet(run / out_rel, pa.table({"prompt_id": pa.array(prompt_ids, pa.int64()),
-                                                      "sample_id": pa.array(sample_ids, pa.int64()), **columns}))
+                                                      "sample_id": pa.array(sample_ids, pa.int64()),
+                                                      **columns}))
     wall = time.perf_counter() - t0
     info = {"rows": len(prompt_ids), "wall_s": wall, "sequences_per_s": len(prompt_ids) / wall}
     if state is not None:
@@ -399,7 +407,8 @@ def assemble_reward_tensor(root: Path, records: list[dict], ensembles: Mapping |
             add(mid, scores, f"reward_{h}" if spec["load"]["kind"] == "multihead" else "reward",
                 {"role": "member", "pretrain_id": rec["pretrain_id"], "finetune_seed": None,
                  "accuracy": acc["accuracy"], "accuracy_se": acc["accuracy_se"],
-                 "gold_accuracy": acc.get("gold_accuracy"), "kind": spec["kind"], "ensemble": spec["ensemble"]})
+                 "gold_accuracy": acc.get("gold_accuracy"), "kind": spec["kind"],
+                 "ensemble": spec["ensemble"]})
     known = {m["model_id"]: m for m in models}
     for name, ids in named.items():
         missing = [i for i in ids if i not in known or known[i]["role"] not in ("rm", "member")]
@@ -412,8 +421,10 @@ def assemble_reward_tensor(root: Path, records: list[dict], ensembles: Mapping |
         df = base.assign(model_id="gold", reward=samples.gold_reward.astype("float64"))
         parts.append(df)
         models.append({"model_id": "gold", "role": "gold", "pretrain_id": None, "finetune_seed": None,
-                       "accuracy": None, "accuracy_se": None, "gold_accuracy": None, "kind": None, "ensemble": None})
-    rewards = pd.concat(parts, ignore_index=True)[["prompt_id", "sample_id", "model_id", "reward", "is_reference"]]
+                       "accuracy": None, "accuracy_se": None, "gold_accuracy": None, "kind": None,
+                       "ensemble": None})
+    rewards = pd.concat(parts, ignore_index=True)[["prompt_id", "sample_id", "model_id", "reward",
+                                                   "is_reference"]]
     models_df = pd.DataFrame(models).astype({"finetune_seed": "Int64", "accuracy": "float64",
                                              "accuracy_se": "float64", "gold_accuracy": "float64"})
     if not members and not named:  # a run without ensembles of its own: models.parquet as it always was
@@ -444,10 +455,10 @@ def _saved_parameters(root: Path, records: list[dict]) -> int | None:
 
 def ensemble_costs(records: list[dict], ensembles: Mapping) -> pd.DataFrame:
     """What each ensemble costs (the ensembles.parquet rows, :data:`COST_COLUMNS`): parameters trained
-    (pretraining included where an ensemble needs backbones of its own), parameters held while scoring, forward
-    passes per candidate, and the seconds its training and scoring took on the machine that ran them (NaN where
-    not recorded). Grid ensembles: ``single`` (one RM, the grid's mean), ``finetune`` (the finetune seeds of
-    one pretrain) and ``pretrain`` (one RM per pretrain, plus pretraining the other backbones: their
+    (pretraining included where an ensemble needs backbones of its own), parameters held while scoring,
+    forward passes per candidate, and the seconds its training and scoring took on the machine that ran them
+    (NaN where not recorded). Grid ensembles: ``single`` (one RM, the grid's mean), ``finetune`` (the finetune
+    seeds of one pretrain) and ``pretrain`` (one RM per pretrain, plus pretraining the other backbones: their
     pretrain.json seconds, recorded where they were built)."""
     import numpy as np
     import pandas as pd
@@ -472,8 +483,8 @@ def ensemble_costs(records: list[dict], ensembles: Mapping) -> pd.DataFrame:
              "forwards_per_candidate": 1, "train_s": wall, "score_s": sc, "note": "one grid RM (their mean)"}]
     if f >= 2:
         rows.append({"ensemble": "finetune", "kind": "grid", "n_members": f, "params_trained": f * p,
-                     "params_held": f * p, "forwards_per_candidate": f, "train_s": f * wall, "score_s": f * sc,
-                     "note": f"{f} finetunes of one pretrain"})
+                     "params_held": f * p, "forwards_per_candidate": f, "train_s": f * wall,
+                     "score_s": f * sc, "note": f"{f} finetunes of one pretrain"})
     if k >= 2:
         first = sorted(per_pretrain)[0]
         extra = [pretrains.get(pid, {}) for pid in sorted(per_pretrain) if pid != first]
@@ -482,7 +493,8 @@ def ensemble_costs(records: list[dict], ensembles: Mapping) -> pd.DataFrame:
         rows.append({"ensemble": "pretrain", "kind": "grid", "n_members": k, "params_trained": k * p + pre_p,
                      "params_held": k * p, "forwards_per_candidate": k, "train_s": k * wall + pre_s,
                      "score_s": k * sc, "note": f"{k} finetunes on {k} pretrains, with pretraining the other "
-                                                f"{k - 1} backbones (their recorded seconds, where they were built)"})
+                                                f"{k - 1} backbones (their recorded seconds, where they were "
+                                                "built)"})
     by_ensemble: dict[str, list[str]] = {}
     for job, spec in members.items():
         by_ensemble.setdefault(spec["ensemble"], []).append(job)
@@ -514,7 +526,8 @@ def ensemble_costs(records: list[dict], ensembles: Mapping) -> pd.DataFrame:
                        f"the {len(fts)} WARM finetunes as a prediction ensemble")
         elif kind == "grid-soup":
             row = (f * p, recs[0]["params_total"], 1, f * wall + num(recs[0]["wall_s"]),
-                   f"the weight average of the grid's {f} finetune seeds (their training is the finetune ensemble's)")
+                   f"the weight average of the grid's {f} finetune seeds (their training is the finetune "
+                   "ensemble's)")
         else:  # mcdropout
             r = recs[0]
             row = (r["params_trained"], r["params_total"], n, num(r["wall_s"]),

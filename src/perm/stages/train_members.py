@@ -1,9 +1,10 @@
 """`perm train-members`: the ensemble members of `ensembles.kinds` on one backbone (perm.members), each with
 the grid's recipe and pairs: a multi-head RM (`members/multihead`), LoRA adapters (`members/lora-<h>`), WARM's
 linear probe, finetunes and their weight average (`members/warm-probe`, `members/warm-<m>`, `members/warm`)
-with the average of the grid's finetune seeds (`members/grid-soup`), and the RM the MC-dropout draws score with
-(`members/mcdropout`). Outputs members/<member_id>/ with rm.json (params trained, wall seconds: the costs the
-report sets beside each ensemble's gain). Returns {member_id: rm.json}; {} when `ensembles.kinds` is empty."""
+with the average of the grid's finetune seeds (`members/grid-soup`), and the RM the MC-dropout draws score
+with (`members/mcdropout`). Outputs members/<member_id>/ with rm.json (params trained, wall seconds: the costs
+the report sets beside each ensemble's gain). Returns {member_id: rm.json}; {} when `ensembles.kinds` is
+empty."""
 
 from __future__ import annotations
 
@@ -115,5 +116,6 @@ def run(ctx: Context) -> dict[str, dict]:
                                     trust_remote_code=cfg.pretrain.trust_remote_code)))
         if todo:
             ctx.run_jobs(job_reward_model, todo, all_keys, seeds_of=seeds_of, work=work(cfg, ctx.root))
-    return {mid: json.loads((ctx.root / layout.rm_record(layout.member_dir(mid))).read_text()) for mid in plan}
+    return {mid: json.loads((ctx.root / layout.rm_record(layout.member_dir(mid))).read_text())
+            for mid in plan}
 

@@ -71,7 +71,8 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
     c, e = cfg.reward, cfg.evaluator
     data, pairs = data_identity(cfg, upstream), pairs_key(cfg, upstream)
     common = recipe_key(cfg)
-    scope = {} if c.finetune_seed_scope == "shared" else {"scope": c.finetune_seed_scope}  # shared: keys as before
+    # shared: keys as before
+    scope = {} if c.finetune_seed_scope == "shared" else {"scope": c.finetune_seed_scope}
     out = {}
     for pid, seed in grid(cfg.pretrain.pretrain_ids(), c.finetune_seeds, c.layout):
         out[layout.rm_dir(rm_id(pid, seed))] = stage_key(cfg, {
@@ -83,9 +84,9 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
 
 
 def evaluator_key(cfg: RunConfig, upstream: Mapping[str, str]) -> str:
-    """The evaluator RM's key: its finetuning (recipe, pairs, backbone, seeds), or for a trained one loaded from
-    `evaluator.rm_checkpoint` its checkpoint's identity (a kit part's recorded hash) and the held-out pairs it is
-    evaluated on."""
+    """The evaluator RM's key: its finetuning (recipe, pairs, backbone, seeds), or for a trained one loaded
+    from `evaluator.rm_checkpoint` its checkpoint's identity (a kit part's recorded hash) and the held-out
+    pairs it is evaluated on."""
     c, e = cfg.reward, cfg.evaluator
     data = data_identity(cfg, upstream)
     if e.rm_checkpoint:
@@ -143,8 +144,9 @@ def run(ctx: Context) -> dict:
     for pid, seed in grid(list(backbones), c.finetune_seeds, c.layout):
         name = layout.rm_dir(rm_id(pid, seed))
         if not ctx.skip(name, all_keys[name]):
-            todo.append((name, dict(env, out_rel=name, backbone=backbones[pid], pretrain_id=pid, finetune_seed=seed,
-                                    reward=to_dict(c), n_pairs=c.max_train_pairs, seed_scope=c.finetune_seed_scope,
+            todo.append((name, dict(env, out_rel=name, backbone=backbones[pid], pretrain_id=pid,
+                                    finetune_seed=seed, reward=to_dict(c), n_pairs=c.max_train_pairs,
+                                    seed_scope=c.finetune_seed_scope,
                                     trust_remote_code=cfg.pretrain.trust_remote_code)))
     name = layout.EVALUATOR_RM
     if e.enabled and e.rm_checkpoint:  # a trained evaluator: evaluated here, before the grid's jobs (seconds)
@@ -190,8 +192,8 @@ def run_evaluator(ctx: Context) -> dict:
 
 
 def _evaluate_loaded(ctx: Context, key: str, eval_files: tuple[str, ...]) -> None:
-    """Evaluate the trained evaluator of `evaluator.rm_checkpoint` on the run's held-out pairs (in this process:
-    a forward over them), unless done for these inputs."""
+    """Evaluate the trained evaluator of `evaluator.rm_checkpoint` on the run's held-out pairs (in this
+    process: a forward over them), unless done for these inputs."""
     cfg = ctx.cfg
     spec = cfg.evaluator.rm_checkpoint
     path = ctx.resolve_checkpoint(spec)  # a kit part is verified here; a hub id pinned to its commit
@@ -204,11 +206,11 @@ def _evaluate_loaded(ctx: Context, key: str, eval_files: tuple[str, ...]) -> Non
 def job_evaluate_rm(run_dir: str, out_rel: str, *, checkpoint: str, spec: str, eval_files: tuple[str, ...],
                     max_length: int, device: str, threads: int | None, trust_remote_code: bool = False,
                     precision: str = "fp32", attention: str = "auto", show_progress: bool = True) -> dict:
-    """Evaluate a trained RM (`evaluator.rm_checkpoint` `spec`, loaded from `checkpoint`) on the run's held-out
-    pairs, in fp32 as scoring is, and write its record (rm.json, no weights) to run_dir/out_rel: the fields a
-    finetuned evaluator's rm.json has (accuracy on the first eval file, `other_evals` on the rest), with what
-    the checkpoint's own rm.json says of its training where it has one (the testbed kit's evaluator), under
-    `trained` and in the fields the report reads (n_train_pairs, train_tokens, ...)."""
+    """Evaluate a trained RM (`evaluator.rm_checkpoint` `spec`, loaded from `checkpoint`) on the run's
+    held-out pairs, in fp32 as scoring is, and write its record (rm.json, no weights) to run_dir/out_rel: the
+    fields a finetuned evaluator's rm.json has (accuracy on the first eval file, `other_evals` on the rest),
+    with what the checkpoint's own rm.json says of its training where it has one (the testbed kit's
+    evaluator), under `trained` and in the fields the report reads (n_train_pairs, train_tokens, ...)."""
     from perm.models import load_reward_model, load_tokenizer
     from perm.readout import readout_of
     from perm.reward import evaluate_pairs
@@ -241,21 +243,24 @@ def job_evaluate_rm(run_dir: str, out_rel: str, *, checkpoint: str, spec: str, e
         "backbone": backbone or str(checkpoint),
         "seeds": trained.get("seeds"),
         "config": trained.get("config"),
-        **{k: trained.get(k) for k in ("n_train_pairs", "train_tokens", "train_sequence_tokens", "n_train_prompts")},
+        **{k: trained.get(k)
+           for k in ("n_train_pairs", "train_tokens", "train_sequence_tokens", "n_train_prompts")},
         "eval_pairs": eval_files[0],
         "n_eval_pairs": first["n_pairs"],
         "accuracy": first["accuracy"],
         "accuracy_se": first["accuracy_se"],
         "gold_accuracy": first.get("gold_accuracy"),
         "eval_mean_reward": first["mean_reward"],
-        "other_evals": {rel: {k: v for k, v in evals[rel].items() if k != "n_pairs"} for rel in eval_files[1:]},
+        "other_evals": {rel: {k: v for k, v in evals[rel].items() if k != "n_pairs"}
+                        for rel in eval_files[1:]},
         "trained": {k: trained[k] for k in ("accuracy", "accuracy_se", "gold_accuracy", "eval_pairs", "steps",
                                             "wall_s", "precision", "pairs_per_s") if k in trained},
         "readout": readout_of(model),
         "wall_s": time.perf_counter() - t0,
         "precision": "fp32",
     }
-    with atomic_path(run / out_rel) as tmp:  # the whole folder: no weights of an evaluator finetuned here before
+    # the whole folder: no weights of an evaluator finetuned here before
+    with atomic_path(run / out_rel) as tmp:
         tmp.mkdir(parents=True)
         (tmp / layout.RM_RECORD).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     return info
