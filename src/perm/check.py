@@ -352,9 +352,9 @@ def _same_by_rule(f0: Facts, f: Facts) -> tuple[bool | None, str]:
 def compare_tokenizers(models: list[tuple[Ref, Facts]], problems: list[str]) -> str:
     """One tokenizer for all `models`, by the rule the run applies (perm.tokenizer_rule): each compared with
     the first (the run's tokenizer comes from the first pretrain checkpoint), on tokenizer.json when both have
-    it, else on the vocabulary files both have, by content hash; where the hashes differ or cannot be compared,
-    both tokenizers are loaded (a hub model's tokenizer files fetched) and compared with the pad token left
-    out, as the run does."""
+    it, else on the vocabulary files both have, by content hash; where the hashes differ or cannot be
+    compared, both tokenizers are loaded (a hub model's tokenizer files fetched) and compared with the pad
+    token left out, as the run does."""
     models = [(r, f) for r, f in models if f is not None]
     if len(models) < 2:
         return "tokenizer: fewer than two checkpoints to compare"
@@ -374,7 +374,8 @@ def compare_tokenizers(models: list[tuple[Ref, Facts]], problems: list[str]) -> 
             bad = [n for n, v in zip(names, verdicts, strict=True) if not v]
             differ.append(ref)
             problems.append(f"tokenizer: {ref.key} ({ref.spec}) has another tokenizer than {ref0.key} "
-                            f"({ref0.spec}): {', '.join(bad) or 'its tokenizer'} differ{'s' if len(bad) <= 1 else ''}"
+                            f"({ref0.spec}): {', '.join(bad) or 'its tokenizer'} "
+                            f"differ{'s' if len(bad) <= 1 else ''}"
                             + (f" (not loaded to compare by the run's rule: {why})" if same is None else
                                " by the run's rule too (pad token left out)")
                             + "; the grid, the evaluator and the policy must share one tokenizer")

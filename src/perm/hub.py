@@ -124,8 +124,8 @@ def weights_problem(reference: str, field: str, files: list[str], convert_bin: b
     if any(n.endswith(".bin") and n.startswith("pytorch_model") for n in names):
         if convert_bin:
             return None
-        return (f"{field}: {reference} holds only pytorch_model.bin weights at its pinned commit and perm loads "
-                "safetensors only: set pretrain.convert_bin: true (a weights-only conversion into "
+        return (f"{field}: {reference} holds only pytorch_model.bin weights at its pinned commit and perm "
+                "loads safetensors only: set pretrain.convert_bin: true (a weights-only conversion into "
                 f"<run>/converted/), or convert it first with `perm convert {reference} OUT`")
     found = sorted(n for n in names if n.endswith(WEIGHT_SUFFIXES))
     return (f"{field}: {reference} has no safetensors or pytorch_model.bin weights at its pinned commit"

@@ -140,10 +140,10 @@ def check_tokenizers(ctx: Context):
     such as a converted step branch that has none) and ``tokenizer_pad_ignored`` (models whose own pad
     token differs from the run's) where there are any.
 
-    The pad token is left out of the comparison (:func:`perm.tokenizer_rule.without_pad`): padding is masked everywhere, RMs
-    and the evaluator pad with the run's tokenizer, and the policy pads only its own prompts, so a model
-    whose tokenizer adds a pad token of its own (TRL's TL;DR SFT policy may), or uses EOS as pad, gives
-    every text the same ids as the grid's. Any other difference (vocabulary, merges, normaliser,
+    The pad token is left out of the comparison (:func:`perm.tokenizer_rule.without_pad`): padding is masked
+    everywhere, RMs and the evaluator pad with the run's tokenizer, and the policy pads only its own prompts,
+    so a model whose tokenizer adds a pad token of its own (TRL's TL;DR SFT policy may), or uses EOS as pad,
+    gives every text the same ids as the grid's. Any other difference (vocabulary, merges, normaliser,
     pre-tokeniser, post-processor, other special tokens or added tokens) is an error."""
     from perm.hub import model_ref, offline
     from perm.models import load_tokenizer, tokenizer_fingerprint
