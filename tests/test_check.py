@@ -3,6 +3,7 @@ side on real checkpoints saved with save_pretrained."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -137,7 +138,8 @@ def test_a_good_hub_config_passes_and_lists_every_id_and_revision(hub):
 def test_bin_only_weights_a_missing_revision_and_another_tokenizer_are_each_named(hub):
     cfg = _hub_cfg(**{"pretrain.checkpoints": "[EleutherAI/pythia-160m-seed1@step143000,EleutherAI/pythia-160m-seed2@step1430]",
                       "evaluator.checkpoint": "cleanrl/pythia-1b-sft@sft__55513__1706646024",
-                      "policy.checkpoint": "other/policy", "data.prefs": "nobody/nothing"})
+                      "policy.checkpoint": "other/policy", "data.prefs": "nobody/nothing",
+                      "pretrain.convert_bin": "false"})
     res = check_config(cfg)
     p = "\n".join(res.problems)
     assert len(res.problems) == 4, p
@@ -149,6 +151,9 @@ def test_bin_only_weights_a_missing_revision_and_another_tokenizer_are_each_name
     assert ("tokenizer: policy.checkpoint (other/policy) has another tokenizer than pretrain.checkpoints[0] "
             "(EleutherAI/pythia-160m-seed1@step143000): tokenizer.json differs") in p
     assert "data.prefs: nobody/nothing: no such repository on the hub" in p
+    converted = check_config(dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, convert_bin=True)))
+    assert len(converted.problems) == 3 and not any("cleanrl" in q for q in converted.problems)  # as the run does
+    assert "pytorch_model.bin file(s), converted into the run (pretrain.convert_bin)" in converted.text()
     r = runner.invoke(app, ["check", *[f"{k}={v}" for k, v in {
         "pretrain.checkpoints": "[EleutherAI/pythia-160m-seed1@step143000]", "policy.checkpoint": "other/policy",
         "evaluator.enabled": "false", "data.prefs": "openai/summarize_from_feedback", "reward.pairs": "testbed"}.items()]])
@@ -203,7 +208,9 @@ def test_local_checkpoints_on_real_files(tmp_path, monkeypatch):
 
     other, _ = _save(tmp_path, "other-tok", extra_token="extra")
     old, _ = _save(tmp_path, "old", safetensors=False)
-    res = check_config(_local_cfg(tmp_path, [a, old, tmp_path / "missing" / "dir"], other))
+    cfg = _local_cfg(tmp_path, [a, old, tmp_path / "missing" / "dir"], other)
+    assert "converted into the run (pretrain.convert_bin)" in check_config(cfg).text()  # the default: as the run
+    res = check_config(dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, convert_bin=False)))
     p = "\n".join(res.problems)
     assert len(res.problems) == 3, p
     assert (f"pretrain.checkpoints[1]: {old}: no *.safetensors weights, only pytorch_model.bin (pickled weights perm "
@@ -263,7 +270,8 @@ def test_without_network_only_local_parts_are_checked_and_it_says_so(tmp_path, h
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     hub.calls.clear()
     old, _ = _save(tmp_path, "old", safetensors=False)
-    res = check_config(_local_cfg(tmp_path, [a, old], "trl-lib/pythia-1b-deduped-tldr-sft"))
+    cfg = _local_cfg(tmp_path, [a, old], "trl-lib/pythia-1b-deduped-tldr-sft")
+    res = check_config(dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, convert_bin=False)))
     assert hub.calls == [] and "hub: not reachable (HF_HUB_OFFLINE is set)" in res.text()
     assert len(res.problems) == 1 and "only pytorch_model.bin" in res.problems[0]
 

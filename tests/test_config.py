@@ -103,9 +103,9 @@ def test_bad_rows_max_bad_fraction_and_convert_bin():
     from perm.config import configs_dir
 
     cfg = config_from_overrides([])
-    assert (cfg.data.bad_rows, cfg.data.max_bad_fraction, cfg.pretrain.convert_bin) == ("error", 0.001, False)
-    cfg = config_from_overrides(["data.bad_rows=skip", "data.max_bad_fraction=0.01", "pretrain.convert_bin=true"])
-    assert (cfg.data.bad_rows, cfg.data.max_bad_fraction, cfg.pretrain.convert_bin) == ("skip", 0.01, True)
+    assert (cfg.data.bad_rows, cfg.data.max_bad_fraction, cfg.pretrain.convert_bin) == ("error", 0.001, True)
+    cfg = config_from_overrides(["data.bad_rows=skip", "data.max_bad_fraction=0.01", "pretrain.convert_bin=false"])
+    assert (cfg.data.bad_rows, cfg.data.max_bad_fraction, cfg.pretrain.convert_bin) == ("skip", 0.01, False)
     with pytest.raises(ConfigError, match=r"data\.bad_rows: expected one of \['error', 'skip'\]"):
         config_from_overrides(["data.bad_rows=drop"])
     with pytest.raises(ConfigError, match=r"data\.max_bad_fraction: must be in \[0, 1\]"):

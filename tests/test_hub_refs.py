@@ -315,13 +315,13 @@ def test_convert_bin_converts_a_local_bin_only_checkpoint_once(tmp_path, tokeniz
     ckpt = bin_only(tmp_path / "seed3", tokenizer, seed=3)
     over = [*external(prefs, [tiny_backbone_dir, ckpt], policy=tiny_backbone_dir), "reward.finetune_seeds=[0]",
             "reward.batch_size=4", "reward.max_length=32", "data.n_eval_prompts=2"]
-    pipe, _ = pipeline(over, tmp_path)
+    pipe, _ = pipeline([*over, "pretrain.convert_bin=false"], tmp_path)
     assert pipe.ctx.resolve_checkpoint(str(ckpt)) == str(ckpt)  # convert_bin false: as it was (refused on load)
     assert keys_of(pipe) == old_keys(pipe.cfg)
     with pytest.raises(ModelLoadError, match="pretrain.convert_bin: true"):
         pipe.run("train-rm")
 
-    pipe, _ = pipeline([*over, "pretrain.convert_bin=true"], tmp_path)
+    pipe, _ = pipeline(over, tmp_path)  # convert_bin: on by default
     path = pipe.ctx.resolve_checkpoint(str(ckpt))
     assert Path(path).parent == tmp_path / "run" / "converted" and (Path(path) / "model.safetensors").is_file()
     assert pipe.ctx.upstream()[checkpoint_name(str(ckpt))] == hash_path(path)  # keyed by the conversion
@@ -376,7 +376,7 @@ def test_a_pinned_branch_the_run_cannot_load_fails_at_pinning_before_any_trainin
     hub.folders[repo, SHA_A] = folder
     hub.refs[repo, BRANCH] = SHA_A
     over = external(prefs, [tiny_backbone_dir, f"{repo}@{BRANCH}"], policy=tiny_backbone_dir)
-    pipe, _ = pipeline(over, tmp_path)
+    pipe, _ = pipeline([*over, "pretrain.convert_bin=false"], tmp_path)
     with pytest.raises(ModelLoadError) as err:
         pipe.run("train-rm")
     msg = str(err.value)
@@ -388,8 +388,8 @@ def test_a_pinned_branch_the_run_cannot_load_fails_at_pinning_before_any_trainin
     assert hub.calls == [("model_info", repo, BRANCH)]  # nothing downloaded
     stages = manifest(tmp_path).get("stages", {})
     assert not any(s.startswith(("rm/", "pretrain", "evaluator", "policy")) for s in stages), stages
-    if weights == "bin":  # with the conversion on, the same branch is fine
-        pipe, _ = pipeline([*over, "pretrain.convert_bin=true"], tmp_path)
+    if weights == "bin":  # with the conversion on (the default), the same branch is fine
+        pipe, _ = pipeline(over, tmp_path)
         assert pipe.ctx.checkpoints.pins()[f"{repo}@{BRANCH}"] == SHA_A
 
 

@@ -114,7 +114,9 @@ class SnapshotHub:
         class HfApi:
             def model_info(self, repo_id, *, revision=None, **kw):
                 hub.calls.append(("model_info", repo_id, revision))
-                return ModelInfo(id=repo_id, sha=hub.commit(repo_id, revision))
+                sha = hub.commit(repo_id, revision)  # the hub lists a repo's files (siblings) with its info
+                files = sorted(p.name for p in (hub.repo(repo_id) / "snapshots" / sha).iterdir())
+                return ModelInfo(id=repo_id, sha=sha, siblings=[{"rfilename": f} for f in files])
 
         monkeypatch.setattr(huggingface_hub, "HfApi", HfApi)
         monkeypatch.setattr(huggingface_hub, "list_repo_files", self.list_repo_files)
@@ -147,7 +149,6 @@ def test_tldr_preset_runs_end_to_end_on_standins(tmp_path, standins, monkeypatch
         f"data.prefs={data}", "data.n_eval_prompts=3", "data.max_eval_pairs=null",
         "data.max_bad_fraction=0.05",  # 1 bad row of 49 (the preset's 0.1 % is for 179 k rows)
         f"pretrain.checkpoints=[{d['pythia-seed1']}, {d['pythia-seed2']}, {SEED3}@{BRANCH}]",
-        "pretrain.convert_bin=true",
         f"evaluator.checkpoint={d['evaluator']}", f"policy.checkpoint={policy}",
         "reward.finetune_seeds=[0, 1]", "reward.batch_size=8", "reward.max_length=96", "reward.lr=1e-3",
         "policy.pool_size=4", "policy.n_reference=2", "policy.max_new_tokens=6", "analysis.anova_draws=2",

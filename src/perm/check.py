@@ -190,12 +190,30 @@ def safetensors_params(path: Path) -> int:
     return total
 
 
-def check_local_model(ref: Ref, path: Path, problems: list[str]) -> tuple[Facts | None, str]:
+def _converted_in_run(files: list[str], convert_bin: bool) -> bool:
+    """The run converts these weights (pytorch_model*.bin only, `pretrain.convert_bin` on): the rule of
+    perm.hub.weights_problem, which the run applies at pinning."""
+    from perm.hub import weights_problem
+
+    return (not any(f.endswith(".safetensors") for f in files)
+            and weights_problem("", "", files, convert_bin=False) is not None
+            and weights_problem("", "", files, convert_bin=convert_bin) is None)
+
+
+def check_local_model(ref: Ref, path: Path, problems: list[str],
+                      convert_bin: bool = False) -> tuple[Facts | None, str]:
     if not path.is_dir():
         problems.append(f"{ref.key}: {ref.spec}: not a directory (a checkpoint is a save_pretrained folder)")
         return None, "local: not a directory"
     weights = sorted(path.glob("*.safetensors"))
     ok = True
+    if _converted_in_run([p.name for p in path.iterdir()], convert_bin):
+        bins = sorted(path.glob("pytorch_model*.bin"))
+        facts = Facts("local", weights_bytes=2 * sum(p.stat().st_size for p in bins),
+                      tokenizer={n: _file_hashes(path / n) for n in TOKENIZER_FILES if (path / n).is_file()},
+                      load_tokenizer=lambda: _load_tokenizer(path))
+        return facts, (f"local: only {', '.join(p.name for p in bins)}: converted into the run "
+                       "(pretrain.convert_bin)")
     if not weights:
         pickled = sorted(p.name for p in path.iterdir() if p.suffix in PICKLED)
         problems.append(f"{ref.key}: {ref.spec}: no *.safetensors weights" + (
@@ -217,14 +235,14 @@ def check_local_model(ref: Ref, path: Path, problems: list[str]) -> tuple[Facts 
 
 def _convert_fix(ref: Ref) -> str:
     return (f"convert them with `perm convert {ref.spec} OUT` and set {ref.key} to OUT, or set "
-            "`pretrain.convert_bin: true`")
+            "`pretrain.convert_bin: true`")  # (a .bin other than pytorch_model*.bin, or convert_bin off)
 
 
 # -------------------------------------------------------------------------------------------------- hub
 
 
 def check_hub_model(api, ref: Ref, name: str, rev: str | None,
-                    problems: list[str]) -> tuple[Facts | None, str]:
+                    problems: list[str], convert_bin: bool = False) -> tuple[Facts | None, str]:
     from huggingface_hub import errors as hf_errors
 
     try:
@@ -237,7 +255,10 @@ def check_hub_model(api, ref: Ref, name: str, rev: str | None,
     weights = [s for s in siblings if s.rfilename.endswith(".safetensors")]
     at = rev or "main"
     ok = True
-    if not weights:
+    converted = _converted_in_run(list(files), convert_bin)
+    if converted:
+        weights = [s for n, s in files.items() if n.startswith("pytorch_model") and n.endswith(".bin")]
+    elif not weights:
         pickled = sorted(n for n in files if n.endswith(PICKLED))
         if pickled:
             problems.append(f"{ref.key}: {ref.spec}: no *.safetensors weights at revision {at!r}, only "
@@ -262,7 +283,9 @@ def check_hub_model(api, ref: Ref, name: str, rev: str | None,
     wanted = [n for n in (*TOKENIZER_FILES, *TOKENIZER_CONFIGS) if n in files]
     facts.load_tokenizer = lambda: _hub_tokenizer(name, sha or rev, wanted)
     commit = f", commit {info.sha[:10]}" if getattr(info, "sha", None) else ""
-    line = ((f"hub: {len(weights)} safetensors file(s), {_fmt_bytes(facts.weights_bytes)}"
+    kind = "pytorch_model.bin file(s), converted into the run (pretrain.convert_bin)" if converted else (
+        "safetensors file(s)")
+    line = ((f"hub: {len(weights)} {kind}, {_fmt_bytes(facts.weights_bytes)}"
              + (f", {_fmt_params(facts.n_params)} parameters" if facts.n_params else "") + commit)
             if ok else "hub: unusable")
     return (facts if ok else None), line
@@ -512,14 +535,14 @@ def check_config(cfg: RunConfig, api=None) -> CheckResult:
         if is_shipped(ref.spec):
             try:
                 path = verify_for(ref.spec, cfg)
-                f, line = check_local_model(ref, path, res.problems)
+                f, line = check_local_model(ref, path, res.problems, cfg.pretrain.convert_bin)
                 line = "shipped (sha256 and testbed match), " + line
             except ShippedPretrainError as e:
                 res.problems.append(f"{ref.key}: {e}")
                 line = "shipped: unusable"
             rev = None
         elif path.exists():
-            f, line = check_local_model(ref, path, res.problems)
+            f, line = check_local_model(ref, path, res.problems, cfg.pretrain.convert_bin)
         elif not HUB_ID.match(name):
             res.problems.append(f"{ref.key}: {ref.spec}: no such local directory (and not a hub id)")
             line = "local: not found"
@@ -528,7 +551,7 @@ def check_config(cfg: RunConfig, api=None) -> CheckResult:
             res.unchecked.append(ref.spec)
         else:
             try:
-                f, line = check_hub_model(api, ref, name, rev, res.problems)
+                f, line = check_hub_model(api, ref, name, rev, res.problems, cfg.pretrain.convert_bin)
             except _Offline as e:
                 offline.append(str(e))
                 line = "hub: not checked (no network)"

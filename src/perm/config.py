@@ -236,12 +236,13 @@ class PretrainConfig:
     """Passed to transformers as trust_remote_code where perm loads the configured checkpoints (their
     tokenizers, the grid RMs' backbones, the policy for sampling): lets a checkpoint run its own modelling
     code. Only for checkpoints whose code you trust; GPT-NeoX / Pythia need none."""
-    convert_bin: bool = False
-    """When true, a checkpoint (hub id at its revision, or local folder) whose weights exist only as pickled
+    convert_bin: bool = True
+    """A checkpoint (hub id at its revision, or local folder) whose weights exist only as pickled
     pytorch_model.bin (PolyPythias' step branches) is converted to safetensors into the run directory before
     use (perm.convert.ensure_safetensors: unpickled with torch.load(weights_only=True), plain tensor state
     dicts only), and the conversion is loaded instead; checkpoints with safetensors are used as they are.
-    False: such a checkpoint is refused (convert it yourself with `perm convert CHECKPOINT OUT`)."""
+    False: such a checkpoint is refused at pinning, before any training (convert it yourself with `perm
+    convert CHECKPOINT OUT`). Reruns nothing by itself (a conversion is keyed by its content)."""
     checkpoint_every: int = 100
     """Steps between resumable training checkpoints of a pretrain from scratch (weights, optimiser, data
     position, RNG; <run>/.checkpoints/pretrain/<id>/, removed once the backbone is saved): a killed pretrain

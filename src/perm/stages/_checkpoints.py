@@ -20,6 +20,7 @@ class Checkpoints:
     def __init__(self, cfg: RunConfig, store: RunStore, log: Progress):
         self.cfg, self.store, self.log = cfg, store, log
         self._pins: dict[str, str | None] | None = None
+        self._files: dict[str, list[str]] = {}  # a pinned model reference's files, where the hub listed them
         self._resolved: dict[str, str] = {}
 
     def pins(self) -> dict[str, str | None]:
@@ -30,12 +31,12 @@ class Checkpoints:
         if self._pins is None:
             from perm.hub import config_refs, pin
 
-            refs, files = config_refs(self.cfg), {}
-            self._pins, warning = pin(refs, files=files) if refs else ({}, None)
+            refs, self._files = config_refs(self.cfg), {}
+            self._pins, warning = pin(refs, files=self._files) if refs else ({}, None)
             if warning:
                 self.log.warn(warning)
             self._record_pins({r: s for r, s in self._pins.items() if s})
-            self._check_weights(files)
+            self._check_weights(self._files)
         return self._pins
 
     def _check_weights(self, files: dict[str, list[str]]) -> None:
@@ -49,6 +50,15 @@ class Checkpoints:
                                              self.cfg.pretrain.convert_bin))]
         if problems:
             raise ModelLoadError("; ".join(problems))
+
+    def _bin_only(self, reference: str) -> bool:
+        """Whether a hub reference has only .bin weights at its pinned commit (False where the hub did not
+        list its files: offline, it loads as it is and the loader names what is missing)."""
+        from perm.hub import weights_problem
+
+        files = self._files.get(reference)
+        return files is not None and weights_problem(reference, "", files, convert_bin=False) is not None \
+            and weights_problem(reference, "", files, convert_bin=True) is None
 
     def fields(self) -> dict[str, str]:
         """Checkpoint spec -> the config field that names it (the first, where several do)."""
@@ -92,8 +102,10 @@ class Checkpoints:
 
             ref = model_ref(spec)
             path = ref.at(self.pins().get(ref.reference)) if ref else spec
-            if self.cfg.pretrain.convert_bin:
-                path = self._hub_conversion(path) if ref else self._local_conversion(path)
+            if self.cfg.pretrain.convert_bin and not ref:
+                path = self._local_conversion(path)
+            elif self.cfg.pretrain.convert_bin and self._bin_only(ref.reference):
+                path = self._hub_conversion(path)
             self._resolved[spec] = path
         return self._resolved[spec]
 
@@ -116,8 +128,8 @@ class Checkpoints:
         from perm.convert import RECORD, conversion_dir, convert_checkpoint, ensure_safetensors
 
         p, trust = Path(src).expanduser(), self.cfg.pretrain.trust_remote_code
-        if p.is_dir() and any(p.glob("*.safetensors")):
-            return src
+        if not p.is_dir() or any(p.glob("*.safetensors")) or not any(p.glob("pytorch_model*.bin")):
+            return src  # nothing to convert: loaded as it is (the loader names what is missing)
         out = conversion_dir(src, self.store.root / layout.CONVERTED)
         if (out / RECORD).is_file() and not _inputs_unchanged(p, out / RECORD):
             return str(convert_checkpoint(src, out, trust_remote_code=trust))
