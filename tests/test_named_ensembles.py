@@ -15,6 +15,7 @@ from scipy.stats import t as student_t
 from perm import analysis, bon, seedstats
 from perm import tensor as tensor_mod
 from perm.analysis import RewardTensorError
+from perm.coverage import planted_members, simulate_named_coverage
 
 # ---------------------------------------------------------------------------------------------------
 # Helpers
@@ -324,19 +325,6 @@ def test_share_of_an_unresolved_gain_is_nan():
     assert resolved["lo"] < resolved["estimate"] < resolved["hi"] and resolved["note"] == ""
 
 
-def _planted(rng, n_prompts: int, pool_size: int, k: int, n_feat: int = 3, bias: float = 0.5,
-             sigma_seed: float = 0.7, sigma_noise: float = 0.7):
-    """K members of one backbone: each scores the candidates' quality q plus the backbone's bias on feature 0
-    (common signal), plus its own seed effect (its own random weights b_k ~ N(0, σ_seed²) on the candidates'
-    features, the same on every prompt) and noise. Returns the members' scores and the target (q centred)."""
-    q = rng.standard_normal((n_prompts, pool_size))
-    f = rng.standard_normal((n_feat, n_prompts, pool_size))
-    b = rng.normal(0, sigma_seed, (k, n_feat))
-    scores = (q + bias * f[0])[None] + np.einsum("kj,jpn->kpn", b, f)
-    scores = scores + sigma_noise * rng.standard_normal((k, n_prompts, pool_size))
-    return scores, bon.standardize(q)
-
-
 def test_named_interval_covers_the_expectation_over_members_and_prompts():
     """Coverage of the named ensemble's 90% interval: it resamples members (jackknife) and prompts (bootstrap), so
     its target is the expectation over both of a K-member ensemble's best-of-n value (the prompt mean of
@@ -345,15 +333,27 @@ def test_named_interval_covers_the_expectation_over_members_and_prompts():
     replicates, each with fresh members and 60 fresh prompts, the interval should hold it about 90% of the time."""
     k, n, size, prompts = 4, 4, 8, 60
     rng = np.random.default_rng(123)
-    truth = np.mean([seedstats.ensemble_pick_values(*_planted(rng, 500, size, k), n).mean() for _ in range(400)])
+    truth = np.mean([seedstats.ensemble_pick_values(*planted_members(rng, 500, size, k), n).mean() for _ in range(400)])
     rng = np.random.default_rng(0)
     hits = []
     for r in range(200):
-        members, target = _planted(rng, prompts, size, k)
+        members, target = planted_members(rng, prompts, size, k)
         row = seedstats.named_ensemble_intervals(members, target, n, draws=200, level=0.9, seed=r).iloc[0]
         hits.append(row.lo <= truth <= row.hi)
     coverage = float(np.mean(hits))
     assert 0.8 <= coverage <= 0.97, coverage
+
+
+def test_the_analysis_simulates_the_coverage_of_its_named_ensembles_intervals():
+    """perm.coverage.simulate_named_coverage at each named ensemble's size, in the run's coverage table (and so
+    in the report's): nominal 90%, 150 simulated 5-member ensembles."""
+    cov = simulate_named_coverage([5, 1, 5], sims=150, seed=3)
+    assert list(cov.statistic) == ["named ensemble (5 members)"] and cov.sigma_pt.isna().all()
+    assert 0.8 <= cov.coverage.iloc[0] <= 0.97, cov.coverage.iloc[0]
+    t = analysis.synthetic_reward_tensor(n_pretrains=3, n_finetune=2, n_prompts=20, pool_size=8, n_reference=2)
+    named = with_members(t, [("lora", 3, "lora"), ("warm", 1, "warm")])
+    res = analysis.run_analysis(named, anova_draws=2, bootstrap=20, coverage_sims=5)
+    assert "named ensemble (3 members)" in set(res["coverage"].statistic)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1028,6 +1028,13 @@ def run_analysis(
             [tensor.pretrain_ids[i] for i in rm], [tensor.finetune_seeds[i] for i in rm], scope,
             n_prompts=min(tensor.n_prompts, 60), pool_size=min(tensor.pool_size, 16), sims=coverage_sims,
             draws=min(bootstrap, 200), level=level, seed=seed)
+        sizes = [len(v) for v in tensor.ensembles.values() if len(v) >= 2]
+        if sizes:
+            from perm.coverage import simulate_named_coverage
+
+            results["coverage"] = pd.concat([results["coverage"], simulate_named_coverage(
+                sizes, n_prompts=min(tensor.n_prompts, 60), pool_size=min(tensor.pool_size, 16),
+                sims=coverage_sims, draws=min(bootstrap, 200), level=level, seed=seed)], ignore_index=True)
     return results
 
 

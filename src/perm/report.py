@@ -657,6 +657,13 @@ COVERAGE_LABELS = {"single mean": "a mean over RMs and prompts (Figures 1, 2, Ta
                    "share_pt": "the pool's pretrain share (the seed decomposition)"}
 
 
+def _coverage_label(statistic: str) -> str:
+    if statistic.startswith("named ensemble ("):  # perm.coverage.simulate_named_coverage
+        return (f"a {statistic} of one backbone, jackknifed over its members with the prompt bootstrap "
+                "(Cheaper ensembles; planted members, no seed design)")
+    return COVERAGE_LABELS.get(statistic, statistic)
+
+
 def coverage_range(results, statistic: str) -> str:
     """``simulated coverage a–b%`` of the 90% intervals of ``statistic`` over the planted scenarios of
     :mod:`perm.coverage` on this run's design, or "" without a coverage table."""
@@ -692,7 +699,9 @@ def _coverage_html(results) -> str:
              "for that kind of effect; a relation whose pairs all come from one pretrain (the paper layout's "
              "same_pretrain) carries that pretrain's idiosyncrasy, which no resampling of this "
              "design can see.")
-    rows = [[_e(COVERAGE_LABELS.get(r.statistic, r.statistic)), _e(f"{r.sigma_pt:g}"), _e(f"{r.sigma_ft:g}"),
+    rows = [[_e(_coverage_label(r.statistic)),
+             _e(f"{r.sigma_pt:g}" if np.isfinite(r.sigma_pt) else "—"),
+             _e(f"{r.sigma_ft:g}" if np.isfinite(r.sigma_ft) else "—"),
              f'<span class="num">{r.coverage:.0%} ± {r.mc_se:.0%}</span>', _e(f"{r.width:.3f}")]
             for r in cov.itertuples()]
     return f'<p class="note">{_e(intro)}</p>' + _table(
