@@ -427,3 +427,22 @@ def test_analyze_reads_the_costs_beside_a_users_models(tmp_path, cheap):
     assert r.exit_code == 0, r.output
     table = pq.read_table(out / "analysis" / "ensembles.parquet").to_pandas()
     assert table[table.ensemble == "lora"].train_s.eq(130.0).all()
+
+
+def test_agreement_with_the_pretrain_ensembles_pick_by_brute_force():
+    """Each ranker's best-of-n pick agrees with the pretrain ensemble's (mean aggregator) as often as
+    enumerating every n-subset of the pool says; the pretrain ensemble agrees with itself always."""
+    from itertools import combinations
+
+    t = analysis.synthetic_reward_tensor(n_pretrains=3, n_finetune=2, n_prompts=4, pool_size=6, n_reference=2)
+    named = with_members(t, [("lora", 3, "lora")])
+    table = analysis.pretrain_agreement(named, ns=[1, 2, 3, 6]).set_index(["ranker", "aggregator", "n"])
+    scores = {(r, a): s for r, a, s in analysis.ranker_scores(named)}
+    ref = scores[("pretrain", "mean")][0]
+    for key in (("lora", "median"), ("finetune", "min"), ("single", "none")):
+        for n in (1, 2, 3, 6):
+            want = np.mean([np.mean([np.mean([row[p, list(c)].argmax() == ref[p, list(c)].argmax()
+                                              for c in combinations(range(6), n)]) for p in range(4)])
+                            for row in scores[key]])
+            assert table.loc[(*key, n), "mean"] == pytest.approx(want, abs=1e-12), (key, n)
+    assert np.allclose(table.xs(("pretrain", "mean"), level=("ranker", "aggregator"))["mean"], 1.0, atol=1e-12)

@@ -434,6 +434,7 @@ def test_cheaper_ensembles_section_only_with_named_ensembles(tmp_path, full):
         assert axis in res.figure.axes[0].get_xlabel()
         assert (res.figure.axes[0].get_xscale() == "log") == (costs is not None)
         assert "share of the pretrain ensemble&#x27;s gain recovered" in section
+        assert "same pick as the pretrain ensemble" in section
         assert "lora ensemble" in section and "warm ensemble" in section and "lora - pretrain" in section
         if costs is not None:
             assert ">2<" in section and ">170<" in section  # lora's params trained and held

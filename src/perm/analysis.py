@@ -513,6 +513,27 @@ def ranker_scores(tensor: RewardTensor, scale: bool = False) -> list[tuple[str, 
     return out
 
 
+def pretrain_agreement(tensor: RewardTensor, ns=None, scale: bool = False) -> pd.DataFrame:
+    """How often each ranker's best-of-n pick is the pretrain ensemble's (its ``mean`` aggregator): the exact
+    expected top-1 agreement over random n-subsets of the pool (:func:`perm.seedstats.pick_agreement`), per
+    prompt, averaged over the ranker's R score rows (``single``: every grid RM) and the prompts. Columns
+    ``n, ranker, aggregator, mean, se, n_members``; empty without a pretrain ensemble."""
+    columns = ["n", "ranker", "aggregator", "mean", "se", "n_members"]
+    ns = _check_ns(ns, tensor.pool_size)
+    rankers = ranker_scores(tensor, scale)
+    ref = next((s[0] for r, a, s in rankers if r == "pretrain" and a == "mean"), None)
+    if ref is None:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for ranker, agg, scores in rankers:
+        agree = np.stack([seedstats.pick_agreement(np.stack([ref, row]), ns)[:, 0, 1, :] for row in scores])
+        per_prompt = agree.mean(axis=0)  # (len(ns), P): averaged over the ranker's rows
+        for i, n in enumerate(ns):
+            rows.append(_summary_row(per_prompt[i], n=n, ranker=ranker, aggregator=agg)
+                        | {"n_members": scores.shape[0]})
+    return pd.DataFrame(rows)[columns]
+
+
 def _expected_table(rankers, targets: Mapping[tuple[str, str], np.ndarray], ns, pool_size: int, key_names):
     """Rows of mean ± se over prompts of ``Σ_i p_i T_i`` for every ranker × target × n."""
     rows = []
@@ -1015,6 +1036,7 @@ def run_analysis(
         "figure3": figure3(tensor, ns, draws=anova_draws, seed=seed, include_ranker=include_ranker,
                            bootstrap=bootstrap, level=level, method=figure3_method, scope=scope),
         "figure4": fig4,
+        "agreement_pretrain": pretrain_agreement(tensor, ns, scale=scale),
         "table1": pd.concat(tables, ignore_index=True) if tables else table1(fig4),
         "ensembles": ensemble_table(cells, costs, max(ns)),
     }

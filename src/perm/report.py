@@ -580,6 +580,15 @@ def _ensembles_html(results, figure, by_n=None) -> str:
     parts = [f'<p class="note">{_e(intro)}</p>']
     parts += [_figure_html(*f) for f in (figure, by_n) if f is not None]
     parts += [_ensembles_table_html(part) for part in _by_target(df)]
+    agree = results.get("agreement_pretrain")
+    if agree is not None and not agree.empty:
+        top = agree[(agree.n == agree.n.max()) & agree.aggregator.isin(["mean", "none"])
+                    & ~agree.ranker.isin(["pretrain", "evaluator", "gold"])]
+        rows = [[_e(r.ranker), f'<span class="num">{r.mean:.0%} ± {r.se:.0%}</span>']
+                for r in top.itertuples()]
+        parts.append(f"<h4>How often its best-of-{int(agree.n.max())} pick is the pretrain ensemble's "
+                     "(mean aggregator; exact over the pool's n-subsets, ± se over prompts)</h4>"
+                     + _table(["ensemble", "same pick as the pretrain ensemble"], rows, "agreement"))
     c = results.get("contrasts")
     if c is not None and not c.empty and (c.figure == "ensembles").any():
         c = c[(c.figure == "ensembles") & (c.metric == "reward") & c.aggregator.isin(["mean", "none"])]
