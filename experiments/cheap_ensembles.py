@@ -70,6 +70,10 @@ def section(run: Path) -> str:
         return _iv(c.estimate, c.lo, c.hi)
 
     grid_pt = con.loc[("pretrain - single", "mean")]
+    agree = pd.read_parquet(run / "analysis" / "agreement_pretrain.parquet")
+    agree = agree[agree.n == agree.n.max()].set_index(["ranker", "aggregator"])
+    cov = pd.read_parquet(run / "analysis" / "coverage.parquet")
+    named_cov = cov[cov.statistic.str.startswith("named ensemble")]
     lines = [BEGIN, "", f"### `{run.name}` (`configs/cheap-ensembles.yaml`): best-of-{n}, 90% intervals", "",
              f"Machine: {hw['cpu']['model']} ({hw['device']}), precision {hw['precision']}; fp32 matmul peak "
              f"measured with this table: {peak['flops_per_s'] / 1e9:.0f} GFLOP/s. Seconds are this machine's; "
@@ -80,15 +84,19 @@ def section(run: Path) -> str:
              "ensemble recovers is undefined here, and each ensemble is compared with both ends instead."
              if grid_pt.lo <= 0 <= grid_pt.hi else "", "",
              "| ensemble | gold reward [90%] | − single RM [90%] | − pretrain ensemble [90%] | share of the pretrain "
-             "gain | params trained | params held | forwards | train s | score s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "gain | same pick as the pretrain ensemble | params trained | params held | forwards | train s | "
+             "score s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in gold[gold.aggregator.isin(["mean", "none"])].iterrows():
         agg = "mean" if r.ensemble in ("finetune", "pretrain") else r.aggregator
         share = _iv(r.share, r.share_lo, r.share_hi, 2) if np.isfinite(r.share) and np.isfinite(r.share_lo) else "—"
+        same = agree.loc[(r.ensemble, r.aggregator), "mean"] if (r.ensemble, r.aggregator) in agree.index else np.nan
         lines.append(f"| {r.ensemble} | {_iv(r.estimate, r.lo, r.hi)} | {vs(r.ensemble, 'single', agg)} | "
-                     f"{vs(r.ensemble, 'pretrain', agg)} | {share} | {r.params_trained:,.0f} | "
+                     f"{vs(r.ensemble, 'pretrain', agg)} | {share} | {same:.0%} | {r.params_trained:,.0f} | "
                      f"{r.params_held:,.0f} | {r.forwards_per_candidate:.0f} | {r.train_s:,.0f} | "
                      f"{r.score_s:,.1f} |")
+    for c in named_cov.itertuples():
+        lines += ["", f"Simulated coverage of a {c.statistic}'s 90% interval (perm.coverage, planted members of "
+                  f"one backbone, {c.sims} ensembles): {c.coverage:.0%} ± {c.mc_se:.0%}."]
     lines += ["", "Members: held-out accuracy (policy pairs) and gold accuracy, mean over the kind's models, and "
               "the pool's rank correlation with the gold reward (mean over prompts):", "",
               "| models | n | accuracy | gold accuracy | pool ρ with gold |", "|---|---|---|---|---|"]
