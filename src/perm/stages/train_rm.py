@@ -167,7 +167,8 @@ def _evaluator_job(ctx: Context, env: dict) -> dict:
                 backbone=(ctx.resolve_checkpoint(e.checkpoint) if e.checkpoint
                           else str(ctx.root / layout.EVALUATOR_PRETRAIN)),
                 pretrain_id=evaluator_ids(cfg)[0], finetune_seed=evaluator_ids(cfg)[1], seed_scope="per_rm",
-                reward=evaluator_reward_args(cfg), n_pairs=e.train_pairs, role="evaluator")
+                reward=evaluator_reward_args(cfg), n_pairs=e.train_pairs, role="evaluator",
+                trust_remote_code=cfg.pretrain.trust_remote_code)
 
 
 def run_evaluator(ctx: Context) -> dict:
