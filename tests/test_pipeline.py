@@ -210,3 +210,37 @@ def test_an_in_process_job_that_fails_names_itself_as_a_worker_job_does():
     with pytest.raises(ValueError, match="row 3"):
         in_process("policy-prefs", bad)
     assert in_process("x", lambda a: a + 1, a=1) == 2
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_an_in_process_job_releases_what_it_held(fails):
+    """A finished (or failed) in-process job's garbage is collected before the next: a model held in a
+    reference cycle (as modules and optimizers are) does not outlive its job."""
+    import gc
+    import weakref
+
+    from perm.executors import JobFailedError
+    from perm.stages._context import in_process
+
+    held = []
+
+    class Model:
+        pass
+
+    def job():
+        m = Model()
+        m.itself = m  # a cycle: freed by the collector only
+        held.append(weakref.ref(m))
+        if fails:
+            raise RuntimeError("CUDA out of memory")
+
+    gc.disable()
+    try:
+        if fails:
+            with pytest.raises(JobFailedError):
+                in_process("rm/x", job)
+        else:
+            in_process("rm/x", job)
+        assert held[0]() is None
+    finally:
+        gc.enable()

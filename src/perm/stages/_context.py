@@ -128,13 +128,31 @@ def in_process(name: str, fn, **kw):
     """``fn(**kw)``, a job run in this process, failing as a pool or Ray job fails: an exception other than
     bad input (ValueError and its kind, which the CLI reports as such) becomes a :class:`JobFailedError`
     naming the job, e.g. a CUDA out-of-memory error: one line, exit 1, the job left unfinished so a rerun
-    resumes there."""
+    resumes there. What the job held is released after it (:func:`release_memory`), so the next in-process
+    job starts with the memory the last one used."""
     try:
         return fn(**kw)
     except ValueError:
         raise
     except Exception as exc:
+        import traceback
+
+        traceback.clear_frames(exc.__traceback__)  # the job's locals (its model) are not kept by the error
         raise JobFailedError(name, f"raised {type(exc).__name__}: {exc}") from exc
+    finally:
+        release_memory()
+
+
+def release_memory() -> None:
+    """Collect the garbage of a finished job (models and optimizers in reference cycles) and return the CUDA
+    caching allocator's free blocks to the device, where torch is loaded and CUDA is in use."""
+    import gc
+    import sys
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 class Context:
