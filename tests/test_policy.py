@@ -305,6 +305,27 @@ def test_sampling_is_reproducible_and_independent_of_batching(tok):
     assert len({tuple(c) for pool in a for c in pool}) > len(prompts)  # samples of a prompt differ
 
 
+def test_sampling_is_identical_across_memory_budgets(tok, monkeypatch):
+    """A memory budget only sizes the decode batches (perm.policy.prompts_within): 1 prompt, 2, or all at once."""
+    import perm.policy
+    from perm.policy import kv_bytes_per_token, prompts_within
+
+    sizes = []
+    real = perm.policy.length_batches
+    monkeypatch.setattr(perm.policy, "length_batches", lambda lengths, size: sizes.append(size) or real(lengths, size))
+
+    model = tiny_lm(tok)
+    prompts = prompts_of(POSTS)
+    kw = {"n_samples": 4, "temperature": 1.0, "top_p": 0.9, "max_new_tokens": 8, "seed": 0, "batch_prompts": 8}
+    per_prompt = 4 * (max(len(tok(p)["input_ids"]) for p in prompts) + 8) * kv_bytes_per_token(model)
+    assert prompts_within(model, 2 * per_prompt + 1, max(len(tok(p)["input_ids"]) for p in prompts), 4, 8) == 2
+    assert prompts_within(model, 1, 10, 4, 8) == 1
+    whole = sample_pool(model, tok, prompts, **kw)
+    for budget in (1, 2 * per_prompt + 1, 10**12):
+        assert sample_pool(model, tok, prompts, memory_bytes=budget, **kw) == whole, budget
+    assert sizes == [8, 1, 2, 8]  # batch_prompts alone, then what each budget holds
+
+
 @pytest.mark.parametrize("p_eos", [0.3, 0.05])
 def test_candidates_end_at_eos_or_at_the_length_limit(tok, p_eos):
     """Every step emits EOS with p_eos (99 other tokens share the rest; pad is never drawn), so the number

@@ -575,6 +575,11 @@ class PolicyConfig:
     """Prompts sampled together (>= 1): memory and speed, and each chunk of this many prompts gets its own
     seed, so it changes the samples (part of the sample key; the policy pairs are drawn in chunks of their
     own)."""
+    sample_memory_gb: float | None = None
+    """Key/value cache (GB) one decode batch of the sample stage may hold: fewer than `batch_prompts` prompts
+    decode together where their rows would not fit (sized from the policy's shapes,
+    perm.policy.prompts_within); null = `batch_prompts` at once. The samples do not depend on it (each
+    prompt draws from its own seeded generator), so it reruns nothing; > 0."""
 
     def init_checkpoint(self) -> str | None:
         """The checkpoint SFT starts from, when `init_from` names one (not `scratch` or `pretrain`)."""
@@ -596,6 +601,8 @@ class PolicyConfig:
         _check(self.temperature > 0, "policy.temperature", "must be > 0")
         _check(0 < self.top_p <= 1, "policy.top_p", "must be in (0, 1]")
         _check(self.max_new_tokens > 0, "policy.max_new_tokens", "must be > 0")
+        _check(self.sample_memory_gb is None or self.sample_memory_gb > 0, "policy.sample_memory_gb",
+               "must be > 0 (or null)")
 
 
 MEMBER_KINDS = ("multihead", "lora", "warm", "mcdropout")

@@ -276,6 +276,7 @@ def sample_pool(
     greedy: bool = False,
     max_prompt_length: int | None = None,
     device=None,
+    memory_bytes: int | None = None,
 ) -> list[list[Completion]]:
     """``n_samples`` completions per prompt: ``out[i][j]`` is the j-th sample's token ids for prompt i.
 
@@ -295,7 +296,9 @@ def sample_pool(
     within rounding of a CDF boundary. Draw separate reference samples with another ``seed``: the same
     seed repeats the pool's random numbers.
     Prompts longer than ``max_prompt_length`` (default: the model's context minus ``max_new_tokens``)
-    are cut from the left.
+    are cut from the left. ``memory_bytes``: a decode batch holds at most ``batch_prompts`` prompts and no
+    more than fit a key/value cache of that many bytes (:func:`prompts_within`; at least one prompt), the
+    result as without it.
     """
     if n_samples < 1 or max_new_tokens < 1:
         raise ValueError(
@@ -310,6 +313,9 @@ def sample_pool(
     enc = _encode_prompts(model, tokenizer, prompts, max_new_tokens, max_prompt_length)
     gens = prompt_generators(seed, len(prompts), device)
     out: list[list[Completion]] = [[] for _ in prompts]
+    if memory_bytes is not None and enc:
+        batch_prompts = min(batch_prompts, prompts_within(model, memory_bytes, max(map(len, enc)), n_samples,
+                                                          max_new_tokens))
     for idx in length_batches([len(p) for p in enc], batch_prompts):
         pools = _decode_batch(
             model,
@@ -441,6 +447,27 @@ class PreallocatedLayer(DynamicLayer):
 
     def crop(self, tokens_to_remove: int) -> None:
         raise NotImplementedError("PreallocatedLayer cannot be cropped")
+
+
+def kv_bytes_per_token(model) -> int:
+    """Bytes of key/value cache one token of one sequence takes: keys and values of every layer, in the dtype
+    the forward computes them (bf16 under bf16 autocast, else the weights' dtype)."""
+    cfg = model.config
+    layers = getattr(cfg, "num_hidden_layers", None) or cfg.n_layer
+    heads = getattr(cfg, "num_attention_heads", None) or cfg.n_head
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    dtype = next(model.parameters()).dtype
+    if torch.is_autocast_enabled(next(model.parameters()).device.type):
+        dtype = torch.get_autocast_dtype(next(model.parameters()).device.type)
+    return 2 * layers * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+
+
+def prompts_within(model, memory_bytes: int, prompt_length: int, n_samples: int, max_new_tokens: int) -> int:
+    """How many prompts one decode batch may hold within ``memory_bytes`` of key/value cache: each prompt's
+    ``n_samples`` rows of up to ``prompt_length + max_new_tokens`` positions (at least 1)."""
+    per_prompt = n_samples * (prompt_length + max_new_tokens) * kv_bytes_per_token(model)
+    return max(1, int(memory_bytes // per_prompt))
 
 
 def expand_cache(cache, repeats: int, capacity: int):

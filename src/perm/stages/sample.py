@@ -25,12 +25,16 @@ SUMMARY = f"Sample a pool of candidates (+ reference samples) per eval prompt in
 TAKES_TENSOR = False
 
 
+UNKEYED = ("sample_memory_gb",)  # how many prompts decode at once: the samples do not depend on it
+
+
 def sampling_args(cfg: RunConfig) -> dict:
     return {k: v for k, v in to_dict(cfg.policy).items() if not k.startswith("sft_") and k != "checkpoint"}
 
 
 def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
-    return {"sample": stage_key(cfg, {"sampling": sampling_args(cfg),
+    sampling = {k: v for k, v in sampling_args(cfg).items() if k not in UNKEYED}
+    return {"sample": stage_key(cfg, {"sampling": sampling,
                                       "policy": policy_identity(cfg, upstream),
                                       "testbed": data_identity(cfg, upstream)})}
 
@@ -79,6 +83,8 @@ def job_sample(run_dir: str, out_rel: str, *, policy: str, sampling: dict, devic
     pools = []
     bar = job_bar("sample", len(t), show_progress, unit="prompts", scale=(n + k, "samples"))
     step = sampling["batch_prompts"]
+    gb = sampling.get("sample_memory_gb")
+    memory = None if gb is None else int(gb * 1e9)
     for i in range(0, len(t), step):
         # one seed per chunk of `batch_prompts` prompts (batch_prompts is part of the stage key)
         with autocast(dev, precision):
@@ -86,7 +92,7 @@ def job_sample(run_dir: str, out_rel: str, *, policy: str, sampling: dict, devic
                                  temperature=sampling["temperature"], top_p=sampling["top_p"],
                                  max_new_tokens=sampling["max_new_tokens"],
                                  seed=derive_seed("sample", sampling["seed"], i), batch_prompts=step,
-                                 device=dev)
+                                 device=dev, memory_bytes=memory)
         bar(min(i + step, len(t)), len(t))
     bar.close()
     gold_fn = None
