@@ -183,3 +183,26 @@ def test_launch_refuses_other_jobs(tmp_path):
     assert main(["job_sft", str(tmp_path / "kw.json")]) == 2
     (tmp_path / "bad.json").write_text("[1]")
     assert main(["job_score", str(tmp_path / "bad.json")]) == 2
+
+
+@pytest.mark.slow
+def test_reward_processes_runs_each_rm_on_several_processes_as_an_ordinary_job(tmp_path):
+    """`reward.processes: 2` trains each grid RM under accelerate launch (DDP, gloo on CPU) from `perm run`'s
+    own loop: recorded in the manifest as any job, keyed apart from the one-process RM, close to it."""
+    from perm.config import configs_dir, load_config
+    from perm.pipeline import Pipeline
+    from perm.progress import Progress
+
+    over = [f"out={tmp_path / 'run'}", "threads=1", "evaluator.enabled=false", "reward.finetune_seeds=[0]"]
+    one = Pipeline(load_config(configs_dir() / "quick.yaml", over), Progress("quiet"))
+    one.run("train-rm")
+    before = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]
+    two = Pipeline(load_config(configs_dir() / "quick.yaml", [*over, "reward.processes=2"]), Progress("quiet"))
+    two.run("train-rm")
+    after = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]
+    for name in ("rm/seed0-ft0", "rm/seed1-ft0"):
+        assert after[name]["status"] == "done" and after[name]["key"] != before[name]["key"]
+        assert after[name]["info"]["processes"] == 2
+        assert after[name]["info"]["accuracy"] == pytest.approx(before[name]["info"]["accuracy"], abs=0.05)
+    rm = json.loads((tmp_path / "run" / "rm" / "seed0-ft0" / "rm.json").read_text())
+    assert rm["processes"] == 2 and not list((tmp_path / "run").glob(".launch-*.json"))

@@ -315,6 +315,12 @@ class RewardConfig:
     batch_size: int = 64
     """Preference pairs per optimizer step (> 0; the global batch when several processes train one RM). With
     K-wise pairs (`policy_kwise: 6`, 15 pairs per post) 64 pairs hold about four posts."""
+    processes: int = 1
+    """Processes (GPUs) each grid RM's and the evaluator's finetuning runs on: > 1 runs the job under
+    `accelerate launch --multi_gpu` (DDP through perm.launch: each process a contiguous slice of every batch,
+    gradients averaged; gloo on CPU), one job at a time, recorded in the manifest as any job; >= 1. The
+    same data order, steps and schedule, the result equal up to float rounding; set above 1 it keys and
+    reruns those RMs (1: keys as before)."""
     micro_batch_size: int | None = None
     """Gradient accumulation: at most this many preference pairs per forward and backward pass (>= 1; null =
     each step's `batch_size` pairs in one pass). The same data order, steps and learning-rate schedule; each
@@ -409,6 +415,7 @@ class RewardConfig:
         _check(self.epochs > 0 and self.batch_size > 0 and self.lr > 0, "reward",
                "epochs, batch_size, lr > 0")
         _check(0 <= self.warmup_frac < 1, "reward.warmup_frac", "must be in [0, 1)")
+        _check(self.processes >= 1, "reward.processes", "must be >= 1")
         _check(self.micro_batch_size is None or self.micro_batch_size >= 1, "reward.micro_batch_size",
                "must be >= 1 (or null)")
         _check(0 <= self.dropout < 1, "reward.dropout", "must be in [0, 1)")

@@ -265,3 +265,37 @@ def job_average(run_dir: str, out_rel: str, *, sources: tuple[str, ...], eval_fi
     with atomic_path(run / out_rel) as tmp:
         save_model(model, tok, tmp, info, layout.RM_RECORD)
     return info
+
+
+def job_reward_model_launched(processes: int, **kw) -> dict:
+    """:func:`job_reward_model` on `processes` processes: ``accelerate launch --multi_gpu --num_processes N -m
+    perm.launch job_reward_model <kw.json>`` (DDP; gloo on CPU, one GPU per process on CUDA), its keyword
+    arguments written beside the run's scratch; returns the main process's info (with ``processes``). A failed
+    launch raises RuntimeError with the end of its output."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+
+    run = Path(kw["run_dir"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.NamedTemporaryFile("w", suffix=".json", dir=run, prefix=".launch-", delete=False) as f:
+        json.dump(kw | {"show_progress": False}, f)
+    try:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--multi_gpu",
+               "--num_processes", str(processes), "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(port), "-m", "perm.launch", "job_reward_model", f.name]
+        threads = str(kw.get("threads") or 1)
+        env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    finally:
+        Path(f.name).unlink(missing_ok=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-12:]
+        raise RuntimeError(f"accelerate launch of {kw['out_rel']} on {processes} processes exited "
+                           f"{proc.returncode}: " + " | ".join(tail))
+    return json.loads(proc.stdout.strip().splitlines()[-1])

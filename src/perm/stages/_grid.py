@@ -49,7 +49,7 @@ GRID_FIELDS = ("finetune_seeds", "layout", "pairs", "policy_pairs_per_post", "po
                "finetune_seed_scope", "pairs_from")  # keyed per RM or via pairs_key
 
 
-UNKEYED_AT = {"readout": "last", "micro_batch_size": None}
+UNKEYED_AT = {"readout": "last", "micro_batch_size": None, "processes": 1}
 """`reward` fields added after runs were made -> the value that behaves as before, at which a key
 leaves them out."""
 

@@ -32,7 +32,8 @@ NEEDS = ("testbed", "pretrain", "policy-prefs", "train-rm")
 WRITES = {layout.MEMBER: (layout.MEMBER,)}
 SUMMARY = "Train the cheaper ensembles' members on one backbone: multi-head, LoRA, WARM, MC dropout."
 TAKES_TENSOR = False
-MEMBERS_SINCE = ("micro_batch_size",)  # reward fields added after the members, left out of their keys at null
+# reward fields added after the members, left out of their keys at their old behaviour
+MEMBERS_SINCE = ("micro_batch_size", "processes")
 AVERAGES = ("warm", "grid-soup")  # members made by averaging weights (no training job of their own)
 
 

@@ -19,6 +19,7 @@ from perm.rm_jobs import (  # noqa: F401  (re-exported: the jobs of this stage; 
     EVAL_FIELDS,
     encoded_eval_pairs,
     job_reward_model,
+    job_reward_model_launched,
     rm_seeds,
     train_tokens,
 )
@@ -153,7 +154,12 @@ def run(ctx: Context) -> dict:
         _evaluate_loaded(ctx, all_keys[name], evals)
     elif e.enabled and not ctx.skip(name, all_keys[name]):
         todo.insert(0, (name, _evaluator_job(ctx, env)))  # trained beside the grid: the longest job first
-    ctx.run_jobs(job_reward_model, todo, all_keys, seeds_of=job_seeds, work=work(cfg, ctx.root))
+    if c.processes > 1:  # each job on several processes (DDP), one job at a time
+        todo = [(name, kw | {"processes": c.processes}) for name, kw in todo]
+        ctx.run_jobs(job_reward_model_launched, todo, all_keys, seeds_of=job_seeds, work=work(cfg, ctx.root),
+                     pool=False)
+    else:
+        ctx.run_jobs(job_reward_model, todo, all_keys, seeds_of=job_seeds, work=work(cfg, ctx.root))
     rms = [json.loads((ctx.root / layout.rm_record(n)).read_text()) for n in grid_names(cfg)]
     ev = json.loads((ctx.root / layout.rm_record(name)).read_text()) if e.enabled else None
     return {"rms": rms, "evaluator": ev}
