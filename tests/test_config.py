@@ -229,3 +229,20 @@ def test_every_config_field_has_a_docstring():
                 missing.append(f"{c.name}.{stmt.target.id}")
     assert n_fields > 90
     assert not missing, f"fields without a docstring: {', '.join(missing)}"
+
+
+def test_ensembles_name_what_the_run_has_before_anything_trains(tmp_path):
+    from perm.config import configs_dir
+    from perm.pipeline import Pipeline
+    from perm.progress import Progress
+
+    with pytest.raises(ConfigError, match=r"ensembles\.backbone: must be one of the grid's pretrains"):
+        config_from_overrides(["ensembles.kinds=[lora]", "ensembles.backbone=seed9"])
+    cfg = load_config(configs_dir() / "quick.yaml", [f"out={tmp_path / 'run'}", "ensembles.kinds=[lora]",
+                                                     "ensembles.size=2", "ensembles.named=[mine=lora-0+seed0-ft7]"])
+    with pytest.raises(ValueError, match=r"ensembles\.named: mine: no reward model or member \['seed0-ft7'\]"):
+        Pipeline(cfg, Progress("quiet")).plan("run")
+    ok = load_config(configs_dir() / "quick.yaml", [f"out={tmp_path / 'run'}", "ensembles.kinds=[lora]",
+                                                    "ensembles.size=2", "ensembles.named=[mine=lora-0+seed0-ft1]"])
+    assert any(w.stage == "train-members" for w in Pipeline(ok, Progress("quiet")).plan("run"))
+    assert not (tmp_path / "run" / "members").exists()

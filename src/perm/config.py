@@ -839,7 +839,9 @@ class RunConfig:
         _check(not self.evaluator.pretrains() or self.pretrain.checkpoints
                or self.evaluator.pretrain_seed not in seeds, "evaluator.pretrain_seed",
                "must differ from every grid pretrain's init and data seed (the evaluator shares no pretrain)")
-
+        ids = self.pretrain.pretrain_ids()
+        _check(self.ensembles.backbone is None or self.ensembles.backbone in ids, "ensembles.backbone",
+               f"must be one of the grid's pretrains {ids} (or null)")
 
     def _resolve_kit_fields(self) -> None:
         """Resolve `auto` in policy.checkpoint, evaluator.rm_checkpoint and reward.pairs_from: the part of

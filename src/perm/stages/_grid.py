@@ -86,6 +86,16 @@ def member_backbone(cfg: RunConfig) -> str:
     return b
 
 
+def check_named(cfg: RunConfig, scored: list[str]) -> None:
+    """Refuse, before anything trains, a named ensemble (`ensembles.named`) of a model the run does not score:
+    ``scored`` are its model ids (the grid's RMs and the ensemble members)."""
+    for name, ids in cfg.ensembles.named_members().items():
+        missing = [i for i in ids if i not in scored]
+        if missing:
+            raise ValueError(f"ensembles.named: {name}: no reward model or member {missing} in this run (its "
+                             f"models: {', '.join(scored)})")
+
+
 def member_plan(cfg: RunConfig) -> dict[str, dict]:
     """Every member folder `train-members` makes, by member id, in the order they can be made: ``kind``
     (multihead, lora, probe, warm-member, warm, grid-soup, mcdropout-rm), ``member`` (the finetuning job's

@@ -23,7 +23,7 @@ from perm import run_layout as layout
 from perm.config import RunConfig
 from perm.progress import job_bar
 from perm.stages._context import Context, backbone_identity, stage_key, torch_setup
-from perm.stages._grid import eval_prompts, grid_names, member_backbone, member_plan
+from perm.stages._grid import check_named, eval_prompts, grid_names, member_backbone, member_plan
 from perm.stages._plan import Work, parquet_rows
 
 NAME = "score"
@@ -102,6 +102,9 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
 def work(cfg: RunConfig, root: Path) -> Work:
     """The scoring jobs, one per model: every sample of samples.parquet (its rows where it exists, else the
     eval prompts x (`pool_size` + `n_reference`))."""
+    members = member_scorers(cfg)
+    check_named(cfg, [n.split("/", 1)[1] for n in grid_names(cfg)]
+                + [mid for spec in members.values() for mid in spec["model_ids"]])
     n = parquet_rows(root / layout.SAMPLES)
     bound = ""
     if n is None:
