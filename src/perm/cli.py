@@ -28,6 +28,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 Args = Annotated[list[str] | None, typer.Argument(help="[CONFIG.yaml] then key=value overrides")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print errors only.")]
 JsonLog = Annotated[bool, typer.Option("--json-log", help="One JSON object per progress event (stderr).")]
+Rerun = Annotated[list[str] | None, typer.Option(
+    "--rerun", metavar="STAGE",
+    help="Run STAGE's jobs again even where complete for the same inputs (stage keys hash the config and "
+         "inputs, not perm's code); repeatable. What they feed reruns where their outputs change.")]
 ProgressEvery = Annotated[float, typer.Option(
     "--progress-every", min=0.001, metavar="SECONDS",
     help="Seconds of wall time between two progress lines of a long job (off a terminal; on one, bars).")]
@@ -70,7 +74,7 @@ INTERRUPTED = "interrupted: completed stages and jobs are kept; rerun the same c
 
 
 def _run(stage: str, args, quiet: bool, json_log: bool, rewards: str | None = None, models: str | None = None,
-         every: float = DEFAULT_EVERY) -> None:
+         every: float = DEFAULT_EVERY, rerun: list[str] | None = None) -> None:
     """One writing command. Exit codes: 0 done; 2 bad input or the run directory locked by another process;
     130 interrupted (Ctrl-C); 1 a job failed (a worker died or a job raised; 2 if what it raised
     is bad input).
@@ -96,7 +100,7 @@ def _run(stage: str, args, quiet: bool, json_log: bool, rewards: str | None = No
             lock = _lock_run(cfg.out)
             from perm.pipeline import Pipeline
 
-            pipe = Pipeline(cfg, _progress(quiet, json_log, every))
+            pipe = Pipeline(cfg, _progress(quiet, json_log, every), rerun=tuple(rerun or ()))
             if rewards is not None:
                 fn = pipe.analyze if stage == "analyze" else pipe.report
                 result = fn(Path(rewards), Path(models))
@@ -165,9 +169,9 @@ def _after_stop(lock) -> None:
 
 @app.command()
 def run(args: Args = None, quiet: Quiet = False, json_log: JsonLog = False,
-        progress_every: ProgressEvery = DEFAULT_EVERY) -> None:
+        progress_every: ProgressEvery = DEFAULT_EVERY, rerun: Rerun = None) -> None:
     """Run every stage (skipping those already complete) and print where the report is."""
-    _run("run", args, quiet, json_log, every=progress_every)
+    _run("run", args, quiet, json_log, every=progress_every, rerun=rerun)
 
 
 Rewards = Annotated[str | None, typer.Option("--rewards",
@@ -181,12 +185,13 @@ def stage_command(stage) -> Callable[..., None]:
     name = stage.NAME
     if stage.TAKES_TENSOR:
         def command(args: Args = None, rewards: Rewards = None, models: Models = None, quiet: Quiet = False,
-                    json_log: JsonLog = False, progress_every: ProgressEvery = DEFAULT_EVERY) -> None:
-            _run(name, args, quiet, json_log, rewards, models, every=progress_every)
+                    json_log: JsonLog = False, progress_every: ProgressEvery = DEFAULT_EVERY,
+                    rerun: Rerun = None) -> None:
+            _run(name, args, quiet, json_log, rewards, models, every=progress_every, rerun=rerun)
     else:
         def command(args: Args = None, quiet: Quiet = False, json_log: JsonLog = False,
-                    progress_every: ProgressEvery = DEFAULT_EVERY) -> None:
-            _run(name, args, quiet, json_log, every=progress_every)
+                    progress_every: ProgressEvery = DEFAULT_EVERY, rerun: Rerun = None) -> None:
+            _run(name, args, quiet, json_log, every=progress_every, rerun=rerun)
     command.__name__ = command.__qualname__ = name.replace("-", "_")
     command.__doc__ = stage.SUMMARY
     return command

@@ -12,7 +12,7 @@ import dataclasses
 from pathlib import Path
 
 from perm import run_layout as layout
-from perm.config import RunConfig, dump_config
+from perm.config import ConfigError, RunConfig, dump_config
 from perm.executors import LocalExecutor, PoolExecutor, RayExecutor
 from perm.progress import Progress
 from perm.stages import MODULES, STAGES
@@ -69,9 +69,12 @@ def hardware_record(precision, attention: str) -> dict:
 class Pipeline:
     """One run directory driven by one resolved config."""
 
-    def __init__(self, cfg: RunConfig, progress: Progress | None = None):
+    def __init__(self, cfg: RunConfig, progress: Progress | None = None, rerun: tuple[str, ...] = ()):
         from perm.hardware import resolve_device, resolve_precision, resolve_workers
 
+        unknown = sorted(set(rerun) - set(STAGES))
+        if unknown:
+            raise ConfigError(f"--rerun: unknown stage(s) {unknown}; known: {', '.join(STAGES)}")
         self.log = progress or Progress()
         # `precision: auto` is resolved once, here: every key, job and record below sees fp32 or bf16;
         # `workers: auto` too (one per GPU, else 2), recorded in the run's config.yaml as the number it became
@@ -80,7 +83,7 @@ class Pipeline:
                                              workers=resolve_workers(cfg.workers, cfg.device))
         self.store = RunStore(cfg.out)
         self.root = self.store.root
-        self.ctx = Context(cfg, self.log, self.store, make_executor(cfg), STAGES)
+        self.ctx = Context(cfg, self.log, self.store, make_executor(cfg), STAGES, rerun=frozenset(rerun))
         atomic_write_text(self.root / layout.CONFIG, dump_config(cfg))
         self.store.record_run(hardware_record(self.precision, cfg.attention))
         self.log.note(f"device {self.precision.device_label}: precision {self.precision.value}"

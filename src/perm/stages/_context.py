@@ -163,9 +163,11 @@ class Context:
     of its NEEDS and no other (:class:`UndeclaredNeedError` naming both), and records the manifest names and
     outputs of its WRITES and no other (:class:`UndeclaredOutputError`)."""
 
-    def __init__(self, cfg: RunConfig, log: Progress, store: RunStore, executor, stages: Mapping):
+    def __init__(self, cfg: RunConfig, log: Progress, store: RunStore, executor, stages: Mapping,
+                 rerun: frozenset[str] = frozenset()):
         self.cfg, self.log, self.store, self.root = cfg, log, store, store.root
         self.executor = executor
+        self.rerun, self._redone = frozenset(rerun), set()  # stages run again whatever the manifest says
         self._stages = stages
         self._memo: dict = {}
         self._running: list[str] = []  # the stages running, innermost last
@@ -302,14 +304,28 @@ class Context:
 
     # ------------------------------------------------------------------------------------ bookkeeping
 
+    def complete(self, name: str, key: str) -> bool:
+        """Whether manifest entry `name` is done for `key` and stands: not of a stage named in ``rerun``
+        (`perm run --rerun STAGE`: keys hash the config and inputs, not perm's code) unless redone in this
+        run already."""
+        if not self.store.is_complete(name, key):
+            return False
+        if not self.rerun or name in self._redone:
+            return True
+        from perm.stages import stage_of
+
+        stage = stage_of(name)
+        return stage is None or stage.NAME not in self.rerun
+
     def skip(self, name: str, key: str) -> bool:
-        if self.store.is_complete(name, key):
+        if self.complete(name, key):
             self.log.event(name, "skip", reason="complete for these inputs")
             return True
         return False
 
     def done(self, name: str, key: str, outputs: list[str], t0: float, seeds=None, info=None) -> None:
         self._check_outputs(name, outputs)
+        self._redone.add(name)
         wall = time.perf_counter() - t0
         self.store.mark_done(name, key, outputs, seeds=seeds, wall_s=wall, info=info)
         self.log.event(name, "done", wall_s=round(wall, 1), **(headline(info) if info else {}))

@@ -95,7 +95,7 @@ def run(ctx: Context) -> dict[str, dict]:
     while True:
         all_keys = keys(cfg, ctx.upstream())
         ready = [(mid, spec) for mid, spec in plan.items() if layout.member_dir(mid) in all_keys
-                 and not ctx.store.is_complete(layout.member_dir(mid), all_keys[layout.member_dir(mid)])]
+                 and not ctx.complete(layout.member_dir(mid), all_keys[layout.member_dir(mid)])]
         if not ready:
             break
         todo = []
