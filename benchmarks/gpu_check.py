@@ -113,7 +113,7 @@ def exactness(device, hidden: int, layers: int, heads: int, prompt: int, complet
                 rc, rr = pair_rewards(model, chosen, rejected, PAD, device)
             loss = bradley_terry_loss(rc, rr, 0.01)
             loss.backward()
-            grads.append((float(loss), [p.grad.detach().clone() for p in model.parameters()]))
+            grads.append((loss.item(), [p.grad.detach().clone() for p in model.parameters()]))
         out["packed_loss_diff"] = abs(grads[0][0] - grads[1][0])
         out["packed_grad_max_diff"] = max(float((a - b).abs().max()) for a, b in zip(grads[0][1], grads[1][1],
                                                                                       strict=True))
