@@ -196,7 +196,7 @@ def test_quick_yaml_resolves_to_the_recorded_config():
     assert set(added) <= {"analysis.bootstrap", "analysis.coverage_sims", "analysis.figure3", "analysis.level", "analysis.pick_ranker", "data.bad_rows", "data.max_bad_fraction",
                           "evaluator.extra_posts", "evaluator.finetune_seed", "evaluator.rm_checkpoint", "pretrain.convert_bin",
                           "pretrain.checkpoint_every", "reward.finetune_seed_scope", "reward.pairs_from", "reward.policy_kwise",
-                          "reward.readout", "reward.micro_batch_size", "ensembles", "policy.sample_memory_gb", "reward.processes"}, added
+                          "reward.readout", "reward.micro_batch_size", "ensembles", "policy.sample_memory_gb", "reward.processes", "reward.rm_checkpoints"}, added
     defaults = to_dict(RunConfig())
     kit = {"evaluator.rm_checkpoint", "reward.pairs_from"}  # pinned to null: quick.yaml trains its world
     assert all(now[f.split(".")[0]][f.split(".")[1]] is None for f in kit)

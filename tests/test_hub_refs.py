@@ -437,3 +437,40 @@ def test_a_hub_tokenizer_offline_is_recorded_as_unchecked(tmp_path, prefs, tiny_
     assert info["tokenizer_unchecked"] == [f"evaluator.checkpoint ({spec})"]
     assert info["tokenizer_fingerprint"] == tokenizer_fingerprint(load_tokenizer(tiny_backbone_dir))
     assert f"tokenizer: not checked for evaluator.checkpoint ({spec})" in log.getvalue()
+
+
+def test_trained_rms_as_the_grid_are_evaluated_and_scored_not_finetuned(tmp_path, tokenizer, prefs,
+                                                                         tiny_backbone_dir):
+    """`reward.rm_checkpoints`: a finetune-level grid of trained RMs (one pretrain, its finetune seeds) is
+    evaluated on the held-out pairs and scored with the recorded pretrain_id / finetune_seed, nothing finetuned;
+    the RMs are pinned, tokenizer-checked and keyed by their checkpoints' identity."""
+    import pandas as pd
+
+    from perm.models import load_reward_backbone, save_model
+
+    rms = []
+    for seed in (44413, 55513):
+        rm = load_reward_backbone(tiny_backbone_dir, pad_token_id=tokenizer.pad_token_id, head_seed=seed)
+        save_model(rm, tokenizer, tmp_path / f"rm-{seed}", None, "")
+        rms.append(f"pythia-1b:{seed}={tmp_path / f'rm-{seed}'}")
+    over = [*external(prefs, [tiny_backbone_dir], policy=tiny_backbone_dir), f"reward.rm_checkpoints=[{', '.join(rms)}]",
+            "reward.max_length=32", "data.n_eval_prompts=2", "policy.pool_size=3", "policy.n_reference=1",
+            "policy.max_new_tokens=4", "analysis.coverage_sims=0"]
+    pipe, _ = pipeline(over, tmp_path)
+    assert [w for w in pipe.plan("train-rm") if w.stage == "train-rm"][0].note == (
+        "loads 2 trained grid RMs (reward.rm_checkpoints)")
+    pipe.run("score")
+    stages = manifest(tmp_path)["stages"]
+    assert {"rm/pythia-1b-ft44413", "rm/pythia-1b-ft55513"} <= set(stages)
+    rec = json.loads((tmp_path / "run" / "rm" / "pythia-1b-ft44413" / "rm.json").read_text())
+    assert (rec["role"], rec["pretrain_id"], rec["finetune_seed"]) == ("rm", "pythia-1b", 44413)
+    assert not (tmp_path / "run" / "rm" / "pythia-1b-ft44413" / "model.safetensors").exists()  # loaded, not saved
+    models = pd.read_parquet(tmp_path / "run" / "models.parquet").set_index("model_id")
+    assert models.loc["pythia-1b-ft55513", ["role", "pretrain_id", "finetune_seed"]].tolist() == ["rm", "pythia-1b",
+                                                                                                 55513]
+    before = keys_of(pipeline(over, tmp_path)[0])
+    save_model(load_reward_backbone(tiny_backbone_dir, pad_token_id=tokenizer.pad_token_id, head_seed=7), tokenizer,
+               tmp_path / "rm-44413", None, "")  # other weights in the same folder: evaluated again
+    after = keys_of(pipeline(over, tmp_path)[0])
+    assert {n for n in before if before[n] != after[n]} >= {"rm/pythia-1b-ft44413"}
+    assert after["rm/pythia-1b-ft55513"] == before["rm/pythia-1b-ft55513"]

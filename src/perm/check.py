@@ -93,6 +93,8 @@ class CheckResult:
 def collect_refs(cfg: RunConfig) -> list[Ref]:
     """Every model and dataset the config names, in config order."""
     refs = [Ref(f"pretrain.checkpoints[{i}]", c, "model") for i, c in enumerate(cfg.pretrain.checkpoints)]
+    refs += [Ref(f"reward.rm_checkpoints[{i}]", s.split("=", 1)[1], "model")
+             for i, s in enumerate(cfg.reward.rm_checkpoints)]
     if cfg.evaluator.enabled and cfg.evaluator.rm_checkpoint:
         refs.append(Ref("evaluator.rm_checkpoint", cfg.evaluator.rm_checkpoint, "model"))
     elif cfg.evaluator.enabled and cfg.evaluator.checkpoint:

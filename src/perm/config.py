@@ -315,6 +315,12 @@ class RewardConfig:
     batch_size: int = 64
     """Preference pairs per optimizer step (> 0; the global batch when several processes train one RM). With
     K-wise pairs (`policy_kwise: 6`, 15 pairs per post) 64 pairs hold about four posts."""
+    rm_checkpoints: tuple[str, ...] = ()
+    """Trained reward models to use as the grid instead of finetuning it, each
+    ``<pretrain_id>:<finetune_seed>=<checkpoint>`` (a folder or a hub id with ``@revision``; e.g. a
+    finetune-level grid published as revision branches of one repository); they are evaluated on the run's
+    held-out pairs and scored, and `layout` and `finetune_seeds` are not used. () = finetune the grid. Reruns
+    train-rm (each RM keyed by its checkpoint's identity), score and analyze."""
     processes: int = 1
     """Processes (GPUs) each grid RM's and the evaluator's finetuning runs on: > 1 runs the job under
     `accelerate launch --multi_gpu` (DDP through perm.launch: each process a contiguous slice of every batch,
@@ -416,6 +422,11 @@ class RewardConfig:
                "epochs, batch_size, lr > 0")
         _check(0 <= self.warmup_frac < 1, "reward.warmup_frac", "must be in [0, 1)")
         _check(self.processes >= 1, "reward.processes", "must be >= 1")
+        for spec in self.rm_checkpoints:
+            _check(bool(re.fullmatch(r"[A-Za-z0-9_.-]+:-?\d+=\S+", spec)), "reward.rm_checkpoints",
+                   f"{spec!r}: expected <pretrain_id>:<finetune_seed>=<checkpoint>")
+        ids = [s.split("=", 1)[0] for s in self.rm_checkpoints]
+        _check(len(set(ids)) == len(ids), "reward.rm_checkpoints", "each <pretrain_id>:<finetune_seed> once")
         _check(self.micro_batch_size is None or self.micro_batch_size >= 1, "reward.micro_batch_size",
                "must be >= 1 (or null)")
         _check(0 <= self.dropout < 1, "reward.dropout", "must be in [0, 1)")
@@ -610,6 +621,16 @@ class PolicyConfig:
         _check(self.max_new_tokens > 0, "policy.max_new_tokens", "must be > 0")
         _check(self.sample_memory_gb is None or self.sample_memory_gb > 0, "policy.sample_memory_gb",
                "must be > 0 (or null)")
+
+
+def loaded_grid(reward: RewardConfig) -> list[tuple[str, int, str]]:
+    """(pretrain_id, finetune_seed, checkpoint) of every trained RM of `reward.rm_checkpoints`, in order."""
+    out = []
+    for spec in reward.rm_checkpoints:
+        head, ckpt = spec.split("=", 1)
+        pid, seed = head.rsplit(":", 1)
+        out.append((pid, int(seed), ckpt))
+    return out
 
 
 MEMBER_KINDS = ("multihead", "lora", "warm", "mcdropout")

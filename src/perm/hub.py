@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from perm.config import RunConfig
+from perm.config import RunConfig, loaded_grid
 
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
 """A full git commit sha (what the hub's ``.sha`` is, and what a revision must be to count as pinned)."""
@@ -93,7 +93,8 @@ def model_specs(cfg: RunConfig) -> list[str]:
     starts from (`policy.init_from` naming a checkpoint)."""
     c = cfg
     e = c.evaluator
-    specs = [*c.pretrain.checkpoints, (e.rm_checkpoint or e.checkpoint) if e.enabled else None,
+    specs = [*c.pretrain.checkpoints, *(ckpt for _, _, ckpt in loaded_grid(c.reward)),
+             (e.rm_checkpoint or e.checkpoint) if e.enabled else None,
              c.policy.checkpoint, c.policy.init_checkpoint() if not c.policy.checkpoint else None]
     return list(dict.fromkeys(s for s in specs if s))
 

@@ -48,7 +48,7 @@ WORLD_STAGES = ("testbed", layout.POLICY, "policy-prefs", "evaluator-prefs", lay
 GRID_ONLY = ("finetune_seeds", "layout", "finetune_seed_scope", "max_train_pairs", "epochs", "lr",
              "pairs_from")
 """reward fields that only the grid reads (the evaluator has its own epochs and lr): not part of the world."""
-KIT_SINCE = ("micro_batch_size", "processes")
+KIT_SINCE = ("micro_batch_size", "processes", "rm_checkpoints")
 """reward fields added after the kit was recorded: out of its world at their old behaviour (null), like
 a key."""
 KIT_FIELDS = (("policy", "checkpoint"), ("reward", "pairs_from"), ("evaluator", "rm_checkpoint"))

@@ -64,6 +64,8 @@ class Checkpoints:
         """Checkpoint spec -> the config field that names it (the first, where several do)."""
         c = self.cfg
         named = [(f"pretrain.checkpoints[{i}]", s) for i, s in enumerate(c.pretrain.checkpoints)]
+        named += [(f"reward.rm_checkpoints[{i}]", s.split("=", 1)[1])
+                  for i, s in enumerate(c.reward.rm_checkpoints)]
         named += [("evaluator.rm_checkpoint", c.evaluator.rm_checkpoint), ("evaluator.checkpoint",
                   c.evaluator.checkpoint), ("policy.checkpoint", c.policy.checkpoint),
                   ("policy.init_from", c.policy.init_checkpoint())]

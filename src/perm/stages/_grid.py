@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from perm import run_layout as layout
-from perm.config import RunConfig, to_dict
+from perm.config import RunConfig, loaded_grid, to_dict
 from perm.stages._plan import parquet_rows
 
 # ----------------------------------------------------------------------------------------------- the grid
@@ -30,11 +30,24 @@ def grid(pretrain_ids: list[str], finetune_seeds: tuple[int, ...], layout: str) 
     return first + [(p, finetune_seeds[0]) for p in pretrain_ids[1:]]
 
 
+def grid_of(cfg: RunConfig) -> list[tuple[str, int]]:
+    """(pretrain_id, finetune_seed) of the run's grid RMs: the trained RMs of `reward.rm_checkpoints`, else
+    :func:`grid` of the pretrains and finetune seeds."""
+    c = cfg.reward
+    if c.rm_checkpoints:
+        return [(p, s) for p, s, _ in loaded_grid(c)]
+    return grid(cfg.pretrain.pretrain_ids(), c.finetune_seeds, c.layout)
+
+
+def loaded_rms(cfg: RunConfig) -> dict[str, str]:
+    """Manifest name -> checkpoint of every trained RM of `reward.rm_checkpoints` (empty: the grid is
+    finetuned)."""
+    return {layout.rm_dir(rm_id(p, s)): ckpt for p, s, ckpt in loaded_grid(cfg.reward)}
+
+
 def grid_names(cfg: RunConfig) -> list[str]:
     """Manifest names (= folders) of the grid's RMs, in grid order."""
-    c = cfg.reward
-    members = grid(cfg.pretrain.pretrain_ids(), c.finetune_seeds, c.layout)
-    return [layout.rm_dir(rm_id(p, s)) for p, s in members]
+    return [layout.rm_dir(rm_id(p, s)) for p, s in grid_of(cfg)]
 
 
 def evaluator_ids(cfg: RunConfig) -> tuple[str, int]:
@@ -46,10 +59,10 @@ def evaluator_ids(cfg: RunConfig) -> tuple[str, int]:
 # ---------------------------------------------------------------------------------- the finetuning recipe
 
 GRID_FIELDS = ("finetune_seeds", "layout", "pairs", "policy_pairs_per_post", "policy_kwise",
-               "finetune_seed_scope", "pairs_from")  # keyed per RM or via pairs_key
+               "finetune_seed_scope", "pairs_from", "rm_checkpoints")  # keyed per RM or via pairs_key
 
 
-UNKEYED_AT = {"readout": "last", "micro_batch_size": None, "processes": 1}
+UNKEYED_AT = {"readout": "last", "micro_batch_size": None, "processes": 1, "rm_checkpoints": []}
 """`reward` fields added after runs were made -> the value that behaves as before, at which a key
 leaves them out."""
 
@@ -137,7 +150,7 @@ def member_plan(cfg: RunConfig) -> dict[str, dict]:
         out["warm"] = {"kind": "warm", "from_members": tuple(f"warm-{m}" for m in range(e.size)),
                        "note": f"weight average of the {e.size} finetunes of one initialisation (WARM)"}
         soup = [layout.rm_dir(rm_id(p, s))
-                for p, s in grid(cfg.pretrain.pretrain_ids(), cfg.reward.finetune_seeds, cfg.reward.layout)
+                for p, s in grid_of(cfg)
                 if p == member_backbone(cfg)]
         if len(soup) >= 2:
             out["grid-soup"] = {"kind": "grid-soup", "from_rms": tuple(soup),

@@ -23,7 +23,14 @@ from perm import run_layout as layout
 from perm.config import RunConfig
 from perm.progress import job_bar
 from perm.stages._context import Context, backbone_identity, stage_key, torch_setup
-from perm.stages._grid import check_named, eval_prompts, grid_names, member_backbone, member_plan
+from perm.stages._grid import (
+    check_named,
+    eval_prompts,
+    grid_names,
+    loaded_rms,
+    member_backbone,
+    member_plan,
+)
 from perm.stages._plan import Work, parquet_rows
 
 NAME = "score"
@@ -167,15 +174,18 @@ def _pretrain_records(ctx: Context, cfg: RunConfig) -> dict[str, dict]:
 
 def loaded(cfg: RunConfig, model_name: str) -> bool:
     """Whether the scoring model `model_name` is a trained RM loaded from a checkpoint
-    (`evaluator.rm_checkpoint`) rather than one the run finetuned."""
-    return model_name == layout.EVALUATOR_RM and bool(cfg.evaluator.rm_checkpoint)
+    (`evaluator.rm_checkpoint`, `reward.rm_checkpoints`) rather than one the run finetuned."""
+    return (model_name == layout.EVALUATOR_RM and bool(cfg.evaluator.rm_checkpoint)) or (
+        model_name in loaded_rms(cfg))
 
 
 def model_dir(ctx: Context, model_name: str) -> str:
-    """What a scoring job loads: the RM the run finetuned (<run>/<model_name>), or the trained evaluator of
-    `evaluator.rm_checkpoint` where it was loaded (a kit part verified, a hub id at its pinned commit)."""
+    """What a scoring job loads: the RM the run finetuned (<run>/<model_name>), or the trained RM of
+    `evaluator.rm_checkpoint` / `reward.rm_checkpoints` where it was loaded (a kit part verified, a hub id at
+    its pinned commit)."""
     if loaded(ctx.cfg, model_name):
-        return ctx.resolve_checkpoint(ctx.cfg.evaluator.rm_checkpoint)
+        spec = loaded_rms(ctx.cfg).get(model_name) or ctx.cfg.evaluator.rm_checkpoint
+        return ctx.resolve_checkpoint(spec)
     return str(ctx.root / model_name)
 
 

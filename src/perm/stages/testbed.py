@@ -152,6 +152,8 @@ def check_tokenizers(ctx: Context):
     cfg = ctx.cfg
     c = cfg.pretrain
     named = [(f"pretrain.checkpoints[{i}] ({s})", s) for i, s in enumerate(c.checkpoints)]
+    named += [(f"reward.rm_checkpoints[{i}] ({s})", s.split("=", 1)[1])
+              for i, s in enumerate(cfg.reward.rm_checkpoints)]
     e = cfg.evaluator
     if e.enabled and (e.rm_checkpoint or e.checkpoint):
         field = "evaluator.rm_checkpoint" if e.rm_checkpoint else "evaluator.checkpoint"

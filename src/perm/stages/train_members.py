@@ -33,7 +33,7 @@ WRITES = {layout.MEMBER: (layout.MEMBER,)}
 SUMMARY = "Train the cheaper ensembles' members on one backbone: multi-head, LoRA, WARM, MC dropout."
 TAKES_TENSOR = False
 # reward fields added after the members, left out of their keys at their old behaviour
-MEMBERS_SINCE = ("micro_batch_size", "processes")
+MEMBERS_SINCE = ("micro_batch_size", "processes", "rm_checkpoints")
 AVERAGES = ("warm", "grid-soup")  # members made by averaging weights (no training job of their own)
 
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from perm import run_layout as layout
-from perm.config import RunConfig, to_dict
+from perm.config import RunConfig, loaded_grid, to_dict
 from perm.rm_jobs import (  # noqa: F401  (re-exported: the jobs of this stage; tests and perm.launch name them here)
     EVAL_FIELDS,
     encoded_eval_pairs,
@@ -39,6 +39,7 @@ from perm.stages._grid import (
     extra_posts,
     grid,
     grid_names,
+    loaded_rms,
     pair_count,
     pair_files,
     pairs_key,
@@ -75,7 +76,12 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
     # shared: keys as before
     scope = {} if c.finetune_seed_scope == "shared" else {"scope": c.finetune_seed_scope}
     out = {}
-    for pid, seed in grid(cfg.pretrain.pretrain_ids(), c.finetune_seeds, c.layout):
+    for name, spec in loaded_rms(cfg).items():  # trained RMs: keyed as a loaded evaluator is
+        out[name] = stage_key(cfg, {"loaded": upstream[checkpoint_name(spec)], "testbed": data, **pairs,
+                                    "eval": list(eval_pair_files(cfg)), "max_length": c.max_length,
+                                    "grid_rm": name})
+    finetuned = [] if c.rm_checkpoints else grid(cfg.pretrain.pretrain_ids(), c.finetune_seeds, c.layout)
+    for pid, seed in finetuned:
         out[layout.rm_dir(rm_id(pid, seed))] = stage_key(cfg, {
             "common": common, "seed": seed, "testbed": data, **pairs,
             "backbone": backbone_identity(cfg, upstream, pid), **scope})
@@ -121,9 +127,11 @@ def work(cfg: RunConfig, root: Path) -> Work:
         jobs.append((layout.EVALUATOR_RM, n))
         bounds.add(bound)
     n, bound = steps(pair_files(cfg), c.max_train_pairs, c.epochs)
-    jobs += [(name, n) for name in grid_names(cfg)]
+    jobs += [(name, n) for name in grid_names(cfg) if name not in loaded_rms(cfg)]
     bounds.add(bound)
-    loads = f"loads the evaluator RM {e.rm_checkpoint}" if e.enabled and e.rm_checkpoint else ""
+    loads = [f"the evaluator RM {e.rm_checkpoint}"] if e.enabled and e.rm_checkpoint else []
+    loads += [f"{len(c.rm_checkpoints)} trained grid RMs (reward.rm_checkpoints)"] if c.rm_checkpoints else []
+    loads = f"loads {' and '.join(loads)}" if loads else ""
     return Work(NAME, tuple(jobs), "steps", (c.batch_size, "pairs"), bound=next((b for b in bounds if b), ""),
                 unknown="once the data's pairs are imported", note=loads)
 
@@ -142,7 +150,10 @@ def run(ctx: Context) -> dict:
     all_keys = keys(cfg, ctx.upstream())
     env = dict(run_dir=str(ctx.root), pair_files=files, eval_files=evals, **ctx.job_env())
     todo = []
-    for pid, seed in grid(list(backbones), c.finetune_seeds, c.layout):
+    for (pid, seed, spec), name in zip(loaded_grid(c), loaded_rms(cfg), strict=True):
+        _evaluate_loaded(ctx, all_keys[name], evals, name=name, spec=spec, role="rm", pretrain_id=pid,
+                         finetune_seed=seed)
+    for pid, seed in ([] if c.rm_checkpoints else grid(list(backbones), c.finetune_seeds, c.layout)):
         name = layout.rm_dir(rm_id(pid, seed))
         if not ctx.skip(name, all_keys[name]):
             todo.append((name, dict(env, out_rel=name, backbone=backbones[pid], pretrain_id=pid,
@@ -198,21 +209,25 @@ def run_evaluator(ctx: Context) -> dict:
     return json.loads((ctx.root / layout.rm_record(name)).read_text())
 
 
-def _evaluate_loaded(ctx: Context, key: str, eval_files: tuple[str, ...]) -> None:
-    """Evaluate the trained evaluator of `evaluator.rm_checkpoint` on the run's held-out pairs (in this
-    process: a forward over them), unless done for these inputs."""
+def _evaluate_loaded(ctx: Context, key: str, eval_files: tuple[str, ...], name: str = layout.EVALUATOR_RM,
+                     spec: str | None = None, **record) -> None:
+    """Evaluate a trained RM on the run's held-out pairs (in this process: a forward over them), unless done
+    for these inputs: the evaluator of `evaluator.rm_checkpoint`, or (`name`, `spec`, ``record``: its role,
+    pretrain_id and finetune_seed) a grid RM of `reward.rm_checkpoints`."""
     cfg = ctx.cfg
-    spec = cfg.evaluator.rm_checkpoint
+    spec = spec or cfg.evaluator.rm_checkpoint
     path = ctx.resolve_checkpoint(spec)  # a kit part is verified here; a hub id pinned to its commit
-    ctx.run_one(layout.EVALUATOR_RM, key, lambda: job_evaluate_rm(
-        str(ctx.root), layout.EVALUATOR_RM, checkpoint=path, spec=spec, eval_files=eval_files,
+    ctx.run_one(name, key, lambda: job_evaluate_rm(
+        str(ctx.root), name, checkpoint=path, spec=spec, eval_files=eval_files,
         max_length=cfg.reward.max_length, trust_remote_code=cfg.pretrain.trust_remote_code,
-        **ctx.job_env(pooled=False)), [layout.EVALUATOR_RM], loads=spec)
+        **record, **ctx.job_env(pooled=False)), [name], loads=spec)
 
 
 def job_evaluate_rm(run_dir: str, out_rel: str, *, checkpoint: str, spec: str, eval_files: tuple[str, ...],
                     max_length: int, device: str, threads: int | None, trust_remote_code: bool = False,
-                    precision: str = "fp32", attention: str = "auto", show_progress: bool = True) -> dict:
+                    precision: str = "fp32", attention: str = "auto", show_progress: bool = True,
+                    role: str = "evaluator", pretrain_id: str | None = None,
+                    finetune_seed: int | None = None) -> dict:
     """Evaluate a trained RM (`evaluator.rm_checkpoint` `spec`, loaded from `checkpoint`) on the run's
     held-out pairs, in fp32 as scoring is, and write its record (rm.json, no weights) to run_dir/out_rel: the
     fields a finetuned evaluator's rm.json has (accuracy on the first eval file, `other_evals` on the rest),
@@ -242,11 +257,11 @@ def job_evaluate_rm(run_dir: str, out_rel: str, *, checkpoint: str, spec: str, e
     first = evals[eval_files[0]]
     info = {
         "model_id": Path(out_rel).name,
-        "role": "evaluator",
+        "role": role,
         "loaded_from": spec,
         "checkpoint": str(checkpoint),
-        "pretrain_id": trained.get("pretrain_id", spec),
-        "finetune_seed": trained.get("finetune_seed"),
+        "pretrain_id": pretrain_id if pretrain_id is not None else trained.get("pretrain_id", spec),
+        "finetune_seed": finetune_seed if finetune_seed is not None else trained.get("finetune_seed"),
         "backbone": backbone or str(checkpoint),
         "seeds": trained.get("seeds"),
         "config": trained.get("config"),
