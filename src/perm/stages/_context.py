@@ -312,10 +312,9 @@ class Context:
             return False
         if not self.rerun or name in self._redone:
             return True
-        from perm.stages import stage_of
-
-        stage = stage_of(name)
-        return stage is None or stage.NAME not in self.rerun
+        owner = next((m.NAME for m in self._stages.values()
+                      if any(layout.match(pattern, name) is not None for pattern in m.WRITES)), None)
+        return owner not in self.rerun
 
     def skip(self, name: str, key: str) -> bool:
         if self.complete(name, key):
