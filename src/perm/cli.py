@@ -334,6 +334,46 @@ def kit_verify(root: KitDir = None) -> None:
     typer.echo(describe(rec, Path(root) if root else KIT_ROOT))
 
 
+import_app = typer.Typer(no_args_is_help=True, help="Config entries for seed-varied assets published on the "
+                         "hub (perm.importers): print the override to pass to `perm run`.")
+app.add_typer(import_app, name="import")
+GridRepo = Annotated[str, typer.Argument(help="A repository whose branches are <stage>__<seed>__<timestamp>")]
+GridStage = Annotated[str, typer.Option("--stage", help="The branches' stage name")]
+GridPretrain = Annotated[str | None, typer.Option(
+    "--pretrain-id", help="The one pretrain's id (default: the repository's name)")]
+Seeds = Annotated[str, typer.Option("--seeds", help="Comma-separated seeds, 0-24")]
+Step = Annotated[str | None, typer.Option("--step",
+                                          help="An intermediate checkpoint, e.g. 2000k (seeds 0-4)")]
+
+
+@import_app.command("tldr-grid")
+def import_tldr_grid(repo: GridRepo, stage: GridStage = "reward", pretrain_id: GridPretrain = None) -> None:
+    """A finetune-level grid of trained RMs, one revision branch per seed: prints
+    `reward.rm_checkpoints=[...]` (the latest branch of each seed). Exits 2 when the hub cannot say."""
+    from perm.importers import override, tldr_grid
+
+    try:
+        entries = tldr_grid(repo, stage=stage, pretrain_id=pretrain_id)
+    except Exception as e:  # noqa: BLE001 - offline, unknown repo, no matching branch: one line, exit 2
+        first = str(e).splitlines()[0] if str(e) else ""
+        typer.echo(f"error: {repo}: {type(e).__name__}: {first}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(override("reward.rm_checkpoints", entries))
+
+
+@import_app.command("multiberts")
+def import_multiberts(seeds: Seeds = "0,1,2,3,4", step: Step = None) -> None:
+    """MultiBERTs pretraining seeds (one repository each): prints `pretrain.checkpoints=[...]`."""
+    from perm.importers import multiberts, override
+
+    try:
+        entries = multiberts([int(x) for x in seeds.split(",") if x.strip()], step)
+    except ValueError as e:
+        typer.echo(f"error: --seeds/--step: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(override("pretrain.checkpoints", entries))
+
+
 def _sigterm_as_interrupt() -> None:
     """SIGTERM (what a cluster scheduler or `kill` sends) stops a command as Ctrl-C does: KeyboardInterrupt in
     the main thread, so the same cleanup runs (workers stopped, temp files removed, exit 130, resumable)."""
