@@ -99,10 +99,11 @@ def member_backbone(cfg: RunConfig) -> str:
     return b
 
 
-def check_named(cfg: RunConfig, scored: list[str]) -> None:
-    """Refuse, before anything trains, a named ensemble (`ensembles.named`) of a model the run does not score:
-    ``scored`` are its model ids (the grid's RMs and the ensemble members)."""
-    for name, ids in cfg.ensembles.named_members().items():
+def check_named(named: Mapping[str, list[str] | tuple[str, ...]], scored: list[str]) -> None:
+    """Refuse a named ensemble (`ensembles.named`: name -> model ids) of a model the run does not score:
+    ``scored`` are its model ids that may be members (the grid's RMs and the ensemble members). The score
+    stage checks it when it plans (before anything trains) and again when it assembles the tensor."""
+    for name, ids in named.items():
         missing = [i for i in ids if i not in scored]
         if missing:
             raise ValueError(f"ensembles.named: {name}: no reward model or member {missing} in this run (its "

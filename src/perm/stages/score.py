@@ -8,7 +8,6 @@ validation of samples.parquet, which a user may bring. Manifest names `score/<mo
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -52,10 +51,11 @@ def model_names(cfg: RunConfig) -> dict[str, str]:
 
 
 def member_scorers(cfg: RunConfig) -> dict[str, dict]:
-    """The ensemble members' scoring jobs (perm.members), by job id: ``source`` (the member folder loaded),
-    ``load`` (how: ``rm``, ``multihead`` with its ``heads``, ``lora`` on the members' backbone, ``mcdropout``
-    with its rate and draw seed), ``ensemble`` and ``kind`` (the models.parquet columns of what it scores) and
-    ``model_ids`` (the models it scores: one, or a multi-head RM's heads)."""
+    """The ensemble members' scoring jobs (perm.members), by job id: ``source`` (the member folder loaded)
+    and ``member`` (its member id), ``load`` (how: ``rm``, ``multihead`` with its ``heads``, ``lora`` on the
+    members' backbone, ``mcdropout`` with its rate and draw seed), ``ensemble`` and ``kind`` (the
+    models.parquet columns of what it scores) and ``model_ids`` (the models it scores: one, or a multi-head
+    RM's heads)."""
     from perm.store import derive_seed
 
     e = cfg.ensembles
@@ -63,22 +63,21 @@ def member_scorers(cfg: RunConfig) -> dict[str, dict]:
     for mid, spec in member_plan(cfg).items():
         src = layout.member_dir(mid)
         kind = spec["kind"]
+        common = {"source": src, "member": mid, "kind": kind}
         if kind == "multihead":
-            out[mid] = {"source": src, "load": {"kind": "multihead", "heads": e.size},
-                        "ensemble": "multihead", "kind": kind,
-                        "model_ids": [f"multihead-h{h}" for h in range(e.size)]}
+            out[mid] = common | {"load": {"kind": "multihead", "heads": e.size}, "ensemble": "multihead",
+                                 "model_ids": [f"multihead-h{h}" for h in range(e.size)]}
         elif kind == "lora":
-            out[mid] = {"source": src, "load": {"kind": "lora"}, "ensemble": "lora", "kind": kind,
-                        "model_ids": [mid]}
+            out[mid] = common | {"load": {"kind": "lora"}, "ensemble": "lora", "model_ids": [mid]}
         elif kind in ("warm-member", "warm", "grid-soup"):
-            out[mid] = {"source": src, "load": {"kind": "rm"}, "kind": kind, "model_ids": [mid],
-                        "ensemble": "warm-members" if kind == "warm-member" else kind}
+            out[mid] = common | {"load": {"kind": "rm"}, "model_ids": [mid],
+                                 "ensemble": "warm-members" if kind == "warm-member" else kind}
         elif kind == "mcdropout-rm":
             for t in range(e.size):
-                out[f"mcdropout-{t}"] = {"source": src, "kind": "mcdropout", "ensemble": "mcdropout",
-                                         "load": {"kind": "mcdropout", "p": e.mc_dropout,
-                                                  "seed": derive_seed("mc-dropout-draw", t)},
-                                         "model_ids": [f"mcdropout-{t}"]}
+                out[f"mcdropout-{t}"] = common | {"kind": "mcdropout", "ensemble": "mcdropout",
+                                                  "load": {"kind": "mcdropout", "p": e.mc_dropout,
+                                                           "seed": derive_seed("mc-dropout-draw", t)},
+                                                  "model_ids": [f"mcdropout-{t}"]}
     return out
 
 
@@ -110,7 +109,7 @@ def work(cfg: RunConfig, root: Path) -> Work:
     """The scoring jobs, one per model: every sample of samples.parquet (its rows where it exists, else the
     eval prompts x (`pool_size` + `n_reference`))."""
     members = member_scorers(cfg)
-    check_named(cfg, [n.split("/", 1)[1] for n in grid_names(cfg)]
+    check_named(cfg.ensembles.named_members(), [n.split("/", 1)[1] for n in grid_names(cfg)]
                 + [mid for spec in members.values() for mid in spec["model_ids"]])
     n = parquet_rows(root / layout.SAMPLES)
     bound = ""
@@ -153,11 +152,6 @@ def run(ctx: Context) -> Path:
     ctx.run_one("score", key, lambda: assemble_reward_tensor(ctx.root, records, ensembles),
                 [layout.REWARDS, layout.MODELS, layout.ENSEMBLES], mark=False, announce=False)
     return ctx.root / layout.REWARDS
-
-
-def _trained_member(mid: str, members: Mapping[str, dict]) -> str:
-    """The member id of the folder scoring job `mid` loads."""
-    return members[mid]["source"].split("/", 1)[1]
 
 
 def _pretrain_records(ctx: Context, cfg: RunConfig) -> dict[str, dict]:
@@ -413,7 +407,7 @@ def assemble_reward_tensor(root: Path, records: list[dict], ensembles: Mapping |
              "gold_accuracy": rec.get("gold_accuracy"), "kind": "grid" if rec["role"] == "rm" else None,
              "ensemble": None})
     for job, spec in members.items():
-        rec = trained[spec["source"].split("/", 1)[1]]
+        rec = trained[spec["member"]]
         scores = pq.read_table(root / layout.scores_file(job)).to_pandas()
         for h, mid in enumerate(spec["model_ids"]):
             acc = rec["heads"][h] if spec["load"]["kind"] == "multihead" else rec
@@ -423,11 +417,8 @@ def assemble_reward_tensor(root: Path, records: list[dict], ensembles: Mapping |
                  "gold_accuracy": acc.get("gold_accuracy"), "kind": spec["kind"],
                  "ensemble": spec["ensemble"]})
     known = {m["model_id"]: m for m in models}
+    check_named(named, [m for m, r in known.items() if r["role"] in ("rm", "member")])
     for name, ids in named.items():
-        missing = [i for i in ids if i not in known or known[i]["role"] not in ("rm", "member")]
-        if missing:
-            raise ValueError(f"ensembles.named: {name}: no reward model or member {missing} in this run "
-                             f"(its models: {', '.join(m for m, r in known.items() if r['role'] != 'gold')})")
         for i in ids:
             known[i]["ensemble"] = ",".join(filter(None, [known[i]["ensemble"], name]))
     if "gold_reward" in samples.columns:
@@ -454,16 +445,13 @@ COST_COLUMNS = ("ensemble", "kind", "n_members", "params_trained", "params_held"
 
 
 def _saved_parameters(root: Path, records: list[dict]) -> int | None:
-    """Parameters of the first grid RM as saved (its safetensors header; for RMs whose rm.json predates
-    ``params_total``), or None without one."""
-    from safetensors import safe_open
+    """Parameters of the first grid RM as saved (its safetensors header, perm.check.safetensors_params; for
+    RMs whose rm.json predates ``params_total``), or None without one."""
+    from perm.check import safetensors_params
 
     grid = [r for r in records if r["role"] == "rm"]
     path = root / layout.rm_dir(grid[0]["model_id"]) / "model.safetensors" if grid else None
-    if path is None or not path.is_file():
-        return None
-    with safe_open(str(path), "pt") as f:
-        return int(sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys()))
+    return safetensors_params(path) if path is not None and path.is_file() else None
 
 
 def ensemble_costs(records: list[dict], ensembles: Mapping) -> pd.DataFrame:
@@ -513,7 +501,7 @@ def ensemble_costs(records: list[dict], ensembles: Mapping) -> pd.DataFrame:
         by_ensemble.setdefault(spec["ensemble"], []).append(job)
     for name, jobs in by_ensemble.items():
         specs = [members[j] for j in jobs]
-        recs = [trained[s["source"].split("/", 1)[1]] for s in specs]
+        recs = [trained[s["member"]] for s in specs]
         kind = specs[0]["kind"]
         n = sum(len(s["model_ids"]) for s in specs)
         scored = sum(num(score_s.get(j)) for j in jobs)
