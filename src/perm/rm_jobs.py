@@ -61,6 +61,24 @@ def encoded_eval_pairs(run: Path, rel: str, tok, max_length: int):
 EVAL_FIELDS = ("accuracy", "accuracy_se", "gold_accuracy", "mean_reward")  # recorded per other eval file
 
 
+def evaluate_files(model, run: Path, eval_files, tok, max_length: int, device) -> dict[str, dict]:
+    """:data:`EVAL_FIELDS` and ``n_pairs`` of `model` on each held-out pair file of the run."""
+    from perm.reward import evaluate_pairs
+
+    out = {}
+    for rel in eval_files:
+        ec, er, gold_diff = encoded_eval_pairs(run, rel, tok, max_length)
+        res = evaluate_pairs(model, ec, er, tok.pad_token_id, device, gold_diff=gold_diff)
+        out[rel] = {k: res[k] for k in EVAL_FIELDS if k in res} | {"n_pairs": len(ec)}
+    return out
+
+
+def other_evals(evals: dict[str, dict], files) -> dict[str, dict]:
+    """The ``other_evals`` of an rm.json: the :func:`evaluate_files` fields of `files` (the eval files after
+    the first), without n_pairs."""
+    return {rel: {k: v for k, v in evals[rel].items() if k != "n_pairs"} for rel in files}
+
+
 def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: str, finetune_seed: int,
                      reward: dict, n_pairs: int | None,
                      pair_files: tuple[str, ...] = (layout.PREFS_TRAIN,),
@@ -97,7 +115,7 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
         use_attention,
     )
     from perm.prefix import set_readout
-    from perm.reward import encode_pairs, evaluate_pairs, train_reward_model
+    from perm.reward import encode_pairs, train_reward_model
     from perm.stages._context import torch_setup  # (perm.stages imports this module)
 
     dev = torch_setup(device, threads)
@@ -135,10 +153,7 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
     if n_pairs is not None:
         prompts, chosen, rejected = prompts[:n_pairs], chosen[:n_pairs], rejected[:n_pairs]
 
-    def eval_set(rel: str):
-        return encoded_eval_pairs(run, rel, tok, ml)
-
-    ec, er, gold_diff = eval_set(eval_files[0])
+    ec, er, gold_diff = encoded_eval_pairs(run, eval_files[0], tok, ml)
     acc = make_accelerator(dev, precision)
     # > 1 under `python -m perm.launch` (DDP): every rank trains, the main one saves
     world = acc.num_processes
@@ -173,12 +188,7 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
             acc.wait_for_everyone()  # until the main process has written the RM
             return None
     final = state["evals"][-1]  # the loop's last eval is of the final weights (every rank evaluates all)
-    keep = ("accuracy", "accuracy_se", "gold_accuracy", "mean_reward")
-    others = {}
-    for rel in eval_files[1:]:
-        oc, orj, ogd = eval_set(rel)
-        res = evaluate_pairs(model, oc, orj, tok.pad_token_id, model.device, gold_diff=ogd)
-        others[rel] = {k: res[k] for k in keep if k in res}
+    others = other_evals(evaluate_files(model, run, eval_files[1:], tok, ml, model.device), eval_files[1:])
     info = {
         "model_id": Path(out_rel).name,
         "role": role,
@@ -233,11 +243,9 @@ def job_average(run_dir: str, out_rel: str, *, sources: tuple[str, ...], eval_fi
     """The weight average of the RMs in `sources` (folders of the run; the same architecture: WARM's
     finetunes, or the grid's finetune seeds of one pretrain) as one RM, evaluated on the held-out pairs as
     a finetuned RM is, saved with its rm.json (``averaged``: the sources) atomically."""
-    import torch
 
     from perm.members import average_state_dicts, parameter_counts
     from perm.models import load_reward_model, load_tokenizer, save_model
-    from perm.reward import evaluate_pairs
     from perm.stages._context import torch_setup  # (perm.stages imports this module)
 
     dev = torch_setup(device, threads)
@@ -248,18 +256,13 @@ def job_average(run_dir: str, out_rel: str, *, sources: tuple[str, ...], eval_fi
     model.load_state_dict(average_state_dicts([m.state_dict() for m in models]))
     model = model.to(dev).eval()
     tok = load_tokenizer(run / layout.TOKENIZER if (run / layout.TOKENIZER).exists() else run / sources[0])
-    evals = {}
-    for rel in eval_files:
-        ec, er, gold_diff = encoded_eval_pairs(run, rel, tok, max_length)
-        with torch.no_grad():
-            res = evaluate_pairs(model, ec, er, tok.pad_token_id, dev, gold_diff=gold_diff)
-        evals[rel] = {k: res[k] for k in EVAL_FIELDS if k in res}
+    evals = evaluate_files(model, run, eval_files, tok, max_length, dev)
     first = evals[eval_files[0]]
     info = {"model_id": Path(out_rel).name, "role": "member", "pretrain_id": pretrain_id,
             "finetune_seed": None, "averaged": list(sources), "note": note, "eval_pairs": eval_files[0],
             "accuracy": first["accuracy"], "accuracy_se": first["accuracy_se"],
             "gold_accuracy": first.get("gold_accuracy"), "eval_mean_reward": first["mean_reward"],
-            "other_evals": {rel: evals[rel] for rel in eval_files[1:]},
+            "other_evals": other_evals(evals, eval_files[1:]),
             "params_trained": 0, "params_total": parameter_counts(model)["total"],
             "wall_s": time.perf_counter() - t0, "precision": "fp32"}
     with atomic_path(run / out_rel) as tmp:

@@ -18,8 +18,10 @@ from perm.config import RunConfig, loaded_grid, to_dict
 from perm.rm_jobs import (  # noqa: F401  (re-exported: the jobs of this stage; tests and perm.launch name them here)
     EVAL_FIELDS,
     encoded_eval_pairs,
+    evaluate_files,
     job_reward_model,
     job_reward_model_launched,
+    other_evals,
     rm_seeds,
     train_tokens,
 )
@@ -235,7 +237,6 @@ def job_evaluate_rm(run_dir: str, out_rel: str, *, checkpoint: str, spec: str, e
     evaluator), under `trained` and in the fields the report reads (n_train_pairs, train_tokens, ...)."""
     from perm.models import load_reward_model, load_tokenizer
     from perm.readout import readout_of
-    from perm.reward import evaluate_pairs
     from perm.shipped import is_shipped, path_of
 
     dev = torch_setup(device, threads)
@@ -244,11 +245,7 @@ def job_evaluate_rm(run_dir: str, out_rel: str, *, checkpoint: str, spec: str, e
     tok = load_tokenizer(run / layout.TOKENIZER if (run / layout.TOKENIZER).exists() else checkpoint,
                          trust_remote_code=trust_remote_code)
     model = load_reward_model(checkpoint, trust_remote_code=trust_remote_code).to(dev)
-    evals = {}
-    for rel in eval_files:
-        ec, er, gold_diff = encoded_eval_pairs(run, rel, tok, max_length)
-        res = evaluate_pairs(model, ec, er, tok.pad_token_id, dev, gold_diff=gold_diff)
-        evals[rel] = {k: res[k] for k in EVAL_FIELDS if k in res} | {"n_pairs": len(ec)}
+    evals = evaluate_files(model, run, eval_files, tok, max_length, dev)
     own = Path(checkpoint) / layout.RM_RECORD
     trained = json.loads(own.read_text()) if own.is_file() else {}
     backbone = trained.get("backbone")
@@ -273,8 +270,7 @@ def job_evaluate_rm(run_dir: str, out_rel: str, *, checkpoint: str, spec: str, e
         "accuracy_se": first["accuracy_se"],
         "gold_accuracy": first.get("gold_accuracy"),
         "eval_mean_reward": first["mean_reward"],
-        "other_evals": {rel: {k: v for k, v in evals[rel].items() if k != "n_pairs"}
-                        for rel in eval_files[1:]},
+        "other_evals": other_evals(evals, eval_files[1:]),
         "trained": {k: trained[k] for k in ("accuracy", "accuracy_se", "gold_accuracy", "eval_pairs", "steps",
                                             "wall_s", "precision", "pairs_per_s") if k in trained},
         "readout": readout_of(model),
