@@ -193,13 +193,11 @@ def safetensors_params(path: Path) -> int:
 
 
 def _converted_in_run(files: list[str], convert_bin: bool) -> bool:
-    """The run converts these weights (pytorch_model*.bin only, `pretrain.convert_bin` on): the rule of
-    perm.hub.weights_problem, which the run applies at pinning."""
-    from perm.hub import weights_problem
+    """The run converts these weights (pytorch_model*.bin only, `pretrain.convert_bin` on): perm.hub.bin_only,
+    the rule the run applies at pinning."""
+    from perm.hub import bin_only
 
-    return (not any(f.endswith(".safetensors") for f in files)
-            and weights_problem("", "", files, convert_bin=False) is not None
-            and weights_problem("", "", files, convert_bin=convert_bin) is None)
+    return convert_bin and bin_only(files)
 
 
 def check_local_model(ref: Ref, path: Path, problems: list[str],

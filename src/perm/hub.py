@@ -115,6 +115,14 @@ def config_refs(cfg: RunConfig) -> list[HubRef]:
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")
 
 
+def bin_only(files: list[str]) -> bool:
+    """Whether a checkpoint holding `files` has ``pytorch_model*.bin`` weights and no safetensors: what
+    `pretrain.convert_bin` converts."""
+    names = [f.rsplit("/", 1)[-1] for f in files]
+    return (not any(n.endswith(".safetensors") for n in names)
+            and any(n.endswith(".bin") and n.startswith("pytorch_model") for n in names))
+
+
 def weights_problem(reference: str, field: str, files: list[str], convert_bin: bool) -> str | None:
     """What stops a run loading the checkpoint `reference` (config field `field`) whose repository holds
     `files` at its pinned commit, or None: no weight file at all, or only ``pytorch_model.bin``-style weights
@@ -122,7 +130,7 @@ def weights_problem(reference: str, field: str, files: list[str], convert_bin: b
     names = [f.rsplit("/", 1)[-1] for f in files]
     if any(n.endswith(".safetensors") for n in names):
         return None
-    if any(n.endswith(".bin") and n.startswith("pytorch_model") for n in names):
+    if bin_only(files):
         if convert_bin:
             return None
         return (f"{field}: {reference} holds only pytorch_model.bin weights at its pinned commit and perm "

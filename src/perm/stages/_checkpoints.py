@@ -54,11 +54,10 @@ class Checkpoints:
     def _bin_only(self, reference: str) -> bool:
         """Whether a hub reference has only .bin weights at its pinned commit (False where the hub did not
         list its files: offline, it loads as it is and the loader names what is missing)."""
-        from perm.hub import weights_problem
+        from perm.hub import bin_only
 
         files = self._files.get(reference)
-        return files is not None and weights_problem(reference, "", files, convert_bin=False) is not None \
-            and weights_problem(reference, "", files, convert_bin=True) is None
+        return files is not None and bin_only(files)
 
     def fields(self) -> dict[str, str]:
         """Checkpoint spec -> the config field that names it (the first, where several do)."""
@@ -128,9 +127,10 @@ class Checkpoints:
         """ensure_safetensors for a local folder; an earlier conversion whose input .bin files have changed
         since (convert.json's sha256s) is made again, as a changed local checkpoint reruns what it feeds."""
         from perm.convert import RECORD, conversion_dir, convert_checkpoint, ensure_safetensors
+        from perm.hub import bin_only
 
         p, trust = Path(src).expanduser(), self.cfg.pretrain.trust_remote_code
-        if not p.is_dir() or any(p.glob("*.safetensors")) or not any(p.glob("pytorch_model*.bin")):
+        if not p.is_dir() or not bin_only([f.name for f in p.iterdir()]):
             return src  # nothing to convert: loaded as it is (the loader names what is missing)
         out = conversion_dir(src, self.store.root / layout.CONVERTED)
         if (out / RECORD).is_file() and not _inputs_unchanged(p, out / RECORD):
