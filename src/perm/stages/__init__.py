@@ -32,6 +32,7 @@ from perm.stages import (
     train_members,
     train_rm,
 )
+from perm.stages._plan import stage_writing
 
 MODULES = (testbed, pretrain, sft, policy_prefs, train_rm, train_members, sample, score, analyze, report)
 """Every stage, each after the stages it needs (the order `perm run` and the plan list them in)."""
@@ -63,10 +64,7 @@ _check(MODULES)
 def stage_of(manifest_name: str):
     """The stage module that writes `manifest_name` (a name or a grid member's, e.g. ``rm/seed0-ft1``), or
     None where no stage declares it."""
-    for m in MODULES:
-        if any(layout.match(pattern, manifest_name) is not None for pattern in m.WRITES):
-            return m
-    return None
+    return stage_writing(MODULES, manifest_name)
 
 
 def describe() -> str:

@@ -27,7 +27,7 @@ from perm.config import RunConfig
 from perm.executors import JobFailedError, LocalExecutor, PoolExecutor, RayExecutor, _usable_cpus
 from perm.progress import Progress, StageProgress, Watched, reporting
 from perm.stages._checkpoints import Checkpoints
-from perm.stages._plan import Work, format_work
+from perm.stages._plan import Work, format_work, stage_writing
 from perm.store import RunStore, hash_obj, read_column  # noqa: F401  (read_column: for the stages)
 
 
@@ -312,9 +312,8 @@ class Context:
             return False
         if not self.rerun or name in self._redone:
             return True
-        owner = next((m.NAME for m in self._stages.values()
-                      if any(layout.match(pattern, name) is not None for pattern in m.WRITES)), None)
-        return owner not in self.rerun
+        owner = stage_writing(self._stages.values(), name)
+        return owner is None or owner.NAME not in self.rerun
 
     def skip(self, name: str, key: str) -> bool:
         if self.complete(name, key):

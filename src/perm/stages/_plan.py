@@ -109,3 +109,14 @@ def format_plan(works: Iterable[Work], every: float) -> list[str]:
     lines.append("progress: each job, and a stage's jobs together, report their rate and ETA every "
                  f"{every:g} s (bars on a terminal), once their first steps are timed")
     return lines
+
+
+def stage_writing(modules: Iterable, manifest_name: str):
+    """The stage module of `modules` whose WRITES declare `manifest_name` (a name or a grid member's, e.g.
+    ``rm/seed0-ft1``), or None where none does."""
+    from perm import run_layout as layout
+
+    for m in modules:
+        if any(layout.match(pattern, manifest_name) is not None for pattern in m.WRITES):
+            return m
+    return None
