@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from perm.models import ModelLoadError, load_reward_backbone, reward_head, seeded
+from perm.models import ModelLoadError, count_parameters, load_reward_backbone, reward_head, seeded
 
 KINDS = ("multihead", "lora", "warm", "mcdropout")
 """Member kinds `ensembles.kinds` may name."""
@@ -176,6 +176,5 @@ def dropout_on(model, p: float) -> Iterator[None]:
 
 def parameter_counts(model) -> dict[str, int]:
     """``{"total": every parameter, "trainable": those with requires_grad}`` of ``model``."""
-    params = list(model.parameters())
-    return {"total": sum(p.numel() for p in params),
-            "trainable": sum(p.numel() for p in params if p.requires_grad)}
+    return {"total": count_parameters(model),
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
