@@ -120,18 +120,23 @@ def exactness(device, hidden: int, layers: int, heads: int, prompt: int, complet
     return out
 
 
-def sampling(device, hidden: int, layers: int, heads: int) -> dict:
+def _word_policy(device, words: int, hidden: int, layers: int, heads: int):
+    """A word-level tokenizer of `words` words (w0, w1, ...) and a random GPT-NeoX policy over it."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import GPTNeoXForCausalLM, PreTrainedTokenizerFast
 
-    from perm.policy import sample_pool
-
-    vocab = {"<|endoftext|>": EOS, "<|pad|>": PAD, **{f"w{i}": i + 2 for i in range(200)}}
+    vocab = {"<|endoftext|>": EOS, "<|pad|>": PAD, **{f"w{i}": i + 2 for i in range(words)}}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|endoftext|>")
     torch.manual_seed(0)
-    model = GPTNeoXForCausalLM(_cfg(len(vocab), hidden, layers, heads)).to(device).eval()
+    return tokenizer, GPTNeoXForCausalLM(_cfg(len(vocab), hidden, layers, heads)).to(device).eval()
+
+
+def sampling(device, hidden: int, layers: int, heads: int) -> dict:
+    from perm.policy import sample_pool
+
+    tokenizer, model = _word_policy(device, 200, hidden, layers, heads)
     rng = np.random.default_rng(1)
     prompts = [" ".join(f"w{i}" for i in rng.integers(0, 200, 40 + 5 * k)) for k in range(8)]
     kw = dict(n_samples=6, max_new_tokens=16, seed=0, device=device)
@@ -167,17 +172,9 @@ def rm_step(device, hidden: int, layers: int, heads: int, prompt: int, pairs: in
 
 def decode_batch(device, hidden: int, layers: int, heads: int, prompt: int, memory_gb: float | None) -> dict:
     """Seconds and peak memory of sampling 72 completions of 48 tokens for each of 8 prompts."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import GPTNeoXForCausalLM, PreTrainedTokenizerFast
-
     from perm.policy import sample_pool
 
-    vocab = {"<|endoftext|>": EOS, "<|pad|>": PAD, **{f"w{i}": i + 2 for i in range(2000)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|endoftext|>")
-    torch.manual_seed(0)
-    model = GPTNeoXForCausalLM(_cfg(len(vocab), hidden, layers, heads)).to(device).eval()
+    tokenizer, model = _word_policy(device, 2000, hidden, layers, heads)
     rng = np.random.default_rng(3)
     prompts = [" ".join(f"w{i}" for i in rng.integers(0, 2000, prompt)) for _ in range(8)]
     _peak_reset(device)

@@ -62,6 +62,18 @@ def _run_dir(tmp_path, tokenizer):
     return run
 
 
+def _pair_files(run):
+    """48 training pairs on 24 prompts (two pairs per prompt: grouped batches, a prompt's pairs may straddle
+    ranks) and 16 held-out pairs, as the run's data files; returns the held-out (prompts, chosen, rejected)."""
+    prompts, chosen, rejected = toy_pairs(48, seed=0)
+    prompts[24:] = prompts[:24]
+    pq.write_table(pa.table({"prompt": prompts, "chosen": chosen, "rejected": rejected}),
+                   run / "data" / "prefs_train.parquet")
+    ep, ec, er = toy_pairs(16, seed=1)
+    pq.write_table(pa.table({"prompt": ep, "chosen": ec, "rejected": er}), run / "data" / "prefs_eval.parquet")
+    return ep, ec, er
+
+
 @pytest.mark.slow  # ~45 s: four processes start (torch, transformers), two of them train
 def test_ddp_reward_model_equals_one_process_within_rounding(tmp_path, tokenizer, tiny_backbone_dir):
     from perm.config import RewardConfig, to_dict
@@ -70,12 +82,7 @@ def test_ddp_reward_model_equals_one_process_within_rounding(tmp_path, tokenizer
     from perm.reward import encode
 
     run = _run_dir(tmp_path, tokenizer)
-    prompts, chosen, rejected = toy_pairs(48, seed=0)
-    prompts[24:] = prompts[:24]  # two pairs per prompt: grouped batches, a prompt's pairs may straddle ranks
-    pq.write_table(pa.table({"prompt": prompts, "chosen": chosen, "rejected": rejected}),
-                   run / "data" / "prefs_train.parquet")
-    ep, ec, er = toy_pairs(16, seed=1)
-    pq.write_table(pa.table({"prompt": ep, "chosen": ec, "rejected": er}), run / "data" / "prefs_eval.parquet")
+    ep, ec, er = _pair_files(run)
     # 48 pairs in batches of 8 (4 per rank) for 4 epochs: 24 steps, every batch split evenly
     reward = to_dict(RewardConfig()) | {"batch_size": 8, "epochs": 4.0, "eval_every": 8, "max_length": 32}
     kw = dict(run_dir=str(run), backbone=str(tiny_backbone_dir), pretrain_id="seed0", finetune_seed=0,
@@ -112,12 +119,7 @@ def test_ddp_with_micro_batches_equals_one_process_within_rounding(tmp_path, tok
     from perm.models import load_reward_model
 
     run = _run_dir(tmp_path, tokenizer)
-    prompts, chosen, rejected = toy_pairs(48, seed=0)
-    prompts[24:] = prompts[:24]
-    pq.write_table(pa.table({"prompt": prompts, "chosen": chosen, "rejected": rejected}),
-                   run / "data" / "prefs_train.parquet")
-    ep, ec, er = toy_pairs(16, seed=1)
-    pq.write_table(pa.table({"prompt": ep, "chosen": ec, "rejected": er}), run / "data" / "prefs_eval.parquet")
+    _pair_files(run)
     reward = to_dict(RewardConfig()) | {"batch_size": 8, "epochs": 2.0, "eval_every": 100, "max_length": 32}
     kw = dict(run_dir=str(run), backbone=str(tiny_backbone_dir), pretrain_id="seed0", finetune_seed=0,
               n_pairs=None, device="cpu", threads=1, precision="fp32", show_progress=False)
