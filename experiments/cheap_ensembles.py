@@ -76,7 +76,8 @@ def section(run: Path) -> str:
     named_cov = cov[cov.statistic.str.startswith("named ensemble")]
     lines = [BEGIN, "", f"### `{run.name}` (`configs/cheap-ensembles.yaml`): best-of-{n}, 90% intervals", "",
              f"Machine: {hw['cpu']['model']} ({hw['device']}), precision {hw['precision']}; fp32 matmul peak "
-             f"measured with this table: {peak['flops_per_s'] / 1e9:.0f} GFLOP/s. Seconds are this machine's; "
+             f"measured when this table was written: {peak['flops_per_s'] / 1e9:.0f} GFLOP/s (not during the "
+             "run, which shared the cores with other jobs). Seconds are this machine's; "
              "the pretrain ensemble's include pretraining the other 4 backbones as recorded where the testbed's "
              "were built. Mean aggregator (a one-model ensemble ranks by its own reward); every aggregator is in "
              "analysis/ensembles.parquet. The pretrain ensemble's gain over a single RM is "
