@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from perm.report_inputs import learnability, rm_records
@@ -62,9 +63,16 @@ def main(root: Path) -> None:
         if rows.empty:
             continue
         where = "pool" if n is None else f"picks n={n}"
-        print(f"  seed variance, {where}: " + "; ".join(
-            f"{k} {100 * rows.loc[k, 'estimate']:.1f}% [{100 * rows.loc[k, 'lo']:.1f}, {100 * rows.loc[k, 'hi']:.1f}]"
-            for k in ("share_pt", "share_ft", "share_res")) + f"  (R = {int(rows.R.iloc[0])})")
+        def cell(k, rows=rows):
+            est, lo, hi = (100 * float(rows.loc[k, c]) for c in ("estimate", "lo", "hi"))
+            return f"{k} {est:.1f}% " + (f"[{lo:.1f}, {hi:.1f}]" if np.isfinite(lo) else "(no interval)")
+
+        print(f"  seed variance, {where}: " + "; ".join(cell(k) for k in ("share_pt", "share_ft", "share_res"))
+              + f"  (R = {int(rows.R.iloc[0])})")
+        notes = [rows.loc[k, "note"] for k in ("share_pt", "share_ft") if "note" in rows.columns
+                 and isinstance(rows.loc[k, "note"], str) and rows.loc[k, "note"]]
+        if notes and n is None:
+            print("    no interval: " + " | ".join(notes))
     f2 = pd.read_parquet(a / "figure2.parquet")
     for n in (4, 16, 64):
         rows = f2[f2.n == n].set_index("relation")

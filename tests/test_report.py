@@ -226,6 +226,10 @@ def test_contrasts_of_one_pretrains_pairs_are_marked(tmp_path, full):
     assert len(marked) == 4  # two figures x (same_pretrain - neither, same_pretrain - different_pretrain)
     assert page.count("one pretrain&#x27;s pairs *") == 4
     assert "Every same_pretrain pair here comes from one pretrain" in page
+    # ... and the seed shares keep their estimates without intervals, saying why (the full fixture has them)
+    assert "no interval over pretrains or finetune seeds" in page
+    assert "The pretraining seed share has no interval: every same_pretrain pair has pretrain p0" in page
+    assert "no interval over" not in full["html"] and "has no interval" not in full["html"]
 
 
 def test_one_pretrain_no_hacking(tmp_path):

@@ -295,7 +295,7 @@ def seed_variance(tensor: RewardTensor, ns=None, scope: str = "shared", draws: i
     ns = _check_ns(ns, tensor.pool_size)
     pool, pids, fseeds = _rm_meta(tensor)
     columns = ["weighting", "n", "ranker", "statistic", "estimate", "se", "lo", "hi", "df", "se_prompt", "R",
-               "F", "resamples", "missing"]
+               "F", "resamples", "missing", "note"]
     if len(pids) < 2:
         return pd.DataFrame(columns=columns)
     counts = seedstats.relation_counts(seedstats.pair_relations(pids, fseeds, scope))
@@ -309,7 +309,7 @@ def seed_variance(tensor: RewardTensor, ns=None, scope: str = "shared", draws: i
             rows.append({"weighting": weighting, "n": n, "ranker": ranker_name if n else None,
                          "statistic": r.statistic, "estimate": r.estimate, "se": r.se, "lo": r.lo, "hi": r.hi,
                          "df": r.df, "se_prompt": r.se_prompt, "R": r.R, "F": r.F, "resamples": r.resamples,
-                         "missing": missing})
+                         "missing": missing, "note": r.note})
     out = pd.DataFrame(rows, columns=columns)
     out["n"] = pd.array(out["n"].tolist(), dtype="Int64")
     return out
@@ -1048,7 +1048,7 @@ def run_analysis(
         rm = tensor.rm_indices
         results["coverage"] = simulate_coverage(
             [tensor.pretrain_ids[i] for i in rm], [tensor.finetune_seeds[i] for i in rm], scope,
-            n_prompts=min(tensor.n_prompts, 60), pool_size=min(tensor.pool_size, 16), sims=coverage_sims,
+            n_prompts=min(tensor.n_prompts, 60), pool_size=min(tensor.pool_size, 64), sims=coverage_sims,
             draws=min(bootstrap, 200), level=level, seed=seed)
         sizes = [len(v) for v in tensor.ensembles.values() if len(v) >= 2]
         if sizes:

@@ -10,9 +10,10 @@ made of:
 * ``single mean``: the mean over RMs and prompts of per-RM, per-prompt values (a Table 1 single-RM cell,
   Figure 1 and 2's relation means), ``y[m, p] = σ_pt·A[pretrain] + σ_ft·F[finetune seed] + 0.3·AF[m] +
   prompt[p] + noise``, truth 0;
-* ``share_pt``: the pool decomposition's pretrain share (:func:`perm.seedstats.decomposition_intervals`) on
-  :func:`perm.seedstats.planted_pool` scores whose seed effects vary in size from seed to seed (log-normal,
-  sd 0.5: seeds are not all alike), truth :func:`heterogeneous_share_pt` (the population share).
+* ``share_pt`` (and ``share_ft``): the pool decomposition's pretrain (finetune) share
+  (:func:`perm.seedstats.decomposition_intervals`) on :func:`perm.seedstats.planted_pool` scores whose seed
+  effects vary in size from seed to seed (log-normal, sd 0.5: seeds are not all alike), truth
+  :func:`heterogeneous_share_pt` (the population share).
 
 Scenarios (σ_pt, σ_ft) span no seed effect, either one, and both. The report prints the range of coverage
 over scenarios beside its intervals. A run with named ensembles also gets :func:`simulate_named_coverage`:
@@ -58,15 +59,20 @@ def simulate_coverage(
     pretrain_ids: Sequence, finetune_seeds: Sequence, scope: str = "shared", n_prompts: int = 100,
     pool_size: int = 16, sims: int = 300, draws: int = 200, level: float = 0.9, seed: int = 0,
     scenarios: Sequence[tuple[float, float]] = SCENARIOS,
-    statistics: Sequence[str] = ("single mean", "share_pt"),
+    statistics: Sequence[str] = ("single mean", "share_pt", "share_ft"),
 ) -> pd.DataFrame:
     """Coverage of ``level`` intervals on this design: one row per (scenario, statistic) with ``sigma_pt,
     sigma_ft, statistic, coverage`` (share of ``sims`` simulated grids whose interval holds the truth),
-    ``mc_se`` (its binomial se), ``width`` (mean interval width), ``sims``, ``level``, ``resamples``."""
+    ``mc_se`` (its binomial se), ``width`` (mean interval width), ``sims``, ``level``, ``resamples``. A share
+    the design gives no interval (:func:`perm.seedstats.one_unit_relations`: the paper layout's) has no
+    rows."""
     design = seedstats.seed_design(pretrain_ids, finetune_seeds, scope)
     pu, _ = seedstats.pretrain_units(pretrain_ids)
     fu, _ = seedstats.pretrain_units(finetune_seeds)
     m = len(pu)
+    without = seedstats.one_unit_relations(seedstats.pair_relations(pretrain_ids, finetune_seeds, scope),
+                                           pretrain_ids, finetune_seeds)
+    statistics = [s for s in statistics if not (s.startswith("share_") and s[len("share_"):] in without)]
     rng = np.random.default_rng(seed)
     truths: dict[tuple[float, float], float] = {}
     rows = []
@@ -82,7 +88,8 @@ def simulate_coverage(
                                               level=level, seed=i, finetune_seeds=finetune_seeds,
                                               scope=scope).iloc[0]
                 hits["single mean"].append((bool(r.lo <= 0.0 <= r.hi), float(r.hi - r.lo)))
-            if "share_pt" in statistics:
+            shares = [k for k in ("share_pt", "share_ft") if k in statistics]
+            if shares:
                 pool = seedstats.planted_pool(rng, pretrain_ids, finetune_seeds, n_prompts, pool_size, 0.0,
                                               0.0)
                 a = rng.standard_normal((pu.max() + 1, n_prompts, pool_size))
@@ -90,14 +97,15 @@ def simulate_coverage(
                 ga, gf = (_seed_gain(rng, pu.max() + 1, HETEROGENEITY),
                           _seed_gain(rng, fu.max() + 1, HETEROGENEITY))
                 pool = pool + sigma_pt * (ga[:, None, None] * a)[pu] + sigma_ft * (gf[:, None, None] * f)[fu]
-                if (sigma_pt, sigma_ft) not in truths:
-                    truths[(sigma_pt, sigma_ft)] = heterogeneous_share_pt(sigma_pt, sigma_ft)
-                truth = truths[(sigma_pt, sigma_ft)]
+                if (sigma_pt, sigma_ft) not in truths:  # share_ft is share_pt with the factors' roles swapped
+                    truths[(sigma_pt, sigma_ft)] = {"share_pt": heterogeneous_share_pt(sigma_pt, sigma_ft),
+                                                    "share_ft": heterogeneous_share_pt(sigma_ft, sigma_pt)}
                 df = seedstats.decomposition_intervals(
                     pool, pretrain_ids, finetune_seeds, scope=scope, draws=draws, level=level, seed=i,
                 ).set_index("statistic")
-                r = df.loc["share_pt"]
-                hits["share_pt"].append((bool(r.lo <= truth <= r.hi), float(r.hi - r.lo)))
+                for k in shares:
+                    truth, r = truths[(sigma_pt, sigma_ft)][k], df.loc[k]
+                    hits[k].append((bool(r.lo <= truth <= r.hi), float(r.hi - r.lo)))
         for stat, h in hits.items():
             cov = float(np.mean([c for c, _ in h]))
             rows.append({"sigma_pt": sigma_pt, "sigma_ft": sigma_ft, "statistic": stat, "coverage": cov,

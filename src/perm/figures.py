@@ -212,12 +212,21 @@ def _relation_notes(df: pd.DataFrame, meta: Mapping | None = None) -> list[str]:
 
 
 def _seed_note(df: pd.DataFrame) -> list[str]:
+    """What the intervals of ``df`` resample (its ``resamples`` column, else R pretrains, finetunes nested),
+    and any row's ``note`` on an interval the design does not give."""
     if "R" not in df.columns or df.empty or not _present(df.R.iloc[0]):
         return []
     r = int(df.R.iloc[0])
     coarse = " With so few pretrains the seed part of the interval is coarse." if r < 10 else ""
-    return [f"Intervals resample the R = {r} pretrain seeds (their finetunes nested) "
-            f"and the prompts.{coarse}"]
+    what = (str(df.resamples.iloc[0]) if "resamples" in df.columns and _present(df.resamples.iloc[0])
+            else f"the R = {r} pretrain seeds (their finetunes nested) x the prompts")
+    notes = [f"Intervals resample {what}.{coarse}"]
+    if {"note", "statistic"} <= set(df.columns):
+        for statistic, note in dict(zip(df.statistic, df.note, strict=True)).items():
+            if isinstance(note, str) and note:
+                notes.append(f"The {STYLE.get(statistic, {}).get('label', statistic)} share has no interval: "
+                             f"{note}.")
+    return notes
 
 
 def _fmt(mean: float, se: float, digits: int = 3) -> str:

@@ -240,14 +240,23 @@ def _card_seed(results) -> Card | None:
     pt, ft = pool.loc["share_pt"], pool.loc["share_ft"]
     if not (np.isfinite(pt.estimate) and np.isfinite(ft.estimate)):
         return None
+    unresolved = [what for what, row in (("pretrain", pt), ("finetune seed", ft))
+                  if not np.isfinite(row.lo) and isinstance(getattr(row, "note", ""), str) and row.note]
+    why = (f"no interval over {' or '.join(w + 's' for w in unresolved)}: in this layout the RM pairs that "
+           f"share a {' or a '.join(unresolved)} all share the same one, and how much a seed moves the RMs "
+           "differs from seed to seed (reward.layout: full gives intervals)" if unresolved else "")
+    if len(unresolved) == 2:
+        paren = f" ({why})"
+    else:
+        paren = (f" (90% intervals over {resamples_phrase(results)}"
+                 + (f"; {coverage_range(results, 'share_pt')} for the pretrain share"
+                    if coverage_range(results, "share_pt") else "") + (f"; {why}" if why else "") + ")")
     return (
         "Where RMs disagree: pretraining vs finetuning seed",
         f"{_pct(pt.estimate, digits=0)} vs {_pct(ft.estimate, digits=0)}",
         f"of the RM-to-RM variation on the policy's outputs, {_interval(pt.estimate, pt.lo, pt.hi)} comes "
-        f"from the pretraining seed and {_interval(ft.estimate, ft.lo, ft.hi)} from the finetuning seed (90% "
-        f"intervals over {resamples_phrase(results)}"
-        + (f"; {coverage_range(results, 'share_pt')} for the pretrain share"
-           if coverage_range(results, "share_pt") else "") + ")",
+        f"from the pretraining seed and {_interval(ft.estimate, ft.lo, ft.hi)} from the finetuning seed"
+        + paren,
     )
 
 
@@ -663,7 +672,8 @@ def _contrasts_html(results) -> str:
 
 
 COVERAGE_LABELS = {"single mean": "a mean over RMs and prompts (Figures 1, 2, Table 1's single RM)",
-                   "share_pt": "the pool's pretrain share (the seed decomposition)"}
+                   "share_pt": "the pool's pretrain share (the seed decomposition)",
+                   "share_ft": "the pool's finetune share (the seed decomposition)"}
 
 
 def _coverage_label(statistic: str) -> str:
