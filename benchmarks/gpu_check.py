@@ -13,7 +13,7 @@ On the device it prints (and writes to ``DIR/gpu_check.json``):
 4. **step time and peak memory at the preset's shapes** (bf16 autocast on CUDA, fp32 weights): an RM training
    step of 64 pairs with ~512-token prompts for the 160m grid shape and the 1b evaluator shape (24 layers is
    pythia-1b's; 16 here, hidden 2048), whole and in micro-batches of 16 (``reward.micro_batch_size``), and a
-   sampling decode batch of 8 prompts x 72 samples, whole and capped by ``policy.sample_memory_gb``;
+   sampling decode batch of 8 prompts x 72 samples, whole and capped by ``sample.memory_gb``;
 5. the quick config end to end on the device (``--small`` skips it).
 
 Random weights and token ids stand in for the checkpoints: shapes, not values, set the costs measured here.

@@ -20,7 +20,7 @@ from perm.stages.policy_prefs import job_policy_prefs
 
 def main(run: Path, name: str, overrides: list[str]) -> None:
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    p = cfg["policy"]
+    p = cfg["policy_pairs"]
     kw = {"kwise": None, "pairs_per_post": 3, "seed": p["seed"], "max_new_tokens": p["max_new_tokens"],
           "batch_prompts": 96}
     for o in overrides:

@@ -103,7 +103,7 @@ def hub(monkeypatch):
 
 def _hub_cfg(**over):
     o = {"pretrain.checkpoints": "[EleutherAI/pythia-160m-seed1@step143000,EleutherAI/pythia-160m-seed2@step143000]",
-         "evaluator.checkpoint": "EleutherAI/pythia-1b-deduped", "policy.checkpoint": "trl-lib/pythia-1b-deduped-tldr-sft",
+         "evaluator.checkpoint": "EleutherAI/pythia-1b-deduped", "sft.checkpoint": "trl-lib/pythia-1b-deduped-tldr-sft",
          "data.prefs": "openai/summarize_from_feedback", "reward.pairs": "testbed", "reward.finetune_seeds": "[0,1,2]",
          "out": "runs/check-test"}
     o.update(over)
@@ -117,7 +117,7 @@ def test_a_good_hub_config_passes_and_lists_every_id_and_revision(hub):
     for key, spec in [("pretrain.checkpoints[0]", "EleutherAI/pythia-160m-seed1@step143000"),
                       ("pretrain.checkpoints[1]", "EleutherAI/pythia-160m-seed2@step143000"),
                       ("evaluator.checkpoint", "EleutherAI/pythia-1b-deduped"),
-                      ("policy.checkpoint", "trl-lib/pythia-1b-deduped-tldr-sft"),
+                      ("sft.checkpoint", "trl-lib/pythia-1b-deduped-tldr-sft"),
                       ("data.prefs", "openai/summarize_from_feedback")]:
         assert any(line.strip().startswith(key) and spec in line for line in res.lines), text
     assert "tokenizer: the 4 checkpoints share one (tokenizer.json aaaaaaaaaaaa)" in text
@@ -129,7 +129,7 @@ def test_a_good_hub_config_passes_and_lists_every_id_and_revision(hub):
     assert n_reward_models(_hub_cfg()) == 4
     assert "4 RMs × 4.0 KB" in text and "the evaluator RM 20.0 KB" in text
     r = runner.invoke(app, ["check", *[f"{k}={v}" for k, v in {
-        "pretrain.checkpoints": "[EleutherAI/pythia-160m-seed1@step143000]", "policy.checkpoint": "trl-lib/pythia-1b-deduped-tldr-sft",
+        "pretrain.checkpoints": "[EleutherAI/pythia-160m-seed1@step143000]", "sft.checkpoint": "trl-lib/pythia-1b-deduped-tldr-sft",
         "evaluator.enabled": "false", "data.prefs": "openai/summarize_from_feedback", "reward.pairs": "testbed"}.items()]])
     assert r.exit_code == 0, r.output
     assert "ok: no problems found" in r.output
@@ -138,7 +138,7 @@ def test_a_good_hub_config_passes_and_lists_every_id_and_revision(hub):
 def test_bin_only_weights_a_missing_revision_and_another_tokenizer_are_each_named(hub):
     cfg = _hub_cfg(**{"pretrain.checkpoints": "[EleutherAI/pythia-160m-seed1@step143000,EleutherAI/pythia-160m-seed2@step1430]",
                       "evaluator.checkpoint": "cleanrl/pythia-1b-sft@sft__55513__1706646024",
-                      "policy.checkpoint": "other/policy", "data.prefs": "nobody/nothing",
+                      "sft.checkpoint": "other/policy", "data.prefs": "nobody/nothing",
                       "pretrain.convert_bin": "false"})
     res = check_config(cfg)
     p = "\n".join(res.problems)
@@ -148,14 +148,14 @@ def test_bin_only_weights_a_missing_revision_and_another_tokenizer_are_each_name
             "'sft__55513__1706646024', only pytorch_model.bin (pickled weights perm refuses to load): convert them with "
             "`perm convert cleanrl/pythia-1b-sft@sft__55513__1706646024 OUT` and set evaluator.checkpoint to OUT, or "
             "set `pretrain.convert_bin: true`") in p
-    assert ("tokenizer: policy.checkpoint (other/policy) has another tokenizer than pretrain.checkpoints[0] "
+    assert ("tokenizer: sft.checkpoint (other/policy) has another tokenizer than pretrain.checkpoints[0] "
             "(EleutherAI/pythia-160m-seed1@step143000): tokenizer.json differs") in p
     assert "data.prefs: nobody/nothing: no such repository on the hub" in p
     converted = check_config(dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, convert_bin=True)))
     assert len(converted.problems) == 3 and not any("cleanrl" in q for q in converted.problems)  # as the run does
     assert "pytorch_model.bin file(s), converted into the run (pretrain.convert_bin)" in converted.text()
     r = runner.invoke(app, ["check", *[f"{k}={v}" for k, v in {
-        "pretrain.checkpoints": "[EleutherAI/pythia-160m-seed1@step143000]", "policy.checkpoint": "other/policy",
+        "pretrain.checkpoints": "[EleutherAI/pythia-160m-seed1@step143000]", "sft.checkpoint": "other/policy",
         "evaluator.enabled": "false", "data.prefs": "openai/summarize_from_feedback", "reward.pairs": "testbed"}.items()]])
     assert r.exit_code == 2
     assert "problems (1):" in r.output and "has another tokenizer" in r.output
@@ -186,7 +186,7 @@ def _save(tmp_path, name, *, extra_token: str | None = None, safetensors: bool =
 def _local_cfg(tmp_path, ckpts, policy, evaluator=None):
     prefs = tmp_path / "pairs.jsonl"
     prefs.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
-    over = [f"pretrain.checkpoints=[{','.join(str(c) for c in ckpts)}]", f"policy.checkpoint={policy}",
+    over = [f"pretrain.checkpoints=[{','.join(str(c) for c in ckpts)}]", f"sft.checkpoint={policy}",
             f"data.prefs={prefs}", "reward.pairs=testbed", "reward.finetune_seeds=[0,1]", f"out={tmp_path / 'run'}"]
     over += [f"evaluator.checkpoint={evaluator}"] if evaluator else ["evaluator.enabled=false"]
     return config_from_overrides(over)
@@ -216,7 +216,7 @@ def test_local_checkpoints_on_real_files(tmp_path, monkeypatch):
     assert (f"pretrain.checkpoints[1]: {old}: no *.safetensors weights, only pytorch_model.bin (pickled weights perm "
             f"refuses to load): convert them with `perm convert {old} OUT` and set pretrain.checkpoints[1] to OUT") in p
     assert f"pretrain.checkpoints[2]: {tmp_path / 'missing' / 'dir'}: no such local directory (and not a hub id)" in p
-    assert f"tokenizer: policy.checkpoint ({other}) has another tokenizer than pretrain.checkpoints[0] ({a})" in p
+    assert f"tokenizer: sft.checkpoint ({other}) has another tokenizer than pretrain.checkpoints[0] ({a})" in p
 
 
 def test_local_and_hub_tokenizers_compare_by_content_hash(tmp_path, hub):
@@ -227,7 +227,7 @@ def test_local_and_hub_tokenizers_compare_by_content_hash(tmp_path, hub):
     assert res.problems == [], res.text()
     hub.repos[("org/policy", None)] = _model("org/policy", tokenizer_sha=TOK_B)
     res = check_config(_local_cfg(tmp_path, [a], "org/policy"))
-    assert [p for p in res.problems if p.startswith("tokenizer: policy.checkpoint (org/policy)")]
+    assert [p for p in res.problems if p.startswith("tokenizer: sft.checkpoint (org/policy)")]
 
 
 def test_a_policy_tokenizer_that_only_adds_a_pad_token_passes_as_the_run_passes_it(tmp_path, hub):
@@ -245,7 +245,7 @@ def test_a_policy_tokenizer_that_only_adds_a_pad_token_passes_as_the_run_passes_
     hub.files = {("org/policy", f.name): f for f in padded.iterdir()}
     res = check_config(_local_cfg(tmp_path, [a], "org/policy"))
     assert res.problems == [], res.text()
-    assert "policy.checkpoint by the run's rule" in res.text()
+    assert "sft.checkpoint by the run's rule" in res.text()
     assert ("download", "org/policy", "tokenizer.json") in hub.calls
     other = tmp_path / "other"
     tok = make_tokenizer()

@@ -69,7 +69,7 @@ def test_bad_preference_file_exits_2_naming_line_and_field(tmp_path, tiny_backbo
     (tmp_path / "p.jsonl").write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": 5, "rejected": "c"}\n')
     out = tmp_path / "run"
     r = runner.invoke(app, ["testbed", f"out={out}", f"data.prefs={tmp_path / 'p.jsonl'}", "data.train_split=null",
-                            f"pretrain.checkpoints=[{tiny_backbone_dir}]", f"policy.checkpoint={tiny_backbone_dir}",
+                            f"pretrain.checkpoints=[{tiny_backbone_dir}]", f"sft.checkpoint={tiny_backbone_dir}",
                             "evaluator.enabled=false", "reward.pairs=testbed"])
     assert r.exit_code == 2
     assert "p.jsonl: line 2: field 'chosen'" in r.output
@@ -80,7 +80,7 @@ def test_own_pairs_with_policy_pairs_say_how_to_fix(tmp_path, tiny_backbone_dir)
     """reward.pairs: auto (the default) trains on your pairs with data.prefs; asking for the policy's own pairs,
     which need the testbed's gold reward, is an error that says how to fix it."""
     common = [f"data.prefs={tmp_path / 'p.jsonl'}", f"pretrain.checkpoints=[{tiny_backbone_dir}]",
-              f"policy.checkpoint={tiny_backbone_dir}", "evaluator.enabled=false", f"out={tmp_path / 'run'}"]
+              f"sft.checkpoint={tiny_backbone_dir}", "evaluator.enabled=false", f"out={tmp_path / 'run'}"]
     r = runner.invoke(app, ["testbed", *common, "reward.pairs=policy"])
     assert r.exit_code == 2 and "set reward.pairs=testbed" in r.output
     (tmp_path / "p.jsonl").write_text('{"prompt": "w1 TL;DR:", "chosen": " good", "rejected": " bad"}\n' * 3)

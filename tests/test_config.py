@@ -187,16 +187,17 @@ def test_quick_yaml_resolves_to_the_recorded_config():
     precision resolved to fp32): quick.yaml must not drift from it when a default changes."""
     import json
 
-    from perm.config import configs_dir, to_dict
+    from perm.config import configs_dir, migrate_moved_keys, to_dict
 
     recorded = json.loads((Path(__file__).parent / "fixtures" / "stage_keys" / "default.json").read_text())["config"]
+    recorded = migrate_moved_keys(recorded, say=lambda line: None)  # policy.* -> sft, sample, policy_pairs
     overrides = [f"{k}={recorded[k]}" for k in ("out", "threads", "device", "precision")]
     now = to_dict(load_config(configs_dir() / "quick.yaml", overrides))
     added = added_fields(now, recorded)
     assert set(added) <= {"analysis.bootstrap", "analysis.coverage_sims", "analysis.figure3", "analysis.level", "analysis.pick_ranker", "data.bad_rows", "data.max_bad_fraction",
                           "evaluator.extra_posts", "evaluator.finetune_seed", "evaluator.rm_checkpoint", "pretrain.convert_bin",
-                          "pretrain.checkpoint_every", "reward.finetune_seed_scope", "reward.pairs_from", "reward.policy_kwise",
-                          "reward.readout", "reward.micro_batch_size", "ensembles", "policy.sample_memory_gb", "reward.processes", "reward.rm_checkpoints"}, added
+                          "pretrain.checkpoint_every", "reward.finetune_seed_scope", "reward.pairs_from", "policy_pairs.kwise",
+                          "reward.readout", "reward.micro_batch_size", "ensembles", "sample.memory_gb", "reward.processes", "reward.rm_checkpoints"}, added
     defaults = to_dict(RunConfig())
     kit = {"evaluator.rm_checkpoint", "reward.pairs_from"}  # pinned to null: quick.yaml trains its world
     assert all(now[f.split(".")[0]][f.split(".")[1]] is None for f in kit)
@@ -215,7 +216,8 @@ def test_every_config_field_has_a_docstring():
     tree = ast.parse(Path(perm.config.__file__).read_text(encoding="utf-8"))
     classes = [c for c in tree.body if isinstance(c, ast.ClassDef) and c.name.endswith("Config")]
     assert {c.name for c in classes} >= {"TestbedConfig", "DataConfig", "BackboneConfig", "PretrainConfig",
-                                         "RewardConfig", "EvaluatorConfig", "PolicyConfig", "AnalysisConfig",
+                                         "RewardConfig", "EvaluatorConfig", "SftConfig", "PolicyPairsConfig",
+                                         "SampleConfig", "AnalysisConfig",
                                          "RayConfig", "RunConfig"}
     missing, n_fields = [], 0
     for c in classes:
@@ -246,3 +248,21 @@ def test_ensembles_name_what_the_run_has_before_anything_trains(tmp_path):
                                                     "ensembles.size=2", "ensembles.named=[mine=lora-0+seed0-ft1]"])
     assert any(w.stage == "train-members" for w in Pipeline(ok, Progress("quiet")).plan("run"))
     assert not (tmp_path / "run" / "members").exists()
+
+
+def test_moved_keys_load_with_one_line_naming_the_new_key(capsys):
+    """policy.* (split into sft, sample and policy_pairs) and reward.policy_* still load, saying where they
+    went; the config equals the one written with the new keys; a key given both ways is an error."""
+    old = config_from_overrides(["policy.sft_lr=3e-4", "policy.pool_size=16", "policy.seed=3",
+                                 "reward.policy_kwise=4", "policy.sample_memory_gb=0.5"])
+    err = capsys.readouterr().err.splitlines()
+    assert "perm: config key policy.sft_lr is now sft.lr (the old key loads for one release)" in err
+    assert "perm: config key policy.seed is now sample.seed and policy_pairs.seed (the old key loads for one release)" in err
+    assert len(err) == 5
+    new = config_from_overrides(["sft.lr=3e-4", "sample.pool_size=16", "sample.seed=3", "policy_pairs.seed=3",
+                                 "policy_pairs.kwise=4", "sample.memory_gb=0.5"])
+    assert old == new and capsys.readouterr().err == ""
+    with pytest.raises(ConfigError, match=r"policy\.pool_size: given beside its new key sample\.pool_size"):
+        config_from_overrides(["policy.pool_size=16", "sample.pool_size=8"])
+    with pytest.raises(ConfigError, match=r"policy\.nope: unknown key \(the policy section's keys moved"):
+        config_from_overrides(["policy.nope=1"])

@@ -66,7 +66,7 @@ def test_run_writes_every_artefact(baseline):
 
     cfg = load_config(QUICK)
     n_models = 3 + 1 + 1  # grid RMs, evaluator, gold
-    rows = cfg.testbed.n_eval_prompts * (cfg.policy.pool_size + cfg.policy.n_reference) * n_models
+    rows = cfg.testbed.n_eval_prompts * (cfg.sample.pool_size + cfg.sample.n_reference) * n_models
     assert pq.read_table(baseline / "rewards.parquet").num_rows == rows
 
 
@@ -137,7 +137,7 @@ def test_policy_pairs_train_the_grid_on_the_policys_own_samples(tmp_path, baseli
     out = tmp_path / "run"
     shutil.copytree(baseline, out)
     before = _finished(out)
-    _run(out, "reward.pairs=mix", "reward.policy_pairs_per_post=1")
+    _run(out, "reward.pairs=mix", "policy_pairs.per_post=1")
     after = _finished(out)
     pairs = pq.read_table(out / "policy_prefs.parquet").to_pandas()
     cfg = load_config(QUICK)
@@ -165,7 +165,7 @@ def test_policy_pairs_train_the_grid_on_the_policys_own_samples(tmp_path, baseli
 
     # evaluator.extra_posts: the evaluator alone also trains on policy pairs of further posts (prefs_train's
     # first k, which no SFT example uses), drawn from a stream of their own
-    _run(out, "reward.pairs=mix", "reward.policy_pairs_per_post=1", "evaluator.extra_posts=50")
+    _run(out, "reward.pairs=mix", "policy_pairs.per_post=1", "evaluator.extra_posts=50")
     extra = _finished(out)
     ev_pairs = pq.read_table(out / "evaluator_prefs.parquet").to_pandas()
     posts = list(dict.fromkeys(pq.read_table(out / "data" / "prefs_train.parquet").to_pandas().prompt))
@@ -181,7 +181,7 @@ def test_policy_pairs_train_the_grid_on_the_policys_own_samples(tmp_path, baseli
 
 
 def test_kwise_policy_pairs_label_every_pair_of_k_samples(tmp_path, baseline):
-    """reward.policy_kwise=K: K samples per post and all C(K, 2) pairs among them (ties dropped), each sample
+    """policy_pairs.kwise=K: K samples per post and all C(K, 2) pairs among them (ties dropped), each sample
     named by its index, so one sample is the same text in every pair it sits in."""
     import shutil
 

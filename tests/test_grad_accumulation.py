@@ -120,7 +120,7 @@ def test_a_set_micro_batch_size_keys_the_rms_and_members_and_null_leaves_them_an
     from perm.config import config_from_overrides
     from perm.stages import train_members, train_rm
 
-    base = ["precision=fp32", "reward.pairs=policy", "pretrain.checkpoints=[]", "policy.checkpoint=null",
+    base = ["precision=fp32", "reward.pairs=policy", "pretrain.checkpoints=[]", "sft.checkpoint=null",
             "reward.pairs_from=null", "evaluator.rm_checkpoint=null", "evaluator.checkpoint=null",
             "ensembles.kinds=[multihead, lora]"]
     null, set8 = (config_from_overrides(base + extra) for extra in ([], ["reward.micro_batch_size=8"]))

@@ -150,7 +150,7 @@ def old_keys(cfg) -> dict[str, str]:
     """The keys before pinning existed: checkpoints keyed by checkpoint_key of the spec as written (a hub id
     by its branch name), the data stage without any dataset identity."""
     specs = [*cfg.pretrain.checkpoints, cfg.evaluator.checkpoint if cfg.evaluator.enabled else None,
-             cfg.policy.checkpoint]
+             cfg.sft.checkpoint]
     return all_keys(cfg, fake_upstream(cfg) | {checkpoint_name(s): checkpoint_key(s) for s in specs if s})
 
 
@@ -177,7 +177,7 @@ def prefs(tmp_path):
 
 def external(prefs: Path, ckpts: list, *, policy, evaluator=None) -> list[str]:
     return [f"data.prefs={prefs}", "data.train_split=null", "data.eval_split=null", "data.schema=tldr",
-            f"pretrain.checkpoints=[{', '.join(str(c) for c in ckpts)}]", f"policy.checkpoint={policy}",
+            f"pretrain.checkpoints=[{', '.join(str(c) for c in ckpts)}]", f"sft.checkpoint={policy}",
             *([f"evaluator.checkpoint={evaluator}"] if evaluator else ["evaluator.enabled=false"]),
             "reward.finetune_seeds=[0, 1]"]
 
@@ -194,7 +194,7 @@ def test_the_data_stage_skips_and_counts_bad_rows(tmp_path, tiny_backbone_dir):
     write_parquet(tmp_path / "eval.parquet", held)
     base = [f"data.prefs={tmp_path / 'train.parquet'}", f"data.prefs_eval={tmp_path / 'eval.parquet'}",
             "data.train_split=null", "data.schema=tldr", f"pretrain.checkpoints=[{tiny_backbone_dir}]",
-            f"policy.checkpoint={tiny_backbone_dir}", "evaluator.enabled=false"]
+            f"sft.checkpoint={tiny_backbone_dir}", "evaluator.enabled=false"]
     from perm.data import DataError
 
     with pytest.raises(DataError, match=r"train\.parquet: row 5: field 'info\.post'"):  # default: error
@@ -277,7 +277,7 @@ def test_a_hub_dataset_is_pinned_keyed_and_loaded_at_its_commit(tmp_path, hub, t
 
     monkeypatch.setattr(perm.data, "load_preferences", from_the_hub)
     over = [f"data.prefs={TLDR}", "data.name=comparisons", "data.schema=tldr",
-            f"pretrain.checkpoints=[{tiny_backbone_dir}]", f"policy.checkpoint={tiny_backbone_dir}",
+            f"pretrain.checkpoints=[{tiny_backbone_dir}]", f"sft.checkpoint={tiny_backbone_dir}",
             "evaluator.enabled=false", "reward.finetune_seeds=[0]"]
     hub.refs[TLDR, "refs/convert/parquet"] = SHA_A
     pipe, _ = pipeline(over, tmp_path)
@@ -400,7 +400,7 @@ def test_tokenizers_that_differ_stop_the_run_naming_both(tmp_path, tokenizer, pr
     word_tokenizer(["extra"]).save_pretrained(other)  # the data stage reads only the tokenizers
     pipe, _ = pipeline(external(prefs, [tiny_backbone_dir], policy=other), tmp_path)
     with pytest.raises(ModelLoadError, match=rf"tokenizers differ: pretrain\.checkpoints\[0\] \({tiny_backbone_dir}\) "
-                                             rf"and policy\.checkpoint \({other}\) \(vocabulary"):
+                                             rf"and sft\.checkpoint \({other}\) \(vocabulary"):
         pipe.run("testbed")
     assert not (tmp_path / "run" / "data").exists() and "data" not in manifest(tmp_path)["stages"]
 
@@ -421,7 +421,7 @@ def test_a_pad_token_of_its_own_is_not_a_different_tokenizer(tmp_path, prefs):
     info = manifest(tmp_path)["stages"]["data"]["info"]
     assert info["tokenizer_fingerprint"] == tokenizer_fingerprint(load_tokenizer(grid))
     assert info["tokenizer_pad_ignored"] == {f"evaluator.checkpoint ({evaluator})": "<|endoftext|>",
-                                             f"policy.checkpoint ({policy})": "[PAD]"}
+                                             f"sft.checkpoint ({policy})": "[PAD]"}
     word_tokenizer(["extra"], pad=False).save_pretrained(policy)  # a real difference still stops it
     with pytest.raises(ModelLoadError, match="tokenizers differ"):
         pipeline(external(prefs, [grid], policy=policy, evaluator=evaluator), tmp_path)[0].run("testbed")
@@ -454,8 +454,8 @@ def test_trained_rms_as_the_grid_are_evaluated_and_scored_not_finetuned(tmp_path
         save_model(rm, tokenizer, tmp_path / f"rm-{seed}", None, "")
         rms.append(f"pythia-1b:{seed}={tmp_path / f'rm-{seed}'}")
     over = [*external(prefs, [tiny_backbone_dir], policy=tiny_backbone_dir), f"reward.rm_checkpoints=[{', '.join(rms)}]",
-            "reward.max_length=32", "data.n_eval_prompts=2", "policy.pool_size=3", "policy.n_reference=1",
-            "policy.max_new_tokens=4", "analysis.coverage_sims=0"]
+            "reward.max_length=32", "data.n_eval_prompts=2", "sample.pool_size=3", "sample.n_reference=1",
+            "sample.max_new_tokens=4", "analysis.coverage_sims=0"]
     pipe, _ = pipeline(over, tmp_path)
     assert [w for w in pipe.plan("train-rm") if w.stage == "train-rm"][0].note == (
         "loads 2 trained grid RMs (reward.rm_checkpoints)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -46,11 +47,13 @@ def _recipe(out: Path, **evaluator) -> dict:
     its own extra posts), trained in `out`."""
     return {"out": str(out), "threads": 1, "workers": 1, "precision": "fp32", "testbed": TESTBED,
             "pretrain": PRETRAIN,
-            "reward": {"policy_kwise": 4, "batch_size": 8, "max_length": 96, "eval_every": 1000, "pairs_from": None},
+            "policy_pairs": {"kwise": 4, "max_new_tokens": 10},
+            "reward": {"batch_size": 8, "max_length": 96, "eval_every": 1000, "pairs_from": None},
             "evaluator": {"checkpoint": None, "rm_checkpoint": None, "pretrain_seed": 7, "pretrain_steps": 2,
                           "epochs": 0.5, "extra_posts": 30,
                           "backbone": TINY | {"hidden_size": 24, "intermediate_size": 48}} | evaluator,
-            "policy": {"checkpoint": None, "init_from": "scratch", "sft_epochs": 3.0, "max_new_tokens": 10}}
+            "sft": {"checkpoint": None, "init_from": "scratch", "epochs": 3.0},
+            "sample": {"max_new_tokens": 10}}
 
 
 def _write(path: Path, data: dict) -> Path:
@@ -126,8 +129,8 @@ def test_a_run_of_another_recipe_is_refused_naming_what_differs(built, tmp_path)
 
 def test_a_recipe_must_train_the_world_in_a_pinned_precision(tmp_path):
     bad = _recipe(tmp_path / "run") | {"precision": "auto"}
-    bad["policy"] = bad["policy"] | {"checkpoint": str(tmp_path)}
-    with pytest.raises(KitError, match=r"policy\.checkpoint must be null.*precision must be fp32 or bf16"):
+    bad["sft"] = bad["sft"] | {"checkpoint": str(tmp_path)}
+    with pytest.raises(KitError, match=r"sft\.checkpoint must be null.*precision must be fp32 or bf16"):
         kit.build(_write(tmp_path / "bad.yaml", bad), out=tmp_path / "kit")
 
 
@@ -190,8 +193,8 @@ def _grid(out: Path, *extra: str) -> RunConfig:
                               f"testbed={json.dumps(TESTBED)}", f"pretrain={json.dumps(PRETRAIN)}",
                               "reward.finetune_seeds=[0]", "reward.batch_size=8", "reward.max_length=96",
                               "reward.eval_every=1000", "reward.epochs=0.5", f"reward.pairs_from={KIT}",
-                              f"policy.checkpoint={KIT_POLICY}", f"evaluator.rm_checkpoint={KIT_EVALUATOR}",
-                              "policy.pool_size=4", "policy.n_reference=1", "policy.max_new_tokens=10", *extra])
+                              f"sft.checkpoint={KIT_POLICY}", f"evaluator.rm_checkpoint={KIT_EVALUATOR}",
+                              "sample.pool_size=4", "sample.n_reference=1", "sample.max_new_tokens=10", *extra])
 
 
 def test_a_grid_trains_from_the_kit_end_to_end(built, tmp_path, monkeypatch):
@@ -253,7 +256,7 @@ def test_perm_check_verifies_the_kit_parts_a_config_loads(built, monkeypatch):
     assert res.problems == [], res.text()
     text = res.text()
     assert "evaluator.rm_checkpoint  testbed:kit/evaluator  shipped (sha256 and testbed match)" in text
-    assert "policy.checkpoint        testbed:kit/policy  shipped (sha256 and testbed match)" in text
+    assert re.search(r"sft\.checkpoint +testbed:kit/policy +shipped \(sha256 and testbed match\)", text), text
     assert "reward.pairs_from  testbed:kit  the kit's pairs (sha256 and testbed match)" in text
     (built[2] / "policy_prefs.parquet").rename(built[2] / "moved.parquet")
     try:
@@ -271,7 +274,7 @@ def test_pairs_from_a_folder_name_a_missing_file(built, tmp_path):
     folder = tmp_path / "pairs"
     folder.mkdir()
     shutil.copyfile(root / "policy_prefs.parquet", folder / "policy_prefs.parquet")
-    cfg = _grid(tmp_path / "run", f"reward.pairs_from={folder}", "policy.checkpoint=null", "policy.init_from=scratch",
+    cfg = _grid(tmp_path / "run", f"reward.pairs_from={folder}", "sft.checkpoint=null", "sft.init_from=scratch",
                 "evaluator.rm_checkpoint=null", "evaluator.enabled=false")
     with pytest.raises(KitError, match=r"pairs/policy_prefs_eval\.parquet: missing, and reward\.pairs_from"):
         Pipeline(cfg, Progress("quiet")).run("policy-prefs")
@@ -297,7 +300,7 @@ def test_kit_parts_are_keyed_on_their_identity():
     from perm.stages._context import checkpoint_name, pairs_name
     from perm.stages._grid import grid_names
 
-    cfg = config_from_overrides(["precision=fp32", f"reward.pairs_from={KIT}", f"policy.checkpoint={KIT_POLICY}",
+    cfg = config_from_overrides(["precision=fp32", f"reward.pairs_from={KIT}", f"sft.checkpoint={KIT_POLICY}",
                                  f"evaluator.rm_checkpoint={KIT_EVALUATOR}"])
     rms = grid_names(cfg)
     up = {n: f"hash-of-{n}" for n in ["testbed", "policy-prefs", "sample", "evaluator/rm", *rms]} | {
@@ -320,17 +323,17 @@ def test_kit_parts_are_keyed_on_their_identity():
 
 
 @pytest.mark.parametrize(("overrides", "match"), [
-    ([f"policy.checkpoint={KIT_POLICY}", "policy.sft_lr=3e-4"], r"policy\.sft_lr: has no effect while policy\."),
-    ([f"reward.pairs_from={KIT}", "reward.policy_kwise=4"], r"reward\.policy_kwise: has no effect"),
+    ([f"sft.checkpoint={KIT_POLICY}", "sft.lr=3e-4"], r"sft\.lr: has no effect while sft\."),
+    ([f"reward.pairs_from={KIT}", "policy_pairs.kwise=4"], r"policy_pairs\.kwise: has no effect"),
     ([f"evaluator.rm_checkpoint={KIT_EVALUATOR}", "evaluator.epochs=3"], r"evaluator\.epochs: has no effect"),
     (["evaluator.rm_checkpoint=some/rm", "evaluator.extra_posts=50"], r"evaluator\.extra_posts: has no effect"),
     (["evaluator.rm_checkpoint=testbed:seed0"], r"evaluator\.rm_checkpoint: testbed:seed0 is not a trained"),
     ([f"evaluator.checkpoint={KIT_EVALUATOR}"], r"evaluator\.checkpoint: .* not a backbone"),
     ([f"pretrain.checkpoints=[{KIT_POLICY}]"], r"pretrain\.checkpoints: .* not a pretrained backbone"),
-    ([f"policy.checkpoint={KIT_EVALUATOR}"], r"policy\.checkpoint: .* is not a policy"),
+    ([f"sft.checkpoint={KIT_EVALUATOR}"], r"sft\.checkpoint: .* is not a policy"),
     (["reward.pairs_from=testbed:kit/policy"], r"reward\.pairs_from: .* is not the kit's pairs"),
     (["reward.pairs_from=some/folder", "evaluator.extra_posts=50"], r"evaluator\.extra_posts: must be null"),
-    (["data.prefs=p.jsonl", "pretrain.checkpoints=[a]", "policy.checkpoint=b", "reward.pairs=testbed",
+    (["data.prefs=p.jsonl", "pretrain.checkpoints=[a]", "sft.checkpoint=b", "reward.pairs=testbed",
       f"evaluator.rm_checkpoint={KIT_EVALUATOR}"], r"evaluator\.rm_checkpoint: testbed:kit/evaluator is the testbed's"),
 ])
 def test_kit_fields_refuse_what_has_no_effect(overrides, match):
@@ -344,7 +347,7 @@ def test_a_trained_evaluator_is_the_only_evaluator_model_the_run_loads():
     cfg = config_from_overrides(["evaluator.rm_checkpoint=org/judge@abc", "evaluator.checkpoint=null"])
     assert cfg.evaluator.trains() is False and cfg.evaluator.pretrains() is False
     assert "org/judge@abc" in model_specs(cfg) and "testbed:evaluator-seed1000" not in model_specs(cfg)
-    with_data = ["data.prefs=p.jsonl", "pretrain.checkpoints=[a]", "policy.checkpoint=b", "evaluator.checkpoint=null"]
+    with_data = ["data.prefs=p.jsonl", "pretrain.checkpoints=[a]", "sft.checkpoint=b", "evaluator.checkpoint=null"]
     assert config_from_overrides([*with_data, "evaluator.rm_checkpoint=org/judge"]).evaluator.rm_checkpoint
     with pytest.raises(ConfigError, match=r"evaluator\.checkpoint: required with data\.prefs"):
         config_from_overrides(with_data)
@@ -364,15 +367,15 @@ def test_the_kit_recipe_is_the_default_world():
 
 @pytest.mark.parametrize(("overrides", "policy", "pairs", "evaluator"), [
     ([], KIT_POLICY, KIT, KIT_EVALUATOR),  # the embedded default, once it loads the kit
-    (["policy.sft_lr=1e-4"], None, None, KIT_EVALUATOR),  # another policy: its own pairs, the kit's judge
-    (["reward.policy_kwise=4"], KIT_POLICY, None, KIT_EVALUATOR),
+    (["sft.lr=1e-4"], None, None, KIT_EVALUATOR),  # another policy: its own pairs, the kit's judge
+    (["policy_pairs.kwise=4"], KIT_POLICY, None, KIT_EVALUATOR),
     (["evaluator.lr=1e-4"], KIT_POLICY, KIT, None),  # finetuned here, on the kit's pairs and extra posts
     (["evaluator.extra_posts=10"], KIT_POLICY, None, None),
     (["evaluator.checkpoint=null"], KIT_POLICY, KIT, None),
     (["testbed.n_sft=100"], None, None, None),  # another testbed: its world is trained in the run
-    (["data.prefs=p.jsonl", "pretrain.checkpoints=[a]", "policy.checkpoint=b", "evaluator.checkpoint=c"],
+    (["data.prefs=p.jsonl", "pretrain.checkpoints=[a]", "sft.checkpoint=b", "evaluator.checkpoint=c"],
      "b", None, None),
-    ([f"evaluator.rm_checkpoint={KIT_EVALUATOR}", "policy.checkpoint=null"], None, None, KIT_EVALUATOR),
+    ([f"evaluator.rm_checkpoint={KIT_EVALUATOR}", "sft.checkpoint=null"], None, None, KIT_EVALUATOR),
 ])
 def test_auto_loads_the_kit_where_it_is_the_configs_world(monkeypatch, tmp_path, overrides, policy, pairs, evaluator):
     """auto (the kit fields' default) resolves to the part of perm.config.DEFAULT_KIT that this config would
@@ -382,13 +385,13 @@ def test_auto_loads_the_kit_where_it_is_the_configs_world(monkeypatch, tmp_path,
 
     monkeypatch.setattr(perm.config, "DEFAULT_KIT", None)
     before = config_from_overrides(overrides)
-    assert before.policy.checkpoint == (policy if policy and not is_kit(policy) else None)
+    assert before.sft.checkpoint == (policy if policy and not is_kit(policy) else None)
     assert before.reward.pairs_from is None and before.evaluator.rm_checkpoint in (None, KIT_EVALUATOR)
     monkeypatch.setattr(perm.config, "DEFAULT_KIT", KIT)
     cfg = config_from_overrides(overrides)
-    assert (cfg.policy.checkpoint, cfg.reward.pairs_from, cfg.evaluator.rm_checkpoint) == (policy, pairs, evaluator)
+    assert (cfg.sft.checkpoint, cfg.reward.pairs_from, cfg.evaluator.rm_checkpoint) == (policy, pairs, evaluator)
     (tmp_path / "c.yaml").write_text(perm.config.dump_config(cfg))
-    assert "auto" not in yaml.safe_load((tmp_path / "c.yaml").read_text())["policy"].values()
+    assert "auto" not in yaml.safe_load((tmp_path / "c.yaml").read_text())["sft"].values()
     monkeypatch.setattr(perm.config, "DEFAULT_KIT", None)
     assert load_config(tmp_path / "c.yaml") == cfg  # a saved run keeps its world whatever the default says
 

@@ -53,7 +53,7 @@ def test_import_external_pairs(tmp_path, tiny_backbone_dir):
     cfg = config_from_overrides([f"out={tmp_path / 'run'}", f"data.prefs={tmp_path / 'train.jsonl'}",
                                  f"data.prefs_eval={tmp_path / 'eval.jsonl'}", "data.train_split=null",
                                  f"pretrain.checkpoints=[{tiny_backbone_dir}]",
-                                 f"policy.checkpoint={tiny_backbone_dir}", "evaluator.enabled=false"])
+                                 f"sft.checkpoint={tiny_backbone_dir}", "evaluator.enabled=false"])
     pipe = Pipeline(cfg)
     pipe.run("testbed")
     run = tmp_path / "run"
@@ -70,7 +70,7 @@ def test_import_bad_pairs_writes_nothing(tmp_path, tiny_backbone_dir):
     (tmp_path / "train.jsonl").write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": 3}\n')
     cfg = config_from_overrides([f"out={tmp_path / 'run'}", f"data.prefs={tmp_path / 'train.jsonl'}",
                                  "data.train_split=null", f"pretrain.checkpoints=[{tiny_backbone_dir}]",
-                                 f"policy.checkpoint={tiny_backbone_dir}", "evaluator.enabled=false"])
+                                 f"sft.checkpoint={tiny_backbone_dir}", "evaluator.enabled=false"])
     with pytest.raises(DataError, match=r"train\.jsonl: line 2"):
         Pipeline(cfg).run("testbed")
     assert not (tmp_path / "run" / "data").exists()
@@ -79,7 +79,7 @@ def test_import_bad_pairs_writes_nothing(tmp_path, tiny_backbone_dir):
 def test_external_data_needs_checkpoints():
     from perm.config import ConfigError
 
-    with pytest.raises(ConfigError, match="policy.checkpoint: required with data.prefs"):
+    with pytest.raises(ConfigError, match="sft.checkpoint: required with data.prefs"):
         config_from_overrides(["data.prefs=x.jsonl", "pretrain.checkpoints=[a]"])
 
 

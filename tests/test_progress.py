@@ -252,7 +252,7 @@ def test_planned_steps_are_the_steps_the_trainers_take(tmp_path, tokenizer, tiny
     # fractional epochs whose products round half to even (12.5 -> 12, 7.5 -> 8), a cap on the grid's pairs
     cfg = config_from_overrides([f"out={run}", "reward.pairs=mix", "evaluator.extra_posts=9", "reward.batch_size=8",
                                  "reward.epochs=1.5", "reward.max_train_pairs=30", "evaluator.epochs=2.5",
-                                 "evaluator.train_pairs=38", "policy.sft_epochs=1.25", "policy.sft_batch_size=4",
+                                 "evaluator.train_pairs=38", "sft.epochs=1.25", "sft.batch_size=4",
                                  "reward.eval_every=1000"])
     rm_work, sft_work = train_rm.work(cfg, run), sft.work(cfg, run)
     planned = dict(rm_work.jobs) | dict(sft_work.jobs)
@@ -270,7 +270,7 @@ def test_planned_steps_are_the_steps_the_trainers_take(tmp_path, tokenizer, tiny
         train_rm.job_reward_model(out_rel="evaluator/rm", backbone=str(tiny_backbone_dir), pretrain_id="ev",
                                   finetune_seed=9, reward=train_rm.evaluator_reward_args(cfg),
                                   n_pairs=cfg.evaluator.train_pairs, pair_files=evaluator_pair_files(cfg), **env)
-        sft.job_sft(str(run), "policy", init=str(tiny_backbone_dir), backbone={}, sft=sft.sft_args(cfg),
+        sft.job_sft(str(run), "policy", init=str(tiny_backbone_dir), backbone=cfg.pretrain.backbone, sft=cfg.sft,
                     max_length=cfg.reward.max_length, device="cpu", threads=1)
     events = _events(log)
     for name in ("rm/seed0-ft0", "evaluator/rm", "policy"):

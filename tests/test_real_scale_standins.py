@@ -149,9 +149,9 @@ def test_tldr_preset_runs_end_to_end_on_standins(tmp_path, standins, monkeypatch
         f"data.prefs={data}", "data.n_eval_prompts=3", "data.max_eval_pairs=null",
         "data.max_bad_fraction=0.05",  # 1 bad row of 49 (the preset's 0.1 % is for 179 k rows)
         f"pretrain.checkpoints=[{d['pythia-seed1']}, {d['pythia-seed2']}, {SEED3}@{BRANCH}]",
-        f"evaluator.checkpoint={d['evaluator']}", f"policy.checkpoint={policy}",
+        f"evaluator.checkpoint={d['evaluator']}", f"sft.checkpoint={policy}",
         "reward.finetune_seeds=[0, 1]", "reward.batch_size=8", "reward.max_length=96", "reward.lr=1e-3",
-        "policy.pool_size=4", "policy.n_reference=2", "policy.max_new_tokens=6", "analysis.anova_draws=2",
+        "sample.pool_size=4", "sample.n_reference=2", "sample.max_new_tokens=6", "analysis.anova_draws=2",
     ])
     out = Pipeline(cfg, Progress("quiet")).run("run")
     run = tmp_path / "run"
@@ -162,7 +162,7 @@ def test_tldr_preset_runs_end_to_end_on_standins(tmp_path, standins, monkeypatch
     assert manifest["stages"]["data"]["info"] == {
         "train_pairs": 48, "eval_pairs": 16, "eval_skipped_cnndm": 3, "train_skipped_empty_prompt": 1,
         "tokenizer_fingerprint": tokenizer_fingerprint(load_tokenizer(d["pythia-seed1"])),
-        "tokenizer_pad_ignored": {f"policy.checkpoint ({policy})": "[PAD]"},  # the policy's own pad token
+        "tokenizer_pad_ignored": {f"sft.checkpoint ({policy})": "[PAD]"},  # the policy's own pad token
     }
     # the branch was pinned to its commit, downloaded there and converted into the run once
     assert manifest["hub_refs"] == {f"{SEED3}@{BRANCH}": SHA}

@@ -43,7 +43,7 @@ def test_the_recipe_describes_every_shipped_backbone():
 
 def test_the_default_loads_shipped_backbones_that_verify():
     cfg = RunConfig()
-    specs = [*cfg.pretrain.checkpoints, cfg.evaluator.checkpoint, cfg.policy.init_from]
+    specs = [*cfg.pretrain.checkpoints, cfg.evaluator.checkpoint, cfg.sft.init_from]
     assert all(shipped.is_shipped(s) for s in specs)
     assert len(set(specs)) == len(specs)  # the policy's and the evaluator's backbones are no grid RM's
     for spec in specs:
@@ -154,5 +154,5 @@ def test_perm_check_names_a_corrupt_shipped_backbone(a_copy, monkeypatch):
     (folder / shipped.WEIGHTS).write_bytes(b"not the weights")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     res = check_config(load_config(None, [f"pretrain.checkpoints=[testbed:{name}]", "evaluator.enabled=false",
-                                          "policy.init_from=pretrain"]))
+                                          "sft.init_from=pretrain"]))
     assert len(res.problems) == 1 and "sha256" in res.problems[0] and "pretrain.checkpoints[0]" in res.problems[0]

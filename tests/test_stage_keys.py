@@ -87,7 +87,7 @@ def test_every_stage_names_its_needs():
 # --------------------------------------------------------------------------------------- invalidation
 
 BASE = ["reward.pairs=policy", "pretrain.seeds=[0, 1]", "reward.finetune_seeds=[0, 1]", "pretrain.checkpoints=[]",
-        "evaluator.checkpoint=null", "policy.init_from=pretrain", "policy.checkpoint=null", "reward.pairs_from=null",
+        "evaluator.checkpoint=null", "sft.init_from=pretrain", "sft.checkpoint=null", "reward.pairs_from=null",
         "evaluator.rm_checkpoint=null"]  # the pretrain-in-the-run path, the world trained in the run
 
 
@@ -124,16 +124,21 @@ def _family(name: str) -> str:
     ("reward.lr=3e-4", {"rm/*", "report"}),
     ("evaluator.lr=3e-4", {"evaluator/rm", "report"}),
     ("reward.max_length=128", {"rm/*", "evaluator/rm", "policy", "score/*", "report"}),
-    ("policy.pool_size=32", {"sample", "report"}),
-    ("policy.seed=3", {"sample", "policy-prefs", "evaluator-prefs", "report"}),
+    ("sample.pool_size=32", {"sample", "report"}),
+    ("policy.seed=3", {"sample", "policy-prefs", "evaluator-prefs", "report"}),  # the old key: both seeds
+    ("sample.seed=3", {"sample", "report"}),
+    ("policy_pairs.seed=3", {"policy-prefs", "evaluator-prefs", "report"}),
+    ("policy_pairs.max_new_tokens=16", {"policy-prefs", "evaluator-prefs", "report"}),
+    ("sample.max_new_tokens=16", {"sample", "report"}),
+    ("sample.memory_gb=0.5", {"report"}),
     ("pretrain.lr=1e-3", {"pretrain/*", "evaluator/pretrain", "report"}),
     ("evaluator.pretrain_steps=50", {"evaluator/pretrain", "report"}),
     ("testbed.seed=5", {"testbed", "report"}),
     ("analysis.anova_draws=5", {"analyze", "report"}),
-    ("policy.sft_lr=3e-4", {"policy", "report"}),
-    ("reward.policy_pairs_per_post=2", {"policy-prefs", "evaluator-prefs", "report"}),
-    ("reward.policy_kwise=4", {"policy-prefs", "evaluator-prefs", "report"}),
-    ("policy.batch_prompts=4", {"sample", "report"}),
+    ("sft.lr=3e-4", {"policy", "report"}),
+    ("policy_pairs.per_post=2", {"policy-prefs", "evaluator-prefs", "report"}),
+    ("policy_pairs.kwise=4", {"policy-prefs", "evaluator-prefs", "report"}),
+    ("sample.batch_prompts=4", {"sample", "report"}),
     ("reward.center_coef=0.1", {"rm/*", "evaluator/rm", "report"}),
     ("reward.readout=sum", {"rm/*", "evaluator/rm", "report"}),
     ("workers=1", {"report"}),

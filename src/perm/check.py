@@ -2,7 +2,7 @@
 any model's weights.
 
 It lists every model and dataset the config names (``pretrain.checkpoints``, ``evaluator.checkpoint``,
-``policy.checkpoint``, ``data.prefs``, ``data.prefs_eval``; a hub id may pin a revision after ``@``) and
+``sft.checkpoint``, ``data.prefs``, ``data.prefs_eval``; a hub id may pin a revision after ``@``) and
 checks, for each:
 
 - a **hub model** (``huggingface_hub.HfApi.model_info(id, revision=..., files_metadata=True)``): the
@@ -99,10 +99,10 @@ def collect_refs(cfg: RunConfig) -> list[Ref]:
         refs.append(Ref("evaluator.rm_checkpoint", cfg.evaluator.rm_checkpoint, "model"))
     elif cfg.evaluator.enabled and cfg.evaluator.checkpoint:
         refs.append(Ref("evaluator.checkpoint", cfg.evaluator.checkpoint, "model"))
-    if cfg.policy.checkpoint:
-        refs.append(Ref("policy.checkpoint", cfg.policy.checkpoint, "model"))
-    elif cfg.policy.init_checkpoint():
-        refs.append(Ref("policy.init_from", cfg.policy.init_checkpoint(), "model"))
+    if cfg.sft.checkpoint:
+        refs.append(Ref("sft.checkpoint", cfg.sft.checkpoint, "model"))
+    elif cfg.sft.init_checkpoint():
+        refs.append(Ref("sft.init_from", cfg.sft.init_checkpoint(), "model"))
     if cfg.data.prefs:
         refs.append(Ref("data.prefs", cfg.data.prefs, "dataset"))
     if cfg.data.prefs_eval:
@@ -476,10 +476,10 @@ def disk_estimate(cfg: RunConfig, facts: dict[str, Facts | None]) -> tuple[int, 
             b = e.backbone
             ev = gpt_neox_params(vocab, b.hidden_size, b.num_layers, b.intermediate_size) * FP32_BYTES
             parts.append((f"the evaluator's backbone and RM 2 × {_fmt_bytes(ev)}", 2 * ev))
-    if not cfg.policy.checkpoint:
+    if not cfg.sft.checkpoint:
         init = size("pretrain.checkpoints[0]") if c.checkpoints else own
         parts.append((f"the SFT policy {_fmt_bytes(init or 0)}", init or 0))
-    p = cfg.policy
+    p = cfg.sample
     prompts = cfg.data.n_eval_prompts if cfg.data.prefs else cfg.testbed.n_eval_prompts
     rows = prompts * (p.pool_size + p.n_reference)
     n_models = n_rm + int(e.enabled) + 1

@@ -46,7 +46,7 @@ class TestbedConfig:
     n_sft: int = 4000
     """(post, reference summary) examples in sft_train; > 0. The SFT policy trains on them (holding out the
     first n_sft // 20 for its eval loss), and `reward.pairs: policy | mix` samples its pairs on these posts
-    (`reward.policy_pairs_per_post` per post; the held-out posts' pairs are the RMs' in-distribution eval
+    (`policy_pairs.per_post` per post; the held-out posts' pairs are the RMs' in-distribution eval
     set)."""
     n_prefs_train: int = 16000
     """Perturbation preference pairs in prefs_train (a candidate summary vs a degraded one, labelled by the
@@ -83,7 +83,7 @@ class DataConfig:
     prefs: str | None = None
     """null = the embedded testbed. Otherwise a JSONL/Parquet file, a local `datasets` directory, or a hub id
     (e.g. openai/summarize_from_feedback), in the generic {prompt, chosen, rejected} or TL;DR schema. Needs
-    `pretrain.checkpoints`, `policy.checkpoint` and `evaluator.checkpoint` (or `evaluator.enabled: false`):
+    `pretrain.checkpoints`, `sft.checkpoint` and `evaluator.checkpoint` (or `evaluator.enabled: false`):
     there is no corpus to pretrain on and no SFT data; `reward.pairs` (auto) then trains on these pairs."""
     schema: Literal["auto", "generic", "tldr"] = "auto"
     """Record format of `prefs` and `prefs_eval`. auto: detected from the fields of the first record; generic:
@@ -143,7 +143,11 @@ class BackboneConfig:
     """Hidden width of each layer's MLP (usually 4 x hidden_size); > 0."""
     max_position_embeddings: int = 256
     """Context length in tokens the model is built for: `pretrain.seq_len`, `reward.max_length` and a sampled
-    prompt plus `policy.max_new_tokens` should fit in it (sampling cuts longer prompts from the left)."""
+    prompt plus `sample.max_new_tokens` should fit in it (sampling cuts longer prompts from the left)."""
+
+    def shape(self) -> dict:
+        """The fields as perm.models.gpt_neox_config's keyword arguments (what a backbone's record keeps)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def __post_init__(self) -> None:
         _check(self.hidden_size > 0 and self.num_layers > 0, "backbone", "sizes must be > 0")
@@ -156,15 +160,15 @@ KIT = f"{SHIPPED}kit"
 KIT_POLICY, KIT_EVALUATOR = f"{KIT}/policy", f"{KIT}/evaluator"
 
 DEFAULT_KIT: str | None = KIT
-"""Where `auto` (the default of `policy.checkpoint`, `reward.pairs_from` and `evaluator.rm_checkpoint`) loads
+"""Where `auto` (the default of `sft.checkpoint`, `reward.pairs_from` and `evaluator.rm_checkpoint`) loads
 what the experiment holds fixed from: the SFT policy (<kit>/policy), its policy preference pairs (<kit>) and
 the trained evaluator RM (<kit>/evaluator), each where the config's world is the kit's (RunConfig resolves
 auto). KIT ("testbed:kit", the default): the testbed kit shipped in the package (perm.kit; built by `perm kit
 build` from configs/testbed-kit.yaml), so that the embedded default trains only the grid; None: every run
 trains its world itself."""
 AUTO = "auto"  # the kit fields' default: resolved by RunConfig (see DEFAULT_KIT), never seen by a stage
-POLICY_KIT_FIELDS = ("init_from", "sft_epochs", "sft_lr", "sft_batch_size")  # what the kit's policy fixes
-PAIRS_KIT_FIELDS = ("policy_pairs_per_post", "policy_kwise")  # ... its pairs (beside the policy, the testbed)
+POLICY_KIT_FIELDS = ("init_from", "epochs", "lr", "batch_size")  # what the kit's policy fixes (sft)
+PAIRS_KIT_FIELDS = ("per_post", "kwise")  # ... its pairs, beside the policy and the testbed (policy_pairs)
 EVALUATOR_KIT_FIELDS = ("epochs", "lr", "train_pairs", "finetune_seed")  # ... its evaluator (finetuning)
 EVALUATOR_BACKBONE_FIELDS = ("checkpoint", "pretrain_seed", "backbone", "pretrain_steps", "extra_posts")
 
@@ -209,7 +213,7 @@ class PretrainConfig:
     data_seeds: tuple[int, ...] | None = None
     """Data-order seed per pretrain (PolyPythias' data-seed); null = follow `seeds`."""
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    """Architecture of the grid's backbones (and of the SFT policy with `policy.init_from: scratch`)."""
+    """Architecture of the grid's backbones (and of the SFT policy with `sft.init_from: scratch`)."""
     steps: int = 1200
     """Optimizer steps per pretrain (> 0), each on `batch_size` blocks of `seq_len` tokens; the corpus is
     reshuffled (same data-order stream) when it runs out."""
@@ -288,6 +292,12 @@ class PretrainConfig:
         """The training arguments of a pretrain job (the evaluator's take its own `steps`)."""
         return {k: getattr(self, k) for k in PRETRAIN_TRAIN_FIELDS}
 
+    def recipe_key(self) -> dict:
+        """What a grid pretrain's stage key holds of this section: every field but the seeds (keyed per
+        pretrain), `convert_bin` (how a checkpoint is read) and `checkpoint_every` (when state is saved)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in ("seeds", "init_seeds", "data_seeds", "convert_bin", "checkpoint_every")}
+
 
 _RECIPE_PRETRAIN = PretrainConfig(checkpoints=())  # the shipped backbones' recipe: this section's defaults
 
@@ -314,7 +324,7 @@ class RewardConfig:
     epochs")."""
     batch_size: int = 64
     """Preference pairs per optimizer step (> 0; the global batch when several processes train one RM). With
-    K-wise pairs (`policy_kwise: 6`, 15 pairs per post) 64 pairs hold about four posts."""
+    K-wise pairs (`policy_pairs.kwise: 6`, 15 pairs per post) 64 pairs hold about four posts."""
     rm_checkpoints: tuple[str, ...] = ()
     """Trained reward models to use as the grid instead of finetuning it, each
     ``<pretrain_id>:<finetune_seed>=<checkpoint>`` (a folder or a hub id with ``@revision``; e.g. a
@@ -367,7 +377,8 @@ class RewardConfig:
     max_train_pairs: int | None = None
     """The grid RMs train on only the first k training pairs (>= 1; null = all); policy pairs come first under
     `pairs: mix`, and K-wise pairs are in post order, so k keeps the first posts whole. The evaluator ignores
-    it (`evaluator.train_pairs`). On the testbed, `pairs: policy` with `policy_kwise: 6` yields ~46k pairs
+    it (`evaluator.train_pairs`). On the testbed, `pairs: policy` with `policy_pairs.kwise: 6` yields ~46k
+    pairs
     (the 3,800 training posts x 15, less ties)."""
     pairs: Literal["auto", "testbed", "policy", "mix"] = "auto"
     """Training pairs (grid and evaluator). testbed: the data's own pairs: the testbed's perturbation pairs
@@ -379,15 +390,6 @@ class RewardConfig:
     only ever hold testbed, policy or mix. In-distribution accuracy is measured on held-out pairs of the same
     kind: prefs_eval for testbed pairs, policy_prefs_eval (policy pairs on the sft_train posts the SFT policy
     held out, which no RM trains on) for policy and mix, where prefs_eval is reported as well."""
-    policy_pairs_per_post: int = 3
-    """Disjoint pairs sampled per sft_train post for `pairs: policy|mix` when `policy_kwise` is null (>= 1;
-    two fresh samples each, ties dropped). Reruns policy-prefs and everything after it."""
-    policy_kwise: int | None = 6
-    """K-wise comparisons, as InstructGPT collected them: K (>= 3) policy samples per sft_train post and every
-    one of their C(K, 2) pairs, each labelled by its own rater draw (ties dropped), so each completion sits in
-    K - 1 pairs and, with `group_by_prompt`, is scored once per training step for all of them: (K - 1) / 2
-    pairs per completion scored, against 1/2 for disjoint pairs. null = `policy_pairs_per_post` disjoint
-    pairs (two fresh samples each). Reruns policy-prefs and everything after it."""
     finetune_seed_scope: Literal["shared", "per_rm"] = "shared"
     """What a finetune seed fixes. shared: head init, data order and dropout are derived from the finetune
     seed alone, so RMs of different pretrains with one finetune seed differ only in the backbone (the pair
@@ -396,21 +398,22 @@ class RewardConfig:
     seed together (no two RMs share finetuning randomness; no `same_finetune` pairs)."""
     group_by_prompt: bool = True
     """Shuffle whole prompts rather than pairs, so a prompt's pairs are neighbours in the data order and
-    decoder RMs run that prompt once for all of them (policy pairs have `policy_pairs_per_post` per post).
+    decoder RMs run that prompt once for all of them (policy pairs have `policy_pairs.per_post` per post).
     Batches still hold `batch_size` pairs; with one pair per prompt the order is the ungrouped one."""
     pairs_from: str | None = AUTO
     """Where the policy pairs of `pairs: policy | mix` come from (unused with `testbed` pairs). auto (the
     default): the testbed kit's where the embedded default loads the kit (perm.config.DEFAULT_KIT) and they
-    are this config's (the kit's policy loaded, `policy_pairs_per_post` and `policy_kwise` at their defaults),
+    are this config's (the kit's policy loaded, `policy_pairs.per_post` and `policy_pairs.kwise` at their
+    defaults),
     else null; resolved when the config is built. null: drawn in the run (stage policy-prefs, from the SFT
     policy's samples). `testbed:kit`: the testbed kit's (perm.kit: policy_prefs.parquet,
     policy_prefs_eval.parquet and evaluator_prefs.parquet, drawn once by configs/testbed-kit.yaml, shipped in
     the package and checked against their recorded sha256 and testbed). Or a folder holding those files (a kit
     folder written by `perm kit build --out`, a finished run directory). They are copied into the run as the
     outputs of stage policy-prefs (keyed on the kit's recorded hash, or the files' content), and the grid
-    trains on them as on pairs drawn in the run. With the kit, `policy_pairs_per_post` and `policy_kwise` keep
-    their defaults (the kit's recipe); `evaluator.extra_posts` is null (the source's evaluator_prefs.parquet,
-    for an evaluator finetuned in the run) or 0."""
+    trains on them as on pairs drawn in the run. With the kit, `policy_pairs.per_post` and
+    `policy_pairs.kwise` keep their defaults (the kit's recipe); `evaluator.extra_posts` is null (the
+    source's evaluator_prefs.parquet, for an evaluator finetuned in the run) or 0."""
 
     def __post_init__(self) -> None:
         _check(len(self.finetune_seeds) > 0, "reward.finetune_seeds", "need at least one")
@@ -432,16 +435,9 @@ class RewardConfig:
         _check(0 <= self.dropout < 1, "reward.dropout", "must be in [0, 1)")
         _check(self.pairs in ("auto", "testbed", "policy", "mix"), "reward.pairs",
                "must be auto|testbed|policy|mix")
-        _check(self.policy_pairs_per_post >= 1, "reward.policy_pairs_per_post", "must be >= 1")
-        _check(self.policy_kwise is None or self.policy_kwise >= 3, "reward.policy_kwise",
-               "must be >= 3 or null")
         _check(self.finetune_seed_scope in ("shared", "per_rm"), "reward.finetune_seed_scope",
                "must be shared|per_rm")
-        if self.pairs_from == KIT:
-            _keep_defaults(self, PAIRS_KIT_FIELDS, "reward",
-                           "reward.pairs_from loads the testbed kit's pairs (drawn with the defaults, "
-                           "configs/testbed-kit.yaml); set reward.pairs_from: null to draw them in the run")
-        elif is_kit(self.pairs_from):
+        if is_kit(self.pairs_from) and self.pairs_from != KIT:
             raise ConfigError(f"reward.pairs_from: {self.pairs_from} is not the kit's pairs (name {KIT}, or "
                               "a folder)")
 
@@ -472,7 +468,7 @@ class EvaluatorConfig:
     """More pairs than the grid: policy pairs on further testbed posts (the first of prefs_train's posts,
     which neither the SFT policy nor, with `reward.pairs: policy`, any grid RM sees; under `mix` the grid
     trains on those posts' perturbation pairs), drawn and labelled as the grid's (stage policy-prefs, manifest
-    name `evaluator-prefs`, file evaluator_prefs.parquet: `reward.policy_kwise` samples per post and all their
+    name `evaluator-prefs`, file evaluator_prefs.parquet: `policy_pairs.kwise` samples per post and all their
     pairs) from a random stream of their own, and appended to the evaluator's training pairs after the grid's.
     null = as many posts as the grid's pairs come from (sft_train's training posts: `testbed.n_sft` less the
     SFT policy's held-out twentieth; 3,800 on the testbed), at most prefs_train's; 0 = the grid's pairs only;
@@ -547,30 +543,83 @@ _RECIPE_EVALUATOR = EvaluatorConfig(checkpoint=None, rm_checkpoint=None)
 
 
 @dataclass(frozen=True)
-class PolicyConfig:
-    """SFT policy (perm.policy.train_sft: summary tokens only, AdamW, 5 % warmup then linear decay) and the
-    candidate pools it samples (perm.policy.sample_pool). The sft_* fields rerun the policy and everything
-    after it; the sampling fields rerun `sample` (and the scoring and analysis after it)."""
+class SftConfig:
+    """The SFT policy (perm.policy.train_sft: summary tokens only, AdamW, 5 % warmup then linear decay), or a
+    trained one loaded instead. Every field reruns the policy and everything after it."""
 
     checkpoint: str | None = AUTO
     """Load an existing causal LM (local dir, hub id or `id@revision`) as the policy instead of training one,
     or the testbed kit's SFT policy `testbed:kit/policy` (perm.kit: trained once by configs/testbed-kit.yaml,
-    shipped in the package and checked against its recorded sha256 and testbed; `init_from` and the sft_*
-    fields then keep their defaults, its recipe). null = SFT in the run (see `init_from`). auto (the default):
-    the kit's where the embedded default loads the kit (perm.config.DEFAULT_KIT) and it is this config's
-    policy (on the embedded testbed at its defaults, `init_from` and the sft_* fields at theirs), else null;
+    shipped in the package and checked against its recorded sha256 and testbed; `init_from`, `epochs`, `lr`
+    and `batch_size` then keep their defaults, its recipe). null = SFT in the run (see `init_from`). auto (the
+    default): the kit's where the embedded default loads the kit (perm.config.DEFAULT_KIT) and it is this
+    config's policy (on the embedded testbed, the other fields of this section at their defaults), else null;
     resolved when the config is built."""
     init_from: str = "testbed:seed5"
     """What SFT starts from: a checkpoint of its own (local dir, hub id or `id@revision`, or a shipped testbed
     backbone `testbed:<name>`), `pretrain` (the grid's first backbone, which the finetune ensemble and every
     same-pretrain pair also share) or `scratch`."""
-    sft_epochs: float = 0.5
-    """Passes over sft_train (less its held-out 5 %); > 0, fractions allowed; reruns SFT and everything after.
+    epochs: float = 0.5
+    """Passes over sft_train (less its held-out 5 %); > 0, fractions allowed.
     Why 0.5: the RMs' learnability alone (docs/history/results.md, "a policy on its own backbone")."""
-    sft_lr: float = 1e-3
+    lr: float = 1e-3
     """Peak AdamW learning rate of SFT (> 0)."""
-    sft_batch_size: int = 32
+    batch_size: int = 32
     """(prompt, summary) examples per SFT step (> 0)."""
+
+    def init_checkpoint(self) -> str | None:
+        """The checkpoint SFT starts from, when `init_from` names one (not `scratch` or `pretrain`)."""
+        return None if self.init_from in ("scratch", "pretrain") else self.init_from
+
+    def __post_init__(self) -> None:
+        _check(bool(self.init_from), "sft.init_from", "must be scratch, pretrain or a checkpoint")
+        if self.checkpoint == KIT_POLICY:
+            _keep_defaults(self, POLICY_KIT_FIELDS, "sft",
+                           "sft.checkpoint loads the testbed kit's policy (trained with the defaults, "
+                           "configs/testbed-kit.yaml); set sft.checkpoint: null to train it in the run")
+        _check(not is_kit(self.checkpoint) or self.checkpoint == KIT_POLICY, "sft.checkpoint",
+               f"{self.checkpoint} is not a policy (the testbed kit's is {KIT_POLICY})")
+        _check(not is_kit(self.init_from), "sft.init_from",
+               f"{self.init_from} is part of the testbed kit (load the kit's policy with sft.checkpoint: "
+               f"{KIT_POLICY})")
+        _check(self.epochs > 0, "sft.epochs", "must be > 0")
+        _check(self.lr > 0, "sft.lr", "must be > 0")
+        _check(self.batch_size > 0, "sft.batch_size", "must be > 0")
+
+
+@dataclass(frozen=True)
+class PolicyPairsConfig:
+    """The policy preference pairs of `reward.pairs: policy | mix` (stage policy-prefs): the SFT policy's own
+    samples on sft_train posts, labelled by the testbed's Bradley-Terry raters on the gold reward. Every field
+    reruns policy-prefs (and evaluator-prefs) and everything after them; unused with `reward.pairs_from`
+    (loaded pairs) or testbed pairs."""
+
+    per_post: int = 3
+    """Disjoint pairs sampled per sft_train post when `kwise` is null (>= 1; two fresh samples each, ties
+    dropped)."""
+    kwise: int | None = 6
+    """K-wise comparisons, as InstructGPT collected them: K (>= 3) policy samples per sft_train post and every
+    one of their C(K, 2) pairs, each labelled by its own rater draw (ties dropped), so each completion sits in
+    K - 1 pairs and, with `reward.group_by_prompt`, is scored once per training step for all of them:
+    (K - 1) / 2 pairs per completion scored, against 1/2 for disjoint pairs. null = `per_post` disjoint pairs
+    (two fresh samples each). On the testbed, K = 6 yields ~46k pairs (the 3,800 training posts x 15, less
+    ties)."""
+    max_new_tokens: int = 32
+    """Most tokens per sampled completion (> 0; it also ends at EOS)."""
+    seed: int = 0
+    """Seed of the pairs' sampling and of their labels."""
+
+    def __post_init__(self) -> None:
+        _check(self.per_post >= 1, "policy_pairs.per_post", "must be >= 1")
+        _check(self.kwise is None or self.kwise >= 3, "policy_pairs.kwise", "must be >= 3 or null")
+        _check(self.max_new_tokens > 0, "policy_pairs.max_new_tokens", "must be > 0")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """The candidate pools the SFT policy samples for the eval prompts (perm.policy.sample_pool): what every
+    RM scores and best-of-n picks from. Every field but `memory_gb` reruns `sample`, scoring and analysis."""
+
     pool_size: int = 64
     """Candidates sampled per eval prompt (N >= 1): the pool every RM scores and best-of-n picks from; n runs
     up to it (`analysis.ns`). Sampling and scoring time grow linearly with it."""
@@ -578,49 +627,83 @@ class PolicyConfig:
     """Extra samples per eval prompt (K >= 0) drawn beside the pool but never picked: the targets of the win
     rates (picked vs reference); 0 = no win rates."""
     temperature: float = 1.0
-    """Sampling temperature of the pool and the references (> 0; 1 = the policy's distribution). The policy
-    pairs are always sampled at 1."""
+    """Sampling temperature of the pool and the references (> 0; 1 = the policy's distribution)."""
     top_p: float = 1.0
     """Nucleus sampling of the pool and the references: sample from the smallest set of tokens whose
-    probability reaches top_p; in (0, 1], 1 = no truncation. The policy pairs always use 1."""
+    probability reaches top_p; in (0, 1], 1 = no truncation."""
     max_new_tokens: int = 32
-    """Most tokens per sample (> 0; a sample also ends at EOS), pool, references and policy pairs alike;
-    reruns sample and policy-prefs."""
+    """Most tokens per sample (> 0; a sample also ends at EOS)."""
     seed: int = 0
-    """Sampling seed of the pool and references and of the policy pairs (sampling and labels); reruns sample
-    and policy-prefs."""
+    """Sampling seed of the pool and the references."""
     batch_prompts: int = 8
     """Prompts sampled together (>= 1): memory and speed, and each chunk of this many prompts gets its own
-    seed, so it changes the samples (part of the sample key; the policy pairs are drawn in chunks of their
-    own)."""
-    sample_memory_gb: float | None = None
-    """Key/value cache (GB) one decode batch of the sample stage may hold: fewer than `batch_prompts` prompts
-    decode together where their rows would not fit (sized from the policy's shapes,
-    perm.policy.prompts_within); null = `batch_prompts` at once. The samples do not depend on it (each
-    prompt draws from its own seeded generator), so it reruns nothing; > 0."""
-
-    def init_checkpoint(self) -> str | None:
-        """The checkpoint SFT starts from, when `init_from` names one (not `scratch` or `pretrain`)."""
-        return None if self.init_from in ("scratch", "pretrain") else self.init_from
+    seed, so it changes the samples."""
+    memory_gb: float | None = None
+    """Key/value cache (GB) one decode batch may hold: fewer than `batch_prompts` prompts decode together
+    where their rows would not fit (sized from the policy's shapes, perm.policy.prompts_within); null =
+    `batch_prompts` at once. The samples do not depend on it (each prompt draws from its own seeded
+    generator), so it reruns nothing; > 0."""
 
     def __post_init__(self) -> None:
-        _check(bool(self.init_from), "policy.init_from", "must be scratch, pretrain or a checkpoint")
-        if self.checkpoint == KIT_POLICY:
-            _keep_defaults(self, POLICY_KIT_FIELDS, "policy",
-                           "policy.checkpoint loads the testbed kit's policy (trained with the defaults, "
-                           "configs/testbed-kit.yaml); set policy.checkpoint: null to train it in the run")
-        _check(not is_kit(self.checkpoint) or self.checkpoint == KIT_POLICY, "policy.checkpoint",
-               f"{self.checkpoint} is not a policy (the testbed kit's is {KIT_POLICY})")
-        _check(not is_kit(self.init_from), "policy.init_from",
-               f"{self.init_from} is part of the testbed kit (load the kit's policy with policy.checkpoint: "
-               f"{KIT_POLICY})")
-        _check(self.pool_size >= 1, "policy.pool_size", "must be >= 1")
-        _check(self.n_reference >= 0, "policy.n_reference", "must be >= 0")
-        _check(self.temperature > 0, "policy.temperature", "must be > 0")
-        _check(0 < self.top_p <= 1, "policy.top_p", "must be in (0, 1]")
-        _check(self.max_new_tokens > 0, "policy.max_new_tokens", "must be > 0")
-        _check(self.sample_memory_gb is None or self.sample_memory_gb > 0, "policy.sample_memory_gb",
-               "must be > 0 (or null)")
+        _check(self.pool_size >= 1, "sample.pool_size", "must be >= 1")
+        _check(self.n_reference >= 0, "sample.n_reference", "must be >= 0")
+        _check(self.temperature > 0, "sample.temperature", "must be > 0")
+        _check(0 < self.top_p <= 1, "sample.top_p", "must be in (0, 1]")
+        _check(self.max_new_tokens > 0, "sample.max_new_tokens", "must be > 0")
+        _check(self.batch_prompts >= 1, "sample.batch_prompts", "must be >= 1")
+        _check(self.memory_gb is None or self.memory_gb > 0, "sample.memory_gb", "must be > 0 (or null)")
+
+
+# Keys moved to sections of their own: old dotted key -> new keys (an old key still loads, with one line on
+# stderr naming the new key, for one release).
+MOVED_KEYS = {
+    "policy.checkpoint": ("sft.checkpoint",),
+    "policy.init_from": ("sft.init_from",),
+    "policy.sft_epochs": ("sft.epochs",),
+    "policy.sft_lr": ("sft.lr",),
+    "policy.sft_batch_size": ("sft.batch_size",),
+    "policy.pool_size": ("sample.pool_size",),
+    "policy.n_reference": ("sample.n_reference",),
+    "policy.temperature": ("sample.temperature",),
+    "policy.top_p": ("sample.top_p",),
+    "policy.max_new_tokens": ("sample.max_new_tokens", "policy_pairs.max_new_tokens"),
+    "policy.seed": ("sample.seed", "policy_pairs.seed"),
+    "policy.batch_prompts": ("sample.batch_prompts",),
+    "policy.sample_memory_gb": ("sample.memory_gb",),
+    "reward.policy_pairs_per_post": ("policy_pairs.per_post",),
+    "reward.policy_kwise": ("policy_pairs.kwise",),
+}
+
+
+def migrate_moved_keys(data: dict, say=None) -> dict:
+    """`data` (a config mapping) with every key of :data:`MOVED_KEYS` moved to its new place(s), saying so in
+    one line each (``say``: a callable taking the line; default: print to stderr). A key given both ways is
+    an error; an emptied old section goes."""
+    import sys
+
+    say = say or (lambda line: print(line, file=sys.stderr))
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for old, new in MOVED_KEYS.items():
+        section, name = old.split(".")
+        if not isinstance(out.get(section), dict) or name not in out[section]:
+            continue
+        value = out[section].pop(name)
+        for key in new:
+            sec, field_name = key.split(".")
+            target = out.setdefault(sec, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"{sec}: must be a mapping")
+            if field_name in target:
+                raise ConfigError(f"{old}: given beside its new key {key}; keep only {key}")
+            target[field_name] = value
+        say(f"perm: config key {old} is now {' and '.join(new)} (the old key loads for one release)")
+        if not out[section]:
+            del out[section]
+    for k in out.get("policy", None) or ():
+        raise ConfigError(f"policy.{k}: unknown key (the policy section's keys moved to sft, sample and "
+                          "policy_pairs)")
+    out.pop("policy", None)
+    return out
 
 
 def loaded_grid(reward: RewardConfig) -> list[tuple[str, int, str]]:
@@ -809,8 +892,12 @@ class RunConfig:
     """The RM grid and the finetuning recipe."""
     evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
     """The stronger evaluator RM."""
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
-    """The SFT policy and its candidate pools."""
+    sft: SftConfig = field(default_factory=SftConfig)
+    """The SFT policy: trained in the run, or loaded."""
+    policy_pairs: PolicyPairsConfig = field(default_factory=PolicyPairsConfig)
+    """The SFT policy's own preference pairs (`reward.pairs: policy | mix`)."""
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    """The candidate pools of the eval prompts."""
     ensembles: EnsemblesConfig = field(default_factory=EnsemblesConfig)
     """Cheaper ensembles on one backbone (multi-head, LoRA, WARM, MC dropout) and your own named ones."""
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
@@ -837,11 +924,11 @@ class RunConfig:
             _check(self.reward.pairs == "testbed", "reward.pairs",
                    "policy pairs need the testbed's gold reward: set reward.pairs=testbed to train on your "
                    "data.prefs pairs")
-            _check(self.policy.checkpoint is not None, "policy.checkpoint", "required with data.prefs")
+            _check(self.sft.checkpoint is not None, "sft.checkpoint", "required with data.prefs")
             _check(not self.evaluator.enabled or self.evaluator.checkpoint is not None
                    or self.evaluator.rm_checkpoint is not None, "evaluator.checkpoint",
                    "required with data.prefs (or evaluator.rm_checkpoint, or evaluator.enabled: false)")
-            for key, spec in (("policy.checkpoint", self.policy.checkpoint),
+            for key, spec in (("sft.checkpoint", self.sft.checkpoint),
                               ("evaluator.rm_checkpoint",
                                self.evaluator.rm_checkpoint if self.evaluator.enabled else None)):
                 _check(not is_kit(spec), key, f"{spec} is the testbed's, trained on its world: with "
@@ -865,12 +952,12 @@ class RunConfig:
                f"must be one of the grid's pretrains {ids} (or null)")
 
     def _resolve_kit_fields(self) -> None:
-        """Resolve `auto` in policy.checkpoint, evaluator.rm_checkpoint and reward.pairs_from: the part of
+        """Resolve `auto` in sft.checkpoint, evaluator.rm_checkpoint and reward.pairs_from: the part of
         DEFAULT_KIT where it is this config's (on the embedded testbed at its defaults, the fields that part
         fixes at theirs; the pairs only with the kit's policy), else null (trained in the run). None while
         DEFAULT_KIT is None."""
         kit = DEFAULT_KIT if self.data.prefs is None and self.testbed == TestbedConfig() else None
-        p, r, e = self.policy, self.reward, self.evaluator
+        p, r, e, pp = self.sft, self.reward, self.evaluator, self.policy_pairs
 
         def kept(obj, names) -> bool:
             return all(getattr(obj, n) == _default(type(obj), n) for n in names)
@@ -883,10 +970,14 @@ class RunConfig:
             e = dataclasses.replace(e, rm_checkpoint=kit_part(kit, "evaluator") if ours else None)
         if r.pairs_from == AUTO:
             ours = (kit is not None and p.checkpoint == kit_part(kit, "policy") and r.pairs != "testbed"
-                    and kept(r, PAIRS_KIT_FIELDS)
+                    and kept(pp, PAIRS_KIT_FIELDS)
                     and (e.rm_checkpoint is not None or e.extra_posts in (None, 0)))
             r = dataclasses.replace(r, pairs_from=kit_part(kit) if ours else None)
-        for name, value in (("policy", p), ("evaluator", e), ("reward", r)):
+        if r.pairs_from == KIT:
+            _keep_defaults(pp, PAIRS_KIT_FIELDS, "policy_pairs",
+                           "reward.pairs_from loads the testbed kit's pairs (drawn with the defaults, "
+                           "configs/testbed-kit.yaml); set reward.pairs_from: null to draw them in the run")
+        for name, value in (("sft", p), ("evaluator", e), ("reward", r)):
             object.__setattr__(self, name, value)
 
 
@@ -946,6 +1037,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    if cls is RunConfig:
+        data = migrate_moved_keys(data)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}

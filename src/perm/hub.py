@@ -1,5 +1,5 @@
 """Hub references pinned to commits: every hub id a run uses (a checkpoint of ``pretrain.checkpoints``,
-``evaluator.checkpoint`` or ``policy.checkpoint``, the dataset of ``data.prefs`` / ``data.prefs_eval``) names
+``evaluator.checkpoint`` or ``sft.checkpoint``, the dataset of ``data.prefs`` / ``data.prefs_eval``) names
 a branch, a tag or nothing (``main``), and branches move (Pythia's step branches have been re-uploaded).
 Before a run uses one, :func:`pin` resolves its revision to the commit it points at now
 (``huggingface_hub.HfApi().model_info(repo_id, revision=...).sha``, ``dataset_info`` for datasets); the stages
@@ -90,12 +90,12 @@ def dataset_ref(spec: str | None, revision: str | None, field: str) -> HubRef | 
 def model_specs(cfg: RunConfig) -> list[str]:
     """Every checkpoint spec the run loads, each once: the grid's, the evaluator's (when enabled: the trained
     RM of `evaluator.rm_checkpoint`, else the backbone it finetunes), the policy's and the backbone its SFT
-    starts from (`policy.init_from` naming a checkpoint)."""
+    starts from (`sft.init_from` naming a checkpoint)."""
     c = cfg
     e = c.evaluator
     specs = [*c.pretrain.checkpoints, *(ckpt for _, _, ckpt in loaded_grid(c.reward)),
              (e.rm_checkpoint or e.checkpoint) if e.enabled else None,
-             c.policy.checkpoint, c.policy.init_checkpoint() if not c.policy.checkpoint else None]
+             c.sft.checkpoint, c.sft.init_checkpoint() if not c.sft.checkpoint else None]
     return list(dict.fromkeys(s for s in specs if s))
 
 

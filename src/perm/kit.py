@@ -3,7 +3,7 @@ the package beside the testbed's backbones (src/perm/testbed/kit/).
 
 In the paper the SFT policy, the human comparisons and the T5-XXL evaluator are fixed inputs; the experiment
 is the grid of reward models. The kit makes the testbed's world the same kind of input: the SFT policy
-(``policy/``, ``policy.checkpoint: testbed:kit/policy``), its preference pairs (the grid's training pairs
+(``policy/``, ``sft.checkpoint: testbed:kit/policy``), its preference pairs (the grid's training pairs
 ``policy_prefs.parquet``, their held-out pairs ``policy_prefs_eval.parquet`` and the evaluator's extra posts
 ``evaluator_prefs.parquet``; ``reward.pairs_from: testbed:kit``) and the trained evaluator RM (``evaluator/``,
 ``evaluator.rm_checkpoint: testbed:kit/evaluator``), with ``kit.json``: the sha256 of every file per part, the
@@ -51,7 +51,7 @@ GRID_ONLY = ("finetune_seeds", "layout", "finetune_seed_scope", "max_train_pairs
 KIT_SINCE = ("micro_batch_size", "processes", "rm_checkpoints")
 """reward fields added after the kit was recorded: out of its world at their old behaviour (null), like
 a key."""
-KIT_FIELDS = (("policy", "checkpoint"), ("reward", "pairs_from"), ("evaluator", "rm_checkpoint"))
+KIT_FIELDS = (("sft", "checkpoint"), ("reward", "pairs_from"), ("evaluator", "rm_checkpoint"))
 
 
 def world(cfg: RunConfig) -> dict:
@@ -60,14 +60,15 @@ def world(cfg: RunConfig) -> dict:
     finetunes with); the grid's own fields and the run's plumbing (out, workers, the pool) are left out."""
     from perm.stages._grid import unkeyed_defaults
 
-    p = cfg.policy
+    p, pp = cfg.sft, cfg.policy_pairs
+    reward = {k: v for k, v in to_dict(cfg.reward).items() if k not in GRID_ONLY}
+    reward |= {"policy_pairs_per_post": pp.per_post, "policy_kwise": pp.kwise}  # the names kit.json records
     return {"testbed": kit_testbed_identity(to_dict(cfg.testbed)), "precision": cfg.precision,
             "attention": cfg.attention,
-            "policy": {"init_from": p.init_from, "sft_epochs": p.sft_epochs, "sft_lr": p.sft_lr,
-                       "sft_batch_size": p.sft_batch_size, "max_new_tokens": p.max_new_tokens,
-                       "seed": p.seed},
-            "reward": unkeyed_defaults({k: v for k, v in to_dict(cfg.reward).items() if k not in GRID_ONLY},
-                                       KIT_SINCE),
+            "policy": {"init_from": p.init_from, "sft_epochs": p.epochs, "sft_lr": p.lr,
+                       "sft_batch_size": p.batch_size, "max_new_tokens": pp.max_new_tokens,
+                       "seed": pp.seed},
+            "reward": unkeyed_defaults(reward, KIT_SINCE),
             "evaluator": {k: v for k, v in to_dict(cfg.evaluator).items() if k != "rm_checkpoint"}}
 
 
@@ -215,7 +216,7 @@ def ship(run: Path, cfg: RunConfig, recipe: Path, keys: dict[str, str], out: Pat
     with atomic_path(out) as tmp:
         tmp.mkdir(parents=True)
         shutil.copytree(run / SOURCES[POLICY], tmp / KIT_FOLDERS[POLICY])
-        _rewrite_json(tmp / KIT_FOLDERS[POLICY] / layout.POLICY_RECORD, init=cfg.policy.init_from)
+        _rewrite_json(tmp / KIT_FOLDERS[POLICY] / layout.POLICY_RECORD, init=cfg.sft.init_from)
         shutil.copytree(run / SOURCES[EVALUATOR], tmp / KIT_FOLDERS[EVALUATOR])
         _rewrite_json(tmp / KIT_FOLDERS[EVALUATOR] / layout.RM_RECORD,
                       backbone=cfg.evaluator.checkpoint or layout.EVALUATOR_PRETRAIN)

@@ -174,7 +174,7 @@ def kit_record(root: Path | None = None) -> dict:
     path = Path(root or KIT_ROOT) / KIT_RECORD
     if not path.is_file():
         raise KitError(f"{path}: no testbed kit there (build it with `perm kit build`, README: the testbed "
-                       "kit; or train the world in the run: policy.checkpoint, reward.pairs_from and "
+                       "kit; or train the world in the run: sft.checkpoint, reward.pairs_from and "
                        "evaluator.rm_checkpoint null)")
     try:
         rec = json.loads(path.read_text())
@@ -243,7 +243,7 @@ def verify_kit(root: Path | None = None, parts: list[str] | None = None, testbed
         what = testbed_difference(rec.get("testbed", {}), kit_testbed_identity(testbed))
         if what:
             raise KitError(f"the testbed kit ({where}) was built on another testbed than this run's "
-                           f"({what}): train the world in the run instead (policy.checkpoint, "
+                           f"({what}): train the world in the run instead (sft.checkpoint, "
                            "reward.pairs_from and evaluator.rm_checkpoint null, as configs/tiny-scratch.yaml "
                            "does), or rebuild the kit for this testbed (`perm kit build`)")
     return rec

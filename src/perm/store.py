@@ -8,6 +8,7 @@ files' hashes) and every output it recorded still exists with the recorded hash.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -91,6 +92,8 @@ def _json_default(o: Any) -> Any:
         return o.tolist()
     if isinstance(o, Path):
         return str(o)
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):  # a config section: its fields, as to_dict
+        return {f.name: getattr(o, f.name) for f in dataclasses.fields(o)}
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 

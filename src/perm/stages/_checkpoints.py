@@ -66,8 +66,8 @@ class Checkpoints:
         named += [(f"reward.rm_checkpoints[{i}]", s.split("=", 1)[1])
                   for i, s in enumerate(c.reward.rm_checkpoints)]
         named += [("evaluator.rm_checkpoint", c.evaluator.rm_checkpoint), ("evaluator.checkpoint",
-                  c.evaluator.checkpoint), ("policy.checkpoint", c.policy.checkpoint),
-                  ("policy.init_from", c.policy.init_checkpoint())]
+                  c.evaluator.checkpoint), ("sft.checkpoint", c.sft.checkpoint),
+                  ("sft.init_from", c.sft.init_checkpoint())]
         out: dict[str, str] = {}
         for field, spec in named:
             if spec:
@@ -90,7 +90,7 @@ class Checkpoints:
 
     def resolve(self, spec: str) -> str:
         """What to load for the checkpoint `spec` of the config (``pretrain.checkpoints[i]``,
-        ``evaluator.checkpoint``, ``policy.checkpoint``), once per run; every stage reads checkpoints
+        ``evaluator.checkpoint``, ``sft.checkpoint``), once per run; every stage reads checkpoints
         through it. A shipped testbed backbone (``testbed:<name>``, perm.shipped) becomes its folder in the
         package once its weights match their recorded hash and it was pretrained on this run's testbed. A hub
         id pinned to a commit becomes ``org/name@<sha>``; with ``pretrain.convert_bin`` a checkpoint whose

@@ -85,7 +85,7 @@ def backbone_identity(cfg: RunConfig, upstream: Mapping[str, str], pretrain_id: 
 
 def policy_identity(cfg: RunConfig, upstream: Mapping[str, str]) -> str:
     """The SFT policy's identity: the `policy` stage's output hash, or its checkpoint's key."""
-    c = cfg.policy.checkpoint
+    c = cfg.sft.checkpoint
     return upstream[checkpoint_name(c)] if c else upstream["policy"]
 
 

@@ -58,8 +58,8 @@ def evaluator_ids(cfg: RunConfig) -> tuple[str, int]:
 
 # ---------------------------------------------------------------------------------- the finetuning recipe
 
-GRID_FIELDS = ("finetune_seeds", "layout", "pairs", "policy_pairs_per_post", "policy_kwise",
-               "finetune_seed_scope", "pairs_from", "rm_checkpoints")  # keyed per RM or via pairs_key
+# keyed per RM or via pairs_key
+GRID_FIELDS = ("finetune_seeds", "layout", "pairs", "finetune_seed_scope", "pairs_from", "rm_checkpoints")
 
 
 UNKEYED_AT = {"readout": "last", "micro_batch_size": None, "processes": 1, "rm_checkpoints": []}
@@ -228,9 +228,9 @@ def eval_pair_files(cfg: RunConfig) -> tuple[str, ...]:
 
 
 def pairs_per_post(cfg: RunConfig) -> int:
-    """Pairs drawn per post before ties are dropped: C(K, 2) K-wise, else `policy_pairs_per_post`."""
-    c = cfg.reward
-    return c.policy_kwise * (c.policy_kwise - 1) // 2 if c.policy_kwise else c.policy_pairs_per_post
+    """Pairs drawn per post before ties are dropped: C(K, 2) K-wise, else `policy_pairs.per_post`."""
+    c = cfg.policy_pairs
+    return c.kwise * (c.kwise - 1) // 2 if c.kwise else c.per_post
 
 
 def pair_count(cfg: RunConfig, root: Path, files: tuple[str, ...]) -> tuple[int | None, str]:

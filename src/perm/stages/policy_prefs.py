@@ -51,7 +51,7 @@ CHUNK_ROWS = 576
 
 
 def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
-    c, p = cfg.reward, cfg.policy
+    c, p = cfg.reward, cfg.policy_pairs
     if c.pairs == "testbed":
         return {}
     # copied from a kit or folder: keyed on its identity alone (no precision: nothing is sampled)
@@ -62,7 +62,7 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
             out["evaluator-prefs"] = hash_obj({"pairs_from": source, "files": [EVALUATOR_PAIRS]})
         return out
     common = {"policy": policy_identity(cfg, upstream), "testbed": data_identity(cfg, upstream),
-              "per_post": c.policy_pairs_per_post, "kwise": c.policy_kwise, "seed": p.seed,
+              "per_post": p.per_post, "kwise": p.kwise, "seed": p.seed,
               "max_new_tokens": p.max_new_tokens, "chunk": chunk_prompts(cfg),
               "label_temperature": cfg.testbed.label_temperature}
     out = {"policy-prefs": stage_key(cfg, {**common, "heldout": "sft"})}
@@ -74,8 +74,8 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
 
 def samples_per_post(cfg: RunConfig) -> int:
     """Samples the policy draws per sft_train post: K (K-wise) or two per disjoint pair."""
-    c = cfg.reward
-    return c.policy_kwise if c.policy_kwise else 2 * c.policy_pairs_per_post
+    p = cfg.policy_pairs
+    return p.kwise if p.kwise else 2 * p.per_post
 
 
 def work(cfg: RunConfig, root: Path) -> Work | None:
@@ -100,20 +100,19 @@ def chunk_prompts(cfg: RunConfig) -> int:
 
 def run(ctx: Context) -> tuple[str, ...]:
     cfg = ctx.cfg
-    c, p = cfg.reward, cfg.policy
+    c, p = cfg.reward, cfg.policy_pairs
     if c.pairs != "testbed" and c.pairs_from:
         _copy_pairs(ctx)
     elif c.pairs != "testbed":
         ctx.need("testbed")
         policy = ctx.need("sft")
         all_keys = keys(cfg, ctx.upstream())
-        common = dict(policy=policy, pairs_per_post=c.policy_pairs_per_post, kwise=c.policy_kwise,
+        common = dict(policy=policy, pairs_per_post=p.per_post, kwise=p.kwise,
                       max_new_tokens=p.max_new_tokens, seed=p.seed, batch_prompts=chunk_prompts(cfg),
                       label_temperature=cfg.testbed.label_temperature, **ctx.job_env(pooled=False))
         ctx.run_one("policy-prefs", all_keys["policy-prefs"],
                     lambda: job_policy_prefs(str(ctx.root), layout.POLICY_PREFS, **common),
-                    list(POLICY_PAIRS), pairs_per_post=c.policy_pairs_per_post,
-                    kwise=c.policy_kwise)
+                    list(POLICY_PAIRS), pairs_per_post=p.per_post, kwise=p.kwise)
         if extra_posts(cfg):
             ctx.run_one("evaluator-prefs", all_keys["evaluator-prefs"],
                         lambda: job_policy_prefs(str(ctx.root), EVALUATOR_PAIRS, posts_rel=EVALUATOR_POSTS,
@@ -247,7 +246,7 @@ def job_policy_prefs(run_dir: str, out_rel: str, *, policy: str, pairs_per_post:
     if heldout and (not held.any() or held.all()):
         raise ValueError(f"policy-prefs: {int(held.sum())} held-out and {int((~held).sum())} training pairs "
                          f"({sft_heldout(len(prompts))} held-out posts x {per_post} pairs, ties dropped); "
-                         "raise testbed.n_sft or reward.policy_pairs_per_post")
+                         "raise testbed.n_sft or policy_pairs.per_post")
     wall = time.perf_counter() - t0
     info = {"wall_s": wall, "sample_s": sample_s, "samples": len(prompts) * n_per,
             "samples_per_s": len(prompts) * n_per / sample_s, "kwise": kwise, "chunk_prompts": batch_prompts,

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from perm import run_layout as layout
-from perm.config import RunConfig, to_dict
+from perm.config import BackboneConfig, PretrainConfig, RunConfig
 from perm.progress import job_bar
 from perm.stages._context import Context, data_identity, read_column, stage_key, torch_setup
 from perm.stages._plan import Work
@@ -37,14 +37,13 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
     if not c.checkpoints:
         data = data_identity(cfg, upstream)
         # how a checkpoint is read (convert_bin) does not change what a pretrain from scratch trains
-        common = {k: v for k, v in to_dict(c).items()
-                  if k not in ("seeds", "init_seeds", "data_seeds", "convert_bin", "checkpoint_every")}
+        common = c.recipe_key()
         for pid, init_s, data_s in zip(c.pretrain_ids(), c.init_seeds or c.seeds, c.data_seeds or c.seeds,
                                        strict=True):
             out[layout.pretrain_dir(pid)] = stage_key(cfg, {"common": common, "init": init_s, "data": data_s,
                                                      "testbed": data})
     if e.pretrains():
-        out[layout.EVALUATOR_PRETRAIN] = stage_key(cfg, {"backbone": to_dict(e.backbone),
+        out[layout.EVALUATOR_PRETRAIN] = stage_key(cfg, {"backbone": e.backbone,
                                                     "train": evaluator_train_args(cfg),
                                                     "seed": e.pretrain_seed,
                                                     "testbed": data_identity(cfg, upstream)})
@@ -84,11 +83,11 @@ def run(ctx: Context) -> dict[str, str]:
             name = layout.pretrain_dir(pid)
             if not ctx.skip(name, all_keys[name]):
                 todo.append((name, dict(env, out_rel=name, init_seed=init_s, data_seed=data_s,
-                                        backbone=to_dict(c.backbone), train=train_args(cfg))))
+                                        backbone=c.backbone, recipe=c, steps=c.steps)))
     name = layout.EVALUATOR_PRETRAIN
     if name in all_keys and not ctx.skip(name, all_keys[name]):
         todo.insert(0, (name, dict(env, out_rel=name, init_seed=e.pretrain_seed, data_seed=e.pretrain_seed,
-                                   backbone=to_dict(e.backbone), train=evaluator_train_args(cfg))))
+                                   backbone=e.backbone, recipe=c, steps=e.pretrain_steps)))
     # the longest job (the evaluator's) first, so parallel workers finish together
     ctx.run_jobs(job_pretrain, todo, all_keys, seeds_of=seeds_of, work=work(cfg, ctx.root))
     if c.checkpoints:
@@ -104,12 +103,15 @@ def _registered(ctx: Context) -> dict[str, str]:
             for pid, spec in zip(c.pretrain_ids(), c.checkpoints, strict=True)}
 
 
-def job_pretrain(run_dir: str, out_rel: str, *, init_seed: int, data_seed: int, backbone: dict, train: dict,
-                 device: str, threads: int | None, precision: str = "fp32", attention: str = "auto",
+def job_pretrain(run_dir: str, out_rel: str, *, init_seed: int, data_seed: int, backbone: BackboneConfig,
+                 recipe: PretrainConfig, steps: int, device: str, threads: int | None,
+                 precision: str = "fp32", attention: str = "auto",
                  show_progress: bool = True, checkpoint_every: int = 0) -> dict:
     """Pretrain one backbone into run_dir/out_rel (atomically); returns its info. With `checkpoint_every`, the
     training state is checkpointed under run_dir/.checkpoints/out_rel, and a rerun of a killed job resumes
-    there (:func:`perm.pretrain.pretrain`); the checkpoint is removed once the backbone is saved."""
+    there (:func:`perm.pretrain.pretrain`); the checkpoint is removed once the backbone is saved. `recipe`:
+    the training fields (perm.config.PRETRAIN_TRAIN_FIELDS) but `steps`, which the evaluator's backbone has
+    of its own."""
     import shutil
 
     from perm.models import attention_for, gpt_neox_config, load_tokenizer, save_model
@@ -119,9 +121,10 @@ def job_pretrain(run_dir: str, out_rel: str, *, init_seed: int, data_seed: int, 
     run = Path(run_dir)
     tok = load_tokenizer(run / layout.TOKENIZER)
     (texts,) = read_column(run / layout.CORPUS, "text")
+    train = dict(recipe.train_args(), steps=steps)
     train_blocks, held = pack_corpus(texts, tok, train["seq_len"])
     cfg = gpt_neox_config(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                          **backbone)
+                          **backbone.shape())
     bar = job_bar(out_rel, train["steps"], show_progress, scale=(train["batch_size"], "sequences"))
     ckpt = run / layout.checkpoint_state(out_rel)
     model, info = pretrain(config=cfg, train_blocks=train_blocks, heldout_blocks=held, init_seed=init_seed,
@@ -134,7 +137,7 @@ def job_pretrain(run_dir: str, out_rel: str, *, init_seed: int, data_seed: int, 
     info.update(n_params=sum(p.numel() for p in model.parameters()), precision=precision,
                 attention=model.config._attn_implementation)
     with atomic_path(run / out_rel) as tmp:
-        record = {"config": {"backbone": backbone, **train}, **info}
+        record = {"config": {"backbone": backbone.shape(), **train}, **info}
         save_model(model, tok, tmp, record, layout.PRETRAIN_RECORD)
     shutil.rmtree(ckpt, ignore_errors=True)
     return info

@@ -1,4 +1,4 @@
-"""`perm sample`: a pool of `policy.pool_size` candidates plus `policy.n_reference` separate reference samples
+"""`perm sample`: a pool of `sample.pool_size` candidates plus `sample.n_reference` separate reference samples
 per eval prompt from the SFT policy (perm.policy.sample_pool), with the gold reward on the testbed.
 Manifest name `sample`; output samples.parquet. Returns its path."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from perm import run_layout as layout
-from perm.config import RunConfig, to_dict
+from perm.config import RunConfig, SampleConfig
 from perm.progress import job_bar
 from perm.stages._context import Context, autocast, data_identity, policy_identity, stage_key, torch_setup
 from perm.stages._grid import eval_prompts
@@ -25,16 +25,18 @@ SUMMARY = f"Sample a pool of candidates (+ reference samples) per eval prompt in
 TAKES_TENSOR = False
 
 
-UNKEYED = ("sample_memory_gb",)  # how many prompts decode at once: the samples do not depend on it
-
-
-def sampling_args(cfg: RunConfig) -> dict:
-    return {k: v for k, v in to_dict(cfg.policy).items() if not k.startswith("sft_") and k != "checkpoint"}
+def sampling_key(cfg: RunConfig) -> dict:
+    """The sample key's slice of the config, under the names it was first recorded with: every field of the
+    `sample` section but `memory_gb` (how many prompts decode at once: the samples do not depend on it) and
+    `sft.init_from`."""
+    s = cfg.sample
+    return {"init_from": cfg.sft.init_from, "pool_size": s.pool_size, "n_reference": s.n_reference,
+            "temperature": s.temperature, "top_p": s.top_p, "max_new_tokens": s.max_new_tokens,
+            "seed": s.seed, "batch_prompts": s.batch_prompts}
 
 
 def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
-    sampling = {k: v for k, v in sampling_args(cfg).items() if k not in UNKEYED}
-    return {"sample": stage_key(cfg, {"sampling": sampling,
+    return {"sample": stage_key(cfg, {"sampling": sampling_key(cfg),
                                       "policy": policy_identity(cfg, upstream),
                                       "testbed": data_identity(cfg, upstream)})}
 
@@ -42,24 +44,25 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
 def work(cfg: RunConfig, root: Path) -> Work:
     """The sampling job: its eval prompts, `pool_size` + `n_reference` samples each."""
     n, bound = eval_prompts(cfg, root)
-    return Work(NAME, (("sample", n),), "prompts", (cfg.policy.pool_size + cfg.policy.n_reference, "samples"),
+    return Work(NAME, (("sample", n),), "prompts", (cfg.sample.pool_size + cfg.sample.n_reference, "samples"),
                 bound=bound)
 
 
 def run(ctx: Context) -> Path:
     cfg = ctx.cfg
-    c = cfg.policy
+    c = cfg.sample
     policy = ctx.need("sft")
     ctx.need("testbed")
     key = keys(cfg, ctx.upstream())["sample"]
     ctx.run_one("sample", key, lambda: job_sample(
-        str(ctx.root), layout.SAMPLES, policy=policy, sampling=sampling_args(cfg),
+        str(ctx.root), layout.SAMPLES, policy=policy, sampling=c,
         trust_remote_code=cfg.pretrain.trust_remote_code, **ctx.job_env(pooled=False)),
         [layout.SAMPLES], seeds={"sampling_seed": c.seed}, pool=c.pool_size, references=c.n_reference)
     return ctx.root / layout.SAMPLES
 
 
-def job_sample(run_dir: str, out_rel: str, *, policy: str, sampling: dict, device: str, threads: int | None,
+def job_sample(run_dir: str, out_rel: str, *, policy: str, sampling: SampleConfig, device: str,
+               threads: int | None,
                precision: str = "fp32", attention: str = "auto", show_progress: bool = True,
                trust_remote_code: bool = False) -> dict:
     """Pool of N + K reference samples per eval prompt -> samples.parquet (with gold reward on the testbed).
@@ -78,20 +81,19 @@ def job_sample(run_dir: str, out_rel: str, *, policy: str, sampling: dict, devic
         # perm added a pad token the policy has no embedding for; padding is masked, so EOS can stand in
         tok.pad_token = tok.eos_token
     t = pq.read_table(run / layout.EVAL_PROMPTS).to_pandas()
-    n, k = sampling["pool_size"], sampling["n_reference"]
+    n, k = sampling.pool_size, sampling.n_reference
     t0 = time.perf_counter()
     pools = []
     bar = job_bar("sample", len(t), show_progress, unit="prompts", scale=(n + k, "samples"))
-    step = sampling["batch_prompts"]
-    gb = sampling.get("sample_memory_gb")
-    memory = None if gb is None else int(gb * 1e9)
+    step = sampling.batch_prompts
+    memory = None if sampling.memory_gb is None else int(sampling.memory_gb * 1e9)
     for i in range(0, len(t), step):
         # one seed per chunk of `batch_prompts` prompts (batch_prompts is part of the stage key)
         with autocast(dev, precision):
             pools += sample_pool(model, tok, list(t.prompt[i : i + step]), n_samples=n + k,
-                                 temperature=sampling["temperature"], top_p=sampling["top_p"],
-                                 max_new_tokens=sampling["max_new_tokens"],
-                                 seed=derive_seed("sample", sampling["seed"], i), batch_prompts=step,
+                                 temperature=sampling.temperature, top_p=sampling.top_p,
+                                 max_new_tokens=sampling.max_new_tokens,
+                                 seed=derive_seed("sample", sampling.seed, i), batch_prompts=step,
                                  device=dev, memory_bytes=memory)
         bar(min(i + step, len(t)), len(t))
     bar.close()
@@ -100,7 +102,7 @@ def job_sample(run_dir: str, out_rel: str, *, policy: str, sampling: dict, devic
         from perm.testbed.gold import gold_reward as gold_fn
     table = build_samples_table(list(t.prompt_id), [p[:n] for p in pools], [p[n:] for p in pools], tok,
                                 gold_fn=gold_fn, posts=list(t.post) if gold_fn else None,
-                                max_new_tokens=sampling["max_new_tokens"])
+                                max_new_tokens=sampling.max_new_tokens)
     atomic_write_parquet(run / out_rel, table)
     wall = time.perf_counter() - t0
     info = {"rows": table.num_rows, "wall_s": wall, "samples_per_s": table.num_rows / wall,

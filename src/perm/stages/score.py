@@ -115,7 +115,7 @@ def work(cfg: RunConfig, root: Path) -> Work:
     bound = ""
     if n is None:
         prompts, bound = eval_prompts(cfg, root)
-        n = prompts * (cfg.policy.pool_size + cfg.policy.n_reference)
+        n = prompts * (cfg.sample.pool_size + cfg.sample.n_reference)
     jobs = tuple((JOB.format(model_id=mid), n) for mid in model_names(cfg))
     return Work(NAME, jobs, "samples", bound=bound)
 

@@ -1,7 +1,7 @@
 """`perm sft`: the SFT policy, trained on sft_train's reference summaries (perm.policy.train_sft, summary
-tokens only) from a backbone of its own (`policy.init_from` naming a checkpoint, by default the shipped
+tokens only) from a backbone of its own (`sft.init_from` naming a checkpoint, by default the shipped
 testbed backbone of pretrain seed 5, which no grid RM shares), the first pretrained backbone or from scratch —
-or `policy.checkpoint` registered instead (a local dir, a hub id, or the testbed kit's `testbed:kit/policy`,
+or `sft.checkpoint` registered instead (a local dir, a hub id, or the testbed kit's `testbed:kit/policy`,
 verified against its recorded hash and testbed). Manifest name `policy`; output policy/. Returns the policy's
 directory or hub id."""
 
@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from perm import run_layout as layout
-from perm.config import RunConfig, to_dict
+from perm.config import BackboneConfig, RunConfig, SftConfig
 from perm.progress import job_bar
 from perm.stages._context import (
     Context,
@@ -29,16 +29,22 @@ from perm.store import atomic_path, derive_seed
 NAME = "sft"
 NEEDS = ("testbed", "pretrain")
 WRITES = {layout.POLICY: (layout.POLICY,)}
-SUMMARY = "Train the SFT policy (summary tokens only), or register policy.checkpoint."
+SUMMARY = "Train the SFT policy (summary tokens only), or register sft.checkpoint."
 TAKES_TENSOR = False
 
 
-def sft_args(cfg: RunConfig) -> dict:
-    return {k: v for k, v in to_dict(cfg.policy).items() if k.startswith("sft_")}
+def sft_key(cfg: RunConfig) -> dict:
+    """The policy key's slice of the `sft` section, under the names it was first recorded with."""
+    return sft_record(cfg.sft)
+
+
+def sft_record(c: SftConfig) -> dict:
+    """The recipe a trained policy's policy.json records (the names of the kit's recorded policy)."""
+    return {"sft_epochs": c.epochs, "sft_lr": c.lr, "sft_batch_size": c.batch_size}
 
 
 def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
-    c = cfg.policy
+    c = cfg.sft
     if c.checkpoint:
         return {}
     if c.init_checkpoint():
@@ -46,15 +52,15 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
     elif c.init_from == "pretrain":
         init = backbone_identity(cfg, upstream, cfg.pretrain.pretrain_ids()[0])
     else:
-        init = to_dict(cfg.pretrain.backbone)
-    return {"policy": stage_key(cfg, {"sft": sft_args(cfg), "init": init,
+        init = cfg.pretrain.backbone
+    return {"policy": stage_key(cfg, {"sft": sft_key(cfg), "init": init,
                                       "testbed": data_identity(cfg, upstream),
                                       "max_length": cfg.reward.max_length})}
 
 
 def run(ctx: Context) -> str:
     cfg = ctx.cfg
-    c = cfg.policy
+    c = cfg.sft
     if c.checkpoint:
         return ctx.resolve_checkpoint(c.checkpoint)  # pinned to its commit / converted, as every checkpoint
     ctx.need("testbed")
@@ -64,23 +70,24 @@ def run(ctx: Context) -> str:
         init = next(iter(ctx.need("pretrain").values())) if c.init_from == "pretrain" else None
     key = keys(cfg, ctx.upstream())["policy"]
     ctx.run_one("policy", key, lambda: job_sft(
-        str(ctx.root), layout.POLICY, init=init, backbone=to_dict(cfg.pretrain.backbone), sft=sft_args(cfg),
+        str(ctx.root), layout.POLICY, init=init, backbone=cfg.pretrain.backbone, sft=c,
         max_length=cfg.reward.max_length, **ctx.job_env(pooled=False)),
         [layout.POLICY], seeds=lambda info: {"data_seed": info["data_seed"]}, init=c.init_from)
     return str(ctx.root / layout.POLICY)
 
 
 def work(cfg: RunConfig, root: Path) -> Work:
-    """The SFT job and its optimizer steps (of `sft_batch_size` sequences); none with `policy.checkpoint`."""
-    c = cfg.policy
+    """The SFT job and its optimizer steps (of `sft.batch_size` sequences); none with `sft.checkpoint`."""
+    c = cfg.sft
     if c.checkpoint:
         return Work(NAME, note=f"loads the policy {c.checkpoint}")
     n = parquet_rows(root / layout.SFT_TRAIN) or cfg.testbed.n_sft
-    return Work(NAME, (("policy", optimizer_steps(n - sft_heldout(n), c.sft_epochs, c.sft_batch_size)),),
-                "steps", (c.sft_batch_size, "sequences"))
+    return Work(NAME, (("policy", optimizer_steps(n - sft_heldout(n), c.epochs, c.batch_size)),),
+                "steps", (c.batch_size, "sequences"))
 
 
-def job_sft(run_dir: str, out_rel: str, *, init: str | None, backbone: dict, sft: dict, max_length: int,
+def job_sft(run_dir: str, out_rel: str, *, init: str | None, backbone: BackboneConfig, sft: SftConfig,
+            max_length: int,
             device: str, threads: int | None, precision: str = "fp32", attention: str = "auto",
             show_progress: bool = True) -> dict:
     """Train the SFT policy on sft_train (summary tokens only) from `init` (a backbone dir)
@@ -105,14 +112,14 @@ def job_sft(run_dir: str, out_rel: str, *, init: str | None, backbone: dict, sft
         model = load_causal_lm(init)
     else:
         cfg = gpt_neox_config(vocab_size=len(tok), pad_token_id=tok.pad_token_id,
-                              eos_token_id=tok.eos_token_id, **backbone)
+                              eos_token_id=tok.eos_token_id, **backbone.shape())
         model = new_causal_lm(cfg, derive_seed("sft-init", 0))
     use_attention(model, attention_for(dev, precision, attention))
     prompts, completions = read_column(run / layout.SFT_TRAIN, "prompt", "completion")
     n_eval = sft_heldout(len(prompts))
-    bar = job_bar(out_rel, 1, show_progress, scale=(sft["sft_batch_size"], "sequences"))
-    state = train_sft(model.to(dev), tok, prompts[n_eval:], completions[n_eval:], epochs=sft["sft_epochs"],
-                      lr=sft["sft_lr"], batch_size=sft["sft_batch_size"], max_length=max_length,
+    bar = job_bar(out_rel, 1, show_progress, scale=(sft.batch_size, "sequences"))
+    state = train_sft(model.to(dev), tok, prompts[n_eval:], completions[n_eval:], epochs=sft.epochs,
+                      lr=sft.lr, batch_size=sft.batch_size, max_length=max_length,
                       data_seed=data_seed,
                       eval_prompts=prompts[:n_eval], eval_completions=completions[:n_eval], progress=bar,
                       accelerator=make_accelerator(dev, precision))
@@ -122,5 +129,5 @@ def job_sft(run_dir: str, out_rel: str, *, init: str | None, backbone: dict, sft
     info.update(data_seed=data_seed, init=init or "scratch", precision=precision,
                 attention=model.config._attn_implementation)
     with atomic_path(run / out_rel) as tmp:
-        save_model(model, tok, tmp, {"config": sft, **info}, layout.POLICY_RECORD)
+        save_model(model, tok, tmp, {"config": sft_record(sft), **info}, layout.POLICY_RECORD)
     return info

@@ -80,7 +80,7 @@ def _import_data(ctx: Context) -> str:
         raise ValueError("data.prefs needs pretrain.checkpoints "
                          "(the testbed tokenizer only fits testbed data)")
     key = keys(ctx.cfg, ctx.upstream())["data"]
-    tok, tokenizers = check_tokenizers(ctx)  # every invocation: a changed policy.checkpoint is checked too
+    tok, tokenizers = check_tokenizers(ctx)  # every invocation: a changed sft.checkpoint is checked too
     revisions = _pinned_revisions(ctx)
 
     def load() -> dict:
@@ -158,8 +158,8 @@ def check_tokenizers(ctx: Context):
     if e.enabled and (e.rm_checkpoint or e.checkpoint):
         field = "evaluator.rm_checkpoint" if e.rm_checkpoint else "evaluator.checkpoint"
         named.append((f"{field} ({e.rm_checkpoint or e.checkpoint})", e.rm_checkpoint or e.checkpoint))
-    if cfg.policy.checkpoint:
-        named.append((f"policy.checkpoint ({cfg.policy.checkpoint})", cfg.policy.checkpoint))
+    if cfg.sft.checkpoint:
+        named.append((f"sft.checkpoint ({cfg.sft.checkpoint})", cfg.sft.checkpoint))
     loaded: dict[str, object] = {}
     toks, unchecked = {}, []
     pins, cache_only = ctx.hub_pins(), offline()
