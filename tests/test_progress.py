@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from perm.config import config_from_overrides, configs_dir, load_config, to_dict
+from perm.config import config_from_overrides, configs_dir, load_config
 from perm.executors import LocalExecutor, PoolExecutor
 from perm.progress import Progress, StageProgress, Tick, fmt_duration, job_bar, progress_line, reporting
 from perm.stages import MODULES
@@ -265,10 +265,10 @@ def test_planned_steps_are_the_steps_the_trainers_take(tmp_path, tokenizer, tiny
     env = dict(run_dir=str(run), eval_files=eval_pair_files(cfg), device="cpu", threads=1, precision="fp32")
     with reporting(Progress("json", log, every=0.5, clock=lambda: float(next(clock)))):
         train_rm.job_reward_model(out_rel="rm/seed0-ft0", backbone=str(tiny_backbone_dir), pretrain_id="seed0",
-                                  finetune_seed=0, reward=to_dict(cfg.reward), n_pairs=cfg.reward.max_train_pairs,
+                                  finetune_seed=0, reward=cfg.reward, n_pairs=cfg.reward.max_train_pairs,
                                   pair_files=pair_files(cfg), **env)
         train_rm.job_reward_model(out_rel="evaluator/rm", backbone=str(tiny_backbone_dir), pretrain_id="ev",
-                                  finetune_seed=9, reward=train_rm.evaluator_reward_args(cfg),
+                                  finetune_seed=9, reward=train_rm.evaluator_recipe(cfg),
                                   n_pairs=cfg.evaluator.train_pairs, pair_files=evaluator_pair_files(cfg), **env)
         sft.job_sft(str(run), "policy", init=str(tiny_backbone_dir), backbone=cfg.pretrain.backbone, sft=cfg.sft,
                     max_length=cfg.reward.max_length, device="cpu", threads=1)

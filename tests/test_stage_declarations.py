@@ -5,6 +5,7 @@ them."""
 from __future__ import annotations
 
 import types
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -139,3 +140,12 @@ def test_the_real_stages_are_held_to_their_needs(tmp_path):
     with ctx.as_stage("sample"), pytest.raises(UndeclaredNeedError,
                                                match="stage 'sample' asked for stage 'train-rm'"):
         ctx.need("train-rm")
+
+
+def test_no_stage_turns_its_config_into_a_dict():
+    """Jobs take the typed config sections (frozen dataclasses) and keys hash them as they are: no stage module
+    calls perm.config.to_dict (a field read by name from a dict can silently never reach its loop)."""
+    import perm.stages
+
+    for path in Path(perm.stages.__file__).parent.glob("*.py"):
+        assert "to_dict" not in path.read_text(encoding="utf-8"), path.name

@@ -88,3 +88,26 @@ def test_named_ensembles_must_name_scored_models(tmp_path):
         load_config(configs_dir() / "quick.yaml", ["ensembles.named=[finetune=seed0-ft0+seed0-ft1]"])
     with pytest.raises(ConfigError, match="ensembles.kinds"):
         load_config(configs_dir() / "quick.yaml", ["ensembles.kinds=[bagging]"])
+
+
+def test_member_keys_are_the_ones_made_before_the_config_sections():
+    """The members' keys (every kind, fixed upstream hashes) equal those the code made before `reward` became
+    a typed section and the policy pairs' fields moved to `policy_pairs` (recorded at 8676fcf): a finished
+    members stage is not retrained by the move."""
+    import collections
+
+    from perm.config import config_from_overrides
+    from perm.stages import train_members
+
+    class Up(collections.UserDict):
+        def __getitem__(self, k):
+            return "h-" + k
+
+    cfg = config_from_overrides(["precision=bf16", "ensembles.kinds=[multihead, lora, warm, mcdropout]"])
+    keys = {k: v[:8] for k, v in train_members.keys(cfg, Up()).items()}
+    assert keys == {
+        "members/grid-soup": "338744c0", "members/lora-0": "50fa7686", "members/lora-1": "a7c236c9",
+        "members/lora-2": "d428e1c6", "members/lora-3": "d047599d", "members/lora-4": "ba891ef7",
+        "members/mcdropout": "26716b5c", "members/multihead": "c2101880", "members/warm": "974799f3",
+        "members/warm-0": "650964e5", "members/warm-1": "94740c68", "members/warm-2": "ee5aa6a7",
+        "members/warm-3": "8ecd53ab", "members/warm-4": "10cca574", "members/warm-probe": "296ad235"}

@@ -415,6 +415,11 @@ class RewardConfig:
     `policy_pairs.kwise` keep their defaults (the kit's recipe); `evaluator.extra_posts` is null (the
     source's evaluator_prefs.parquet, for an evaluator finetuned in the run) or 0."""
 
+    def recipe(self, skip: tuple[str, ...] = ()) -> dict:
+        """{field: value} of this section but the fields of `skip`: the slice of the recipe a stage key holds
+        (perm.stages._grid.recipe_key) and what an RM's rm.json records."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
+
     def __post_init__(self) -> None:
         _check(len(self.finetune_seeds) > 0, "reward.finetune_seeds", "need at least one")
         _check(len(set(self.finetune_seeds)) == len(self.finetune_seeds), "reward.finetune_seeds",
@@ -1053,6 +1058,12 @@ def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
         if prefix and not str(e).startswith(prefix):
             raise ConfigError(f"{prefix}.{e}") from None
         raise
+
+
+def section_from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    """A config section (or RunConfig) from its plain dict form (:func:`to_dict`), type-checked: what a job
+    launched in another process reads back from JSON."""
+    return _from_dict(cls, data, prefix)
 
 
 def to_dict(cfg: Any) -> Any:

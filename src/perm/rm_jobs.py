@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from perm import run_layout as layout
+from perm.config import RewardConfig, section_from_dict, to_dict
 from perm.progress import job_bar
 from perm.store import atomic_path, derive_seed, read_column
 
@@ -80,7 +81,7 @@ def other_evals(evals: dict[str, dict], files) -> dict[str, dict]:
 
 
 def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: str, finetune_seed: int,
-                     reward: dict, n_pairs: int | None,
+                     reward: RewardConfig | dict, n_pairs: int | None,
                      pair_files: tuple[str, ...] = (layout.PREFS_TRAIN,),
                      eval_files: tuple[str, ...] = (layout.PREFS_EVAL,), device: str, threads: int | None,
                      precision: str = "fp32", attention: str = "auto",
@@ -118,6 +119,9 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
     from perm.reward import encode_pairs, train_reward_model
     from perm.stages._context import torch_setup  # (perm.stages imports this module)
 
+    if isinstance(reward, dict):  # from a launcher's JSON (job_reward_model_launched)
+        reward = section_from_dict(RewardConfig, reward, "reward")
+
     dev = torch_setup(device, threads)
     run = Path(run_dir)
     tok = load_tokenizer(backbone if not (run / layout.TOKENIZER).exists() else run / layout.TOKENIZER,
@@ -126,14 +130,14 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
     kind = (member or {}).get("kind")
     if kind == "multihead":
         model = members.multihead_model(backbone, member["heads"], head_seed=seeds["head_seed"],
-                                        pad_token_id=tok.pad_token_id, dropout=reward["dropout"],
+                                        pad_token_id=tok.pad_token_id, dropout=reward.dropout,
                                         trust_remote_code=trust_remote_code)
     elif kind == "warm":  # the probe's RM: backbone and head as the probe left them
         model = load_reward_model(backbone, trust_remote_code=trust_remote_code).train()
     else:
         model = load_reward_backbone(backbone, pad_token_id=tok.pad_token_id, head_seed=seeds["head_seed"],
-                                     dropout=reward["dropout"], trust_remote_code=trust_remote_code)
-    set_readout(model, reward.get("readout", "last"))
+                                     dropout=reward.dropout, trust_remote_code=trust_remote_code)
+    set_readout(model, reward.readout)
     if model.get_input_embeddings().num_embeddings < len(tok):
         model.resize_token_embeddings(len(tok))
     use_attention(model, attention_for(dev, precision, attention))
@@ -145,7 +149,7 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
     elif kind == "probe":
         members.head_only(model)
     params = members.parameter_counts(model)
-    ml = reward["max_length"]
+    ml = reward.max_length
     prompts, chosen, rejected = [], [], []
     for rel in pair_files:  # e.g. policy_prefs.parquet then data/prefs_train.parquet
         p, c, r = read_column(run / rel, "prompt", "chosen", "rejected")
@@ -158,25 +162,25 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
     # > 1 under `python -m perm.launch` (DDP): every rank trains, the main one saves
     world = acc.num_processes
     if world > 1:
-        short = len(chosen) % reward["batch_size"]
+        short = len(chosen) % reward.batch_size
         if 0 < short < world:
-            raise ValueError(f"{out_rel}: {len(chosen)} pairs in batches of {reward['batch_size']} leave a "
+            raise ValueError(f"{out_rel}: {len(chosen)} pairs in batches of {reward.batch_size} leave a "
                              f"last batch of {short} pairs, fewer than the {world} processes that split each "
                              "batch")
         # the loop splits each global batch over the ranks: one LR-schedule step per update, as in one process
         # (accelerate's default steps a prepared scheduler once per process)
         acc.dataloader_config.split_batches = True
     train_chosen, train_rejected = encode_pairs(tok, prompts, chosen, rejected, ml)
-    bar = job_bar(out_rel, 1, show_progress and acc.is_main_process, scale=(reward["batch_size"], "pairs"))
+    bar = job_bar(out_rel, 1, show_progress and acc.is_main_process, scale=(reward.batch_size, "pairs"))
     state = train_reward_model(
         model, chosen=train_chosen, rejected=train_rejected,
         eval_chosen=ec, eval_rejected=er, eval_gold_diff=gold_diff, pad_id=tok.pad_token_id,
         data_seed=seeds["data_seed"], dropout_seed=seeds["dropout_seed"], progress=bar,
-        accelerator=acc, micro_batch_size=reward.get("micro_batch_size"),
+        accelerator=acc, micro_batch_size=reward.micro_batch_size,
         pair_weights=(members.bootstrap_counts(len(chosen), member["heads"], seeds["bootstrap_seed"])
                       if kind == "multihead" else None),
-        **{k: reward[k] for k in ("center_coef", "epochs", "batch_size", "lr", "warmup_frac", "weight_decay",
-                                  "max_grad_norm", "eval_every", "group_by_prompt")})
+        **{k: getattr(reward, k) for k in ("center_coef", "epochs", "batch_size", "lr", "warmup_frac",
+                                           "weight_decay", "max_grad_norm", "eval_every", "group_by_prompt")})
     bar.close()
     model = state.pop("model")
     train_loss = state["train_loss"]
@@ -197,9 +201,9 @@ def job_reward_model(run_dir: str, out_rel: str, *, backbone: str, pretrain_id: 
         "backbone": str(backbone),
         "seeds": seeds,
         "seed_scope": seed_scope,
-        "config": reward,
+        "config": to_dict(reward),
         "n_train_pairs": len(chosen),
-        **train_tokens(tok, prompts, chosen, rejected, reward["epochs"]),
+        **train_tokens(tok, prompts, chosen, rejected, reward.epochs),
         "n_train_prompts": state["n_prompts"],
         "eval_pairs": eval_files[0],
         "n_eval_pairs": len(ec),
@@ -287,7 +291,7 @@ def job_reward_model_launched(processes: int, **kw) -> dict:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with tempfile.NamedTemporaryFile("w", suffix=".json", dir=run, prefix=".launch-", delete=False) as f:
-        json.dump(kw | {"show_progress": False}, f)
+        json.dump(kw | {"show_progress": False, "reward": to_dict(kw["reward"])}, f)
     try:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--multi_gpu",
                "--num_processes", str(processes), "--mixed_precision", "no", "--dynamo_backend", "no",

@@ -30,7 +30,7 @@ import json
 from pathlib import Path
 
 from perm import run_layout as layout
-from perm.config import KIT, KIT_EVALUATOR, KIT_POLICY, SHIPPED, is_kit
+from perm.config import KIT, KIT_EVALUATOR, KIT_POLICY, SHIPPED, TestbedConfig, is_kit, to_dict
 from perm.store import hash_file, hash_obj
 
 SCHEME = SHIPPED
@@ -258,9 +258,11 @@ def pairs_identity(spec: str) -> str:
     return "files:" + hash_obj({f: hash_file(folder / f) for f in PAIR_FILES if (folder / f).is_file()})
 
 
-def pairs_folder(spec: str, files: tuple[str, ...], testbed: dict | None = None) -> Path:
+def pairs_folder(spec: str, files: tuple[str, ...], testbed: TestbedConfig | dict | None = None) -> Path:
     """The folder holding the pair `files` of `reward.pairs_from`: the package's kit (verified: hashes and,
     given it, the run's testbed) or a local folder; raises KitError naming a missing file."""
+    if testbed is not None and not isinstance(testbed, dict):
+        testbed = to_dict(testbed)
     if is_kit(spec):
         folder = verify(spec, testbed)
         listed = _kit_entry(kit_record(KIT_ROOT), PAIRS, KIT_ROOT)["files"]

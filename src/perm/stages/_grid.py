@@ -8,10 +8,11 @@ meet here.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from perm import run_layout as layout
-from perm.config import RunConfig, loaded_grid, to_dict
+from perm.config import RunConfig, loaded_grid
 from perm.stages._plan import parquet_rows
 
 # ----------------------------------------------------------------------------------------------- the grid
@@ -71,12 +72,15 @@ def unkeyed_defaults(reward: dict, fields: tuple[str, ...] = tuple(UNKEYED_AT)) 
     """Leave out of the keys the fields added after runs were made, at their old behaviour (keys as before):
     those of `fields` (default: every field of :data:`UNKEYED_AT`; keys made after some of them existed, such
     as the ensemble members', pass the later ones)."""
-    return {k: v for k, v in reward.items() if not (k in fields and v == UNKEYED_AT[k])}
+    def plain(v):  # a typed section holds tuples where its dict form held lists
+        return list(v) if isinstance(v, tuple) else v
+
+    return {k: v for k, v in reward.items() if not (k in fields and plain(v) == UNKEYED_AT[k])}
 
 
 def recipe_key(cfg: RunConfig) -> dict:
     """The part of `reward` every grid RM's key holds (the recipe; the grid's own fields are keyed per RM)."""
-    return unkeyed_defaults({k: v for k, v in to_dict(cfg.reward).items() if k not in GRID_FIELDS})
+    return unkeyed_defaults(cfg.reward.recipe(GRID_FIELDS))
 
 
 def pairs_key(cfg: RunConfig, upstream: Mapping[str, str]) -> dict:
@@ -119,7 +123,7 @@ def member_plan(cfg: RunConfig) -> dict[str, dict]:
     from perm.store import derive_seed
 
     e = cfg.ensembles
-    recipe = to_dict(cfg.reward)
+    recipe = cfg.reward
 
     def seeds(kind: str, i: int, *extra: str) -> dict:
         names = ("head_seed", "data_seed", "dropout_seed", *extra)
@@ -135,17 +139,18 @@ def member_plan(cfg: RunConfig) -> dict[str, dict]:
         for h in range(e.size):
             out[f"lora-{h}"] = {"kind": "lora", "member": {"kind": "lora", "rank": e.lora_rank,
                                                            "alpha": e.lora_alpha},
-                                "reward": recipe | {"lr": e.lora_lr},
+                                "reward": replace(recipe, lr=e.lora_lr),
                                 "seeds": seeds("lora", h, "adapter_seed"),
                                 "note": f"LoRA adapter (rank {e.lora_rank}) and head on the frozen backbone"}
     if "warm" in e.kinds:
         out["warm-probe"] = {"kind": "probe", "member": {"kind": "probe"},
-                             "reward": recipe | {"lr": e.warm_probe_lr, "epochs": e.warm_probe_epochs},
+                             "reward": replace(recipe, lr=e.warm_probe_lr, epochs=e.warm_probe_epochs),
                              "seeds": seeds("warm-probe", 0), "note": "linear probe: the head alone"}
         for m in range(e.size):
             scale = e.warm_lr_scales[m % len(e.warm_lr_scales)]
             out[f"warm-{m}"] = {"kind": "warm-member", "member": {"kind": "warm"},
-                                "reward": recipe | {"lr": cfg.reward.lr * scale}, "seeds": seeds("warm", m),
+                                "reward": replace(recipe, lr=cfg.reward.lr * scale),
+                                "seeds": seeds("warm", m),
                                 "from_members": ("warm-probe",),
                                 "note": f"finetune from the probe at {scale:g} x reward.lr"}
         out["warm"] = {"kind": "warm", "from_members": tuple(f"warm-{m}" for m in range(e.size)),
@@ -159,7 +164,7 @@ def member_plan(cfg: RunConfig) -> dict[str, dict]:
                                         "pretrain (different head initialisations)"}
     if "mcdropout" in e.kinds:
         out["mcdropout"] = {"kind": "mcdropout-rm", "member": {"kind": "mcdropout"},
-                            "reward": recipe | {"dropout": e.mc_dropout}, "seeds": seeds("mcdropout", 0),
+                            "reward": replace(recipe, dropout=e.mc_dropout), "seeds": seeds("mcdropout", 0),
                             "note": f"one RM finetuned with dropout {e.mc_dropout:g}, scored {e.size} times"}
     return out
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from perm import run_layout as layout
-from perm.config import RunConfig, to_dict
+from perm.config import RunConfig
 from perm.stages._context import Context
 from perm.store import atomic_path, hash_obj
 
@@ -31,7 +31,7 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
         tensor = {"score": upstream["score"], "samples": upstream["sample"]}
     # the scope says which RM pairs are `same_finetune`; v2: the seed-aware tables (issue 12); v3: intervals
     # over the crossed seed design, scale-free Figures 1 and 3, Table 1 over every ensemble (issue 27)
-    return {"analyze": hash_obj({"analysis": to_dict(cfg.analysis), "tensor": tensor, "version": 3,
+    return {"analyze": hash_obj({"analysis": cfg.analysis, "tensor": tensor, "version": 3,
                                  "scope": cfg.reward.finetune_seed_scope})}
 
 

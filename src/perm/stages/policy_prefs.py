@@ -128,7 +128,6 @@ def _copy_pairs(ctx: Context) -> None:
     sha256 and testbed (perm.shipped.pairs_folder)."""
     import shutil
 
-    from perm.config import to_dict
     from perm.shipped import pairs_folder
     from perm.store import atomic_path
 
@@ -136,7 +135,7 @@ def _copy_pairs(ctx: Context) -> None:
     spec = cfg.reward.pairs_from
     ctx.need("testbed")
     all_keys = keys(cfg, ctx.upstream())
-    testbed = to_dict(cfg.testbed) if cfg.data.prefs is None else None
+    testbed = cfg.testbed if cfg.data.prefs is None else None
     jobs = [("policy-prefs", POLICY_PAIRS)] + ([("evaluator-prefs", (EVALUATOR_PAIRS,))]
                                                if extra_posts(cfg) else [])
     for name, files in jobs:

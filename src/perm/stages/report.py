@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from perm import run_layout as layout
-from perm.config import RunConfig, dump_config, to_dict
+from perm.config import RunConfig, dump_config
 from perm.stages._context import Context
 from perm.store import atomic_path, hash_obj
 
@@ -21,7 +21,7 @@ TAKES_TENSOR = True  # --rewards/--models: a user's reward tensor instead of thi
 
 def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
     """Every config field enters the report's key: the page prints the resolved config."""
-    return {"report": hash_obj({"analysis": upstream["analyze"], "config": to_dict(cfg)})}
+    return {"report": hash_obj({"analysis": upstream["analyze"], "config": cfg})}
 
 
 def run(ctx: Context, rewards: Path | None = None, models: Path | None = None) -> Path:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from perm import run_layout as layout
-from perm.config import RunConfig, to_dict
+from perm.config import RunConfig
 from perm.stages._context import Context, checkpoint_name, dataset_name
 from perm.store import atomic_path, hash_obj
 
@@ -27,14 +27,14 @@ TAKES_TENSOR = False
 
 def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
     if cfg.data.prefs is not None:
-        obj = {"data": to_dict(cfg.data), "tokenizer": upstream[checkpoint_name(cfg.pretrain.checkpoints[0])]}
+        obj = {"data": cfg.data, "tokenizer": upstream[checkpoint_name(cfg.pretrain.checkpoints[0])]}
         # a hub dataset pinned to a commit is keyed on it (a rewritten branch reruns the import); unpinned
         # (offline) or local data keep the key they had before pinning existed
         hub = {f: upstream[dataset_name(f)] for f in ("prefs", "prefs_eval") if dataset_name(f) in upstream}
         return {"data": hash_obj(obj | ({"hub": hub} if hub else {}))}
     from perm.testbed.build import TESTBED_VERSION
 
-    return {"testbed": hash_obj({"testbed": to_dict(cfg.testbed), "version": TESTBED_VERSION})}
+    return {"testbed": hash_obj({"testbed": cfg.testbed, "version": TESTBED_VERSION})}
 
 
 def run(ctx: Context) -> str:

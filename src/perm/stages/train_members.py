@@ -55,7 +55,8 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
             continue
         member = {k: v for k, v in spec.items() if k not in ("from_members", "from_rms")}
         if "reward" in member:  # keyed whole since members existed, less the fields added after them at null
-            member["reward"] = unkeyed_defaults(member["reward"], MEMBERS_SINCE)
+            member["reward"] = unkeyed_defaults(member["reward"].recipe() | legacy_pairs_fields(cfg),
+                                                MEMBERS_SINCE)
         obj = {"member": member, "inputs": hashes}
         out[name] = stage_key(cfg, obj if spec["kind"] in AVERAGES else obj | base)
     return out
@@ -69,11 +70,17 @@ def work(cfg: RunConfig, root: Path) -> Work:
     n, bound = pair_count(cfg, root, pair_files(cfg))
     if n is not None and c.max_train_pairs is not None:
         n = min(n, c.max_train_pairs)
-    jobs = tuple((layout.member_dir(mid), None if n is None else optimizer_steps(n, spec["reward"]["epochs"],
+    jobs = tuple((layout.member_dir(mid), None if n is None else optimizer_steps(n, spec["reward"].epochs,
                                                                                   c.batch_size))
                  for mid, spec in member_plan(cfg).items() if spec["kind"] not in AVERAGES)
     return Work(NAME, jobs, "steps", (c.batch_size, "pairs"), bound=bound,
                 unknown="once the data's pairs are imported")
+
+
+def legacy_pairs_fields(cfg: RunConfig) -> dict:
+    """The policy pairs' fields as the `reward` section held them when the members' keys were first made
+    (they are `policy_pairs` now)."""
+    return {"policy_pairs_per_post": cfg.policy_pairs.per_post, "policy_kwise": cfg.policy_pairs.kwise}
 
 
 def seeds_of(kw: dict) -> dict:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from perm import run_layout as layout
-from perm.config import RunConfig, loaded_grid, to_dict
+from perm.config import RewardConfig, RunConfig, loaded_grid
 from perm.rm_jobs import (  # noqa: F401  (re-exported: the jobs of this stage; tests and perm.launch name them here)
     EVAL_FIELDS,
     encoded_eval_pairs,
@@ -60,8 +61,9 @@ TAKES_TENSOR = False
 
 
 
-def evaluator_reward_args(cfg: RunConfig) -> dict:
-    return dict(to_dict(cfg.reward), epochs=cfg.evaluator.epochs, lr=cfg.evaluator.lr)
+def evaluator_recipe(cfg: RunConfig) -> RewardConfig:
+    """The evaluator's finetuning recipe: the grid's (`reward`) with the evaluator's own epochs and lr."""
+    return replace(cfg.reward, epochs=cfg.evaluator.epochs, lr=cfg.evaluator.lr)
 
 
 def evaluator_pairs_key(cfg: RunConfig, upstream: Mapping[str, str]) -> dict:
@@ -104,7 +106,7 @@ def evaluator_key(cfg: RunConfig, upstream: Mapping[str, str]) -> str:
                                "max_length": c.max_length})
     backbone = upstream[checkpoint_name(e.checkpoint) if e.checkpoint else layout.EVALUATOR_PRETRAIN]
     grid_only = (*GRID_FIELDS, "max_train_pairs")
-    reward = unkeyed_defaults({k: v for k, v in evaluator_reward_args(cfg).items() if k not in grid_only})
+    reward = unkeyed_defaults(evaluator_recipe(cfg).recipe(grid_only))
     return stage_key(cfg, {"reward": reward, "pairs": e.train_pairs, "backbone": backbone, "testbed": data,
                            **evaluator_pairs_key(cfg, upstream), "seeds": evaluator_ids(cfg)})
 
@@ -159,7 +161,7 @@ def run(ctx: Context) -> dict:
         name = layout.rm_dir(rm_id(pid, seed))
         if not ctx.skip(name, all_keys[name]):
             todo.append((name, dict(env, out_rel=name, backbone=backbones[pid], pretrain_id=pid,
-                                    finetune_seed=seed, reward=to_dict(c), n_pairs=c.max_train_pairs,
+                                    finetune_seed=seed, reward=c, n_pairs=c.max_train_pairs,
                                     seed_scope=c.finetune_seed_scope,
                                     trust_remote_code=cfg.pretrain.trust_remote_code)))
     name = layout.EVALUATOR_RM
@@ -186,7 +188,7 @@ def _evaluator_job(ctx: Context, env: dict) -> dict:
                 backbone=(ctx.resolve_checkpoint(e.checkpoint) if e.checkpoint
                           else str(ctx.root / layout.EVALUATOR_PRETRAIN)),
                 pretrain_id=evaluator_ids(cfg)[0], finetune_seed=evaluator_ids(cfg)[1], seed_scope="per_rm",
-                reward=evaluator_reward_args(cfg), n_pairs=e.train_pairs, role="evaluator",
+                reward=evaluator_recipe(cfg), n_pairs=e.train_pairs, role="evaluator",
                 trust_remote_code=cfg.pretrain.trust_remote_code)
 
 
