@@ -481,3 +481,24 @@ def test_samples_table_schema_and_ids(tok):
     assert "gold_reward" not in no_gold.column_names and no_gold.num_rows == 4
     with pytest.raises(ValueError, match="gold_fn needs posts"):
         build_samples_table([7, 9], pools, None, tok, gold_fn=lambda p, t: 0.0)
+
+
+def test_the_sampling_cache_holds_keys_in_the_compute_dtype(tok):
+    """Under bf16 autocast GPT-NeoX's rotary embeddings return fp32 keys beside bf16 values; the preallocated
+    cache holds both in bf16, so its bytes per token are what kv_bytes_per_token plans for (not 1.5 times)."""
+    from perm.kv_cache import cache_of
+    from perm.policy import kv_bytes_per_token
+
+    model = tiny_lm(tok)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(**tok(prompts_of(POSTS[:1]), return_tensors="pt"), use_cache=True)
+        planned = kv_bytes_per_token(model)
+    cache = cache_of(out)
+    assert cache.layers[0].keys.dtype == torch.float32 and cache.layers[0].values.dtype == torch.bfloat16
+    expand_cache(cache, 3, 40)
+    held = sum(la._k.element_size() * la._k[0, :, 0].numel() + la._v.element_size() * la._v[0, :, 0].numel()
+               for la in cache.layers)
+    assert {la._k.dtype for la in cache.layers} == {torch.bfloat16} and held == planned
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # and sampling in bf16 runs, reproducibly
+        kw = {"n_samples": 4, "max_new_tokens": 6, "seed": 0, "batch_prompts": 2}
+        assert sample_pool(model, tok, prompts_of(POSTS), **kw) == sample_pool(model, tok, prompts_of(POSTS), **kw)

@@ -410,13 +410,15 @@ class PreallocatedLayer(DynamicLayer):
 
     ``DynamicLayer.update`` concatenates, i.e. copies the whole cache for every new token; here a token is
     written into its slot and ``keys`` / ``values`` are views of the filled part, so everything else
-    (mask sizes, ``get_seq_length``, row selection) behaves as in a ``DynamicLayer``.
+    (mask sizes, ``get_seq_length``, row selection) behaves as in a ``DynamicLayer``. Keys and values are held
+    in the compute dtype, the values' (the projections' output): under bf16 autocast rotary embeddings leave
+    the keys in fp32, which would make the cache 1.5 times the size :func:`kv_bytes_per_token` plans for.
     """
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor, repeats: int, capacity: int):
         super().__init__()
         bsz, heads, length, _ = keys.shape  # (B, H, T, D)
-        self._k = keys.new_empty((bsz * repeats, heads, capacity, keys.shape[-1]))
+        self._k = keys.new_empty((bsz * repeats, heads, capacity, keys.shape[-1]), dtype=values.dtype)
         self._v = values.new_empty((bsz * repeats, heads, capacity, values.shape[-1]))
         # each prompt's cache written `repeats` times, without an intermediate repeat_interleave copy
         self._k.view(bsz, repeats, heads, capacity, -1)[:, :, :, :length] = keys[:, None]

@@ -64,7 +64,8 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
     common = {"policy": policy_identity(cfg, upstream), "testbed": data_identity(cfg, upstream),
               "per_post": p.per_post, "kwise": p.kwise, "seed": p.seed,
               "max_new_tokens": p.max_new_tokens, "chunk": chunk_prompts(cfg),
-              "label_temperature": cfg.testbed.label_temperature}
+              "label_temperature": cfg.testbed.label_temperature,
+              **({"kv_cache": "compute dtype"} if cfg.precision == "bf16" else {})}  # as the sample stage's
     out = {"policy-prefs": stage_key(cfg, {**common, "heldout": "sft"})}
     if extra_posts(cfg):
         out["evaluator-prefs"] = stage_key(cfg, {**common, "posts": EVALUATOR_POSTS,

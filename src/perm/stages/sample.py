@@ -36,7 +36,9 @@ def sampling_key(cfg: RunConfig) -> dict:
 
 
 def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
-    return {"sample": stage_key(cfg, {"sampling": sampling_key(cfg),
+    # keys cached in bf16 (as values) under bf16: not the samples of fp32-cached keys
+    kv = {"kv_cache": "compute dtype"} if cfg.precision == "bf16" else {}
+    return {"sample": stage_key(cfg, {"sampling": sampling_key(cfg), **kv,
                                       "policy": policy_identity(cfg, upstream),
                                       "testbed": data_identity(cfg, upstream)})}
 
