@@ -197,12 +197,12 @@ def test_quick_yaml_resolves_to_the_recorded_config():
     assert set(added) <= {"analysis.bootstrap", "analysis.coverage_sims", "analysis.figure3", "analysis.level", "analysis.pick_ranker", "data.bad_rows", "data.max_bad_fraction",
                           "evaluator.extra_posts", "evaluator.finetune_seed", "evaluator.rm_checkpoint", "pretrain.convert_bin",
                           "pretrain.checkpoint_every", "reward.finetune_seed_scope", "reward.pairs_from", "policy_pairs.kwise",
-                          "reward.readout", "reward.micro_batch_size", "ensembles", "sample.memory_gb", "reward.processes", "reward.rm_checkpoints"}, added
+                          "reward.readout", "reward.micro_batch_size", "ensembles", "score", "sample.memory_gb", "reward.processes", "reward.rm_checkpoints"}, added
     defaults = to_dict(RunConfig())
     kit = {"evaluator.rm_checkpoint", "reward.pairs_from"}  # pinned to null: quick.yaml trains its world
     assert all(now[f.split(".")[0]][f.split(".")[1]] is None for f in kit)
-    assert now["ensembles"] == defaults["ensembles"]  # a section added whole: at its defaults
-    for dotted in set(added) - kit - {"ensembles"}:  # quick.yaml sets none of them
+    assert now["ensembles"] == defaults["ensembles"] and now["score"] == defaults["score"]  # sections added whole
+    for dotted in set(added) - kit - {"ensembles", "score"}:  # quick.yaml sets none of them
         section, name = dotted.split(".")
         assert now[section][name] == defaults[section][name], dotted
 

@@ -140,6 +140,10 @@ def test_scoring_equals_the_model_on_one_row_and_refuses_nan(tmp_path, tokenizer
     with torch.no_grad():
         direct = rm(input_ids=torch.tensor([ids])).logits[0, 0].item()
     assert got.reward.iloc[3] == pytest.approx(direct, abs=1e-5)
+    job_score(str(run), "scores/budget.parquet", model_dir=str(tmp_path / "rm"), model_id="rm", max_length=32,
+              batch_size=2, device="cpu", threads=1, show_progress=False, memory_gb=1e-9)  # one row a batch
+    budget = pq.read_table(run / "scores" / "budget.parquet").to_pandas()
+    assert budget.reward.to_numpy() == pytest.approx(got.reward.to_numpy(), abs=1e-5)
     with torch.no_grad():
         rm.score.weight.fill_(float("nan"))
     rm.save_pretrained(tmp_path / "nan")

@@ -547,3 +547,19 @@ def test_token_ids_tokenises_each_distinct_text_once_and_equals_the_tokenizer(to
     for max_length in (32, 4):
         assert encode_pairs(tokenizer, prompts, chosen, rejected, max_length) == (
             encode(tokenizer, prompts, chosen, max_length), encode(tokenizer, prompts, rejected, max_length))
+
+
+def test_scoring_batches_from_a_memory_budget(rm):
+    """rows_within sizes a scoring batch from the RM's shapes: more memory, more rows (at least one), fewer
+    for longer sequences; the rewards of any budget equal full-sequence scoring (score.memory_gb)."""
+    from perm.prefix import rows_within
+
+    prompts, cands = _groups()
+    lp, lc = max(map(len, prompts)), max(len(c) for cs in cands for c in cs)
+    one_row = rows_within(rm, 10**12, lp, lc) / 10**12  # rows per byte
+    assert rows_within(rm, 1, lp, lc) == 1 and rows_within(rm, int(3.5 / one_row), lp, lc) == 3
+    assert rows_within(rm, 10**8, lp, lc) > rows_within(rm, 10**8, 4 * lp, 4 * lc) >= 1
+    full = score_ids(rm, [p + c for p, cs in zip(prompts, cands, strict=True) for c in cs], PAD, "cpu")
+    for budget in (1, int(3.5 / one_row), 10**12):
+        got = score_prompt_groups(rm, prompts, cands, PAD, "cpu", batch_size=rows_within(rm, budget, lp, lc))
+        assert np.concatenate(got) == pytest.approx(full, abs=1e-5)

@@ -140,6 +140,7 @@ def _family(name: str) -> str:
     ("policy_pairs.max_new_tokens=16", {"policy-prefs", "evaluator-prefs", "report"}),
     ("sample.max_new_tokens=16", {"sample", "report"}),
     ("sample.memory_gb=0.5", {"report"}),
+    ("score.memory_gb=0.5", {"report"}),
     ("pretrain.lr=1e-3", {"pretrain/*", "evaluator/pretrain", "report"}),
     ("evaluator.pretrain_steps=50", {"evaluator/pretrain", "report"}),
     ("testbed.seed=5", {"testbed", "report"}),

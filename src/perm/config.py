@@ -659,6 +659,20 @@ class SampleConfig:
         _check(self.memory_gb is None or self.memory_gb > 0, "sample.memory_gb", "must be > 0 (or null)")
 
 
+@dataclass(frozen=True)
+class ScoreConfig:
+    """Scoring every sample with every RM (stage score; perm.prefix.score_prompt_groups, in fp32)."""
+
+    memory_gb: float | None = None
+    """Memory (GB) one scoring batch may hold: its rows (a candidate each, with its prompt's key/value cache
+    gathered) are as many as fit, sized from each RM's shapes and the longest prompt and candidate
+    (perm.prefix.rows_within); null = 64 rows. The rewards equal those of any other batching up to float
+    rounding, so it reruns nothing; > 0."""
+
+    def __post_init__(self) -> None:
+        _check(self.memory_gb is None or self.memory_gb > 0, "score.memory_gb", "must be > 0 (or null)")
+
+
 # Keys moved to sections of their own: old dotted key -> new keys (an old key still loads, with one line on
 # stderr naming the new key, for one release).
 MOVED_KEYS = {
@@ -903,6 +917,8 @@ class RunConfig:
     """The SFT policy's own preference pairs (`reward.pairs: policy | mix`)."""
     sample: SampleConfig = field(default_factory=SampleConfig)
     """The candidate pools of the eval prompts."""
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    """Scoring the pools with every RM."""
     ensembles: EnsemblesConfig = field(default_factory=EnsemblesConfig)
     """Cheaper ensembles on one backbone (multi-head, LoRA, WARM, MC dropout) and your own named ones."""
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)

@@ -240,6 +240,25 @@ def score_ids(
     return out
 
 
+def rows_within(model, memory_bytes: int, prompt_length: int, candidate_length: int) -> int:
+    """How many rows one scoring batch of ``model`` may hold within ``memory_bytes`` (at least 1): each row a
+    candidate of up to ``candidate_length`` tokens on its prompt's key/value cache of up to ``prompt_length``
+    positions (gathered per row, in fp32: scoring runs in fp32), plus its activations (the residual stream and
+    the MLP's hidden width per token, a few copies alive at once). An estimate from the shapes: leave room."""
+    cfg = model.config
+    layers = getattr(cfg, "num_hidden_layers", None) or cfg.n_layer
+    heads = getattr(cfg, "num_attention_heads", None) or cfg.n_head
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    hidden = cfg.hidden_size
+    head_dim = getattr(cfg, "head_dim", None) or hidden // heads
+    inter = getattr(cfg, "intermediate_size", None) or 4 * hidden
+    fp32 = 4
+    total = prompt_length + candidate_length
+    cache = 2 * layers * kv_heads * head_dim * total * fp32
+    activations = 4 * candidate_length * (hidden + inter) * fp32 + heads * candidate_length * total * fp32
+    return max(1, int(memory_bytes // (cache + activations)))
+
+
 @torch.no_grad()
 def score_prompt_groups(
     model,

@@ -139,6 +139,7 @@ def run(ctx: Context) -> Path:
             todo.append((name, dict(run_dir=str(ctx.root), out_rel=layout.scores_file(mid),
                                     model_dir=model_dir(ctx, model_name), model_id=mid,
                                     max_length=cfg.reward.max_length, batch_size=BATCH_SIZE,
+                                    memory_gb=cfg.score.memory_gb,
                                     device=cfg.device, threads=cfg.threads, show_progress=ctx.show_progress,
                                     load=load, trust_remote_code=(loaded(cfg, model_name)
                                                                   and cfg.pretrain.trust_remote_code))))
@@ -260,7 +261,8 @@ def validate_samples(path: Path):
 
 def job_score(run_dir: str, out_rel: str, *, model_dir: str, model_id: str, max_length: int, batch_size: int,
               device: str, threads: int | None, show_progress: bool = True,
-              trust_remote_code: bool = False, load: dict | None = None) -> dict | None:
+              trust_remote_code: bool = False, load: dict | None = None,
+              memory_gb: float | None = None) -> dict | None:
     """Score every sample with one RM (a folder, or a hub id ``org/name@rev`` of a loaded evaluator) into
     run_dir/out_rel (prompt_id, sample_id, reward).
 
@@ -278,6 +280,9 @@ def job_score(run_dir: str, out_rel: str, *, model_dir: str, model_id: str, max_
     one column ``reward_<h>`` per head, ``{"kind": "lora", "backbone": dir}`` merges the adapter at
     model_dir into the backbone, ``{"kind": "mcdropout", "p": rate, "seed": s}`` is one seeded dropout
     draw; default a plain RM.
+
+    memory_gb: rows per batch from a memory budget (:func:`perm.prefix.rows_within` of this RM and the longest
+    prompt and candidate) instead of `batch_size`.
     """
     import numpy as np
     import pyarrow as pa
@@ -310,6 +315,11 @@ def job_score(run_dir: str, out_rel: str, *, model_dir: str, model_id: str, max_
     else:
         model = load_reward_model(model_dir, trust_remote_code=trust_remote_code,
                                   heads=load["kind"] == "multihead").to(dev)
+    if memory_gb is not None:
+        from perm.prefix import rows_within
+
+        batch_size = rows_within(model, int(memory_gb * 1e9), max(map(len, p_ids), default=1),
+                                 max((len(c) for cs in c_ids for c in cs), default=1))
     t0 = time.perf_counter()
     bar = job_bar(JOB.format(model_id=model_id), len(prompt_ids), show_progress and main, unit="samples")
     from perm.readout import reward_shape
