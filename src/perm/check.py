@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from perm.config import RunConfig
+from perm.estimate import Shape, estimate, table
 from perm.shipped import ShippedPretrainError, is_shipped, pairs_folder, verify_for
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # as perm.data decides a hub id
@@ -66,6 +67,8 @@ class Facts:
     weights_bytes: int = 0
     n_params: int | None = None
     tokenizer: dict[str, dict[str, str]] = field(default_factory=dict)
+    layers: int | None = None  # from a local config.json (hub models: estimated from n_params)
+    hidden: int | None = None
     load_tokenizer: Callable[[], object] | None = field(default=None, repr=False, compare=False)
     """Loads its tokenizer (a hub model's tokenizer files fetched, small), for the run's rule where the files'
     hashes differ (perm.tokenizer_rule)."""
@@ -223,10 +226,13 @@ def check_local_model(ref: Ref, path: Path, problems: list[str],
     if not (path / "config.json").is_file():
         problems.append(f"{ref.key}: {ref.spec}: no config.json")
         ok = False
+    shape = json.loads((path / "config.json").read_text(encoding="utf-8")) if ok else {}
     facts = Facts("local", weights_bytes=sum(p.stat().st_size for p in weights),
                   n_params=sum(safetensors_params(p) for p in weights) if weights else None,
                   tokenizer={n: _file_hashes(path / n) for n in TOKENIZER_FILES if (path / n).is_file()},
-                  load_tokenizer=lambda: _load_tokenizer(path))
+                  load_tokenizer=lambda: _load_tokenizer(path),
+                  layers=shape.get("num_hidden_layers") or shape.get("n_layer"),
+                  hidden=shape.get("hidden_size") or shape.get("n_embd"))
     line = ((f"local: {len(weights)} safetensors file(s), {_fmt_bytes(facts.weights_bytes)}"
              + (f", {_fmt_params(facts.n_params)} parameters" if facts.n_params else ""))
             if ok else "local: unusable")
@@ -502,9 +508,10 @@ def _free_bytes(out: Path) -> tuple[int, Path] | None:
 # ----------------------------------------------------------------------------------------------- check
 
 
-def check_config(cfg: RunConfig, api=None) -> CheckResult:
+def check_config(cfg: RunConfig, api=None, gpu: str | None = None) -> CheckResult:
     """Check every model and dataset of `cfg` (see the module docstring). `api`: a hub client with
-    HfApi's model_info / dataset_info (default: ``huggingface_hub.HfApi()``)."""
+    HfApi's model_info / dataset_info (default: ``huggingface_hub.HfApi()``). `gpu`: a card of
+    perm.estimate.GPUS: add each stage's estimated GPU-hours and peak memory on it."""
     res = CheckResult()
     res.lines.append(f"perm check: run directory {cfg.out}")
     refs = collect_refs(cfg)
@@ -583,7 +590,58 @@ def check_config(cfg: RunConfig, api=None) -> CheckResult:
             res.problems.append(f"disk: the run needs ≈ {_fmt_bytes(total)} in {cfg.out} but {free[1]} has "
                                 f"{_fmt_bytes(free[0])} free")
     res.lines.append(line)
+    if gpu is not None:
+        res.lines += gpu_estimate(cfg, facts, gpu)
     return res
+
+
+def model_shapes(cfg: RunConfig, facts: dict[str, Facts | None]) -> dict[str, Shape]:
+    """The grid's, the evaluator's and the policy's :class:`perm.estimate.Shape` where the run trains or runs
+    them: a checkpoint's parameter count (and its config's layers and width, where read), or the testbed
+    architecture of what the run pretrains."""
+    vocab = cfg.testbed.vocab_size + 1
+
+    def of(key: str, backbone=None) -> Shape | None:
+        f = facts.get(key)
+        if f is not None and f.n_params:
+            return Shape.of(f.n_params, f.layers, f.hidden)
+        if backbone is not None:
+            b = backbone
+            return Shape.of(gpt_neox_params(vocab, b.hidden_size, b.num_layers, b.intermediate_size),
+                            b.num_layers, b.hidden_size)
+        return None
+
+    c, e = cfg.pretrain, cfg.evaluator
+    shapes = {"grid": of("pretrain.checkpoints[0]", None if c.checkpoints else c.backbone)}
+    if e.enabled:
+        shapes["evaluator"] = of("evaluator.rm_checkpoint" if e.rm_checkpoint else "evaluator.checkpoint",
+                                 None if e.checkpoint or e.rm_checkpoint else e.backbone)
+    shapes["policy"] = (of("sft.checkpoint") if cfg.sft.checkpoint else
+                        of("sft.init_from") or shapes["grid"])
+    return {k: v for k, v in shapes.items() if v is not None}
+
+
+def gpu_estimate(cfg: RunConfig, facts: dict[str, Facts | None], gpu: str) -> list[str]:
+    """`perm check --gpu`: perm.estimate's table for this config (the training pairs: `reward.max_train_pairs`
+    or `data.max_train_pairs` where set, the testbed's where it is the data; else unknown)."""
+    shapes = model_shapes(cfg, facts)
+    if cfg.data.prefs is None:
+        per_post = (cfg.policy_pairs.kwise * (cfg.policy_pairs.kwise - 1) // 2 if cfg.policy_pairs.kwise
+                    else cfg.policy_pairs.per_post)
+        n_pairs = cfg.testbed.n_prefs_train if cfg.reward.pairs == "testbed" else cfg.testbed.n_sft * per_post
+        prompts = cfg.testbed.n_eval_prompts
+    else:
+        n_pairs = cfg.reward.max_train_pairs or cfg.data.max_train_pairs
+        prompts = cfg.data.n_eval_prompts
+    workers = cfg.workers if isinstance(cfg.workers, int) else 1
+    lines = table(estimate(cfg, shapes, n_pairs, prompts, gpu), gpu, workers)
+    missing = [k for k in ("grid", "evaluator", "policy") if k not in shapes]
+    if n_pairs is None:
+        lines.append("  train-rm: not estimated (the number of training pairs is known once the data loads; "
+                     "set reward.max_train_pairs for an estimate)")
+    if missing:
+        lines.append(f"  not estimated: {', '.join(missing)} (parameter count unknown: hub not checked)")
+    return lines
 
 
 def check_pairs_from(cfg: RunConfig, problems: list[str]) -> str:

@@ -233,16 +233,25 @@ def convert(checkpoint: Checkpoint, out: ConvertOut, revision: Revision = None,
         typer.echo(str(path))
 
 
+Gpu = Annotated[str | None, typer.Option("--gpu", help="Also estimate each stage's GPU-hours and peak memory "
+                                          "on this card: h100, h200, a100, a100-40gb, l40s, a10, l4")]
+
+
 @app.command()
-def check(args: Args = None) -> None:
+def check(args: Args = None, gpu: Gpu = None) -> None:
     """Preflight before a long run: every hub id and revision in the config (safetensors weights, the
     dataset), local checkpoints, one tokenizer for the grid, evaluator and policy, and the disk the run
-    needs. Exits 2 naming each problem. Without network only local paths are checked (and it says so)."""
+    needs; with --gpu, each stage's estimated GPU-hours and peak memory. Exits 2 naming each problem. Without
+    network only local paths are checked (and it says so)."""
     from perm.check import check_config
+    from perm.estimate import GPUS
 
+    if gpu is not None and gpu not in GPUS:
+        typer.echo(f"error: --gpu {gpu}: unknown card (known: {', '.join(GPUS)})", err=True)
+        raise typer.Exit(2)
     try:
         cfg = _resolve(args)
-        result = check_config(cfg)
+        result = check_config(cfg, gpu=gpu)
     except ConfigError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

@@ -1,0 +1,52 @@
+"""perm.estimate (what `perm check --gpu` prints): the FLOP and memory arithmetic, on hand-checkable shapes."""
+
+from __future__ import annotations
+
+import pytest
+
+from perm.config import config_from_overrides
+from perm.estimate import BYTES_TRAIN, GPUS, MFU, Shape, estimate, table
+
+
+def test_train_rm_hours_and_memory_are_the_stated_arithmetic():
+    cfg = config_from_overrides(["reward.max_length=100", "reward.batch_size=10", "reward.epochs=2",
+                                 "evaluator.enabled=false"])
+    grid = Shape.of(10**9, 10, 1000)
+    est = {e.stage: e for e in estimate(cfg, {"grid": grid, "policy": grid}, n_pairs=1000, n_prompts=10,
+                                        gpu="h100")}
+    tokens = 1000 * 2 * (100 + 25)  # pairs x epochs x (a sequence + the other completion)
+    assert est["train-rm"].jobs == 9  # the paper layout of 5 pretrains x 5 finetune seeds
+    assert est["train-rm"].gpu_hours == pytest.approx(9 * 6 * 1e9 * tokens / (GPUS["h100"][0] * MFU["train"]) / 3600)
+    assert est["train-rm"].peak_gb == pytest.approx((BYTES_TRAIN * 1e9 + 34 * 1000 * 10 * 10 * 125) / 1e9)
+    assert est["sample"].peak_gb < est["train-rm"].peak_gb and "score" in est
+    micro = config_from_overrides(["reward.max_length=100", "reward.batch_size=10", "reward.micro_batch_size=2",
+                                   "evaluator.enabled=false"])
+    small = {e.stage: e for e in estimate(micro, {"grid": grid}, 1000, 10)}["train-rm"]
+    assert small.peak_gb < est["train-rm"].peak_gb  # gradient accumulation: activations of 2 pairs, not 10
+
+
+def test_shape_from_parameters_alone_is_near_pythias():
+    for params, layers, hidden in ((162_322_944, 12, 768), (1_011_781_632, 16, 2048)):
+        guess = Shape.of(params)
+        assert not guess.exact and 0.6 < guess.layers * guess.hidden / (layers * hidden) < 1.7
+
+
+def test_the_table_flags_a_job_larger_than_the_card():
+    cfg = config_from_overrides(["reward.max_length=640", "evaluator.enabled=false"])
+    lines = table(estimate(cfg, {"grid": Shape.of(10**9, 16, 2048)}, 10**5, 500, "l4"), "l4", 1)
+    assert lines[0].startswith("estimated on l4") and "MORE THAN THE CARD HOLDS" in "\n".join(lines)
+    assert lines[-1].startswith("  total")
+    with pytest.raises(ValueError, match="unknown GPU kind"):
+        estimate(cfg, {}, 1, 1, "tpu")
+
+
+def test_perm_check_prints_the_estimate_of_the_default(capsys):
+    from typer.testing import CliRunner
+
+    from perm.cli import app
+
+    out = CliRunner().invoke(app, ["check", "--gpu", "a100"])
+    assert out.exit_code == 0, out.output
+    assert "estimated on a100" in out.output and "train-rm    9 jobs" in out.output
+    bad = CliRunner().invoke(app, ["check", "--gpu", "tpu"])
+    assert bad.exit_code == 2 and "unknown card" in bad.output
