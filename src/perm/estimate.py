@@ -109,8 +109,8 @@ def estimate(cfg: RunConfig, shapes: dict[str, Shape], n_pairs: int | None, n_pr
             peak = max(BYTES_TRAIN * m.params + m.activation_bytes(step) for _, m, _ in rows) / 1e9
             out.append(StageEstimate("train-rm", sum(n for n, _, _ in rows), hours, peak,
                                      f"{pairs:,} pairs, {r.epochs:g} epoch(s), sequences of <= "
-                                     f"{r.max_length} tokens, {'micro-' if r.micro_batch_size else ''}batches of "
-                                     f"{step // per_pair} pairs"))
+                                     f"{r.max_length} tokens, {'micro-' if r.micro_batch_size else ''}"
+                                     f"batches of {step // per_pair} pairs"))
     samples = n_prompts * (s.pool_size + s.n_reference)
     if "policy" in shapes:
         p = shapes["policy"]
