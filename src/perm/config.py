@@ -829,8 +829,8 @@ class AnalysisConfig:
     scale")."""
     coverage_sims: int = 100
     """Simulated grids per scenario behind the report's coverage of its intervals on this run's seed design
-    (perm.coverage: planted seed effects, 4 scenarios); >= 0, 0 = skip. Reruns analyze; at 100 it adds ~10 s
-    (paper layout) to ~40 s (full) on a 2-core AVX512-BF16 CPU (docs/results.md)."""
+    (perm.coverage: planted seed effects, 4 scenarios, at the run's pool size up to 64); >= 0, 0 = skip.
+    Reruns analyze; its cost: docs/results.md ("Coverage on the default's designs")."""
     pick_ranker: str = "auto"
     """Whose best-of-n picks weight the pick-level seed decomposition: ``auto`` (the evaluator, else gold),
     ``evaluator``, ``gold``, or ``grid`` (the other RMs of each pair: biased in the paper layout, where they
