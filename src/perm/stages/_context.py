@@ -144,15 +144,19 @@ def in_process(name: str, fn, **kw):
 
 
 def release_memory() -> None:
-    """Collect the garbage of a finished job (models and optimizers in reference cycles) and return the CUDA
-    caching allocator's free blocks to the device, where torch is loaded and CUDA is in use."""
+    """Collect the garbage of a finished job (models and optimizers in reference cycles), return the CUDA
+    caching allocator's free blocks to the device, where torch is loaded and CUDA is in use, and the C heap's
+    free pages to the system (:func:`perm.store.trim_heap`)."""
     import gc
     import sys
+
+    from perm.store import trim_heap
 
     gc.collect()
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
+    trim_heap()
 
 
 class Context:

@@ -16,7 +16,7 @@ from perm.progress import job_bar
 from perm.stages._context import Context, autocast, data_identity, policy_identity, stage_key, torch_setup
 from perm.stages._grid import eval_prompts
 from perm.stages._plan import Work
-from perm.store import derive_seed
+from perm.store import derive_seed, trim_heap
 
 NAME = "sample"
 NEEDS = ("testbed", "sft")
@@ -98,6 +98,7 @@ def job_sample(run_dir: str, out_rel: str, *, policy: str, sampling: SampleConfi
                                  seed=derive_seed("sample", sampling.seed, i), batch_prompts=step,
                                  device=dev, memory_bytes=memory)
         bar(min(i + step, len(t)), len(t))
+        trim_heap()  # each decode batch leaves buffers of other sizes: return their pages
     bar.close()
     gold_fn = None
     if "post" in t.columns:
