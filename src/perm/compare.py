@@ -137,9 +137,9 @@ def summary_markdown(summary: pd.DataFrame, runs: list[str | Path], n: int | Non
         "Runs: " + ", ".join(f"`{r}`" for r in runs),
         "",
         "sd: between runs (ddof 1); se_between = sd / sqrt(runs); se_within: the mean of the runs' own "
-        "seed-aware se (pretrain seeds and prompts); se_prompt: the mean of their prompt-only se; positive: "
-        "for a contrast (signed so that > 0 is the paper's finding), the runs in which it is > 0. With the "
-        "seed-aware se honest, sd / se_within is about 1.",
+        "seed-aware se (over their seed design and prompts); se_prompt: the mean of their prompt-only se; "
+        "positive: for a contrast (signed so that > 0 is the paper's finding), the runs in which it is > 0. "
+        "With the seed-aware se honest, sd / se_within is about 1.",
         "",
         "| statistic | key | mean | sd | se_between | se_within | sd / se_within | se_prompt | "
         "sd / se_prompt | positive | range |",
