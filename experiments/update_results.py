@@ -18,7 +18,7 @@ import re
 import sys
 from pathlib import Path
 
-import yaml
+from perm.config import load_config, to_dict
 
 sys.path.insert(0, str(Path(__file__).parent))
 import run_numbers  # noqa: E402
@@ -30,12 +30,12 @@ BEGIN, END = "<!-- default:begin -->", "<!-- default:end -->"
 def block(runs: list[Path], benches: list[Path]) -> str:
     parts = [BEGIN, ""]
     for run in runs:
-        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        cfg = to_dict(load_config(run / "config.yaml"))  # a run written before the config's sections moved too
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             run_numbers.main(run)
         parts += [f"### `{run.name}`: layout {cfg['reward']['layout']}, precision {cfg['precision']}, "
-                  f"{cfg['testbed']['n_eval_prompts']} prompts × {cfg['policy']['pool_size']}", "",
+                  f"{cfg['testbed']['n_eval_prompts']} prompts × {cfg['sample']['pool_size']}", "",
                   "```", out.getvalue().rstrip(), "```", ""]
     for bench in benches:
         parts += [f"### `{bench.name}` (benchmarks/pipeline.py)", "", "```", bench.read_text().rstrip(), "```", ""]
