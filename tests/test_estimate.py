@@ -50,3 +50,13 @@ def test_perm_check_prints_the_estimate_of_the_default(capsys):
     assert "estimated on a100" in out.output and "train-rm    9 jobs" in out.output
     bad = CliRunner().invoke(app, ["check", "--gpu", "tpu"])
     assert bad.exit_code == 2 and "unknown card" in bad.output
+
+
+def test_a_sampling_budget_sizes_the_estimated_decode_batches():
+    cfg = config_from_overrides(["sample.memory_gb=0.001", "evaluator.enabled=false"])
+    policy = Shape.of(10**9, 16, 2048)
+    est = {e.stage: e for e in estimate(cfg, {"policy": policy}, None, 10, "h100")}["sample"]
+    assert "decode batches of 72 rows" in est.note  # one prompt's pool and references: the least a batch holds
+    whole = {e.stage: e for e in estimate(config_from_overrides(["evaluator.enabled=false"]), {"policy": policy},
+                                            None, 10, "h100")}["sample"]
+    assert "decode batches of 576 rows" in whole.note and whole.peak_gb > est.peak_gb

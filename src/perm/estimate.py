@@ -116,10 +116,11 @@ def estimate(cfg: RunConfig, shapes: dict[str, Shape], n_pairs: int | None, n_pr
         p = shapes["policy"]
         length = r.max_length + s.max_new_tokens
         flops = 2 * p.params * samples * length
-        rows_per_batch = s.batch_prompts * (s.pool_size + s.n_reference)
-        kv = p.kv_bytes(rows_per_batch * length, 2)
-        if s.memory_gb:
-            kv = min(kv, s.memory_gb * 1e9)
+        per_prompt = p.kv_bytes((s.pool_size + s.n_reference) * length, 2)
+        prompts = s.batch_prompts if not s.memory_gb else max(1, min(s.batch_prompts,
+                                                                      int(s.memory_gb * 1e9 // per_prompt)))
+        rows_per_batch = prompts * (s.pool_size + s.n_reference)  # as perm.policy.prompts_within sizes them
+        kv = prompts * per_prompt
         out.append(StageEstimate("sample", 1, _hours(flops, gpu, "decode"),
                                  (BYTES_WEIGHTS * p.params + kv) / 1e9,
                                  f"{samples:,} samples of <= {s.max_new_tokens} tokens after prompts of <= "
