@@ -52,7 +52,7 @@ def test_seed_shares_cover_in_the_full_layout():
     df = simulate_coverage(*FULL, sims=300, draws=200, n_prompts=60, pool_size=64,
                            statistics=("share_pt", "share_ft"), scenarios=((0.5, 0.0), (0.0, 0.5), (0.5, 0.5)))
     seeded = df[((df.statistic == "share_pt") & (df.sigma_pt > 0)) | ((df.statistic == "share_ft") & (df.sigma_ft > 0))]
-    assert len(seeded) == 4 and seeded.coverage.between(0.82, 0.95).all() and seeded.coverage.mean() > 0.85, df
+    assert len(seeded) == 4 and seeded.coverage.between(0.80, 0.95).all() and seeded.coverage.mean() > 0.84, df
     assert (df.drop(seeded.index).coverage >= 0.85).all(), df
 
 
@@ -72,20 +72,23 @@ def test_paper_layout_gives_the_seed_shares_no_interval():
     assert (full.note == "").all() and np.isfinite(full.lo).all()
     cov = simulate_coverage(*PAPER, sims=3, draws=20, n_prompts=10, pool_size=4, scenarios=((0.5, 0.0),))
     assert list(cov.statistic) == ["single mean"]
+    per_rm = simulate_coverage(*FULL, scope="per_rm", sims=3, draws=20, n_prompts=10, pool_size=4,
+                               scenarios=((0.5, 0.0),))
+    assert list(per_rm.statistic) == ["single mean", "share_pt"]  # no same_finetune pairs: no finetune share
 
 
-def test_log_upper_follows_the_skew_where_the_component_is_resolved():
-    # estimate 0.1, se 0.05 (sigma 0.5), df inf, lo 0.0178 > 0: 0.1 exp(0.125 + 1.645 * 0.5) = 0.2578
+def test_log_upper_follows_the_skew_and_never_falls_as_the_se_grows():
+    # estimate 0.1, se 0.05 (sigma 0.5 < 1/1.645), df inf: 0.1 exp(0.125 + 1.645 * 0.5) = 0.2578
     assert ss.log_upper(0.1, 0.05, 0.0178, 0.1822, np.inf, 0.9) == pytest.approx(
         0.1 * np.exp(0.125 + 1.6449 * 0.5), rel=1e-4)
-    assert ss.log_upper(0.3, 0.2, 0.05, 0.7, 4.0, 0.9, ceiling=1.0) == 1.0  # a share stops at 1
-    assert ss.log_upper(0.02, 0.04, -0.05, 0.09, 4.0, 0.9) == 0.09  # the t interval reaches 0: kept as it is
-    assert ss.log_upper(-0.02, 0.05, -0.1, 0.06, 4.0, 0.9) == 0.06  # no log scale below 0
+    assert ss.log_upper(0.6, 0.2, 0.17, 1.03, 4.0, 0.9, ceiling=1.0) == 1.0  # a share stops at 1
+    assert ss.log_upper(-0.02, 0.05, -0.1, 0.06, 4.0, 0.9) == 0.06  # no log scale at or below 0
     assert np.isnan(ss.log_upper(0.1, np.nan, np.nan, np.nan, 4.0, 0.9))  # NaN kept
-    q4 = 2.131847  # t quantile 0.95 at 4 df; exp(x) >= 1 + x, so the log-scale end is never below the t one
-    sigma = 0.001 / 0.9
-    assert ss.log_upper(0.9, 0.001, 0.9 - q4 * 0.001, 0.9 + q4 * 0.001, 4.0, 0.9) == pytest.approx(
-        0.9 * np.exp(sigma**2 / 2 + q4 * sigma))
+    q = 1.6449  # where the t interval reaches 0 (se >= estimate / q) sigma is held at 1 / q: continuous, and
+    ups = [ss.log_upper(0.1, se, 0.1 - q * se, 0.1 + q * se, np.inf, 0.9) for se in np.linspace(0.01, 0.2, 40)]
+    assert all(b >= a - 1e-12 for a, b in zip(ups, ups[1:], strict=False))  # never falls as the se grows
+    small = ss.log_upper(0.02, 0.04, 0.02 - q * 0.04, 0.02 + q * 0.04, np.inf, 0.9)
+    assert small == pytest.approx(0.02 + q * 0.04)  # a small estimate keeps its t interval (not 2% to 60%)
 
 
 def test_heterogeneous_share_reduces_to_the_planted_one():

@@ -60,3 +60,10 @@ def test_a_sampling_budget_sizes_the_estimated_decode_batches():
     whole = {e.stage: e for e in estimate(config_from_overrides(["evaluator.enabled=false"]), {"policy": policy},
                                             None, 10, "h100")}["sample"]
     assert "decode batches of 576 rows" in whole.note and whole.peak_gb > est.peak_gb
+
+
+def test_trained_rms_loaded_as_the_grid_train_nothing_and_are_scored():
+    cfg = config_from_overrides(["reward.rm_checkpoints=[p0:0=/a, p1:0=/b]", "evaluator.enabled=false",
+                                 "pretrain.checkpoints=[x, y]"])
+    est = {e.stage: e for e in estimate(cfg, {"grid": Shape.of(10**8, 12, 768)}, 1000, 10, "h100")}
+    assert "train-rm" not in est and est["score"].jobs == 2

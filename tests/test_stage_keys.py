@@ -54,7 +54,7 @@ def test_keys_reproduce_the_recorded_manifest(variant):
 CHANGED_SINCE_RECORDING = {
     "evaluator/rm": "the evaluator draws its finetuning randomness from its own seed, not finetune seed 0 of the "
                     "grid (issue 12)",
-    "analyze": "analysis v3: intervals over the crossed seed design, scale-free Figures 1 and 3, Table 1 over "
+    "analyze": "analysis v3-4: intervals over the crossed seed design, scale-free Figures 1 and 3, Table 1 over "
                "every ensemble (issue 27)",
     "policy-prefs": "policy pairs drawn in chunks as large as the sample stage's decode batches, keyed on the "
                     "label temperature and the K-wise option (issue 13)",

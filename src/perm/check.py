@@ -226,7 +226,14 @@ def check_local_model(ref: Ref, path: Path, problems: list[str],
     if not (path / "config.json").is_file():
         problems.append(f"{ref.key}: {ref.spec}: no config.json")
         ok = False
-    shape = json.loads((path / "config.json").read_text(encoding="utf-8")) if ok else {}
+    shape = {}
+    if ok:
+        try:
+            shape = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            problems.append(f"{ref.key}: {ref.spec}: config.json unreadable: {e}")
+            ok = False
+        shape = shape if isinstance(shape, dict) else {}
     facts = Facts("local", weights_bytes=sum(p.stat().st_size for p in weights),
                   n_params=sum(safetensors_params(p) for p in weights) if weights else None,
                   tokenizer={n: _file_hashes(path / n) for n in TOKENIZER_FILES if (path / n).is_file()},

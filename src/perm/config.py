@@ -168,7 +168,7 @@ build` from configs/testbed-kit.yaml), so that the embedded default trains only 
 trains its world itself."""
 AUTO = "auto"  # the kit fields' default: resolved by RunConfig (see DEFAULT_KIT), never seen by a stage
 POLICY_KIT_FIELDS = ("init_from", "epochs", "lr", "batch_size")  # what the kit's policy fixes (sft)
-PAIRS_KIT_FIELDS = ("per_post", "kwise")  # ... its pairs, beside the policy and the testbed (policy_pairs)
+PAIRS_KIT_FIELDS = ("per_post", "kwise", "max_new_tokens", "seed")  # ... its pairs (policy_pairs)
 EVALUATOR_KIT_FIELDS = ("epochs", "lr", "train_pairs", "finetune_seed")  # ... its evaluator (finetuning)
 EVALUATOR_BACKBONE_FIELDS = ("checkpoint", "pretrain_seed", "backbone", "pretrain_steps", "extra_posts")
 

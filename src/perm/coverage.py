@@ -64,14 +64,16 @@ def simulate_coverage(
     """Coverage of ``level`` intervals on this design: one row per (scenario, statistic) with ``sigma_pt,
     sigma_ft, statistic, coverage`` (share of ``sims`` simulated grids whose interval holds the truth),
     ``mc_se`` (its binomial se), ``width`` (mean interval width), ``sims``, ``level``, ``resamples``. A share
-    the design gives no interval (:func:`perm.seedstats.one_unit_relations`: the paper layout's) has no
-    rows."""
+    the design gives no interval (:func:`perm.seedstats.one_unit_relations`: the paper layout's) or no pairs
+    (no same_finetune pairs under per_rm) has no rows."""
     design = seedstats.seed_design(pretrain_ids, finetune_seeds, scope)
     pu, _ = seedstats.pretrain_units(pretrain_ids)
     fu, _ = seedstats.pretrain_units(finetune_seeds)
     m = len(pu)
-    without = seedstats.one_unit_relations(seedstats.pair_relations(pretrain_ids, finetune_seeds, scope),
-                                           pretrain_ids, finetune_seeds)
+    relations = seedstats.pair_relations(pretrain_ids, finetune_seeds, scope)
+    without = set(seedstats.one_unit_relations(relations, pretrain_ids, finetune_seeds))
+    counts = seedstats.relation_counts(relations)
+    without |= {f for f, rel in (("pt", "same_pretrain"), ("ft", "same_finetune")) if not counts.get(rel)}
     statistics = [s for s in statistics if not (s.startswith("share_") and s[len("share_"):] in without)]
     rng = np.random.default_rng(seed)
     truths: dict[tuple[float, float], float] = {}

@@ -2,17 +2,21 @@
 config's shapes: what `perm check --gpu KIND` prints before anything is trained. Estimates, not measurements
 (benchmarks/gpu_check.sh measures; no stage has yet run on a GPU):
 
+* **stages**: pretrain (the grid's and the evaluator's backbones where the run pretrains them), train-rm
+  (the grid and the evaluator; none for `reward.rm_checkpoints`), sample and score. SFT, the policy pairs and
+  ensemble members are not estimated.
 * **FLOPs**: a training step 6 N per token read (forward and backward), a forward 2 N per token (N = the
   model's parameters); tokens at most `reward.max_length` per sequence (the RMs' pairs: their prompt once, as
   perm shares it, and both completions, counted as one sequence of `max_length` and one extra completion of a
-  quarter of it), the policy's samples `sample.max_new_tokens` each after the longest prompt.
+  quarter of it); sampling prefills each prompt once (at most `reward.max_length`) and decodes
+  `sample.max_new_tokens` per sample; scoring runs a prompt once per group.
 * **time** = FLOPs / (the card's dense bf16 peak × an assumed utilisation: :data:`MFU`), per job; the grid's
   jobs spread over `workers` GPUs.
 * **peak memory** of one job: training holds fp32 weights, gradients and AdamW's two moments (16 bytes a
-  parameter) plus activations of one (micro-)batch; a forward its fp32 weights plus a batch's key/value cache
-  and activations. Activations per token and layer ~34 h bytes in bf16 (Korthikanti et al. 2022, no
-  recomputation) with the layer count L and width h from the parameter count where the model's config is not
-  read (N ≈ 12 L h² with h = 64 L, Pythia's proportions to ~25%).
+  parameter) plus activations of one (micro-)batch; sampling and scoring their weights plus a batch's
+  key/value cache (activations left out). Activations per token and layer ~34 h bytes in bf16 (Korthikanti
+  et al. 2022, no recomputation) with the layer count L and width h from the parameter count where the
+  model's config is not read (N ≈ 12 L h² with h = 64 L, Pythia's proportions to ~25%).
 """
 
 from __future__ import annotations
@@ -63,13 +67,22 @@ class StageEstimate:
     note: str
 
 
+def _grid_size(cfg: RunConfig) -> int:
+    """The grid's RMs: `reward.rm_checkpoints`, else the layout's (perm.stages._grid.grid)."""
+    r, c = cfg.reward, cfg.pretrain
+    if r.rm_checkpoints:
+        return len(r.rm_checkpoints)
+    n_pre = len(c.checkpoints) or len(c.seeds)
+    return n_pre * len(r.finetune_seeds) if r.layout == "full" else len(r.finetune_seeds) + n_pre - 1
+
+
 def _hours(flops: float, gpu: str, kind: str) -> float:
     return flops / (GPUS[gpu][0] * MFU[kind]) / 3600
 
 
 def estimate(cfg: RunConfig, shapes: dict[str, Shape], n_pairs: int | None, n_prompts: int,
              gpu: str = "h100") -> list[StageEstimate]:
-    """Per stage (pretrain, sft, train-rm, sample, score) the estimated GPU-hours (all its jobs) and peak
+    """Per stage (pretrain, train-rm, sample, score) the estimated GPU-hours (all its jobs) and peak
     memory of one job. ``shapes``: ``grid`` (the grid's backbone), ``evaluator``, ``policy`` (absent where
     the run does not train or run it); ``n_pairs``: the training pairs (None: unknown, the RM rows are left
     out); ``n_prompts``: the eval prompts."""
@@ -96,11 +109,8 @@ def estimate(cfg: RunConfig, shapes: dict[str, Shape], n_pairs: int | None, n_pr
         per_pair = r.max_length + r.max_length // 4  # a prompt + completion, and the other completion
         step = (r.micro_batch_size or r.batch_size) * per_pair
         rows = []
-        if "grid" in shapes:
-            g = shapes["grid"]
-            n_rm = (len(c.checkpoints) or len(c.seeds)) * len(r.finetune_seeds) if r.layout == "full" else (
-                len(r.finetune_seeds) + (len(c.checkpoints) or len(c.seeds)) - 1)
-            rows.append((n_rm, g, pairs * r.epochs))
+        if "grid" in shapes and not r.rm_checkpoints:  # trained RMs loaded as the grid train nothing
+            rows.append((_grid_size(cfg), shapes["grid"], pairs * r.epochs))
         if e.trains() and "evaluator" in shapes:
             ev_pairs = min(n_pairs, e.train_pairs or n_pairs)
             rows.append((1, shapes["evaluator"], ev_pairs * e.epochs))
@@ -115,7 +125,7 @@ def estimate(cfg: RunConfig, shapes: dict[str, Shape], n_pairs: int | None, n_pr
     if "policy" in shapes:
         p = shapes["policy"]
         length = r.max_length + s.max_new_tokens
-        flops = 2 * p.params * samples * length
+        flops = 2 * p.params * (n_prompts * r.max_length + samples * s.max_new_tokens)  # prompts: once
         per_prompt = p.kv_bytes((s.pool_size + s.n_reference) * length, 2)
         prompts = s.batch_prompts if not s.memory_gb else max(1, min(s.batch_prompts,
                                                                       int(s.memory_gb * 1e9 // per_prompt)))
@@ -127,8 +137,7 @@ def estimate(cfg: RunConfig, shapes: dict[str, Shape], n_pairs: int | None, n_pr
                                  f"{r.max_length}; decode batches of {rows_per_batch} rows"))
     scorers = [m for k, m in shapes.items() if k in ("grid", "evaluator")]
     if scorers and "grid" in shapes:
-        n_grid = (len(c.checkpoints) or len(c.seeds)) * len(r.finetune_seeds) if r.layout == "full" else (
-            len(r.finetune_seeds) + (len(c.checkpoints) or len(c.seeds)) - 1)
+        n_grid = _grid_size(cfg)
         per_sample = s.max_new_tokens + r.max_length / (s.pool_size + s.n_reference)  # a prompt once a group
         hours = n_grid * _hours(2 * shapes["grid"].params * samples * per_sample, gpu, "forward")
         if "evaluator" in shapes and cfg.evaluator.enabled:

@@ -244,7 +244,8 @@ def rows_within(model, memory_bytes: int, prompt_length: int, candidate_length: 
     """How many rows one scoring batch of ``model`` may hold within ``memory_bytes`` (at least 1): each row a
     candidate of up to ``candidate_length`` tokens on its prompt's key/value cache of up to ``prompt_length``
     positions (gathered per row, in fp32: scoring runs in fp32), plus its activations (the residual stream and
-    the MLP's hidden width per token, a few copies alive at once). An estimate from the shapes: leave room."""
+    the MLP's hidden width per token, a few copies alive at once). An estimate from the shapes: leave room
+    (the prompts' own prefill and cache, before their candidates are gathered, are not counted)."""
     cfg = model.config
     layers = getattr(cfg, "num_hidden_layers", None) or cfg.n_layer
     heads = getattr(cfg, "num_attention_heads", None) or cfg.n_head

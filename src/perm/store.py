@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -126,19 +127,22 @@ def trim_heap() -> bool:
     fragmented, and a long-lived process's resident memory then grows with each batch although it holds no
     more: measured on the default's sample stage, 1.6 GB resident after its 25 decode batches, 1.1 GB with a
     trim after each (docs/results.md)."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        trim = getattr(libc, "malloc_trim", None)
-    except OSError:
-        return False
+    trim = _malloc_trim()
     if trim is None:
         return False
     trim(0)
     return True
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's malloc_trim from the symbols this process has loaded, or None (musl, macOS, Windows)."""
+    import ctypes
+
+    try:
+        return getattr(ctypes.CDLL(None), "malloc_trim", None)
+    except (OSError, TypeError):
+        return None
 
 
 def hash_obj(obj: Any) -> str:

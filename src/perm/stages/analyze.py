@@ -31,7 +31,7 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
         tensor = {"score": upstream["score"], "samples": upstream["sample"]}
     # the scope says which RM pairs are `same_finetune`; v2: the seed-aware tables (issue 12); v3: intervals
     # over the crossed seed design, scale-free Figures 1 and 3, Table 1 over every ensemble (issue 27)
-    return {"analyze": hash_obj({"analysis": cfg.analysis, "tensor": tensor, "version": 3,
+    return {"analyze": hash_obj({"analysis": cfg.analysis, "tensor": tensor, "version": 4,
                                  "scope": cfg.reward.finetune_seed_scope})}
 
 
