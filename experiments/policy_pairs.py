@@ -15,20 +15,21 @@ from pathlib import Path
 
 import yaml
 
+from perm.config import load_config
 from perm.stages.policy_prefs import job_policy_prefs
 
 
 def main(run: Path, name: str, overrides: list[str]) -> None:
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    p = cfg["policy_pairs"]
-    kw = {"kwise": None, "pairs_per_post": 3, "seed": p["seed"], "max_new_tokens": p["max_new_tokens"],
+    cfg = load_config(run / "config.yaml")  # a run written before the config's sections moved too
+    p = cfg.policy_pairs
+    kw = {"kwise": None, "pairs_per_post": 3, "seed": p.seed, "max_new_tokens": p.max_new_tokens,
           "batch_prompts": 96}
     for o in overrides:
         k, v = o.split("=", 1)
         kw[k] = yaml.safe_load(v)
     info = job_policy_prefs(str(run), f"sweep-pairs/{name}.parquet", policy=str(run / "policy"), device="cpu",
                             threads=1, show_progress=False, eval_rel=f"sweep-pairs/{name}.eval.parquet",
-                            precision=cfg.get("precision", "fp32"), **kw)
+                            precision=cfg.precision, **kw)
     print(json.dumps(info))
 
 

@@ -134,6 +134,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -142,14 +143,15 @@ import yaml
 from scipy.stats import spearmanr
 
 from perm.bon import expected_best_of_n, standardize
-from perm.config import PRETRAIN_TRAIN_FIELDS
+from perm.config import RewardConfig, load_config, section_from_dict, to_dict
 from perm.stages.pretrain import job_pretrain
 from perm.stages.score import job_score
 from perm.stages.train_rm import job_reward_model
 
 
 def main(run: Path, name: str, overrides: list[str]) -> None:
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    typed = load_config(run / "config.yaml")  # a run written before the config's sections moved too
+    cfg = to_dict(typed)
     reward = dict(cfg["reward"])
     extra = {"backbone": "pretrain/seed0", "finetune_seed": 0, "n_pairs": reward.get("max_train_pairs"),
              "pretrain_steps": None, "pretrain_seed": 0, "precision": cfg.get("precision", "fp32"),
@@ -166,18 +168,17 @@ def main(run: Path, name: str, overrides: list[str]) -> None:
         (extra if k in extra else reward)[k] = v
     out_rel = f"sweep/{name}"
     if extra["pretrain_steps"] is not None:  # a fresh backbone: the run's pretrain config with other steps
-        pt = cfg["pretrain"]
-        train = {k: pt[k] for k in PRETRAIN_TRAIN_FIELDS}
-        train["steps"] = int(extra["pretrain_steps"])
         extra["backbone"] = f"{out_rel}-pretrain"
-        arch = {**pt["backbone"], **(extra["pretrain_backbone"] or {})}
+        arch = replace(typed.pretrain.backbone, **(extra["pretrain_backbone"] or {}))
         if not (run / extra["backbone"]).exists():
             pinfo = job_pretrain(str(run), extra["backbone"], init_seed=extra["pretrain_seed"],
-                                 data_seed=extra["pretrain_seed"], backbone=arch, train=train,
+                                 data_seed=extra["pretrain_seed"], backbone=arch, recipe=typed.pretrain,
+                                 steps=int(extra["pretrain_steps"]),
                                  device="cpu", threads=extra["threads"], show_progress=False, checkpoint_every=100)
             print(json.dumps({"pretrain": pinfo}))
     info = job_reward_model(str(run), out_rel, backbone=str(run / extra["backbone"]), pretrain_id="sweep",
-                            finetune_seed=extra["finetune_seed"], reward=reward, n_pairs=extra["n_pairs"],
+                            finetune_seed=extra["finetune_seed"],
+                            reward=section_from_dict(RewardConfig, reward, "reward"), n_pairs=extra["n_pairs"],
                             pair_files=tuple(str(extra["pairs_file"]).split(",")), eval_files=(extra["eval_file"],),
                             device="cpu", threads=extra["threads"], precision=extra["precision"],
                             attention=extra["attention"],

@@ -47,7 +47,7 @@ def test_seed_shares_cover_in_the_full_layout():
     """The full layout (every pretrain x finetune seed) at the default's pool of 64: 300 grids per scenario
     whose seeds differ in effect size (log-sd 0.5); the 90% intervals of both seed shares cover 0.82-0.88
     where the share is not 0 (their upper end on the log scale where resolved: seedstats.log_upper; the
-    symmetric t interval alone covered 0.76-0.81 here), a little short of nominal: five seeds of unequal
+    symmetric t interval alone covered 0.76-0.83 here), a little short of nominal: five seeds of unequal
     effect leave a skew the log scale only partly follows. Where the share is 0 they cover at least 0.85."""
     df = simulate_coverage(*FULL, sims=300, draws=200, n_prompts=60, pool_size=64,
                            statistics=("share_pt", "share_ft"), scenarios=((0.5, 0.0), (0.0, 0.5), (0.5, 0.5)))

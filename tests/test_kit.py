@@ -369,6 +369,7 @@ def test_the_kit_recipe_is_the_default_world():
     ([], KIT_POLICY, KIT, KIT_EVALUATOR),  # the embedded default, once it loads the kit
     (["sft.lr=1e-4"], None, None, KIT_EVALUATOR),  # another policy: its own pairs, the kit's judge
     (["policy_pairs.kwise=4"], KIT_POLICY, None, KIT_EVALUATOR),
+    (["policy_pairs.seed=3"], KIT_POLICY, None, KIT_EVALUATOR),  # other pairs: drawn in the run
     (["evaluator.lr=1e-4"], KIT_POLICY, KIT, None),  # finetuned here, on the kit's pairs and extra posts
     (["evaluator.extra_posts=10"], KIT_POLICY, None, None),
     (["evaluator.checkpoint=null"], KIT_POLICY, KIT, None),

@@ -120,7 +120,7 @@ def test_ship_round_trips_a_finished_pretrain_run(tmp_path, monkeypatch):
         "backbone: {{hidden_size: 16, num_layers: 1, num_heads: 2, intermediate_size: 32}}}}\n"
         "evaluator: {{checkpoint: null, pretrain_seed: 7, pretrain_steps: 3, "
         "backbone: {{hidden_size: 24, num_layers: 1, num_heads: 2, intermediate_size: 48}}}}\n"
-        "policy: {{init_from: pretrain}}\n".format(tmp_path / "run"))
+        "sft: {{init_from: pretrain}}\n".format(tmp_path / "run"))
     Pipeline(load_config(recipe), Progress("quiet")).run("pretrain")
     out = tmp_path / "shipped"
     assert shipped.ship(tmp_path / "run", recipe, out) == ["seed0", "seed3", "evaluator-seed7"]

@@ -563,14 +563,15 @@ class SftConfig:
     init_from: str = "testbed:seed5"
     """What SFT starts from: a checkpoint of its own (local dir, hub id or `id@revision`, or a shipped testbed
     backbone `testbed:<name>`), `pretrain` (the grid's first backbone, which the finetune ensemble and every
-    same-pretrain pair also share) or `scratch`."""
+    same-pretrain pair also share) or `scratch`. Reruns the policy and everything after it."""
     epochs: float = 0.5
     """Passes over sft_train (less its held-out 5 %); > 0, fractions allowed.
-    Why 0.5: the RMs' learnability alone (docs/history/results.md, "a policy on its own backbone")."""
+    Reruns the policy and everything after it. Why 0.5: the RMs' learnability alone (docs/history/results.md,
+    "a policy on its own backbone")."""
     lr: float = 1e-3
-    """Peak AdamW learning rate of SFT (> 0)."""
+    """Peak AdamW learning rate of SFT (> 0). Reruns the policy and everything after it."""
     batch_size: int = 32
-    """(prompt, summary) examples per SFT step (> 0)."""
+    """(prompt, summary) examples per SFT step (> 0). Reruns the policy and everything after it."""
 
     def init_checkpoint(self) -> str | None:
         """The checkpoint SFT starts from, when `init_from` names one (not `scratch` or `pretrain`)."""
@@ -601,18 +602,19 @@ class PolicyPairsConfig:
 
     per_post: int = 3
     """Disjoint pairs sampled per sft_train post when `kwise` is null (>= 1; two fresh samples each, ties
-    dropped)."""
+    dropped). Reruns policy-prefs and everything after it."""
     kwise: int | None = 6
     """K-wise comparisons, as InstructGPT collected them: K (>= 3) policy samples per sft_train post and every
     one of their C(K, 2) pairs, each labelled by its own rater draw (ties dropped), so each completion sits in
     K - 1 pairs and, with `reward.group_by_prompt`, is scored once per training step for all of them:
     (K - 1) / 2 pairs per completion scored, against 1/2 for disjoint pairs. null = `per_post` disjoint pairs
     (two fresh samples each). On the testbed, K = 6 yields ~46k pairs (the 3,800 training posts x 15, less
-    ties)."""
+    ties). Reruns policy-prefs and everything after it."""
     max_new_tokens: int = 32
-    """Most tokens per sampled completion (> 0; it also ends at EOS)."""
+    """Most tokens per sampled completion (> 0; it also ends at EOS). Reruns policy-prefs and everything after
+    it."""
     seed: int = 0
-    """Seed of the pairs' sampling and of their labels."""
+    """Seed of the pairs' sampling and of their labels. Reruns policy-prefs and everything after it."""
 
     def __post_init__(self) -> None:
         _check(self.per_post >= 1, "policy_pairs.per_post", "must be >= 1")
@@ -627,22 +629,24 @@ class SampleConfig:
 
     pool_size: int = 64
     """Candidates sampled per eval prompt (N >= 1): the pool every RM scores and best-of-n picks from; n runs
-    up to it (`analysis.ns`). Sampling and scoring time grow linearly with it."""
+    up to it (`analysis.ns`). Sampling and scoring time grow linearly with it. Reruns sample and everything
+    after it."""
     n_reference: int = 8
     """Extra samples per eval prompt (K >= 0) drawn beside the pool but never picked: the targets of the win
-    rates (picked vs reference); 0 = no win rates."""
+    rates (picked vs reference); 0 = no win rates. Reruns sample and everything after it."""
     temperature: float = 1.0
-    """Sampling temperature of the pool and the references (> 0; 1 = the policy's distribution)."""
+    """Sampling temperature of the pool and the references (> 0; 1 = the policy's distribution). Reruns sample
+    and everything after it."""
     top_p: float = 1.0
     """Nucleus sampling of the pool and the references: sample from the smallest set of tokens whose
-    probability reaches top_p; in (0, 1], 1 = no truncation."""
+    probability reaches top_p; in (0, 1], 1 = no truncation. Reruns sample and everything after it."""
     max_new_tokens: int = 32
-    """Most tokens per sample (> 0; a sample also ends at EOS)."""
+    """Most tokens per sample (> 0; a sample also ends at EOS). Reruns sample and everything after it."""
     seed: int = 0
-    """Sampling seed of the pool and the references."""
+    """Sampling seed of the pool and the references. Reruns sample and everything after it."""
     batch_prompts: int = 8
     """Prompts sampled together (>= 1): memory and speed, and each chunk of this many prompts gets its own
-    seed, so it changes the samples."""
+    seed, so it changes the samples. Reruns sample and everything after it."""
     memory_gb: float | None = None
     """Key/value cache (GB) one decode batch may hold: fewer than `batch_prompts` prompts decode together
     where their rows would not fit (sized from the policy's shapes, perm.policy.prompts_within); null =
@@ -696,12 +700,16 @@ MOVED_KEYS = {
 
 def migrate_moved_keys(data: dict, say=None) -> dict:
     """`data` (a config mapping) with every key of :data:`MOVED_KEYS` moved to its new place(s), saying so in
-    one line each (``say``: a callable taking the line; default: print to stderr). A key given both ways is
-    an error; an emptied old section goes."""
+    one line for all of them (``say``: a callable taking the line; default: print to stderr). A key given both
+    ways is an error, and so is a `policy` that is not a mapping or holds another key; an emptied old section
+    goes."""
     import sys
 
     say = say or (lambda line: print(line, file=sys.stderr))
+    if data.get("policy") is not None and not isinstance(data["policy"], dict):
+        raise ConfigError("policy: must be a mapping (its keys moved to sft, sample and policy_pairs)")
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    moved = []
     for old, new in MOVED_KEYS.items():
         section, name = old.split(".")
         if not isinstance(out.get(section), dict) or name not in out[section]:
@@ -715,13 +723,15 @@ def migrate_moved_keys(data: dict, say=None) -> dict:
             if field_name in target:
                 raise ConfigError(f"{old}: given beside its new key {key}; keep only {key}")
             target[field_name] = value
-        say(f"perm: config key {old} is now {' and '.join(new)} (the old key loads for one release)")
+        moved.append(f"{old} -> {' and '.join(new)}")
         if not out[section]:
             del out[section]
     for k in out.get("policy", None) or ():
         raise ConfigError(f"policy.{k}: unknown key (the policy section's keys moved to sft, sample and "
                           "policy_pairs)")
     out.pop("policy", None)
+    if moved:
+        say(f"perm: config keys moved (the old keys load for one release): {'; '.join(moved)}")
     return out
 
 
@@ -1169,9 +1179,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(f"{path}: invalid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
-    data = _merge(_fix_floats(data), parse_overrides(overrides or []))
-    try:
-        return _from_dict(RunConfig, data)
+    extra = migrate_moved_keys(parse_overrides(overrides or []))
+    try:  # each side in its own keys first, so that new-style overrides of an old file (or the reverse) merge
+        return _from_dict(RunConfig, _merge(migrate_moved_keys(_fix_floats(data)), extra))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
 
