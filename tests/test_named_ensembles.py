@@ -412,7 +412,7 @@ def test_analyze_reads_the_costs_beside_a_users_models(tmp_path, cheap):
     from perm.store import hash_obj
 
     cfg = RunConfig()
-    old = hash_obj({"analysis": to_dict(cfg.analysis), "tensor": {"rewards": "r", "models": "m"}, "version": 3,
+    old = hash_obj({"analysis": to_dict(cfg.analysis), "tensor": {"rewards": "r", "models": "m"}, "version": 4,
                     "scope": cfg.reward.finetune_seed_scope})
     assert analyze.keys(cfg, {"rewards": "r", "models": "m"})["analyze"] == old
     assert analyze.keys(cfg, {"rewards": "r", "models": "m", "ensembles": "e"})["analyze"] != old
