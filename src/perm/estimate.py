@@ -68,12 +68,10 @@ class StageEstimate:
 
 
 def _grid_size(cfg: RunConfig) -> int:
-    """The grid's RMs: `reward.rm_checkpoints`, else the layout's (perm.stages._grid.grid)."""
-    r, c = cfg.reward, cfg.pretrain
-    if r.rm_checkpoints:
-        return len(r.rm_checkpoints)
-    n_pre = len(c.checkpoints) or len(c.seeds)
-    return n_pre * len(r.finetune_seeds) if r.layout == "full" else len(r.finetune_seeds) + n_pre - 1
+    """The grid's RMs (perm.stages._grid.grid_of: `reward.rm_checkpoints`, else the layout's)."""
+    from perm.stages._grid import grid_of
+
+    return len(grid_of(cfg))
 
 
 def _hours(flops: float, gpu: str, kind: str) -> float:

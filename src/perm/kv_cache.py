@@ -13,6 +13,15 @@ import inspect
 from transformers.cache_utils import DynamicLayer
 
 
+def kv_dims(config) -> tuple[int, int, int]:
+    """(layers, key/value heads, head size) of a transformers model config (GPT-NeoX, Llama, GPT-2 names)."""
+    layers = getattr(config, "num_hidden_layers", None) or config.n_layer
+    heads = getattr(config, "num_attention_heads", None) or config.n_head
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return layers, kv_heads, head_dim
+
+
 def forward_params(model) -> set[str]:
     """The names of the parameters of ``model.forward`` (``position_ids``, ``logits_to_keep``, ...)."""
     return set(inspect.signature(model.forward).parameters)

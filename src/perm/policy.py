@@ -454,11 +454,9 @@ class PreallocatedLayer(DynamicLayer):
 def kv_bytes_per_token(model) -> int:
     """Bytes of key/value cache one token of one sequence takes: keys and values of every layer, in the dtype
     the forward computes them (bf16 under bf16 autocast, else the weights' dtype)."""
-    cfg = model.config
-    layers = getattr(cfg, "num_hidden_layers", None) or cfg.n_layer
-    heads = getattr(cfg, "num_attention_heads", None) or cfg.n_head
-    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    from perm.kv_cache import kv_dims
+
+    layers, kv_heads, head_dim = kv_dims(model.config)
     dtype = next(model.parameters()).dtype
     if torch.is_autocast_enabled(next(model.parameters()).device.type):
         dtype = torch.get_autocast_dtype(next(model.parameters()).device.type)

@@ -246,12 +246,12 @@ def rows_within(model, memory_bytes: int, prompt_length: int, candidate_length: 
     positions (gathered per row, in fp32: scoring runs in fp32), plus its activations (the residual stream and
     the MLP's hidden width per token, a few copies alive at once). An estimate from the shapes: leave room
     (the prompts' own prefill and cache, before their candidates are gathered, are not counted)."""
+    from perm.kv_cache import kv_dims
+
     cfg = model.config
-    layers = getattr(cfg, "num_hidden_layers", None) or cfg.n_layer
+    layers, kv_heads, head_dim = kv_dims(cfg)
     heads = getattr(cfg, "num_attention_heads", None) or cfg.n_head
-    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
     hidden = cfg.hidden_size
-    head_dim = getattr(cfg, "head_dim", None) or hidden // heads
     inter = getattr(cfg, "intermediate_size", None) or 4 * hidden
     fp32 = 4
     total = prompt_length + candidate_length
