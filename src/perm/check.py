@@ -633,8 +633,9 @@ def gpu_estimate(cfg: RunConfig, facts: dict[str, Facts | None], gpu: str) -> li
     or `data.max_train_pairs` where set, the testbed's where it is the data; else unknown)."""
     shapes = model_shapes(cfg, facts)
     if cfg.data.prefs is None:
-        per_post = (cfg.policy_pairs.kwise * (cfg.policy_pairs.kwise - 1) // 2 if cfg.policy_pairs.kwise
-                    else cfg.policy_pairs.per_post)
+        from perm.stages._grid import pairs_per_post
+
+        per_post = pairs_per_post(cfg)
         n_pairs = cfg.testbed.n_prefs_train if cfg.reward.pairs == "testbed" else cfg.testbed.n_sft * per_post
         prompts = cfg.testbed.n_eval_prompts
     else:
