@@ -59,14 +59,14 @@ def world(cfg: RunConfig) -> dict:
     SFT policy's training and initialisation, the pairs' drawing, the evaluator and the reward fields it
     finetunes with); the grid's own fields and the run's plumbing (out, workers, the pool) are left out."""
     from perm.stages._grid import unkeyed_defaults
+    from perm.stages.sft import sft_record
 
     p, pp = cfg.sft, cfg.policy_pairs
     reward = {k: v for k, v in to_dict(cfg.reward).items() if k not in GRID_ONLY}
     reward |= {"policy_pairs_per_post": pp.per_post, "policy_kwise": pp.kwise}  # the names kit.json records
     return {"testbed": kit_testbed_identity(to_dict(cfg.testbed)), "precision": cfg.precision,
             "attention": cfg.attention,
-            "policy": {"init_from": p.init_from, "sft_epochs": p.epochs, "sft_lr": p.lr,
-                       "sft_batch_size": p.batch_size, "max_new_tokens": pp.max_new_tokens,
+            "policy": {"init_from": p.init_from, **sft_record(p), "max_new_tokens": pp.max_new_tokens,
                        "seed": pp.seed},
             "reward": unkeyed_defaults(reward, KIT_SINCE),
             "evaluator": {k: v for k, v in to_dict(cfg.evaluator).items() if k != "rm_checkpoint"}}
