@@ -9,10 +9,12 @@
     SUMMARY       one line: the help of `perm <NAME>`, its row of the README's CLI table (:func:`cli_table`)
     TAKES_TENSOR  whether `perm <NAME>` takes `--rewards R --models M`: a user's reward tensor, run(ctx, R, M)
 
-and what it does: ``keys(cfg, upstream) -> {manifest name: key}`` (pure: the config and upstream output
-hashes only), ``run(ctx)`` and, for stages with long jobs, ``work(cfg, root)`` (perm.stages._plan); its jobs
-(`job_*`, flat picklable arguments) live beside it. Stages meet through Context and the shared helpers
-(_context, _grid, _plan, _checkpoints), never by importing each other. The stage table below
+and what it does: ``plan(cfg, upstream) -> [Job, ...]`` (pure: the config and upstream identities only), each
+job (perm.stages._plan.Job) carrying its manifest name, key, job function (`job_*`, beside it) with its
+arguments, outputs and seeds; ``keys`` (the plan's keys), ``run(ctx)`` (asks for what it needs, then
+Context.run_planned runs the plan's jobs not complete for their keys, and returns the stage's result) and,
+for stages with long jobs, ``work(cfg, root)`` (their planned totals). Stages meet through Context and the
+shared helpers (_context, _grid, _plan, _checkpoints), never by importing each other. The stage table below
 (:data:`STAGES`), the CLI's stage commands (perm.cli) and the README's CLI table derive from the
 declarations; :func:`describe` prints the graph (``python -m perm.stages``).
 """

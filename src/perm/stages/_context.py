@@ -27,7 +27,7 @@ from perm.config import RunConfig
 from perm.executors import JobFailedError, LocalExecutor, PoolExecutor, RayExecutor, _usable_cpus
 from perm.progress import Progress, StageProgress, Watched, reporting
 from perm.stages._checkpoints import Checkpoints
-from perm.stages._plan import Work, format_work, stage_writing
+from perm.stages._plan import Job, Work, format_work, resolve, stage_writing
 from perm.store import RunStore, hash_obj, read_column  # noqa: F401  (read_column: for the stages)
 
 
@@ -354,19 +354,70 @@ class Context:
         self.done(name, key, outputs, t0, seeds=seeds(info or {}) if callable(seeds) else seeds, info=info)
         return True
 
+    def run_planned(self, plan: Callable[[RunConfig, Mapping[str, str]], list[Job]],
+                    work: Callable[[], Work] | None = None,
+                    upstream: Callable[[], Mapping[str, str]] | None = None) -> list[Job]:
+        """Run a stage's planned jobs (its module's ``plan``) that are not complete for their keys, and return
+        the last plan. In phases: a job keyed on the outputs of jobs of the same stage (its ``after``: an
+        ensemble member trained or averaged from others, the assembled reward tensor) waits while any of them
+        is to run, and the plan is made again after each phase (its key then hashes their new outputs), until
+        every job planned is complete for its key. In a phase, the ``one`` jobs run first, in plan order,
+        then the long jobs (``pool``, ``here``) by :meth:`run_jobs`, `work` (the stage's planned work, made
+        only when long jobs run) giving their totals. upstream: what the plan is handed (default
+        :meth:`upstream`; the testbed's build, which reads nothing, is handed nothing and so resolves no
+        checkpoint)."""
+        handled: dict[str, str] = {}  # manifest name -> the key it was run or found complete for
+        while True:
+            jobs = plan(self.cfg, (upstream or self.upstream)())
+            pending = [j for j in jobs if handled.get(j.name) != j.key]
+            if not pending:
+                return jobs
+            waiting = {j.name for j in pending if not self.complete(j.name, j.key)}
+            ready = [j for j in pending if not waiting & set(j.after)]
+            if not ready:
+                raise DeclarationError(f"jobs {sorted(waiting)} wait on each other (their `after`)")
+            todo = [j for j in ready if not self.skip(j.name, j.key)]
+            handled |= {j.name: j.key for j in ready}
+            for job in (j for j in todo if j.how == "one"):
+                kw = self._job_kwargs(job)
+                self.run_one(job.name, job.key, lambda job=job, kw=kw: job.fn(**kw), list(job.outputs),
+                             seeds=job.seeds, mark=job.mark, announce=job.announce, **job.start)
+            groups: dict[tuple, list[Job]] = {}
+            for job in (j for j in todo if j.how != "one"):
+                groups.setdefault((job.fn, job.how), []).append(job)
+            for (fn, how), group in groups.items():
+                if work is None:
+                    raise DeclarationError(f"{group[0].name}: long jobs need the stage's work")
+                self.run_jobs(fn, [(j.name, self._job_kwargs(j)) for j in group],
+                              {j.name: j.key for j in group}, {j.name: dict(j.seeds or {}) for j in group},
+                              work=work(), pool=how == "pool",
+                              outputs={j.name: list(j.outputs) for j in group})
+
+    def _job_kwargs(self, job: Job) -> dict:
+        """The keyword arguments `job.fn` is called with: the run directory, its arguments with their
+        references resolved, and the fields of the job environment it takes."""
+        env = self.job_env(pooled=job.how == "pool" or job.pooled_env)
+        args = resolve(dict(job.args), self.root, self.resolve_checkpoint)
+        return {"run_dir": str(self.root), **args, **{k: env[k] for k in job.env}}
+
     def run_jobs(self, fn, todo: list[tuple[str, dict]], keys: Mapping[str, str], seeds_of, *, work: Work,
-                 pool: bool = True) -> None:
+                 pool: bool = True, outputs: Mapping[str, list[str]] | None = None) -> None:
         """Run the jobs of `todo` ((name, kwargs) each) and record each in the manifest as it finishes.
 
         work: the stage's planned work (its module's ``work``): printed for the jobs left to run before they
         start, and the totals of the stage's bar of all its jobs (perm.progress.StageProgress: its rate and
         ETA are the stage's). Each job reports its own progress under its name: a job run here through this
         run's Progress, a worker's or Ray task's over the executor's queue, printed here.
-        pool=False keeps them in this process even with `workers` > 1 (short jobs that share a cache here)."""
+        pool=False keeps them in this process even with `workers` > 1 (short jobs that share a cache here).
+        seeds_of: the seeds a job records, from its keyword arguments, or by job name. outputs: each job's
+        outputs by name (default: its ``out_rel``)."""
         if not todo:
             return
-        for name, kw in todo:
-            self._check_outputs(name, [kw["out_rel"]])
+        outs = {name: list((outputs or {}).get(name) or [kw["out_rel"]]) for name, kw in todo}
+        seeds = (lambda name, kw: seeds_of[name]) if isinstance(seeds_of, Mapping) else (
+            lambda name, kw: seeds_of(kw))
+        for name, _ in todo:
+            self._check_outputs(name, outs[name])
         names = [name for name, _ in todo]
         here = (isinstance(self.executor, LocalExecutor)
                 or (isinstance(self.executor, PoolExecutor) and not pool))
@@ -388,7 +439,7 @@ class Context:
                     with reporting(Watched(self.log,
                                            lambda done, total, i=i: stage_bar.update(i, done, total))):
                         info = in_process(name, fn, **kw)
-                    self.done(name, keys[name], [kw["out_rel"]], t0, seeds=seeds_of(kw),
+                    self.done(name, keys[name], outs[name], t0, seeds=seeds(name, kw),
                               info=info | {"threads": kw.get("threads")})
                     stage_bar.job_done(i)
                 return
@@ -406,7 +457,7 @@ class Context:
                                                                   on_start=started, on_progress=progressed,
                                                                   progress_every=self.log.every):
                 name, kw = todo[i]
-                self.done(name, keys[name], [kw["out_rel"]], time.perf_counter() - wall, seeds=seeds_of(kw),
+                self.done(name, keys[name], outs[name], time.perf_counter() - wall, seeds=seeds(name, kw),
                           info=info | {"threads": kw.get("threads")})
                 stage_bar.job_done(i)
         finally:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from perm import run_layout as layout
 from perm.config import RunConfig, loaded_grid
-from perm.stages._plan import parquet_rows
+from perm.stages._plan import Checkpoint, RunPath, parquet_rows
 
 # ----------------------------------------------------------------------------------------------- the grid
 
@@ -44,6 +44,20 @@ def loaded_rms(cfg: RunConfig) -> dict[str, str]:
     """Manifest name -> checkpoint of every trained RM of `reward.rm_checkpoints` (empty: the grid is
     finetuned)."""
     return {layout.rm_dir(rm_id(p, s)): ckpt for p, s, ckpt in loaded_grid(cfg.reward)}
+
+
+def backbone_ref(cfg: RunConfig, pretrain_id: str) -> Checkpoint | RunPath:
+    """What a job loads as grid backbone `pretrain_id`: its checkpoint of `pretrain.checkpoints`, or the
+    backbone the run pretrained."""
+    c = cfg.pretrain
+    if c.checkpoints:
+        return Checkpoint(dict(zip(c.pretrain_ids(), c.checkpoints, strict=True))[pretrain_id])
+    return RunPath(layout.pretrain_dir(pretrain_id))
+
+
+def policy_ref(cfg: RunConfig) -> Checkpoint | RunPath:
+    """What a job loads as the SFT policy: `sft.checkpoint`, or the policy the run trained."""
+    return Checkpoint(cfg.sft.checkpoint) if cfg.sft.checkpoint else RunPath(layout.POLICY)
 
 
 def grid_names(cfg: RunConfig) -> list[str]:

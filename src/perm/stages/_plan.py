@@ -1,16 +1,104 @@
-"""The work of a stage's jobs before they run: each job's planned total in the unit its progress bar counts
-(pretraining or RM optimizer steps, posts, prompts, samples), from the config and, where they exist already,
-the run directory's data files. Each stage module with long jobs has ``work(cfg, root) -> Work | None`` (None:
-the stage runs nothing for this config); `perm run` prints every stage's work before it starts
-(:func:`format_plan`), and a stage's bar of its jobs together (perm.progress.StageProgress) starts from the
-planned totals."""
+"""A stage's jobs before they run.
+
+:class:`Job`: what one manifest entry of a stage is — its name, its input key, the job function with its
+arguments, the outputs it records, the seeds it draws and how it runs. Each stage module's pure
+``plan(cfg, upstream) -> [Job, ...]`` lists them from the config and the upstream identities alone (arguments
+that name something only the run can resolve are :class:`RunPath` and :class:`Checkpoint` references);
+``keys`` (:func:`planned_keys`) and the run loop (perm.stages._context.Context.run_planned) derive from it.
+
+:class:`Work`: each job's planned total in the unit its progress bar counts (pretraining or RM optimizer
+steps, posts, prompts, samples), from the config and, where they exist already, the run directory's data
+files. Each stage module with long jobs has ``work(cfg, root) -> Work | None`` (None: the stage runs nothing
+for this config); `perm run` prints every stage's work before it starts (:func:`format_plan`), and a stage's
+bar of its jobs together (perm.progress.StageProgress) starts from the planned totals."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any, Literal
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPath:
+    """A job argument naming a path of the run directory (perm.run_layout), passed to the job as
+    ``str(<run>/<rel>)``."""
+
+    rel: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """A job argument naming a checkpoint of the config (a folder, a hub id, a shipped ``testbed:`` name),
+    passed to the job as what the run loads for it (Context.resolve_checkpoint: verified, pinned to its
+    commit, converted)."""
+
+    spec: str
+
+
+POOLED_ENV = ("device", "threads", "precision", "attention", "show_progress")
+"""The job environment a training / sampling job takes (Context.job_env)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One manifest entry of a stage: `name` (its manifest name), `key` (its input key), `outputs` (the run
+    paths it records), and what runs it: ``fn(run_dir, **args, **env)`` — `fn` a module-level function, so
+    that a worker process can run it; `args` its arguments (references resolved when it runs), `env` the
+    fields of the job environment it takes (:data:`POOLED_ENV`, or fewer; none for bookkeeping), `seeds` the
+    seeds it draws (recorded in the manifest).
+
+    how: ``pool`` (a long job: in the executor's workers where it has them, with their share of the cores),
+    ``here`` (a long job run in this process, one after another, with the stage's progress bar: short jobs
+    that share a cache here), ``one`` (a job of its own in this process: `start` the fields of its start line
+    unless `announce` is off; `mark` off where the job has no running state worth recording). pooled_env: the
+    job takes the threads of a pool worker (its share of the cores) even where it runs here (an RM job on
+    several processes). after: the manifest names of jobs of its own stage whose outputs it reads (its key
+    hashes them): it runs once none of them is left to run."""
+
+    name: str
+    key: str
+    fn: Callable[..., Any]
+    args: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    outputs: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+    seeds: Mapping[str, int] | None = None
+    how: Literal["pool", "here", "one"] = "one"
+    announce: bool = True
+    mark: bool = True
+    start: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    pooled_env: bool = False
+    after: tuple[str, ...] = ()
+
+    def with_args(self, **more) -> Job:
+        """This job with arguments added or replaced (what only the run knows, e.g. a check's findings)."""
+        return dataclasses.replace(self, args={**self.args, **more})
+
+
+def resolve(value, run_dir: Path, checkpoint: Callable[[str], str]):
+    """`value` with every :class:`RunPath` and :class:`Checkpoint` in it (at any depth of dicts, lists and
+    tuples) replaced by what the job receives."""
+    if isinstance(value, RunPath):
+        return str(run_dir / value.rel)
+    if isinstance(value, Checkpoint):
+        return checkpoint(value.spec)
+    if isinstance(value, dict):
+        return {k: resolve(v, run_dir, checkpoint) for k, v in value.items()}
+    if isinstance(value, list | tuple) and not hasattr(value, "_fields"):
+        return type(value)(resolve(v, run_dir, checkpoint) for v in value)
+    return value
+
+
+def planned_keys(plan: Callable[..., list[Job]]) -> Callable[..., dict[str, str]]:
+    """A stage's ``keys(cfg, upstream) -> {manifest name: key}``: its plan's jobs' keys."""
+
+    def keys(cfg, upstream: Mapping[str, str]) -> dict[str, str]:
+        return {job.name: job.key for job in plan(cfg, upstream)}
+
+    keys.__doc__ = f"The input key of every job of {plan.__module__}.plan, by manifest name."
+    return keys
 
 
 @dataclasses.dataclass(frozen=True)

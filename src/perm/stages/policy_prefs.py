@@ -36,9 +36,10 @@ from perm.stages._grid import (
     POLICY_PAIRS,
     extra_posts,
     pair_files,
+    policy_ref,
     sft_heldout,
 )
-from perm.stages._plan import Work, parquet_rows
+from perm.stages._plan import POOLED_ENV, Job, Work, parquet_rows, planned_keys
 from perm.store import derive_seed, hash_obj
 
 NAME = "policy-prefs"
@@ -50,27 +51,42 @@ TAKES_TENSOR = False
 CHUNK_ROWS = 576
 
 
-def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
+def plan(cfg: RunConfig, upstream: Mapping[str, str]) -> list[Job]:
+    """The policy pairs' job (and the evaluator's, with `evaluator.extra_posts`): drawn from the policy, or
+    copied from `reward.pairs_from`; none with testbed pairs."""
     c, p = cfg.reward, cfg.policy_pairs
     if c.pairs == "testbed":
-        return {}
-    # copied from a kit or folder: keyed on its identity alone (no precision: nothing is sampled)
-    if c.pairs_from:
+        return []
+    parts = [("policy-prefs", POLICY_PAIRS)] + ([("evaluator-prefs", (EVALUATOR_PAIRS,))]
+                                                if extra_posts(cfg) else [])
+    if c.pairs_from:  # copied from a kit or folder: keyed on its identity alone (no precision: no sampling)
         source = upstream[pairs_name(c.pairs_from)]
-        out = {"policy-prefs": hash_obj({"pairs_from": source, "files": list(POLICY_PAIRS)})}
-        if extra_posts(cfg):
-            out["evaluator-prefs"] = hash_obj({"pairs_from": source, "files": [EVALUATOR_PAIRS]})
-        return out
+        testbed = cfg.testbed if cfg.data.prefs is None else None
+        return [Job(name, hash_obj({"pairs_from": source, "files": list(files)}), job_copy_pairs,
+                    dict(spec=c.pairs_from, files=files, testbed=testbed), files, announce=False)
+                for name, files in parts]
     common = {"policy": policy_identity(cfg, upstream), "testbed": data_identity(cfg, upstream),
               "per_post": p.per_post, "kwise": p.kwise, "seed": p.seed,
               "max_new_tokens": p.max_new_tokens, "chunk": chunk_prompts(cfg),
               "label_temperature": cfg.testbed.label_temperature,
               **({"kv_cache": "compute dtype"} if cfg.precision == "bf16" else {})}  # as the sample stage's
-    out = {"policy-prefs": stage_key(cfg, {**common, "heldout": "sft"})}
+    args = dict(policy=policy_ref(cfg), pairs_per_post=p.per_post, kwise=p.kwise,
+                max_new_tokens=p.max_new_tokens, seed=p.seed, batch_prompts=chunk_prompts(cfg),
+                label_temperature=cfg.testbed.label_temperature)
+    jobs = [Job("policy-prefs", stage_key(cfg, {**common, "heldout": "sft"}), job_policy_prefs,
+                dict(args, out_rel=layout.POLICY_PREFS), POLICY_PAIRS, POOLED_ENV,
+                start={"pairs_per_post": p.per_post, "kwise": p.kwise})]
     if extra_posts(cfg):
-        out["evaluator-prefs"] = stage_key(cfg, {**common, "posts": EVALUATOR_POSTS,
-                                                 "n_posts": extra_posts(cfg), "stream": "evaluator-prefs"})
-    return out
+        key = stage_key(cfg, {**common, "posts": EVALUATOR_POSTS, "n_posts": extra_posts(cfg),
+                              "stream": "evaluator-prefs"})
+        jobs.append(Job("evaluator-prefs", key, job_policy_prefs,
+                        dict(args, out_rel=EVALUATOR_PAIRS, posts_rel=EVALUATOR_POSTS,
+                             n_posts=extra_posts(cfg), heldout=False, stream="evaluator-prefs"),
+                        (EVALUATOR_PAIRS,), POOLED_ENV, start={"posts": extra_posts(cfg)}))
+    return jobs
+
+
+keys = planned_keys(plan)
 
 
 def samples_per_post(cfg: RunConfig) -> int:
@@ -101,55 +117,29 @@ def chunk_prompts(cfg: RunConfig) -> int:
 
 def run(ctx: Context) -> tuple[str, ...]:
     cfg = ctx.cfg
-    c, p = cfg.reward, cfg.policy_pairs
-    if c.pairs != "testbed" and c.pairs_from:
-        _copy_pairs(ctx)
-    elif c.pairs != "testbed":
+    if cfg.reward.pairs != "testbed":
         ctx.need("testbed")
-        policy = ctx.need("sft")
-        all_keys = keys(cfg, ctx.upstream())
-        common = dict(policy=policy, pairs_per_post=p.per_post, kwise=p.kwise,
-                      max_new_tokens=p.max_new_tokens, seed=p.seed, batch_prompts=chunk_prompts(cfg),
-                      label_temperature=cfg.testbed.label_temperature, **ctx.job_env(pooled=False))
-        ctx.run_one("policy-prefs", all_keys["policy-prefs"],
-                    lambda: job_policy_prefs(str(ctx.root), layout.POLICY_PREFS, **common),
-                    list(POLICY_PAIRS), pairs_per_post=p.per_post, kwise=p.kwise)
-        if extra_posts(cfg):
-            ctx.run_one("evaluator-prefs", all_keys["evaluator-prefs"],
-                        lambda: job_policy_prefs(str(ctx.root), EVALUATOR_PAIRS, posts_rel=EVALUATOR_POSTS,
-                                                 n_posts=extra_posts(cfg), heldout=False,
-                                                 stream="evaluator-prefs", **common),
-                        [EVALUATOR_PAIRS], posts=extra_posts(cfg))
+        if not cfg.reward.pairs_from:
+            ctx.need("sft")
+        ctx.run_planned(plan)
     return pair_files(cfg)
 
 
-def _copy_pairs(ctx: Context) -> None:
-    """`reward.pairs_from`: copy its pair files into the run (policy-prefs, and evaluator-prefs where the
-    evaluator finetuned in the run takes its pairs too), after checking the kit's files against their recorded
-    sha256 and testbed (perm.shipped.pairs_folder)."""
+def job_copy_pairs(run_dir: str, *, spec: str, files: tuple[str, ...], testbed) -> dict:
+    """`reward.pairs_from`: copy its pair files `files` into the run, after checking the kit's files against
+    their recorded sha256 and `testbed` (perm.shipped.pairs_folder; None: a user's data)."""
     import shutil
 
     from perm.shipped import pairs_folder
     from perm.store import atomic_path
 
-    cfg = ctx.cfg
-    spec = cfg.reward.pairs_from
-    ctx.need("testbed")
-    all_keys = keys(cfg, ctx.upstream())
-    testbed = cfg.testbed if cfg.data.prefs is None else None
-    jobs = [("policy-prefs", POLICY_PAIRS)] + ([("evaluator-prefs", (EVALUATOR_PAIRS,))]
-                                               if extra_posts(cfg) else [])
-    for name, files in jobs:
-        def copy(files=files) -> dict:
-            folder = pairs_folder(spec, files, testbed)
-            info = {"pairs_from": spec}
-            for f in files:
-                with atomic_path(ctx.root / f) as tmp:
-                    shutil.copyfile(folder / f, tmp)
-                info[f"{f.removesuffix('.parquet')}_pairs"] = parquet_rows(ctx.root / f)
-            return info
-
-        ctx.run_one(name, all_keys[name], copy, list(files), announce=False)
+    folder, run = pairs_folder(spec, files, testbed), Path(run_dir)
+    info = {"pairs_from": spec}
+    for f in files:
+        with atomic_path(run / f) as tmp:
+            shutil.copyfile(folder / f, tmp)
+        info[f"{f.removesuffix('.parquet')}_pairs"] = parquet_rows(run / f)
+    return info
 
 
 def kwise_pairs(k: int) -> tuple[np.ndarray, np.ndarray]:

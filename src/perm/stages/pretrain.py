@@ -12,7 +12,7 @@ from perm import run_layout as layout
 from perm.config import BackboneConfig, PretrainConfig, RunConfig
 from perm.progress import job_bar
 from perm.stages._context import Context, data_identity, read_column, stage_key, torch_setup
-from perm.stages._plan import Work
+from perm.stages._plan import POOLED_ENV, Job, Work, planned_keys
 from perm.store import atomic_path
 
 NAME = "pretrain"
@@ -31,23 +31,37 @@ def evaluator_train_args(cfg: RunConfig) -> dict:
     return dict(train_args(cfg), steps=cfg.evaluator.pretrain_steps)
 
 
-def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
+def plan(cfg: RunConfig, upstream: Mapping[str, str]) -> list[Job]:
+    """The evaluator's backbone (the longest job, first, so parallel workers finish together), then one job
+    per pretrain seed; none for backbones loaded from `pretrain.checkpoints`."""
     c, e = cfg.pretrain, cfg.evaluator
-    out = {}
+    jobs = []
+    common = dict(checkpoint_every=c.checkpoint_every, recipe=c)
+    if e.pretrains():
+        name = layout.EVALUATOR_PRETRAIN
+        key = stage_key(cfg, {"backbone": e.backbone, "train": evaluator_train_args(cfg),
+                              "seed": e.pretrain_seed, "testbed": data_identity(cfg, upstream)})
+        jobs.append(_job(name, key, common | dict(init_seed=e.pretrain_seed, data_seed=e.pretrain_seed,
+                                                  backbone=e.backbone, steps=e.pretrain_steps)))
     if not c.checkpoints:
         data = data_identity(cfg, upstream)
         # how a checkpoint is read (convert_bin) does not change what a pretrain from scratch trains
-        common = c.recipe_key()
+        recipe = c.recipe_key()
         for pid, init_s, data_s in zip(c.pretrain_ids(), c.init_seeds or c.seeds, c.data_seeds or c.seeds,
                                        strict=True):
-            out[layout.pretrain_dir(pid)] = stage_key(cfg, {"common": common, "init": init_s, "data": data_s,
-                                                     "testbed": data})
-    if e.pretrains():
-        out[layout.EVALUATOR_PRETRAIN] = stage_key(cfg, {"backbone": e.backbone,
-                                                    "train": evaluator_train_args(cfg),
-                                                    "seed": e.pretrain_seed,
-                                                    "testbed": data_identity(cfg, upstream)})
-    return out
+            name = layout.pretrain_dir(pid)
+            key = stage_key(cfg, {"common": recipe, "init": init_s, "data": data_s, "testbed": data})
+            jobs.append(_job(name, key, common | dict(init_seed=init_s, data_seed=data_s, backbone=c.backbone,
+                                                      steps=c.steps)))
+    return jobs
+
+
+def _job(name: str, key: str, args: dict) -> Job:
+    return Job(name, key, job_pretrain, {"out_rel": name, **args}, (name,), POOLED_ENV,
+               {"init_seed": args["init_seed"], "data_seed": args["data_seed"]}, "pool")
+
+
+keys = planned_keys(plan)
 
 
 def work(cfg: RunConfig, root: Path) -> Work:
@@ -63,33 +77,12 @@ def work(cfg: RunConfig, root: Path) -> Work:
     return Work(NAME, tuple(jobs), "steps", (c.batch_size, "sequences"), note=loaded)
 
 
-def seeds_of(kw: dict) -> dict:
-    """The seeds a pretrain job records in the manifest."""
-    return {"init_seed": kw["init_seed"], "data_seed": kw["data_seed"]}
-
-
 def run(ctx: Context) -> dict[str, str]:
     cfg = ctx.cfg
     c, e = cfg.pretrain, cfg.evaluator
-    if c.checkpoints and not e.pretrains():
-        return _registered(ctx)
-    ctx.need("testbed")
-    all_keys = keys(cfg, ctx.upstream())
-    env = dict(run_dir=str(ctx.root), checkpoint_every=c.checkpoint_every, **ctx.job_env())
-    todo = []
-    if not c.checkpoints:
-        for pid, init_s, data_s in zip(c.pretrain_ids(), c.init_seeds or c.seeds, c.data_seeds or c.seeds,
-                                       strict=True):
-            name = layout.pretrain_dir(pid)
-            if not ctx.skip(name, all_keys[name]):
-                todo.append((name, dict(env, out_rel=name, init_seed=init_s, data_seed=data_s,
-                                        backbone=c.backbone, recipe=c, steps=c.steps)))
-    name = layout.EVALUATOR_PRETRAIN
-    if name in all_keys and not ctx.skip(name, all_keys[name]):
-        todo.insert(0, (name, dict(env, out_rel=name, init_seed=e.pretrain_seed, data_seed=e.pretrain_seed,
-                                   backbone=e.backbone, recipe=c, steps=e.pretrain_steps)))
-    # the longest job (the evaluator's) first, so parallel workers finish together
-    ctx.run_jobs(job_pretrain, todo, all_keys, seeds_of=seeds_of, work=work(cfg, ctx.root))
+    if not c.checkpoints or e.pretrains():
+        ctx.need("testbed")
+        ctx.run_planned(plan, lambda: work(cfg, ctx.root))
     if c.checkpoints:
         return _registered(ctx)
     return {pid: str(ctx.root / layout.pretrain_dir(pid)) for pid in c.pretrain_ids()}

@@ -10,6 +10,7 @@ from pathlib import Path
 from perm import run_layout as layout
 from perm.config import RunConfig, dump_config
 from perm.stages._context import Context
+from perm.stages._plan import Job, planned_keys
 from perm.store import atomic_path, hash_obj
 
 NAME = "report"
@@ -19,27 +20,36 @@ SUMMARY = f"Write {layout.REPORT}/{layout.REPORT_INDEX}, the figures and table1.
 TAKES_TENSOR = True  # --rewards/--models: a user's reward tensor instead of this run's (run(ctx, R, M))
 
 
-def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
-    """Every config field enters the report's key: the page prints the resolved config."""
-    return {"report": hash_obj({"analysis": upstream["analyze"], "config": cfg})}
+def plan(cfg: RunConfig, upstream: Mapping[str, str]) -> list[Job]:
+    """One job. Every config field enters the report's key: the page prints the resolved config."""
+    key = hash_obj({"analysis": upstream["analyze"], "config": cfg})
+    return [Job("report", key, job_report, {"config": cfg, "models": None}, (layout.REPORT,), announce=False)]
+
+
+keys = planned_keys(plan)
 
 
 def run(ctx: Context, rewards: Path | None = None, models: Path | None = None) -> Path:
+    ctx.need("analyze", rewards, models)
+    external = {} if rewards is None else {"models": str(models)}
+    ctx.run_planned(lambda cfg, up: [job.with_args(**external) for job in plan(cfg, up)])
+    return ctx.root / layout.REPORT / layout.REPORT_INDEX
+
+
+def job_report(run_dir: str, *, config: RunConfig, models: str | None) -> None:
+    """The report of run_dir's analysis/ into report/: with the RMs' records, example picks, the learnability
+    checks and the config (`config`) of this run, or for a user's tensor (`models`, its models table) that
+    table alone."""
     from perm.report import load_analysis, write_report
     from perm.report_inputs import examples, learnability, records_from_models_table, rm_records
 
-    analysis_dir = ctx.need("analyze", rewards, models)
-
-    def report() -> None:
-        results = load_analysis(analysis_dir)
-        if rewards is None:
-            records = rm_records(ctx.root)
-            extras = {"examples": examples(ctx.root), "learnability": learnability(ctx.root, records),
-                      "config_yaml": dump_config(ctx.cfg)}
-        else:  # a user's tensor: its own models table, no examples or checks from this run's files
-            records, extras = records_from_models_table(models), {}
-        with atomic_path(ctx.root / layout.REPORT) as tmp:
-            write_report(results, tmp, rm_records=records, **extras)
-
-    ctx.run_one("report", keys(ctx.cfg, ctx.upstream())["report"], report, [layout.REPORT], announce=False)
-    return ctx.root / layout.REPORT / layout.REPORT_INDEX
+    root = Path(run_dir)
+    results = load_analysis(root / layout.ANALYSIS)
+    if models is None:
+        records = rm_records(root)
+        extras = {"examples": examples(root), "learnability": learnability(root, records),
+                  "config_yaml": dump_config(config)}
+    else:  # a user's tensor: its own models table, no examples or checks from this run's files
+        records, extras = records_from_models_table(models), {}
+    with atomic_path(root / layout.REPORT) as tmp:
+        write_report(results, tmp, rm_records=records, **extras)

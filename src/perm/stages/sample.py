@@ -14,8 +14,8 @@ from perm import run_layout as layout
 from perm.config import RunConfig, SampleConfig
 from perm.progress import job_bar
 from perm.stages._context import Context, autocast, data_identity, policy_identity, stage_key, torch_setup
-from perm.stages._grid import eval_prompts
-from perm.stages._plan import Work
+from perm.stages._grid import eval_prompts, policy_ref
+from perm.stages._plan import POOLED_ENV, Job, Work, planned_keys
 from perm.store import derive_seed, trim_heap
 
 NAME = "sample"
@@ -35,12 +35,20 @@ def sampling_key(cfg: RunConfig) -> dict:
             "seed": s.seed, "batch_prompts": s.batch_prompts}
 
 
-def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
+def plan(cfg: RunConfig, upstream: Mapping[str, str]) -> list[Job]:
+    """The sampling job, from the policy (the SFT stage's, or `sft.checkpoint`)."""
     # keys cached in bf16 (as values) under bf16: not the samples of fp32-cached keys
     kv = {"kv_cache": "compute dtype"} if cfg.precision == "bf16" else {}
-    return {"sample": stage_key(cfg, {"sampling": sampling_key(cfg), **kv,
-                                      "policy": policy_identity(cfg, upstream),
-                                      "testbed": data_identity(cfg, upstream)})}
+    key = stage_key(cfg, {"sampling": sampling_key(cfg), **kv, "policy": policy_identity(cfg, upstream),
+                          "testbed": data_identity(cfg, upstream)})
+    s = cfg.sample
+    args = dict(out_rel=layout.SAMPLES, policy=policy_ref(cfg), sampling=s,
+                trust_remote_code=cfg.pretrain.trust_remote_code)
+    return [Job("sample", key, job_sample, args, (layout.SAMPLES,), POOLED_ENV, {"sampling_seed": s.seed},
+                start={"pool": s.pool_size, "references": s.n_reference})]
+
+
+keys = planned_keys(plan)
 
 
 def work(cfg: RunConfig, root: Path) -> Work:
@@ -51,15 +59,9 @@ def work(cfg: RunConfig, root: Path) -> Work:
 
 
 def run(ctx: Context) -> Path:
-    cfg = ctx.cfg
-    c = cfg.sample
-    policy = ctx.need("sft")
+    ctx.need("sft")
     ctx.need("testbed")
-    key = keys(cfg, ctx.upstream())["sample"]
-    ctx.run_one("sample", key, lambda: job_sample(
-        str(ctx.root), layout.SAMPLES, policy=policy, sampling=c,
-        trust_remote_code=cfg.pretrain.trust_remote_code, **ctx.job_env(pooled=False)),
-        [layout.SAMPLES], seeds={"sampling_seed": c.seed}, pool=c.pool_size, references=c.n_reference)
+    ctx.run_planned(plan)
     return ctx.root / layout.SAMPLES
 
 

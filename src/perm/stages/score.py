@@ -23,6 +23,7 @@ from perm.config import RunConfig
 from perm.progress import job_bar
 from perm.stages._context import Context, backbone_identity, stage_key, torch_setup
 from perm.stages._grid import (
+    backbone_ref,
     check_named,
     eval_prompts,
     grid_names,
@@ -30,7 +31,7 @@ from perm.stages._grid import (
     member_backbone,
     member_plan,
 )
-from perm.stages._plan import Work, parquet_rows
+from perm.stages._plan import Checkpoint, Job, RunPath, Work, parquet_rows, planned_keys
 
 NAME = "score"
 NEEDS = ("pretrain", "train-rm", "train-members", "sample")
@@ -81,28 +82,44 @@ def member_scorers(cfg: RunConfig) -> dict[str, dict]:
     return out
 
 
-def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
-    """`score/<model_id>` per model; `score` (the assembled tensor) once every model's scores exist."""
+def plan(cfg: RunConfig, upstream: Mapping[str, str]) -> list[Job]:
+    """`score/<model_id>` per model whose folder exists; `score` (the assembled tensor) once every model's
+    scores exist."""
     samples = upstream["sample"]
     members = member_scorers(cfg)
-    out = {}
+    jobs = []
     for mid, name in model_names(cfg).items():
         try:
             model = upstream[name]
         except KeyError:  # an ensemble member not made yet
             continue
         obj = {"model": model, "samples": samples, "max_length": cfg.reward.max_length}
+        load = dict(members[mid]["load"]) if mid in members else {"kind": "rm"}
         if mid in members:
-            load = members[mid]["load"]
-            obj |= {"load": load} | ({"backbone": backbone_identity(cfg, upstream, member_backbone(cfg))}
-                                     if load["kind"] == "lora" else {})
-        out[JOB.format(model_id=mid)] = stage_key(cfg, obj)
-    jobs = [JOB.format(model_id=mid) for mid in model_names(cfg)]
-    if all(name in upstream for name in jobs):
+            obj |= {"load": members[mid]["load"]}
+            if load["kind"] == "lora":
+                obj["backbone"] = backbone_identity(cfg, upstream, member_backbone(cfg))
+                load["backbone"] = backbone_ref(cfg, member_backbone(cfg))
+        args = dict(out_rel=layout.scores_file(mid), model_dir=model_ref(cfg, name), model_id=mid,
+                    max_length=cfg.reward.max_length, batch_size=BATCH_SIZE, memory_gb=cfg.score.memory_gb,
+                    load=load, trust_remote_code=loaded(cfg, name) and cfg.pretrain.trust_remote_code)
+        # short jobs that share this process's tokenised samples (one tokenisation for all models)
+        jobs.append(Job(JOB.format(model_id=mid), stage_key(cfg, obj), job_score, args,
+                        (layout.scores_file(mid),), ("device", "threads", "show_progress"), {}, "here"))
+    names = [JOB.format(model_id=mid) for mid in model_names(cfg)]
+    if all(name in upstream for name in names):
         named = {"named": list(cfg.ensembles.named)} if cfg.ensembles.named else {}  # none: keys as before
-        out["score"] = stage_key(cfg, {name: upstream[name] for name in sorted(jobs)} | {"samples": samples}
-                                 | named)
-    return out
+        key = stage_key(cfg, {name: upstream[name] for name in sorted(names)} | {"samples": samples} | named)
+        rms = grid_names(cfg) + ([layout.EVALUATOR_RM] if cfg.evaluator.enabled else [])
+        pretrains = {pid: backbone_ref(cfg, pid) for pid in cfg.pretrain.pretrain_ids()} if members else {}
+        args = dict(rms=rms, models=model_names(cfg), members=members, trained=list(member_plan(cfg)),
+                    named=cfg.ensembles.named_members(), pretrains=pretrains)
+        jobs.append(Job("score", key, job_assemble, args, (layout.REWARDS, layout.MODELS, layout.ENSEMBLES),
+                        mark=False, announce=False, after=tuple(names)))
+    return jobs
+
+
+keys = planned_keys(plan)
 
 
 def work(cfg: RunConfig, root: Path) -> Work:
@@ -121,50 +138,34 @@ def work(cfg: RunConfig, root: Path) -> Work:
 
 
 def run(ctx: Context) -> Path:
-    cfg = ctx.cfg
-    trained = ctx.need("train-rm")
-    member_records = ctx.need("train-members")
-    backbones = ctx.need("pretrain") if member_records else {}
-    ctx.need("sample")
-    records = trained["rms"] + ([trained["evaluator"]] if trained["evaluator"] else [])
-    all_keys = keys(cfg, ctx.upstream())
-    members = member_scorers(cfg)
-    todo = []
-    for mid, model_name in model_names(cfg).items():
-        name = JOB.format(model_id=mid)
-        if not ctx.skip(name, all_keys[name]):
-            load = dict(members[mid]["load"]) if mid in members else {"kind": "rm"}
-            if load["kind"] == "lora":
-                load["backbone"] = backbones[member_backbone(cfg)]
-            todo.append((name, dict(run_dir=str(ctx.root), out_rel=layout.scores_file(mid),
-                                    model_dir=model_dir(ctx, model_name), model_id=mid,
-                                    max_length=cfg.reward.max_length, batch_size=BATCH_SIZE,
-                                    memory_gb=cfg.score.memory_gb,
-                                    device=cfg.device, threads=cfg.threads, show_progress=ctx.show_progress,
-                                    load=load, trust_remote_code=(loaded(cfg, model_name)
-                                                                  and cfg.pretrain.trust_remote_code))))
-    # scoring jobs are short and share this process's tokenised samples (one tokenisation for all models)
-    ctx.run_jobs(job_score, todo, all_keys, seeds_of=lambda kw: {}, pool=False, work=work(cfg, ctx.root))
-    key = keys(cfg, ctx.upstream())["score"]
-    score_s = {mid: (ctx.store.stage(JOB.format(model_id=mid)) or {}).get("wall_s")
-               for mid in model_names(cfg)}
-    ensembles = {"members": members, "trained": member_records, "named": cfg.ensembles.named_members(),
-                 "score_s": score_s, "pretrains": _pretrain_records(ctx, cfg) if members else {}}
-    ctx.run_one("score", key, lambda: assemble_reward_tensor(ctx.root, records, ensembles),
-                [layout.REWARDS, layout.MODELS, layout.ENSEMBLES], mark=False, announce=False)
+    for stage in NEEDS:
+        ctx.need(stage)
+    ctx.run_planned(plan, lambda: work(ctx.cfg, ctx.root))
     return ctx.root / layout.REWARDS
 
 
-def _pretrain_records(ctx: Context, cfg: RunConfig) -> dict[str, dict]:
-    """pretrain id -> its pretrain.json (wall seconds and parameters of its pretraining) where it has one."""
+def job_assemble(run_dir: str, *, rms: list[str], models: Mapping[str, str], members: Mapping[str, dict],
+                 trained: list[str], named: Mapping, pretrains: Mapping[str, str]) -> dict:
+    """The reward tensor (:func:`assemble_reward_tensor`) from the scores of the RMs `rms` (their rm.json)
+    and of the ensemble members (`members`, :func:`member_scorers`; `trained` the member folders' ids, whose
+    rm.json give their training costs; `named` the config's named ensembles),
+    with each scoring job's wall seconds (the run's manifest) and each backbone of `pretrains` (pretrain id ->
+    folder) its pretraining record: the costs set beside each ensemble."""
     import json
 
-    out = {}
-    for pid, path in ctx.need("pretrain").items():
-        rec = Path(path) / layout.PRETRAIN_RECORD
-        if Path(path).is_dir() and rec.is_file():
-            out[pid] = json.loads(rec.read_text())
-    return out
+    from perm.store import RunStore
+
+    root = Path(run_dir)
+    records = [json.loads((root / layout.rm_record(n)).read_text()) for n in rms]
+    records_of = {mid: json.loads((root / layout.rm_record(layout.member_dir(mid))).read_text())
+                  for mid in trained}
+    store = RunStore(root)
+    score_s = {mid: (store.stage(JOB.format(model_id=mid)) or {}).get("wall_s") for mid in models}
+    ensembles = {"members": members, "trained": records_of, "named": named, "score_s": score_s,
+                 "pretrains": {pid: json.loads((Path(path) / layout.PRETRAIN_RECORD).read_text())
+                               for pid, path in pretrains.items()
+                               if (Path(path) / layout.PRETRAIN_RECORD).is_file()}}
+    return assemble_reward_tensor(root, records, ensembles)
 
 
 def loaded(cfg: RunConfig, model_name: str) -> bool:
@@ -174,14 +175,13 @@ def loaded(cfg: RunConfig, model_name: str) -> bool:
         model_name in loaded_rms(cfg))
 
 
-def model_dir(ctx: Context, model_name: str) -> str:
+def model_ref(cfg: RunConfig, model_name: str) -> RunPath | Checkpoint:
     """What a scoring job loads: the RM the run finetuned (<run>/<model_name>), or the trained RM of
     `evaluator.rm_checkpoint` / `reward.rm_checkpoints` where it was loaded (a kit part verified, a hub id at
     its pinned commit)."""
-    if loaded(ctx.cfg, model_name):
-        spec = loaded_rms(ctx.cfg).get(model_name) or ctx.cfg.evaluator.rm_checkpoint
-        return ctx.resolve_checkpoint(spec)
-    return str(ctx.root / model_name)
+    if loaded(cfg, model_name):
+        return Checkpoint(loaded_rms(cfg).get(model_name) or cfg.evaluator.rm_checkpoint)
+    return RunPath(model_name)
 
 
 _ENCODED: dict = {}  # (tokenizer hash, max_length, samples hash) -> token ids; one tokenisation per tokenizer

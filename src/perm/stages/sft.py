@@ -22,8 +22,8 @@ from perm.stages._context import (
     stage_key,
     torch_setup,
 )
-from perm.stages._grid import sft_heldout
-from perm.stages._plan import Work, optimizer_steps, parquet_rows
+from perm.stages._grid import backbone_ref, sft_heldout
+from perm.stages._plan import POOLED_ENV, Checkpoint, Job, Work, optimizer_steps, parquet_rows, planned_keys
 from perm.store import atomic_path, derive_seed
 
 NAME = "sft"
@@ -31,6 +31,7 @@ NEEDS = ("testbed", "pretrain")
 WRITES = {layout.POLICY: (layout.POLICY,)}
 SUMMARY = "Train the SFT policy (summary tokens only), or register sft.checkpoint."
 TAKES_TENSOR = False
+SFT_DATA_SEED = derive_seed("sft-data-order", 0)
 
 
 def sft_key(cfg: RunConfig) -> dict:
@@ -43,19 +44,27 @@ def sft_record(c: SftConfig) -> dict:
     return {"sft_epochs": c.epochs, "sft_lr": c.lr, "sft_batch_size": c.batch_size}
 
 
-def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
+def plan(cfg: RunConfig, upstream: Mapping[str, str]) -> list[Job]:
+    """The SFT job; none where `sft.checkpoint` is the policy."""
     c = cfg.sft
     if c.checkpoint:
-        return {}
+        return []
     if c.init_checkpoint():
-        init = upstream[checkpoint_name(c.init_checkpoint())]
+        init, init_ref = upstream[checkpoint_name(c.init_checkpoint())], Checkpoint(c.init_checkpoint())
     elif c.init_from == "pretrain":
-        init = backbone_identity(cfg, upstream, cfg.pretrain.pretrain_ids()[0])
+        pid = cfg.pretrain.pretrain_ids()[0]
+        init, init_ref = backbone_identity(cfg, upstream, pid), backbone_ref(cfg, pid)
     else:
-        init = cfg.pretrain.backbone
-    return {"policy": stage_key(cfg, {"sft": sft_key(cfg), "init": init,
-                                      "testbed": data_identity(cfg, upstream),
-                                      "max_length": cfg.reward.max_length})}
+        init, init_ref = cfg.pretrain.backbone, None
+    key = stage_key(cfg, {"sft": sft_key(cfg), "init": init, "testbed": data_identity(cfg, upstream),
+                          "max_length": cfg.reward.max_length})
+    args = dict(out_rel=layout.POLICY, init=init_ref, backbone=cfg.pretrain.backbone, sft=c,
+                max_length=cfg.reward.max_length)
+    return [Job("policy", key, job_sft, args, (layout.POLICY,), POOLED_ENV, {"data_seed": SFT_DATA_SEED},
+                start={"init": c.init_from})]
+
+
+keys = planned_keys(plan)
 
 
 def run(ctx: Context) -> str:
@@ -64,15 +73,9 @@ def run(ctx: Context) -> str:
     if c.checkpoint:
         return ctx.resolve_checkpoint(c.checkpoint)  # pinned to its commit / converted, as every checkpoint
     ctx.need("testbed")
-    if c.init_checkpoint():
-        init = ctx.resolve_checkpoint(c.init_checkpoint())
-    else:
-        init = next(iter(ctx.need("pretrain").values())) if c.init_from == "pretrain" else None
-    key = keys(cfg, ctx.upstream())["policy"]
-    ctx.run_one("policy", key, lambda: job_sft(
-        str(ctx.root), layout.POLICY, init=init, backbone=cfg.pretrain.backbone, sft=c,
-        max_length=cfg.reward.max_length, **ctx.job_env(pooled=False)),
-        [layout.POLICY], seeds=lambda info: {"data_seed": info["data_seed"]}, init=c.init_from)
+    if not c.init_checkpoint() and c.init_from == "pretrain":
+        ctx.need("pretrain")
+    ctx.run_planned(plan)
     return str(ctx.root / layout.POLICY)
 
 
@@ -107,7 +110,7 @@ def job_sft(run_dir: str, out_rel: str, *, init: str | None, backbone: BackboneC
     dev = torch_setup(device, threads)
     run = Path(run_dir)
     tok = load_tokenizer(run / layout.TOKENIZER)
-    data_seed = derive_seed("sft-data-order", 0)
+    data_seed = SFT_DATA_SEED
     if init is not None:
         model = load_causal_lm(init)
     else:

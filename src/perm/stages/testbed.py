@@ -13,8 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from perm import run_layout as layout
-from perm.config import RunConfig
+from perm.config import DataConfig, RunConfig, TestbedConfig
 from perm.stages._context import Context, checkpoint_name, dataset_name
+from perm.stages._plan import Checkpoint, Job, planned_keys
 from perm.store import atomic_path, hash_obj
 
 NAME = "testbed"
@@ -25,43 +26,63 @@ SUMMARY = "Write the embedded testbed (corpus, SFT data, preference pairs, eval 
 TAKES_TENSOR = False
 
 
-def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
+def plan(cfg: RunConfig, upstream: Mapping[str, str]) -> list[Job]:
+    """One job: build the embedded testbed, or import a user's pairs (`data.prefs`)."""
+    outputs = (layout.DATA, layout.TOKENIZER)
     if cfg.data.prefs is not None:
-        obj = {"data": cfg.data, "tokenizer": upstream[checkpoint_name(cfg.pretrain.checkpoints[0])]}
+        if not cfg.pretrain.checkpoints:
+            raise ValueError("data.prefs needs pretrain.checkpoints "
+                             "(the testbed tokenizer only fits testbed data)")
+        tokenizer = cfg.pretrain.checkpoints[0]
+        obj = {"data": cfg.data, "tokenizer": upstream[checkpoint_name(tokenizer)]}
         # a hub dataset pinned to a commit is keyed on it (a rewritten branch reruns the import); unpinned
         # (offline) or local data keep the key they had before pinning existed
         hub = {f: upstream[dataset_name(f)] for f in ("prefs", "prefs_eval") if dataset_name(f) in upstream}
-        return {"data": hash_obj(obj | ({"hub": hub} if hub else {}))}
+        revisions = {f: pinned.rsplit("@", 1)[1] for f, pinned in hub.items()}
+        args = dict(data=cfg.data, tokenizer=Checkpoint(tokenizer), revisions=revisions,
+                    trust_remote_code=cfg.pretrain.trust_remote_code)
+        # nothing is marked running: bad input leaves the manifest as it was
+        return [Job("data", hash_obj(obj | ({"hub": hub} if hub else {})), job_import_data, args, outputs,
+                    mark=False, start={"source": cfg.data.prefs})]
     from perm.testbed.build import TESTBED_VERSION
 
-    return {"testbed": hash_obj({"testbed": cfg.testbed, "version": TESTBED_VERSION})}
+    c = cfg.testbed
+    return [Job("testbed", hash_obj({"testbed": c, "version": TESTBED_VERSION}), job_build_testbed,
+                {"testbed": c}, outputs, seeds={"testbed": c.seed})]
+
+
+keys = planned_keys(plan)
 
 
 def run(ctx: Context) -> str:
     if ctx.cfg.data.prefs is not None:
-        return _import_data(ctx)
+        # every invocation, before anything is read: a changed sft.checkpoint is checked too
+        _, checked = check_tokenizers(ctx)
+        ctx.run_planned(lambda cfg, up: [job.with_args(checked=checked) for job in plan(cfg, up)])
+        return ctx.store.output_hash("data")
+    ctx.run_planned(plan, upstream=dict)  # the embedded testbed reads nothing: no identities to resolve
+    return ctx.store.output_hash("testbed")
+
+
+def job_build_testbed(run_dir: str, *, testbed: TestbedConfig) -> None:
+    """Build the embedded testbed world into run_dir's data/ and tokenizer/ (perm.testbed.build), through a
+    scratch folder that an interrupted build does not leave behind."""
     from perm.testbed.build import build_testbed
 
-    c = ctx.cfg.testbed
-    key = keys(ctx.cfg, {})["testbed"]
-
-    def build() -> None:
-        scratch = ctx.root / layout.TESTBED_SCRATCH
+    c, root = testbed, Path(run_dir)
+    scratch = root / layout.TESTBED_SCRATCH
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        build_testbed(scratch, seed=c.seed, n_corpus_docs=c.n_corpus_docs, n_sft=c.n_sft,
+                      n_prefs_train=c.n_prefs_train, n_prefs_eval=c.n_prefs_eval,
+                      n_eval_prompts=c.n_eval_prompts, label_temperature=c.label_temperature,
+                      vocab_size=c.vocab_size)
+        with atomic_path(root / layout.TOKENIZER) as tmp:
+            shutil.move(scratch / layout.TOKENIZER, tmp)
+        with atomic_path(root / layout.DATA) as tmp:
+            shutil.move(scratch, tmp)
+    finally:
         shutil.rmtree(scratch, ignore_errors=True)
-        try:  # an interrupted build leaves no scratch folder behind
-            build_testbed(scratch, seed=c.seed, n_corpus_docs=c.n_corpus_docs, n_sft=c.n_sft,
-                          n_prefs_train=c.n_prefs_train, n_prefs_eval=c.n_prefs_eval,
-                          n_eval_prompts=c.n_eval_prompts, label_temperature=c.label_temperature,
-                          vocab_size=c.vocab_size)
-            with atomic_path(ctx.root / layout.TOKENIZER) as tmp:
-                shutil.move(scratch / layout.TOKENIZER, tmp)
-            with atomic_path(ctx.root / layout.DATA) as tmp:
-                shutil.move(scratch, tmp)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-
-    ctx.run_one("testbed", key, build, [layout.DATA, layout.TOKENIZER], seeds={"testbed": c.seed})
-    return ctx.store.output_hash("testbed")
 
 
 def _with_int_ids(table):
@@ -72,61 +93,45 @@ def _with_int_ids(table):
     return table.add_column(0, "pair_id", pa.array(range(table.num_rows), pa.int64()))
 
 
-def _import_data(ctx: Context) -> str:
-    """Load and validate external pairs into data/prefs_{train,eval}.parquet and data/eval_prompts.parquet;
-    the tokenizer comes from the first pretrain checkpoint. Nothing is written if the data are invalid."""
-    d, c = ctx.cfg.data, ctx.cfg.pretrain
-    if not c.checkpoints:
-        raise ValueError("data.prefs needs pretrain.checkpoints "
-                         "(the testbed tokenizer only fits testbed data)")
-    key = keys(ctx.cfg, ctx.upstream())["data"]
-    tok, tokenizers = check_tokenizers(ctx)  # every invocation: a changed sft.checkpoint is checked too
-    revisions = _pinned_revisions(ctx)
+def job_import_data(run_dir: str, *, data: DataConfig, tokenizer: str, revisions: Mapping[str, str],
+                    checked: Mapping, trust_remote_code: bool = False) -> dict:
+    """Load and validate a user's pairs (`data`) into data/prefs_{train,eval}.parquet and
+    data/eval_prompts.parquet, each hub dataset at the commit of `revisions`; the tokenizer is the first
+    checkpoint's (`tokenizer`, resolved), and `checked` what :func:`check_tokenizers` found, recorded with
+    the pairs' counts. Nothing is written if the data are invalid."""
+    import pyarrow as pa
 
-    def load() -> dict:
-        import pyarrow as pa
+    from perm.data import load_preferences, preferences_to_table
+    from perm.models import load_tokenizer
+    from perm.store import atomic_write_parquet
 
-        from perm.data import load_preferences, preferences_to_table
-        from perm.store import atomic_write_parquet
-
-        common = dict(schema=d.schema, name=d.name, revision=revisions.get("prefs", d.revision),
-                      bad_rows=d.bad_rows, max_bad_fraction=d.max_bad_fraction)
-        train_stats, eval_stats = {}, {}
-        train = load_preferences(d.prefs, split=d.train_split, limit=d.max_train_pairs, stats=train_stats,
-                                 **common)
-        if d.prefs_eval is not None:
-            held = load_preferences(d.prefs_eval, limit=d.max_eval_pairs, schema=d.schema, stats=eval_stats,
-                                    revision=revisions.get("prefs_eval"), bad_rows=d.bad_rows,
-                                    max_bad_fraction=d.max_bad_fraction)
-        else:
-            held = load_preferences(d.prefs, split=d.eval_split, limit=d.max_eval_pairs, stats=eval_stats,
-                                    **common)
-        prompts = list(dict.fromkeys(p.prompt for p in held))[: d.n_eval_prompts]
-        ctx.store.mark_running("data", key)  # only once the data are valid
-        with atomic_path(ctx.root / layout.DATA) as tmp:  # the whole folder: no leftovers of another source
-            tmp.mkdir()
-            for name, pairs in (("prefs_train", train), ("prefs_eval", held)):
-                table = _with_int_ids(preferences_to_table(pairs))
-                atomic_write_parquet(tmp / layout.DATA_FILES[name], table)
-            atomic_write_parquet(tmp / layout.DATA_FILES["eval_prompts"], pa.table({
-                "prompt_id": pa.array(range(len(prompts)), pa.int64()), "prompt": prompts}))
-        with atomic_path(ctx.root / layout.TOKENIZER) as tmp:
-            tok.save_pretrained(str(tmp))
-        skipped = {f"{part}_{k}": v for part, st in (("train", train_stats), ("eval", eval_stats))
-                   for k, v in st.items() if v}
-        return {"train_pairs": len(train), "eval_pairs": len(held)} | skipped | tokenizers
-
-    ctx.run_one("data", key, load, [layout.DATA, layout.TOKENIZER], mark=False, source=d.prefs)
-    return ctx.store.output_hash("data")
-
-
-def _pinned_revisions(ctx: Context) -> dict[str, str]:
-    """The commit each hub dataset field (prefs, prefs_eval) is pinned to; absent where it is not."""
-    from perm.hub import config_refs
-
-    pins = ctx.hub_pins()
-    return {r.field: pins[r.reference] for r in config_refs(ctx.cfg)
-            if r.kind == "dataset" and pins.get(r.reference)}
+    d, root = data, Path(run_dir)
+    common = dict(schema=d.schema, name=d.name, revision=revisions.get("prefs", d.revision),
+                  bad_rows=d.bad_rows, max_bad_fraction=d.max_bad_fraction)
+    train_stats, eval_stats = {}, {}
+    train = load_preferences(d.prefs, split=d.train_split, limit=d.max_train_pairs, stats=train_stats,
+                             **common)
+    if d.prefs_eval is not None:
+        held = load_preferences(d.prefs_eval, limit=d.max_eval_pairs, schema=d.schema, stats=eval_stats,
+                                revision=revisions.get("prefs_eval"), bad_rows=d.bad_rows,
+                                max_bad_fraction=d.max_bad_fraction)
+    else:
+        held = load_preferences(d.prefs, split=d.eval_split, limit=d.max_eval_pairs, stats=eval_stats,
+                                **common)
+    prompts = list(dict.fromkeys(p.prompt for p in held))[: d.n_eval_prompts]
+    tok = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
+    with atomic_path(root / layout.DATA) as tmp:  # the whole folder: no leftovers of another source
+        tmp.mkdir()
+        for name, pairs in (("prefs_train", train), ("prefs_eval", held)):
+            table = _with_int_ids(preferences_to_table(pairs))
+            atomic_write_parquet(tmp / layout.DATA_FILES[name], table)
+        atomic_write_parquet(tmp / layout.DATA_FILES["eval_prompts"], pa.table({
+            "prompt_id": pa.array(range(len(prompts)), pa.int64()), "prompt": prompts}))
+    with atomic_path(root / layout.TOKENIZER) as tmp:
+        tok.save_pretrained(str(tmp))
+    skipped = {f"{part}_{k}": v for part, st in (("train", train_stats), ("eval", eval_stats))
+               for k, v in st.items() if v}
+    return {"train_pairs": len(train), "eval_pairs": len(held)} | skipped | dict(checked)
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "tokenizer.model",

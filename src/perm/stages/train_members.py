@@ -17,6 +17,7 @@ from perm.config import RunConfig
 from perm.rm_jobs import job_average, job_reward_model
 from perm.stages._context import Context, backbone_identity, data_identity, stage_key
 from perm.stages._grid import (
+    backbone_ref,
     eval_pair_files,
     member_backbone,
     member_plan,
@@ -25,7 +26,7 @@ from perm.stages._grid import (
     recipe_key,
     unkeyed_defaults,
 )
-from perm.stages._plan import Work, optimizer_steps
+from perm.stages._plan import POOLED_ENV, Job, RunPath, Work, optimizer_steps, planned_keys
 
 NAME = "train-members"
 NEEDS = ("testbed", "pretrain", "policy-prefs", "train-rm")
@@ -37,15 +38,17 @@ MEMBERS_SINCE = ("micro_batch_size", "processes", "rm_checkpoints")
 AVERAGES = ("warm", "grid-soup")  # members made by averaging weights (no training job of their own)
 
 
-def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
-    """One key per member folder. A member trained from another (WARM's finetunes from the probe) or averaged
-    from others is keyed on their output hashes, so it has a key once they exist."""
+def plan(cfg: RunConfig, upstream: Mapping[str, str]) -> list[Job]:
+    """One job per member folder. A member trained from another (WARM's finetunes from the probe) or averaged
+    from others is keyed on their output hashes, so it enters the plan once they exist (Context.run_planned
+    runs the members in such phases)."""
     if not cfg.ensembles.kinds:
-        return {}
+        return []
     b = member_backbone(cfg)
     base = {"recipe": recipe_key(cfg), "testbed": data_identity(cfg, upstream), **pairs_key(cfg, upstream),
             "backbone": backbone_identity(cfg, upstream, b)}
-    out = {}
+    evals = eval_pair_files(cfg)
+    jobs = []
     for mid, spec in member_plan(cfg).items():
         name = layout.member_dir(mid)
         inputs = [layout.member_dir(s) for s in spec.get("from_members", ())] + list(spec.get("from_rms", ()))
@@ -58,8 +61,23 @@ def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
             member["reward"] = unkeyed_defaults(member["reward"].recipe() | legacy_pairs_fields(cfg),
                                                 MEMBERS_SINCE)
         obj = {"member": member, "inputs": hashes}
-        out[name] = stage_key(cfg, obj if spec["kind"] in AVERAGES else obj | base)
-    return out
+        if spec["kind"] in AVERAGES:
+            args = dict(out_rel=name, sources=tuple(inputs), eval_files=evals,
+                        max_length=cfg.reward.max_length, pretrain_id=b, note=spec["note"])
+            jobs.append(Job(name, stage_key(cfg, obj), job_average, args, (name,), POOLED_ENV,
+                            announce=False, after=tuple(inputs)))
+            continue
+        source = RunPath(inputs[0]) if spec.get("from_members") else backbone_ref(cfg, b)
+        args = dict(out_rel=name, pair_files=pair_files(cfg), eval_files=evals, backbone=source,
+                    pretrain_id=b, finetune_seed=0, reward=spec["reward"], n_pairs=cfg.reward.max_train_pairs,
+                    role="member", member=spec["member"], seeds=spec["seeds"],
+                    trust_remote_code=cfg.pretrain.trust_remote_code)
+        jobs.append(Job(name, stage_key(cfg, obj | base), job_reward_model, args, (name,), POOLED_ENV,
+                        spec["seeds"] or {}, "pool", after=tuple(inputs)))
+    return jobs
+
+
+keys = planned_keys(plan)
 
 
 def work(cfg: RunConfig, root: Path) -> Work:
@@ -83,47 +101,13 @@ def legacy_pairs_fields(cfg: RunConfig) -> dict:
     return {"policy_pairs_per_post": cfg.policy_pairs.per_post, "policy_kwise": cfg.policy_pairs.kwise}
 
 
-def seeds_of(kw: dict) -> dict:
-    return kw.get("seeds") or {}
-
-
 def run(ctx: Context) -> dict[str, dict]:
     cfg = ctx.cfg
     if not cfg.ensembles.kinds:
         return {}
-    backbones = ctx.need("pretrain")
-    ctx.need("testbed")
-    files = ctx.need("policy-prefs")
-    ctx.need("train-rm")
-    b = member_backbone(cfg)
-    plan = member_plan(cfg)
-    env = dict(run_dir=str(ctx.root), pair_files=files, eval_files=eval_pair_files(cfg), **ctx.job_env())
-    # in phases: a member trained or averaged from others waits for them (their hashes key it)
-    while True:
-        all_keys = keys(cfg, ctx.upstream())
-        ready = [(mid, spec) for mid, spec in plan.items() if layout.member_dir(mid) in all_keys
-                 and not ctx.complete(layout.member_dir(mid), all_keys[layout.member_dir(mid)])]
-        if not ready:
-            break
-        todo = []
-        for mid, spec in ready:
-            name = layout.member_dir(mid)
-            if spec["kind"] in AVERAGES:
-                sources = tuple([layout.member_dir(s) for s in spec.get("from_members", ())]
-                                + list(spec.get("from_rms", ())))
-                ctx.run_one(name, all_keys[name], lambda name=name, sources=sources, spec=spec: job_average(
-                    str(ctx.root), name, sources=sources, eval_files=eval_pair_files(cfg),
-                    max_length=cfg.reward.max_length, pretrain_id=b, note=spec["note"],
-                    **ctx.job_env(pooled=False)), [name], announce=False)
-                continue
-            source = (str(ctx.root / layout.member_dir(spec["from_members"][0])) if spec.get("from_members")
-                      else backbones[b])
-            todo.append((name, dict(env, out_rel=name, backbone=source, pretrain_id=b, finetune_seed=0,
-                                    reward=spec["reward"], n_pairs=cfg.reward.max_train_pairs, role="member",
-                                    member=spec["member"], seeds=spec["seeds"],
-                                    trust_remote_code=cfg.pretrain.trust_remote_code)))
-        if todo:
-            ctx.run_jobs(job_reward_model, todo, all_keys, seeds_of=seeds_of, work=work(cfg, ctx.root))
+    for stage in NEEDS:
+        ctx.need(stage)
+    ctx.run_planned(plan, lambda: work(cfg, ctx.root))
     return {mid: json.loads((ctx.root / layout.rm_record(layout.member_dir(mid))).read_text())
-            for mid in plan}
+            for mid in member_plan(cfg)}
 

@@ -36,6 +36,7 @@ from perm.stages._context import (
 )
 from perm.stages._grid import (
     GRID_FIELDS,
+    backbone_ref,
     eval_pair_files,
     evaluator_ids,
     evaluator_pair_files,
@@ -50,7 +51,7 @@ from perm.stages._grid import (
     rm_id,
     unkeyed_defaults,
 )
-from perm.stages._plan import Work, optimizer_steps
+from perm.stages._plan import POOLED_ENV, Checkpoint, Job, RunPath, Work, optimizer_steps, planned_keys
 from perm.store import atomic_path
 
 NAME = "train-rm"
@@ -73,25 +74,71 @@ def evaluator_pairs_key(cfg: RunConfig, upstream: Mapping[str, str]) -> dict:
     return pairs_key(cfg, upstream) | own
 
 
-def keys(cfg: RunConfig, upstream: Mapping[str, str]) -> dict[str, str]:
+def plan(cfg: RunConfig, upstream: Mapping[str, str]) -> list[Job]:
+    """The trained RMs of `reward.rm_checkpoints` (each evaluated where it is), the evaluator (loaded and
+    evaluated, or finetuned: the longest job, first), then the grid's RM jobs."""
     c, e = cfg.reward, cfg.evaluator
     data, pairs = data_identity(cfg, upstream), pairs_key(cfg, upstream)
-    common = recipe_key(cfg)
+    evals = eval_pair_files(cfg)
+    jobs = []
+    for (pid, seed, spec), (name, _) in zip(loaded_grid(c), loaded_rms(cfg).items(), strict=True):
+        # trained RMs: keyed as a loaded evaluator is
+        key = stage_key(cfg, {"loaded": upstream[checkpoint_name(spec)], "testbed": data, **pairs,
+                              "eval": list(evals), "max_length": c.max_length, "grid_rm": name})
+        jobs.append(_evaluation(cfg, name, key, spec, role="rm", pretrain_id=pid, finetune_seed=seed))
+    if e.enabled and e.rm_checkpoint:  # a trained evaluator: evaluated here, before the grid's jobs (seconds)
+        jobs.append(_evaluation(cfg, layout.EVALUATOR_RM, evaluator_key(cfg, upstream), e.rm_checkpoint))
+    elif e.enabled:  # trained beside the grid: the longest job first
+        jobs.append(_evaluator_job(cfg, upstream))
     # shared: keys as before
     scope = {} if c.finetune_seed_scope == "shared" else {"scope": c.finetune_seed_scope}
-    out = {}
-    for name, spec in loaded_rms(cfg).items():  # trained RMs: keyed as a loaded evaluator is
-        out[name] = stage_key(cfg, {"loaded": upstream[checkpoint_name(spec)], "testbed": data, **pairs,
-                                    "eval": list(eval_pair_files(cfg)), "max_length": c.max_length,
-                                    "grid_rm": name})
+    common = recipe_key(cfg)
+    fn, how, launched = rm_job(cfg)
     finetuned = [] if c.rm_checkpoints else grid(cfg.pretrain.pretrain_ids(), c.finetune_seeds, c.layout)
     for pid, seed in finetuned:
-        out[layout.rm_dir(rm_id(pid, seed))] = stage_key(cfg, {
-            "common": common, "seed": seed, "testbed": data, **pairs,
-            "backbone": backbone_identity(cfg, upstream, pid), **scope})
-    if e.enabled:
-        out[layout.EVALUATOR_RM] = evaluator_key(cfg, upstream)
-    return out
+        name = layout.rm_dir(rm_id(pid, seed))
+        key = stage_key(cfg, {"common": common, "seed": seed, "testbed": data, **pairs,
+                              "backbone": backbone_identity(cfg, upstream, pid), **scope})
+        args = dict(out_rel=name, pair_files=pair_files(cfg), eval_files=evals,
+                    backbone=backbone_ref(cfg, pid), pretrain_id=pid, finetune_seed=seed, reward=c,
+                    n_pairs=c.max_train_pairs, seed_scope=c.finetune_seed_scope,
+                    trust_remote_code=cfg.pretrain.trust_remote_code, **launched)
+        seeds = rm_seeds(seed, pid if c.finetune_seed_scope == "per_rm" else None)
+        jobs.append(Job(name, key, fn, args, (name,), POOLED_ENV, seeds, how, pooled_env=True))
+    return jobs
+
+
+def rm_job(cfg: RunConfig) -> tuple:
+    """How an RM finetuning job runs: (function, how, extra arguments) — in the pool's workers, or with
+    `reward.processes` > 1 on that many processes (DDP), one job at a time."""
+    p = cfg.reward.processes
+    return (job_reward_model_launched, "here", {"processes": p}) if p > 1 else (job_reward_model, "pool", {})
+
+
+keys = planned_keys(plan)
+
+
+def _evaluation(cfg: RunConfig, name: str, key: str, spec: str, **record) -> Job:
+    """The job evaluating a trained RM (`spec`) on the run's held-out pairs, in this process (a forward over
+    them): the evaluator of `evaluator.rm_checkpoint`, or (``record``: its role, pretrain_id and
+    finetune_seed) a grid RM of `reward.rm_checkpoints`."""
+    args = dict(out_rel=name, checkpoint=Checkpoint(spec), spec=spec, eval_files=eval_pair_files(cfg),
+                max_length=cfg.reward.max_length, trust_remote_code=cfg.pretrain.trust_remote_code, **record)
+    return Job(name, key, job_evaluate_rm, args, (name,), POOLED_ENV, start={"loads": spec})
+
+
+def _evaluator_job(cfg: RunConfig, upstream: Mapping[str, str]) -> Job:
+    """The evaluator RM's finetuning job."""
+    e = cfg.evaluator
+    pid, seed = evaluator_ids(cfg)
+    args = dict(out_rel=layout.EVALUATOR_RM, pair_files=evaluator_pair_files(cfg),
+                eval_files=eval_pair_files(cfg),
+                backbone=Checkpoint(e.checkpoint) if e.checkpoint else RunPath(layout.EVALUATOR_PRETRAIN),
+                pretrain_id=pid, finetune_seed=seed, seed_scope="per_rm", reward=evaluator_recipe(cfg),
+                n_pairs=e.train_pairs, role="evaluator", trust_remote_code=cfg.pretrain.trust_remote_code)
+    fn, how, launched = rm_job(cfg)
+    return Job(layout.EVALUATOR_RM, evaluator_key(cfg, upstream), fn, args | launched, (layout.EVALUATOR_RM,),
+               POOLED_ENV, rm_seeds(seed, pid), how, pooled_env=True)
 
 
 def evaluator_key(cfg: RunConfig, upstream: Mapping[str, str]) -> str:
@@ -140,56 +187,16 @@ def work(cfg: RunConfig, root: Path) -> Work:
                 unknown="once the data's pairs are imported", note=loads)
 
 
-def job_seeds(kw: dict) -> dict:
-    """The finetuning seeds a job draws (recorded in the manifest)."""
-    return rm_seeds(kw["finetune_seed"], kw["pretrain_id"] if kw.get("seed_scope") == "per_rm" else None)
-
-
 def run(ctx: Context) -> dict:
     cfg = ctx.cfg
-    c, e = cfg.reward, cfg.evaluator
-    backbones = ctx.need("pretrain")
+    ctx.need("pretrain")
     ctx.need("testbed")
-    files, evals = ctx.need("policy-prefs"), eval_pair_files(cfg)
-    all_keys = keys(cfg, ctx.upstream())
-    env = dict(run_dir=str(ctx.root), pair_files=files, eval_files=evals, **ctx.job_env())
-    todo = []
-    for (pid, seed, spec), name in zip(loaded_grid(c), loaded_rms(cfg), strict=True):
-        _evaluate_loaded(ctx, all_keys[name], evals, name=name, spec=spec, role="rm", pretrain_id=pid,
-                         finetune_seed=seed)
-    for pid, seed in ([] if c.rm_checkpoints else grid(list(backbones), c.finetune_seeds, c.layout)):
-        name = layout.rm_dir(rm_id(pid, seed))
-        if not ctx.skip(name, all_keys[name]):
-            todo.append((name, dict(env, out_rel=name, backbone=backbones[pid], pretrain_id=pid,
-                                    finetune_seed=seed, reward=c, n_pairs=c.max_train_pairs,
-                                    seed_scope=c.finetune_seed_scope,
-                                    trust_remote_code=cfg.pretrain.trust_remote_code)))
-    name = layout.EVALUATOR_RM
-    if e.enabled and e.rm_checkpoint:  # a trained evaluator: evaluated here, before the grid's jobs (seconds)
-        _evaluate_loaded(ctx, all_keys[name], evals)
-    elif e.enabled and not ctx.skip(name, all_keys[name]):
-        todo.insert(0, (name, _evaluator_job(ctx, env)))  # trained beside the grid: the longest job first
-    if c.processes > 1:  # each job on several processes (DDP), one job at a time
-        todo = [(name, kw | {"processes": c.processes}) for name, kw in todo]
-        ctx.run_jobs(job_reward_model_launched, todo, all_keys, seeds_of=job_seeds, work=work(cfg, ctx.root),
-                     pool=False)
-    else:
-        ctx.run_jobs(job_reward_model, todo, all_keys, seeds_of=job_seeds, work=work(cfg, ctx.root))
+    ctx.need("policy-prefs")
+    ctx.run_planned(plan, lambda: work(cfg, ctx.root))
     rms = [json.loads((ctx.root / layout.rm_record(n)).read_text()) for n in grid_names(cfg)]
-    ev = json.loads((ctx.root / layout.rm_record(name)).read_text()) if e.enabled else None
+    ev = (json.loads((ctx.root / layout.rm_record(layout.EVALUATOR_RM)).read_text()) if cfg.evaluator.enabled
+          else None)
     return {"rms": rms, "evaluator": ev}
-
-
-def _evaluator_job(ctx: Context, env: dict) -> dict:
-    """The keyword arguments of the evaluator RM's finetuning job."""
-    cfg = ctx.cfg
-    e = cfg.evaluator
-    return dict(env, out_rel=layout.EVALUATOR_RM, pair_files=evaluator_pair_files(cfg),
-                backbone=(ctx.resolve_checkpoint(e.checkpoint) if e.checkpoint
-                          else str(ctx.root / layout.EVALUATOR_PRETRAIN)),
-                pretrain_id=evaluator_ids(cfg)[0], finetune_seed=evaluator_ids(cfg)[1], seed_scope="per_rm",
-                reward=evaluator_recipe(cfg), n_pairs=e.train_pairs, role="evaluator",
-                trust_remote_code=cfg.pretrain.trust_remote_code)
 
 
 def run_evaluator(ctx: Context) -> dict:
@@ -203,28 +210,9 @@ def run_evaluator(ctx: Context) -> dict:
         if cfg.evaluator.pretrains():
             ctx.need("pretrain")
         ctx.need("testbed")
-        files = ctx.need("policy-prefs")
-        name, key = layout.EVALUATOR_RM, evaluator_key(cfg, ctx.upstream())
-        if not ctx.skip(name, key):
-            env = dict(run_dir=str(ctx.root), pair_files=files, eval_files=eval_pair_files(cfg),
-                       **ctx.job_env())
-            ctx.run_jobs(job_reward_model, [(name, _evaluator_job(ctx, env))], {name: key},
-                         seeds_of=job_seeds, work=work(cfg, ctx.root))
-    return json.loads((ctx.root / layout.rm_record(name)).read_text())
-
-
-def _evaluate_loaded(ctx: Context, key: str, eval_files: tuple[str, ...], name: str = layout.EVALUATOR_RM,
-                     spec: str | None = None, **record) -> None:
-    """Evaluate a trained RM on the run's held-out pairs (in this process: a forward over them), unless done
-    for these inputs: the evaluator of `evaluator.rm_checkpoint`, or (`name`, `spec`, ``record``: its role,
-    pretrain_id and finetune_seed) a grid RM of `reward.rm_checkpoints`."""
-    cfg = ctx.cfg
-    spec = spec or cfg.evaluator.rm_checkpoint
-    path = ctx.resolve_checkpoint(spec)  # a kit part is verified here; a hub id pinned to its commit
-    ctx.run_one(name, key, lambda: job_evaluate_rm(
-        str(ctx.root), name, checkpoint=path, spec=spec, eval_files=eval_files,
-        max_length=cfg.reward.max_length, trust_remote_code=cfg.pretrain.trust_remote_code,
-        **record, **ctx.job_env(pooled=False)), [name], loads=spec)
+        ctx.need("policy-prefs")
+        ctx.run_planned(lambda cfg, up: [_evaluator_job(cfg, up)], lambda: work(cfg, ctx.root))
+    return json.loads((ctx.root / layout.rm_record(layout.EVALUATOR_RM)).read_text())
 
 
 def job_evaluate_rm(run_dir: str, out_rel: str, *, checkpoint: str, spec: str, eval_files: tuple[str, ...],
