@@ -112,3 +112,17 @@ def test_stage_keys_follow_the_resolved_precision(tmp_path, monkeypatch):
     assert avx2.key(obj) == fp32.key(obj)
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert [h["precision"] for h in manifest["hardware_history"]] == ["fp32", "bf16"]
+
+
+def test_jobs_bound_onednns_primitive_cache_unless_the_environment_sets_it(monkeypatch):
+    import os
+
+    from perm.hardware import ONEDNN_CACHE
+    from perm.stages._context import torch_setup
+
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    torch_setup("cpu", None)  # a job's first step
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(ONEDNN_CACHE)
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "7")
+    torch_setup("cpu", None)
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "7"

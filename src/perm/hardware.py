@@ -17,6 +17,22 @@ import torch
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
+ONEDNN_CACHE = 32
+"""oneDNN primitives a process keeps (ONEDNN_PRIMITIVE_CACHE_CAPACITY; oneDNN's default is 1,024)."""
+
+
+def bound_kernel_cache() -> None:
+    """Keep at most :data:`ONEDNN_CACHE` oneDNN primitives in this process and those it starts, unless the
+    environment sets ONEDNN_PRIMITIVE_CACHE_CAPACITY. oneDNN (bf16 matmuls on CPU) keeps a primitive per
+    shape, and the variable shapes of packed training batches fill its default 1,024 entries: a grid RM job
+    grew to 2.2 GB resident with the default and peaked at 1.5 GB with 32, at the same speed
+    (docs/results.md, "Memory of the default's stages"). oneDNN reads the setting when it first builds a
+    primitive, so this runs before a job's first matmul (perm.stages._context.torch_setup)."""
+    import os
+
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_CACHE))
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """auto: CUDA if available, else the CPU."""
     if device == "auto":

@@ -471,8 +471,10 @@ def torch_setup(device: str, threads: int | None):
     import torch
     from transformers.utils import logging as hf_logging
 
-    from perm.hardware import resolve_device, use_device
+    from perm.hardware import bound_kernel_cache, resolve_device, use_device
     from perm.store import seed_everything
+
+    bound_kernel_cache()  # before the job's first matmul builds a oneDNN primitive
 
     hf_logging.disable_progress_bar()  # perm draws its own bars; "Loading weights" x 20 is noise
     hf_logging.set_verbosity_error()  # a fresh reward head is *meant* to be missing from a backbone
