@@ -43,16 +43,18 @@ def test_nested_view_of_a_crossed_design_under_covers():
     assert np.mean(hits_nested) < 0.75 < 0.85 <= np.mean(hits_crossed)
 
 
+@pytest.mark.slow
 def test_seed_shares_cover_in_the_full_layout():
-    """The full layout (every pretrain x finetune seed) at the default's pool of 64: 300 grids per scenario
-    whose seeds differ in effect size (log-sd 0.5); the 90% intervals of both seed shares cover 0.82-0.88
-    where the share is not 0 (their upper end on the log scale where resolved: seedstats.log_upper; the
-    symmetric t interval alone covered 0.76-0.83 here), a little short of nominal: five seeds of unequal
-    effect leave a skew the log scale only partly follows. Where the share is 0 they cover at least 0.85."""
-    df = simulate_coverage(*FULL, sims=300, draws=200, n_prompts=60, pool_size=64,
+    """The full layout (every pretrain x finetune seed) at the default's pool of 64: 1,000 grids per scenario
+    whose seeds differ in effect size (log-sd 0.5; Monte Carlo se of a coverage ~0.011); the 90% intervals of
+    both seed shares cover 85-95% where the share is not 0 (their upper end on the log scale where resolved:
+    seedstats.log_upper; the symmetric t interval alone covered 0.76-0.83 here). 300 grids (0.82-0.88) could
+    not tell this from a little under 85%; 4,000 more at other seeds gave 0.86-0.87 (docs/results.md).
+    Where the share is 0 they cover at least 0.85."""
+    df = simulate_coverage(*FULL, sims=1000, draws=200, n_prompts=60, pool_size=64,
                            statistics=("share_pt", "share_ft"), scenarios=((0.5, 0.0), (0.0, 0.5), (0.5, 0.5)))
     seeded = df[((df.statistic == "share_pt") & (df.sigma_pt > 0)) | ((df.statistic == "share_ft") & (df.sigma_ft > 0))]
-    assert len(seeded) == 4 and seeded.coverage.between(0.80, 0.95).all() and seeded.coverage.mean() > 0.84, df
+    assert len(seeded) == 4 and seeded.coverage.between(0.85, 0.95).all(), df
     assert (df.drop(seeded.index).coverage >= 0.85).all(), df
 
 
