@@ -39,3 +39,11 @@ def test_readme_has_no_dates():
     dated = [f"{i}: {line}" for i, line in enumerate((ROOT / "README.md").read_text(encoding="utf-8").splitlines(), 1)
              if re.search(r"\b20\d\d-\d\d(-\d\d)?\b", line)]
     assert not dated, dated
+
+
+def test_every_image_under_docs_is_referenced():
+    """A figure no page shows is left over from a run that moved on: it goes."""
+    text = "\n".join(p.read_text(encoding="utf-8") for p in DOCS)
+    images = [p for p in (ROOT / "docs").rglob("*") if p.suffix.lower() in (".png", ".svg", ".jpg", ".jpeg")]
+    unreferenced = [str(p.relative_to(ROOT)) for p in images if p.name not in text]
+    assert images and not unreferenced, unreferenced
