@@ -282,3 +282,16 @@ def test_a_testbed_config_needs_no_hub(monkeypatch):
     assert r.exit_code == 0, r.output
     assert "models and data: none named" in r.output and "disk: ≈" in r.output
 
+
+
+def test_disk_estimate_counts_trained_rms_as_records_and_the_grid_by_its_rule():
+    from perm.check import disk_estimate
+    from perm.config import config_from_overrides
+
+    full = config_from_overrides(["reward.layout=full", "pretrain.checkpoints=[]", "pretrain.seeds=[0, 1, 2]",
+                                  "reward.finetune_seeds=[0, 1]"])
+    assert n_reward_models(full) == 6
+    loaded = config_from_overrides(["reward.rm_checkpoints=[seed0:0=/tmp/a, seed1:0=/tmp/b, seed0:1=/tmp/c]"])
+    assert n_reward_models(loaded) == 3
+    _, how, _ = disk_estimate(loaded, {})
+    assert "3 trained RMs' records" in how and "RMs ×" not in how

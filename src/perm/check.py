@@ -440,11 +440,11 @@ def gpt_neox_params(vocab: int, hidden: int, layers: int, intermediate: int) -> 
 
 
 def n_reward_models(cfg: RunConfig) -> int:
-    """RMs of the grid (as perm's grid(): paper = every finetune seed of the first pretrain + the first
-    seed of each other pretrain; full = the product)."""
-    n_pre = len(cfg.pretrain.checkpoints) or len(cfg.pretrain.seeds)
-    n_ft = len(cfg.reward.finetune_seeds)
-    return n_pre * n_ft if cfg.reward.layout == "full" else n_ft + n_pre - 1
+    """RMs of the grid the run scores (perm.stages._grid.grid_of: the layout's pretrain x finetune seeds, or
+    the trained RMs of `reward.rm_checkpoints`)."""
+    from perm.stages._grid import grid_of
+
+    return len(grid_of(cfg))
 
 
 def disk_estimate(cfg: RunConfig, facts: dict[str, Facts | None]) -> tuple[int, str, bool]:
@@ -468,7 +468,9 @@ def disk_estimate(cfg: RunConfig, facts: dict[str, Facts | None]) -> tuple[int, 
     own = gpt_neox_params(vocab, c.backbone.hidden_size, c.backbone.num_layers,
                           c.backbone.intermediate_size) * FP32_BYTES
     n_rm = n_reward_models(cfg)
-    if c.checkpoints:
+    if cfg.reward.rm_checkpoints:
+        parts.append((f"{n_rm} trained RMs' records (their weights are loaded where they are)", 0))
+    elif c.checkpoints:
         per = [size(f"pretrain.checkpoints[{i}]") for i in range(len(c.checkpoints))]
         known = [s for s in per if s is not None]
         rm_each = max(known) if known else 0
