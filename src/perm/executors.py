@@ -315,12 +315,9 @@ def _pool_call(fn, kw, index: int, progress_every: float | None = None):
         os._exit(128 + e.args[0])
     finally:
         _RUNNING = False
-        import gc
+        from perm.store import release_memory
 
-        from perm.store import trim_heap
-
-        gc.collect()  # what the job held, before the worker takes the next one
-        trim_heap()
+        release_memory()  # what the job held, before the worker takes the next one
         if _EVENTS is not None and not _STOPPING:
             _EVENTS.put(("end", index, os.getpid()))
 

@@ -134,6 +134,21 @@ def trim_heap() -> bool:
     return True
 
 
+def release_memory() -> None:
+    """After a job: collect its garbage (models and optimizers in reference cycles), return the CUDA caching
+    allocator's free blocks to the device where torch is loaded and CUDA is in use, and the C heap's free
+    pages to the system (:func:`trim_heap`), so that the next job in this process starts with the memory
+    the last one used."""
+    import gc
+    import sys
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+    trim_heap()
+
+
 @functools.cache
 def _malloc_trim():
     """glibc's malloc_trim from the symbols this process has loaded, or None (musl, macOS, Windows)."""

@@ -28,7 +28,7 @@ from perm.executors import JobFailedError, LocalExecutor, PoolExecutor, RayExecu
 from perm.progress import Progress, StageProgress, Watched, reporting
 from perm.stages._checkpoints import Checkpoints
 from perm.stages._plan import Job, Work, format_work, resolve, stage_writing
-from perm.store import RunStore, hash_obj, read_column  # noqa: F401  (read_column: for the stages)
+from perm.store import RunStore, hash_obj, read_column, release_memory  # noqa: F401  (read_column: for the stages)
 
 
 def stage_key(cfg: RunConfig, obj: dict) -> str:
@@ -141,22 +141,6 @@ def in_process(name: str, fn, **kw):
         raise JobFailedError(name, f"raised {type(exc).__name__}: {exc}") from exc
     finally:
         release_memory()
-
-
-def release_memory() -> None:
-    """Collect the garbage of a finished job (models and optimizers in reference cycles), return the CUDA
-    caching allocator's free blocks to the device, where torch is loaded and CUDA is in use, and the C heap's
-    free pages to the system (:func:`perm.store.trim_heap`)."""
-    import gc
-    import sys
-
-    from perm.store import trim_heap
-
-    gc.collect()
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
-    trim_heap()
 
 
 class Context:
