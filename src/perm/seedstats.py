@@ -555,10 +555,11 @@ def log_upper(estimate: float, se: float, lo: float, hi: float, df: float, level
 
     A variance component estimated from a few seeds whose effects differ in size is right-skewed, and its
     bootstrap se shrinks with it: where the estimate falls low the symmetric interval stops short of the truth
-    (a nominal 90% covered 0.76–0.83 over 5 pretrains in the full layout, seeds' effect sizes log-sd 0.5;
-    now 0.86–0.87 over 4,000 grids). The log scale follows that skew; it cannot reach 0, so the lower end
-    stays the t interval's; an unbounded σ where that interval reaches 0 would only blow the upper end up (an
-    estimate of 2% ± 4% to 60%). Chosen by simulation on perm's designs (:mod:`perm.coverage`, tests/test_coverage.py).
+    (a nominal 90% covered 0.76–0.83 over 5 pretrains in the full layout, seeds' effect sizes log-sd 0.5; now
+    0.86–0.87 over 4,000 grids). The log scale follows that skew; it cannot reach 0, so the lower end stays
+    the t interval's; an unbounded σ where that interval reaches 0 would only blow the upper end up (an
+    estimate of 2% ± 4% to 60%). Chosen by simulation on perm's designs (:mod:`perm.coverage`,
+    tests/test_coverage.py).
     A non-finite se, ``lo`` or ``hi``, or an estimate ≤ 0: ``hi`` as it is."""
     if not (np.isfinite(se) and np.isfinite(hi) and np.isfinite(lo) and estimate > 0):
         return hi
