@@ -67,3 +67,29 @@ def test_trained_rms_loaded_as_the_grid_train_nothing_and_are_scored():
                                  "pretrain.checkpoints=[x, y]"])
     est = {e.stage: e for e in estimate(cfg, {"grid": Shape.of(10**8, 12, 768)}, 1000, 10, "h100")}
     assert "train-rm" not in est and est["score"].jobs == 2
+
+
+def test_perm_checks_estimate_counts_every_pair_file_the_rms_train_on(tmp_path):
+    """`mix` trains the grid on the policy pairs and the testbed's; the evaluator on its extra posts' pairs
+    too (perm.stages._grid.pair_count, as the run's plan counts them)."""
+    from perm.stages._grid import evaluator_pair_files, pair_count, pair_files
+
+    base = [f"out={tmp_path}", "reward.pairs_from=null", "evaluator.rm_checkpoint=null"]
+    policy = config_from_overrides([*base, "reward.pairs=policy"])
+    mix = config_from_overrides([*base, "reward.pairs=mix"])
+    n_policy, _ = pair_count(policy, tmp_path, pair_files(policy))
+    n_mix, _ = pair_count(mix, tmp_path, pair_files(mix))
+    assert n_mix == n_policy + mix.testbed.n_prefs_train
+    n_ev, _ = pair_count(mix, tmp_path, evaluator_pair_files(mix))
+    assert n_ev > n_mix  # the evaluator's extra posts
+    from typer.testing import CliRunner
+
+    from perm.cli import app
+
+    out = CliRunner().invoke(app, ["check", "--gpu", "h100", *base, "reward.pairs=mix"])
+    assert out.exit_code == 0 and f"{n_mix:,} pairs" in out.output, out.output
+    grid = Shape.of(10**8, 12, 768)
+    one = {e.stage: e for e in estimate(mix, {"grid": grid, "evaluator": grid}, n_mix, 10, "h100")}["train-rm"]
+    more = {e.stage: e for e in estimate(mix, {"grid": grid, "evaluator": grid}, n_mix, 10, "h100",
+                                         evaluator_pairs=n_ev)}["train-rm"]
+    assert more.gpu_hours > one.gpu_hours

@@ -631,20 +631,22 @@ def model_shapes(cfg: RunConfig, facts: dict[str, Facts | None]) -> dict[str, Sh
 
 
 def gpu_estimate(cfg: RunConfig, facts: dict[str, Facts | None], gpu: str) -> list[str]:
-    """`perm check --gpu`: perm.estimate's table for this config (the training pairs: `reward.max_train_pairs`
-    or `data.max_train_pairs` where set, the testbed's where it is the data; else unknown)."""
-    shapes = model_shapes(cfg, facts)
-    if cfg.data.prefs is None:
-        from perm.stages._grid import pairs_per_post
+    """`perm check --gpu`: perm.estimate's table for this config. The training pairs of the grid and of the
+    evaluator: their pair files' rows where the run has them, else what the config draws
+    (perm.stages._grid.pair_count: the policy pairs of the SFT posts, the evaluator's extra posts, the
+    testbed's pairs for `testbed` and `mix`); a user's pairs not imported yet: `reward.max_train_pairs` or
+    `data.max_train_pairs` where set, else unknown."""
+    from perm.stages._grid import evaluator_pair_files, pair_count, pair_files
 
-        per_post = pairs_per_post(cfg)
-        n_pairs = cfg.testbed.n_prefs_train if cfg.reward.pairs == "testbed" else cfg.testbed.n_sft * per_post
-        prompts = cfg.testbed.n_eval_prompts
-    else:
+    shapes = model_shapes(cfg, facts)
+    root = Path(cfg.out)
+    n_pairs, _ = pair_count(cfg, root, pair_files(cfg))
+    ev_pairs, _ = pair_count(cfg, root, evaluator_pair_files(cfg))
+    if n_pairs is None:  # a user's pairs, not imported yet
         n_pairs = cfg.reward.max_train_pairs or cfg.data.max_train_pairs
-        prompts = cfg.data.n_eval_prompts
+    prompts = cfg.testbed.n_eval_prompts if cfg.data.prefs is None else cfg.data.n_eval_prompts
     workers = cfg.workers if isinstance(cfg.workers, int) else 1
-    lines = table(estimate(cfg, shapes, n_pairs, prompts, gpu), gpu, workers)
+    lines = table(estimate(cfg, shapes, n_pairs, prompts, gpu, evaluator_pairs=ev_pairs), gpu, workers)
     missing = [k for k in ("grid", "evaluator", "policy") if k not in shapes]
     if n_pairs is None:
         lines.append("  train-rm: not estimated (the number of training pairs is known once the data loads; "

@@ -79,11 +79,11 @@ def _hours(flops: float, gpu: str, kind: str) -> float:
 
 
 def estimate(cfg: RunConfig, shapes: dict[str, Shape], n_pairs: int | None, n_prompts: int,
-             gpu: str = "h100") -> list[StageEstimate]:
+             gpu: str = "h100", evaluator_pairs: int | None = None) -> list[StageEstimate]:
     """Per stage (pretrain, train-rm, sample, score) the estimated GPU-hours (all its jobs) and peak
     memory of one job. ``shapes``: ``grid`` (the grid's backbone), ``evaluator``, ``policy`` (absent where
-    the run does not train or run it); ``n_pairs``: the training pairs (None: unknown, the RM rows are left
-    out); ``n_prompts``: the eval prompts."""
+    the run does not train or run it); ``n_pairs``: the grid's training pairs (None: unknown, the RM rows are
+    left out), ``evaluator_pairs`` the evaluator's (default: the grid's); ``n_prompts``: the eval prompts."""
     if gpu not in GPUS:
         raise ValueError(f"unknown GPU kind {gpu!r} (known: {', '.join(GPUS)})")
     r, s = cfg.reward, cfg.sample
@@ -110,7 +110,8 @@ def estimate(cfg: RunConfig, shapes: dict[str, Shape], n_pairs: int | None, n_pr
         if "grid" in shapes and not r.rm_checkpoints:  # trained RMs loaded as the grid train nothing
             rows.append((_grid_size(cfg), shapes["grid"], pairs * r.epochs))
         if e.trains() and "evaluator" in shapes:
-            ev_pairs = min(n_pairs, e.train_pairs or n_pairs)
+            ev_all = n_pairs if evaluator_pairs is None else evaluator_pairs
+            ev_pairs = min(ev_all, e.train_pairs or ev_all)
             rows.append((1, shapes["evaluator"], ev_pairs * e.epochs))
         if rows:
             hours = sum(n * _hours(6 * m.params * p * per_pair, gpu, "train") for n, m, p in rows)
