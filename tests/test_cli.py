@@ -88,3 +88,19 @@ def test_own_pairs_with_policy_pairs_say_how_to_fix(tmp_path, tiny_backbone_dir)
     assert r.exit_code == 0, r.output
     assert "reward:\n" in (tmp_path / "run" / "config.yaml").read_text()
     assert "pairs: testbed" in (tmp_path / "run" / "config.yaml").read_text()
+
+
+def test_analysis_of_a_users_tensor_resolves_nothing_of_the_config(tmp_path, monkeypatch):
+    """Its key hashes the tensor's files alone: no checkpoint of the config is verified or pinned for it."""
+    from perm.stages._checkpoints import Checkpoints
+
+    def refuse(self, spec):
+        raise AssertionError(f"resolved {spec}")
+
+    monkeypatch.setattr(Checkpoints, "resolve", refuse)
+    _user_tensor(tmp_path)
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["analyze", f"out={out}", "--rewards", str(tmp_path / "rewards.parquet"),
+                            "--models", str(tmp_path / "models.parquet"), "analysis.bootstrap=20", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert (out / "analysis" / "figure2.parquet").exists()

@@ -143,6 +143,11 @@ def in_process(name: str, fn, **kw):
         release_memory()
 
 
+MAX_PHASES = 50
+"""Phases of :meth:`Context.run_planned` at most (a stage's chain of jobs keyed on each other's outputs is
+a few long)."""
+
+
 class Context:
     """One run directory, its resolved config, its executor, and the results of the stages run so far.
 
@@ -351,16 +356,19 @@ class Context:
         :meth:`upstream`; the testbed's build, which reads nothing, is handed nothing and so resolves no
         checkpoint)."""
         handled: dict[str, str] = {}  # manifest name -> the key it was run or found complete for
-        while True:
+        for _ in range(MAX_PHASES):
             jobs = plan(self.cfg, (upstream or self.upstream)())
             pending = [j for j in jobs if handled.get(j.name) != j.key]
             if not pending:
                 return jobs
-            waiting = {j.name for j in pending if not self.complete(j.name, j.key)}
+            waiting = {j.name for j in pending if not self.complete(j.name, j.key)}  # outputs hashed once
             ready = [j for j in pending if not waiting & set(j.after)]
             if not ready:
                 raise DeclarationError(f"jobs {sorted(waiting)} wait on each other (their `after`)")
-            todo = [j for j in ready if not self.skip(j.name, j.key)]
+            for job in ready:
+                if job.name not in waiting:
+                    self.log.event(job.name, "skip", reason="complete for these inputs")
+            todo = [j for j in ready if j.name in waiting]
             handled |= {j.name: j.key for j in ready}
             for job in (j for j in todo if j.how == "one"):
                 kw = self._job_kwargs(job)
@@ -376,6 +384,8 @@ class Context:
                               {j.name: j.key for j in group}, {j.name: dict(j.seeds or {}) for j in group},
                               work=work(), pool=how == "pool",
                               outputs={j.name: list(j.outputs) for j in group})
+        raise DeclarationError(f"the plan still changed after {MAX_PHASES} phases: a job's key depends on "
+                               "its own outputs, or on something that differs from call to call")
 
     def _job_kwargs(self, job: Job) -> dict:
         """The keyword arguments `job.fn` is called with: the run directory, its arguments with their

@@ -51,8 +51,10 @@ def run(ctx: Context, rewards: Path | None = None, models: Path | None = None) -
         costs_path = Path(models).parent / layout.ENSEMBLES
         if costs_path.exists():
             upstream["ensembles"] = hash_path(costs_path)
-        ctx.run_planned(lambda cfg, _: [job.with_args(rewards=str(rewards), models=str(models), external=True)
-                                        for job in plan(cfg, upstream)])
+        # handed the tensor's identities alone: nothing of the config is resolved (no hub, no checkpoint)
+        tensor = dict(rewards=str(rewards), models=str(models), external=True)
+        ctx.run_planned(lambda cfg, up: [job.with_args(**tensor) for job in plan(cfg, up)],
+                        upstream=lambda: upstream)
     else:
         ctx.need("score")
         ctx.run_planned(plan)
