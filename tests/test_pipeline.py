@@ -55,8 +55,13 @@ def test_import_external_pairs(tmp_path, tiny_backbone_dir):
                                  f"pretrain.checkpoints=[{tiny_backbone_dir}]",
                                  f"sft.checkpoint={tiny_backbone_dir}", "evaluator.enabled=false"])
     pipe = Pipeline(cfg)
+    marked = []  # "data" is marked running once the pairs are valid, before anything is written
+    mark = pipe.store.mark_running
+    pipe.store.mark_running = lambda name, key: (marked.append((name, (tmp_path / "run" / "data").exists())),
+                                                 mark(name, key))
     pipe.run("testbed")
     run = tmp_path / "run"
+    assert marked == [("data", False)]
     assert pq.read_table(run / "data" / "prefs_train.parquet").num_rows == 20
     prompts = pq.read_table(run / "data" / "eval_prompts.parquet").to_pandas()
     assert list(prompts.prompt) == [f"w{i} TL;DR:" for i in range(20, 30)]
@@ -71,9 +76,10 @@ def test_import_bad_pairs_writes_nothing(tmp_path, tiny_backbone_dir):
     cfg = config_from_overrides([f"out={tmp_path / 'run'}", f"data.prefs={tmp_path / 'train.jsonl'}",
                                  "data.train_split=null", f"pretrain.checkpoints=[{tiny_backbone_dir}]",
                                  f"sft.checkpoint={tiny_backbone_dir}", "evaluator.enabled=false"])
+    pipe = Pipeline(cfg)
     with pytest.raises(DataError, match=r"train\.jsonl: line 2"):
-        Pipeline(cfg).run("testbed")
-    assert not (tmp_path / "run" / "data").exists()
+        pipe.run("testbed")
+    assert not (tmp_path / "run" / "data").exists() and pipe.store.stage("data") is None  # nor marked
 
 
 def test_external_data_needs_checkpoints():

@@ -41,7 +41,7 @@ def plan(cfg: RunConfig, upstream: Mapping[str, str]) -> list[Job]:
         revisions = {f: pinned.rsplit("@", 1)[1] for f, pinned in hub.items()}
         args = dict(data=cfg.data, tokenizer=Checkpoint(tokenizer), revisions=revisions,
                     trust_remote_code=cfg.pretrain.trust_remote_code)
-        # nothing is marked running: bad input leaves the manifest as it was
+        # marked running by the job once the pairs are valid (run: on_valid), not before
         return [Job("data", hash_obj(obj | ({"hub": hub} if hub else {})), job_import_data, args, outputs,
                     mark=False, start={"source": cfg.data.prefs})]
     from perm.testbed.build import TESTBED_VERSION
@@ -58,7 +58,12 @@ def run(ctx: Context) -> str:
     if ctx.cfg.data.prefs is not None:
         # every invocation, before anything is read: a changed sft.checkpoint is checked too
         _, checked = check_tokenizers(ctx)
-        ctx.run_planned(lambda cfg, up: [job.with_args(checked=checked) for job in plan(cfg, up)])
+
+        def valid(job: Job):  # marked running once the pairs are valid: bad input leaves the manifest be
+            return lambda: ctx.store.mark_running(job.name, job.key)
+
+        ctx.run_planned(lambda cfg, up: [job.with_args(checked=checked, on_valid=valid(job))
+                                         for job in plan(cfg, up)])
         return ctx.store.output_hash("data")
     ctx.run_planned(plan, upstream=dict)  # the embedded testbed reads nothing: no identities to resolve
     return ctx.store.output_hash("testbed")
@@ -94,11 +99,12 @@ def _with_int_ids(table):
 
 
 def job_import_data(run_dir: str, *, data: DataConfig, tokenizer: str, revisions: Mapping[str, str],
-                    checked: Mapping, trust_remote_code: bool = False) -> dict:
+                    checked: Mapping, trust_remote_code: bool = False, on_valid=None) -> dict:
     """Load and validate a user's pairs (`data`) into data/prefs_{train,eval}.parquet and
     data/eval_prompts.parquet, each hub dataset at the commit of `revisions`; the tokenizer is the first
     checkpoint's (`tokenizer`, resolved), and `checked` what :func:`check_tokenizers` found, recorded with
-    the pairs' counts. Nothing is written if the data are invalid."""
+    the pairs' counts. Nothing is written if the data are invalid; `on_valid()` is called once they are,
+    before anything is written."""
     import pyarrow as pa
 
     from perm.data import load_preferences, preferences_to_table
@@ -120,6 +126,8 @@ def job_import_data(run_dir: str, *, data: DataConfig, tokenizer: str, revisions
                                 **common)
     prompts = list(dict.fromkeys(p.prompt for p in held))[: d.n_eval_prompts]
     tok = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
+    if on_valid is not None:
+        on_valid()
     with atomic_path(root / layout.DATA) as tmp:  # the whole folder: no leftovers of another source
         tmp.mkdir()
         for name, pairs in (("prefs_train", train), ("prefs_eval", held)):
