@@ -189,3 +189,30 @@ def test_ray_task_failures_become_one_job_failed_error_after_the_others(failure,
     assert done == [0, 2] and starts == [0, 1, 2]
     assert err.value.job == "rm/seed1-ft0" and str(err.value) == (
         f"job rm/seed1-ft0 failed: {how}; completed jobs are kept; rerun the same perm command to resume")
+
+
+def test_a_stop_signal_landing_in_a_finalizer_still_stops_the_job_quietly(tmp_path):
+    """A pool worker's SIGTERM that arrives while the garbage collector runs an object's __del__ inside the
+    job was swallowed there: Python printed "Exception ignored ... Traceback" and the job went on. It is
+    delivered again once the finalizer returns."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "worker.py"
+    script.write_text(
+        "import os, signal, time\n"
+        "from perm import executors as ex\n"
+        "ex._stop_on_signals()\n"
+        "class Finalised:\n"
+        "    def __del__(self):\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)  # the stop lands inside the finalizer\n"
+        "        time.sleep(0.2)\n"
+        "ex._RUNNING = True\n"
+        "try:\n"
+        "    Finalised()\n"
+        "    time.sleep(5)\n"
+        "    print('not stopped')\n"
+        "except ex._Stopped as e:\n"
+        "    print('stopped', e.args[0])\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "stopped 15" and "Traceback" not in r.stderr, (r.stdout, r.stderr)

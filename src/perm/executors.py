@@ -278,8 +278,40 @@ def _worker_init(driver: int, events=None, slots=None) -> None:
     _die_with_parent(driver)
     _EVENTS = events
     _DEVICE = slots.get() if slots is not None else None
+    _stop_on_signals()
+
+
+def _stop_on_signals() -> None:
+    """SIGINT / SIGTERM stop this worker (:func:`_on_stop_signal`), also when one lands in a finalizer
+    (:func:`_unraisable`)."""
+    import sys
+
     signal.signal(signal.SIGINT, _on_stop_signal)
     signal.signal(signal.SIGTERM, _on_stop_signal)
+    sys.unraisablehook = _unraisable
+
+
+def _unraisable(unraisable) -> None:
+    """A stop that landed in a finalizer (an object's ``__del__``, run by the garbage collector in the job)
+    is swallowed there, and Python would print its traceback and let the job go on: deliver it again 10 ms
+    later (SIGALRM, once the finalizer has returned), so that it stops the job, and print nothing. Anything
+    else: Python's hook."""
+    import sys
+
+    global _STOPPING, _PENDING
+    if isinstance(unraisable.exc_value, _Stopped):
+        _STOPPING, _PENDING = False, unraisable.exc_value.args[0]
+        signal.signal(signal.SIGALRM, _deliver_pending)
+        signal.setitimer(signal.ITIMER_REAL, 0.01)
+        return
+    sys.__unraisablehook__(unraisable)
+
+
+def _deliver_pending(signum, frame) -> None:
+    _on_stop_signal(_PENDING, frame)
+
+
+_PENDING = signal.SIGTERM  # the stop signal a finalizer swallowed (:func:`_unraisable`)
 
 
 def _on_stop_signal(signum, frame) -> None:
