@@ -305,7 +305,7 @@ def test_jobs_progress_reaches_the_run_log_wherever_they_run(tmp_path, executor)
                   PoolExecutor(2) if executor == "pool" else LocalExecutor(), {})
     todo = [(f"job{i}", {"run_dir": str(tmp_path), "out_rel": f"job{i}", "steps": 5}) for i in range(2)]
     work = Work("demo", (("job0", 5), ("job1", 5), ("job2", 7)), "steps", (2, "pairs"))
-    ctx.run_jobs(_counting_job, todo, {"job0": "k0", "job1": "k1"}, seeds_of=lambda kw: {}, work=work)
+    ctx.run_jobs(_counting_job, todo, {"job0": "k0", "job1": "k1"}, {"job0": {}, "job1": {}}, work=work)
     events = _events(log)
     (plan,) = [e for e in events if e["status"] == "jobs"]
     assert plan["stage"] == "demo" and plan["jobs"] == {"job0": 5, "job1": 5} and plan["total"] == 10

@@ -391,11 +391,16 @@ class Context:
         """The keyword arguments `job.fn` is called with: the run directory, its arguments with their
         references resolved, and the fields of the job environment it takes."""
         env = self.job_env(pooled=job.how == "pool" or job.pooled_env)
-        args = resolve(dict(job.args), self.root, self.resolve_checkpoint)
-        return {"run_dir": str(self.root), **args, **{k: env[k] for k in job.env}}
+        return {"run_dir": str(self.root), **self.resolve(dict(job.args)), **{k: env[k] for k in job.env}}
 
-    def run_jobs(self, fn, todo: list[tuple[str, dict]], keys: Mapping[str, str], seeds_of, *, work: Work,
-                 pool: bool = True, outputs: Mapping[str, list[str]] | None = None) -> None:
+    def resolve(self, value):
+        """`value` with its RunPath and Checkpoint references (perm.stages._plan) made what a job receives:
+        paths in this run, what the run loads for a checkpoint (:meth:`resolve_checkpoint`)."""
+        return resolve(value, self.root, self.resolve_checkpoint)
+
+    def run_jobs(self, fn, todo: list[tuple[str, dict]], keys: Mapping[str, str],
+                 seeds: Mapping[str, dict], *, work: Work, pool: bool = True,
+                 outputs: Mapping[str, list[str]] | None = None) -> None:
         """Run the jobs of `todo` ((name, kwargs) each) and record each in the manifest as it finishes.
 
         work: the stage's planned work (its module's ``work``): printed for the jobs left to run before they
@@ -403,13 +408,11 @@ class Context:
         ETA are the stage's). Each job reports its own progress under its name: a job run here through this
         run's Progress, a worker's or Ray task's over the executor's queue, printed here.
         pool=False keeps them in this process even with `workers` > 1 (short jobs that share a cache here).
-        seeds_of: the seeds a job records, from its keyword arguments, or by job name. outputs: each job's
-        outputs by name (default: its ``out_rel``)."""
+        seeds: the seeds each job records, by name. outputs: each job's outputs by name (default: its
+        ``out_rel``)."""
         if not todo:
             return
         outs = {name: list((outputs or {}).get(name) or [kw["out_rel"]]) for name, kw in todo}
-        seeds = (lambda name, kw: seeds_of[name]) if isinstance(seeds_of, Mapping) else (
-            lambda name, kw: seeds_of(kw))
         for name, _ in todo:
             self._check_outputs(name, outs[name])
         names = [name for name, _ in todo]
@@ -433,7 +436,7 @@ class Context:
                     with reporting(Watched(self.log,
                                            lambda done, total, i=i: stage_bar.update(i, done, total))):
                         info = in_process(name, fn, **kw)
-                    self.done(name, keys[name], outs[name], t0, seeds=seeds(name, kw),
+                    self.done(name, keys[name], outs[name], t0, seeds=seeds[name],
                               info=info | {"threads": kw.get("threads")})
                     stage_bar.job_done(i)
                 return
@@ -451,7 +454,7 @@ class Context:
                                                                   on_start=started, on_progress=progressed,
                                                                   progress_every=self.log.every):
                 name, kw = todo[i]
-                self.done(name, keys[name], outs[name], time.perf_counter() - wall, seeds=seeds(name, kw),
+                self.done(name, keys[name], outs[name], time.perf_counter() - wall, seeds=seeds[name],
                           info=info | {"threads": kw.get("threads")})
                 stage_bar.job_done(i)
         finally:

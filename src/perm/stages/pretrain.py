@@ -12,6 +12,7 @@ from perm import run_layout as layout
 from perm.config import BackboneConfig, PretrainConfig, RunConfig
 from perm.progress import job_bar
 from perm.stages._context import Context, data_identity, read_column, stage_key, torch_setup
+from perm.stages._grid import backbone_ref
 from perm.stages._plan import POOLED_ENV, Job, Work, planned_keys
 from perm.store import atomic_path
 
@@ -83,17 +84,8 @@ def run(ctx: Context) -> dict[str, str]:
     if not c.checkpoints or e.pretrains():
         ctx.need("testbed")
         ctx.run_planned(plan, lambda: work(cfg, ctx.root))
-    if c.checkpoints:
-        return _registered(ctx)
-    return {pid: str(ctx.root / layout.pretrain_dir(pid)) for pid in c.pretrain_ids()}
-
-
-def _registered(ctx: Context) -> dict[str, str]:
-    """pretrain_id -> what to load for each of `pretrain.checkpoints` (Context.resolve_checkpoint: a hub id
-    at its pinned commit, a .bin-only checkpoint's conversion with convert_bin)."""
-    c = ctx.cfg.pretrain
-    return {pid: ctx.resolve_checkpoint(spec)
-            for pid, spec in zip(c.pretrain_ids(), c.checkpoints, strict=True)}
+    # what the jobs load: a hub id at its pinned commit, a .bin-only checkpoint's conversion, a backbone here
+    return {pid: ctx.resolve(backbone_ref(cfg, pid)) for pid in c.pretrain_ids()}
 
 
 def job_pretrain(run_dir: str, out_rel: str, *, init_seed: int, data_seed: int, backbone: BackboneConfig,

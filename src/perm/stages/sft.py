@@ -22,7 +22,7 @@ from perm.stages._context import (
     stage_key,
     torch_setup,
 )
-from perm.stages._grid import backbone_ref, sft_heldout
+from perm.stages._grid import backbone_ref, policy_ref, sft_heldout
 from perm.stages._plan import POOLED_ENV, Checkpoint, Job, Work, optimizer_steps, parquet_rows, planned_keys
 from perm.store import atomic_path, derive_seed
 
@@ -70,13 +70,12 @@ keys = planned_keys(plan)
 def run(ctx: Context) -> str:
     cfg = ctx.cfg
     c = cfg.sft
-    if c.checkpoint:
-        return ctx.resolve_checkpoint(c.checkpoint)  # pinned to its commit / converted, as every checkpoint
-    ctx.need("testbed")
-    if not c.init_checkpoint() and c.init_from == "pretrain":
-        ctx.need("pretrain")
-    ctx.run_planned(plan)
-    return str(ctx.root / layout.POLICY)
+    if not c.checkpoint:
+        ctx.need("testbed")
+        if not c.init_checkpoint() and c.init_from == "pretrain":
+            ctx.need("pretrain")
+        ctx.run_planned(plan)
+    return ctx.resolve(policy_ref(cfg))  # sft.checkpoint: pinned to its commit / converted, as every one
 
 
 def work(cfg: RunConfig, root: Path) -> Work:

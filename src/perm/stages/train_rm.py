@@ -81,8 +81,8 @@ def plan(cfg: RunConfig, upstream: Mapping[str, str]) -> list[Job]:
     data, pairs = data_identity(cfg, upstream), pairs_key(cfg, upstream)
     evals = eval_pair_files(cfg)
     jobs = []
-    for (pid, seed, spec), (name, _) in zip(loaded_grid(c), loaded_rms(cfg).items(), strict=True):
-        # trained RMs: keyed as a loaded evaluator is
+    for pid, seed, spec in loaded_grid(c):  # trained RMs: keyed as a loaded evaluator is
+        name = layout.rm_dir(rm_id(pid, seed))
         key = stage_key(cfg, {"loaded": upstream[checkpoint_name(spec)], "testbed": data, **pairs,
                               "eval": list(evals), "max_length": c.max_length, "grid_rm": name})
         jobs.append(_evaluation(cfg, name, key, spec, role="rm", pretrain_id=pid, finetune_seed=seed))
