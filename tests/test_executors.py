@@ -121,6 +121,48 @@ def test_stop_workers_ends_a_pool_whose_consumer_was_interrupted(tmp_path):
     assert started.is_set() and (tmp_path / "cleaned-b").exists()
 
 
+def _other(out_rel: str, sleep: float = 0.0) -> dict:
+    """A job of another function than the pool's own (a later stage's job run in an idle worker)."""
+    time.sleep(sleep)
+    return {"job": out_rel, "other": True, "pid": os.getpid()}
+
+
+def test_more_fills_idle_workers_with_further_jobs_asked_again_after_each_result():
+    # one long job and two workers: `more` is asked at once (a worker is idle), then after each result
+    queue = [(_other, {"out_rel": "sample", "sleep": 0.1}), (_other, {"out_rel": "score/a"})]
+    asked, yielded = [], []
+
+    def more():
+        asked.append(len(yielded))
+        if not queue:
+            return None
+        if queue[0][1]["out_rel"] == "score/a" and 1 not in yielded:
+            return None  # not ready until `sample` (index 1) was yielded: the consumer recorded it
+        return queue.pop(0)
+
+    pids = {}
+    for i, (info, _) in PoolExecutor(2).map_as_completed(_job, [{"out_rel": "rm/a", "sleep": 1.5}], more=more):
+        yielded.append(i)
+        pids[i] = info["pid"]
+        assert info["job"] == ["rm/a", "sample", "score/a"][i] and info.get("other", False) == (i > 0)
+    assert sorted(yielded) == [0, 1, 2] and yielded[-1] == 0  # the extras ran beside the long job
+    assert pids[1] != pids[0]  # in the worker the long job left idle
+    assert asked[0] == 0 and not queue
+    assert len(asked) <= 4  # asked at the start and after each result, not every time the pool is polled
+
+
+def test_more_is_not_asked_once_a_job_failed():
+    asked = []
+
+    def more():
+        asked.append(1)
+        return (_other, {"out_rel": "score/late"}) if len(asked) > 1 else None
+
+    with pytest.raises(JobFailedError) as err:
+        list(PoolExecutor(2).map_as_completed(_job, [{"out_rel": "rm/a", "raise_": "bad"}], more=more))
+    assert err.value.job == "rm/a" and len(asked) == 1
+
+
 def test_describe_exit():
     assert describe_exit(-9) .startswith("its worker process was killed by signal 9 (SIGKILL), likely out of memory")
     assert describe_exit(-11) == "its worker process was killed by signal 11 (SIGSEGV)"

@@ -96,8 +96,14 @@ class PoolExecutor:
         self.devices = devices
 
     def map_as_completed(self, fn, kwargs_list: list[dict], on_start=None, on_progress=None,
-                         progress_every: float = DEFAULT_EVERY):
+                         progress_every: float = DEFAULT_EVERY, more=None):
         """Yield (index, (info, wall_s)) as jobs finish.
+
+        more: optional ``more() -> (fn, kwargs) | None``, called in this process whenever fewer jobs are
+        queued or running than the pool has workers (and nothing has failed): a further job to run, which
+        gets the next index (``len(kwargs_list)``, then one more each), or None for none now. It is asked
+        again after each result is yielded, so what the consumer recorded can make a job ready. With
+        `more`, the pool has all its workers however few jobs `kwargs_list` holds.
 
         on_start: optional ``on_start(index)``, called in this process when job `index` starts in a worker
         (not when it is queued), always before that job's result is yielded, in the order the workers
@@ -122,7 +128,7 @@ class PoolExecutor:
             return
         ctx = multiprocessing.get_context("spawn")
         events = ctx.SimpleQueue()
-        n = min(self.workers, len(kwargs_list))
+        n = self.workers if more is not None else min(self.workers, len(kwargs_list))
         slots = None
         if self.devices is not None:  # one slot per worker process, taken as it starts
             slots = ctx.SimpleQueue()
@@ -142,6 +148,21 @@ class PoolExecutor:
             every = progress_every if on_progress is not None else None
             futures = [ex.submit(_pool_call, fn, kw, i, every) for i, kw in enumerate(kwargs_list)]
             pending = set(range(len(futures)))
+
+            asked = -1  # jobs settled when `more` last answered None: not asked again before one more is
+
+            def fill() -> None:
+                """Submit `more`'s jobs while a worker would otherwise be idle."""
+                nonlocal asked
+                while (more is not None and error is None and not broken and len(pending) < n
+                       and asked != len(futures) - len(pending)):
+                    extra = more()
+                    if extra is None:
+                        asked = len(futures) - len(pending)
+                        return
+                    names.append(job_name(extra[1], len(futures)))
+                    futures.append(ex.submit(_pool_call, extra[0], extra[1], len(futures), every))
+                    pending.add(len(futures) - 1)
 
             def announce(i: int) -> None:
                 if on_start is not None and i not in announced:
@@ -171,6 +192,7 @@ class PoolExecutor:
                         other.cancel()
                 return None
 
+            fill()
             while pending and not broken:
                 wait([futures[i] for i in pending], timeout=0.2, return_when=FIRST_COMPLETED)
                 while not events.empty():
@@ -191,6 +213,7 @@ class PoolExecutor:
                     result = settle(i)
                     if result is not None:
                         yield i, result
+                fill()
         except BaseException:  # KeyboardInterrupt, or the consumer closed us (GeneratorExit)
             _stop_pool(ex)
             raise

@@ -108,6 +108,11 @@ class Pipeline:
         the jobs of each stage with long jobs (perm.stages._plan), whether or not they are complete already,
         and what a stage without jobs loads instead. A stage whose ``work`` is None runs nothing for this
         config, and needs nothing through it (policy-prefs with the testbed's pairs)."""
+        works = self._works(stage)
+        return [w for m in MODULES if (w := works.get(m.NAME)) is not None and (w.jobs or w.note)]
+
+    def _works(self, stage: str) -> dict[str, Work | None]:
+        """Every stage `stage` needs (itself included), each with its planned work (None: it has none)."""
         works: dict[str, Work | None] = {}
         todo = ["report" if stage == "run" else stage]
         while todo:
@@ -118,14 +123,17 @@ class Pipeline:
             works[name] = module.work(self.cfg, self.root) if hasattr(module, "work") else None
             if works[name] is not None or not hasattr(module, "work"):
                 todo += module.NEEDS
-        return [w for m in MODULES if (w := works.get(m.NAME)) is not None and (w.jobs or w.note)]
+        return works
 
     def run(self, stage: str = "run"):
         """Run `stage` and everything it needs, after printing the work planned (:meth:`plan`); returns a
         short human-readable result."""
         if stage != "run" and stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}; known: run, {', '.join(STAGES)}")
-        works = self.plan(stage)
+        needed = self._works(stage)
+        works = [w for m in MODULES if (w := needed.get(m.NAME)) is not None and (w.jobs or w.note)]
+        # a stage's pool jobs whose inputs are final run in the workers an earlier stage leaves idle
+        self.ctx.ahead = tuple(m.NAME for m in MODULES if needed.get(m.NAME) is not None)
         if self.log.mode == "json":
             for w in works:
                 self.log.event(w.stage, "plan", **w.fields())

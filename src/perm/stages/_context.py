@@ -18,6 +18,7 @@ and the conversion is loaded (and keyed by its content) instead.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -166,6 +167,9 @@ class Context:
         self._running: list[str] = []  # the stages running, innermost last
         self.checkpoint_keys: dict[str, str] = {}
         self.checkpoints = Checkpoints(cfg, store, log)
+        self.ahead: tuple[str, ...] = ()  # stages this run needs: their ready jobs fill idle workers
+        self._settled: set[str] = set()  # manifest names found complete or recorded done in this context
+        self._ahead_seen: dict[str, str] = {}  # manifest name -> key handed out or found complete (lookahead)
 
     def need(self, name: str, *args):
         """Run stage `name` (memoised per context and arguments) and return its result. Inside a stage, only a
@@ -310,6 +314,7 @@ class Context:
 
     def skip(self, name: str, key: str) -> bool:
         if self.complete(name, key):
+            self._settled.add(name)
             self.log.event(name, "skip", reason="complete for these inputs")
             return True
         return False
@@ -317,6 +322,7 @@ class Context:
     def done(self, name: str, key: str, outputs: list[str], t0: float, seeds=None, info=None) -> None:
         self._check_outputs(name, outputs)
         self._redone.add(name)
+        self._settled.add(name)
         wall = time.perf_counter() - t0
         self.store.mark_done(name, key, outputs, seeds=seeds, wall_s=wall, info=info)
         self.log.event(name, "done", wall_s=round(wall, 1), **(headline(info) if info else {}))
@@ -367,6 +373,7 @@ class Context:
                 raise DeclarationError(f"jobs {sorted(waiting)} wait on each other (their `after`)")
             for job in ready:
                 if job.name not in waiting:
+                    self._settled.add(job.name)
                     self.log.event(job.name, "skip", reason="complete for these inputs")
             todo = [j for j in ready if j.name in waiting]
             handled |= {j.name: j.key for j in ready}
@@ -442,23 +449,84 @@ class Context:
                 return
             for name, _ in todo:
                 self.store.mark_running(name, keys[name])
+            extra: list[tuple[str, Job, dict]] = []  # later stages' jobs in idle workers: (stage, job, kw)
+
+            def name_of(i: int) -> str:
+                return todo[i][0] if i < len(todo) else extra[i - len(todo)][1].name
 
             def started(i: int) -> None:  # when a worker really starts job i (Ray: when it is submitted)
-                self.log.event(todo[i][0], "queued" if ray else "start", executor=executor)
+                self.log.event(name_of(i), "queued" if ray else "start", executor=executor)
 
             def progressed(i: int, tick) -> None:  # a worker's job reports its progress
-                self.log.tick(todo[i][0], tick)
-                stage_bar.update(i, tick.done, tick.total)
+                self.log.tick(name_of(i), tick)
+                if i < len(todo):
+                    stage_bar.update(i, tick.done, tick.total)
 
+            def more():
+                found = self._ready_ahead()
+                if found is None:
+                    return None
+                extra.append(found)
+                stage, job, kw = found
+                self.store.mark_running(job.name, job.key)
+                return job.fn, kw
+
+            lookahead = (isinstance(self.executor, PoolExecutor) and bool(self.ahead)
+                         and "more" in inspect.signature(self.executor.map_as_completed).parameters)
             for i, (info, wall) in self.executor.map_as_completed(fn, [kw for _, kw in todo],
                                                                   on_start=started, on_progress=progressed,
-                                                                  progress_every=self.log.every):
+                                                                  progress_every=self.log.every,
+                                                                  **({"more": more} if lookahead else {})):
+                t0 = time.perf_counter() - wall
+                if i >= len(todo):  # a later stage's job: recorded as that stage records it
+                    stage, job, kw = extra[i - len(todo)]
+                    with self.as_stage(stage):
+                        self.done(job.name, job.key, list(job.outputs), t0, seeds=dict(job.seeds or {}),
+                                  info=info | {"threads": kw.get("threads")})
+                    continue
                 name, kw = todo[i]
-                self.done(name, keys[name], outs[name], time.perf_counter() - wall, seeds=seeds[name],
+                self.done(name, keys[name], outs[name], t0, seeds=seeds[name],
                           info=info | {"threads": kw.get("threads")})
                 stage_bar.job_done(i)
         finally:
             stage_bar.close()
+
+
+    def _final(self, name: str) -> bool:
+        """Whether manifest entry `name` will not change again in this run: found complete or recorded done
+        in this context, or written by a stage that has finished here."""
+        owner = self._owner(name)
+        return name in self._settled or any(stage == owner for stage, _ in self._memo)
+
+    def _ready_ahead(self) -> tuple[str, Job, dict] | None:
+        """A pool job of a stage of :attr:`ahead` that can run now, while the running stage leaves a worker
+        idle: ``(stage, job, kwargs)``, or None. Its stage has not run yet in this context and is not the
+        one running jobs; its plan is made from the upstream entries that are final (:meth:`_final`: never
+        one that a running or later stage may still rewrite) and may not need another (a KeyError: not
+        ready); the job is not complete for its key, not handed out already, and waits on no job of its own
+        stage. (The stages further out in the stack of needs wait on the running one: their jobs may run.)
+        Its key is then the key its stage will plan for it, so the stage finds it complete and skips it."""
+        running = self._running[-1] if self._running else None
+        for name in self.ahead:
+            module = self._stages[name]
+            if (name == running or any(stage == name for stage, _ in self._memo)
+                    or not hasattr(module, "plan")):
+                continue
+            with self.as_stage(name):
+                up = self.upstream()
+            final = {n: h for n, h in up.items() if ":" in n or self._final(n)}
+            try:
+                jobs = module.plan(self.cfg, final)
+            except KeyError:
+                continue
+            for job in jobs:
+                if job.how != "pool" or job.after or self._ahead_seen.get(job.name) == job.key:
+                    continue
+                self._ahead_seen[job.name] = job.key
+                if self.complete(job.name, job.key):
+                    continue
+                return name, job, self._job_kwargs(job)
+        return None
 
 
 def torch_setup(device: str, threads: int | None):

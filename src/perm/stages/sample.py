@@ -44,8 +44,9 @@ def plan(cfg: RunConfig, upstream: Mapping[str, str]) -> list[Job]:
     s = cfg.sample
     args = dict(out_rel=layout.SAMPLES, policy=policy_ref(cfg), sampling=s,
                 trust_remote_code=cfg.pretrain.trust_remote_code)
+    # in a worker (its share of the cores), so that it can fill one the RM stage leaves idle (Context.ahead)
     return [Job("sample", key, job_sample, args, (layout.SAMPLES,), POOLED_ENV, {"sampling_seed": s.seed},
-                start={"pool": s.pool_size, "references": s.n_reference})]
+                "pool")]
 
 
 keys = planned_keys(plan)
@@ -61,7 +62,7 @@ def work(cfg: RunConfig, root: Path) -> Work:
 def run(ctx: Context) -> Path:
     ctx.need("sft")
     ctx.need("testbed")
-    ctx.run_planned(plan)
+    ctx.run_planned(plan, lambda: work(ctx.cfg, ctx.root))
     return ctx.root / layout.SAMPLES
 
 

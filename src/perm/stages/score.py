@@ -103,9 +103,10 @@ def plan(cfg: RunConfig, upstream: Mapping[str, str]) -> list[Job]:
         args = dict(out_rel=layout.scores_file(mid), model_dir=model_ref(cfg, name), model_id=mid,
                     max_length=cfg.reward.max_length, batch_size=BATCH_SIZE, memory_gb=cfg.score.memory_gb,
                     load=load, trust_remote_code=loaded(cfg, name) and cfg.pretrain.trust_remote_code)
-        # short jobs that share this process's tokenised samples (one tokenisation for all models)
+        # in the workers (each tokenises the samples once for all the models it scores), so that a grid
+        # RM's scoring can fill a worker the RM stage leaves idle (Context.ahead)
         jobs.append(Job(JOB.format(model_id=mid), stage_key(cfg, obj), job_score, args,
-                        (layout.scores_file(mid),), ("device", "threads", "show_progress"), {}, "here"))
+                        (layout.scores_file(mid),), ("device", "threads", "show_progress"), {}, "pool"))
     names = [JOB.format(model_id=mid) for mid in model_names(cfg)]
     if all(name in upstream for name in names):
         named = {"named": list(cfg.ensembles.named)} if cfg.ensembles.named else {}  # none: keys as before

@@ -1,0 +1,110 @@
+"""Lookahead (perm.stages._context.Context.ahead): while a stage's pool leaves a worker idle, a later stage's
+pool job whose inputs are final runs there, is recorded as its own stage records it, and that stage then
+finds it complete; a job whose input a running stage may still rewrite never runs early."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+from perm.config import load_config
+from perm.executors import PoolExecutor
+from perm.progress import Progress
+from perm.stages._context import Context
+from perm.stages._plan import Job, Work
+from perm.store import RunStore, hash_obj
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write(run_dir: str, out_rel: str, sleep: float = 0.0, read: str | None = None) -> dict:
+    """A job: waits `sleep` s, then writes its pid, start and end times (and the file `read`'s text)."""
+    t0 = time.time()
+    time.sleep(sleep)
+    seen = (Path(run_dir) / read).read_text() if read else None
+    (Path(run_dir) / out_rel).write_text(json.dumps({"pid": os.getpid(), "t0": t0, "t1": time.time(),
+                                                    "read": seen}))
+    return {}
+
+
+def _stages():
+    def plan_train(cfg, upstream):
+        # one long and one short job: the short one's worker is then idle for most of the long one
+        return [Job(f"train/{m}", hash_obj({"m": m}), _write, {"out_rel": f"train-{m}.json", "sleep": s},
+                    (f"train-{m}.json",), how="pool") for m, s in (("a", 0.1), ("b", 2.5))]
+
+    def plan_use(cfg, upstream):
+        jobs = []
+        for m in ("a", "b"):
+            try:
+                key = hash_obj({"input": upstream[f"train/{m}"]})
+            except KeyError:  # not trained (final) yet
+                continue
+            jobs.append(Job(f"use/{m}", key, _write, {"out_rel": f"use-{m}.json", "read": f"train-{m}.json"},
+                            (f"use-{m}.json",), how="pool"))
+        return jobs
+
+    def run_of(name, plan, needs):
+        def run(ctx):
+            for n in needs:
+                ctx.need(n)
+            ctx.run_planned(plan, lambda: Work(name, ()))
+            return name
+        return run
+
+    train = SimpleNamespace(NAME="train", NEEDS=(), WRITES={"train/{m}": ("train-{m}.json",)}, plan=plan_train)
+    train.run = run_of("train", plan_train, ())
+    use = SimpleNamespace(NAME="use", NEEDS=("train",), WRITES={"use/{m}": ("use-{m}.json",)}, plan=plan_use)
+    use.run = run_of("use", plan_use, ("train",))
+    return {"train": train, "use": use}
+
+
+def _context(tmp_path, ahead: bool) -> Context:
+    cfg = dataclasses.replace(load_config(ROOT / "configs" / "quick.yaml"), out=str(tmp_path / "run"),
+                              precision="fp32", workers=2)
+    ctx = Context(cfg, Progress(mode="quiet"), RunStore(cfg.out), PoolExecutor(2), _stages())
+    if ahead:
+        ctx.ahead = ("train", "use")
+    return ctx
+
+
+def _read(ctx, rel):
+    return json.loads((ctx.root / rel).read_text())
+
+
+def test_a_later_stage_job_runs_in_the_idle_worker_once_its_input_is_final(tmp_path):
+    ctx = _context(tmp_path, ahead=True)
+    assert ctx.need("use") == "use"
+    a, b = _read(ctx, "train-a.json"), _read(ctx, "train-b.json")
+    use_a, use_b = _read(ctx, "use-a.json"), _read(ctx, "use-b.json")
+    # use/a ran while train/b still trained (in the worker train/a left), after train/a was recorded done
+    assert use_a["t0"] >= a["t1"] and use_a["t1"] < b["t1"]
+    # use/b waited for train/b: never from a train-b.json that was still to be written
+    assert use_b["t0"] >= b["t1"] and use_b["read"] == (ctx.root / "train-b.json").read_text()
+    m = ctx.store.manifest()["stages"]
+    assert all(m[n]["status"] == "done" for n in ("train/a", "train/b", "use/a", "use/b"))
+    # the later stage planned the same key for the job run early, so it found it complete
+    assert ctx.store.is_complete("use/a", _stages()["use"].plan(None, ctx.upstream())[0].key)
+
+
+def test_without_lookahead_the_later_stage_starts_after_the_earlier_one(tmp_path):
+    ctx = _context(tmp_path, ahead=False)
+    ctx.need("use")
+    assert _read(ctx, "use-a.json")["t0"] >= _read(ctx, "train-b.json")["t1"]
+
+
+def test_a_stale_entry_of_a_stage_still_to_run_is_not_final(tmp_path):
+    # an earlier run left train/b done; this run's train stage has not run it again yet (another key), so
+    # use/b must not be planned from the old entry
+    ctx = _context(tmp_path, ahead=True)
+    ctx.root.mkdir(parents=True, exist_ok=True)
+    (ctx.root / "train-b.json").write_text("old")
+    ctx.store.mark_done("train/b", "an older key", ["train-b.json"], wall_s=0.0)
+    assert not ctx._final("train/b")
+    assert ctx._ready_ahead() is None or ctx._ready_ahead()[1].name != "use/b"
+    ctx.need("use")
+    assert _read(ctx, "use-b.json")["read"] != "old"
