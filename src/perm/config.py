@@ -900,17 +900,19 @@ class RunConfig:
     softmax; the CPU's bf16 scaled-dot-product attention has a slow backward: benchmarks/README.md), the
     model's default (sdpa) otherwise."""
     executor: Literal["local", "ray"] = "local"
-    """local: jobs run on this machine (in this process, or in `workers` processes); ray: pretrain, RM and
-    scoring jobs run as Ray tasks (see `ray`; needs the ray extra)."""
+    """local: jobs run on this machine (in this process, or in `workers` processes); ray: pretrain, RM,
+    sampling and scoring jobs run as Ray tasks (see `ray`; needs the ray extra)."""
     threads: int | None = None
     """torch intra-op threads; null = torch's default (with `workers` > 1: the machine's cores / workers)."""
     workers: int | Literal["auto"] = 2
-    """Local executor: training jobs of a stage (pretrains, RM finetunes, the evaluator's) run in this many
-    worker processes at once (each runs several jobs in turn); 1 = one after another in this process; auto =
-    one per GPU (1 with `device` cuda:N), 2 on CPU. With `device` auto or cuda and GPUs present, worker i runs
-    all its jobs on GPU i % GPUs. On a few CPU cores two single-threaded jobs outrun one two-threaded job
-    (small matmuls do not use two threads fully). Results depend on the threads per job, so resume a run with
-    the same `workers` (the run's config.yaml records the number auto became)."""
+    """Local executor: the long jobs of a stage (pretrains, RM finetunes, the evaluator's, sampling, scoring)
+    run in this many worker processes at once (each runs several jobs in turn), and a worker a stage leaves
+    idle takes the jobs of later stages whose inputs are final (the pool of samples once the policy is there,
+    each RM's scoring once it and the samples are); 1 = one after another in this process; auto = one per
+    GPU (1 with `device` cuda:N), 2 on CPU. With `device` auto or cuda and GPUs present, worker i runs all its
+    jobs on GPU i % GPUs. On a few CPU cores two single-threaded jobs outrun one two-threaded job (small
+    matmuls do not use two threads fully). Results depend on the threads per job, so resume a run with the
+    same `workers` (the run's config.yaml records the number auto became)."""
     testbed: TestbedConfig = field(default_factory=TestbedConfig)
     """The embedded testbed world (unused with `data.prefs`)."""
     data: DataConfig = field(default_factory=DataConfig)

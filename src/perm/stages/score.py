@@ -88,7 +88,8 @@ def plan(cfg: RunConfig, upstream: Mapping[str, str]) -> list[Job]:
     samples = upstream["sample"]
     members = member_scorers(cfg)
     jobs = []
-    for mid, name in model_names(cfg).items():
+    # the evaluator first: the longest job (a bigger model), so that it never runs alone at the stage's end
+    for mid, name in sorted(model_names(cfg).items(), key=lambda item: item[1] != layout.EVALUATOR_RM):
         try:
             model = upstream[name]
         except KeyError:  # an ensemble member not made yet
