@@ -108,3 +108,19 @@ def test_a_stale_entry_of_a_stage_still_to_run_is_not_final(tmp_path):
     assert ctx._ready_ahead() is None or ctx._ready_ahead()[1].name != "use/b"
     ctx.need("use")
     assert _read(ctx, "use-b.json")["read"] != "old"
+
+
+def test_a_run_looks_ahead_to_the_stages_it_needs_that_have_work(tmp_path):
+    from perm.pipeline import Pipeline
+    from perm.stages import MODULES
+
+    cfg = load_config(ROOT / "configs" / "quick.yaml", [f"out={tmp_path / 'run'}"])
+    p = Pipeline(cfg)
+    p.ctx.need = lambda *a, **k: tmp_path  # the plan and the lookahead list only
+    p.run("run")
+    order = [m.NAME for m in MODULES]
+    assert {"pretrain", "train-rm", "sample", "score"} <= set(p.ctx.ahead)
+    assert "train-members" not in p.ctx.ahead  # no ensembles: no work, nothing to take
+    assert list(p.ctx.ahead) == sorted(p.ctx.ahead, key=order.index)
+    p.run("sample")
+    assert "sample" in p.ctx.ahead and not {"train-rm", "score"} & set(p.ctx.ahead)  # not needed by sample

@@ -133,7 +133,7 @@ class Pipeline:
         needed = self._works(stage)
         works = [w for m in MODULES if (w := needed.get(m.NAME)) is not None and (w.jobs or w.note)]
         # a stage's pool jobs whose inputs are final run in the workers an earlier stage leaves idle
-        self.ctx.ahead = tuple(m.NAME for m in MODULES if needed.get(m.NAME) is not None)
+        self.ctx.ahead = tuple(m.NAME for m in MODULES if (w := needed.get(m.NAME)) is not None and w.jobs)
         if self.log.mode == "json":
             for w in works:
                 self.log.event(w.stage, "plan", **w.fields())
