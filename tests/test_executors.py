@@ -129,7 +129,7 @@ def _other(out_rel: str, sleep: float = 0.0) -> dict:
 
 def test_more_fills_idle_workers_with_further_jobs_asked_again_after_each_result():
     # one long job and two workers: `more` is asked at once (a worker is idle), then after each result
-    queue = [(_other, {"out_rel": "sample", "sleep": 0.1}), (_other, {"out_rel": "score/a"})]
+    queue = [(_other, {"out_rel": "sample", "sleep": 0.1}, "sample"), (_other, {"out_rel": "score/a"}, "score/a")]
     asked, yielded = [], []
 
     def more():
@@ -151,12 +151,24 @@ def test_more_fills_idle_workers_with_further_jobs_asked_again_after_each_result
     assert len(asked) <= 4  # asked at the start and after each result, not every time the pool is polled
 
 
+def test_a_failing_further_job_is_named_as_given_after_the_running_jobs_finish():
+    more_jobs = [(_job, {"out_rel": "scores/evaluator.parquet", "raise_": "nan rewards"}, "score/evaluator")]
+    done = []
+    with pytest.raises(JobFailedError) as err:
+        for i, _ in PoolExecutor(2).map_as_completed(_job, [{"out_rel": "rm/a", "sleep": 1.0}],
+                                                     more=lambda: more_jobs.pop() if more_jobs else None,
+                                                     names=["rm/a"]):
+            done.append(i)
+    assert done == [0]  # the stage's own running job finished and was yielded first
+    assert err.value.job == "score/evaluator" and "nan rewards" in str(err.value)
+
+
 def test_more_is_not_asked_once_a_job_failed():
     asked = []
 
     def more():
         asked.append(1)
-        return (_other, {"out_rel": "score/late"}) if len(asked) > 1 else None
+        return (_other, {"out_rel": "score/late"}, "score/late") if len(asked) > 1 else None
 
     with pytest.raises(JobFailedError) as err:
         list(PoolExecutor(2).map_as_completed(_job, [{"out_rel": "rm/a", "raise_": "bad"}], more=more))

@@ -96,14 +96,16 @@ class PoolExecutor:
         self.devices = devices
 
     def map_as_completed(self, fn, kwargs_list: list[dict], on_start=None, on_progress=None,
-                         progress_every: float = DEFAULT_EVERY, more=None):
+                         progress_every: float = DEFAULT_EVERY, more=None, names: list[str] | None = None):
         """Yield (index, (info, wall_s)) as jobs finish.
 
-        more: optional ``more() -> (fn, kwargs) | None``, called in this process whenever fewer jobs are
-        queued or running than the pool has workers (and nothing has failed): a further job to run, which
+        more: optional ``more() -> (fn, kwargs, name) | None``, called in this process whenever fewer jobs
+        are queued or running than the pool has workers (and nothing has failed): a further job to run, which
         gets the next index (``len(kwargs_list)``, then one more each), or None for none now. It is asked
         again after each result is yielded, so what the consumer recorded can make a job ready. With
         `more`, the pool has all its workers however few jobs `kwargs_list` holds.
+
+        names: each job's name in errors (default :func:`job_name`: its ``out_rel``).
 
         on_start: optional ``on_start(index)``, called in this process when job `index` starts in a worker
         (not when it is queued), always before that job's result is yielded, in the order the workers
@@ -138,7 +140,7 @@ class PoolExecutor:
                                  initargs=(os.getpid(), events, slots))
         procs = getattr(ex, "_processes", None)
         procs = _POOLS[ex] = {} if procs is None else procs  # the same dict the pool fills as it spawns
-        names = [job_name(kw, i) for i, kw in enumerate(kwargs_list)]
+        names = list(names) if names is not None else [job_name(kw, i) for i, kw in enumerate(kwargs_list)]
         started: dict[int, int] = {}  # job index -> pid of the worker that runs it
         ended: set[int] = set()
         announced: set[int] = set()
@@ -153,15 +155,21 @@ class PoolExecutor:
 
             def fill() -> None:
                 """Submit `more`'s jobs while a worker would otherwise be idle."""
-                nonlocal asked
+                nonlocal asked, broken
                 while (more is not None and error is None and not broken and len(pending) < n
                        and asked != len(futures) - len(pending)):
                     extra = more()
                     if extra is None:
                         asked = len(futures) - len(pending)
                         return
-                    names.append(job_name(extra[1], len(futures)))
-                    futures.append(ex.submit(_pool_call, extra[0], extra[1], len(futures), every))
+                    extra_fn, extra_kw, extra_name = extra
+                    try:
+                        future = ex.submit(_pool_call, extra_fn, extra_kw, len(futures), every)
+                    except BrokenProcessPool:  # a worker died since the last result: reported below
+                        broken = True
+                        return
+                    names.append(extra_name)
+                    futures.append(future)
                     pending.add(len(futures) - 1)
 
             def announce(i: int) -> None:

@@ -170,6 +170,8 @@ class Context:
         self.ahead: tuple[str, ...] = ()  # stages this run needs: their ready jobs fill idle workers
         self._settled: set[str] = set()  # manifest names found complete or recorded done in this context
         self._ahead_seen: dict[str, str] = {}  # manifest name -> key handed out or found complete (lookahead)
+        self._ahead_done: set[str] = set()  # manifest names recorded done as another stage's idle-worker job
+        self._ahead_off = False  # a later stage could not be planned: it raises that itself when it runs
 
     def need(self, name: str, *args):
         """Run stage `name` (memoised per context and arguments) and return its result. Inside a stage, only a
@@ -263,7 +265,8 @@ class Context:
     def _upstream(self) -> dict[str, str]:
         from perm.hub import config_refs, model_specs
 
-        out = {name: self.store.output_hash(name) for name, rec in self.store.manifest()["stages"].items()
+        # RunStore.output_hash of every finished entry, from one read of the manifest
+        out = {name: hash_obj(rec["outputs"]) for name, rec in self.store.manifest()["stages"].items()
                if rec.get("status") == "done"}
         out |= {checkpoint_name(p): self.checkpoint_key(p) for p in model_specs(self.cfg)}
         pins = self.hub_pins()
@@ -315,9 +318,13 @@ class Context:
     def skip(self, name: str, key: str) -> bool:
         if self.complete(name, key):
             self._settled.add(name)
-            self.log.event(name, "skip", reason="complete for these inputs")
+            self.log.event(name, "skip", reason=self._skip_reason(name))
             return True
         return False
+
+    def _skip_reason(self, name: str) -> str:
+        return ("ran earlier in this run, in an idle worker" if name in self._ahead_done
+                else "complete for these inputs")
 
     def done(self, name: str, key: str, outputs: list[str], t0: float, seeds=None, info=None) -> None:
         self._check_outputs(name, outputs)
@@ -368,13 +375,18 @@ class Context:
             if not pending:
                 return jobs
             waiting = {j.name for j in pending if not self.complete(j.name, j.key)}  # outputs hashed once
-            ready = [j for j in pending if not waiting & set(j.after)]
+            # a job after one that is to run, directly or down a chain of `after`, is keyed on outputs that
+            # may still change: it is neither run nor found complete in this phase
+            unsettled = set(waiting)
+            while grown := {j.name for j in pending if j.name not in unsettled and unsettled & set(j.after)}:
+                unsettled |= grown
+            ready = [j for j in pending if not unsettled & set(j.after)]
             if not ready:
                 raise DeclarationError(f"jobs {sorted(waiting)} wait on each other (their `after`)")
             for job in ready:
                 if job.name not in waiting:
                     self._settled.add(job.name)
-                    self.log.event(job.name, "skip", reason="complete for these inputs")
+                    self.log.event(job.name, "skip", reason=self._skip_reason(job.name))
             todo = [j for j in ready if j.name in waiting]
             handled |= {j.name: j.key for j in ready}
             for job in (j for j in todo if j.how == "one"):
@@ -463,26 +475,34 @@ class Context:
                     stage_bar.update(i, tick.done, tick.total)
 
             def more():
-                found = self._ready_ahead()
+                if self._ahead_off:
+                    return None
+                try:
+                    found = self._ready_ahead()
+                except Exception:  # noqa: BLE001 - a later stage's problem is reported when it runs, not here
+                    self._ahead_off = True
+                    return None
                 if found is None:
                     return None
                 extra.append(found)
                 stage, job, kw = found
                 self.store.mark_running(job.name, job.key)
-                return job.fn, kw
+                return job.fn, kw, job.name
 
-            lookahead = (isinstance(self.executor, PoolExecutor) and bool(self.ahead)
-                         and "more" in inspect.signature(self.executor.map_as_completed).parameters)
+            takes = inspect.signature(self.executor.map_as_completed).parameters
+            named = {"names": names} if "names" in takes else {}  # errors name the manifest entry
+            if isinstance(self.executor, PoolExecutor) and self.ahead and "more" in takes:
+                named["more"] = more
             for i, (info, wall) in self.executor.map_as_completed(fn, [kw for _, kw in todo],
                                                                   on_start=started, on_progress=progressed,
-                                                                  progress_every=self.log.every,
-                                                                  **({"more": more} if lookahead else {})):
+                                                                  progress_every=self.log.every, **named):
                 t0 = time.perf_counter() - wall
                 if i >= len(todo):  # a later stage's job: recorded as that stage records it
                     stage, job, kw = extra[i - len(todo)]
                     with self.as_stage(stage):
                         self.done(job.name, job.key, list(job.outputs), t0, seeds=dict(job.seeds or {}),
                                   info=info | {"threads": kw.get("threads")})
+                    self._ahead_done.add(job.name)
                     continue
                 name, kw = todo[i]
                 self.done(name, keys[name], outs[name], t0, seeds=seeds[name],
@@ -490,7 +510,6 @@ class Context:
                 stage_bar.job_done(i)
         finally:
             stage_bar.close()
-
 
     def _final(self, name: str) -> bool:
         """Whether manifest entry `name` will not change again in this run: found complete or recorded done
@@ -524,6 +543,7 @@ class Context:
                     continue
                 self._ahead_seen[job.name] = job.key
                 if self.complete(job.name, job.key):
+                    self._settled.add(job.name)  # complete for the key its stage will plan: final
                     continue
                 return name, job, self._job_kwargs(job)
         return None
