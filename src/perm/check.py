@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from perm.config import RunConfig
-from perm.estimate import Shape, estimate, table
+from perm.estimate import Shape, estimate, n_reward_models, table
 from perm.shipped import ShippedPretrainError, is_shipped, pairs_folder, verify_for
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # as perm.data decides a hub id
@@ -437,14 +437,6 @@ def gpt_neox_params(vocab: int, hidden: int, layers: int, intermediate: int) -> 
     per_layer = 4 * hidden + (3 * hidden * hidden + 3 * hidden) + (hidden * hidden + hidden) \
         + (hidden * intermediate + intermediate) + (intermediate * hidden + hidden)
     return 2 * vocab * hidden + layers * per_layer + 2 * hidden
-
-
-def n_reward_models(cfg: RunConfig) -> int:
-    """RMs of the grid the run scores (perm.stages._grid.grid_of: the layout's pretrain x finetune seeds, or
-    the trained RMs of `reward.rm_checkpoints`)."""
-    from perm.stages._grid import grid_of
-
-    return len(grid_of(cfg))
 
 
 def disk_estimate(cfg: RunConfig, facts: dict[str, Facts | None]) -> tuple[int, str, bool]:

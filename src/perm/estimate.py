@@ -67,8 +67,9 @@ class StageEstimate:
     note: str
 
 
-def _grid_size(cfg: RunConfig) -> int:
-    """The grid's RMs (perm.stages._grid.grid_of: `reward.rm_checkpoints`, else the layout's)."""
+def n_reward_models(cfg: RunConfig) -> int:
+    """RMs of the grid the run scores (perm.stages._grid.grid_of: the layout's pretrain x finetune seeds, or
+    the trained RMs of `reward.rm_checkpoints`)."""
     from perm.stages._grid import grid_of
 
     return len(grid_of(cfg))
@@ -108,7 +109,7 @@ def estimate(cfg: RunConfig, shapes: dict[str, Shape], n_pairs: int | None, n_pr
         step = (r.micro_batch_size or r.batch_size) * per_pair
         rows = []
         if "grid" in shapes and not r.rm_checkpoints:  # trained RMs loaded as the grid train nothing
-            rows.append((_grid_size(cfg), shapes["grid"], pairs * r.epochs))
+            rows.append((n_reward_models(cfg), shapes["grid"], pairs * r.epochs))
         if e.trains() and "evaluator" in shapes:
             ev_all = n_pairs if evaluator_pairs is None else evaluator_pairs
             ev_pairs = min(ev_all, e.train_pairs or ev_all)
@@ -136,7 +137,7 @@ def estimate(cfg: RunConfig, shapes: dict[str, Shape], n_pairs: int | None, n_pr
                                  f"{r.max_length}; decode batches of {rows_per_batch} rows"))
     scorers = [m for k, m in shapes.items() if k in ("grid", "evaluator")]
     if scorers and "grid" in shapes:
-        n_grid = _grid_size(cfg)
+        n_grid = n_reward_models(cfg)
         per_sample = s.max_new_tokens + r.max_length / (s.pool_size + s.n_reference)  # a prompt once a group
         hours = n_grid * _hours(2 * shapes["grid"].params * samples * per_sample, gpu, "forward")
         if "evaluator" in shapes and cfg.evaluator.enabled:

@@ -484,8 +484,9 @@ class RayExecutor:
         self.device_kind = device_kind
 
     def map_as_completed(self, fn, kwargs_list: list[dict], on_start=None, on_progress=None,
-                         progress_every: float = DEFAULT_EVERY):
+                         progress_every: float = DEFAULT_EVERY, names: list[str] | None = None):
         """Yield (index, result) as tasks finish, so each finished job is recorded before a failure elsewhere.
+        names: each job's name in errors (default :func:`job_name`: its ``out_rel``).
 
         on_start(index) is called when a task is submitted: Ray's scheduler, not perm, decides when it runs
         (on a cluster with room, all run at once). on_progress(index, tick): each
@@ -533,7 +534,8 @@ class RayExecutor:
                     result = self.ray.get(done[0])
                 except Exception as e:  # noqa: BLE001 - every task failure becomes one JobFailedError
                     if error is None:
-                        error = JobFailedError(job_name(kwargs_list[i], i), _ray_failure(self.ray, e))
+                        name = names[i] if names is not None else job_name(kwargs_list[i], i)
+                        error = JobFailedError(name, _ray_failure(self.ray, e))
                         error.__cause__ = e
                     continue
                 yield i, result

@@ -66,6 +66,11 @@ def hardware_record(precision, attention: str) -> dict:
             "attention": attention_for(precision.device, precision.value, attention) or "model default"}
 
 
+def _shown(works: dict[str, Work | None]) -> list[Work]:
+    """The planned work `perm run` prints, in stage order: the stages with jobs or a note."""
+    return [w for m in MODULES if (w := works.get(m.NAME)) is not None and (w.jobs or w.note)]
+
+
 class Pipeline:
     """One run directory driven by one resolved config."""
 
@@ -108,8 +113,7 @@ class Pipeline:
         the jobs of each stage with long jobs (perm.stages._plan), whether or not they are complete already,
         and what a stage without jobs loads instead. A stage whose ``work`` is None runs nothing for this
         config, and needs nothing through it (policy-prefs with the testbed's pairs)."""
-        works = self._works(stage)
-        return [w for m in MODULES if (w := works.get(m.NAME)) is not None and (w.jobs or w.note)]
+        return _shown(self._works(stage))
 
     def _works(self, stage: str) -> dict[str, Work | None]:
         """Every stage `stage` needs (itself included), each with its planned work (None: it has none)."""
@@ -131,7 +135,7 @@ class Pipeline:
         if stage != "run" and stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}; known: run, {', '.join(STAGES)}")
         needed = self._works(stage)
-        works = [w for m in MODULES if (w := needed.get(m.NAME)) is not None and (w.jobs or w.note)]
+        works = _shown(needed)
         # a stage's pool jobs whose inputs are final run in the workers an earlier stage leaves idle
         self.ctx.ahead = tuple(m.NAME for m in MODULES if (w := needed.get(m.NAME)) is not None and w.jobs)
         if self.log.mode == "json":

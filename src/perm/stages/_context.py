@@ -18,7 +18,6 @@ and the conversion is loaded (and keyed by its content) instead.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -28,7 +27,8 @@ from perm.config import RunConfig
 from perm.executors import JobFailedError, LocalExecutor, PoolExecutor, RayExecutor, _usable_cpus
 from perm.progress import Progress, StageProgress, Watched, reporting
 from perm.stages._checkpoints import Checkpoints
-from perm.stages._plan import Job, Work, format_work, resolve, stage_writing
+from perm.stages._grid import backbone_ref, policy_ref
+from perm.stages._plan import Checkpoint, Job, RunPath, Work, format_work, resolve, stage_writing
 from perm.store import RunStore, hash_obj, read_column, release_memory  # noqa: F401  (read_column: for the stages)
 
 
@@ -76,18 +76,20 @@ def data_identity(cfg: RunConfig, upstream: Mapping[str, str]) -> str:
     return upstream["data" if cfg.data.prefs is not None else "testbed"]
 
 
+def ref_identity(ref: Checkpoint | RunPath, upstream: Mapping[str, str]) -> str:
+    """The identity of what a job loads (perm.stages._plan references): a checkpoint's key, or the output
+    hash of the run's entry that wrote the folder (its manifest name is its path)."""
+    return upstream[checkpoint_name(ref.spec) if isinstance(ref, Checkpoint) else ref.rel]
+
+
 def backbone_identity(cfg: RunConfig, upstream: Mapping[str, str], pretrain_id: str) -> str:
     """A grid backbone's identity: its pretrain's output hash, or its checkpoint's key."""
-    c = cfg.pretrain
-    if c.checkpoints:
-        return upstream[checkpoint_name(dict(zip(c.pretrain_ids(), c.checkpoints, strict=True))[pretrain_id])]
-    return upstream[layout.pretrain_dir(pretrain_id)]
+    return ref_identity(backbone_ref(cfg, pretrain_id), upstream)
 
 
 def policy_identity(cfg: RunConfig, upstream: Mapping[str, str]) -> str:
     """The SFT policy's identity: the `policy` stage's output hash, or its checkpoint's key."""
-    c = cfg.sft.checkpoint
-    return upstream[checkpoint_name(c)] if c else upstream["policy"]
+    return ref_identity(policy_ref(cfg), upstream)
 
 
 def headline(info: dict) -> dict:
@@ -426,7 +428,8 @@ class Context:
         start, and the totals of the stage's bar of all its jobs (perm.progress.StageProgress: its rate and
         ETA are the stage's). Each job reports its own progress under its name: a job run here through this
         run's Progress, a worker's or Ray task's over the executor's queue, printed here.
-        pool=False keeps them in this process even with `workers` > 1 (short jobs that share a cache here).
+        pool=False keeps them in this process even with `workers` > 1 (jobs that start processes of their
+        own).
         seeds: the seeds each job records, by name. outputs: each job's outputs by name (default: its
         ``out_rel``)."""
         if not todo:
@@ -485,17 +488,15 @@ class Context:
                 if found is None:
                     return None
                 extra.append(found)
-                stage, job, kw = found
+                _, job, kw = found
                 self.store.mark_running(job.name, job.key)
                 return job.fn, kw, job.name
 
-            takes = inspect.signature(self.executor.map_as_completed).parameters
-            named = {"names": names} if "names" in takes else {}  # errors name the manifest entry
-            if isinstance(self.executor, PoolExecutor) and self.ahead and "more" in takes:
-                named["more"] = more
+            ahead = {"more": more} if isinstance(self.executor, PoolExecutor) and self.ahead else {}
             for i, (info, wall) in self.executor.map_as_completed(fn, [kw for _, kw in todo],
                                                                   on_start=started, on_progress=progressed,
-                                                                  progress_every=self.log.every, **named):
+                                                                  progress_every=self.log.every, names=names,
+                                                                  **ahead):
                 t0 = time.perf_counter() - wall
                 if i >= len(todo):  # a later stage's job: recorded as that stage records it
                     stage, job, kw = extra[i - len(todo)]
@@ -514,8 +515,11 @@ class Context:
     def _final(self, name: str) -> bool:
         """Whether manifest entry `name` will not change again in this run: found complete or recorded done
         in this context, or written by a stage that has finished here."""
-        owner = self._owner(name)
-        return name in self._settled or any(stage == owner for stage, _ in self._memo)
+        return name in self._settled or self._has_run(self._owner(name))
+
+    def _has_run(self, stage: str | None) -> bool:
+        """Whether stage `stage` has run (its result memoised) in this context."""
+        return any(name == stage for name, _ in self._memo)
 
     def _ready_ahead(self) -> tuple[str, Job, dict] | None:
         """A pool job of a stage of :attr:`ahead` that can run now, while the running stage leaves a worker
@@ -528,8 +532,7 @@ class Context:
         running = self._running[-1] if self._running else None
         for name in self.ahead:
             module = self._stages[name]
-            if (name == running or any(stage == name for stage, _ in self._memo)
-                    or not hasattr(module, "plan")):
+            if name == running or self._has_run(name) or not hasattr(module, "plan"):
                 continue
             with self.as_stage(name):
                 up = self.upstream()

@@ -51,13 +51,13 @@ class Job:
     seeds it draws (recorded in the manifest).
 
     how: ``pool`` (a long job: in the executor's workers where it has them, with their share of the cores),
-    ``here`` (a long job run in this process, one after another, with the stage's progress bar: short jobs
-    that share a cache here), ``one`` (a job of its own in this process: `start` the fields of its start line
-    unless `announce` is off; `mark` off where the job is marked running later or not at all: the data import
-    once its input is valid, the assembled tensor). pooled_env: the
-    job takes the threads of a pool worker (its share of the cores) even where it runs here (an RM job on
-    several processes). after: the manifest names of jobs of its own stage whose outputs it reads (its key
-    hashes them): it runs once none of them is left to run."""
+    ``here`` (a long job run in this process, one after another, with the stage's progress bar: an RM job that
+    launches processes of its own), ``one`` (a job of its own in this process: `start` the fields of its start
+    line unless `announce` is off; `mark` off where the job is marked running later or not at all: the data
+    import once its input is valid, the assembled tensor). pooled_env: the job takes the threads of a pool
+    worker (its share of the cores) even where it runs here (an RM job on several processes). after: the
+    manifest names of jobs of its own stage whose outputs it reads (its key hashes them): it runs once none of
+    them is left to run."""
 
     name: str
     key: str
